@@ -1,0 +1,292 @@
+//! The MQTT 3.1 / 3.1.1 wire format.
+
+mod decode;
+mod encode;
+mod packet;
+
+pub use decode::decode;
+pub use encode::{encode, publish_len};
+pub use packet::*;
+
+/// Largest value the remaining-length field can carry (3.1.1 §2.2.3).
+pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("malformed remaining length")]
+    MalformedRemainingLength,
+    #[error("packet of {size} bytes exceeds the limit of {max}")]
+    PacketTooLarge { size: usize, max: usize },
+    #[error("invalid packet type {0}")]
+    InvalidPacketType(u8),
+    #[error("invalid fixed-header flags for packet type {0}")]
+    InvalidFlags(u8),
+    #[error("unsupported protocol {name:?} level {level}")]
+    UnsupportedProtocol { name: String, level: u8 },
+    #[error("reserved CONNECT flag set")]
+    ReservedConnectFlag,
+    #[error("password flag set without username flag")]
+    PasswordWithoutUsername,
+    #[error("will QoS/retain set without will flag, or will QoS 3")]
+    InvalidWillFlags,
+    #[error("invalid QoS")]
+    InvalidQoS,
+    #[error("string is not valid MQTT UTF-8")]
+    InvalidUtf8,
+    #[error("packet ends before its fields do")]
+    Truncated,
+    #[error("bytes left over after the packet's fields")]
+    TrailingBytes,
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::{Bytes, BytesMut};
+    use proptest::prelude::*;
+
+    fn round_trip(packet: &Packet) -> Packet {
+        let mut buf = BytesMut::new();
+        encode(packet, &mut buf);
+        let decoded = decode(&mut buf, MAX_REMAINING_LENGTH + 5).unwrap().unwrap();
+        assert!(buf.is_empty(), "decode must consume exactly one packet");
+        decoded
+    }
+
+    fn qos() -> impl Strategy<Value = QoS> {
+        (0u8..3).prop_map(|q| QoS::from_u8(q).unwrap())
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        "[^\u{0}]{0,40}"
+    }
+
+    fn pkid() -> impl Strategy<Value = u16> {
+        1u16..=u16::MAX
+    }
+
+    fn publish() -> impl Strategy<Value = Packet> {
+        (
+            any::<bool>(),
+            qos(),
+            any::<bool>(),
+            text(),
+            pkid(),
+            prop::collection::vec(any::<u8>(), 0..300),
+        )
+            .prop_map(|(dup, qos, retain, topic, pkid, payload)| {
+                Packet::Publish(Publish {
+                    dup,
+                    qos,
+                    retain,
+                    topic: Bytes::from(topic),
+                    pkid: if qos == QoS::AtMostOnce { 0 } else { pkid },
+                    payload: Bytes::from(payload),
+                })
+            })
+    }
+
+    fn connect() -> impl Strategy<Value = Packet> {
+        let will = prop::option::of((
+            text(),
+            prop::collection::vec(any::<u8>(), 0..50),
+            qos(),
+            any::<bool>(),
+        ));
+        let creds = prop::option::of((
+            text(),
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..50)),
+        ));
+        (
+            any::<bool>(),
+            any::<bool>(),
+            any::<u16>(),
+            text(),
+            will,
+            creds,
+        )
+            .prop_map(|(v31, clean_session, keep_alive, client_id, will, creds)| {
+                let (username, password) = match creds {
+                    Some((u, p)) => (Some(u), p.map(Bytes::from)),
+                    None => (None, None),
+                };
+                Packet::Connect(Connect {
+                    protocol: if v31 { Protocol::V31 } else { Protocol::V311 },
+                    clean_session,
+                    keep_alive,
+                    client_id,
+                    will: will.map(|(topic, payload, qos, retain)| LastWill {
+                        topic,
+                        payload: Bytes::from(payload),
+                        qos,
+                        retain,
+                    }),
+                    username,
+                    password,
+                })
+            })
+    }
+
+    fn packet() -> impl Strategy<Value = Packet> {
+        prop_oneof![
+            connect(),
+            publish(),
+            (any::<bool>(), 0u8..6).prop_map(|(session_present, code)| Packet::Connack(Connack {
+                session_present,
+                code: ConnectReturnCode::from_u8(code).unwrap()
+            })),
+            pkid().prop_map(Packet::Puback),
+            pkid().prop_map(Packet::Pubrec),
+            pkid().prop_map(Packet::Pubrel),
+            pkid().prop_map(Packet::Pubcomp),
+            (pkid(), prop::collection::vec((text(), qos()), 1..5))
+                .prop_map(|(pkid, filters)| Packet::Subscribe(Subscribe { pkid, filters })),
+            (pkid(), prop::collection::vec(prop::option::of(qos()), 1..5))
+                .prop_map(|(pkid, codes)| Packet::Suback(Suback { pkid, codes })),
+            (pkid(), prop::collection::vec(text(), 1..5))
+                .prop_map(|(pkid, filters)| Packet::Unsubscribe(Unsubscribe { pkid, filters })),
+            pkid().prop_map(Packet::Unsuback),
+            Just(Packet::Pingreq),
+            Just(Packet::Pingresp),
+            Just(Packet::Disconnect),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_packet_round_trips(p in packet()) {
+            prop_assert_eq!(round_trip(&p), p);
+        }
+
+        #[test]
+        fn split_input_decodes_the_same(p in packet(), cut in 0usize..400) {
+            let mut whole = BytesMut::new();
+            encode(&p, &mut whole);
+            let cut = cut.min(whole.len());
+            let mut buf = BytesMut::from(&whole[..cut]);
+            if cut < whole.len() {
+                prop_assert_eq!(decode(&mut buf, usize::MAX).unwrap(), None);
+                buf.extend_from_slice(&whole[cut..]);
+            }
+            prop_assert_eq!(decode(&mut buf, usize::MAX).unwrap(), Some(p));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = decode(&mut buf, 1024) {}
+        }
+
+        #[test]
+        fn publish_len_matches_encoding(p in publish()) {
+            let Packet::Publish(publish) = &p else { unreachable!() };
+            let mut buf = BytesMut::new();
+            encode(&p, &mut buf);
+            prop_assert_eq!(publish_len(publish), buf.len());
+        }
+    }
+
+    #[test]
+    fn v31_connect_is_accepted_and_v5_is_not() {
+        let mut v31 = BytesMut::from(&b"\x10\x12\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x04abcd"[..]);
+        match decode(&mut v31, 1024).unwrap().unwrap() {
+            Packet::Connect(c) => {
+                assert_eq!(c.protocol, Protocol::V31);
+                assert_eq!(c.client_id, "abcd");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut v5 = BytesMut::from(&b"\x10\x0d\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x00"[..]);
+        assert_eq!(
+            decode(&mut v5, 1024),
+            Err(DecodeError::UnsupportedProtocol {
+                name: "MQTT".into(),
+                level: 5
+            })
+        );
+    }
+
+    #[test]
+    fn binary_password_is_kept_as_bytes() {
+        let p = Packet::Connect(Connect {
+            protocol: Protocol::V311,
+            clean_session: true,
+            keep_alive: 10,
+            client_id: "c".into(),
+            will: None,
+            username: Some("u".into()),
+            password: Some(Bytes::from_static(&[0xff, 0x00, 0xfe])),
+        });
+        assert_eq!(round_trip(&p), p);
+    }
+
+    #[test]
+    fn strict_checks() {
+        let cases: &[(&[u8], DecodeError)] = &[
+            (
+                b"\x10\x0c\x00\x04MQTT\x04\x03\x00\x3c\x00\x00",
+                DecodeError::ReservedConnectFlag,
+            ),
+            (
+                b"\x10\x0c\x00\x04MQTT\x04\x42\x00\x3c\x00\x00",
+                DecodeError::PasswordWithoutUsername,
+            ),
+            (
+                b"\x10\x0c\x00\x04MQTT\x04\x0a\x00\x3c\x00\x00",
+                DecodeError::InvalidWillFlags,
+            ),
+            (
+                b"\x10\x0c\x00\x04MQTT\x04\x1e\x00\x3c\x00\x00",
+                DecodeError::InvalidWillFlags,
+            ),
+            (b"\x36\x05\x00\x01a\x00\x01", DecodeError::InvalidQoS),
+            (
+                b"\x83\x06\x00\x01\x00\x01a\x00",
+                DecodeError::InvalidFlags(8),
+            ),
+            (
+                b"\x82\x02\x00\x01",
+                DecodeError::Malformed("SUBSCRIBE without a topic filter"),
+            ),
+            (
+                b"\x82\x06\x00\x01\x00\x01a\x04",
+                DecodeError::Malformed("reserved bits in requested QoS"),
+            ),
+            (b"\x30\x04\x00\x02a\x00", DecodeError::InvalidUtf8),
+            (b"\x30\x04\x00\x02\xc3\x28", DecodeError::InvalidUtf8),
+            (
+                b"\x32\x05\x00\x01a\x00\x00",
+                DecodeError::Malformed("packet identifier 0"),
+            ),
+            (b"\xc0\x01\x00", DecodeError::TrailingBytes),
+            (b"\x00\x00", DecodeError::InvalidPacketType(0)),
+            (b"\xf0\x00", DecodeError::InvalidPacketType(15)),
+            (
+                b"\x30\xff\xff\xff\xff\x01",
+                DecodeError::MalformedRemainingLength,
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let mut buf = BytesMut::from(*bytes);
+            assert_eq!(
+                decode(&mut buf, usize::MAX).as_ref(),
+                Err(expected),
+                "{bytes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn size_limit_is_checked_before_the_body_arrives() {
+        let mut buf = BytesMut::from(&b"\x30\x80\x80\x04"[..]);
+        assert_eq!(
+            decode(&mut buf, 1024),
+            Err(DecodeError::PacketTooLarge {
+                size: 65540,
+                max: 1024
+            })
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! Configuration: defaults, then a TOML file, then `MIDGE_*` environment variables, then flags.
+//!
+//! Every key has one flag and one environment variable of the same name (`max_inflight` is
+//! `--max-inflight` and `MIDGE_MAX_INFLIGHT`), so `--help` is the whole reference.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use crate::acl::Nomatch;
+use crate::session::SessionLimits;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub node: String,
+    pub allow_anonymous: bool,
+    pub users_file: Option<PathBuf>,
+    pub acl_file: Option<PathBuf>,
+    pub acl_nomatch: Nomatch,
+    pub cache_acl: bool,
+    pub acl_cache_max_size: usize,
+    pub acl_cache_ttl: u64,
+    pub max_packet_size: usize,
+    pub max_clientid_len: usize,
+    pub max_connections: usize,
+    pub connect_timeout: u64,
+    pub max_inflight: usize,
+    pub max_mqueue_len: usize,
+    pub mqueue_store_qos0: bool,
+    pub max_awaiting_rel: usize,
+    pub await_rel_timeout: u64,
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:1883".parse().expect("valid default address"),
+            node: "midge@127.0.0.1".into(),
+            allow_anonymous: true,
+            users_file: None,
+            acl_file: None,
+            acl_nomatch: Nomatch::Allow,
+            cache_acl: true,
+            acl_cache_max_size: 32,
+            acl_cache_ttl: 60,
+            max_packet_size: 1024 * 1024,
+            max_clientid_len: 1024,
+            max_connections: 100_000,
+            connect_timeout: 10,
+            max_inflight: 32,
+            max_mqueue_len: 1000,
+            mqueue_store_qos0: true,
+            max_awaiting_rel: 100,
+            await_rel_timeout: 20,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    pub fn session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_inflight: self.max_inflight,
+            max_mqueue_len: self.max_mqueue_len,
+            mqueue_store_qos0: self.mqueue_store_qos0,
+            max_awaiting_rel: self.max_awaiting_rel,
+            await_rel_timeout: Duration::from_secs(self.await_rel_timeout),
+        }
+    }
+
+    /// Reads the command line (and the environment through it), then the file it names.
+    pub fn from_args() -> Result<(Config, Option<Command>), ConfigError> {
+        Cli::parse().into_config()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(#[from] toml::de::Error),
+    #[error("cannot merge flags into config: {0}")]
+    Merge(#[from] toml::ser::Error),
+}
+
+/// Midge MQTT broker.
+///
+/// Settings come from defaults, then the TOML file given by --config (keys as below, in snake_case),
+/// then MIDGE_* environment variables, then flags.
+#[derive(Debug, Parser, Serialize)]
+#[command(name = "midge-broker", version)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "MIDGE_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    #[serde(skip)]
+    command: Option<Command>,
+
+    /// Address of the MQTT/TCP listener [default: 0.0.0.0:1883]; port 0 picks a free port.
+    #[arg(long, env = "MIDGE_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+
+    /// Node name that identifies this broker everywhere [default: midge@127.0.0.1].
+    #[arg(long, env = "MIDGE_NODE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
+
+    /// Let clients connect without a username [default: true].
+    #[arg(long, env = "MIDGE_ALLOW_ANONYMOUS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allow_anonymous: Option<bool>,
+
+    /// Users file: one `username:hash` a line, argon2 or bcrypt hashes (see `hash-password`).
+    #[arg(long, env = "MIDGE_USERS_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    users_file: Option<PathBuf>,
+
+    /// ACL file in EMQ's acl.conf syntax [default: EMQ's default rules].
+    #[arg(long, env = "MIDGE_ACL_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acl_file: Option<PathBuf>,
+
+    /// What to do when no ACL rule matches: allow or deny [default: allow].
+    #[arg(long, env = "MIDGE_ACL_NOMATCH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acl_nomatch: Option<Nomatch>,
+
+    /// Cache each client's publish ACL decisions [default: true].
+    #[arg(long, env = "MIDGE_CACHE_ACL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_acl: Option<bool>,
+
+    /// Most topics in one client's ACL cache [default: 32].
+    #[arg(long, env = "MIDGE_ACL_CACHE_MAX_SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acl_cache_max_size: Option<usize>,
+
+    /// Seconds an ACL cache entry lives [default: 60].
+    #[arg(long, env = "MIDGE_ACL_CACHE_TTL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acl_cache_ttl: Option<u64>,
+
+    /// Largest packet accepted, in bytes; a larger one closes the connection [default: 1048576].
+    #[arg(long, env = "MIDGE_MAX_PACKET_SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_packet_size: Option<usize>,
+
+    /// Longest client id accepted, in bytes [default: 1024].
+    #[arg(long, env = "MIDGE_MAX_CLIENTID_LEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_clientid_len: Option<usize>,
+
+    /// Most simultaneous connections; more wait in the accept queue [default: 100000].
+    #[arg(long, env = "MIDGE_MAX_CONNECTIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_connections: Option<usize>,
+
+    /// Seconds a new connection has to send CONNECT [default: 10].
+    #[arg(long, env = "MIDGE_CONNECT_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connect_timeout: Option<u64>,
+
+    /// QoS 1/2 messages in flight to one client before the rest queue [default: 32].
+    #[arg(long, env = "MIDGE_MAX_INFLIGHT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_inflight: Option<usize>,
+
+    /// Messages queued for one session; beyond it the oldest are dropped [default: 1000].
+    #[arg(long, env = "MIDGE_MAX_MQUEUE_LEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_mqueue_len: Option<usize>,
+
+    /// Queue QoS 0 messages for offline persistent sessions [default: true].
+    #[arg(long, env = "MIDGE_MQUEUE_STORE_QOS0")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mqueue_store_qos0: Option<bool>,
+
+    /// Incoming QoS 2 messages awaiting PUBREL per client; beyond it they are dropped [default: 100].
+    #[arg(long, env = "MIDGE_MAX_AWAITING_REL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_awaiting_rel: Option<usize>,
+
+    /// Seconds to wait for a PUBREL before forgetting the packet id [default: 20].
+    #[arg(long, env = "MIDGE_AWAIT_REL_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    await_rel_timeout: Option<u64>,
+
+    /// Log filter, e.g. info, debug, midge_broker=trace [default: info].
+    #[arg(long, env = "MIDGE_LOG_LEVEL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Read a password from standard input and print its argon2id hash for the users file.
+    HashPassword,
+}
+
+impl Cli {
+    fn into_config(self) -> Result<(Config, Option<Command>), ConfigError> {
+        let mut table = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()?
+            }
+            None => toml::Table::new(),
+        };
+        // Flags and environment (already folded together by clap) override the file key by key.
+        table.extend(toml::Table::try_from(&self)?);
+        let config = Config::deserialize(toml::Value::Table(table))?;
+        Ok((config, self.command))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_defaults_fill_the_rest() {
+        let dir = std::env::temp_dir().join(format!("midge-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("midge.toml");
+        std::fs::write(
+            &file,
+            "node = \"from-file@h\"\nmax_inflight = 7\nlisten = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "midge-broker",
+            "--config",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-anonymous",
+            "false",
+        ])
+        .unwrap();
+        let (config, _) = cli.into_config().unwrap();
+        assert_eq!(config.listen.port(), 0);
+        assert_eq!(config.node, "from-file@h");
+        assert_eq!(config.max_inflight, 7);
+        assert!(!config.allow_anonymous);
+        assert_eq!(config.max_mqueue_len, Config::default().max_mqueue_len);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let table: toml::Table = "no_such_key = 1".parse().unwrap();
+        assert!(Config::deserialize(toml::Value::Table(table)).is_err());
+    }
+}

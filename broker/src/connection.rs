@@ -1,0 +1,110 @@
+//! Framing: packets in and out of one TCP stream, each direction with its buffer kept in the struct.
+//! The two halves are separate so a connection can read and write at the same time in one `select!`.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::codec::{self, DecodeError, Packet};
+
+/// Beyond this many unsent bytes a connection stops taking new work until the socket drains.
+pub const WRITE_HIGH_WATER: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol error: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("connection closed by peer")]
+    Closed,
+}
+
+pub fn split(stream: TcpStream, max_packet_size: usize) -> (PacketReader, PacketWriter) {
+    let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.into_split();
+    (
+        PacketReader {
+            reader,
+            buf: BytesMut::with_capacity(4096),
+            max_packet_size,
+        },
+        PacketWriter {
+            writer,
+            buf: BytesMut::with_capacity(4096),
+        },
+    )
+}
+
+pub struct PacketReader {
+    reader: OwnedReadHalf,
+    buf: BytesMut,
+    max_packet_size: usize,
+}
+
+impl PacketReader {
+    /// A whole packet already in the buffer, if there is one.
+    pub fn next_buffered(&mut self) -> Result<Option<Packet>, DecodeError> {
+        codec::decode(&mut self.buf, self.max_packet_size)
+    }
+
+    /// Reads more bytes from the socket. Cancel-safe: no bytes are lost if the future is dropped.
+    pub async fn fill(&mut self) -> Result<usize, ConnectionError> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(4096);
+        }
+        match self.reader.read_buf(&mut self.buf).await? {
+            0 => Err(ConnectionError::Closed),
+            n => Ok(n),
+        }
+    }
+
+    /// Waits for the next whole packet.
+    pub async fn read_packet(&mut self) -> Result<Packet, ConnectionError> {
+        loop {
+            if let Some(packet) = self.next_buffered()? {
+                return Ok(packet);
+            }
+            self.fill().await?;
+        }
+    }
+}
+
+pub struct PacketWriter {
+    writer: OwnedWriteHalf,
+    buf: BytesMut,
+}
+
+impl PacketWriter {
+    /// Queues a packet; it goes out with the next write, together with whatever else is queued.
+    pub fn queue(&mut self, packet: &Packet) {
+        codec::encode(packet, &mut self.buf);
+    }
+
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes some of the queued bytes. Cancel-safe: `write` reports exactly what it sent.
+    pub async fn write_some(&mut self) -> Result<(), ConnectionError> {
+        let n = self.writer.write(&self.buf).await?;
+        if n == 0 {
+            return Err(ConnectionError::Closed);
+        }
+        self.buf.advance(n);
+        Ok(())
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> Result<(), ConnectionError> {
+        while !self.buf.is_empty() {
+            self.write_some().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = self.writer.shutdown().await;
+    }
+}

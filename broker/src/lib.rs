@@ -1,0 +1,21 @@
+//! Midge, an MQTT 3.1 / 3.1.1 broker.
+//!
+//! A tour: [`server`] binds and accepts; each connection runs in [`client`], framing bytes through
+//! [`connection`] and [`codec`]; the [`router`] task owns subscriptions ([`subscriptions`]), offline
+//! [`session`]s and retained messages. [`acl`] and [`auth`] decide who may do what; [`config`]
+//! gathers settings. See docs/architecture.md for why it is shaped this way.
+
+pub mod acl;
+pub mod auth;
+pub mod client;
+pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod subscriptions;
+pub mod topic;
+
+pub use config::Config;
+pub use server::{Broker, StartError};

@@ -1,0 +1,416 @@
+//! A session's delivery state: what is in flight to the client, what waits in its queue, and which
+//! incoming QoS 2 packet ids await their PUBREL.
+//!
+//! A `Session` has exactly one owner at a time: the connection task while the client is online, the
+//! router while it is offline (clean session 0). Moving the whole struct between them on connect,
+//! disconnect and takeover is what keeps it free of locks.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::codec::{Publish, QoS};
+use crate::subscriptions::ClientId;
+
+/// A message as the router fans it out: one allocation shared by every subscriber.
+#[derive(Debug)]
+pub struct Message {
+    /// UTF-8, validated as a topic name.
+    pub topic: Bytes,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+impl Message {
+    pub fn topic_str(&self) -> &str {
+        std::str::from_utf8(&self.topic).unwrap_or("")
+    }
+}
+
+/// One message on its way to one subscriber, at the QoS that subscriber gets.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    /// Set only when the message is sent because of a new subscription to a retained topic.
+    pub retain: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InflightState {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    AwaitAck,
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    AwaitRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitComp,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    pkid: u16,
+    delivery: Delivery,
+    state: InflightState,
+}
+
+/// Limits that shape a session, from the broker's configuration.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    pub max_inflight: usize,
+    pub max_mqueue_len: usize,
+    pub mqueue_store_qos0: bool,
+    pub max_awaiting_rel: usize,
+    pub await_rel_timeout: Duration,
+}
+
+/// What the session wants written to the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outgoing {
+    Publish(Publish),
+    Pubrel(u16),
+}
+
+/// The answer to an acknowledgement from the client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AckResult {
+    /// The packet id was in flight in the expected state.
+    Done,
+    /// No such packet id in flight (counted as `/missed`).
+    Missed,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub client_id: ClientId,
+    pub clean_session: bool,
+    pub created_at: std::time::SystemTime,
+    limits: SessionLimits,
+    /// In send order, so redelivery after reconnect keeps the original order.
+    inflight: VecDeque<Inflight>,
+    mqueue: VecDeque<Delivery>,
+    awaiting_rel: HashMap<u16, Instant>,
+    next_pkid: u16,
+    /// Messages dropped because the queue was full (or QoS 0 while offline without `mqueue_store_qos0`).
+    pub mqueue_dropped: u64,
+    pub delivered: u64,
+    pub enqueued: u64,
+}
+
+impl Session {
+    pub fn new(client_id: ClientId, clean_session: bool, limits: SessionLimits) -> Self {
+        Session {
+            client_id,
+            clean_session,
+            created_at: std::time::SystemTime::now(),
+            limits,
+            inflight: VecDeque::new(),
+            mqueue: VecDeque::new(),
+            awaiting_rel: HashMap::new(),
+            next_pkid: 1,
+            mqueue_dropped: 0,
+            delivered: 0,
+            enqueued: 0,
+        }
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn mqueue_len(&self) -> usize {
+        self.mqueue.len()
+    }
+
+    pub fn awaiting_rel_len(&self) -> usize {
+        self.awaiting_rel.len()
+    }
+
+    /// Queues a message while the client is offline. Returns false if it was dropped.
+    pub fn enqueue_offline(&mut self, delivery: Delivery) -> bool {
+        if delivery.qos == QoS::AtMostOnce && !self.limits.mqueue_store_qos0 {
+            self.mqueue_dropped += 1;
+            return false;
+        }
+        self.enqueue(delivery)
+    }
+
+    /// Queues a message behind the inflight window. A full queue drops its oldest entry, as EMQ does,
+    /// so a reconnecting client sees the newest data. Returns false if something was dropped.
+    fn enqueue(&mut self, delivery: Delivery) -> bool {
+        self.enqueued += 1;
+        if self.limits.max_mqueue_len == 0 {
+            self.mqueue_dropped += 1;
+            return false;
+        }
+        let mut kept = true;
+        if self.mqueue.len() >= self.limits.max_mqueue_len {
+            self.mqueue.pop_front();
+            self.mqueue_dropped += 1;
+            kept = false;
+        }
+        self.mqueue.push_back(delivery);
+        kept
+    }
+
+    /// Takes a message for an online client: returns the PUBLISH to write now, or queues it behind a
+    /// full inflight window. Returns whether anything was dropped through `dropped`.
+    pub fn deliver(&mut self, delivery: Delivery, dropped: &mut bool) -> Option<Publish> {
+        if delivery.qos == QoS::AtMostOnce {
+            self.delivered += 1;
+            return Some(self.publish_packet(&delivery, 0, false));
+        }
+        if self.window_full() || !self.mqueue.is_empty() {
+            *dropped |= !self.enqueue(delivery);
+            return None;
+        }
+        Some(self.send_inflight(delivery))
+    }
+
+    /// Moves queued messages into the window while it has room.
+    pub fn drain_queue(&mut self, out: &mut Vec<Outgoing>) {
+        while !self.window_full() {
+            let Some(delivery) = self.mqueue.pop_front() else {
+                break;
+            };
+            if delivery.qos == QoS::AtMostOnce {
+                self.delivered += 1;
+                out.push(Outgoing::Publish(self.publish_packet(&delivery, 0, false)));
+            } else {
+                out.push(Outgoing::Publish(self.send_inflight(delivery)));
+            }
+        }
+    }
+
+    /// Everything to resend when a persistent session resumes: unacknowledged PUBLISHes with DUP set,
+    /// PUBRELs for those past PUBREC, then as much of the queue as the window takes.
+    pub fn resume(&mut self, out: &mut Vec<Outgoing>) {
+        for entry in &self.inflight {
+            out.push(match entry.state {
+                InflightState::AwaitComp => Outgoing::Pubrel(entry.pkid),
+                _ => Outgoing::Publish(self.publish_packet(&entry.delivery, entry.pkid, true)),
+            });
+        }
+        self.drain_queue(out);
+    }
+
+    pub fn puback(&mut self, pkid: u16) -> AckResult {
+        self.finish(pkid, InflightState::AwaitAck)
+    }
+
+    /// PUBREC moves a QoS 2 delivery on to PUBREL; a repeated PUBREC is answered with PUBREL again.
+    pub fn pubrec(&mut self, pkid: u16) -> AckResult {
+        match self.inflight.iter_mut().find(|e| e.pkid == pkid) {
+            Some(e) if matches!(e.state, InflightState::AwaitRec | InflightState::AwaitComp) => {
+                e.state = InflightState::AwaitComp;
+                AckResult::Done
+            }
+            _ => AckResult::Missed,
+        }
+    }
+
+    pub fn pubcomp(&mut self, pkid: u16) -> AckResult {
+        self.finish(pkid, InflightState::AwaitComp)
+    }
+
+    /// Records an incoming QoS 2 packet id. Returns `Some(true)` for a new message (route it),
+    /// `Some(false)` for a retransmission (acknowledge, do not route again), `None` when the
+    /// awaiting-PUBREL set is full (drop it).
+    pub fn incoming_qos2(&mut self, pkid: u16) -> Option<bool> {
+        if self.awaiting_rel.contains_key(&pkid) {
+            return Some(false);
+        }
+        let full = |s: &Self| {
+            s.limits.max_awaiting_rel > 0 && s.awaiting_rel.len() >= s.limits.max_awaiting_rel
+        };
+        // Stale ids only matter once the set is full, so that is when they are swept.
+        if full(self) && (self.expire_awaiting_rel(Instant::now()) == 0 || full(self)) {
+            return None;
+        }
+        self.awaiting_rel.insert(pkid, Instant::now());
+        Some(true)
+    }
+
+    /// PUBREL from the client. Returns whether the packet id was awaited.
+    pub fn pubrel(&mut self, pkid: u16) -> AckResult {
+        match self.awaiting_rel.remove(&pkid) {
+            Some(_) => AckResult::Done,
+            None => AckResult::Missed,
+        }
+    }
+
+    /// Forgets incoming QoS 2 packet ids whose PUBREL never came. Returns how many.
+    pub fn expire_awaiting_rel(&mut self, now: Instant) -> usize {
+        let timeout = self.limits.await_rel_timeout;
+        let before = self.awaiting_rel.len();
+        self.awaiting_rel
+            .retain(|_, since| now.duration_since(*since) < timeout);
+        before - self.awaiting_rel.len()
+    }
+
+    fn finish(&mut self, pkid: u16, expected: InflightState) -> AckResult {
+        match self
+            .inflight
+            .iter()
+            .position(|e| e.pkid == pkid && e.state == expected)
+        {
+            Some(i) => {
+                self.inflight.remove(i);
+                AckResult::Done
+            }
+            None => AckResult::Missed,
+        }
+    }
+
+    fn window_full(&self) -> bool {
+        self.limits.max_inflight > 0 && self.inflight.len() >= self.limits.max_inflight
+    }
+
+    fn send_inflight(&mut self, delivery: Delivery) -> Publish {
+        let pkid = self.next_packet_id();
+        let publish = self.publish_packet(&delivery, pkid, false);
+        let state = match delivery.qos {
+            QoS::ExactlyOnce => InflightState::AwaitRec,
+            _ => InflightState::AwaitAck,
+        };
+        self.delivered += 1;
+        self.inflight.push_back(Inflight {
+            pkid,
+            delivery,
+            state,
+        });
+        publish
+    }
+
+    /// The next packet id not in flight. The window is far smaller than 65535, so this ends quickly.
+    fn next_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_pkid;
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if !self.inflight.iter().any(|e| e.pkid == id) {
+                return id;
+            }
+        }
+    }
+
+    fn publish_packet(&self, d: &Delivery, pkid: u16, dup: bool) -> Publish {
+        Publish {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic: d.message.topic.clone(),
+            pkid,
+            payload: d.message.payload.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_inflight: usize, max_mqueue_len: usize) -> SessionLimits {
+        SessionLimits {
+            max_inflight,
+            max_mqueue_len,
+            mqueue_store_qos0: true,
+            max_awaiting_rel: 2,
+            await_rel_timeout: Duration::from_secs(20),
+        }
+    }
+
+    fn delivery(n: u8, qos: QoS) -> Delivery {
+        Delivery {
+            message: Arc::new(Message {
+                topic: Bytes::from_static(b"t"),
+                payload: Bytes::from(vec![n]),
+                qos,
+                retain: false,
+            }),
+            qos,
+            retain: false,
+        }
+    }
+
+    #[test]
+    fn window_queue_and_acks() {
+        let mut s = Session::new("c".into(), false, limits(2, 2));
+        let mut dropped = false;
+        let p1 = s
+            .deliver(delivery(1, QoS::AtLeastOnce), &mut dropped)
+            .unwrap();
+        let p2 = s
+            .deliver(delivery(2, QoS::ExactlyOnce), &mut dropped)
+            .unwrap();
+        assert_eq!((p1.pkid, p2.pkid), (1, 2));
+        for n in 3..=5 {
+            assert!(s
+                .deliver(delivery(n, QoS::AtLeastOnce), &mut dropped)
+                .is_none());
+        }
+        // Queue of 2 dropped its oldest (3).
+        assert!(dropped);
+        assert_eq!(
+            (s.inflight_len(), s.mqueue_len(), s.mqueue_dropped),
+            (2, 2, 1)
+        );
+        assert_eq!(s.puback(2), AckResult::Missed, "pkid 2 is QoS 2");
+        assert_eq!(s.puback(1), AckResult::Done);
+        let mut out = Vec::new();
+        s.drain_queue(&mut out);
+        match &out[..] {
+            [Outgoing::Publish(p)] => assert_eq!((p.pkid, &p.payload[..]), (3, &[4u8][..])),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.pubrec(2), AckResult::Done);
+        let mut out = Vec::new();
+        s.resume(&mut out);
+        assert_eq!(out[0], Outgoing::Pubrel(2));
+        match &out[1] {
+            Outgoing::Publish(p) => assert!(p.dup && p.pkid == 3),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.pubcomp(2), AckResult::Done);
+        assert_eq!(s.pubcomp(2), AckResult::Missed);
+    }
+
+    #[test]
+    fn awaiting_rel_limit_and_timeout() {
+        let mut s = Session::new("c".into(), false, limits(2, 2));
+        assert_eq!(s.incoming_qos2(1), Some(true));
+        assert_eq!(s.incoming_qos2(1), Some(false));
+        assert_eq!(s.incoming_qos2(2), Some(true));
+        assert_eq!(s.incoming_qos2(3), None);
+        assert_eq!(s.pubrel(1), AckResult::Done);
+        assert_eq!(s.pubrel(1), AckResult::Missed);
+        assert_eq!(
+            s.expire_awaiting_rel(Instant::now() + Duration::from_secs(21)),
+            1
+        );
+        assert_eq!(s.awaiting_rel_len(), 0);
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_flight() {
+        let mut s = Session::new("c".into(), false, limits(3, 10));
+        s.next_pkid = u16::MAX;
+        let mut d = false;
+        let a = s
+            .deliver(delivery(1, QoS::AtLeastOnce), &mut d)
+            .unwrap()
+            .pkid;
+        let b = s
+            .deliver(delivery(2, QoS::AtLeastOnce), &mut d)
+            .unwrap()
+            .pkid;
+        assert_eq!((a, b), (u16::MAX, 1));
+        s.next_pkid = u16::MAX;
+        let c = s
+            .deliver(delivery(3, QoS::AtLeastOnce), &mut d)
+            .unwrap()
+            .pkid;
+        assert_eq!(c, 2);
+    }
+}

@@ -1,0 +1,6 @@
+//! The wire contract between `midge-broker` and `midge-mgmt`.
+//!
+//! Everything the two processes say to each other crosses MQTT; this crate names the topics and
+//! (as the control channel grows) the serde types of every payload, so neither side builds JSON by hand.
+
+pub mod topics;
