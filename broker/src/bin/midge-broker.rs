@@ -1,6 +1,6 @@
 //! The broker binary: read configuration, start, and stop cleanly on SIGTERM or Ctrl-C.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 
 use anyhow::Context as _;
 use midge_broker::config::{Command, Config};
@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stdout().is_terminal())
         .with_env_filter(EnvFilter::try_new(&config.log_level).context("invalid log_level")?)
         .init();
 

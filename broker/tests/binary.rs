@@ -1,0 +1,136 @@
+//! The `midge-broker` binary itself: its command line, environment, and clean exit on SIGTERM.
+
+mod helpers;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use helpers::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_midge-broker");
+
+#[tokio::test]
+async fn help_documents_every_config_key() {
+    let output = Command::new(BIN).arg("--help").output().await.unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    let keys = toml::Table::try_from(Config::default()).unwrap();
+    // Keys left out of the default (optional ones) are named here.
+    let mut names: Vec<String> = keys.keys().cloned().collect();
+    names.extend(["users_file".into(), "acl_file".into()]);
+    for key in names {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let env = format!("MIDGE_{}", key.to_uppercase());
+        assert!(help.contains(&flag), "--help lacks {flag}");
+        assert!(help.contains(&env), "--help lacks {env}");
+    }
+    for stable in [
+        "--config",
+        "--listen",
+        "--node",
+        "--acl-file",
+        "--allow-anonymous",
+        "MIDGE_LISTEN",
+        "MIDGE_NODE",
+    ] {
+        assert!(help.contains(stable), "--help lacks {stable}");
+    }
+}
+
+#[tokio::test]
+async fn listens_where_the_environment_says_and_exits_cleanly_on_sigterm() {
+    let mut child = Command::new(BIN)
+        .env("MIDGE_LISTEN", "127.0.0.1:0")
+        .env("MIDGE_NODE", "envnode@127.0.0.1")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("listen=").nth(1) {
+                assert!(line.contains("envnode@127.0.0.1"), "{line}");
+                return rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap();
+            }
+        }
+        panic!("broker exited before listening");
+    })
+    .await
+    .expect("broker logs its address");
+    let mut client = Raw::connected(addr, "c").await;
+    client.ping().await;
+
+    let pid = child.id().unwrap().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("exits in time")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    client.expect_closed().await;
+}
+
+#[tokio::test]
+async fn bad_config_is_a_clear_error() {
+    let dir = tempdir();
+    let file = dir.join("midge.toml");
+    std::fs::write(&file, "no_such_key = 1\n").unwrap();
+    let output = Command::new(BIN)
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no_such_key"));
+
+    let output = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--acl-file",
+            "/nonexistent/acl.conf",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/acl.conf"));
+}
+
+#[tokio::test]
+async fn hash_password_makes_a_usable_users_file_line() {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"pa55word\n")
+        .await
+        .unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    assert!(output.status.success());
+    let hash = String::from_utf8(output.stdout).unwrap();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let users = midge_broker::auth::Users::parse(&format!("u:{}", hash.trim())).unwrap();
+    assert!(users.verify("u", b"pa55word").await);
+}

@@ -1,0 +1,369 @@
+//! CONNECT handling, authentication, takeover, keepalive, wills and shutdown, over the real socket.
+
+mod helpers;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use helpers::*;
+use midge_broker::codec::*;
+
+async fn connack_code(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<Packet> {
+    let mut raw = Raw::open(addr).await;
+    raw.send_bytes(bytes).await;
+    raw.recv().await
+}
+
+fn refused(code: ConnectReturnCode) -> Option<Packet> {
+    Some(Packet::Connack(Connack {
+        session_present: false,
+        code,
+    }))
+}
+
+#[tokio::test]
+async fn unknown_protocol_name_or_level_gets_connack_1() {
+    let broker = start_default().await;
+    // MQTT level 5, MQTT level 3, MQIsdp level 4, and a made-up name.
+    for bytes in [
+        &b"\x10\x0d\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x00"[..],
+        &b"\x10\x0c\x00\x04MQTT\x03\x02\x00\x3c\x00\x00"[..],
+        &b"\x10\x0e\x00\x06MQIsdp\x04\x02\x00\x3c\x00\x00"[..],
+        &b"\x10\x0c\x00\x04MQTX\x04\x02\x00\x3c\x00\x00"[..],
+    ] {
+        assert_eq!(
+            connack_code(broker.addr, bytes).await,
+            refused(ConnectReturnCode::UnacceptableProtocol)
+        );
+    }
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn mqtt_31_is_accepted() {
+    let broker = start_default().await;
+    let reply = connack_code(
+        broker.addr,
+        b"\x10\x12\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x04abcd",
+    )
+    .await;
+    assert_eq!(
+        reply,
+        Some(Packet::Connack(Connack {
+            session_present: false,
+            code: ConnectReturnCode::Accepted
+        }))
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn bad_connect_flags_close_the_connection() {
+    let broker = start_default().await;
+    for bytes in [
+        // reserved flag
+        &b"\x10\x0e\x00\x04MQTT\x04\x03\x00\x3c\x00\x02id"[..],
+        // password without username
+        &b"\x10\x12\x00\x04MQTT\x04\x42\x00\x3c\x00\x02id\x00\x02pw"[..],
+        // will QoS without will flag
+        &b"\x10\x0e\x00\x04MQTT\x04\x0a\x00\x3c\x00\x02id"[..],
+        // will QoS 3
+        &b"\x10\x14\x00\x04MQTT\x04\x1e\x00\x3c\x00\x02id\x00\x01t\x00\x01p"[..],
+        // will retain without will flag
+        &b"\x10\x0e\x00\x04MQTT\x04\x22\x00\x3c\x00\x02id"[..],
+    ] {
+        let mut raw = Raw::open(broker.addr).await;
+        raw.send_bytes(bytes).await;
+        raw.expect_closed().await;
+    }
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn client_id_rules() {
+    let broker = start_default().await;
+    // 3.1.1, empty id, clean session: accepted with an assigned id.
+    let (raw, present) = Raw::connect(broker.addr, connect_packet("", true)).await;
+    assert!(!present);
+    raw.disconnect().await;
+    // 3.1.1, empty id, persistent session: identifier rejected.
+    let mut raw = Raw::open(broker.addr).await;
+    raw.send(&Packet::Connect(connect_packet("", false))).await;
+    assert_eq!(
+        raw.recv().await,
+        refused(ConnectReturnCode::IdentifierRejected)
+    );
+    raw.expect_closed().await;
+    // 3.1, empty id: identifier rejected.
+    let mut c = connect_packet("", true);
+    c.protocol = Protocol::V31;
+    let mut raw = Raw::open(broker.addr).await;
+    raw.send(&Packet::Connect(c)).await;
+    assert_eq!(
+        raw.recv().await,
+        refused(ConnectReturnCode::IdentifierRejected)
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn too_long_client_id_is_rejected() {
+    let broker = start(Config {
+        max_clientid_len: 8,
+        ..config()
+    })
+    .await;
+    let mut raw = Raw::open(broker.addr).await;
+    raw.send(&Packet::Connect(connect_packet("123456789", true)))
+        .await;
+    assert_eq!(
+        raw.recv().await,
+        refused(ConnectReturnCode::IdentifierRejected)
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn first_packet_must_be_connect() {
+    let broker = start_default().await;
+    let mut raw = Raw::open(broker.addr).await;
+    raw.send(&Packet::Pingreq).await;
+    raw.expect_closed().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn second_connect_closes_the_connection() {
+    let broker = start_default().await;
+    let mut raw = Raw::connected(broker.addr, "twice").await;
+    raw.send(&Packet::Connect(connect_packet("twice", true)))
+        .await;
+    raw.expect_closed().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn silent_connection_is_closed_after_connect_timeout() {
+    let broker = start(Config {
+        connect_timeout: 1,
+        ..config()
+    })
+    .await;
+    let mut raw = Raw::open(broker.addr).await;
+    let started = std::time::Instant::now();
+    raw.expect_closed().await;
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn takeover_closes_the_old_connection_and_publishes_its_will() {
+    let broker = start_default().await;
+    let mut watcher = Raw::connected(broker.addr, "watcher").await;
+    watcher.subscribe(1, &[("will/#", QoS::AtMostOnce)]).await;
+
+    let mut c = connect_packet("same-id", true);
+    c.will = Some(LastWill {
+        topic: "will/same-id".into(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+    });
+    let (mut old, _) = Raw::connect(broker.addr, c).await;
+    let (mut new, _) = Raw::connect(broker.addr, connect_packet("same-id", true)).await;
+    old.expect_closed().await;
+    let will = watcher.recv_publish().await;
+    assert_eq!(
+        (&will.topic[..], &will.payload[..]),
+        (&b"will/same-id"[..], &b"gone"[..])
+    );
+    new.ping().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn keepalive_timeout_closes_and_publishes_will_but_pings_keep_it_alive() {
+    let broker = start_default().await;
+    let mut watcher = Raw::connected(broker.addr, "watcher").await;
+    watcher.subscribe(1, &[("will/+", QoS::AtLeastOnce)]).await;
+
+    let mut c = connect_packet("sleepy", true);
+    c.keep_alive = 1;
+    c.will = Some(LastWill {
+        topic: "will/sleepy".into(),
+        payload: Bytes::from_static(b"timeout"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+    });
+    let (mut sleepy, _) = Raw::connect(broker.addr, c).await;
+    // Pings every 0.5 s for 2 s keep it open past 1.5 × keepalive.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        sleepy.ping().await;
+    }
+    let silent_since = std::time::Instant::now();
+    sleepy.expect_closed().await;
+    let waited = silent_since.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_millis(2500),
+        "{waited:?}"
+    );
+    let will = watcher.recv_publish().await;
+    assert_eq!(&will.payload[..], b"timeout");
+    assert_eq!(will.qos, QoS::AtLeastOnce);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn will_is_published_on_socket_close_but_not_after_disconnect() {
+    let broker = start_default().await;
+    let mut watcher = Raw::connected(broker.addr, "watcher").await;
+    watcher.subscribe(1, &[("will/#", QoS::AtMostOnce)]).await;
+    let with_will = |id: &str| {
+        let mut c = connect_packet(id, true);
+        c.will = Some(LastWill {
+            topic: format!("will/{id}"),
+            payload: Bytes::from_static(b"bye"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+        });
+        c
+    };
+    let (polite, _) = Raw::connect(broker.addr, with_will("polite")).await;
+    polite.disconnect().await;
+    let (rude, _) = Raw::connect(broker.addr, with_will("rude")).await;
+    drop(rude);
+    let will = watcher.recv_publish().await;
+    assert_eq!(&will.topic[..], b"will/rude");
+    watcher.expect_silence(Duration::from_millis(300)).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn will_on_protocol_error_and_retained_will() {
+    let broker = start_default().await;
+    let mut c = connect_packet("bad", true);
+    c.will = Some(LastWill {
+        topic: "status/bad".into(),
+        payload: Bytes::from_static(b"offline"),
+        qos: QoS::AtMostOnce,
+        retain: true,
+    });
+    let (mut bad, _) = Raw::connect(broker.addr, c).await;
+    bad.send_bytes(b"\xf0\x00").await; // reserved packet type
+    bad.expect_closed().await;
+    // The retained will is there for a later subscriber.
+    let mut late = Raw::connected(broker.addr, "late").await;
+    late.subscribe(1, &[("status/+", QoS::AtMostOnce)]).await;
+    let will = late.recv_publish().await;
+    assert!(will.retain);
+    assert_eq!(&will.payload[..], b"offline");
+    broker.stop().await;
+}
+
+mod auth {
+    use super::*;
+    use midge_broker::auth::hash_password;
+
+    fn users_file(dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("users");
+        let argon = hash_password(b"s3cret").unwrap();
+        let binary = hash_password(&[0xff, 0x00, 0x80]).unwrap();
+        std::fs::write(&path, format!("alice:{argon}\nbin:{binary}\n")).unwrap();
+        path
+    }
+
+    fn with_credentials(user: Option<&str>, password: Option<&[u8]>) -> Packet {
+        let mut c = connect_packet("auth-test", true);
+        c.username = user.map(Into::into);
+        c.password = password.map(Bytes::copy_from_slice);
+        Packet::Connect(c)
+    }
+
+    async fn code_for(addr: std::net::SocketAddr, packet: Packet) -> ConnectReturnCode {
+        let mut raw = Raw::open(addr).await;
+        raw.send(&packet).await;
+        match raw.recv().await {
+            Some(Packet::Connack(c)) => c.code,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn users_file_and_anonymous() {
+        let dir = tempdir();
+        let broker = start(Config {
+            users_file: Some(users_file(&dir)),
+            allow_anonymous: false,
+            ..config()
+        })
+        .await;
+        use ConnectReturnCode::*;
+        assert_eq!(
+            code_for(
+                broker.addr,
+                with_credentials(Some("alice"), Some(b"s3cret"))
+            )
+            .await,
+            Accepted
+        );
+        assert_eq!(
+            code_for(
+                broker.addr,
+                with_credentials(Some("bin"), Some(&[0xff, 0, 0x80]))
+            )
+            .await,
+            Accepted
+        );
+        assert_eq!(
+            code_for(broker.addr, with_credentials(Some("alice"), Some(b"wrong"))).await,
+            BadUsernameOrPassword
+        );
+        assert_eq!(
+            code_for(broker.addr, with_credentials(Some("alice"), None)).await,
+            BadUsernameOrPassword
+        );
+        assert_eq!(
+            code_for(
+                broker.addr,
+                with_credentials(Some("mallory"), Some(b"s3cret"))
+            )
+            .await,
+            BadUsernameOrPassword
+        );
+        assert_eq!(
+            code_for(broker.addr, with_credentials(None, None)).await,
+            NotAuthorized
+        );
+        broker.stop().await;
+
+        let open = start(Config {
+            users_file: Some(users_file(&dir)),
+            ..config()
+        })
+        .await;
+        assert_eq!(
+            code_for(open.addr, with_credentials(None, None)).await,
+            Accepted
+        );
+        assert_eq!(
+            code_for(open.addr, with_credentials(Some("alice"), Some(b"wrong"))).await,
+            BadUsernameOrPassword,
+            "a presented username is always checked"
+        );
+        open.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_closes_clients() {
+    let broker = start_default().await;
+    let mut raw = Raw::connected(broker.addr, "stays").await;
+    let addr = broker.addr;
+    broker.stop().await;
+    raw.expect_closed().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener is closed"
+    );
+}
