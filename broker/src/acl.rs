@@ -97,8 +97,7 @@ pub enum AclError {
 impl Acl {
     pub fn load(path: Option<&Path>, nomatch: Nomatch) -> Result<Acl, AclError> {
         let text = match path {
-            Some(p) => std::fs::read_to_string(p)
-                .map_err(|e| AclError::Read(p.display().to_string(), e))?,
+            Some(p) => std::fs::read_to_string(p).map_err(|e| AclError::Read(p.display().to_string(), e))?,
             None => DEFAULT_RULES.to_string(),
         };
         Acl::parse(&text, nomatch)
@@ -174,22 +173,14 @@ pub struct AclCache {
 
 impl AclCache {
     pub fn new(max_size: usize, ttl: std::time::Duration) -> Self {
-        AclCache {
-            entries: Vec::new(),
-            max_size,
-            ttl,
-        }
+        AclCache { entries: Vec::new(), max_size, ttl }
     }
 
     pub fn get(&mut self, topic: &str) -> Option<Decision> {
         let now = std::time::Instant::now();
         let ttl = self.ttl;
-        self.entries
-            .retain(|(_, _, at)| now.duration_since(*at) < ttl);
-        self.entries
-            .iter()
-            .find(|(t, _, _)| t == topic)
-            .map(|(_, d, _)| *d)
+        self.entries.retain(|(_, _, at)| now.duration_since(*at) < ttl);
+        self.entries.iter().find(|(t, _, _)| t == topic).map(|(_, d, _)| *d)
     }
 
     pub fn put(&mut self, topic: &str, decision: Decision) {
@@ -200,8 +191,7 @@ impl AclCache {
             // Entries are pushed in time order, so the first is the oldest.
             self.entries.remove(0);
         }
-        self.entries
-            .push((topic.to_string(), decision, std::time::Instant::now()));
+        self.entries.push((topic.to_string(), decision, std::time::Instant::now()));
     }
 
     /// Forgets the decision for one topic (the management API's clean_acl_cache).
@@ -248,22 +238,13 @@ fn rule(term: Term) -> Result<Rule, String> {
         other => return Err(format!("unknown who {other:?}")),
     };
     if items.len() == 2 {
-        return Ok(Rule {
-            decision,
-            who,
-            access: None,
-            topics: None,
-        });
+        return Ok(Rule { decision, who, access: None, topics: None });
     }
     let access = match items.get(2) {
         Some(Term::Atom(a)) if a == "publish" => Some(Access::Publish),
         Some(Term::Atom(a)) if a == "subscribe" => Some(Access::Subscribe),
         Some(Term::Atom(a)) if a == "pubsub" => None,
-        other => {
-            return Err(format!(
-                "access must be publish, subscribe or pubsub, not {other:?}"
-            ))
-        }
+        other => return Err(format!("access must be publish, subscribe or pubsub, not {other:?}")),
     };
     let topics = match items.get(3) {
         Some(Term::List(list)) if items.len() == 4 => list
@@ -279,29 +260,19 @@ fn rule(term: Term) -> Result<Rule, String> {
             .collect::<Result<Vec<_>, _>>()?,
         _ => return Err("a rule is {Allow, Who, Access, [Topics]} or {Allow, Who}".into()),
     };
-    Ok(Rule {
-        decision,
-        who,
-        access,
-        topics: Some(topics),
-    })
+    Ok(Rule { decision, who, access, topics: Some(topics) })
 }
 
 fn ip_net(text: &str) -> Result<IpNet, String> {
     if let Ok(net) = text.parse::<IpNet>() {
         return Ok(net);
     }
-    text.parse::<IpAddr>()
-        .map(IpNet::from)
-        .map_err(|e| format!("bad address {text:?}: {e}"))
+    text.parse::<IpAddr>().map(IpNet::from).map_err(|e| format!("bad address {text:?}: {e}"))
 }
 
 /// Parses a sequence of `Term.` forms.
 fn parse_terms(text: &str) -> Result<Vec<Term>, AclError> {
-    let mut p = TermParser {
-        s: text.as_bytes(),
-        at: 0,
-    };
+    let mut p = TermParser { s: text.as_bytes(), at: 0 };
     let mut terms = Vec::new();
     loop {
         p.skip_space();
@@ -321,10 +292,7 @@ struct TermParser<'a> {
 
 impl TermParser<'_> {
     fn error(&self, what: impl Into<String>) -> AclError {
-        AclError::Syntax {
-            at: self.at,
-            what: what.into(),
-        }
+        AclError::Syntax { at: self.at, what: what.into() }
     }
 
     fn skip_space(&mut self) {
@@ -359,16 +327,10 @@ impl TermParser<'_> {
             Some(b'\'') => self.quoted_atom().map(Term::Atom),
             Some(c) if c.is_ascii_lowercase() => {
                 let start = self.at;
-                while self
-                    .s
-                    .get(self.at)
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'@')
-                {
+                while self.s.get(self.at).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'@') {
                     self.at += 1;
                 }
-                Ok(Term::Atom(
-                    String::from_utf8_lossy(&self.s[start..self.at]).into_owned(),
-                ))
+                Ok(Term::Atom(String::from_utf8_lossy(&self.s[start..self.at]).into_owned()))
             }
             _ => Err(self.error("expected a term")),
         }
@@ -439,11 +401,7 @@ mod tests {
     use super::*;
 
     fn client(id: &str, user: Option<&str>, ip: &str) -> ClientInfo {
-        ClientInfo {
-            client_id: id.into(),
-            username: user.map(Into::into),
-            ip: ip.parse().unwrap(),
-        }
+        ClientInfo { client_id: id.into(), username: user.map(Into::into), ip: ip.parse().unwrap() }
     }
 
     #[test]
@@ -452,29 +410,14 @@ mod tests {
         let remote = client("c", None, "10.0.0.5");
         let local = client("c", None, "127.0.0.1");
         let dash = client("c", Some("dashboard"), "10.0.0.5");
-        assert_eq!(
-            acl.check(&remote, Access::Subscribe, "$SYS/#"),
-            Decision::Deny
-        );
-        assert_eq!(
-            acl.check(&remote, Access::Subscribe, "$SYS/brokers/+/uptime"),
-            Decision::Deny
-        );
+        assert_eq!(acl.check(&remote, Access::Subscribe, "$SYS/#"), Decision::Deny);
+        assert_eq!(acl.check(&remote, Access::Subscribe, "$SYS/brokers/+/uptime"), Decision::Deny);
         assert_eq!(acl.check(&remote, Access::Subscribe, "#"), Decision::Deny);
-        assert_eq!(
-            acl.check(&remote, Access::Subscribe, "a/#"),
-            Decision::Allow
-        );
+        assert_eq!(acl.check(&remote, Access::Subscribe, "a/#"), Decision::Allow);
         assert_eq!(acl.check(&remote, Access::Publish, "#"), Decision::Allow);
-        assert_eq!(
-            acl.check(&local, Access::Subscribe, "$SYS/#"),
-            Decision::Allow
-        );
+        assert_eq!(acl.check(&local, Access::Subscribe, "$SYS/#"), Decision::Allow);
         assert_eq!(acl.check(&local, Access::Subscribe, "#"), Decision::Allow);
-        assert_eq!(
-            acl.check(&dash, Access::Subscribe, "$SYS/brokers"),
-            Decision::Allow
-        );
+        assert_eq!(acl.check(&dash, Access::Subscribe, "$SYS/brokers"), Decision::Allow);
     }
 
     #[test]
@@ -490,46 +433,21 @@ mod tests {
         let bob = client("b1", Some("bob"), "192.168.3.4");
         let anon = client("x", None, "10.1.1.1");
         let admin = client("admin", None, "10.1.1.1");
-        assert_eq!(
-            acl.check(&bob, Access::Publish, "users/bob/x"),
-            Decision::Allow
-        );
-        assert_eq!(
-            acl.check(&bob, Access::Publish, "users/eve/x"),
-            Decision::Deny
-        );
-        assert_eq!(
-            acl.check(&anon, Access::Publish, "users/undefined/x"),
-            Decision::Deny
-        );
-        assert_eq!(
-            acl.check(&bob, Access::Subscribe, "clients/b1"),
-            Decision::Allow
-        );
+        assert_eq!(acl.check(&bob, Access::Publish, "users/bob/x"), Decision::Allow);
+        assert_eq!(acl.check(&bob, Access::Publish, "users/eve/x"), Decision::Deny);
+        assert_eq!(acl.check(&anon, Access::Publish, "users/undefined/x"), Decision::Deny);
+        assert_eq!(acl.check(&bob, Access::Subscribe, "clients/b1"), Decision::Allow);
         assert_eq!(acl.check(&admin, Access::Subscribe, "a/+"), Decision::Allow);
-        assert_eq!(
-            acl.check(&admin, Access::Subscribe, "a/b"),
-            Decision::Deny,
-            "nomatch"
-        );
+        assert_eq!(acl.check(&admin, Access::Subscribe, "a/b"), Decision::Deny, "nomatch");
         assert_eq!(acl.check(&bob, Access::Subscribe, "a/b"), Decision::Deny);
     }
 
     #[test]
     fn syntax_errors_are_reported() {
+        assert!(matches!(Acl::parse("{allow, all", Nomatch::Allow), Err(AclError::Syntax { .. })));
+        assert!(matches!(Acl::parse("{maybe, all}.", Nomatch::Allow), Err(AclError::Rule { rule: 1, .. })));
         assert!(matches!(
-            Acl::parse("{allow, all", Nomatch::Allow),
-            Err(AclError::Syntax { .. })
-        ));
-        assert!(matches!(
-            Acl::parse("{maybe, all}.", Nomatch::Allow),
-            Err(AclError::Rule { rule: 1, .. })
-        ));
-        assert!(matches!(
-            Acl::parse(
-                "{allow, {ipaddr, \"nope\"}, pubsub, [\"#\"]}.",
-                Nomatch::Allow
-            ),
+            Acl::parse("{allow, {ipaddr, \"nope\"}, pubsub, [\"#\"]}.", Nomatch::Allow),
             Err(AclError::Rule { .. })
         ));
     }

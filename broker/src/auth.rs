@@ -10,6 +10,66 @@ use std::sync::{Arc, OnceLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use subtle::ConstantTimeEq;
+
+use crate::codec::{Connect, ConnectReturnCode};
+use crate::server::Context;
+
+/// Who a client turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    /// An ordinary client, subject to the ACL.
+    Client,
+    /// The management sidecar: may use the control topics, and is not subject to the ACL.
+    Management,
+}
+
+/// Decides whether a CONNECT may proceed: `Err` carries the CONNACK code that refuses it.
+///
+/// The management username is reserved: only the shared secret opens it. Otherwise the first source
+/// that knows the client decides: the users file, then `emq_auth_username`, then `emq_auth_clientid`.
+/// A username no source knows is refused when a username source exists; otherwise clients that
+/// present nothing known are anonymous, and `allow_anonymous` decides.
+pub async fn authenticate(ctx: &Context, connect: &Connect) -> Result<Principal, ConnectReturnCode> {
+    use ConnectReturnCode::{BadUsernameOrPassword, NotAuthorized};
+    let password = connect.password.as_deref().unwrap_or_default();
+    if let Some(username) = connect.username.as_deref() {
+        if username == ctx.config.mgmt_username {
+            let secret = ctx.config.mgmt_secret.as_ref().map(|s| s.expose().as_bytes());
+            return match secret {
+                Some(secret) if bool::from(secret.ct_eq(password)) => Ok(Principal::Management),
+                _ => Err(BadUsernameOrPassword),
+            };
+        }
+        if let Some(users) = ctx.users.as_ref().filter(|u| u.contains(username)) {
+            return verified(users.verify(username, password).await);
+        }
+        if let Some(users) = ctx.plugins.username_credentials().filter(|u| u.contains(username)) {
+            return verified(users.verify(username, password).await);
+        }
+    }
+    if let Some(users) = ctx.plugins.clientid_credentials().filter(|u| u.contains(&connect.client_id)) {
+        return verified(users.verify(&connect.client_id, password).await);
+    }
+    if connect.username.is_some() && (ctx.users.is_some() || ctx.plugins.username_credentials().is_some()) {
+        // Spend a verification's time so that unknown names cannot be told from wrong passwords.
+        Users::default().verify("", password).await;
+        return Err(BadUsernameOrPassword);
+    }
+    if ctx.settings.allow_anonymous() {
+        Ok(Principal::Client)
+    } else {
+        Err(NotAuthorized)
+    }
+}
+
+fn verified(ok: bool) -> Result<Principal, ConnectReturnCode> {
+    if ok {
+        Ok(Principal::Client)
+    } else {
+        Err(ConnectReturnCode::BadUsernameOrPassword)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -28,8 +88,7 @@ pub struct Users {
 
 impl Users {
     pub fn load(path: &Path) -> Result<Users, AuthError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| AuthError::Read(path.display().to_string(), e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| AuthError::Read(path.display().to_string(), e))?;
         Users::parse(&text)
     }
 
@@ -40,30 +99,34 @@ impl Users {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let err = |what: &str| AuthError::Line {
-                line: i + 1,
-                what: what.into(),
-            };
-            let (user, hash) = line
-                .split_once(':')
-                .ok_or_else(|| err("expected username:hash"))?;
+            let err = |what: &str| AuthError::Line { line: i + 1, what: what.into() };
+            let (user, hash) = line.split_once(':').ok_or_else(|| err("expected username:hash"))?;
             if user.is_empty() {
                 return Err(err("empty username"));
             }
-            if !(is_bcrypt(hash) || PasswordHash::new(hash).is_ok()) {
-                return Err(err(
-                    "not an argon2 or bcrypt hash (plain passwords are refused)",
-                ));
+            if !is_password_hash(hash) {
+                return Err(err("not an argon2 or bcrypt hash (plain passwords are refused)"));
             }
             hashes.insert(user.to_string(), hash.to_string());
         }
-        Ok(Users {
-            hashes: Arc::new(hashes),
-        })
+        Ok(Users { hashes: Arc::new(hashes) })
+    }
+
+    /// Users from `name → hash` pairs whose hashes were already checked.
+    pub fn from_hashes(hashes: HashMap<String, String>) -> Users {
+        Users { hashes: Arc::new(hashes) }
     }
 
     pub fn is_empty(&self) -> bool {
         self.hashes.is_empty()
+    }
+
+    pub fn contains(&self, username: &str) -> bool {
+        self.hashes.contains_key(username)
+    }
+
+    pub fn hash_of(&self, username: &str) -> Option<&str> {
+        self.hashes.get(username).map(String::as_str)
     }
 
     /// Checks a password off the async executor.
@@ -81,6 +144,11 @@ impl Users {
         .await
         .unwrap_or(false)
     }
+}
+
+/// Is this an argon2 PHC string or a bcrypt hash (as opposed to a plain password)?
+pub fn is_password_hash(text: &str) -> bool {
+    is_bcrypt(text) || (text.starts_with("$argon2") && PasswordHash::new(text).is_ok())
 }
 
 fn is_bcrypt(hash: &str) -> bool {
@@ -105,10 +173,7 @@ fn dummy_hash() -> &'static str {
 /// An argon2id PHC string for `password`, with a fresh random salt.
 pub fn hash_password(password: &[u8]) -> Result<String, AuthError> {
     let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-    Argon2::default()
-        .hash_password(password, &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| AuthError::Hash(e.to_string()))
+    Argon2::default().hash_password(password, &salt).map(|h| h.to_string()).map_err(|e| AuthError::Hash(e.to_string()))
 }
 
 #[cfg(test)]
@@ -128,13 +193,7 @@ mod tests {
 
     #[test]
     fn plain_passwords_are_refused() {
-        assert!(matches!(
-            Users::parse("alice:secret"),
-            Err(AuthError::Line { line: 1, .. })
-        ));
-        assert!(matches!(
-            Users::parse("alice"),
-            Err(AuthError::Line { line: 1, .. })
-        ));
+        assert!(matches!(Users::parse("alice:secret"), Err(AuthError::Line { line: 1, .. })));
+        assert!(matches!(Users::parse("alice"), Err(AuthError::Line { line: 1, .. })));
     }
 }

@@ -5,17 +5,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use midge_shared::control as ctl;
+use midge_shared::sys::{ClientConnected, ClientDisconnected};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::acl::{Access, AclCache, ClientInfo, Decision};
+use crate::auth::{self, Principal};
 use crate::codec::*;
 use crate::connection::{self, ConnectionError, PacketReader, PacketWriter, WRITE_HIGH_WATER};
-use crate::router::{self, ConnectOutcome, Outbound, OutboxReceiver, Request};
+use crate::control::ControlJob;
+use crate::metrics::Metric;
+use crate::router::{self, ClientMeta, ConnectOutcome, Outbound, OutboxReceiver, Request};
 use crate::server::Context;
 use crate::session::{AckResult, Delivery, Message, Outgoing, Session};
 use crate::subscriptions::ClientId;
-use crate::topic;
+use crate::{sys, topic};
 
 /// Why a connection ended; everything but a DISCONNECT from the client (or a broker shutdown)
 /// publishes the will.
@@ -24,6 +29,7 @@ enum Exit {
     Disconnect,
     Shutdown,
     TakenOver,
+    Kicked,
     KeepaliveTimeout,
     Error(ConnectionError),
     ProtocolViolation(&'static str),
@@ -33,6 +39,20 @@ impl Exit {
     fn publishes_will(&self) -> bool {
         !matches!(self, Exit::Disconnect | Exit::Shutdown)
     }
+
+    /// The `reason` of the disconnected event, in EMQ's words where it has them.
+    fn reason(&self) -> String {
+        match self {
+            Exit::Disconnect => "normal".into(),
+            Exit::Shutdown => "shutdown".into(),
+            Exit::TakenOver => "discarded".into(),
+            Exit::Kicked => "kicked".into(),
+            Exit::KeepaliveTimeout => "keepalive_timeout".into(),
+            Exit::Error(ConnectionError::Closed) => "closed".into(),
+            Exit::Error(e) => e.to_string(),
+            Exit::ProtocolViolation(what) => format!("protocol_error: {what}"),
+        }
+    }
 }
 
 impl std::fmt::Display for Exit {
@@ -41,6 +61,7 @@ impl std::fmt::Display for Exit {
             Exit::Disconnect => f.write_str("client sent DISCONNECT"),
             Exit::Shutdown => f.write_str("broker shutting down"),
             Exit::TakenOver => f.write_str("taken over by a new connection"),
+            Exit::Kicked => f.write_str("kicked through the management API"),
             Exit::KeepaliveTimeout => f.write_str("keepalive timeout"),
             Exit::Error(e) => write!(f, "{e}"),
             Exit::ProtocolViolation(what) => write!(f, "protocol violation: {what}"),
@@ -66,14 +87,19 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     let (mut reader, mut writer) = connection::split(stream, ctx.config.max_packet_size);
     let connect_timeout = Duration::from_secs(ctx.config.connect_timeout);
     let connect = match timeout(connect_timeout, reader.read_packet()).await {
-        Ok(Ok(Packet::Connect(connect))) => connect,
-        Ok(Ok(other)) => {
-            tracing::debug!(%peer, packet = other.name(), "first packet is not CONNECT");
-            return;
+        Ok(Ok((packet, size))) => {
+            ctx.metrics.packet_received(&packet, size);
+            match packet {
+                Packet::Connect(connect) => connect,
+                other => {
+                    tracing::debug!(%peer, packet = other.name(), "first packet is not CONNECT");
+                    return;
+                }
+            }
         }
         Ok(Err(ConnectionError::Decode(DecodeError::UnsupportedProtocol { name, level }))) => {
             tracing::debug!(%peer, %name, level, "unsupported protocol");
-            refuse(&mut writer, ConnectReturnCode::UnacceptableProtocol).await;
+            refuse(&ctx, &mut writer, ConnectReturnCode::UnacceptableProtocol).await;
             return;
         }
         Ok(Err(e)) => {
@@ -92,11 +118,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     conn.finish(exit).await;
 }
 
-async fn refuse(writer: &mut PacketWriter, code: ConnectReturnCode) {
-    writer.queue(&Packet::Connack(Connack {
-        session_present: false,
-        code,
-    }));
+async fn refuse(ctx: &Context, writer: &mut PacketWriter, code: ConnectReturnCode) {
+    let connack = Packet::Connack(Connack { session_present: false, code });
+    let size = writer.queue(&connack);
+    ctx.metrics.packet_sent(&connack, size);
     let _ = timeout(Duration::from_secs(1), writer.flush()).await;
     writer.shutdown().await;
 }
@@ -112,13 +137,13 @@ async fn accept(
     if connect.client_id.is_empty() {
         // 3.1 requires an id; 3.1.1 lets a clean session have one assigned.
         if connect.protocol == Protocol::V31 || !connect.clean_session {
-            refuse(&mut writer, ConnectReturnCode::IdentifierRejected).await;
+            refuse(ctx, &mut writer, ConnectReturnCode::IdentifierRejected).await;
             return None;
         }
         connect.client_id = format!("midge-{:016x}", rand::random::<u64>());
     }
     if connect.client_id.len() > ctx.config.max_clientid_len {
-        refuse(&mut writer, ConnectReturnCode::IdentifierRejected).await;
+        refuse(ctx, &mut writer, ConnectReturnCode::IdentifierRejected).await;
         return None;
     }
     if let Some(will) = &connect.will {
@@ -127,81 +152,75 @@ async fn accept(
             return None;
         }
     }
-    if let Some(code) = authenticate(&connect, ctx).await {
-        tracing::info!(%peer, client_id = %connect.client_id, "connection refused: {code:?}");
-        refuse(&mut writer, code).await;
-        return None;
-    }
+    let principal = match auth::authenticate(ctx, &connect).await {
+        Ok(principal) => principal,
+        Err(code) => {
+            // The username is not logged: it may be a password typed in the wrong field.
+            tracing::info!(%peer, client_id = %connect.client_id, "connection refused: {code:?}");
+            refuse(ctx, &mut writer, code).await;
+            return None;
+        }
+    };
 
     let client_id: ClientId = Arc::from(connect.client_id.as_str());
     let conn_id = ctx.next_conn_id();
     let (outbox, outbox_rx) = router::outbox(conn_id);
     let (reply, outcome) = tokio::sync::oneshot::channel();
-    let request = Request::Connect {
-        client_id: client_id.clone(),
+    let meta = ClientMeta {
+        username: connect.username.clone(),
+        peer,
         clean_session: connect.clean_session,
-        outbox,
-        reply,
+        proto_ver: connect.protocol.level(),
+        keepalive: connect.keep_alive,
+        connected_at: chrono::Local::now(),
     };
-    ctx.router.send(request).await.ok()?;
+    ctx.router.send(Request::Connect { client_id: client_id.clone(), meta, outbox, reply }).await.ok()?;
     let (session, present) = match outcome.await.ok()? {
         ConnectOutcome::Accepted { session, present } => (session, present),
         ConnectOutcome::Superseded => return None,
     };
-    // 3.1 has no session-present flag.
-    let session_present = present && connect.protocol == Protocol::V311;
-    writer.queue(&Packet::Connack(Connack {
-        session_present,
-        code: ConnectReturnCode::Accepted,
-    }));
     tracing::debug!(%peer, client_id = %client_id, clean = connect.clean_session, present, "connected");
 
     let mut conn = ClientConnection {
         ctx: ctx.clone(),
-        info: ClientInfo {
-            client_id: connect.client_id,
-            username: connect.username,
-            ip: peer.ip(),
-        },
+        info: ClientInfo { client_id: connect.client_id, username: connect.username, ip: peer.ip() },
+        principal,
         client_id,
         conn_id,
         keep_alive: connect.keep_alive,
         will: connect.will,
         session,
-        acl_cache: AclCache::new(
-            ctx.config.acl_cache_max_size,
-            Duration::from_secs(ctx.config.acl_cache_ttl),
-        ),
+        acl_cache: AclCache::new(ctx.config.acl_cache_max_size, Duration::from_secs(ctx.config.acl_cache_ttl)),
         reader,
         writer,
         outbox: outbox_rx,
         last_received: Instant::now(),
     };
+    // 3.1 has no session-present flag.
+    let session_present = present && connect.protocol == Protocol::V311;
+    conn.send(&Packet::Connack(Connack { session_present, code: ConnectReturnCode::Accepted }));
+    if ctx.plugins.presence_enabled() {
+        let event = ClientConnected {
+            clientid: conn.info.client_id.clone(),
+            username: conn.username(),
+            ipaddress: peer.ip().to_string(),
+            clean_sess: connect.clean_session,
+            protocol: connect.protocol.level(),
+            connack: 0,
+            ts: chrono::Utc::now().timestamp(),
+        };
+        let _ = ctx.router.send(Request::Publish(sys::connected_event(&ctx.config.node, &event))).await;
+    }
     let mut resend = Vec::new();
     conn.session.resume(&mut resend);
     conn.write_outgoing(resend);
     Some(conn)
 }
 
-/// `None` when the client may connect, else the CONNACK code that refuses it.
-async fn authenticate(connect: &Connect, ctx: &Context) -> Option<ConnectReturnCode> {
-    let Some(username) = &connect.username else {
-        return (!ctx.config.allow_anonymous).then_some(ConnectReturnCode::NotAuthorized);
-    };
-    match &ctx.users {
-        Some(users) => {
-            let password = connect.password.as_deref().unwrap_or_default();
-            (!users.verify(username, password).await)
-                .then_some(ConnectReturnCode::BadUsernameOrPassword)
-        }
-        // Nothing to check a username against: it is as good as anonymous.
-        None => (!ctx.config.allow_anonymous).then_some(ConnectReturnCode::BadUsernameOrPassword),
-    }
-}
-
 struct ClientConnection {
     ctx: Arc<Context>,
     info: ClientInfo,
+    principal: Principal,
     client_id: ClientId,
     conn_id: u64,
     keep_alive: u16,
@@ -264,53 +283,66 @@ impl ClientConnection {
     }
 
     /// Publishes the will if the exit calls for it, flushes what it can and hands the session back.
-    async fn finish(self, exit: Exit) {
-        let ClientConnection {
-            ctx,
-            info,
-            client_id,
-            conn_id,
-            will,
-            session,
-            mut writer,
-            outbox,
-            mut acl_cache,
-            ..
-        } = self;
+    async fn finish(mut self, exit: Exit) {
         match &exit {
             Exit::Disconnect | Exit::Shutdown | Exit::TakenOver => {
-                tracing::debug!(client_id = %client_id, reason = %exit, "disconnected")
+                tracing::debug!(client_id = %self.client_id, reason = %exit, "disconnected")
             }
-            _ => tracing::info!(client_id = %client_id, reason = %exit, "connection closed"),
+            _ => tracing::info!(client_id = %self.client_id, reason = %exit, "connection closed"),
         }
         if exit.publishes_will() {
-            if let Some(will) = will {
-                if check_publish(&ctx, &info, &mut acl_cache, &will.topic) == Decision::Allow {
+            if let Some(will) = self.will.take() {
+                if self.check_publish(&will.topic) == Decision::Allow {
                     let message = Message {
                         topic: will.topic.into_bytes().into(),
                         payload: will.payload,
                         qos: will.qos,
                         retain: will.retain,
                     };
-                    let _ = ctx.router.send(Request::Publish(Arc::new(message))).await;
+                    let _ = self.ctx.router.send(Request::Publish(Arc::new(message))).await;
                 }
             }
         }
+        if self.ctx.plugins.presence_enabled() {
+            let event = ClientDisconnected {
+                clientid: self.info.client_id.clone(),
+                username: self.username(),
+                reason: exit.reason(),
+                ts: chrono::Utc::now().timestamp(),
+            };
+            let message = sys::disconnected_event(&self.ctx.config.node, &event);
+            let _ = self.ctx.router.send(Request::Publish(message)).await;
+        }
+        let ClientConnection { ctx, client_id, conn_id, session, mut writer, outbox, .. } = self;
         if writer.pending() > 0 && !matches!(exit, Exit::Error(_)) {
             let _ = timeout(Duration::from_millis(500), writer.flush()).await;
         }
         writer.shutdown().await;
-        let request = Request::Disconnected {
-            client_id,
-            conn_id,
-            session,
-            rest: outbox.rx,
-        };
+        let request = Request::Disconnected { client_id, conn_id, session, rest: outbox.rx };
         let _ = ctx.router.send(request).await;
     }
 
+    fn username(&self) -> String {
+        self.info.username.clone().unwrap_or_else(|| "undefined".into())
+    }
+
+    /// Queues a packet for the client and counts it, except `$SYS` publishes, which count in nothing.
+    fn send(&mut self, packet: &Packet) {
+        let size = self.writer.queue(packet);
+        if let Packet::Publish(p) = packet {
+            if p.topic.starts_with(b"$SYS/") {
+                return;
+            }
+        }
+        self.ctx.metrics.packet_sent(packet, size);
+    }
+
     async fn handle_buffered(&mut self) -> Result<(), Exit> {
-        while let Some(packet) = self.reader.next_buffered()? {
+        while let Some((packet, size)) = self.reader.next_buffered()? {
+            let sys = matches!(&packet, Packet::Publish(p) if p.topic.starts_with(b"$SYS/"));
+            if !sys {
+                self.ctx.metrics.packet_received(&packet, size);
+            }
             self.handle_packet(packet).await?;
         }
         Ok(())
@@ -321,25 +353,22 @@ impl ClientConnection {
             Packet::Publish(publish) => self.handle_publish(publish).await?,
             Packet::Puback(pkid) => {
                 let result = self.session.puback(pkid);
-                self.acked(result, "PUBACK");
+                self.acked(result, Metric::PacketsPubackMissed);
             }
-            Packet::Pubrec(pkid) => {
-                if self.session.pubrec(pkid) == AckResult::Done {
-                    self.writer.queue(&Packet::Pubrel(pkid));
-                } else {
-                    tracing::debug!(client_id = %self.client_id, pkid, "PUBREC for a packet id not in flight");
-                }
-            }
+            Packet::Pubrec(pkid) => match self.session.pubrec(pkid) {
+                AckResult::Done | AckResult::Repeated => self.send(&Packet::Pubrel(pkid)),
+                AckResult::Missed => self.ctx.metrics.inc(Metric::PacketsPubrecMissed),
+            },
             Packet::Pubcomp(pkid) => {
                 let result = self.session.pubcomp(pkid);
-                self.acked(result, "PUBCOMP");
+                self.acked(result, Metric::PacketsPubcompMissed);
             }
             Packet::Pubrel(pkid) => {
                 if self.session.pubrel(pkid) == AckResult::Missed {
-                    tracing::debug!(client_id = %self.client_id, pkid, "PUBREL for a packet id not awaited");
+                    self.ctx.metrics.inc(Metric::PacketsPubrelMissed);
                 }
                 // Always completed, so a client that lost our PUBCOMP can finish.
-                self.writer.queue(&Packet::Pubcomp(pkid));
+                self.send(&Packet::Pubcomp(pkid));
             }
             Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe).await?,
             Packet::Unsubscribe(unsubscribe) => {
@@ -349,34 +378,26 @@ impl ClientConnection {
                     pkid: unsubscribe.pkid,
                     filters: unsubscribe.filters,
                 };
-                self.ctx
-                    .router
-                    .send(request)
-                    .await
-                    .map_err(|_| Exit::Shutdown)?;
+                self.ctx.router.send(request).await.map_err(|_| Exit::Shutdown)?;
             }
-            Packet::Pingreq => self.writer.queue(&Packet::Pingresp),
+            Packet::Pingreq => self.send(&Packet::Pingresp),
             Packet::Disconnect => return Err(Exit::Disconnect),
             Packet::Connect(_) => return Err(Exit::ProtocolViolation("second CONNECT")),
             Packet::Connack(_) | Packet::Suback(_) | Packet::Unsuback(_) | Packet::Pingresp => {
-                return Err(Exit::ProtocolViolation(
-                    "server-to-client packet from a client",
-                ))
+                return Err(Exit::ProtocolViolation("server-to-client packet from a client"))
             }
         }
         Ok(())
     }
 
-    fn acked(&mut self, result: AckResult, kind: &str) {
+    fn acked(&mut self, result: AckResult, missed: Metric) {
         match result {
-            AckResult::Done => {
+            AckResult::Done | AckResult::Repeated => {
                 let mut out = Vec::new();
                 self.session.drain_queue(&mut out);
                 self.write_outgoing(out);
             }
-            AckResult::Missed => {
-                tracing::debug!(client_id = %self.client_id, kind, "acknowledgement for a packet id not in flight")
-            }
+            AckResult::Missed => self.ctx.metrics.inc(missed),
         }
     }
 
@@ -385,40 +406,60 @@ impl ClientConnection {
         if !topic::valid_topic_name(topic) {
             return Err(Exit::ProtocolViolation("invalid topic name in PUBLISH"));
         }
-        let allowed =
-            check_publish(&self.ctx, &self.info, &mut self.acl_cache, topic) == Decision::Allow;
+        if ctl::is_control_topic(topic) {
+            return self.handle_control_publish(publish).await;
+        }
+        let allowed = self.check_publish(topic) == Decision::Allow;
         if !allowed {
             tracing::debug!(client_id = %self.client_id, topic, "publish denied by ACL");
         }
         let route = match publish.qos {
             QoS::AtMostOnce => allowed,
             QoS::AtLeastOnce => {
-                self.writer.queue(&Packet::Puback(publish.pkid));
+                self.send(&Packet::Puback(publish.pkid));
                 allowed
             }
             QoS::ExactlyOnce => match self.session.incoming_qos2(publish.pkid) {
                 Some(is_new) => {
-                    self.writer.queue(&Packet::Pubrec(publish.pkid));
+                    self.send(&Packet::Pubrec(publish.pkid));
                     is_new && allowed
                 }
                 None => {
                     tracing::warn!(client_id = %self.client_id, "too many QoS 2 messages awaiting PUBREL; dropped");
+                    self.ctx.metrics.inc(Metric::MessagesQos2Dropped);
                     false
                 }
             },
         };
         if route {
-            let message = Message {
-                topic: publish.topic,
-                payload: publish.payload,
-                qos: publish.qos,
-                retain: publish.retain,
-            };
-            self.ctx
-                .router
-                .send(Request::Publish(Arc::new(message)))
-                .await
-                .map_err(|_| Exit::Shutdown)?;
+            let message =
+                Message { topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain };
+            self.ctx.router.send(Request::Publish(Arc::new(message))).await.map_err(|_| Exit::Shutdown)?;
+        }
+        Ok(())
+    }
+
+    /// Control topics are the management principal's alone. Its requests to this node go to the control
+    /// service; anyone else's publishes there are acknowledged (so the client cannot tell) and dropped.
+    async fn handle_control_publish(&mut self, publish: Publish) -> Result<(), Exit> {
+        match publish.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::Puback(publish.pkid)),
+            QoS::ExactlyOnce => {
+                self.send(&Packet::Pubrec(publish.pkid));
+                if self.session.incoming_qos2(publish.pkid) != Some(true) {
+                    return Ok(());
+                }
+            }
+        }
+        if self.principal != Principal::Management {
+            tracing::warn!(client_id = %self.client_id, "publish to a control topic refused");
+            self.ctx.metrics.inc(Metric::MessagesDropped);
+            return Ok(());
+        }
+        if ctl::request_node(publish.topic_str()) == Some(self.ctx.config.node.as_str()) {
+            let job = ControlJob { payload: publish.payload };
+            self.ctx.control.send(job).await.map_err(|_| Exit::Shutdown)?;
         }
         Ok(())
     }
@@ -430,7 +471,12 @@ impl ClientConnection {
             .map(|(filter, qos)| {
                 let granted = if !topic::valid_topic_filter(&filter) {
                     None
-                } else if self.ctx.acl.check(&self.info, Access::Subscribe, &filter) == Decision::Deny {
+                } else if self.principal == Principal::Management {
+                    Some(qos)
+                } else if filter.starts_with("$midge") {
+                    tracing::warn!(client_id = %self.client_id, %filter, "subscription to control topics refused");
+                    None
+                } else if self.ctx.settings.acl().check(&self.info, Access::Subscribe, &filter) == Decision::Deny {
                     tracing::debug!(client_id = %self.client_id, %filter, "subscribe denied by ACL");
                     None
                 } else {
@@ -445,11 +491,7 @@ impl ClientConnection {
             pkid: subscribe.pkid,
             filters,
         };
-        self.ctx
-            .router
-            .send(request)
-            .await
-            .map_err(|_| Exit::Shutdown)
+        self.ctx.router.send(request).await.map_err(|_| Exit::Shutdown)
     }
 
     fn handle_outbound(&mut self, outbound: Outbound) -> Result<(), Exit> {
@@ -459,23 +501,27 @@ impl ClientConnection {
                 self.deliver(delivery);
             }
             Outbound::Subscribed { suback, retained } => {
-                self.writer.queue(&Packet::Suback(suback));
+                self.send(&Packet::Suback(suback));
                 for delivery in retained {
                     self.deliver(delivery);
                 }
             }
-            Outbound::Unsubscribed(pkid) => self.writer.queue(&Packet::Unsuback(pkid)),
+            Outbound::Unsubscribed(pkid) => self.send(&Packet::Unsuback(pkid)),
             Outbound::TakenOver => return Err(Exit::TakenOver),
+            Outbound::Kick => return Err(Exit::Kicked),
+            Outbound::CleanAclCache(topic) => self.acl_cache.remove(&topic),
         }
         Ok(())
     }
 
     fn deliver(&mut self, delivery: Delivery) {
         let mut dropped = false;
+        let sys = delivery.message.is_sys();
         if let Some(publish) = self.session.deliver(delivery, &mut dropped) {
-            self.writer.queue(&Packet::Publish(publish));
+            self.send(&Packet::Publish(publish));
         }
-        if dropped {
+        if dropped && !sys {
+            self.ctx.metrics.inc(Metric::MessagesDropped);
             tracing::debug!(client_id = %self.client_id, "message queue full, oldest dropped");
         }
     }
@@ -483,21 +529,26 @@ impl ClientConnection {
     fn write_outgoing(&mut self, out: Vec<Outgoing>) {
         for outgoing in out {
             match outgoing {
-                Outgoing::Publish(publish) => self.writer.queue(&Packet::Publish(publish)),
-                Outgoing::Pubrel(pkid) => self.writer.queue(&Packet::Pubrel(pkid)),
+                Outgoing::Publish(publish) => self.send(&Packet::Publish(publish)),
+                Outgoing::Pubrel(pkid) => self.send(&Packet::Pubrel(pkid)),
             }
         }
     }
-}
 
-fn check_publish(ctx: &Context, info: &ClientInfo, cache: &mut AclCache, topic: &str) -> Decision {
-    if !ctx.config.cache_acl {
-        return ctx.acl.check(info, Access::Publish, topic);
+    /// The ACL's publish decision for `topic`, through the per-client cache when it is on.
+    fn check_publish(&mut self, topic: &str) -> Decision {
+        if self.principal == Principal::Management {
+            return Decision::Allow;
+        }
+        let acl = self.ctx.settings.acl();
+        if !self.ctx.settings.cache_acl() {
+            return acl.check(&self.info, Access::Publish, topic);
+        }
+        if let Some(decision) = self.acl_cache.get(topic) {
+            return decision;
+        }
+        let decision = acl.check(&self.info, Access::Publish, topic);
+        self.acl_cache.put(topic, decision);
+        decision
     }
-    if let Some(decision) = cache.get(topic) {
-        return decision;
-    }
-    let decision = ctx.acl.check(info, Access::Publish, topic);
-    cache.put(topic, decision);
-    decision
 }

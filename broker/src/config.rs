@@ -34,6 +34,10 @@ pub struct Config {
     pub mqueue_store_qos0: bool,
     pub max_awaiting_rel: usize,
     pub await_rel_timeout: u64,
+    pub sys_interval: u64,
+    pub mgmt_username: String,
+    #[serde(skip_serializing)]
+    pub mgmt_secret: Option<Secret>,
     pub log_level: String,
 }
 
@@ -58,6 +62,9 @@ impl Default for Config {
             mqueue_store_qos0: true,
             max_awaiting_rel: 100,
             await_rel_timeout: 20,
+            sys_interval: 60,
+            mgmt_username: "midge-mgmt".into(),
+            mgmt_secret: None,
             log_level: "info".into(),
         }
     }
@@ -80,13 +87,39 @@ impl Config {
     }
 }
 
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Secret {
+        Secret(secret.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config: {0}")]
     Invalid(#[from] toml::de::Error),
     #[error("cannot merge flags into config: {0}")]
@@ -199,6 +232,21 @@ struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     await_rel_timeout: Option<u64>,
 
+    /// Seconds between $SYS stats/metrics/uptime publishes; 0 turns them off [default: 60].
+    #[arg(long, env = "MIDGE_SYS_INTERVAL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sys_interval: Option<u64>,
+
+    /// Username of the management principal (the sidecar) [default: midge-mgmt].
+    #[arg(long, env = "MIDGE_MGMT_USERNAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mgmt_username: Option<String>,
+
+    /// Shared secret of the management principal; without it the control channel is closed.
+    #[arg(long, env = "MIDGE_MGMT_SECRET", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mgmt_secret: Option<Secret>,
+
     /// Log filter, e.g. info, debug, midge_broker=trace [default: info].
     #[arg(long, env = "MIDGE_LOG_LEVEL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -215,10 +263,8 @@ impl Cli {
     fn into_config(self) -> Result<(Config, Option<Command>), ConfigError> {
         let mut table = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
                 text.parse::<toml::Table>()?
             }
             None => toml::Table::new(),
@@ -239,11 +285,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("midge-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("midge.toml");
-        std::fs::write(
-            &file,
-            "node = \"from-file@h\"\nmax_inflight = 7\nlisten = \"127.0.0.1:1\"\n",
-        )
-        .unwrap();
+        std::fs::write(&file, "node = \"from-file@h\"\nmax_inflight = 7\nlisten = \"127.0.0.1:1\"\n").unwrap();
         let cli = Cli::try_parse_from([
             "midge-broker",
             "--config",

@@ -25,15 +25,8 @@ pub fn split(stream: TcpStream, max_packet_size: usize) -> (PacketReader, Packet
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.into_split();
     (
-        PacketReader {
-            reader,
-            buf: BytesMut::with_capacity(4096),
-            max_packet_size,
-        },
-        PacketWriter {
-            writer,
-            buf: BytesMut::with_capacity(4096),
-        },
+        PacketReader { reader, buf: BytesMut::with_capacity(4096), max_packet_size },
+        PacketWriter { writer, buf: BytesMut::with_capacity(4096) },
     )
 }
 
@@ -44,9 +37,11 @@ pub struct PacketReader {
 }
 
 impl PacketReader {
-    /// A whole packet already in the buffer, if there is one.
-    pub fn next_buffered(&mut self) -> Result<Option<Packet>, DecodeError> {
-        codec::decode(&mut self.buf, self.max_packet_size)
+    /// A whole packet already in the buffer, if there is one, with its size on the wire.
+    pub fn next_buffered(&mut self) -> Result<Option<(Packet, usize)>, DecodeError> {
+        let before = self.buf.len();
+        let packet = codec::decode(&mut self.buf, self.max_packet_size)?;
+        Ok(packet.map(|p| (p, before - self.buf.len())))
     }
 
     /// Reads more bytes from the socket. Cancel-safe: no bytes are lost if the future is dropped.
@@ -61,7 +56,7 @@ impl PacketReader {
     }
 
     /// Waits for the next whole packet.
-    pub async fn read_packet(&mut self) -> Result<Packet, ConnectionError> {
+    pub async fn read_packet(&mut self) -> Result<(Packet, usize), ConnectionError> {
         loop {
             if let Some(packet) = self.next_buffered()? {
                 return Ok(packet);
@@ -78,8 +73,11 @@ pub struct PacketWriter {
 
 impl PacketWriter {
     /// Queues a packet; it goes out with the next write, together with whatever else is queued.
-    pub fn queue(&mut self, packet: &Packet) {
+    /// Returns its size on the wire.
+    pub fn queue(&mut self, packet: &Packet) -> usize {
+        let before = self.buf.len();
         codec::encode(packet, &mut self.buf);
+        self.buf.len() - before
     }
 
     pub fn pending(&self) -> usize {

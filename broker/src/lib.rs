@@ -3,7 +3,8 @@
 //! A tour: [`server`] binds and accepts; each connection runs in [`client`], framing bytes through
 //! [`connection`] and [`codec`]; the [`router`] task owns subscriptions ([`subscriptions`]), offline
 //! [`session`]s and retained messages. [`acl`] and [`auth`] decide who may do what; [`config`]
-//! gathers settings. See docs/architecture.md for why it is shaped this way.
+//! gathers settings and [`settings`] holds those that change at runtime. [`sys`] publishes the `$SYS`
+//! tree from [`metrics`]; [`control`] answers the management sidecar; [`plugins`] switch features. See docs/architecture.md for why it is shaped this way.
 
 pub mod acl;
 pub mod auth;
@@ -11,10 +12,15 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod control;
+pub mod metrics;
+pub mod plugins;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod settings;
 pub mod subscriptions;
+pub mod sys;
 pub mod topic;
 
 pub use config::Config;

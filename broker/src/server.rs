@@ -1,27 +1,37 @@
-//! Start-up and the accept loop: binds the listener, starts the router, and serves each connection in a
-//! task of its own until the shutdown token fires.
+//! Start-up and the accept loop: binds the listener, starts the router, the `$SYS` publisher and the
+//! control service, and serves each connection in a task of its own until the shutdown token fires.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::acl::{Acl, AclError};
 use crate::auth::{AuthError, Users};
 use crate::config::Config;
-use crate::router::{Router, RouterHandle};
+use crate::control::{self, ControlJob};
+use crate::metrics::{Metrics, Stats};
+use crate::plugins::Plugins;
+use crate::router::{Router, RouterHandle, Shared};
+use crate::settings::{LogReload, Settings};
 
 /// What every connection task shares.
 pub struct Context {
     pub config: Config,
+    pub local_addr: SocketAddr,
     pub router: RouterHandle,
     pub users: Option<Users>,
-    pub acl: Acl,
+    pub settings: Settings,
+    pub plugins: Arc<Plugins>,
+    pub metrics: Arc<Metrics>,
+    pub stats: Arc<Stats>,
+    pub control: mpsc::Sender<ControlJob>,
+    pub started: Instant,
     pub shutdown: CancellationToken,
     next_conn_id: AtomicU64,
 }
@@ -35,10 +45,7 @@ impl Context {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Acl(#[from] AclError),
     #[error(transparent)]
@@ -49,55 +56,68 @@ pub enum StartError {
 pub struct Broker {
     listener: TcpListener,
     router: Router,
+    control: mpsc::Receiver<ControlJob>,
     ctx: Arc<Context>,
 }
 
 impl Broker {
     /// Loads users and ACL and binds the listener; errors here are configuration errors.
-    pub async fn bind(config: Config, shutdown: CancellationToken) -> Result<Broker, StartError> {
+    /// `log_reload` lets `log.console.level` change the running process's log filter.
+    pub async fn bind(
+        config: Config,
+        shutdown: CancellationToken,
+        log_reload: Option<LogReload>,
+    ) -> Result<Broker, StartError> {
         let users = config.users_file.as_deref().map(Users::load).transpose()?;
         let acl = Acl::load(config.acl_file.as_deref(), config.acl_nomatch)?;
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let (router, handle) = Router::new(config.session_limits());
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        if config.mgmt_secret.is_none() {
+            tracing::warn!("no mgmt_secret (MIDGE_MGMT_SECRET) set: the management sidecar cannot connect");
+        }
+        let metrics = Arc::new(Metrics::default());
+        let stats = Arc::new(Stats::default());
+        let plugins = Arc::new(Plugins::new(crate::sys::VERSION));
+        let shared = Shared {
+            metrics: metrics.clone(),
+            stats: stats.clone(),
+            plugins: plugins.clone(),
+            node: config.node.clone(),
+        };
+        let (router, handle) = Router::new(config.session_limits(), shared);
+        let (control_tx, control_rx) = control::channel();
         let ctx = Arc::new(Context {
+            settings: Settings::new(&config, acl, log_reload),
             config,
+            local_addr,
             router: handle,
             users,
-            acl,
+            plugins,
+            metrics,
+            stats,
+            control: control_tx,
+            started: Instant::now(),
             shutdown,
             next_conn_id: AtomicU64::new(1),
         });
-        Ok(Broker {
-            listener,
-            router,
-            ctx,
-        })
+        Ok(Broker { listener, router, control: control_rx, ctx })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.ctx.local_addr
     }
 
     /// Serves until the shutdown token fires, then closes every connection and returns.
     pub async fn run(self) {
-        let Broker {
-            listener,
-            router,
-            ctx,
-        } = self;
+        let Broker { listener, router, control, ctx } = self;
         tokio::spawn(router.run());
+        tokio::spawn(crate::sys::run(ctx.clone()));
+        tokio::spawn(control::run(ctx.clone(), control));
         let limit = Arc::new(Semaphore::new(ctx.config.max_connections));
         let connections = TaskTracker::new();
-        tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            node = %ctx.config.node, "midge broker listening");
+        tracing::info!(listen = %ctx.local_addr, node = %ctx.config.node, "midge broker listening");
         loop {
             // Hold a permit before accepting, so excess clients wait in the kernel's backlog.
             let permit = tokio::select! {
@@ -125,10 +145,7 @@ impl Broker {
         }
         drop(listener);
         connections.close();
-        if tokio::time::timeout(Duration::from_secs(5), connections.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(5), connections.wait()).await.is_err() {
             tracing::warn!("connections still open after 5 s; exiting anyway");
         }
         tracing::info!("midge broker stopped");

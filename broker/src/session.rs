@@ -6,6 +6,7 @@
 //! disconnect and takeover is what keeps it free of locks.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,11 @@ pub struct Message {
 impl Message {
     pub fn topic_str(&self) -> &str {
         std::str::from_utf8(&self.topic).unwrap_or("")
+    }
+
+    /// `$SYS` messages count in no metric.
+    pub fn is_sys(&self) -> bool {
+        self.topic.starts_with(b"$SYS/")
     }
 }
 
@@ -80,23 +86,39 @@ pub enum AckResult {
     Done,
     /// No such packet id in flight (counted as `/missed`).
     Missed,
+    /// A PUBREC for a delivery already past PUBREC: answer it again.
+    Repeated,
+}
+
+/// A session's figures for the management API, readable by the router while the connection task owns
+/// the session itself.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    pub inflight_len: AtomicU64,
+    pub mqueue_len: AtomicU64,
+    pub mqueue_dropped: AtomicU64,
+    pub awaiting_rel_len: AtomicU64,
+    pub deliver_msg: AtomicU64,
+    pub enqueue_msg: AtomicU64,
+}
+
+impl SessionStats {
+    pub fn get(field: &AtomicU64) -> u64 {
+        field.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug)]
 pub struct Session {
     pub client_id: ClientId,
     pub clean_session: bool,
-    pub created_at: std::time::SystemTime,
+    pub stats: Arc<SessionStats>,
     limits: SessionLimits,
     /// In send order, so redelivery after reconnect keeps the original order.
     inflight: VecDeque<Inflight>,
     mqueue: VecDeque<Delivery>,
     awaiting_rel: HashMap<u16, Instant>,
     next_pkid: u16,
-    /// Messages dropped because the queue was full (or QoS 0 while offline without `mqueue_store_qos0`).
-    pub mqueue_dropped: u64,
-    pub delivered: u64,
-    pub enqueued: u64,
 }
 
 impl Session {
@@ -104,16 +126,29 @@ impl Session {
         Session {
             client_id,
             clean_session,
-            created_at: std::time::SystemTime::now(),
+            stats: Arc::default(),
             limits,
             inflight: VecDeque::new(),
             mqueue: VecDeque::new(),
             awaiting_rel: HashMap::new(),
             next_pkid: 1,
-            mqueue_dropped: 0,
-            delivered: 0,
-            enqueued: 0,
         }
+    }
+
+    pub fn max_inflight(&self) -> usize {
+        self.limits.max_inflight
+    }
+
+    /// Refreshes the lengths the management API reads; called after every change.
+    fn sync_stats(&self) {
+        let s = &self.stats;
+        s.inflight_len.store(self.inflight.len() as u64, Ordering::Relaxed);
+        s.mqueue_len.store(self.mqueue.len() as u64, Ordering::Relaxed);
+        s.awaiting_rel_len.store(self.awaiting_rel.len() as u64, Ordering::Relaxed);
+    }
+
+    fn count(field: &AtomicU64) {
+        field.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn inflight_len(&self) -> usize {
@@ -131,24 +166,26 @@ impl Session {
     /// Queues a message while the client is offline. Returns false if it was dropped.
     pub fn enqueue_offline(&mut self, delivery: Delivery) -> bool {
         if delivery.qos == QoS::AtMostOnce && !self.limits.mqueue_store_qos0 {
-            self.mqueue_dropped += 1;
+            Self::count(&self.stats.mqueue_dropped);
             return false;
         }
-        self.enqueue(delivery)
+        let kept = self.enqueue(delivery);
+        self.sync_stats();
+        kept
     }
 
     /// Queues a message behind the inflight window. A full queue drops its oldest entry, as EMQ does,
     /// so a reconnecting client sees the newest data. Returns false if something was dropped.
     fn enqueue(&mut self, delivery: Delivery) -> bool {
-        self.enqueued += 1;
+        Self::count(&self.stats.enqueue_msg);
         if self.limits.max_mqueue_len == 0 {
-            self.mqueue_dropped += 1;
+            Self::count(&self.stats.mqueue_dropped);
             return false;
         }
         let mut kept = true;
         if self.mqueue.len() >= self.limits.max_mqueue_len {
             self.mqueue.pop_front();
-            self.mqueue_dropped += 1;
+            Self::count(&self.stats.mqueue_dropped);
             kept = false;
         }
         self.mqueue.push_back(delivery);
@@ -159,14 +196,17 @@ impl Session {
     /// full inflight window. Returns whether anything was dropped through `dropped`.
     pub fn deliver(&mut self, delivery: Delivery, dropped: &mut bool) -> Option<Publish> {
         if delivery.qos == QoS::AtMostOnce {
-            self.delivered += 1;
+            Self::count(&self.stats.deliver_msg);
             return Some(self.publish_packet(&delivery, 0, false));
         }
-        if self.window_full() || !self.mqueue.is_empty() {
+        let sent = if self.window_full() || !self.mqueue.is_empty() {
             *dropped |= !self.enqueue(delivery);
-            return None;
-        }
-        Some(self.send_inflight(delivery))
+            None
+        } else {
+            Some(self.send_inflight(delivery))
+        };
+        self.sync_stats();
+        sent
     }
 
     /// Moves queued messages into the window while it has room.
@@ -176,12 +216,13 @@ impl Session {
                 break;
             };
             if delivery.qos == QoS::AtMostOnce {
-                self.delivered += 1;
+                Self::count(&self.stats.deliver_msg);
                 out.push(Outgoing::Publish(self.publish_packet(&delivery, 0, false)));
             } else {
                 out.push(Outgoing::Publish(self.send_inflight(delivery)));
             }
         }
+        self.sync_stats();
     }
 
     /// Everything to resend when a persistent session resumes: unacknowledged PUBLISHes with DUP set,
@@ -204,8 +245,14 @@ impl Session {
     pub fn pubrec(&mut self, pkid: u16) -> AckResult {
         match self.inflight.iter_mut().find(|e| e.pkid == pkid) {
             Some(e) if matches!(e.state, InflightState::AwaitRec | InflightState::AwaitComp) => {
+                // A repeated PUBREC is answered, but counted once.
+                let first = e.state == InflightState::AwaitRec;
                 e.state = InflightState::AwaitComp;
-                AckResult::Done
+                if first {
+                    AckResult::Done
+                } else {
+                    AckResult::Repeated
+                }
             }
             _ => AckResult::Missed,
         }
@@ -222,42 +269,39 @@ impl Session {
         if self.awaiting_rel.contains_key(&pkid) {
             return Some(false);
         }
-        let full = |s: &Self| {
-            s.limits.max_awaiting_rel > 0 && s.awaiting_rel.len() >= s.limits.max_awaiting_rel
-        };
+        let full = |s: &Self| s.limits.max_awaiting_rel > 0 && s.awaiting_rel.len() >= s.limits.max_awaiting_rel;
         // Stale ids only matter once the set is full, so that is when they are swept.
         if full(self) && (self.expire_awaiting_rel(Instant::now()) == 0 || full(self)) {
             return None;
         }
         self.awaiting_rel.insert(pkid, Instant::now());
+        self.sync_stats();
         Some(true)
     }
 
     /// PUBREL from the client. Returns whether the packet id was awaited.
     pub fn pubrel(&mut self, pkid: u16) -> AckResult {
-        match self.awaiting_rel.remove(&pkid) {
+        let result = match self.awaiting_rel.remove(&pkid) {
             Some(_) => AckResult::Done,
             None => AckResult::Missed,
-        }
+        };
+        self.sync_stats();
+        result
     }
 
     /// Forgets incoming QoS 2 packet ids whose PUBREL never came. Returns how many.
     pub fn expire_awaiting_rel(&mut self, now: Instant) -> usize {
         let timeout = self.limits.await_rel_timeout;
         let before = self.awaiting_rel.len();
-        self.awaiting_rel
-            .retain(|_, since| now.duration_since(*since) < timeout);
+        self.awaiting_rel.retain(|_, since| now.duration_since(*since) < timeout);
         before - self.awaiting_rel.len()
     }
 
     fn finish(&mut self, pkid: u16, expected: InflightState) -> AckResult {
-        match self
-            .inflight
-            .iter()
-            .position(|e| e.pkid == pkid && e.state == expected)
-        {
+        match self.inflight.iter().position(|e| e.pkid == pkid && e.state == expected) {
             Some(i) => {
                 self.inflight.remove(i);
+                self.sync_stats();
                 AckResult::Done
             }
             None => AckResult::Missed,
@@ -275,12 +319,8 @@ impl Session {
             QoS::ExactlyOnce => InflightState::AwaitRec,
             _ => InflightState::AwaitAck,
         };
-        self.delivered += 1;
-        self.inflight.push_back(Inflight {
-            pkid,
-            delivery,
-            state,
-        });
+        Self::count(&self.stats.deliver_msg);
+        self.inflight.push_back(Inflight { pkid, delivery, state });
         publish
     }
 
@@ -338,24 +378,17 @@ mod tests {
     fn window_queue_and_acks() {
         let mut s = Session::new("c".into(), false, limits(2, 2));
         let mut dropped = false;
-        let p1 = s
-            .deliver(delivery(1, QoS::AtLeastOnce), &mut dropped)
-            .unwrap();
-        let p2 = s
-            .deliver(delivery(2, QoS::ExactlyOnce), &mut dropped)
-            .unwrap();
+        let p1 = s.deliver(delivery(1, QoS::AtLeastOnce), &mut dropped).unwrap();
+        let p2 = s.deliver(delivery(2, QoS::ExactlyOnce), &mut dropped).unwrap();
         assert_eq!((p1.pkid, p2.pkid), (1, 2));
         for n in 3..=5 {
-            assert!(s
-                .deliver(delivery(n, QoS::AtLeastOnce), &mut dropped)
-                .is_none());
+            assert!(s.deliver(delivery(n, QoS::AtLeastOnce), &mut dropped).is_none());
         }
         // Queue of 2 dropped its oldest (3).
         assert!(dropped);
-        assert_eq!(
-            (s.inflight_len(), s.mqueue_len(), s.mqueue_dropped),
-            (2, 2, 1)
-        );
+        assert_eq!((s.inflight_len(), s.mqueue_len()), (2, 2));
+        assert_eq!(SessionStats::get(&s.stats.mqueue_dropped), 1);
+        assert_eq!(SessionStats::get(&s.stats.mqueue_len), 2);
         assert_eq!(s.puback(2), AckResult::Missed, "pkid 2 is QoS 2");
         assert_eq!(s.puback(1), AckResult::Done);
         let mut out = Vec::new();
@@ -372,8 +405,10 @@ mod tests {
             Outgoing::Publish(p) => assert!(p.dup && p.pkid == 3),
             other => panic!("{other:?}"),
         }
+        assert_eq!(s.pubrec(2), AckResult::Repeated);
         assert_eq!(s.pubcomp(2), AckResult::Done);
         assert_eq!(s.pubcomp(2), AckResult::Missed);
+        assert_eq!(SessionStats::get(&s.stats.inflight_len), 1);
     }
 
     #[test]
@@ -385,10 +420,7 @@ mod tests {
         assert_eq!(s.incoming_qos2(3), None);
         assert_eq!(s.pubrel(1), AckResult::Done);
         assert_eq!(s.pubrel(1), AckResult::Missed);
-        assert_eq!(
-            s.expire_awaiting_rel(Instant::now() + Duration::from_secs(21)),
-            1
-        );
+        assert_eq!(s.expire_awaiting_rel(Instant::now() + Duration::from_secs(21)), 1);
         assert_eq!(s.awaiting_rel_len(), 0);
     }
 
@@ -397,20 +429,11 @@ mod tests {
         let mut s = Session::new("c".into(), false, limits(3, 10));
         s.next_pkid = u16::MAX;
         let mut d = false;
-        let a = s
-            .deliver(delivery(1, QoS::AtLeastOnce), &mut d)
-            .unwrap()
-            .pkid;
-        let b = s
-            .deliver(delivery(2, QoS::AtLeastOnce), &mut d)
-            .unwrap()
-            .pkid;
+        let a = s.deliver(delivery(1, QoS::AtLeastOnce), &mut d).unwrap().pkid;
+        let b = s.deliver(delivery(2, QoS::AtLeastOnce), &mut d).unwrap().pkid;
         assert_eq!((a, b), (u16::MAX, 1));
         s.next_pkid = u16::MAX;
-        let c = s
-            .deliver(delivery(3, QoS::AtLeastOnce), &mut d)
-            .unwrap()
-            .pkid;
+        let c = s.deliver(delivery(3, QoS::AtLeastOnce), &mut d).unwrap().pkid;
         assert_eq!(c, 2);
     }
 }

@@ -179,12 +179,7 @@ mod tests {
     }
 
     fn level() -> impl Strategy<Value = String> {
-        prop_oneof![
-            Just("a".to_string()),
-            Just("b".to_string()),
-            Just("".to_string()),
-            Just("$s".to_string())
-        ]
+        prop_oneof![Just("a".to_string()), Just("b".to_string()), Just("".to_string()), Just("$s".to_string())]
     }
 
     fn topic_name() -> impl Strategy<Value = String> {

@@ -19,22 +19,14 @@ async fn help_documents_every_config_key() {
     let keys = toml::Table::try_from(Config::default()).unwrap();
     // Keys left out of the default (optional ones) are named here.
     let mut names: Vec<String> = keys.keys().cloned().collect();
-    names.extend(["users_file".into(), "acl_file".into()]);
+    names.extend(["users_file".into(), "acl_file".into(), "mgmt_secret".into()]);
     for key in names {
         let flag = format!("--{}", key.replace('_', "-"));
         let env = format!("MIDGE_{}", key.to_uppercase());
         assert!(help.contains(&flag), "--help lacks {flag}");
         assert!(help.contains(&env), "--help lacks {env}");
     }
-    for stable in [
-        "--config",
-        "--listen",
-        "--node",
-        "--acl-file",
-        "--allow-anonymous",
-        "MIDGE_LISTEN",
-        "MIDGE_NODE",
-    ] {
+    for stable in ["--config", "--listen", "--node", "--acl-file", "--allow-anonymous", "MIDGE_LISTEN", "MIDGE_NODE"] {
         assert!(help.contains(stable), "--help lacks {stable}");
     }
 }
@@ -53,12 +45,7 @@ async fn listens_where_the_environment_says_and_exits_cleanly_on_sigterm() {
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Some(rest) = line.split("listen=").nth(1) {
                 assert!(line.contains("envnode@127.0.0.1"), "{line}");
-                return rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap();
+                return rest.split_whitespace().next().unwrap().parse::<std::net::SocketAddr>().unwrap();
             }
         }
         panic!("broker exited before listening");
@@ -69,16 +56,9 @@ async fn listens_where_the_environment_says_and_exits_cleanly_on_sigterm() {
     client.ping().await;
 
     let pid = child.id().unwrap().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
     assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
-        .await
-        .expect("exits in time")
-        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.expect("exits in time").unwrap();
     assert!(status.success(), "exit status {status:?}");
     client.expect_closed().await;
 }
@@ -88,22 +68,12 @@ async fn bad_config_is_a_clear_error() {
     let dir = tempdir();
     let file = dir.join("midge.toml");
     std::fs::write(&file, "no_such_key = 1\n").unwrap();
-    let output = Command::new(BIN)
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .await
-        .unwrap();
+    let output = Command::new(BIN).arg("--config").arg(&file).output().await.unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("no_such_key"));
 
     let output = Command::new(BIN)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--acl-file",
-            "/nonexistent/acl.conf",
-        ])
+        .args(["--listen", "127.0.0.1:0", "--acl-file", "/nonexistent/acl.conf"])
         .output()
         .await
         .unwrap();
@@ -114,19 +84,9 @@ async fn bad_config_is_a_clear_error() {
 #[tokio::test]
 async fn hash_password_makes_a_usable_users_file_line() {
     use tokio::io::AsyncWriteExt;
-    let mut child = Command::new(BIN)
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"pa55word\n")
-        .await
-        .unwrap();
+    let mut child =
+        Command::new(BIN).arg("hash-password").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"pa55word\n").await.unwrap();
     let output = child.wait_with_output().await.unwrap();
     assert!(output.status.success());
     let hash = String::from_utf8(output.stdout).unwrap();

@@ -15,10 +15,7 @@ async fn connack_code(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<Packet
 }
 
 fn refused(code: ConnectReturnCode) -> Option<Packet> {
-    Some(Packet::Connack(Connack {
-        session_present: false,
-        code,
-    }))
+    Some(Packet::Connack(Connack { session_present: false, code }))
 }
 
 #[tokio::test]
@@ -31,10 +28,7 @@ async fn unknown_protocol_name_or_level_gets_connack_1() {
         &b"\x10\x0e\x00\x06MQIsdp\x04\x02\x00\x3c\x00\x00"[..],
         &b"\x10\x0c\x00\x04MQTX\x04\x02\x00\x3c\x00\x00"[..],
     ] {
-        assert_eq!(
-            connack_code(broker.addr, bytes).await,
-            refused(ConnectReturnCode::UnacceptableProtocol)
-        );
+        assert_eq!(connack_code(broker.addr, bytes).await, refused(ConnectReturnCode::UnacceptableProtocol));
     }
     broker.stop().await;
 }
@@ -42,18 +36,8 @@ async fn unknown_protocol_name_or_level_gets_connack_1() {
 #[tokio::test]
 async fn mqtt_31_is_accepted() {
     let broker = start_default().await;
-    let reply = connack_code(
-        broker.addr,
-        b"\x10\x12\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x04abcd",
-    )
-    .await;
-    assert_eq!(
-        reply,
-        Some(Packet::Connack(Connack {
-            session_present: false,
-            code: ConnectReturnCode::Accepted
-        }))
-    );
+    let reply = connack_code(broker.addr, b"\x10\x12\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x04abcd").await;
+    assert_eq!(reply, Some(Packet::Connack(Connack { session_present: false, code: ConnectReturnCode::Accepted })));
     broker.stop().await;
 }
 
@@ -89,37 +73,23 @@ async fn client_id_rules() {
     // 3.1.1, empty id, persistent session: identifier rejected.
     let mut raw = Raw::open(broker.addr).await;
     raw.send(&Packet::Connect(connect_packet("", false))).await;
-    assert_eq!(
-        raw.recv().await,
-        refused(ConnectReturnCode::IdentifierRejected)
-    );
+    assert_eq!(raw.recv().await, refused(ConnectReturnCode::IdentifierRejected));
     raw.expect_closed().await;
     // 3.1, empty id: identifier rejected.
     let mut c = connect_packet("", true);
     c.protocol = Protocol::V31;
     let mut raw = Raw::open(broker.addr).await;
     raw.send(&Packet::Connect(c)).await;
-    assert_eq!(
-        raw.recv().await,
-        refused(ConnectReturnCode::IdentifierRejected)
-    );
+    assert_eq!(raw.recv().await, refused(ConnectReturnCode::IdentifierRejected));
     broker.stop().await;
 }
 
 #[tokio::test]
 async fn too_long_client_id_is_rejected() {
-    let broker = start(Config {
-        max_clientid_len: 8,
-        ..config()
-    })
-    .await;
+    let broker = start(Config { max_clientid_len: 8, ..config() }).await;
     let mut raw = Raw::open(broker.addr).await;
-    raw.send(&Packet::Connect(connect_packet("123456789", true)))
-        .await;
-    assert_eq!(
-        raw.recv().await,
-        refused(ConnectReturnCode::IdentifierRejected)
-    );
+    raw.send(&Packet::Connect(connect_packet("123456789", true))).await;
+    assert_eq!(raw.recv().await, refused(ConnectReturnCode::IdentifierRejected));
     broker.stop().await;
 }
 
@@ -136,19 +106,14 @@ async fn first_packet_must_be_connect() {
 async fn second_connect_closes_the_connection() {
     let broker = start_default().await;
     let mut raw = Raw::connected(broker.addr, "twice").await;
-    raw.send(&Packet::Connect(connect_packet("twice", true)))
-        .await;
+    raw.send(&Packet::Connect(connect_packet("twice", true))).await;
     raw.expect_closed().await;
     broker.stop().await;
 }
 
 #[tokio::test]
 async fn silent_connection_is_closed_after_connect_timeout() {
-    let broker = start(Config {
-        connect_timeout: 1,
-        ..config()
-    })
-    .await;
+    let broker = start(Config { connect_timeout: 1, ..config() }).await;
     let mut raw = Raw::open(broker.addr).await;
     let started = std::time::Instant::now();
     raw.expect_closed().await;
@@ -173,10 +138,7 @@ async fn takeover_closes_the_old_connection_and_publishes_its_will() {
     let (mut new, _) = Raw::connect(broker.addr, connect_packet("same-id", true)).await;
     old.expect_closed().await;
     let will = watcher.recv_publish().await;
-    assert_eq!(
-        (&will.topic[..], &will.payload[..]),
-        (&b"will/same-id"[..], &b"gone"[..])
-    );
+    assert_eq!((&will.topic[..], &will.payload[..]), (&b"will/same-id"[..], &b"gone"[..]));
     new.ping().await;
     broker.stop().await;
 }
@@ -204,10 +166,7 @@ async fn keepalive_timeout_closes_and_publishes_will_but_pings_keep_it_alive() {
     let silent_since = std::time::Instant::now();
     sleepy.expect_closed().await;
     let waited = silent_since.elapsed();
-    assert!(
-        waited >= Duration::from_millis(1400) && waited < Duration::from_millis(2500),
-        "{waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_millis(2500), "{waited:?}");
     let will = watcher.recv_publish().await;
     assert_eq!(&will.payload[..], b"timeout");
     assert_eq!(will.qos, QoS::AtLeastOnce);
@@ -292,60 +251,21 @@ mod auth {
     #[tokio::test]
     async fn users_file_and_anonymous() {
         let dir = tempdir();
-        let broker = start(Config {
-            users_file: Some(users_file(&dir)),
-            allow_anonymous: false,
-            ..config()
-        })
-        .await;
+        let broker = start(Config { users_file: Some(users_file(&dir)), allow_anonymous: false, ..config() }).await;
         use ConnectReturnCode::*;
+        assert_eq!(code_for(broker.addr, with_credentials(Some("alice"), Some(b"s3cret"))).await, Accepted);
+        assert_eq!(code_for(broker.addr, with_credentials(Some("bin"), Some(&[0xff, 0, 0x80]))).await, Accepted);
+        assert_eq!(code_for(broker.addr, with_credentials(Some("alice"), Some(b"wrong"))).await, BadUsernameOrPassword);
+        assert_eq!(code_for(broker.addr, with_credentials(Some("alice"), None)).await, BadUsernameOrPassword);
         assert_eq!(
-            code_for(
-                broker.addr,
-                with_credentials(Some("alice"), Some(b"s3cret"))
-            )
-            .await,
-            Accepted
-        );
-        assert_eq!(
-            code_for(
-                broker.addr,
-                with_credentials(Some("bin"), Some(&[0xff, 0, 0x80]))
-            )
-            .await,
-            Accepted
-        );
-        assert_eq!(
-            code_for(broker.addr, with_credentials(Some("alice"), Some(b"wrong"))).await,
+            code_for(broker.addr, with_credentials(Some("mallory"), Some(b"s3cret"))).await,
             BadUsernameOrPassword
         );
-        assert_eq!(
-            code_for(broker.addr, with_credentials(Some("alice"), None)).await,
-            BadUsernameOrPassword
-        );
-        assert_eq!(
-            code_for(
-                broker.addr,
-                with_credentials(Some("mallory"), Some(b"s3cret"))
-            )
-            .await,
-            BadUsernameOrPassword
-        );
-        assert_eq!(
-            code_for(broker.addr, with_credentials(None, None)).await,
-            NotAuthorized
-        );
+        assert_eq!(code_for(broker.addr, with_credentials(None, None)).await, NotAuthorized);
         broker.stop().await;
 
-        let open = start(Config {
-            users_file: Some(users_file(&dir)),
-            ..config()
-        })
-        .await;
-        assert_eq!(
-            code_for(open.addr, with_credentials(None, None)).await,
-            Accepted
-        );
+        let open = start(Config { users_file: Some(users_file(&dir)), ..config() }).await;
+        assert_eq!(code_for(open.addr, with_credentials(None, None)).await, Accepted);
         assert_eq!(
             code_for(open.addr, with_credentials(Some("alice"), Some(b"wrong"))).await,
             BadUsernameOrPassword,
@@ -362,8 +282,5 @@ async fn shutdown_closes_clients() {
     let addr = broker.addr;
     broker.stop().await;
     raw.expect_closed().await;
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "listener is closed"
-    );
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener is closed");
 }

@@ -12,46 +12,22 @@ use midge_broker::codec::*;
 async fn qos_0_1_2_in_both_directions() {
     let broker = start_default().await;
     let mut sub = Raw::connected(broker.addr, "sub").await;
-    let codes = sub
-        .subscribe(
-            1,
-            &[
-                ("t/0", QoS::AtMostOnce),
-                ("t/1", QoS::AtLeastOnce),
-                ("t/2", QoS::ExactlyOnce),
-            ],
-        )
-        .await;
-    assert_eq!(
-        codes,
-        vec![
-            Some(QoS::AtMostOnce),
-            Some(QoS::AtLeastOnce),
-            Some(QoS::ExactlyOnce)
-        ]
-    );
+    let codes =
+        sub.subscribe(1, &[("t/0", QoS::AtMostOnce), ("t/1", QoS::AtLeastOnce), ("t/2", QoS::ExactlyOnce)]).await;
+    assert_eq!(codes, vec![Some(QoS::AtMostOnce), Some(QoS::AtLeastOnce), Some(QoS::ExactlyOnce)]);
     let mut publisher = Raw::connected(broker.addr, "pub").await;
 
-    publisher
-        .send(&publish("t/0", b"zero", QoS::AtMostOnce, 0))
-        .await;
+    publisher.send(&publish("t/0", b"zero", QoS::AtMostOnce, 0)).await;
     let p = sub.recv_publish().await;
-    assert_eq!(
-        (p.qos, &p.payload[..], p.retain),
-        (QoS::AtMostOnce, &b"zero"[..], false)
-    );
+    assert_eq!((p.qos, &p.payload[..], p.retain), (QoS::AtMostOnce, &b"zero"[..], false));
 
-    publisher
-        .send(&publish("t/1", b"one", QoS::AtLeastOnce, 10))
-        .await;
+    publisher.send(&publish("t/1", b"one", QoS::AtLeastOnce, 10)).await;
     assert_eq!(publisher.recv().await, Some(Packet::Puback(10)));
     let p = sub.recv_publish().await;
     assert_eq!((p.qos, &p.payload[..]), (QoS::AtLeastOnce, &b"one"[..]));
     sub.send(&Packet::Puback(p.pkid)).await;
 
-    publisher
-        .send(&publish("t/2", b"two", QoS::ExactlyOnce, 11))
-        .await;
+    publisher.send(&publish("t/2", b"two", QoS::ExactlyOnce, 11)).await;
     assert_eq!(publisher.recv().await, Some(Packet::Pubrec(11)));
     publisher.send(&Packet::Pubrel(11)).await;
     assert_eq!(publisher.recv().await, Some(Packet::Pubcomp(11)));
@@ -63,9 +39,7 @@ async fn qos_0_1_2_in_both_directions() {
     sub.ping().await;
 
     // Delivered QoS is the lower of published and granted.
-    publisher
-        .send(&publish("t/0", b"down", QoS::ExactlyOnce, 12))
-        .await;
+    publisher.send(&publish("t/0", b"down", QoS::ExactlyOnce, 12)).await;
     assert_eq!(publisher.recv().await, Some(Packet::Pubrec(12)));
     assert_eq!(sub.recv_publish().await.qos, QoS::AtMostOnce);
     broker.stop().await;
@@ -77,9 +51,7 @@ async fn qos2_is_routed_exactly_once_despite_retransmission() {
     let mut sub = Raw::connected(broker.addr, "sub").await;
     sub.subscribe(1, &[("x", QoS::AtMostOnce)]).await;
     let mut publisher = Raw::connected(broker.addr, "pub").await;
-    publisher
-        .send(&publish("x", b"once", QoS::ExactlyOnce, 7))
-        .await;
+    publisher.send(&publish("x", b"once", QoS::ExactlyOnce, 7)).await;
     assert_eq!(publisher.recv().await, Some(Packet::Pubrec(7)));
     // The same packet again, with DUP, before PUBREL: acknowledged, not routed again.
     if let Packet::Publish(mut p) = publish("x", b"once", QoS::ExactlyOnce, 7) {
@@ -92,9 +64,7 @@ async fn qos2_is_routed_exactly_once_despite_retransmission() {
     assert_eq!(&sub.recv_publish().await.payload[..], b"once");
     sub.expect_silence(Duration::from_millis(300)).await;
     // After PUBREL the id is free again: a new message with it is new.
-    publisher
-        .send(&publish("x", b"again", QoS::ExactlyOnce, 7))
-        .await;
+    publisher.send(&publish("x", b"again", QoS::ExactlyOnce, 7)).await;
     assert_eq!(publisher.recv().await, Some(Packet::Pubrec(7)));
     assert_eq!(&sub.recv_publish().await.payload[..], b"again");
     broker.stop().await;
@@ -102,18 +72,12 @@ async fn qos2_is_routed_exactly_once_despite_retransmission() {
 
 #[tokio::test]
 async fn awaiting_rel_limit_drops_further_qos2() {
-    let broker = start(Config {
-        max_awaiting_rel: 2,
-        ..config()
-    })
-    .await;
+    let broker = start(Config { max_awaiting_rel: 2, ..config() }).await;
     let mut sub = Raw::connected(broker.addr, "sub").await;
     sub.subscribe(1, &[("x", QoS::AtMostOnce)]).await;
     let mut publisher = Raw::connected(broker.addr, "pub").await;
     for id in 1..=3u16 {
-        publisher
-            .send(&publish("x", &[id as u8], QoS::ExactlyOnce, id))
-            .await;
+        publisher.send(&publish("x", &[id as u8], QoS::ExactlyOnce, id)).await;
     }
     assert_eq!(publisher.recv().await, Some(Packet::Pubrec(1)));
     assert_eq!(publisher.recv().await, Some(Packet::Pubrec(2)));
@@ -139,18 +103,12 @@ async fn unacknowledged_pubrel_and_missed_acks_are_harmless() {
 
 #[tokio::test]
 async fn inflight_window_holds_the_rest_until_acked() {
-    let broker = start(Config {
-        max_inflight: 2,
-        ..config()
-    })
-    .await;
+    let broker = start(Config { max_inflight: 2, ..config() }).await;
     let mut sub = Raw::connected(broker.addr, "sub").await;
     sub.subscribe(1, &[("w", QoS::AtLeastOnce)]).await;
     let mut publisher = Raw::connected(broker.addr, "pub").await;
     for n in 1..=4u8 {
-        publisher
-            .send(&publish("w", &[n], QoS::AtLeastOnce, n as u16))
-            .await;
+        publisher.send(&publish("w", &[n], QoS::AtLeastOnce, n as u16)).await;
     }
     let a = sub.recv_publish().await;
     let b = sub.recv_publish().await;
@@ -172,38 +130,26 @@ async fn persistent_session_keeps_subscriptions_queues_and_redelivers_with_dup()
     assert!(!present);
     sub.subscribe(1, &[("d/#", QoS::AtLeastOnce)]).await;
     let mut publisher = Raw::connected(broker.addr, "pub").await;
-    publisher
-        .send(&publish("d/1", b"inflight", QoS::AtLeastOnce, 1))
-        .await;
+    publisher.send(&publish("d/1", b"inflight", QoS::AtLeastOnce, 1)).await;
     assert_eq!(publisher.recv().await, Some(Packet::Puback(1)));
     let first = sub.recv_publish().await;
     assert!(!first.dup);
     // Gone without acknowledging.
     drop(sub);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    publisher
-        .send(&publish("d/2", b"queued", QoS::AtLeastOnce, 2))
-        .await;
-    publisher
-        .send(&publish("d/3", b"qos0", QoS::AtMostOnce, 0))
-        .await;
+    publisher.send(&publish("d/2", b"queued", QoS::AtLeastOnce, 2)).await;
+    publisher.send(&publish("d/3", b"qos0", QoS::AtMostOnce, 0)).await;
     assert_eq!(publisher.recv().await, Some(Packet::Puback(2)));
 
     let (mut sub, present) = Raw::connect(broker.addr, connect_packet("durable", false)).await;
     assert!(present);
     let again = sub.recv_publish().await;
     assert!(again.dup, "redelivery carries DUP");
-    assert_eq!(
-        (again.pkid, &again.payload[..]),
-        (first.pkid, &b"inflight"[..])
-    );
+    assert_eq!((again.pkid, &again.payload[..]), (first.pkid, &b"inflight"[..]));
     let queued = sub.recv_publish().await;
     assert_eq!((&queued.payload[..], queued.dup), (&b"queued"[..], false));
     let qos0 = sub.recv_publish().await;
-    assert_eq!(
-        (&qos0.payload[..], qos0.qos),
-        (&b"qos0"[..], QoS::AtMostOnce)
-    );
+    assert_eq!((&qos0.payload[..], qos0.qos), (&b"qos0"[..], QoS::AtMostOnce));
     sub.send(&Packet::Puback(again.pkid)).await;
     sub.send(&Packet::Puback(queued.pkid)).await;
     sub.disconnect().await;
@@ -211,33 +157,22 @@ async fn persistent_session_keeps_subscriptions_queues_and_redelivers_with_dup()
     // A clean session discards it all.
     let (mut clean, present) = Raw::connect(broker.addr, connect_packet("durable", true)).await;
     assert!(!present);
-    publisher
-        .send(&publish("d/4", b"nobody", QoS::AtLeastOnce, 4))
-        .await;
+    publisher.send(&publish("d/4", b"nobody", QoS::AtLeastOnce, 4)).await;
     clean.expect_silence(Duration::from_millis(300)).await;
     broker.stop().await;
 }
 
 #[tokio::test]
 async fn offline_queue_is_bounded_and_qos0_can_be_left_out() {
-    let broker = start(Config {
-        max_mqueue_len: 3,
-        mqueue_store_qos0: false,
-        ..config()
-    })
-    .await;
+    let broker = start(Config { max_mqueue_len: 3, mqueue_store_qos0: false, ..config() }).await;
     let (mut sub, _) = Raw::connect(broker.addr, connect_packet("q", false)).await;
     sub.subscribe(1, &[("q", QoS::AtLeastOnce)]).await;
     sub.disconnect().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut publisher = Raw::connected(broker.addr, "pub").await;
-    publisher
-        .send(&publish("q", b"zero", QoS::AtMostOnce, 0))
-        .await;
+    publisher.send(&publish("q", b"zero", QoS::AtMostOnce, 0)).await;
     for n in 1..=5u8 {
-        publisher
-            .send(&publish("q", &[n], QoS::AtLeastOnce, n as u16))
-            .await;
+        publisher.send(&publish("q", &[n], QoS::AtLeastOnce, n as u16)).await;
         assert_eq!(publisher.recv().await, Some(Packet::Puback(n as u16)));
     }
     let (mut sub, present) = Raw::connect(broker.addr, connect_packet("q", false)).await;
@@ -261,9 +196,7 @@ async fn session_moves_to_the_new_connection_on_takeover() {
     assert!(present);
     first.expect_closed().await;
     let mut publisher = Raw::connected(broker.addr, "pub").await;
-    publisher
-        .send(&publish("m", b"to-second", QoS::AtLeastOnce, 1))
-        .await;
+    publisher.send(&publish("m", b"to-second", QoS::AtLeastOnce, 1)).await;
     assert_eq!(&second.recv_publish().await.payload[..], b"to-second");
     broker.stop().await;
 }
@@ -272,15 +205,9 @@ async fn session_moves_to_the_new_connection_on_takeover() {
 async fn retained_messages() {
     let broker = start_default().await;
     let mut publisher = Raw::connected(broker.addr, "pub").await;
-    publisher
-        .send(&retained("r/a", b"first", QoS::AtMostOnce, 0))
-        .await;
-    publisher
-        .send(&retained("r/a", b"second", QoS::AtMostOnce, 0))
-        .await;
-    publisher
-        .send(&retained("r/b", b"bee", QoS::AtLeastOnce, 1))
-        .await;
+    publisher.send(&retained("r/a", b"first", QoS::AtMostOnce, 0)).await;
+    publisher.send(&retained("r/a", b"second", QoS::AtMostOnce, 0)).await;
+    publisher.send(&retained("r/b", b"bee", QoS::AtLeastOnce, 1)).await;
     assert_eq!(publisher.recv().await, Some(Packet::Puback(1)));
 
     let mut sub = Raw::connected(broker.addr, "sub").await;
@@ -288,28 +215,17 @@ async fn retained_messages() {
     let mut got = vec![sub.recv_publish().await, sub.recv_publish().await];
     got.sort_by(|a, b| a.topic.cmp(&b.topic));
     assert!(got.iter().all(|p| p.retain));
-    assert_eq!(
-        &got[0].payload[..],
-        b"second",
-        "a retained message is replaced"
-    );
-    assert_eq!(
-        (got[0].qos, got[1].qos),
-        (QoS::AtMostOnce, QoS::AtLeastOnce)
-    );
+    assert_eq!(&got[0].payload[..], b"second", "a retained message is replaced");
+    assert_eq!((got[0].qos, got[1].qos), (QoS::AtMostOnce, QoS::AtLeastOnce));
     sub.send(&Packet::Puback(got[1].pkid)).await;
 
     // Normal forwarding clears the retain flag.
-    publisher
-        .send(&retained("r/a", b"live", QoS::AtMostOnce, 0))
-        .await;
+    publisher.send(&retained("r/a", b"live", QoS::AtMostOnce, 0)).await;
     let live = sub.recv_publish().await;
     assert_eq!((&live.payload[..], live.retain), (&b"live"[..], false));
 
     // An empty retained payload deletes it (and is forwarded as usual).
-    publisher
-        .send(&retained("r/a", b"", QoS::AtMostOnce, 0))
-        .await;
+    publisher.send(&retained("r/a", b"", QoS::AtMostOnce, 0)).await;
     assert!(sub.recv_publish().await.payload.is_empty());
     let mut late = Raw::connected(broker.addr, "late").await;
     late.subscribe(1, &[("r/#", QoS::AtMostOnce)]).await;
@@ -323,19 +239,9 @@ async fn retained_messages() {
 async fn overlapping_subscriptions_deliver_once_at_the_highest_qos() {
     let broker = start_default().await;
     let mut sub = Raw::connected(broker.addr, "sub").await;
-    sub.subscribe(
-        1,
-        &[
-            ("a/#", QoS::AtMostOnce),
-            ("a/+", QoS::ExactlyOnce),
-            ("a/b", QoS::AtLeastOnce),
-        ],
-    )
-    .await;
+    sub.subscribe(1, &[("a/#", QoS::AtMostOnce), ("a/+", QoS::ExactlyOnce), ("a/b", QoS::AtLeastOnce)]).await;
     let mut publisher = Raw::connected(broker.addr, "pub").await;
-    publisher
-        .send(&publish("a/b", b"x", QoS::ExactlyOnce, 1))
-        .await;
+    publisher.send(&publish("a/b", b"x", QoS::ExactlyOnce, 1)).await;
     let p = sub.recv_publish().await;
     assert_eq!(p.qos, QoS::ExactlyOnce);
     sub.expect_silence(Duration::from_millis(300)).await;
@@ -349,46 +255,26 @@ async fn topic_rules() {
     let codes = sub
         .subscribe(
             1,
-            &[
-                ("#", QoS::AtMostOnce),
-                ("a/#/b", QoS::AtMostOnce),
-                ("+/x", QoS::AtMostOnce),
-                ("a+", QoS::AtMostOnce),
-            ],
+            &[("#", QoS::AtMostOnce), ("a/#/b", QoS::AtMostOnce), ("+/x", QoS::AtMostOnce), ("a+", QoS::AtMostOnce)],
         )
         .await;
-    assert_eq!(
-        codes,
-        vec![Some(QoS::AtMostOnce), None, Some(QoS::AtMostOnce), None]
-    );
+    assert_eq!(codes, vec![Some(QoS::AtMostOnce), None, Some(QoS::AtMostOnce), None]);
     let mut publisher = Raw::connected(broker.addr, "pub").await;
     // `#` and `+` at the root do not match `$` topics.
-    publisher
-        .send(&publish("$x/x", b"dollar", QoS::AtMostOnce, 0))
-        .await;
-    publisher
-        .send(&publish("/x", b"empty-first-level", QoS::AtMostOnce, 0))
-        .await;
+    publisher.send(&publish("$x/x", b"dollar", QoS::AtMostOnce, 0)).await;
+    publisher.send(&publish("/x", b"empty-first-level", QoS::AtMostOnce, 0)).await;
     let p = sub.recv_publish().await;
     assert_eq!(&p.payload[..], b"empty-first-level");
     sub.expect_silence(Duration::from_millis(200)).await;
 
     // Unsubscribe stops delivery.
-    sub.send(&Packet::Unsubscribe(Unsubscribe {
-        pkid: 2,
-        filters: vec!["#".into(), "+/x".into()],
-    }))
-    .await;
+    sub.send(&Packet::Unsubscribe(Unsubscribe { pkid: 2, filters: vec!["#".into(), "+/x".into()] })).await;
     assert_eq!(sub.recv().await, Some(Packet::Unsuback(2)));
-    publisher
-        .send(&publish("/x", b"after", QoS::AtMostOnce, 0))
-        .await;
+    publisher.send(&publish("/x", b"after", QoS::AtMostOnce, 0)).await;
     sub.expect_silence(Duration::from_millis(200)).await;
 
     // A wildcard in a PUBLISH topic closes that connection.
-    publisher
-        .send(&publish("a/+", b"bad", QoS::AtMostOnce, 0))
-        .await;
+    publisher.send(&publish("a/+", b"bad", QoS::AtMostOnce, 0)).await;
     publisher.expect_closed().await;
     broker.stop().await;
 }
@@ -404,29 +290,14 @@ async fn acl_refuses_subscriptions_with_0x80_and_drops_denied_publishes() {
            {allow, all}."#,
     )
     .unwrap();
-    let broker = start(Config {
-        acl_file: Some(acl),
-        ..config()
-    })
-    .await;
+    let broker = start(Config { acl_file: Some(acl), ..config() }).await;
     let mut sub = Raw::connected(broker.addr, "sub").await;
-    let codes = sub
-        .subscribe(
-            1,
-            &[("secret/x", QoS::AtMostOnce), ("open/#", QoS::AtLeastOnce)],
-        )
-        .await;
+    let codes = sub.subscribe(1, &[("secret/x", QoS::AtMostOnce), ("open/#", QoS::AtLeastOnce)]).await;
     assert_eq!(codes, vec![None, Some(QoS::AtLeastOnce)]);
     let mut spy = Raw::connected(broker.addr, "spy").await;
-    spy.send(&publish("open/spy/1", b"denied", QoS::AtLeastOnce, 1))
-        .await;
-    assert_eq!(
-        spy.recv().await,
-        Some(Packet::Puback(1)),
-        "denied publishes are still acknowledged"
-    );
-    spy.send(&publish("open/other", b"allowed", QoS::AtMostOnce, 0))
-        .await;
+    spy.send(&publish("open/spy/1", b"denied", QoS::AtLeastOnce, 1)).await;
+    assert_eq!(spy.recv().await, Some(Packet::Puback(1)), "denied publishes are still acknowledged");
+    spy.send(&publish("open/other", b"allowed", QoS::AtMostOnce, 0)).await;
     assert_eq!(&sub.recv_publish().await.payload[..], b"allowed");
     sub.expect_silence(Duration::from_millis(200)).await;
     broker.stop().await;
@@ -436,26 +307,19 @@ async fn acl_refuses_subscriptions_with_0x80_and_drops_denied_publishes() {
 async fn default_acl_lets_localhost_read_sys() {
     let broker = start_default().await;
     let mut sub = Raw::connected(broker.addr, "local").await;
-    let codes = sub
-        .subscribe(1, &[("$SYS/#", QoS::AtMostOnce), ("#", QoS::AtMostOnce)])
-        .await;
+    let codes = sub.subscribe(1, &[("$SYS/#", QoS::AtMostOnce), ("#", QoS::AtMostOnce)]).await;
     assert_eq!(codes, vec![Some(QoS::AtMostOnce), Some(QoS::AtMostOnce)]);
     broker.stop().await;
 }
 
 #[tokio::test]
 async fn oversized_and_malformed_packets_close_only_their_connection() {
-    let broker = start(Config {
-        max_packet_size: 1024,
-        ..config()
-    })
-    .await;
+    let broker = start(Config { max_packet_size: 1024, ..config() }).await;
     let mut bystander = Raw::connected(broker.addr, "bystander").await;
     bystander.subscribe(1, &[("big", QoS::AtMostOnce)]).await;
 
     let mut big = Raw::connected(broker.addr, "big").await;
-    big.send(&publish("big", &[0u8; 2000], QoS::AtMostOnce, 0))
-        .await;
+    big.send(&publish("big", &[0u8; 2000], QoS::AtMostOnce, 0)).await;
     big.expect_closed().await;
 
     let garbage: [&[u8]; 4] = [
@@ -471,9 +335,7 @@ async fn oversized_and_malformed_packets_close_only_their_connection() {
     }
     // The broker is fine and still delivering.
     let mut publisher = Raw::connected(broker.addr, "pub").await;
-    publisher
-        .send(&publish("big", &[1u8; 900], QoS::AtMostOnce, 0))
-        .await;
+    publisher.send(&publish("big", &[1u8; 900], QoS::AtMostOnce, 0)).await;
     assert_eq!(bystander.recv_publish().await.payload.len(), 900);
     broker.stop().await;
 }
@@ -485,20 +347,14 @@ async fn rumqttc_client_round_trip() {
     let mut options = MqttOptions::new("rumqttc-test", "127.0.0.1", broker.addr.port());
     options.set_keep_alive(Duration::from_secs(5));
     let (client, mut eventloop) = AsyncClient::new(options, 10);
-    client
-        .subscribe("hello/+", RQoS::ExactlyOnce)
-        .await
-        .unwrap();
+    client.subscribe("hello/+", RQoS::ExactlyOnce).await.unwrap();
     let mut published = false;
     let received = tokio::time::timeout(WAIT, async {
         loop {
             match eventloop.poll().await.expect("event loop runs") {
                 Event::Incoming(RPacket::SubAck(_)) if !published => {
                     published = true;
-                    client
-                        .publish("hello/world", RQoS::ExactlyOnce, false, "hi")
-                        .await
-                        .unwrap();
+                    client.publish("hello/world", RQoS::ExactlyOnce, false, "hi").await.unwrap();
                 }
                 Event::Incoming(RPacket::Publish(p)) => return p,
                 _ => {}
@@ -507,10 +363,7 @@ async fn rumqttc_client_round_trip() {
     })
     .await
     .expect("message arrives");
-    assert_eq!(
-        (received.topic.as_str(), &received.payload[..]),
-        ("hello/world", &b"hi"[..])
-    );
+    assert_eq!((received.topic.as_str(), &received.payload[..]), ("hello/world", &b"hi"[..]));
     assert_eq!(received.qos, RQoS::ExactlyOnce);
     broker.stop().await;
 }

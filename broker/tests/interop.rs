@@ -23,24 +23,13 @@ async fn run(mut command: Command) -> String {
     let output = tokio::time::timeout(TOOL_WAIT, command.output())
         .await
         .expect("tool finishes in time")
-        .unwrap_or_else(|e| {
-            panic!("cannot run {command:?} ({e}); .ci/run installs the interop tools")
-        });
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        .unwrap_or_else(|e| panic!("cannot run {command:?} ({e}); .ci/run installs the interop tools"));
+    assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).expect("utf-8 output")
 }
 
-async fn next_line(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-) -> Option<String> {
-    tokio::time::timeout(TOOL_WAIT, lines.next_line())
-        .await
-        .expect("a line in time")
-        .expect("readable stdout")
+async fn next_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> Option<String> {
+    tokio::time::timeout(TOOL_WAIT, lines.next_line()).await.expect("a line in time").expect("readable stdout")
 }
 
 #[tokio::test]
@@ -50,72 +39,23 @@ async fn mosquitto_clients_v31_and_v311() {
     for version in ["mqttv311", "mqttv31"] {
         let topic = format!("interop/{version}");
         let mut publish = tool("mosquitto_pub");
-        publish.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-V",
-            version,
-            "-q",
-            "1",
-            "-r",
-            "-t",
-            &topic,
-            "-m",
-            "retained",
-        ]);
+        publish.args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-q", "1", "-r", "-t", &topic, "-m", "retained"]);
         run(publish).await;
 
         let mut subscribe = tool("mosquitto_sub");
         subscribe
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-V",
-                version,
-                "-q",
-                "2",
-                "-v",
-                "-C",
-                "2",
-                "-t",
-                &topic,
-            ])
+            .args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-q", "2", "-v", "-C", "2", "-t", &topic])
             .stdout(Stdio::piped());
-        let mut child = subscribe
-            .spawn()
-            .expect("mosquitto_sub starts; .ci/run installs it");
+        let mut child = subscribe.spawn().expect("mosquitto_sub starts; .ci/run installs it");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         // The retained message arrives first and proves the subscription is in place.
-        assert_eq!(
-            next_line(&mut lines).await,
-            Some(format!("{topic} retained"))
-        );
+        assert_eq!(next_line(&mut lines).await, Some(format!("{topic} retained")));
 
         let mut live = tool("mosquitto_pub");
-        live.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-V",
-            version,
-            "-q",
-            "2",
-            "-t",
-            &topic,
-            "-m",
-            "live",
-        ]);
+        live.args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-q", "2", "-t", &topic, "-m", "live"]);
         run(live).await;
         assert_eq!(next_line(&mut lines).await, Some(format!("{topic} live")));
-        let status = tokio::time::timeout(TOOL_WAIT, child.wait())
-            .await
-            .unwrap()
-            .unwrap();
+        let status = tokio::time::timeout(TOOL_WAIT, child.wait()).await.unwrap().unwrap();
         assert!(status.success());
     }
     broker.stop().await;
@@ -124,17 +64,11 @@ async fn mosquitto_clients_v31_and_v311() {
 #[tokio::test]
 async fn paho_mqtt_v31_and_v311() {
     let broker = start_default().await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/paho_roundtrip.py"
-    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/paho_roundtrip.py");
     let mut python = tool("python3");
     python.arg(script).arg(broker.addr.port().to_string());
     let out = run(python).await;
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(
-        lines,
-        vec!["v311 paho/v311 from-v311 2", "v31 paho/v31 from-v31 2"]
-    );
+    assert_eq!(lines, vec!["v311 paho/v311 from-v311 2", "v31 paho/v31 from-v31 2"]);
     broker.stop().await;
 }

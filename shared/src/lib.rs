@@ -1,6 +1,8 @@
 //! The wire contract between `midge-broker` and `midge-mgmt`.
 //!
-//! Everything the two processes say to each other crosses MQTT; this crate names the topics and
-//! (as the control channel grows) the serde types of every payload, so neither side builds JSON by hand.
+//! Everything the two processes say to each other crosses MQTT; this crate names the topics and the
+//! serde types of every payload, so neither side builds JSON by hand.
 
+pub mod control;
+pub mod sys;
 pub mod topics;

@@ -4,9 +4,11 @@ use std::io::{IsTerminal, Read};
 
 use anyhow::Context as _;
 use midge_broker::config::{Command, Config};
+use midge_broker::settings::LogReload;
 use midge_broker::Broker;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{reload, EnvFilter};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -15,19 +17,13 @@ async fn main() -> anyhow::Result<()> {
         let mut password = String::new();
         std::io::stdin().read_to_string(&mut password)?;
         let password = password.trim_end_matches(['\r', '\n']);
-        println!(
-            "{}",
-            midge_broker::auth::hash_password(password.as_bytes())?
-        );
+        println!("{}", midge_broker::auth::hash_password(password.as_bytes())?);
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::stdout().is_terminal())
-        .with_env_filter(EnvFilter::try_new(&config.log_level).context("invalid log_level")?)
-        .init();
+    let log_reload = init_logging(&config.log_level)?;
 
     let shutdown = CancellationToken::new();
-    let broker = Broker::bind(config, shutdown.clone()).await?;
+    let broker = Broker::bind(config, shutdown.clone(), Some(log_reload)).await?;
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
@@ -35,6 +31,20 @@ async fn main() -> anyhow::Result<()> {
     });
     broker.run().await;
     Ok(())
+}
+
+/// Installs the log subscriber; the returned hook changes its filter at runtime (`log.console.level`).
+fn init_logging(filter: &str) -> anyhow::Result<LogReload> {
+    let filter = EnvFilter::try_new(filter).context("invalid log_level")?;
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()))
+        .init();
+    Ok(Box::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }))
 }
 
 async fn wait_for_signal() {

@@ -14,10 +14,7 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packe
     };
     let total = header_len + remaining;
     if total > max_packet_size {
-        return Err(DecodeError::PacketTooLarge {
-            size: total,
-            max: max_packet_size,
-        });
+        return Err(DecodeError::PacketTooLarge { size: total, max: max_packet_size });
     }
     if buf.len() < total {
         // Reserve now so the next read lands in one allocation.
@@ -114,34 +111,13 @@ fn connect(body: &mut Bytes) -> Result<Connect, DecodeError> {
     let will = if will_flag {
         let topic = string(body)?;
         let payload = binary(body)?;
-        Some(LastWill {
-            topic,
-            payload,
-            qos: will_qos,
-            retain: will_retain,
-        })
+        Some(LastWill { topic, payload, qos: will_qos, retain: will_retain })
     } else {
         None
     };
-    let username = if has_username {
-        Some(string(body)?)
-    } else {
-        None
-    };
-    let password = if has_password {
-        Some(binary(body)?)
-    } else {
-        None
-    };
-    Ok(Connect {
-        protocol,
-        clean_session,
-        keep_alive,
-        client_id,
-        will,
-        username,
-        password,
-    })
+    let username = if has_username { Some(string(body)?) } else { None };
+    let password = if has_password { Some(binary(body)?) } else { None };
+    Ok(Connect { protocol, clean_session, keep_alive, client_id, will, username, password })
 }
 
 fn connack(body: &mut Bytes) -> Result<Connack, DecodeError> {
@@ -149,12 +125,8 @@ fn connack(body: &mut Bytes) -> Result<Connack, DecodeError> {
     if ack_flags & 0xfe != 0 {
         return Err(DecodeError::Malformed("reserved CONNACK flags"));
     }
-    let code = ConnectReturnCode::from_u8(u8(body)?)
-        .ok_or(DecodeError::Malformed("unknown CONNACK return code"))?;
-    Ok(Connack {
-        session_present: ack_flags & 1 == 1,
-        code,
-    })
+    let code = ConnectReturnCode::from_u8(u8(body)?).ok_or(DecodeError::Malformed("unknown CONNACK return code"))?;
+    Ok(Connack { session_present: ack_flags & 1 == 1, code })
 }
 
 fn publish(flags: u8, body: &mut Bytes) -> Result<Publish, DecodeError> {
@@ -162,20 +134,9 @@ fn publish(flags: u8, body: &mut Bytes) -> Result<Publish, DecodeError> {
     let qos = QoS::from_u8((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQoS)?;
     let retain = flags & 0b0001 != 0;
     let topic = utf8_bytes(body)?;
-    let pkid = if qos == QoS::AtMostOnce {
-        0
-    } else {
-        packet_id(body)?
-    };
+    let pkid = if qos == QoS::AtMostOnce { 0 } else { packet_id(body)? };
     let payload = body.split_to(body.len());
-    Ok(Publish {
-        dup,
-        qos,
-        retain,
-        topic,
-        pkid,
-        payload,
-    })
+    Ok(Publish { dup, qos, retain, topic, pkid, payload })
 }
 
 fn subscribe(body: &mut Bytes) -> Result<Subscribe, DecodeError> {

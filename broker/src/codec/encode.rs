@@ -16,11 +16,7 @@ pub fn encode(packet: &Packet, buf: &mut BytesMut) {
         Packet::Pubrel(id) => ack(0x62, *id, buf),
         Packet::Pubcomp(id) => ack(0x70, *id, buf),
         Packet::Subscribe(s) => {
-            let len = 2 + s
-                .filters
-                .iter()
-                .map(|(f, _)| 2 + f.len() + 1)
-                .sum::<usize>();
+            let len = 2 + s.filters.iter().map(|(f, _)| 2 + f.len() + 1).sum::<usize>();
             header(0x82, len, buf);
             buf.put_u16(s.pkid);
             for (filter, qos) in &s.filters {

@@ -68,15 +68,8 @@ mod tests {
     }
 
     fn publish() -> impl Strategy<Value = Packet> {
-        (
-            any::<bool>(),
-            qos(),
-            any::<bool>(),
-            text(),
-            pkid(),
-            prop::collection::vec(any::<u8>(), 0..300),
-        )
-            .prop_map(|(dup, qos, retain, topic, pkid, payload)| {
+        (any::<bool>(), qos(), any::<bool>(), text(), pkid(), prop::collection::vec(any::<u8>(), 0..300)).prop_map(
+            |(dup, qos, retain, topic, pkid, payload)| {
                 Packet::Publish(Publish {
                     dup,
                     qos,
@@ -85,29 +78,15 @@ mod tests {
                     pkid: if qos == QoS::AtMostOnce { 0 } else { pkid },
                     payload: Bytes::from(payload),
                 })
-            })
+            },
+        )
     }
 
     fn connect() -> impl Strategy<Value = Packet> {
-        let will = prop::option::of((
-            text(),
-            prop::collection::vec(any::<u8>(), 0..50),
-            qos(),
-            any::<bool>(),
-        ));
-        let creds = prop::option::of((
-            text(),
-            prop::option::of(prop::collection::vec(any::<u8>(), 0..50)),
-        ));
-        (
-            any::<bool>(),
-            any::<bool>(),
-            any::<u16>(),
-            text(),
-            will,
-            creds,
-        )
-            .prop_map(|(v31, clean_session, keep_alive, client_id, will, creds)| {
+        let will = prop::option::of((text(), prop::collection::vec(any::<u8>(), 0..50), qos(), any::<bool>()));
+        let creds = prop::option::of((text(), prop::option::of(prop::collection::vec(any::<u8>(), 0..50))));
+        (any::<bool>(), any::<bool>(), any::<u16>(), text(), will, creds).prop_map(
+            |(v31, clean_session, keep_alive, client_id, will, creds)| {
                 let (username, password) = match creds {
                     Some((u, p)) => (Some(u), p.map(Bytes::from)),
                     None => (None, None),
@@ -126,7 +105,8 @@ mod tests {
                     username,
                     password,
                 })
-            })
+            },
+        )
     }
 
     fn packet() -> impl Strategy<Value = Packet> {
@@ -199,13 +179,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let mut v5 = BytesMut::from(&b"\x10\x0d\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x00"[..]);
-        assert_eq!(
-            decode(&mut v5, 1024),
-            Err(DecodeError::UnsupportedProtocol {
-                name: "MQTT".into(),
-                level: 5
-            })
-        );
+        assert_eq!(decode(&mut v5, 1024), Err(DecodeError::UnsupportedProtocol { name: "MQTT".into(), level: 5 }));
     }
 
     #[test]
@@ -225,68 +199,31 @@ mod tests {
     #[test]
     fn strict_checks() {
         let cases: &[(&[u8], DecodeError)] = &[
-            (
-                b"\x10\x0c\x00\x04MQTT\x04\x03\x00\x3c\x00\x00",
-                DecodeError::ReservedConnectFlag,
-            ),
-            (
-                b"\x10\x0c\x00\x04MQTT\x04\x42\x00\x3c\x00\x00",
-                DecodeError::PasswordWithoutUsername,
-            ),
-            (
-                b"\x10\x0c\x00\x04MQTT\x04\x0a\x00\x3c\x00\x00",
-                DecodeError::InvalidWillFlags,
-            ),
-            (
-                b"\x10\x0c\x00\x04MQTT\x04\x1e\x00\x3c\x00\x00",
-                DecodeError::InvalidWillFlags,
-            ),
+            (b"\x10\x0c\x00\x04MQTT\x04\x03\x00\x3c\x00\x00", DecodeError::ReservedConnectFlag),
+            (b"\x10\x0c\x00\x04MQTT\x04\x42\x00\x3c\x00\x00", DecodeError::PasswordWithoutUsername),
+            (b"\x10\x0c\x00\x04MQTT\x04\x0a\x00\x3c\x00\x00", DecodeError::InvalidWillFlags),
+            (b"\x10\x0c\x00\x04MQTT\x04\x1e\x00\x3c\x00\x00", DecodeError::InvalidWillFlags),
             (b"\x36\x05\x00\x01a\x00\x01", DecodeError::InvalidQoS),
-            (
-                b"\x83\x06\x00\x01\x00\x01a\x00",
-                DecodeError::InvalidFlags(8),
-            ),
-            (
-                b"\x82\x02\x00\x01",
-                DecodeError::Malformed("SUBSCRIBE without a topic filter"),
-            ),
-            (
-                b"\x82\x06\x00\x01\x00\x01a\x04",
-                DecodeError::Malformed("reserved bits in requested QoS"),
-            ),
+            (b"\x83\x06\x00\x01\x00\x01a\x00", DecodeError::InvalidFlags(8)),
+            (b"\x82\x02\x00\x01", DecodeError::Malformed("SUBSCRIBE without a topic filter")),
+            (b"\x82\x06\x00\x01\x00\x01a\x04", DecodeError::Malformed("reserved bits in requested QoS")),
             (b"\x30\x04\x00\x02a\x00", DecodeError::InvalidUtf8),
             (b"\x30\x04\x00\x02\xc3\x28", DecodeError::InvalidUtf8),
-            (
-                b"\x32\x05\x00\x01a\x00\x00",
-                DecodeError::Malformed("packet identifier 0"),
-            ),
+            (b"\x32\x05\x00\x01a\x00\x00", DecodeError::Malformed("packet identifier 0")),
             (b"\xc0\x01\x00", DecodeError::TrailingBytes),
             (b"\x00\x00", DecodeError::InvalidPacketType(0)),
             (b"\xf0\x00", DecodeError::InvalidPacketType(15)),
-            (
-                b"\x30\xff\xff\xff\xff\x01",
-                DecodeError::MalformedRemainingLength,
-            ),
+            (b"\x30\xff\xff\xff\xff\x01", DecodeError::MalformedRemainingLength),
         ];
         for (bytes, expected) in cases {
             let mut buf = BytesMut::from(*bytes);
-            assert_eq!(
-                decode(&mut buf, usize::MAX).as_ref(),
-                Err(expected),
-                "{bytes:?}"
-            );
+            assert_eq!(decode(&mut buf, usize::MAX).as_ref(), Err(expected), "{bytes:?}");
         }
     }
 
     #[test]
     fn size_limit_is_checked_before_the_body_arrives() {
         let mut buf = BytesMut::from(&b"\x30\x80\x80\x04"[..]);
-        assert_eq!(
-            decode(&mut buf, 1024),
-            Err(DecodeError::PacketTooLarge {
-                size: 65540,
-                max: 1024
-            })
-        );
+        assert_eq!(decode(&mut buf, 1024), Err(DecodeError::PacketTooLarge { size: 65540, max: 1024 }));
     }
 }

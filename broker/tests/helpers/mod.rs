@@ -35,24 +35,15 @@ impl TestBroker {
 
 /// A configuration for tests: loopback, port 0, everything else default.
 pub fn config() -> Config {
-    Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Config::default()
-    }
+    Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() }
 }
 
 pub async fn start(config: Config) -> TestBroker {
     let shutdown = CancellationToken::new();
-    let broker = Broker::bind(config, shutdown.clone())
-        .await
-        .expect("broker binds");
+    let broker = Broker::bind(config, shutdown.clone(), None).await.expect("broker binds");
     let addr = broker.local_addr();
     let task = tokio::spawn(broker.run());
-    TestBroker {
-        addr,
-        shutdown,
-        task,
-    }
+    TestBroker { addr, shutdown, task }
 }
 
 pub async fn start_default() -> TestBroker {
@@ -90,10 +81,7 @@ pub fn retained(topic: &str, payload: &[u8], qos: QoS, pkid: u16) -> Packet {
 }
 
 pub fn subscribe(pkid: u16, filters: &[(&str, QoS)]) -> Packet {
-    Packet::Subscribe(Subscribe {
-        pkid,
-        filters: filters.iter().map(|(f, q)| (f.to_string(), *q)).collect(),
-    })
+    Packet::Subscribe(Subscribe { pkid, filters: filters.iter().map(|(f, q)| (f.to_string(), *q)).collect() })
 }
 
 /// A byte-level MQTT client.
@@ -105,10 +93,7 @@ pub struct Raw {
 impl Raw {
     pub async fn open(addr: SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).await.expect("tcp connect");
-        Raw {
-            stream,
-            buf: BytesMut::new(),
-        }
+        Raw { stream, buf: BytesMut::new() }
     }
 
     /// Opens a connection and completes CONNECT/CONNACK, asserting acceptance.
@@ -116,10 +101,9 @@ impl Raw {
         let mut raw = Raw::open(addr).await;
         raw.send(&Packet::Connect(connect)).await;
         match raw.recv().await {
-            Some(Packet::Connack(Connack {
-                code: ConnectReturnCode::Accepted,
-                session_present,
-            })) => (raw, session_present),
+            Some(Packet::Connack(Connack { code: ConnectReturnCode::Accepted, session_present })) => {
+                (raw, session_present)
+            }
             other => panic!("expected an accepting CONNACK, got {other:?}"),
         }
     }
@@ -141,18 +125,14 @@ impl Raw {
 
     /// The next packet, or `None` if the broker closed the connection. Panics if nothing comes in time.
     pub async fn recv(&mut self) -> Option<Packet> {
-        self.recv_within(WAIT)
-            .await
-            .expect("a packet or a close in time")
+        self.recv_within(WAIT).await.expect("a packet or a close in time")
     }
 
     /// `Err(())` on timeout.
     pub async fn recv_within(&mut self, limit: Duration) -> Result<Option<Packet>, ()> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if let Some(packet) =
-                codec::decode(&mut self.buf, usize::MAX).expect("broker sends valid packets")
-            {
+            if let Some(packet) = codec::decode(&mut self.buf, usize::MAX).expect("broker sends valid packets") {
                 return Ok(Some(packet));
             }
             match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {

@@ -1,0 +1,152 @@
+//! Counters (EMQ's metrics) and gauges with high-water marks (EMQ's stats), as plain atomics: counting a
+//! packet is one relaxed add, never a lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use midge_shared::sys::{Metric, Stat};
+
+use crate::codec::{Packet, QoS};
+
+pub struct Metrics {
+    counters: [AtomicU64; Metric::COUNT],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics { counters: std::array::from_fn(|_| AtomicU64::new(0)) }
+    }
+}
+
+impl Metrics {
+    pub fn inc(&self, metric: Metric) {
+        self.add(metric, 1);
+    }
+
+    pub fn add(&self, metric: Metric, n: u64) {
+        self.counters[metric as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set(&self, metric: Metric, value: u64) {
+        self.counters[metric as usize].store(value, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, metric: Metric) -> u64 {
+        self.counters[metric as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> Vec<(Metric, u64)> {
+        Metric::ALL.iter().map(|m| (*m, self.get(*m))).collect()
+    }
+
+    /// Counts a packet read from a client, `size` bytes on the wire.
+    pub fn packet_received(&self, packet: &Packet, size: usize) {
+        self.add(Metric::BytesReceived, size as u64);
+        self.inc(Metric::PacketsReceived);
+        let specific = match packet {
+            Packet::Connect(_) => Metric::PacketsConnect,
+            Packet::Disconnect => Metric::PacketsDisconnect,
+            Packet::Pingreq => Metric::PacketsPingreq,
+            Packet::Subscribe(_) => Metric::PacketsSubscribe,
+            Packet::Unsubscribe(_) => Metric::PacketsUnsubscribe,
+            Packet::Publish(p) => {
+                self.inc(Metric::MessagesReceived);
+                self.inc(match p.qos {
+                    QoS::AtMostOnce => Metric::MessagesQos0Received,
+                    QoS::AtLeastOnce => Metric::MessagesQos1Received,
+                    QoS::ExactlyOnce => Metric::MessagesQos2Received,
+                });
+                Metric::PacketsPublishReceived
+            }
+            Packet::Puback(_) => Metric::PacketsPubackReceived,
+            Packet::Pubrec(_) => Metric::PacketsPubrecReceived,
+            Packet::Pubrel(_) => Metric::PacketsPubrelReceived,
+            Packet::Pubcomp(_) => Metric::PacketsPubcompReceived,
+            // Server-to-client packets from a client end the connection; the totals above still count them.
+            Packet::Connack(_) | Packet::Suback(_) | Packet::Unsuback(_) | Packet::Pingresp => return,
+        };
+        self.inc(specific);
+    }
+
+    /// Counts a packet written to a client, `size` bytes on the wire.
+    pub fn packet_sent(&self, packet: &Packet, size: usize) {
+        self.add(Metric::BytesSent, size as u64);
+        self.inc(Metric::PacketsSent);
+        let specific = match packet {
+            Packet::Connack(_) => Metric::PacketsConnack,
+            Packet::Pingresp => Metric::PacketsPingresp,
+            Packet::Suback(_) => Metric::PacketsSuback,
+            Packet::Unsuback(_) => Metric::PacketsUnsuback,
+            Packet::Publish(p) => {
+                self.inc(Metric::MessagesSent);
+                self.inc(match p.qos {
+                    QoS::AtMostOnce => Metric::MessagesQos0Sent,
+                    QoS::AtLeastOnce => Metric::MessagesQos1Sent,
+                    QoS::ExactlyOnce => Metric::MessagesQos2Sent,
+                });
+                Metric::PacketsPublishSent
+            }
+            Packet::Puback(_) => Metric::PacketsPubackSent,
+            Packet::Pubrec(_) => Metric::PacketsPubrecSent,
+            Packet::Pubrel(_) => Metric::PacketsPubrelSent,
+            Packet::Pubcomp(_) => Metric::PacketsPubcompSent,
+            Packet::Connect(_)
+            | Packet::Subscribe(_)
+            | Packet::Unsubscribe(_)
+            | Packet::Pingreq
+            | Packet::Disconnect => return,
+        };
+        self.inc(specific);
+    }
+}
+
+/// A gauge and its high-water mark.
+#[derive(Default)]
+struct Gauge {
+    count: AtomicU64,
+    max: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    gauges: [Gauge; Stat::COUNT],
+}
+
+impl Stats {
+    pub fn set(&self, stat: Stat, value: u64) {
+        let gauge = &self.gauges[stat as usize];
+        gauge.count.store(value, Ordering::Relaxed);
+        gauge.max.fetch_max(value, Ordering::Relaxed);
+    }
+
+    pub fn count(&self, stat: Stat) -> u64 {
+        self.gauges[stat as usize].count.load(Ordering::Relaxed)
+    }
+
+    pub fn max(&self, stat: Stat) -> u64 {
+        self.gauges[stat as usize].max.load(Ordering::Relaxed)
+    }
+
+    /// `("clients/count", n), ("clients/max", m), ...` in EMQ's key form.
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        Stat::ALL
+            .iter()
+            .flat_map(|s| {
+                [(format!("{}/count", s.name()), self.count(*s)), (format!("{}/max", s.name()), self.max(*s))]
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_keep_the_high_water_mark() {
+        let stats = Stats::default();
+        stats.set(Stat::Clients, 5);
+        stats.set(Stat::Clients, 2);
+        assert_eq!((stats.count(Stat::Clients), stats.max(Stat::Clients)), (2, 5));
+        assert!(stats.snapshot().contains(&("clients/max".to_string(), 5)));
+    }
+}

@@ -1,0 +1,184 @@
+//! The router's management side: listings (paged here, so a reply never carries the whole table),
+//! kicking a client, clearing its ACL cache entry, and subscribing on a client's behalf.
+
+use std::sync::Arc;
+
+use midge_shared::control::{ClientRow, Page, PageRequest, RouteRow, SessionRow, SubscriptionRow};
+use tokio::sync::oneshot;
+
+use super::{Client, Outbound, Presence, Router};
+use crate::codec::QoS;
+use crate::session::SessionStats;
+use crate::subscriptions::ClientId;
+
+type Reply<T> = oneshot::Sender<T>;
+
+#[derive(Debug)]
+pub enum AdminRequest {
+    ListClients(PageRequest, Reply<Page<ClientRow>>),
+    GetClient(String, Reply<Vec<ClientRow>>),
+    ListSessions(PageRequest, Reply<Page<SessionRow>>),
+    GetSession(String, Reply<Vec<SessionRow>>),
+    ListSubscriptions(PageRequest, Reply<Page<SubscriptionRow>>),
+    GetSubscriptions(String, Reply<Vec<SubscriptionRow>>),
+    ListRoutes(PageRequest, Reply<Page<RouteRow>>),
+    GetRoute(String, Reply<Vec<RouteRow>>),
+    /// Answers whether the client was online.
+    Kick(String, Reply<bool>),
+    /// Answers whether the client was online.
+    CleanAclCache {
+        client_id: String,
+        topic: String,
+        reply: Reply<bool>,
+    },
+    /// Answers whether the client exists. The filter is already validated.
+    Subscribe {
+        client_id: String,
+        filter: String,
+        qos: QoS,
+        reply: Reply<bool>,
+    },
+    /// Answers whether the client exists.
+    Unsubscribe {
+        client_id: String,
+        filter: String,
+        reply: Reply<bool>,
+    },
+}
+
+/// EMQ shows a missing username as "undefined".
+fn username(client: &Client) -> String {
+    client.meta.username.clone().unwrap_or_else(|| "undefined".into())
+}
+
+pub fn format_time(t: &chrono::DateTime<chrono::Local>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+impl Router {
+    pub(super) fn admin(&mut self, request: AdminRequest) {
+        match request {
+            AdminRequest::ListClients(page, reply) => {
+                let rows = self.sorted_clients().into_iter().filter(|(_, c)| is_online(c));
+                let rows: Vec<ClientRow> = rows.map(|(id, c)| client_row(id, c)).collect();
+                let _ = reply.send(Page::of(rows.into_iter(), page));
+            }
+            AdminRequest::GetClient(id, reply) => {
+                let row = self.clients.get_key_value(id.as_str()).filter(|(_, c)| is_online(c));
+                let _ = reply.send(row.map(|(id, c)| client_row(id, c)).into_iter().collect());
+            }
+            AdminRequest::ListSessions(page, reply) => {
+                let max_inflight = self.limits.max_inflight as u64;
+                let rows: Vec<SessionRow> =
+                    self.sorted_clients().into_iter().map(|(id, c)| session_row(id, c, max_inflight)).collect();
+                let _ = reply.send(Page::of(rows.into_iter(), page));
+            }
+            AdminRequest::GetSession(id, reply) => {
+                let max_inflight = self.limits.max_inflight as u64;
+                let row = self.clients.get_key_value(id.as_str());
+                let _ = reply.send(row.map(|(id, c)| session_row(id, c, max_inflight)).into_iter().collect());
+            }
+            AdminRequest::ListSubscriptions(page, reply) => {
+                let rows: Vec<SubscriptionRow> =
+                    self.sorted_clients().into_iter().flat_map(|(id, c)| subscription_rows(id, c)).collect();
+                let _ = reply.send(Page::of(rows.into_iter(), page));
+            }
+            AdminRequest::GetSubscriptions(id, reply) => {
+                let rows = self.clients.get_key_value(id.as_str()).map(|(id, c)| subscription_rows(id, c));
+                let _ = reply.send(rows.unwrap_or_default());
+            }
+            AdminRequest::ListRoutes(page, reply) => {
+                let node = &self.shared.node;
+                let rows = self.routes.keys().map(|topic| RouteRow { topic: topic.clone(), node: node.clone() });
+                let _ = reply.send(Page::of(rows, page));
+            }
+            AdminRequest::GetRoute(topic, reply) => {
+                let row = self.routes.contains_key(&topic).then(|| RouteRow { topic, node: self.shared.node.clone() });
+                let _ = reply.send(row.into_iter().collect());
+            }
+            AdminRequest::Kick(id, reply) => {
+                let _ = reply.send(self.tell(&id, Outbound::Kick));
+            }
+            AdminRequest::CleanAclCache { client_id, topic, reply } => {
+                let _ = reply.send(self.tell(&client_id, Outbound::CleanAclCache(topic)));
+            }
+            AdminRequest::Subscribe { client_id, filter, qos, reply } => {
+                let Some((id, _)) = self.clients.get_key_value(client_id.as_str()) else {
+                    let _ = reply.send(false);
+                    return;
+                };
+                let id = id.clone();
+                let retained = self.subscribe_client(&id, &[(filter, qos)]);
+                for delivery in retained {
+                    self.deliver(&id, delivery);
+                }
+                let _ = reply.send(true);
+            }
+            AdminRequest::Unsubscribe { client_id, filter, reply } => {
+                let Some((id, _)) = self.clients.get_key_value(client_id.as_str()) else {
+                    let _ = reply.send(false);
+                    return;
+                };
+                let id: ClientId = id.clone();
+                self.unsubscribe_client(&id, &[filter]);
+                let _ = reply.send(true);
+            }
+        }
+    }
+
+    fn sorted_clients(&self) -> Vec<(&ClientId, &Client)> {
+        let mut clients: Vec<_> = self.clients.iter().collect();
+        clients.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        clients
+    }
+
+    /// Sends a control message to an online client; false if it is not online.
+    fn tell(&self, client_id: &str, outbound: Outbound) -> bool {
+        match self.clients.get(client_id).map(|c| &c.presence) {
+            Some(Presence::Online(outbox)) => outbox.tx.send(outbound).is_ok(),
+            _ => false,
+        }
+    }
+}
+
+fn is_online(client: &Client) -> bool {
+    matches!(client.presence, Presence::Online(_))
+}
+
+fn client_row(id: &Arc<str>, c: &Client) -> ClientRow {
+    ClientRow {
+        client_id: id.to_string(),
+        username: username(c),
+        ipaddress: c.meta.peer.ip().to_string(),
+        port: c.meta.peer.port(),
+        clean_sess: c.meta.clean_session,
+        proto_ver: c.meta.proto_ver,
+        keepalive: c.meta.keepalive,
+        connected_at: format_time(&c.meta.connected_at),
+    }
+}
+
+fn session_row(id: &Arc<str>, c: &Client, max_inflight: u64) -> SessionRow {
+    let s = &c.session_stats;
+    let get = SessionStats::get;
+    SessionRow {
+        client_id: id.to_string(),
+        clean_sess: c.session_clean,
+        subscriptions: c.filters.len() as u64,
+        max_inflight,
+        inflight_len: get(&s.inflight_len),
+        mqueue_len: get(&s.mqueue_len),
+        mqueue_dropped: get(&s.mqueue_dropped),
+        awaiting_rel_len: get(&s.awaiting_rel_len),
+        deliver_msg: get(&s.deliver_msg),
+        enqueue_msg: get(&s.enqueue_msg),
+        created_at: format_time(&c.created_at),
+    }
+}
+
+fn subscription_rows(id: &Arc<str>, c: &Client) -> Vec<SubscriptionRow> {
+    c.filters
+        .iter()
+        .map(|(topic, qos)| SubscriptionRow { client_id: id.to_string(), topic: topic.clone(), qos: *qos as u8 })
+        .collect()
+}

@@ -1,0 +1,514 @@
+//! The router: one task that owns who is connected, every subscription, offline sessions and retained
+//! messages. Connections talk to it through one bounded inbox; it answers each connection through that
+//! connection's own outbox. It never awaits a connection, so a slow client cannot stall it.
+//!
+//! `admin.rs` holds the management side (listings, kick, subscribe on behalf of a client).
+
+mod admin;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Local};
+use tokio::sync::{mpsc, oneshot};
+
+pub use admin::AdminRequest;
+
+use crate::codec::{QoS, Suback, SubackCode};
+use crate::metrics::{Metric, Metrics, Stat, Stats};
+use crate::plugins::{Plugin, Plugins};
+use crate::session::{Delivery, Message, Session, SessionLimits, SessionStats};
+use crate::subscriptions::{ClientId, SubscriptionTree};
+use crate::topic;
+
+/// Capacity of the router's inbox. Publishers wait when it is full, which is the broker's backpressure.
+const INBOX_CAPACITY: usize = 16 * 1024;
+
+/// What connections (and the control service) ask of the router.
+#[derive(Debug)]
+pub enum Request {
+    Connect {
+        client_id: ClientId,
+        meta: ClientMeta,
+        outbox: Outbox,
+        reply: oneshot::Sender<ConnectOutcome>,
+    },
+    Publish(Arc<Message>),
+    /// Filters already validated and ACL-checked by the connection; refused ones carry `None`.
+    Subscribe {
+        client_id: ClientId,
+        conn_id: u64,
+        pkid: u16,
+        filters: Vec<(String, SubackCode)>,
+    },
+    Unsubscribe {
+        client_id: ClientId,
+        conn_id: u64,
+        pkid: u16,
+        filters: Vec<String>,
+    },
+    /// The connection has ended; the session comes back with whatever is still in its outbox.
+    Disconnected {
+        client_id: ClientId,
+        conn_id: u64,
+        session: Box<Session>,
+        rest: mpsc::UnboundedReceiver<Outbound>,
+    },
+    Admin(AdminRequest),
+}
+
+/// What the management API shows about a connected client.
+#[derive(Debug, Clone)]
+pub struct ClientMeta {
+    pub username: Option<String>,
+    pub peer: SocketAddr,
+    pub clean_session: bool,
+    pub proto_ver: u8,
+    pub keepalive: u16,
+    pub connected_at: DateTime<Local>,
+}
+
+#[derive(Debug)]
+pub enum ConnectOutcome {
+    /// A session to use: resumed (`present`) or new.
+    Accepted { session: Box<Session>, present: bool },
+    /// Another connection with the same client id arrived while this one waited.
+    Superseded,
+}
+
+/// What the router sends to one connection, in order.
+#[derive(Debug)]
+pub enum Outbound {
+    Deliver(Delivery),
+    /// A SUBACK to write, then retained messages for the new subscriptions.
+    Subscribed {
+        suback: Suback,
+        retained: Vec<Delivery>,
+    },
+    Unsubscribed(u16),
+    /// Another connection took this client id over: end without a DISCONNECT (the will is published).
+    TakenOver,
+    /// The management API kicked this client.
+    Kick,
+    /// Forget the cached ACL decision for one topic.
+    CleanAclCache(String),
+}
+
+/// The router's handle on one connection: its outbox and a count of deliveries not yet taken, which
+/// bounds the outbox even though the channel itself is unbounded.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    pub conn_id: u64,
+    tx: mpsc::UnboundedSender<Outbound>,
+    pending: Arc<AtomicUsize>,
+}
+
+/// The connection's end of its outbox.
+#[derive(Debug)]
+pub struct OutboxReceiver {
+    pub rx: mpsc::UnboundedReceiver<Outbound>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl OutboxReceiver {
+    /// Call once per `Outbound::Deliver` taken from `rx`.
+    pub fn took_delivery(&self) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub fn outbox(conn_id: u64) -> (Outbox, OutboxReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let pending = Arc::new(AtomicUsize::new(0));
+    (Outbox { conn_id, tx, pending: pending.clone() }, OutboxReceiver { rx, pending })
+}
+
+/// A cheap, cloneable way to reach the router.
+#[derive(Debug, Clone)]
+pub struct RouterHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+impl RouterHandle {
+    /// Fails only when the router has stopped (the broker is shutting down).
+    pub async fn send(&self, request: Request) -> Result<(), RouterGone> {
+        self.tx.send(request).await.map_err(|_| RouterGone)
+    }
+
+    /// Sends an admin request built around a reply channel and waits for the answer.
+    pub async fn ask<T>(&self, build: impl FnOnce(oneshot::Sender<T>) -> AdminRequest) -> Result<T, RouterGone> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::Admin(build(tx))).await?;
+        rx.await.map_err(|_| RouterGone)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the router has stopped")]
+pub struct RouterGone;
+
+enum Presence {
+    Online(Outbox),
+    Offline(Box<Session>),
+}
+
+struct PendingConnect {
+    meta: ClientMeta,
+    outbox: Outbox,
+    reply: oneshot::Sender<ConnectOutcome>,
+}
+
+struct Client {
+    presence: Presence,
+    meta: ClientMeta,
+    /// The client's filters and granted QoS, in order, so a discarded session can leave the trie.
+    filters: BTreeMap<String, QoS>,
+    /// A connection waiting for this one to hand its session over (takeover).
+    pending: Option<PendingConnect>,
+    /// Shared with the session, wherever it is.
+    session_stats: Arc<SessionStats>,
+    session_clean: bool,
+    created_at: DateTime<Local>,
+}
+
+/// What the router shares with the rest of the broker.
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub stats: Arc<Stats>,
+    pub plugins: Arc<Plugins>,
+    pub node: String,
+}
+
+pub struct Router {
+    inbox: mpsc::Receiver<Request>,
+    clients: HashMap<ClientId, Client>,
+    subscriptions: SubscriptionTree,
+    /// Distinct filters and how many clients hold each (EMQ's routes on this node).
+    routes: BTreeMap<String, usize>,
+    retained: BTreeMap<String, Arc<Message>>,
+    limits: SessionLimits,
+    shared: Shared,
+    online: u64,
+    subscribers: u64,
+    /// Reused for every publish, so matching does not allocate.
+    matched: Vec<(ClientId, QoS)>,
+}
+
+impl Router {
+    pub fn new(limits: SessionLimits, shared: Shared) -> (Router, RouterHandle) {
+        let (tx, inbox) = mpsc::channel(INBOX_CAPACITY);
+        let router = Router {
+            inbox,
+            clients: HashMap::new(),
+            subscriptions: SubscriptionTree::new(),
+            routes: BTreeMap::new(),
+            retained: BTreeMap::new(),
+            limits,
+            shared,
+            online: 0,
+            subscribers: 0,
+            matched: Vec::new(),
+        };
+        (router, RouterHandle { tx })
+    }
+
+    /// Runs until every handle is dropped.
+    pub async fn run(mut self) {
+        while let Some(request) = self.inbox.recv().await {
+            self.handle(request);
+        }
+        tracing::debug!("router stopped");
+    }
+
+    fn handle(&mut self, request: Request) {
+        match request {
+            Request::Connect { client_id, meta, outbox, reply } => self.connect(client_id, meta, outbox, reply),
+            Request::Publish(message) => self.publish(message),
+            Request::Subscribe { client_id, conn_id, pkid, filters } => {
+                self.subscribe(client_id, conn_id, pkid, filters)
+            }
+            Request::Unsubscribe { client_id, conn_id, pkid, filters } => {
+                self.unsubscribe(client_id, conn_id, pkid, filters)
+            }
+            Request::Disconnected { client_id, conn_id, session, rest } => {
+                self.disconnected(client_id, conn_id, session, rest)
+            }
+            Request::Admin(request) => self.admin(request),
+        }
+        self.update_stats();
+    }
+
+    fn update_stats(&self) {
+        let stats = &self.shared.stats;
+        stats.set(Stat::Clients, self.online);
+        stats.set(Stat::Sessions, self.clients.len() as u64);
+        stats.set(Stat::Subscriptions, self.subscriptions.subscription_count() as u64);
+        stats.set(Stat::Subscribers, self.subscribers);
+        stats.set(Stat::Topics, self.routes.len() as u64);
+        stats.set(Stat::Routes, self.routes.len() as u64);
+        stats.set(Stat::Retained, self.retained.len() as u64);
+        self.shared.metrics.set(Metric::MessagesRetained, self.retained.len() as u64);
+    }
+
+    fn new_session(&self, client_id: ClientId, clean: bool) -> Box<Session> {
+        Box::new(Session::new(client_id, clean, self.limits.clone()))
+    }
+
+    fn connect(
+        &mut self,
+        client_id: ClientId,
+        meta: ClientMeta,
+        outbox: Outbox,
+        reply: oneshot::Sender<ConnectOutcome>,
+    ) {
+        let clean = meta.clean_session;
+        let Some(client) = self.clients.get_mut(&client_id) else {
+            let session = self.new_session(client_id.clone(), clean);
+            let client = Client {
+                presence: Presence::Online(outbox),
+                meta,
+                filters: BTreeMap::new(),
+                pending: None,
+                session_stats: session.stats.clone(),
+                session_clean: clean,
+                created_at: Local::now(),
+            };
+            self.clients.insert(client_id, client);
+            self.online += 1;
+            let _ = reply.send(ConnectOutcome::Accepted { session, present: false });
+            return;
+        };
+        match &client.presence {
+            Presence::Online(old) => {
+                // Ask the old connection to hand its session back; answer the new one then.
+                if client.pending.is_none() && old.tx.send(Outbound::TakenOver).is_err() {
+                    // Its task is gone without handing the session back: start afresh.
+                    tracing::warn!(client = %client_id, "previous connection vanished; session lost");
+                    client.presence = Presence::Online(outbox);
+                    // A clean stand-in makes `resume` discard the lost session's subscriptions too.
+                    let lost = self.new_session(client_id.clone(), true);
+                    self.resume(client_id, lost, meta, reply);
+                    return;
+                }
+                let pending = PendingConnect { meta, outbox, reply };
+                if let Some(superseded) = client.pending.replace(pending) {
+                    let _ = superseded.reply.send(ConnectOutcome::Superseded);
+                }
+            }
+            Presence::Offline(_) => {
+                let Presence::Offline(session) = std::mem::replace(&mut client.presence, Presence::Online(outbox))
+                else {
+                    unreachable!("matched Offline above")
+                };
+                self.online += 1;
+                self.resume(client_id, session, meta, reply);
+            }
+        }
+    }
+
+    /// Hands a stored session to a connecting client, or discards it for a clean start.
+    fn resume(
+        &mut self,
+        client_id: ClientId,
+        old: Box<Session>,
+        meta: ClientMeta,
+        reply: oneshot::Sender<ConnectOutcome>,
+    ) {
+        let clean = meta.clean_session;
+        let (session, present) = if clean || old.clean_session {
+            self.drop_subscriptions(&client_id);
+            (self.new_session(client_id.clone(), clean), false)
+        } else {
+            (old, true)
+        };
+        if let Some(client) = self.clients.get_mut(&client_id) {
+            client.meta = meta;
+            if !present {
+                client.session_stats = session.stats.clone();
+                client.session_clean = clean;
+                client.created_at = Local::now();
+            }
+        }
+        let _ = reply.send(ConnectOutcome::Accepted { session, present });
+    }
+
+    fn disconnected(
+        &mut self,
+        client_id: ClientId,
+        conn_id: u64,
+        mut session: Box<Session>,
+        mut rest: mpsc::UnboundedReceiver<Outbound>,
+    ) {
+        let Some(client) = self.clients.get_mut(&client_id) else { return };
+        match &client.presence {
+            Presence::Online(outbox) if outbox.conn_id == conn_id => {}
+            _ => return, // A stale connection; the client has moved on.
+        }
+        // Deliveries the connection never read stay with the session.
+        rest.close();
+        while let Ok(outbound) = rest.try_recv() {
+            if let Outbound::Deliver(d) = outbound {
+                session.enqueue_offline(d);
+            }
+        }
+        if let Some(pending) = client.pending.take() {
+            client.presence = Presence::Online(pending.outbox);
+            self.resume(client_id, session, pending.meta, pending.reply);
+            return;
+        }
+        self.online -= 1;
+        if session.clean_session {
+            self.drop_subscriptions(&client_id);
+            self.clients.remove(&client_id);
+        } else {
+            client.presence = Presence::Offline(session);
+        }
+    }
+
+    fn drop_subscriptions(&mut self, client_id: &ClientId) {
+        let Some(client) = self.clients.get_mut(client_id) else { return };
+        let filters = std::mem::take(&mut client.filters);
+        if !filters.is_empty() {
+            self.subscribers -= 1;
+        }
+        for filter in filters.into_keys() {
+            self.remove_subscription(&filter, client_id);
+        }
+    }
+
+    /// Adds one subscription to the trie and the route table. The caller keeps `Client::filters`.
+    fn add_subscription(&mut self, filter: &str, client_id: &ClientId, qos: QoS) {
+        if self.subscriptions.subscribe(filter, client_id, qos) {
+            *self.routes.entry(filter.to_string()).or_default() += 1;
+        }
+    }
+
+    fn remove_subscription(&mut self, filter: &str, client_id: &ClientId) {
+        if self.subscriptions.unsubscribe(filter, client_id) {
+            if let Some(count) = self.routes.get_mut(filter) {
+                *count -= 1;
+                if *count == 0 {
+                    self.routes.remove(filter);
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self, message: Arc<Message>) {
+        let sys = message.is_sys();
+        if message.retain && self.shared.plugins.is_active(Plugin::Retainer) {
+            self.retain(&message);
+        }
+        let mut matched = std::mem::take(&mut self.matched);
+        matched.clear();
+        self.subscriptions.matches(message.topic_str(), &mut matched);
+        // A client with overlapping filters gets the message once, at its highest granted QoS.
+        matched.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        matched.dedup_by(|later, first| later.0 == first.0);
+        if matched.is_empty() && !sys {
+            self.shared.metrics.inc(Metric::MessagesDropped);
+        }
+        for (client_id, granted) in &matched {
+            let qos = message.qos.min(*granted);
+            self.deliver(client_id, Delivery { message: message.clone(), qos, retain: false });
+        }
+        self.matched = matched;
+    }
+
+    fn retain(&mut self, message: &Arc<Message>) {
+        let topic = message.topic_str().to_string();
+        if message.payload.is_empty() {
+            self.retained.remove(&topic);
+        } else {
+            self.retained.insert(topic, message.clone());
+        }
+    }
+
+    fn deliver(&mut self, client_id: &ClientId, delivery: Delivery) {
+        let Some(client) = self.clients.get_mut(client_id) else { return };
+        let sys = delivery.message.is_sys();
+        let kept = match &mut client.presence {
+            Presence::Online(outbox) => {
+                // Count first: the connection decrements when it takes the delivery.
+                if outbox.pending.fetch_add(1, Ordering::Relaxed) >= self.limits.max_mqueue_len.max(1) {
+                    outbox.pending.fetch_sub(1, Ordering::Relaxed);
+                    tracing::debug!(client = %client_id, "outbox full, message dropped");
+                    false
+                } else {
+                    let _ = outbox.tx.send(Outbound::Deliver(delivery));
+                    true
+                }
+            }
+            Presence::Offline(session) => session.enqueue_offline(delivery),
+        };
+        if !kept && !sys {
+            self.shared.metrics.inc(Metric::MessagesDropped);
+        }
+    }
+
+    /// The retained messages a new subscription to `filter` receives.
+    fn retained_for(&self, filter: &str, granted: QoS, out: &mut Vec<Delivery>) {
+        if !self.shared.plugins.is_active(Plugin::Retainer) {
+            return;
+        }
+        for (topic, message) in &self.retained {
+            if topic::matches(filter, topic) {
+                out.push(Delivery { message: message.clone(), qos: message.qos.min(granted), retain: true });
+            }
+        }
+    }
+
+    /// Records subscriptions for a client; returns the retained messages they bring.
+    fn subscribe_client(&mut self, client_id: &ClientId, filters: &[(String, QoS)]) -> Vec<Delivery> {
+        let mut retained = Vec::new();
+        let Some(client) = self.clients.get_mut(client_id) else { return retained };
+        if client.filters.is_empty() && !filters.is_empty() {
+            self.subscribers += 1;
+        }
+        for (filter, qos) in filters {
+            client.filters.insert(filter.clone(), *qos);
+        }
+        for (filter, qos) in filters {
+            self.add_subscription(filter, client_id, *qos);
+            self.retained_for(filter, *qos, &mut retained);
+        }
+        retained
+    }
+
+    /// Removes subscriptions of a client; returns how many it had.
+    fn unsubscribe_client(&mut self, client_id: &ClientId, filters: &[String]) -> usize {
+        let Some(client) = self.clients.get_mut(client_id) else { return 0 };
+        let had_any = !client.filters.is_empty();
+        let removed: Vec<&String> = filters.iter().filter(|f| client.filters.remove(*f).is_some()).collect();
+        if had_any && client.filters.is_empty() {
+            self.subscribers -= 1;
+        }
+        for filter in &removed {
+            self.remove_subscription(filter, client_id);
+        }
+        removed.len()
+    }
+
+    fn online_outbox(&self, client_id: &str, conn_id: u64) -> Option<Outbox> {
+        match &self.clients.get(client_id)?.presence {
+            Presence::Online(outbox) if outbox.conn_id == conn_id => Some(outbox.clone()),
+            _ => None,
+        }
+    }
+
+    fn subscribe(&mut self, client_id: ClientId, conn_id: u64, pkid: u16, filters: Vec<(String, SubackCode)>) {
+        let Some(outbox) = self.online_outbox(&client_id, conn_id) else { return };
+        let granted: Vec<(String, QoS)> = filters.iter().filter_map(|(f, c)| c.map(|q| (f.clone(), q))).collect();
+        let retained = self.subscribe_client(&client_id, &granted);
+        let suback = Suback { pkid, codes: filters.into_iter().map(|(_, c)| c).collect() };
+        let _ = outbox.tx.send(Outbound::Subscribed { suback, retained });
+    }
+
+    fn unsubscribe(&mut self, client_id: ClientId, conn_id: u64, pkid: u16, filters: Vec<String>) {
+        let Some(outbox) = self.online_outbox(&client_id, conn_id) else { return };
+        self.unsubscribe_client(&client_id, &filters);
+        let _ = outbox.tx.send(Outbound::Unsubscribed(pkid));
+    }
+}

@@ -1,0 +1,198 @@
+//! Hot configuration: the keys the management API can read and change on the running broker, in EMQ's
+//! names (`mqtt.allow_anonymous`, ...). Each setting is an atomic or an `ArcSwap`, so the message path
+//! reads it without a lock.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use midge_shared::control::{code, ConfigRow, ControlError};
+
+use crate::acl::{Acl, Nomatch};
+use crate::config::Config;
+
+/// Changes the log filter of the running process; supplied by the binary, which owns the subscriber.
+pub type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// EMQ's application name for these keys.
+pub const APP: &str = "emqttd";
+
+const LOG_LEVELS: [&str; 8] = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"];
+
+pub struct Settings {
+    allow_anonymous: AtomicBool,
+    cache_acl: AtomicBool,
+    sys_interval: AtomicU64,
+    acl: ArcSwap<Acl>,
+    /// Where the ACL came from and its no-match rule, to rebuild it when either changes.
+    acl_source: Mutex<(Option<PathBuf>, Nomatch)>,
+    log_level: Mutex<String>,
+    log_reload: Option<LogReload>,
+}
+
+impl Settings {
+    pub fn new(config: &Config, acl: Acl, log_reload: Option<LogReload>) -> Settings {
+        Settings {
+            allow_anonymous: AtomicBool::new(config.allow_anonymous),
+            cache_acl: AtomicBool::new(config.cache_acl),
+            sys_interval: AtomicU64::new(config.sys_interval),
+            acl: ArcSwap::from_pointee(acl),
+            acl_source: Mutex::new((config.acl_file.clone(), config.acl_nomatch)),
+            log_level: Mutex::new(emq_level(&config.log_level).to_string()),
+            log_reload,
+        }
+    }
+
+    pub fn allow_anonymous(&self) -> bool {
+        self.allow_anonymous.load(Ordering::Relaxed)
+    }
+
+    pub fn cache_acl(&self) -> bool {
+        self.cache_acl.load(Ordering::Relaxed)
+    }
+
+    /// Seconds between periodic `$SYS` publishes; 0 turns them off.
+    pub fn sys_interval(&self) -> u64 {
+        self.sys_interval.load(Ordering::Relaxed)
+    }
+
+    pub fn acl(&self) -> arc_swap::Guard<Arc<Acl>> {
+        self.acl.load()
+    }
+
+    pub fn list(&self) -> Vec<ConfigRow> {
+        let (acl_file, nomatch) = self.acl_source.lock().map(|s| s.clone()).unwrap_or((None, Nomatch::Allow));
+        let row = |key: &str, value: String, datatype: &str| ConfigRow {
+            key: key.into(),
+            value,
+            datatpye: datatype.into(),
+            app: APP.into(),
+        };
+        vec![
+            row("log.console.level", self.log_level.lock().map(|l| l.clone()).unwrap_or_default(), "enum"),
+            row("mqtt.acl_file", acl_file.map(|p| p.display().to_string()).unwrap_or_default(), "string"),
+            row("mqtt.acl_nomatch", nomatch_text(nomatch).into(), "enum"),
+            row("mqtt.allow_anonymous", self.allow_anonymous().to_string(), "enum"),
+            row("mqtt.broker.sys_interval", self.sys_interval().to_string(), "integer"),
+            row("mqtt.cache_acl", self.cache_acl().to_string(), "enum"),
+        ]
+    }
+
+    /// Changes one key on the running broker, after checking its type. Errors are code 102.
+    pub fn set(&self, app: &str, key: &str, value: &str) -> Result<(), ControlError> {
+        let refuse = |why: String| Err(ControlError::new(code::UNKNOWN, why));
+        if app != APP {
+            return refuse(format!("unknown app {app}"));
+        }
+        match key {
+            "log.console.level" => {
+                if !LOG_LEVELS.contains(&value) {
+                    return refuse(format!("log.console.level must be one of {}", LOG_LEVELS.join(", ")));
+                }
+                if let Some(reload) = &self.log_reload {
+                    reload(tracing_level(value)).or_else(refuse)?;
+                }
+                if let Ok(mut level) = self.log_level.lock() {
+                    *level = value.to_string();
+                }
+            }
+            "mqtt.acl_file" => {
+                let path = (!value.is_empty()).then(|| PathBuf::from(value));
+                self.rebuild_acl(|source| source.0 = path)?;
+            }
+            "mqtt.acl_nomatch" => {
+                let nomatch = match value {
+                    "allow" => Nomatch::Allow,
+                    "deny" => Nomatch::Deny,
+                    _ => return refuse("mqtt.acl_nomatch must be allow or deny".into()),
+                };
+                self.rebuild_acl(|source| source.1 = nomatch)?;
+            }
+            "mqtt.allow_anonymous" => self.allow_anonymous.store(boolean(key, value)?, Ordering::Relaxed),
+            "mqtt.cache_acl" => self.cache_acl.store(boolean(key, value)?, Ordering::Relaxed),
+            "mqtt.broker.sys_interval" => {
+                let seconds = value
+                    .parse::<u64>()
+                    .map_err(|_| ControlError::new(code::UNKNOWN, "mqtt.broker.sys_interval must be an integer"))?;
+                self.sys_interval.store(seconds, Ordering::Relaxed);
+            }
+            _ => return refuse(format!("{key} cannot be changed at runtime")),
+        }
+        tracing::info!(key, value, "config changed");
+        Ok(())
+    }
+
+    /// Loads the ACL from the changed source; on any error the old ACL and source stay.
+    fn rebuild_acl(&self, change: impl FnOnce(&mut (Option<PathBuf>, Nomatch))) -> Result<(), ControlError> {
+        let mut source = self.acl_source.lock().map_err(|_| ControlError::new(code::UNKNOWN, "lock poisoned"))?;
+        let mut next = source.clone();
+        change(&mut next);
+        let acl = Acl::load(next.0.as_deref(), next.1).map_err(|e| ControlError::new(code::UNKNOWN, e.to_string()))?;
+        self.acl.store(Arc::new(acl));
+        *source = next;
+        Ok(())
+    }
+}
+
+fn boolean(key: &str, value: &str) -> Result<bool, ControlError> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(ControlError::new(code::UNKNOWN, format!("{key} must be true or false"))),
+    }
+}
+
+fn nomatch_text(n: Nomatch) -> &'static str {
+    match n {
+        Nomatch::Allow => "allow",
+        Nomatch::Deny => "deny",
+    }
+}
+
+/// EMQ's level names onto tracing's.
+fn tracing_level(emq: &str) -> &'static str {
+    match emq {
+        "debug" => "debug",
+        "info" | "notice" => "info",
+        "warning" => "warn",
+        _ => "error",
+    }
+}
+
+/// A tracing filter from the config shown with EMQ's nearest level name.
+fn emq_level(filter: &str) -> &'static str {
+    match filter {
+        "trace" | "debug" => "debug",
+        "warn" => "warning",
+        "error" => "error",
+        _ => "info",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_checks_and_changes() {
+        let config = Config::default();
+        let settings = Settings::new(&config, Acl::load(None, Nomatch::Allow).unwrap(), None);
+        assert!(settings.allow_anonymous());
+        settings.set(APP, "mqtt.allow_anonymous", "false").unwrap();
+        assert!(!settings.allow_anonymous());
+        assert_eq!(settings.set(APP, "mqtt.allow_anonymous", "maybe").unwrap_err().code, 102);
+        assert_eq!(settings.set(APP, "mqtt.broker.sys_interval", "ten").unwrap_err().code, 102);
+        settings.set(APP, "mqtt.broker.sys_interval", "5").unwrap();
+        assert_eq!(settings.sys_interval(), 5);
+        assert_eq!(settings.set("other", "mqtt.cache_acl", "true").unwrap_err().code, 102);
+        assert_eq!(settings.set(APP, "mqtt.acl_file", "/nonexistent").unwrap_err().code, 102);
+        settings.set(APP, "log.console.level", "warning").unwrap();
+        let rows = settings.list();
+        let get = |k: &str| rows.iter().find(|r| r.key == k).unwrap().value.clone();
+        assert_eq!(get("log.console.level"), "warning");
+        assert_eq!(get("mqtt.allow_anonymous"), "false");
+        assert_eq!(get("mqtt.broker.sys_interval"), "5");
+        assert_eq!(rows.iter().find(|r| r.key == "mqtt.broker.sys_interval").unwrap().datatpye, "integer");
+    }
+}

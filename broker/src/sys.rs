@@ -1,0 +1,159 @@
+//! The `$SYS/brokers/{node}/...` tree: the periodic publisher, presence events and node facts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Local;
+use midge_shared::control::NodeInfo;
+use midge_shared::sys::{uptime_text, ClientConnected, ClientDisconnected, Stat};
+use midge_shared::topics;
+
+use crate::codec::QoS;
+use crate::router::Request;
+use crate::server::Context;
+use crate::session::Message;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const SYSDESCR: &str = "Midge MQTT Broker";
+
+pub fn message(topic: String, payload: impl Into<Bytes>, retain: bool) -> Arc<Message> {
+    Arc::new(Message { topic: Bytes::from(topic), payload: payload.into(), qos: QoS::AtMostOnce, retain })
+}
+
+/// Publishes `$SYS/brokers`, version and sysdescr (retained) at once, then uptime and datetime every
+/// second and everything else every `sys_interval` seconds, until shutdown.
+pub async fn run(ctx: Arc<Context>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    publish_identity(&ctx).await;
+    let mut since_full = 0u64;
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let interval = ctx.settings.sys_interval();
+        if interval == 0 {
+            continue;
+        }
+        publish_clock(&ctx).await;
+        since_full += 1;
+        if since_full >= interval {
+            since_full = 0;
+            publish_identity(&ctx).await;
+            publish_counters(&ctx).await;
+        }
+    }
+}
+
+async fn send(ctx: &Context, message: Arc<Message>) {
+    let _ = ctx.router.send(Request::Publish(message)).await;
+}
+
+async fn publish_identity(ctx: &Context) {
+    let node = &ctx.config.node;
+    send(ctx, message(topics::SYS_BROKERS.into(), node.clone(), true)).await;
+    send(ctx, message(topics::node_topic(node, "version"), VERSION, true)).await;
+    send(ctx, message(topics::node_topic(node, "sysdescr"), SYSDESCR, true)).await;
+}
+
+async fn publish_clock(ctx: &Context) {
+    let node = &ctx.config.node;
+    send(ctx, message(topics::node_topic(node, "uptime"), uptime(ctx), false)).await;
+    send(ctx, message(topics::node_topic(node, "datetime"), datetime(), false)).await;
+}
+
+async fn publish_counters(ctx: &Context) {
+    let node = &ctx.config.node;
+    for (key, value) in ctx.stats.snapshot() {
+        send(ctx, message(topics::node_topic(node, &format!("stats/{key}")), value.to_string(), false)).await;
+    }
+    for (metric, value) in ctx.metrics.snapshot() {
+        let topic = topics::node_topic(node, &format!("metrics/{}", metric.name()));
+        send(ctx, message(topic, value.to_string(), false)).await;
+    }
+}
+
+pub fn uptime(ctx: &Context) -> String {
+    uptime_text(ctx.started.elapsed().as_secs())
+}
+
+pub fn datetime() -> String {
+    Local::now().format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// `$SYS/brokers/{node}/clients/{id}/connected`.
+pub fn connected_event(node: &str, event: &ClientConnected) -> Arc<Message> {
+    let payload = serde_json::to_vec(event).unwrap_or_default();
+    message(topics::client_event(node, &event.clientid, "connected"), payload, false)
+}
+
+/// `$SYS/brokers/{node}/clients/{id}/disconnected`.
+pub fn disconnected_event(node: &str, event: &ClientDisconnected) -> Arc<Message> {
+    let payload = serde_json::to_vec(event).unwrap_or_default();
+    message(topics::client_event(node, &event.clientid, "disconnected"), payload, false)
+}
+
+/// The facts `management/nodes` and `monitoring/nodes` show.
+pub fn node_info(ctx: &Context) -> NodeInfo {
+    let (load1, load5, load15) = load_average();
+    NodeInfo {
+        name: ctx.config.node.clone(),
+        version: VERSION.into(),
+        sysdescr: SYSDESCR.into(),
+        uptime: uptime(ctx),
+        datetime: datetime(),
+        otp_release: format!("midge/{VERSION}"),
+        node_status: "Running".into(),
+        memory_total: megabytes(meminfo_total()),
+        memory_used: megabytes(resident_memory()),
+        process_available: ctx.config.max_connections as u64,
+        process_used: ctx.stats.count(Stat::Clients),
+        max_fds: max_open_files(),
+        clients: ctx.stats.count(Stat::Clients),
+        load1,
+        load5,
+        load15,
+    }
+}
+
+/// EMQ's memory text: `"50.55M"`.
+fn megabytes(bytes: u64) -> String {
+    format!("{:.2}M", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn resident_memory() -> u64 {
+    // Second field of statm: resident pages.
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn meminfo_total() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn load_average() -> (String, String, String) {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut fields = text.split_whitespace().map(str::to_string);
+    let mut next = || fields.next().unwrap_or_else(|| "0.00".into());
+    (next(), next(), next())
+}
+
+fn max_open_files() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("Max open files"))?;
+            line.split_whitespace().nth(3)?.parse::<u64>().ok()
+        })
+        .unwrap_or(0)
+}

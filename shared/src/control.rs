@@ -1,0 +1,313 @@
+//! The control channel: requests from the sidecar to a broker node and the broker's replies, carried as
+//! JSON over MQTT on topics that only the management principal may use.
+//!
+//! Request: `{"v":1,"id":"…","reply_to":"$midge/ctl/reply/mgmt-1","cmd":"list_clients","args":{…}}`
+//! Reply:   `{"v":1,"id":"…","ok":…}` or `{"v":1,"id":"…","err":{"code":112,"message":"client not online"}}`
+//! Error codes are the management API's own, so the sidecar passes them through.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of this contract; a broker answers a request of another version with an error.
+pub const VERSION: u32 = 1;
+
+/// Every control topic starts with this; nobody but the management principal may touch it.
+pub const PREFIX: &str = "$midge/";
+
+/// Where a node takes requests.
+pub fn request_topic(node: &str) -> String {
+    format!("$midge/ctl/{node}/req")
+}
+
+/// Where a requester takes its replies.
+pub fn reply_topic(requester: &str) -> String {
+    format!("$midge/ctl/reply/{requester}")
+}
+
+/// Is this a control topic (requests, replies, anything under the prefix)?
+pub fn is_control_topic(topic: &str) -> bool {
+    topic.starts_with(PREFIX)
+}
+
+/// The node named by a request topic.
+pub fn request_node(topic: &str) -> Option<&str> {
+    topic.strip_prefix("$midge/ctl/")?.strip_suffix("/req")
+}
+
+/// Error codes of the management API that the broker can answer with.
+pub mod code {
+    pub const BADRPC: u16 = 101;
+    pub const UNKNOWN: u16 = 102;
+    pub const MISSING_PARAMETER: u16 = 107;
+    pub const WRONG_TYPE: u16 = 108;
+    pub const PLUGIN_ACTIVE: u16 = 110;
+    pub const PLUGIN_INACTIVE: u16 = 111;
+    pub const CLIENT_OFFLINE: u16 = 112;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    pub v: u32,
+    pub id: String,
+    pub reply_to: String,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRequest {
+    pub page: u64,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", content = "args", rename_all = "snake_case")]
+pub enum Request {
+    /// → `NodeInfo`
+    NodeInfo,
+    /// → `Page<ClientRow>`
+    ListClients(PageRequest),
+    /// → `Vec<ClientRow>` (empty or one)
+    GetClient { client_id: String },
+    /// → `Page<SessionRow>`
+    ListSessions(PageRequest),
+    /// → `Vec<SessionRow>`
+    GetSession { client_id: String },
+    /// → `Page<SubscriptionRow>`
+    ListSubscriptions(PageRequest),
+    /// → `Vec<SubscriptionRow>`
+    GetSubscriptions { client_id: String },
+    /// → `Page<RouteRow>`
+    ListRoutes(PageRequest),
+    /// → `Vec<RouteRow>`
+    GetRoute { topic: String },
+    /// → `()`, or 112
+    Kick { client_id: String },
+    /// → `()`, or 112
+    CleanAclCache { client_id: String, topic: String },
+    /// → `()`, or 102 for an invalid topic
+    Publish { topic: String, payload: String, qos: u8, retain: bool, client_id: String },
+    /// → `()`, or 102 for an invalid filter or unknown client
+    Subscribe { client_id: String, topic: String, qos: u8 },
+    /// → `()`, or 102
+    Unsubscribe { client_id: String, topic: String },
+    /// → `Vec<PluginRow>`
+    ListPlugins,
+    /// → `()`, or 110/111
+    SetPlugin { name: String, active: bool },
+    /// → `Vec<ConfigRow>`
+    ListConfigs,
+    /// → `()`, or 102
+    SetConfig { app: String, key: String, value: String },
+    /// → `Vec<PluginConfigRow>`
+    GetPluginConfig { name: String },
+    /// → `()`, or 102
+    SetPluginConfig { name: String, values: BTreeMap<String, String> },
+    /// → `Vec<ListenerRow>`
+    ListListeners,
+    /// → `BTreeMap<String, u64>`
+    Metrics,
+    /// → `BTreeMap<String, u64>`
+    Stats,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplyEnvelope {
+    pub v: u32,
+    pub id: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok(serde_json::Value),
+    Err(ControlError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlError {
+    pub code: u16,
+    pub message: String,
+}
+
+impl ControlError {
+    pub fn new(code: u16, message: impl Into<String>) -> Self {
+        ControlError { code, message: message.into() }
+    }
+}
+
+/// A page of a listing, in the API's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub current_page: u64,
+    pub page_size: u64,
+    pub total_num: u64,
+    pub total_page: u64,
+    pub objects: Vec<T>,
+}
+
+impl<T> Page<T> {
+    /// Cuts page `page` (from 1) of `size` out of the whole, ordered listing.
+    pub fn of(all: impl ExactSizeIterator<Item = T>, request: PageRequest) -> Page<T> {
+        let total = all.len() as u64;
+        let size = request.size.max(1);
+        let skip = request.page.saturating_sub(1).saturating_mul(size);
+        let objects = all.skip(skip.min(total) as usize).take(size as usize).collect();
+        Page {
+            current_page: request.page,
+            page_size: size,
+            total_num: total,
+            total_page: total.div_ceil(size),
+            objects,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub version: String,
+    pub sysdescr: String,
+    pub uptime: String,
+    pub datetime: String,
+    pub otp_release: String,
+    pub node_status: String,
+    pub memory_total: String,
+    pub memory_used: String,
+    pub process_available: u64,
+    pub process_used: u64,
+    pub max_fds: u64,
+    pub clients: u64,
+    pub load1: String,
+    pub load5: String,
+    pub load15: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRow {
+    pub client_id: String,
+    pub username: String,
+    pub ipaddress: String,
+    pub port: u16,
+    pub clean_sess: bool,
+    pub proto_ver: u8,
+    pub keepalive: u16,
+    pub connected_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRow {
+    pub client_id: String,
+    pub clean_sess: bool,
+    pub subscriptions: u64,
+    pub max_inflight: u64,
+    pub inflight_len: u64,
+    pub mqueue_len: u64,
+    pub mqueue_dropped: u64,
+    pub awaiting_rel_len: u64,
+    pub deliver_msg: u64,
+    pub enqueue_msg: u64,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionRow {
+    pub client_id: String,
+    pub topic: String,
+    pub qos: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRow {
+    pub topic: String,
+    pub node: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginRow {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRow {
+    pub key: String,
+    pub value: String,
+    /// Spelt as in EMQ's API.
+    pub datatpye: String,
+    pub app: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginConfigRow {
+    pub key: String,
+    pub value: String,
+    pub desc: String,
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerRow {
+    pub protocol: String,
+    pub listen: String,
+    pub acceptors: u64,
+    pub max_clients: u64,
+    pub current_clients: u64,
+    pub shutdown_count: Vec<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_shape() {
+        let req = RequestEnvelope {
+            v: VERSION,
+            id: "7f3c".into(),
+            reply_to: reply_topic("mgmt-1"),
+            request: Request::ListClients(PageRequest { page: 1, size: 20 }),
+        };
+        let json = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"v":1,"id":"7f3c","reply_to":"$midge/ctl/reply/mgmt-1","cmd":"list_clients","args":{"page":1,"size":20}})
+        );
+        let back: RequestEnvelope = serde_json::from_value(json).unwrap();
+        assert_eq!(back, req);
+        let unit: RequestEnvelope =
+            serde_json::from_str(r#"{"v":1,"id":"x","reply_to":"r","cmd":"node_info"}"#).unwrap();
+        assert_eq!(unit.request, Request::NodeInfo);
+
+        let err =
+            ReplyEnvelope { v: 1, id: "x".into(), outcome: Outcome::Err(ControlError::new(112, "client not online")) };
+        assert_eq!(
+            serde_json::to_value(&err).unwrap(),
+            serde_json::json!({"v":1,"id":"x","err":{"code":112,"message":"client not online"}})
+        );
+        let ok: ReplyEnvelope = serde_json::from_str(r#"{"v":1,"id":"x","ok":[]}"#).unwrap();
+        assert_eq!(ok.outcome, Outcome::Ok(serde_json::json!([])));
+    }
+
+    #[test]
+    fn paging_arithmetic() {
+        let page = Page::of(1..46u32, PageRequest { page: 3, size: 20 });
+        assert_eq!((page.total_num, page.total_page, page.objects.len()), (45, 3, 5));
+        let past = Page::of(1..46u32, PageRequest { page: 9, size: 20 });
+        assert!(past.objects.is_empty());
+        let empty = Page::of(std::iter::empty::<u32>(), PageRequest { page: 1, size: 20 });
+        assert_eq!((empty.total_num, empty.total_page), (0, 0));
+    }
+
+    #[test]
+    fn topics() {
+        assert_eq!(request_node(&request_topic("midge@127.0.0.1")), Some("midge@127.0.0.1"));
+        assert!(is_control_topic(&reply_topic("m")));
+        assert!(!is_control_topic("$SYS/brokers"));
+    }
+}
