@@ -92,7 +92,10 @@ pub struct Raw {
 
 impl Raw {
     pub async fn open(addr: SocketAddr) -> Raw {
-        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        Raw::from_stream(TcpStream::connect(addr).await.expect("tcp connect"))
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Raw {
         Raw { stream, buf: BytesMut::new() }
     }
 
@@ -196,4 +199,97 @@ pub fn tempdir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("midge-test-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// The management principal's secret in tests.
+pub const SECRET: &str = "test-secret-1234";
+
+/// A test configuration with the control channel open and the periodic `$SYS` publishes off.
+pub fn mgmt_config() -> Config {
+    Config { mgmt_secret: Some(midge_broker::config::Secret::new(SECRET)), sys_interval: 0, ..config() }
+}
+
+/// A control-channel client speaking raw MQTT, as the sidecar does.
+pub struct Mgmt {
+    pub raw: Raw,
+    node: String,
+    reply_to: String,
+    next_id: u64,
+}
+
+impl Mgmt {
+    pub async fn connect(addr: SocketAddr, node: &str) -> Mgmt {
+        let mut c = connect_packet("mgmt-test", true);
+        c.username = Some("midge-mgmt".into());
+        c.password = Some(Bytes::from_static(SECRET.as_bytes()));
+        let (mut raw, _) = Raw::connect(addr, c).await;
+        let reply_to = midge_shared::control::reply_topic("mgmt-test");
+        assert_eq!(raw.subscribe(1, &[(&reply_to, QoS::AtLeastOnce)]).await, vec![Some(QoS::AtLeastOnce)]);
+        Mgmt { raw, node: node.to_string(), reply_to, next_id: 1 }
+    }
+
+    /// Sends a request and returns the reply's outcome, acknowledging what arrives meanwhile.
+    pub async fn call(&mut self, request: midge_shared::control::Request) -> midge_shared::control::Outcome {
+        let id = self.next_id.to_string();
+        self.next_id += 1;
+        let envelope = midge_shared::control::RequestEnvelope {
+            v: midge_shared::control::VERSION,
+            id: id.clone(),
+            reply_to: self.reply_to.clone(),
+            request,
+        };
+        self.call_raw(serde_json::to_vec(&envelope).unwrap(), &id).await
+    }
+
+    /// Sends any payload to the request topic and waits for the reply with `id`.
+    pub async fn call_raw(&mut self, payload: Vec<u8>, id: &str) -> midge_shared::control::Outcome {
+        let topic = midge_shared::control::request_topic(&self.node);
+        let pkid = (self.next_id % 60_000 + 1) as u16;
+        self.raw.send(&publish(&topic, &payload, QoS::AtLeastOnce, pkid)).await;
+        loop {
+            match self.raw.recv().await {
+                Some(Packet::Publish(p)) => {
+                    if p.qos == QoS::AtLeastOnce {
+                        self.raw.send(&Packet::Puback(p.pkid)).await;
+                    }
+                    let reply: midge_shared::control::ReplyEnvelope =
+                        serde_json::from_slice(&p.payload).expect("replies are envelopes");
+                    if reply.id == id {
+                        return reply.outcome;
+                    }
+                }
+                Some(Packet::Puback(_)) => {}
+                other => panic!("unexpected {other:?} while waiting for a control reply"),
+            }
+        }
+    }
+
+    /// Waits for silence on the reply topic (no answer to something that should not be answered).
+    pub async fn expect_no_reply(&mut self) {
+        loop {
+            match self.raw.recv_within(Duration::from_millis(500)).await {
+                Err(()) => return,
+                Ok(Some(Packet::Puback(_))) => {}
+                Ok(other) => panic!("expected no reply, got {other:?}"),
+            }
+        }
+    }
+
+    /// A successful call's result, deserialized.
+    pub async fn ok<T: serde::de::DeserializeOwned>(&mut self, request: midge_shared::control::Request) -> T {
+        match self.call(request.clone()).await {
+            midge_shared::control::Outcome::Ok(value) => {
+                serde_json::from_value(value).unwrap_or_else(|e| panic!("{request:?}: bad result: {e}"))
+            }
+            midge_shared::control::Outcome::Err(e) => panic!("{request:?} failed: {e:?}"),
+        }
+    }
+
+    /// A failed call's error code.
+    pub async fn err(&mut self, request: midge_shared::control::Request) -> u16 {
+        match self.call(request.clone()).await {
+            midge_shared::control::Outcome::Err(e) => e.code,
+            midge_shared::control::Outcome::Ok(v) => panic!("{request:?} should fail, got {v}"),
+        }
+    }
 }

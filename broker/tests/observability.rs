@@ -1,0 +1,266 @@
+//! The `$SYS` tree and the counters behind it, observed through the real socket.
+
+mod helpers;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use helpers::*;
+use midge_broker::codec::*;
+use midge_shared::control::Request;
+use midge_shared::sys::{ClientConnected, ClientDisconnected, Metric, Stat};
+
+const NODE: &str = "midge@127.0.0.1";
+
+#[tokio::test]
+async fn sys_subscriber_sees_every_key() {
+    let broker = start(Config { sys_interval: 1, ..config() }).await;
+    let mut sys = Raw::connected(broker.addr, "sys-reader").await;
+    sys.subscribe(1, &[("$SYS/brokers/+/#", QoS::AtMostOnce), ("$SYS/brokers", QoS::AtMostOnce)]).await;
+
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(Some(Packet::Publish(p))) = sys.recv_within(Duration::from_millis(200)).await {
+            seen.insert(p.topic_str().to_string(), String::from_utf8_lossy(&p.payload).into_owned());
+        }
+    }
+    let prefix = format!("$SYS/brokers/{NODE}/");
+    assert_eq!(seen.get("$SYS/brokers").map(String::as_str), Some(NODE));
+    assert_eq!(seen[&format!("{prefix}version")], env!("CARGO_PKG_VERSION"));
+    assert_eq!(seen[&format!("{prefix}sysdescr")], "Midge MQTT Broker");
+    assert!(seen[&format!("{prefix}uptime")].ends_with(" seconds"));
+    let datetime = &seen[&format!("{prefix}datetime")];
+    assert!(chrono::NaiveDateTime::parse_from_str(datetime, "%Y-%m-%d %H:%M:%S").is_ok(), "{datetime}");
+    for stat in Stat::ALL {
+        for suffix in ["count", "max"] {
+            let key = format!("{prefix}stats/{}/{suffix}", stat.name());
+            assert!(seen.get(&key).is_some_and(|v| v.parse::<u64>().is_ok()), "missing {key}");
+        }
+    }
+    for metric in Metric::ALL {
+        let key = format!("{prefix}metrics/{}", metric.name());
+        assert!(seen.get(&key).is_some_and(|v| v.parse::<u64>().is_ok()), "missing {key}");
+    }
+    assert_eq!(seen[&format!("{prefix}stats/clients/count")], "1");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn sys_interval_zero_turns_periodic_topics_off_but_identity_is_retained() {
+    let broker = start(Config { sys_interval: 0, ..config() }).await;
+    let mut sys = Raw::connected(broker.addr, "sys-reader").await;
+    sys.subscribe(1, &[("$SYS/#", QoS::AtMostOnce)]).await;
+    let mut topics = BTreeSet::new();
+    while let Ok(Some(Packet::Publish(p))) = sys.recv_within(Duration::from_millis(1500)).await {
+        assert!(p.retain, "only retained identity topics: {}", p.topic_str());
+        topics.insert(p.topic_str().to_string());
+    }
+    let expected: BTreeSet<String> =
+        ["$SYS/brokers".to_string(), format!("$SYS/brokers/{NODE}/version"), format!("$SYS/brokers/{NODE}/sysdescr")]
+            .into();
+    assert_eq!(topics, expected);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn presence_events_carry_emq_payloads() {
+    let broker = start(config()).await;
+    let mut watcher = Raw::connected(broker.addr, "watcher").await;
+    watcher.subscribe(1, &[("$SYS/brokers/+/clients/#", QoS::AtMostOnce)]).await;
+    let mut c = connect_packet("device-1", false);
+    c.username = Some("dev".into());
+    let (device, _) = Raw::connect(broker.addr, c).await;
+    let connected = watcher.recv_publish().await;
+    assert_eq!(connected.topic_str(), format!("$SYS/brokers/{NODE}/clients/device-1/connected"));
+    let event: ClientConnected = serde_json::from_slice(&connected.payload).unwrap();
+    assert_eq!(
+        (event.clientid.as_str(), event.username.as_str(), event.ipaddress.as_str()),
+        ("device-1", "dev", "127.0.0.1")
+    );
+    assert_eq!((event.clean_sess, event.protocol, event.connack), (false, 4, 0));
+    assert!((event.ts - chrono::Utc::now().timestamp()).abs() < 5);
+    device.disconnect().await;
+    let disconnected = watcher.recv_publish().await;
+    assert_eq!(disconnected.topic_str(), format!("$SYS/brokers/{NODE}/clients/device-1/disconnected"));
+    let event: ClientDisconnected = serde_json::from_slice(&disconnected.payload).unwrap();
+    assert_eq!((event.clientid.as_str(), event.reason.as_str()), ("device-1", "normal"));
+
+    // An abrupt close says so.
+    let anon = Raw::connected(broker.addr, "anon").await;
+    let connected: ClientConnected = serde_json::from_slice(&watcher.recv_publish().await.payload).unwrap();
+    assert_eq!(connected.username, "undefined");
+    drop(anon);
+    let gone: ClientDisconnected = serde_json::from_slice(&watcher.recv_publish().await.payload).unwrap();
+    assert_eq!(gone.reason, "closed");
+    broker.stop().await;
+}
+
+/// Expected movements of the counters, tallied as the script runs.
+#[derive(Default)]
+struct Tally(BTreeMap<&'static str, u64>);
+
+impl Tally {
+    fn add(&mut self, keys: &[&'static str]) {
+        for key in keys {
+            *self.0.entry(key).or_default() += 1;
+        }
+    }
+
+    fn received(&mut self, packet: &'static str) {
+        self.add(&["packets/received", packet]);
+    }
+
+    fn sent(&mut self, packet: &'static str) {
+        self.add(&["packets/sent", packet]);
+    }
+
+    fn message_in(&mut self, qos: &'static str) {
+        self.add(&["packets/received", "packets/publish/received", "messages/received", qos]);
+    }
+
+    fn message_out(&mut self, qos: &'static str) {
+        self.add(&["packets/sent", "packets/publish/sent", "messages/sent", qos]);
+    }
+}
+
+#[tokio::test]
+async fn counters_move_exactly_for_a_scripted_session() {
+    let broker = start(mgmt_config()).await;
+    let mut mgmt = Mgmt::connect(broker.addr, NODE).await;
+    let before: BTreeMap<String, u64> = mgmt.ok(Request::Metrics).await;
+    let mut t = Tally::default();
+    // What the management client's own two calls add between the snapshots: the first reply (sent
+    // after the first snapshot) and its PUBACK, the second request and its PUBACK.
+    t.message_out("messages/qos1/sent");
+    t.received("packets/puback/received");
+    t.message_in("messages/qos1/received");
+    t.sent("packets/puback/sent");
+
+    let (mut sub, _) = Raw::connect(broker.addr, connect_packet("sub", true)).await;
+    t.received("packets/connect");
+    t.sent("packets/connack");
+    sub.subscribe(1, &[("t/#", QoS::ExactlyOnce)]).await;
+    t.received("packets/subscribe");
+    t.sent("packets/suback");
+    let (mut publisher, _) = Raw::connect(broker.addr, connect_packet("pub", true)).await;
+    t.received("packets/connect");
+    t.sent("packets/connack");
+
+    publisher.send(&publish("t/0", b"q0", QoS::AtMostOnce, 0)).await;
+    t.message_in("messages/qos0/received");
+    sub.recv_publish().await;
+    t.message_out("messages/qos0/sent");
+
+    publisher.send(&publish("t/1", b"q1", QoS::AtLeastOnce, 1)).await;
+    t.message_in("messages/qos1/received");
+    assert_eq!(publisher.recv().await, Some(Packet::Puback(1)));
+    t.sent("packets/puback/sent");
+    let p = sub.recv_publish().await;
+    t.message_out("messages/qos1/sent");
+    sub.send(&Packet::Puback(p.pkid)).await;
+    t.received("packets/puback/received");
+
+    publisher.send(&publish("t/2", b"q2", QoS::ExactlyOnce, 2)).await;
+    t.message_in("messages/qos2/received");
+    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(2)));
+    t.sent("packets/pubrec/sent");
+    publisher.send(&Packet::Pubrel(2)).await;
+    t.received("packets/pubrel/received");
+    assert_eq!(publisher.recv().await, Some(Packet::Pubcomp(2)));
+    t.sent("packets/pubcomp/sent");
+    let p = sub.recv_publish().await;
+    t.message_out("messages/qos2/sent");
+    sub.send(&Packet::Pubrec(p.pkid)).await;
+    t.received("packets/pubrec/received");
+    assert_eq!(sub.recv().await, Some(Packet::Pubrel(p.pkid)));
+    t.sent("packets/pubrel/sent");
+    sub.send(&Packet::Pubcomp(p.pkid)).await;
+    t.received("packets/pubcomp/received");
+
+    // Acknowledgements for packet ids not in flight.
+    publisher.send(&Packet::Puback(999)).await;
+    t.add(&["packets/received", "packets/puback/received", "packets/puback/missed"]);
+    publisher.send(&Packet::Pubrec(998)).await;
+    t.add(&["packets/received", "packets/pubrec/received", "packets/pubrec/missed"]);
+    publisher.send(&Packet::Pubcomp(997)).await;
+    t.add(&["packets/received", "packets/pubcomp/received", "packets/pubcomp/missed"]);
+    publisher.send(&Packet::Pubrel(996)).await;
+    t.add(&["packets/received", "packets/pubrel/received", "packets/pubrel/missed"]);
+    assert_eq!(publisher.recv().await, Some(Packet::Pubcomp(996)));
+    t.sent("packets/pubcomp/sent");
+
+    // Nobody subscribes to this one.
+    publisher.send(&publish("nobody/here", b"x", QoS::AtMostOnce, 0)).await;
+    t.message_in("messages/qos0/received");
+    t.add(&["messages/dropped"]);
+
+    publisher.ping().await;
+    t.received("packets/pingreq");
+    t.sent("packets/pingresp");
+    sub.send(&Packet::Unsubscribe(Unsubscribe { pkid: 3, filters: vec!["t/#".into()] })).await;
+    t.received("packets/unsubscribe");
+    assert_eq!(sub.recv().await, Some(Packet::Unsuback(3)));
+    t.sent("packets/unsuback");
+    for client in [sub, publisher] {
+        client.disconnect().await;
+        t.received("packets/disconnect");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let after: BTreeMap<String, u64> = mgmt.ok(Request::Metrics).await;
+    for metric in Metric::ALL {
+        let name = metric.name();
+        if name.starts_with("bytes/") || name == "messages/retained" {
+            continue;
+        }
+        let expected = t.0.get(name).copied().unwrap_or(0);
+        assert_eq!(after[name] - before[name], expected, "{name}");
+    }
+    assert!(after["bytes/received"] > before["bytes/received"]);
+    assert!(after["bytes/sent"] > before["bytes/sent"]);
+
+    let stats: BTreeMap<String, u64> = mgmt.ok(Request::Stats).await;
+    assert_eq!((stats["clients/count"], stats["clients/max"]), (1, 3));
+    assert_eq!((stats["subscriptions/count"], stats["subscriptions/max"]), (1, 2));
+    assert_eq!(stats["routes/max"], 2);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn retained_gauge_and_qos2_drops_are_counted() {
+    let broker = start(Config { max_awaiting_rel: 1, ..mgmt_config() }).await;
+    let mut mgmt = Mgmt::connect(broker.addr, NODE).await;
+    let mut publisher = Raw::connected(broker.addr, "pub").await;
+    publisher.send(&retained("r/1", b"a", QoS::AtMostOnce, 0)).await;
+    publisher.send(&retained("r/2", b"b", QoS::AtMostOnce, 0)).await;
+    publisher.send(&publish("q", b"1", QoS::ExactlyOnce, 1)).await;
+    publisher.send(&publish("q", b"2", QoS::ExactlyOnce, 2)).await;
+    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(1)));
+    publisher.ping().await;
+    let metrics: BTreeMap<String, u64> = mgmt.ok(Request::Metrics).await;
+    // Ours plus the three retained identity topics of `$SYS`, as EMQ counts them.
+    assert_eq!((metrics["messages/retained"], metrics["messages/qos2/dropped"]), (5, 1));
+    let stats: BTreeMap<String, u64> = mgmt.ok(Request::Stats).await;
+    assert_eq!(stats["retained/count"], 5);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn sys_is_for_localhost_and_the_management_principal_by_default() {
+    let broker = start(mgmt_config()).await;
+    // A client from another loopback address is not "localhost" to EMQ's default ACL.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let stream = socket.connect(broker.addr).await.unwrap();
+    let mut remote = Raw::from_stream(stream);
+    remote.send(&Packet::Connect(connect_packet("remote", true))).await;
+    assert!(matches!(remote.recv().await, Some(Packet::Connack(Connack { code: ConnectReturnCode::Accepted, .. }))));
+    let codes =
+        remote.subscribe(1, &[("$SYS/#", QoS::AtMostOnce), ("#", QoS::AtMostOnce), ("a/#", QoS::AtMostOnce)]).await;
+    assert_eq!(codes, vec![None, None, Some(QoS::AtMostOnce)]);
+
+    let mut mgmt = Mgmt::connect(broker.addr, NODE).await;
+    assert_eq!(mgmt.raw.subscribe(7, &[("$SYS/#", QoS::AtMostOnce)]).await, vec![Some(QoS::AtMostOnce)]);
+    broker.stop().await;
+}
