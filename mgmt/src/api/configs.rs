@@ -1,0 +1,61 @@
+//! Hot configuration: read from the nodes, changed on them and stored so it survives restarts.
+
+use std::collections::BTreeMap;
+
+use midge_shared::control::{ConfigRow, Request};
+use rocket::{get, put, routes, Route, State};
+
+use crate::auth::Admin;
+use crate::body::Body;
+use crate::db;
+use crate::error::{done, ok, ApiError, ApiResult};
+use crate::App;
+
+pub fn routes() -> Vec<Route> {
+    routes![all, node_configs, put_all, put_node]
+}
+
+#[get("/configs")]
+async fn all(_admin: Admin, app: &State<App>) -> ApiResult {
+    let mut out = BTreeMap::new();
+    for node in app.link.nodes() {
+        let rows: Vec<ConfigRow> = app.link.ask(&node, Request::ListConfigs).await?;
+        out.insert(node, rows);
+    }
+    done(out)
+}
+
+#[get("/nodes/<node>/configs")]
+async fn node_configs(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
+    done(app.link.ask::<Vec<ConfigRow>>(node, Request::ListConfigs).await?)
+}
+
+fn key_value(body: &str) -> Result<(String, String), ApiError> {
+    let body = Body::parse(body)?;
+    Ok((body.string("key")?, body.string("value")?))
+}
+
+/// Applies on every node, then stores the change for every node (present and future).
+#[put("/configs/<app_name>", data = "<body>")]
+async fn put_all(_admin: Admin, app: &State<App>, app_name: &str, body: String) -> ApiResult {
+    let (key, value) = key_value(&body)?;
+    let nodes = app.link.nodes();
+    if nodes.is_empty() {
+        return Err(ApiError::badrpc("no broker node known"));
+    }
+    for node in &nodes {
+        let request = Request::SetConfig { app: app_name.to_string(), key: key.clone(), value: value.clone() };
+        app.link.request(node, request).await?;
+    }
+    db::save_config(&app.db, db::ALL_NODES, app_name, &key, &value).await?;
+    ok()
+}
+
+#[put("/nodes/<node>/configs/<app_name>", data = "<body>")]
+async fn put_node(_admin: Admin, app: &State<App>, node: &str, app_name: &str, body: String) -> ApiResult {
+    let (key, value) = key_value(&body)?;
+    let request = Request::SetConfig { app: app_name.to_string(), key: key.clone(), value: value.clone() };
+    app.link.request(node, request).await?;
+    db::save_config(&app.db, node, app_name, &key, &value).await?;
+    ok()
+}

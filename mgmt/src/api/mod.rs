@@ -1,0 +1,43 @@
+//! The `/api/v2` routes, one module per concern, each exporting its routes.
+
+mod clients;
+mod configs;
+mod monitoring;
+mod mqtt;
+mod nodes;
+mod plugins;
+mod users;
+
+use rocket::http::uri::Origin;
+use rocket::http::RawStr;
+use rocket::Route;
+
+use crate::error::{code, ApiError};
+
+pub fn routes() -> Vec<Route> {
+    [
+        clients::routes(),
+        configs::routes(),
+        monitoring::routes(),
+        mqtt::routes(),
+        nodes::routes(),
+        plugins::routes(),
+        users::routes(),
+    ]
+    .concat()
+}
+
+pub use nodes::status;
+
+/// The percent-decoded rest of the request path after its first `skip` segments.
+///
+/// Rocket's `<param..>` drops empty segments, but a client id or topic may contain `/` and even start
+/// with it (`routes//World` is the topic `/World`), so captures are cut from the raw path instead.
+pub fn tail(uri: &Origin<'_>, skip: usize) -> Result<String, ApiError> {
+    let raw = uri.path().as_str();
+    let rest = raw.splitn(skip + 2, '/').nth(skip + 1).unwrap_or("");
+    RawStr::new(rest)
+        .percent_decode()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::new(code::WRONG_TYPE, "path is not UTF-8"))
+}

@@ -1,0 +1,58 @@
+//! `mqtt/publish`, `mqtt/subscribe`, `mqtt/unsubscribe`.
+
+use midge_shared::control::Request;
+use rocket::{post, routes, Route, State};
+
+use crate::auth::Admin;
+use crate::body::Body;
+use crate::error::{ok, ApiError, ApiResult};
+use crate::App;
+
+pub fn routes() -> Vec<Route> {
+    routes![publish, subscribe, unsubscribe]
+}
+
+/// Publishes through the first known node; the broker routes it to subscribers everywhere it can.
+#[post("/mqtt/publish", data = "<body>")]
+async fn publish(_admin: Admin, app: &State<App>, body: String) -> ApiResult {
+    let body = Body::parse(&body)?;
+    let request = Request::Publish {
+        topic: body.string("topic")?,
+        payload: body.opt_string("payload")?.unwrap_or_default(),
+        qos: body.opt_qos("qos")?.unwrap_or(0),
+        retain: body.opt_bool("retain")?.unwrap_or(false),
+        client_id: body.opt_string("client_id")?.unwrap_or_else(|| "http".into()),
+    };
+    let node = app.link.nodes().into_iter().next().ok_or_else(|| ApiError::badrpc("no broker node known"))?;
+    app.link.request(&node, request).await?;
+    ok()
+}
+
+/// Tries each node in turn: the client is on one of them.
+async fn on_any_node(app: &App, request: impl Fn() -> Request) -> ApiResult {
+    let mut last = ApiError::badrpc("no broker node known");
+    for node in app.link.nodes() {
+        match app.link.request(&node, request()).await {
+            Ok(_) => return ok(),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+#[post("/mqtt/subscribe", data = "<body>")]
+async fn subscribe(_admin: Admin, app: &State<App>, body: String) -> ApiResult {
+    let body = Body::parse(&body)?;
+    let topic = body.string("topic")?;
+    let client_id = body.string("client_id")?;
+    let qos = body.opt_qos("qos")?.unwrap_or(0);
+    on_any_node(app, || Request::Subscribe { client_id: client_id.clone(), topic: topic.clone(), qos }).await
+}
+
+#[post("/mqtt/unsubscribe", data = "<body>")]
+async fn unsubscribe(_admin: Admin, app: &State<App>, body: String) -> ApiResult {
+    let body = Body::parse(&body)?;
+    let topic = body.string("topic")?;
+    let client_id = body.string("client_id")?;
+    on_any_node(app, || Request::Unsubscribe { client_id: client_id.clone(), topic: topic.clone() }).await
+}

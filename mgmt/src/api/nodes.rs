@@ -1,0 +1,120 @@
+//! Nodes: `management/nodes`, `monitoring/nodes`, alarms, and the unauthenticated `/status`.
+
+use midge_shared::control::{NodeInfo, Request};
+use rocket::{get, routes, Route, State};
+use serde::Serialize;
+
+use crate::auth::Admin;
+use crate::error::{done, ApiResult};
+use crate::App;
+
+pub fn routes() -> Vec<Route> {
+    routes![management_nodes, management_node, monitoring_nodes, monitoring_node, alarms]
+}
+
+#[derive(Serialize)]
+struct ManagementNode {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    version: String,
+    sysdescr: String,
+    uptime: String,
+    datetime: String,
+    otp_release: String,
+    node_status: String,
+}
+
+impl ManagementNode {
+    fn new(info: NodeInfo, with_name: bool) -> Self {
+        ManagementNode {
+            name: with_name.then_some(info.name),
+            version: info.version,
+            sysdescr: info.sysdescr,
+            uptime: info.uptime,
+            datetime: info.datetime,
+            otp_release: info.otp_release,
+            node_status: info.node_status,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct MonitoringNode {
+    name: String,
+    otp_release: String,
+    memory_total: String,
+    memory_used: String,
+    process_available: u64,
+    process_used: u64,
+    max_fds: u64,
+    clients: u64,
+    node_status: String,
+    load1: String,
+    load5: String,
+    load15: String,
+}
+
+impl From<NodeInfo> for MonitoringNode {
+    fn from(i: NodeInfo) -> Self {
+        MonitoringNode {
+            name: i.name,
+            otp_release: i.otp_release,
+            memory_total: i.memory_total,
+            memory_used: i.memory_used,
+            process_available: i.process_available,
+            process_used: i.process_used,
+            max_fds: i.max_fds,
+            clients: i.clients,
+            node_status: i.node_status,
+            load1: i.load1,
+            load5: i.load5,
+            load15: i.load15,
+        }
+    }
+}
+
+async fn infos(app: &App) -> Result<Vec<NodeInfo>, crate::error::ApiError> {
+    let mut infos = Vec::new();
+    for node in app.link.nodes() {
+        infos.push(app.link.ask(&node, Request::NodeInfo).await?);
+    }
+    Ok(infos)
+}
+
+#[get("/management/nodes")]
+async fn management_nodes(_admin: Admin, app: &State<App>) -> ApiResult {
+    done(infos(app).await?.into_iter().map(|i| ManagementNode::new(i, true)).collect::<Vec<_>>())
+}
+
+#[get("/management/nodes/<node>")]
+async fn management_node(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
+    done(ManagementNode::new(app.link.ask(node, Request::NodeInfo).await?, false))
+}
+
+#[get("/monitoring/nodes")]
+async fn monitoring_nodes(_admin: Admin, app: &State<App>) -> ApiResult {
+    done(infos(app).await?.into_iter().map(MonitoringNode::from).collect::<Vec<_>>())
+}
+
+#[get("/monitoring/nodes/<node>")]
+async fn monitoring_node(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
+    done(MonitoringNode::from(app.link.ask::<NodeInfo>(node, Request::NodeInfo).await?))
+}
+
+/// Midge raises no alarms yet; the node must still be there to say so.
+#[get("/nodes/<node>/alarms")]
+async fn alarms(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
+    let _: NodeInfo = app.link.ask(node, Request::NodeInfo).await?;
+    done(Vec::<()>::new())
+}
+
+/// Is the sidecar up, and does it reach its broker? Plain text, no auth (for health checks).
+#[get("/status")]
+pub fn status(app: &State<App>) -> String {
+    let nodes = app.link.nodes();
+    if app.link.is_connected() {
+        format!("Node {} is started\nmidge is running\n", nodes.join(","))
+    } else {
+        "midge-mgmt is running\nbroker is not connected\n".to_string()
+    }
+}

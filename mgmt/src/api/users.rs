@@ -1,0 +1,115 @@
+//! Admin users of the API, stored in SQLite with argon2id hashes.
+
+use rocket::{delete, get, post, put, routes, Route, State};
+use serde::Serialize;
+
+use crate::auth::Admin;
+use crate::body::Body;
+use crate::db;
+use crate::error::{code, done, ok, ApiError, ApiResult};
+use crate::{passwords, App};
+
+pub fn routes() -> Vec<Route> {
+    routes![list, get_user, create, update, remove, authenticate, change_password]
+}
+
+/// The user that cannot be deleted.
+const ADMIN: &str = "admin";
+
+#[derive(Serialize)]
+struct UserRow {
+    username: String,
+    tags: String,
+}
+
+#[get("/users")]
+async fn list(_admin: Admin, app: &State<App>) -> ApiResult {
+    let users = db::users(&app.db).await?;
+    done(users.into_iter().map(|u| UserRow { username: u.username, tags: u.tags }).collect::<Vec<_>>())
+}
+
+#[get("/users/<username>")]
+async fn get_user(_admin: Admin, app: &State<App>, username: &str) -> ApiResult {
+    let user = db::user(&app.db, username).await?.ok_or_else(no_such_user)?;
+    done(UserRow { username: user.username, tags: user.tags })
+}
+
+fn no_such_user() -> ApiError {
+    ApiError::new(code::NO_SUCH_USER, "user does not exist")
+}
+
+fn non_empty(value: String) -> Result<String, ApiError> {
+    if value.is_empty() {
+        Err(ApiError::new(code::EMPTY_CREDENTIALS, "username and password must not be empty"))
+    } else {
+        Ok(value)
+    }
+}
+
+#[post("/users", data = "<body>")]
+async fn create(_admin: Admin, app: &State<App>, body: String) -> ApiResult {
+    let body = Body::parse(&body)?;
+    let username = non_empty(body.string("username")?)?;
+    let password = non_empty(body.string("password")?)?;
+    let tags = body.opt_string("tags")?.unwrap_or_default();
+    if db::user(&app.db, &username).await?.is_some() {
+        return Err(ApiError::new(code::USER_EXISTS, "user already exists"));
+    }
+    let hash = passwords::hash(password).await?;
+    if !db::insert_user(&app.db, &username, &hash, &tags).await? {
+        return Err(ApiError::new(code::USER_EXISTS, "user already exists"));
+    }
+    tracing::info!(%username, "admin user created");
+    ok()
+}
+
+#[put("/users/<username>", data = "<body>")]
+async fn update(_admin: Admin, app: &State<App>, username: &str, body: String) -> ApiResult {
+    let tags = Body::parse(&body)?.string("tags")?;
+    if !db::set_tags(&app.db, username, &tags).await? {
+        return Err(no_such_user());
+    }
+    ok()
+}
+
+#[delete("/users/<username>")]
+async fn remove(_admin: Admin, app: &State<App>, username: &str) -> ApiResult {
+    if username == ADMIN {
+        return Err(ApiError::new(code::ADMIN_UNDELETABLE, "admin cannot be deleted"));
+    }
+    if !db::delete_user(&app.db, username).await? {
+        return Err(no_such_user());
+    }
+    tracing::info!(%username, "admin user deleted");
+    ok()
+}
+
+/// Checks a username and password; needs no Basic auth.
+#[post("/auth", data = "<body>")]
+async fn authenticate(app: &State<App>, body: String) -> ApiResult {
+    let body = Body::parse(&body)?;
+    let username = non_empty(body.string("username")?)?;
+    let password = non_empty(body.string("password")?)?;
+    let stored = db::user(&app.db, &username).await?.map(|u| u.password_hash);
+    if passwords::verify(stored, password).await {
+        ok()
+    } else {
+        Err(ApiError::new(code::WRONG_CREDENTIALS, "wrong username or password"))
+    }
+}
+
+#[put("/change_pwd/<username>", data = "<body>")]
+async fn change_password(_admin: Admin, app: &State<App>, username: &str, body: String) -> ApiResult {
+    let body = Body::parse(&body)?;
+    let old = body.string("old_pwd")?;
+    let new = non_empty(body.string("new_pwd")?)?;
+    let user = db::user(&app.db, username).await?.ok_or_else(no_such_user)?;
+    if !passwords::verify(Some(user.password_hash), old).await {
+        return Err(ApiError::new(code::OLD_PASSWORD_WRONG, "old password is wrong"));
+    }
+    let hash = passwords::hash(new).await?;
+    if !db::set_password(&app.db, username, &hash).await? {
+        return Err(no_such_user());
+    }
+    ok()
+}

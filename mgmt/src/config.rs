@@ -1,0 +1,58 @@
+//! The sidecar's settings, from flags or `MIDGE_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Midge management sidecar: EMQ 2.x /api/v2 over the broker's control channel.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "midge-mgmt", version)]
+pub struct Config {
+    /// HTTP listener; port 0 picks a free port.
+    #[arg(long, env = "MIDGE_MGMT_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// The broker's MQTT address (host:port; a host name such as a compose service works).
+    #[arg(long, env = "MIDGE_BROKER", default_value = "127.0.0.1:1883")]
+    pub broker: String,
+
+    /// SQLite database file (created if missing).
+    #[arg(long, env = "MIDGE_MGMT_DB", default_value = "midge-mgmt.db")]
+    pub db: PathBuf,
+
+    /// Username of the management principal on the broker.
+    #[arg(long, env = "MIDGE_MGMT_USERNAME", default_value = "midge-mgmt")]
+    pub mgmt_username: String,
+
+    /// Shared secret of the management principal (the broker reads the same variable).
+    #[arg(long, env = "MIDGE_MGMT_SECRET", hide_env_values = true)]
+    pub mgmt_secret: Option<String>,
+
+    /// Password of the `admin` user created on first start [default: public, with a warning].
+    #[arg(long, env = "MIDGE_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+
+    /// Milliseconds to wait for a broker's reply before answering 101.
+    #[arg(long, env = "MIDGE_MGMT_REQUEST_TIMEOUT_MS", default_value_t = 2000)]
+    pub request_timeout_ms: u64,
+
+    /// Log filter, e.g. info or debug.
+    #[arg(long, env = "MIDGE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+impl Config {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// `(host, port)` of the broker.
+    pub fn broker_host_port(&self) -> Result<(String, u16), String> {
+        let (host, port) =
+            self.broker.rsplit_once(':').ok_or_else(|| format!("--broker {} is not host:port", self.broker))?;
+        let port = port.parse().map_err(|_| format!("--broker {} has a bad port", self.broker))?;
+        Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+    }
+}

@@ -1,0 +1,23 @@
+//! Midge's management sidecar: EMQ 2.x's `/api/v2` served from the live broker.
+//!
+//! A tour: [`startup`] builds the Rocket application; [`api`] has the routes, one module per concern;
+//! [`link`] is the MQTT connection to the broker's control channel and `$SYS` tree; [`db`] keeps
+//! admin users and the desired configuration in SQLite.
+
+pub mod api;
+mod auth;
+mod body;
+pub mod config;
+pub mod db;
+mod error;
+pub mod link;
+mod passwords;
+pub mod startup;
+
+use std::sync::Arc;
+
+/// The state every route shares.
+pub struct App {
+    pub db: db::Db,
+    pub link: Arc<link::Link>,
+}

@@ -1,0 +1,63 @@
+//! Builds the sidecar: database (migrated, seeded), the broker link, and the Rocket application.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use rocket::fairing::AdHoc;
+use rocket::{catchers, routes, Build, Rocket};
+
+use crate::config::Config;
+use crate::link::Link;
+use crate::{api, auth, db, passwords, App};
+
+/// Everything up to the HTTP listener: ready to `launch()`.
+pub async fn build(config: Config) -> anyhow::Result<Rocket<Build>> {
+    let db = db::open(&config.db).await.with_context(|| format!("cannot open database {}", config.db.display()))?;
+    seed_admin(&db, config.admin_password.clone()).await?;
+    if config.mgmt_secret.is_none() {
+        tracing::warn!("MIDGE_MGMT_SECRET is not set: the broker will refuse this sidecar");
+    }
+    let link = Link::start(&config, db.clone()).map_err(anyhow::Error::msg)?;
+    let figment = rocket::Config::figment()
+        .merge(("address", config.listen.ip()))
+        .merge(("port", config.listen.port()))
+        .merge(("ident", "midge-mgmt"))
+        .merge(("log_level", "off"))
+        .merge(("cli_colors", false))
+        .merge(("limits.string", 1024 * 1024));
+    Ok(rocket::custom(figment)
+        .manage(App { db, link })
+        .mount("/api/v2", api::routes())
+        .mount("/", routes![api::status])
+        .register("/", catchers![auth::unauthorized, auth::not_found])
+        .attach(AdHoc::on_response("log", |request, response| {
+            Box::pin(async move {
+                // Method, path and status only: never headers, which carry credentials.
+                tracing::debug!(method = %request.method(), path = %request.uri().path(), status = %response.status(), "request");
+            })
+        }))
+        .attach(AdHoc::on_liftoff("announce", |rocket| {
+            Box::pin(async move {
+                let config = rocket.config();
+                let addr = SocketAddr::new(config.address, config.port);
+                tracing::info!(listen = %addr, "midge-mgmt listening");
+            })
+        })))
+}
+
+/// Creates `admin` on first start, so a fresh install can be logged into.
+async fn seed_admin(db: &db::Db, password: Option<String>) -> anyhow::Result<()> {
+    if db::user_count(db).await? > 0 {
+        return Ok(());
+    }
+    let password = match password {
+        Some(p) if !p.is_empty() => p,
+        _ => {
+            tracing::warn!("created admin user with the default password; change it (PUT /api/v2/change_pwd/admin)");
+            "public".to_string()
+        }
+    };
+    let hash = passwords::hash(password).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    db::insert_user(db, "admin", &hash, "administrator").await?;
+    Ok(())
+}
