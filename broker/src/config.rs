@@ -257,6 +257,12 @@ struct Cli {
 pub enum Command {
     /// Read a password from standard input and print its argon2id hash for the users file.
     HashPassword,
+    /// Exit 0 if a broker answers MQTT CONNECT at ADDRESS (default: this config's listener, on
+    /// loopback); for health checks.
+    Probe {
+        /// host:port to probe.
+        address: Option<String>,
+    },
 }
 
 impl Cli {

@@ -15,6 +15,7 @@ pub mod connection;
 pub mod control;
 pub mod metrics;
 pub mod plugins;
+pub mod probe;
 pub mod router;
 pub mod server;
 pub mod session;

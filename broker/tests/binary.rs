@@ -54,6 +54,8 @@ async fn listens_where_the_environment_says_and_exits_cleanly_on_sigterm() {
     .expect("broker logs its address");
     let mut client = Raw::connected(addr, "c").await;
     client.ping().await;
+    let probe = Command::new(BIN).args(["probe", &addr.to_string()]).output().await.unwrap();
+    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
 
     let pid = child.id().unwrap().to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
@@ -93,4 +95,11 @@ async fn hash_password_makes_a_usable_users_file_line() {
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     let users = midge_broker::auth::Users::parse(&format!("u:{}", hash.trim())).unwrap();
     assert!(users.verify("u", b"pa55word").await);
+}
+
+#[tokio::test]
+async fn probe_fails_where_no_broker_listens() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let probe = Command::new(BIN).args(["probe", &free.to_string()]).output().await.unwrap();
+    assert!(!probe.status.success());
 }

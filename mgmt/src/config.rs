@@ -41,6 +41,15 @@ pub struct Config {
     /// Log filter, e.g. info or debug.
     #[arg(long, env = "MIDGE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Exit 0 if this sidecar answers GET /status on its listener (via loopback); for health checks.
+    Healthcheck,
 }
 
 impl Config {

@@ -471,6 +471,32 @@ async fn users_and_configs_survive_restarts() {
 #[tokio::test]
 async fn sigterm_stops_both_cleanly() {
     let mut stack = Stack::start().await;
+    let health = std::process::Command::new(bin("midge-mgmt"))
+        .args(["--listen", &stack.mgmt.addr.to_string(), "healthcheck"])
+        .status()
+        .unwrap();
+    assert!(health.success());
     assert!(stack.mgmt.terminate().success());
     assert!(stack.broker.terminate().success());
+    let health = std::process::Command::new(bin("midge-mgmt"))
+        .args(["--listen", &stack.mgmt.addr.to_string(), "healthcheck"])
+        .status()
+        .unwrap();
+    assert!(!health.success(), "nothing answers once stopped");
+}
+
+#[tokio::test]
+async fn admin_password_comes_from_the_environment_on_first_start() {
+    let dir = tempdir();
+    let broker = start_broker("127.0.0.1:0");
+    let mgmt = start_mgmt_with(broker.addr, &dir.join("mgmt.db"), Some("from-env-42"));
+    let api = Api::new(mgmt.addr).as_user("admin", "from-env-42");
+    api.wait_for_node().await;
+    let (status, _) = api.as_user("admin", "public").send(Method::GET, "users", None, true).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the default password is not set");
+    drop(mgmt);
+    // Only the first start seeds: a later variable does not reset a stored password.
+    let mgmt = start_mgmt_with(broker.addr, &dir.join("mgmt.db"), Some("other"));
+    let (status, _) = Api::new(mgmt.addr).as_user("admin", "from-env-42").send(Method::GET, "users", None, true).await;
+    assert_eq!(status, StatusCode::OK);
 }

@@ -13,12 +13,20 @@ use tracing_subscriber::{reload, EnvFilter};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (config, command) = Config::from_args()?;
-    if let Some(Command::HashPassword) = command {
-        let mut password = String::new();
-        std::io::stdin().read_to_string(&mut password)?;
-        let password = password.trim_end_matches(['\r', '\n']);
-        println!("{}", midge_broker::auth::hash_password(password.as_bytes())?);
-        return Ok(());
+    match command {
+        Some(Command::HashPassword) => {
+            let mut password = String::new();
+            std::io::stdin().read_to_string(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            println!("{}", midge_broker::auth::hash_password(password.as_bytes())?);
+            return Ok(());
+        }
+        Some(Command::Probe { address }) => {
+            let address = address.unwrap_or_else(|| format!("127.0.0.1:{}", config.listen.port()));
+            midge_broker::probe::probe(&address, std::time::Duration::from_secs(3)).map_err(anyhow::Error::msg)?;
+            return Ok(());
+        }
+        None => {}
     }
     let log_reload = init_logging(&config.log_level)?;
 

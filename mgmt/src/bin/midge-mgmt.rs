@@ -3,12 +3,15 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
-use midge_mgmt::config::Config;
+use midge_mgmt::config::{Command, Config};
 use tracing_subscriber::EnvFilter;
 
 #[rocket::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    if let Some(Command::Healthcheck) = config.command {
+        return healthcheck(config.listen.port());
+    }
     // Installed without the `log` bridge: Rocket's own chatter (a warning per 401) stays out of the log.
     let subscriber = tracing_subscriber::fmt()
         .with_ansi(std::io::stdout().is_terminal())
@@ -18,5 +21,20 @@ async fn main() -> anyhow::Result<()> {
     let rocket = midge_mgmt::startup::build(config).await?;
     rocket.launch().await?;
     tracing::info!("midge-mgmt stopped");
+    Ok(())
+}
+
+/// GET /status over plain HTTP/1.0 with the standard library: the runtime image has no curl.
+fn healthcheck(port: u16) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(3);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(b"GET /status HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status_line = response.lines().next().unwrap_or_default();
+    anyhow::ensure!(status_line.contains(" 200 "), "unhealthy: {status_line}");
     Ok(())
 }

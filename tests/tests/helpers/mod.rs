@@ -89,6 +89,10 @@ pub fn start_broker(listen: &str) -> Process {
 }
 
 pub fn start_mgmt(broker: SocketAddr, db: &std::path::Path) -> Process {
+    start_mgmt_with(broker, db, None)
+}
+
+pub fn start_mgmt_with(broker: SocketAddr, db: &std::path::Path, admin_password: Option<&str>) -> Process {
     let mut command = Command::new(bin("midge-mgmt"));
     command
         .args(["--listen", "127.0.0.1:0", "--broker", &broker.to_string()])
@@ -96,6 +100,9 @@ pub fn start_mgmt(broker: SocketAddr, db: &std::path::Path) -> Process {
         .arg(db)
         .env("MIDGE_MGMT_SECRET", SECRET)
         .env_remove("MIDGE_ADMIN_PASSWORD");
+    if let Some(password) = admin_password {
+        command.env("MIDGE_ADMIN_PASSWORD", password);
+    }
     Process::start(command, "midge-mgmt listening")
 }
 

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds midge-broker:latest and midge-mgmt:latest without any registry: a Debian base from
+# debootstrap (made once, then reused), and the binaries cargo built on this host.
+#   PROFILE=debug|release (default debug: the tests already built it)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PROFILE=${PROFILE:-debug}
+BASE=midge-runtime-base:bookworm
+
+if ! docker image inspect "$BASE" >/dev/null 2>&1; then
+    command -v debootstrap >/dev/null || {
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap
+    }
+    rootfs=$(mktemp -d)
+    echo "making $BASE with debootstrap (once per machine)"
+    debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >/dev/null
+    tar -C "$rootfs" -c . | docker import - "$BASE" >/dev/null
+    rm -rf "$rootfs"
+fi
+
+if [ "$PROFILE" = release ]; then
+    cargo build --release --locked -p midge-broker -p midge-mgmt
+else
+    cargo build --locked -p midge-broker -p midge-mgmt
+fi
+
+context=$(mktemp -d)
+trap 'rm -rf "$context"' EXIT
+cp ".ci/docker/Dockerfile" deploy/acl.conf "target/$PROFILE/midge-broker" "target/$PROFILE/midge-mgmt" "$context/"
+docker build -q --target broker -t midge-broker:latest "$context" >/dev/null
+docker build -q --target mgmt -t midge-mgmt:latest "$context" >/dev/null
+echo "built midge-broker:latest and midge-mgmt:latest ($PROFILE binaries on $BASE)"

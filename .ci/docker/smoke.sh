@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The two-container stack for real: build images offline, bring docker-compose.yml up, and check
+# what users rely on. Tears everything down at the end, also on failure.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose); else COMPOSE=(docker-compose); fi
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+export COMPOSE_PROJECT_NAME=midge-smoke
+export MIDGE_MGMT_SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export MIDGE_MQTT_PORT=$(free_port) MIDGE_API_PORT=$(free_port)
+NODE=midge@broker
+API=http://127.0.0.1:$MIDGE_API_PORT/api/v2
+AUTH=admin:public
+passed=0
+work=$(mktemp -d)
+
+cleanup() {
+    jobs -p | xargs -r kill 2>/dev/null || true
+    "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "docker smoke FAILED: $*"; "${COMPOSE[@]}" logs --tail 40 || true; echo "docker smoke: $passed passed, 1 failed"; exit 1; }
+ok() { passed=$((passed + 1)); echo "ok - $*"; }
+
+# code GET|POST|... PATH [BODY]: prints the API's code field ("http" if HTTP itself failed).
+code() {
+    local out
+    out=$(curl -s -m 10 -u "$AUTH" -X "$1" "$API/$2" ${3:+-d "$3"}) || { echo http; return; }
+    python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("code"))' "$out" 2>/dev/null || echo "bad:$out"
+}
+# wait_for SECONDS COMMAND...: retries until the command succeeds.
+wait_for() {
+    local deadline=$((SECONDS + $1)); shift
+    until "$@" >/dev/null 2>&1; do
+        [ $SECONDS -lt $deadline ] || return 1
+        sleep 0.5
+    done
+}
+healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$("${COMPOSE[@]}" ps -q "$1")")" = healthy ]; }
+node_known() { [ "$(code GET "management/nodes/$NODE")" = 0 ]; }
+
+bash .ci/docker/build-images.sh
+"${COMPOSE[@]}" up -d --no-build
+wait_for 90 healthy broker || fail "broker never healthy"
+wait_for 90 healthy mgmt || fail "sidecar never healthy"
+wait_for 30 node_known || fail "sidecar never reached the broker"
+ok "stack up and healthy"
+
+# (1) and (2): a subscriber on the published port is listed, and an API publish reaches it.
+mosquitto_sub -h 127.0.0.1 -p "$MIDGE_MQTT_PORT" -i smoke-sub -t smoke/topic -C 1 -W 30 > "$work/sub.out" &
+sub=$!
+listed() { curl -s -u "$AUTH" "$API/nodes/$NODE/clients" | grep -q '"client_id":"smoke-sub"'; }
+wait_for 20 listed || fail "GET nodes/$NODE/clients does not list the subscriber"
+ok "nodes/{node}/clients lists the subscriber"
+[ "$(code POST mqtt/publish '{"topic":"smoke/topic","payload":"through-the-sidecar","qos":1}')" = 0 ] || fail "publish refused"
+wait "$sub" || fail "subscriber got nothing"
+grep -qx "through-the-sidecar" "$work/sub.out" || fail "subscriber got: $(cat "$work/sub.out")"
+ok "POST mqtt/publish reaches a subscriber on the broker's port"
+
+# (3) ops read $SYS from the host.
+mosquitto_sub -h 127.0.0.1 -p "$MIDGE_MQTT_PORT" -t '$SYS/brokers/+/uptime' -C 1 -W 15 -v > "$work/sys.out" \
+    || fail "no \$SYS uptime from the host"
+grep -q "^\$SYS/brokers/$NODE/uptime .*seconds" "$work/sys.out" || fail "uptime: $(cat "$work/sys.out")"
+ok "\$SYS/brokers/+/uptime readable from the host"
+
+# (4) an admin user survives a sidecar restart and down/up with the volume kept.
+[ "$(code POST users '{"username":"smoke-user","password":"smoke-pass","tags":"ops"}')" = 0 ] || fail "user not created"
+user_works() { [ "$(curl -s -m 5 -X POST "$API/auth" -d '{"username":"smoke-user","password":"smoke-pass"}')" = '{"code":0,"result":[]}' ]; }
+"${COMPOSE[@]}" restart mgmt >/dev/null
+wait_for 60 user_works || fail "user lost on sidecar restart"
+"${COMPOSE[@]}" down >/dev/null
+"${COMPOSE[@]}" up -d --no-build >/dev/null
+wait_for 90 user_works || fail "user lost on down/up"
+wait_for 30 node_known || fail "sidecar lost the broker after down/up"
+ok "admin user survives restart and down/up"
+
+# (5) broker stopped: 101, quickly; started: back to normal.
+"${COMPOSE[@]}" stop broker >/dev/null
+start=$SECONDS
+got=$(code GET "nodes/$NODE/clients")
+[ "$got" = 101 ] || fail "broker down answered $got"
+[ $((SECONDS - start)) -le 4 ] || fail "101 took $((SECONDS - start)) s"
+"${COMPOSE[@]}" start broker >/dev/null
+clients_ok() { [ "$(code GET "nodes/$NODE/clients")" = 0 ]; }
+wait_for 60 clients_ok || fail "API never recovered after the broker came back"
+ok "broker down answers 101 quickly and recovers"
+
+echo "docker smoke: $passed passed, 0 failed"

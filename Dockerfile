@@ -1,0 +1,26 @@
+# Two images from one build: `--target broker` and `--target mgmt`. docker-compose.yml builds both.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p midge-broker -p midge-mgmt
+
+FROM debian:bookworm-slim AS runtime
+RUN useradd --system --uid 10001 --home-dir /data --create-home midge
+USER midge
+WORKDIR /data
+
+FROM runtime AS broker
+COPY --from=build /src/target/release/midge-broker /usr/local/bin/midge-broker
+COPY deploy/acl.conf /etc/midge/acl.conf
+ENV MIDGE_LISTEN=0.0.0.0:1883 MIDGE_ACL_FILE=/etc/midge/acl.conf
+EXPOSE 1883
+HEALTHCHECK --interval=5s --timeout=4s --retries=5 CMD ["midge-broker", "probe"]
+ENTRYPOINT ["midge-broker"]
+
+FROM runtime AS mgmt
+COPY --from=build /src/target/release/midge-mgmt /usr/local/bin/midge-mgmt
+ENV MIDGE_MGMT_LISTEN=0.0.0.0:8080 MIDGE_MGMT_DB=/data/midge-mgmt.db
+VOLUME /data
+EXPOSE 8080
+HEALTHCHECK --interval=5s --timeout=4s --retries=5 CMD ["midge-mgmt", "healthcheck"]
+ENTRYPOINT ["midge-mgmt"]
