@@ -1,0 +1,231 @@
+//! `midge-bench all`: starts Mosquitto and Midge on free loopback ports, runs every scenario against
+//! both, stops both, and prints one table. See BENCHMARKS.md for what the numbers mean.
+
+mod mqtt;
+mod proc;
+mod scenarios;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use midge_broker::codec::QoS;
+use scenarios::{find_max, idle, latency, Step, Target};
+
+#[derive(Parser)]
+#[command(name = "midge-bench")]
+struct Cli {
+    /// The midge-broker binary to measure.
+    #[arg(long, default_value = "target/release/midge-broker")]
+    midge: PathBuf,
+    /// The mosquitto binary to compare with.
+    #[arg(long, default_value = "mosquitto")]
+    mosquitto: String,
+    /// Idle connections to open.
+    #[arg(long, default_value_t = 10_000)]
+    idle_connections: usize,
+    /// Only these scenarios (fanin0, fanin1, fanout0, latency, idle); all by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+/// A broker process, stopped when dropped.
+struct Broker {
+    name: &'static str,
+    child: Child,
+    addr: SocketAddr,
+    _dir: PathBuf,
+}
+
+impl Broker {
+    fn target(&self) -> Target {
+        Target { addr: self.addr, pid: self.child.id() }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn start_midge(binary: &PathBuf) -> anyhow::Result<Broker> {
+    let port = free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let child = Command::new(binary)
+        .args(["--listen", &addr.to_string(), "--log-level", "warn"])
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    wait_listening(addr)?;
+    Ok(Broker { name: "midge", child, addr, _dir: PathBuf::new() })
+}
+
+fn start_mosquitto(binary: &str) -> anyhow::Result<Broker> {
+    let port = free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let dir = std::env::temp_dir().join(format!("midge-bench-mosquitto-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n"))?;
+    let child = Command::new(binary)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {binary} (apt-get install mosquitto)"))?;
+    wait_listening(addr)?;
+    Ok(Broker { name: "mosquitto", child, addr, _dir: dir })
+}
+
+struct Row {
+    scenario: String,
+    unit: &'static str,
+    mosquitto: f64,
+    midge: f64,
+    /// True when smaller is better (latency, memory).
+    lower_is_better: bool,
+    note: String,
+}
+
+fn rate_of(step: &Option<Step>) -> f64 {
+    step.as_ref().map_or(0.0, |s| s.delivered_rate)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let wanted = |name: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == name);
+    let mosquitto = start_mosquitto(&cli.mosquitto)?;
+    let midge = start_midge(&cli.midge)?;
+    let brokers = [&mosquitto, &midge];
+    let budget = Duration::from_secs(55);
+    let mut rows = Vec::new();
+
+    let throughput: [(&str, &str, usize, &str, usize, &str, QoS, f64); 3] = [
+        ("fanin0", "fan-in QoS 0 (10 → 1, wildcard)", 1, "bench/fanin/+", 10, "bench/fanin", QoS::AtMostOnce, 40_000.0),
+        (
+            "fanin1",
+            "fan-in QoS 1 (10 → 1, wildcard)",
+            1,
+            "bench/fanin/+",
+            10,
+            "bench/fanin",
+            QoS::AtLeastOnce,
+            10_000.0,
+        ),
+        ("fanout0", "fan-out QoS 0 (1 → 100)", 100, "bench/fanout/+", 1, "bench/fanout", QoS::AtMostOnce, 300.0),
+    ];
+    for (key, name, subs, filter, pubs, prefix, qos, start) in throughput {
+        if !wanted(key) {
+            continue;
+        }
+        let mut results = Vec::new();
+        for broker in brokers {
+            eprintln!("{name} on {}", broker.name);
+            results.push(find_max(&broker.target(), subs, filter, pubs, prefix, qos, start, budget).await?);
+        }
+        let note = results
+            .iter()
+            .zip(brokers)
+            .map(|(r, b)| match r {
+                Some(s) => format!(
+                    "{}: p99 {} µs, broker {:.2} cores, generator {:.2} cores",
+                    b.name, s.p99_us, s.broker_cpu, s.generator_cpu
+                ),
+                None => format!("{}: no passing step", b.name),
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        rows.push(Row {
+            scenario: name.into(),
+            unit: "deliveries/s",
+            mosquitto: rate_of(&results[0]),
+            midge: rate_of(&results[1]),
+            lower_is_better: false,
+            note,
+        });
+    }
+
+    if wanted("latency") {
+        for (label, qos) in [("QoS 0", QoS::AtMostOnce), ("QoS 1", QoS::AtLeastOnce)] {
+            let mut steps = Vec::new();
+            for broker in brokers {
+                eprintln!("latency {label} on {}", broker.name);
+                steps.push(latency(&broker.target(), qos, 1000.0).await?);
+            }
+            for (quantile, pick) in [("p50", 0usize), ("p99", 1)] {
+                let value = |s: &Step| if pick == 0 { s.p50_us } else { s.p99_us } as f64;
+                rows.push(Row {
+                    scenario: format!("latency {label} {quantile} (1 → 1, 1000 msg/s)"),
+                    unit: "µs",
+                    mosquitto: value(&steps[0]),
+                    midge: value(&steps[1]),
+                    lower_is_better: true,
+                    note: String::new(),
+                });
+            }
+        }
+    }
+
+    if wanted("idle") {
+        let mut results = Vec::new();
+        for broker in brokers {
+            eprintln!("{} idle connections on {}", cli.idle_connections, broker.name);
+            results.push(idle(&broker.target(), cli.idle_connections, 200).await?);
+        }
+        rows.push(Row {
+            scenario: format!("connect rate ({} idle connections)", results[0].connections),
+            unit: "connections/s",
+            mosquitto: results[0].connect_rate,
+            midge: results[1].connect_rate,
+            lower_is_better: false,
+            note: String::new(),
+        });
+        rows.push(Row {
+            scenario: "broker RSS per idle connection".into(),
+            unit: "bytes",
+            mosquitto: results[0].rss_per_connection,
+            midge: results[1].rss_per_connection,
+            lower_is_better: true,
+            note: String::new(),
+        });
+    }
+
+    drop(midge);
+    drop(mosquitto);
+    println!("| scenario | unit | Mosquitto | Midge | Midge ÷ Mosquitto |");
+    println!("|---|---|---:|---:|---:|");
+    for row in &rows {
+        let ratio = if row.mosquitto > 0.0 { row.midge / row.mosquitto } else { f64::NAN };
+        let better = if row.lower_is_better { " (lower is better)" } else { "" };
+        println!(
+            "| {} | {}{} | {:.0} | {:.0} | {:.2} |",
+            row.scenario, row.unit, better, row.mosquitto, row.midge, ratio
+        );
+    }
+    for row in rows.iter().filter(|r| !r.note.is_empty()) {
+        println!("\n- {}: {}", row.scenario, row.note);
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! A bare MQTT client on raw tokio sockets and Midge's codec: just what the load generator needs, with
+//! no per-message allocation beyond the codec's.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::{Bytes, BytesMut};
+use midge_broker::codec::{self, *};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+pub struct Conn {
+    pub reader: OwnedReadHalf,
+    pub writer: OwnedWriteHalf,
+    pub rbuf: BytesMut,
+    pub wbuf: BytesMut,
+}
+
+impl Conn {
+    /// Connects and completes CONNECT/CONNACK.
+    pub async fn connect(addr: SocketAddr, client_id: &str, keep_alive: u16) -> anyhow::Result<Conn> {
+        let stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
+        stream.set_nodelay(true)?;
+        let (reader, writer) = stream.into_split();
+        let mut conn = Conn { reader, writer, rbuf: BytesMut::with_capacity(64 * 1024), wbuf: BytesMut::new() };
+        conn.send(&Packet::Connect(Connect {
+            protocol: Protocol::V311,
+            clean_session: true,
+            keep_alive,
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+        }))
+        .await?;
+        match conn.recv().await? {
+            Packet::Connack(Connack { code: ConnectReturnCode::Accepted, .. }) => Ok(conn),
+            other => bail!("{client_id}: expected CONNACK, got {other:?}"),
+        }
+    }
+
+    pub fn queue(&mut self, packet: &Packet) {
+        codec::encode(packet, &mut self.wbuf);
+    }
+
+    pub async fn flush(&mut self) -> anyhow::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.writer.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    pub async fn send(&mut self, packet: &Packet) -> anyhow::Result<()> {
+        self.queue(packet);
+        self.flush().await
+    }
+
+    /// The next packet (waits for bytes).
+    pub async fn recv(&mut self) -> anyhow::Result<Packet> {
+        loop {
+            if let Some(packet) = codec::decode(&mut self.rbuf, usize::MAX)? {
+                return Ok(packet);
+            }
+            if self.reader.read_buf(&mut self.rbuf).await? == 0 {
+                bail!("connection closed");
+            }
+        }
+    }
+
+    /// Subscribes and waits for the SUBACK.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> anyhow::Result<()> {
+        self.send(&Packet::Subscribe(Subscribe { pkid: 1, filters: vec![(filter.into(), qos)] })).await?;
+        match tokio::time::timeout(Duration::from_secs(5), self.recv()).await?? {
+            Packet::Suback(s) if s.codes == vec![Some(qos)] => Ok(()),
+            other => bail!("expected SUBACK, got {other:?}"),
+        }
+    }
+}
+
+/// A 64-byte payload carrying its send time (nanoseconds since the run's epoch) in the first 8 bytes.
+pub fn payload(nanos: u64) -> Bytes {
+    let mut p = vec![0u8; 64];
+    p[..8].copy_from_slice(&nanos.to_be_bytes());
+    Bytes::from(p)
+}
+
+pub fn sent_at(payload: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(payload.get(..8)?.try_into().ok()?))
+}

@@ -1,0 +1,277 @@
+//! The scenarios. Each builds its connections fresh, paces its publishers, and measures delivery and
+//! latency at the subscribers; the throughput scenarios step the rate up until a step fails.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use midge_broker::codec::{Packet, Publish, QoS};
+use tokio::io::AsyncReadExt;
+
+use crate::mqtt::{payload, sent_at, Conn};
+use crate::proc;
+
+/// What one run at one rate gave.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Messages per second offered by the publishers.
+    pub offered: f64,
+    /// Deliveries per second that arrived.
+    pub delivered_rate: f64,
+    pub delivered_ratio: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    /// Load generator CPU, in cores.
+    pub generator_cpu: f64,
+    /// Broker CPU, in cores.
+    pub broker_cpu: f64,
+}
+
+impl Step {
+    pub fn passed(&self) -> bool {
+        self.delivered_ratio >= 0.99 && self.p99_us <= 100_000
+    }
+}
+
+pub struct Target {
+    pub addr: SocketAddr,
+    pub pid: u32,
+}
+
+const STEP_TIME: Duration = Duration::from_secs(2);
+const DRAIN_TIME: Duration = Duration::from_millis(1500);
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Reads publishes until `deadline`, acknowledging QoS 1, recording latency. Returns (count, histogram).
+async fn subscribe_loop(mut conn: Conn, epoch: Instant, deadline: tokio::time::Instant) -> (u64, Histogram<u64>) {
+    let mut hist = histogram();
+    let mut count = 0u64;
+    loop {
+        loop {
+            match midge_broker::codec::decode(&mut conn.rbuf, usize::MAX) {
+                Ok(Some(Packet::Publish(p))) => {
+                    count += 1;
+                    record(&mut hist, epoch, &p);
+                    if p.qos == QoS::AtLeastOnce {
+                        conn.queue(&Packet::Puback(p.pkid));
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => return (count, hist),
+            }
+        }
+        if conn.flush().await.is_err() {
+            return (count, hist);
+        }
+        match tokio::time::timeout_at(deadline, conn.reader.read_buf(&mut conn.rbuf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return (count, hist),
+        }
+    }
+}
+
+fn record(hist: &mut Histogram<u64>, epoch: Instant, p: &Publish) {
+    if let Some(sent) = sent_at(&p.payload) {
+        let now = epoch.elapsed().as_nanos() as u64;
+        let _ = hist.record((now.saturating_sub(sent) / 1000).max(1));
+    }
+}
+
+/// Publishes on every connection at `rate_each` messages/s for `duration`, all from this one task.
+/// Acknowledgements (QoS 1) are drained by a reader task per connection.
+async fn publish_loop(conns: Vec<(Conn, String)>, rate_each: f64, qos: QoS, epoch: Instant, duration: Duration) -> u64 {
+    let mut writers = Vec::new();
+    for (conn, topic) in conns {
+        let Conn { mut reader, writer, wbuf, .. } = conn;
+        tokio::spawn(async move {
+            let mut sink = vec![0u8; 64 * 1024];
+            while let Ok(n) = reader.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        });
+        writers.push((writer, wbuf, topic, 0u64));
+    }
+    let start = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut pkid: u16 = 0;
+    let mut total = 0;
+    loop {
+        ticker.tick().await;
+        let elapsed = start.elapsed().min(duration);
+        for (writer, wbuf, topic, sent) in writers.iter_mut() {
+            let due = (rate_each * elapsed.as_secs_f64()) as u64;
+            let now = epoch.elapsed().as_nanos() as u64;
+            while *sent < due {
+                pkid = pkid.checked_add(1).unwrap_or(1);
+                let publish = Publish {
+                    dup: false,
+                    qos,
+                    retain: false,
+                    topic: bytes::Bytes::copy_from_slice(topic.as_bytes()),
+                    pkid: if qos == QoS::AtMostOnce { 0 } else { pkid },
+                    payload: payload(now),
+                };
+                midge_broker::codec::encode(&Packet::Publish(publish), wbuf);
+                *sent += 1;
+                total += 1;
+            }
+            if !wbuf.is_empty() {
+                use tokio::io::AsyncWriteExt;
+                if writer.write_all(wbuf).await.is_err() {
+                    return total;
+                }
+                wbuf.clear();
+            }
+        }
+        if elapsed >= duration {
+            return total;
+        }
+    }
+}
+
+/// One step: `subscribers` on `filter`, `publishers` on topics `{prefix}/{i}`, `rate` messages/s in all.
+async fn step(
+    target: &Target,
+    subscribers: usize,
+    filter: &str,
+    publishers: usize,
+    prefix: &str,
+    rate: f64,
+    qos: QoS,
+) -> anyhow::Result<Step> {
+    let epoch = Instant::now();
+    let mut subs = Vec::new();
+    for i in 0..subscribers {
+        let mut conn = Conn::connect(target.addr, &format!("bench-sub-{i}"), 300).await?;
+        conn.subscribe(filter, qos).await?;
+        subs.push(conn);
+    }
+    let mut pubs = Vec::new();
+    for i in 0..publishers {
+        pubs.push((Conn::connect(target.addr, &format!("bench-pub-{i}"), 300).await?, format!("{prefix}/{i}")));
+    }
+    let cpu_before = (proc::cpu_seconds(None), proc::cpu_seconds(Some(target.pid)));
+    let wall = Instant::now();
+    let deadline = tokio::time::Instant::now() + STEP_TIME + DRAIN_TIME;
+    let readers: Vec<_> = subs.into_iter().map(|c| tokio::spawn(subscribe_loop(c, epoch, deadline))).collect();
+    let sent = publish_loop(pubs, rate / publishers as f64, qos, epoch, STEP_TIME).await;
+    let mut received = 0;
+    let mut hist = histogram();
+    for reader in readers {
+        let (count, h) = reader.await?;
+        received += count;
+        hist.add(h)?;
+    }
+    let elapsed = wall.elapsed().as_secs_f64();
+    let cpu_after = (proc::cpu_seconds(None), proc::cpu_seconds(Some(target.pid)));
+    // Let the broker forget these clients before the next step.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let expected = (sent * subscribers as u64).max(1);
+    Ok(Step {
+        offered: rate,
+        delivered_rate: received as f64 / STEP_TIME.as_secs_f64(),
+        delivered_ratio: received as f64 / expected as f64,
+        p50_us: hist.value_at_quantile(0.50),
+        p99_us: hist.value_at_quantile(0.99),
+        generator_cpu: (cpu_after.0 - cpu_before.0) / elapsed,
+        broker_cpu: (cpu_after.1 - cpu_before.1) / elapsed,
+    })
+}
+
+/// Steps the rate up by half each time from `start`, then tries once between the last pass and the
+/// first failure. Stops after `budget`. Returns the best passing step, if any.
+pub async fn find_max(
+    target: &Target,
+    subscribers: usize,
+    filter: &str,
+    publishers: usize,
+    prefix: &str,
+    qos: QoS,
+    start: f64,
+    budget: Duration,
+) -> anyhow::Result<Option<Step>> {
+    let began = Instant::now();
+    let mut rate = start;
+    let mut best: Option<Step> = None;
+    let mut failed_at = None;
+    while began.elapsed() + STEP_TIME * 2 < budget {
+        let result = step(target, subscribers, filter, publishers, prefix, rate, qos).await?;
+        eprintln!(
+            "    offered {:>9.0}/s  delivered {:>10.0}/s ({:>5.1}%)  p50 {:>6} µs  p99 {:>7} µs  generator {:.2} cores  broker {:.2} cores",
+            result.offered,
+            result.delivered_rate,
+            result.delivered_ratio * 100.0,
+            result.p50_us,
+            result.p99_us,
+            result.generator_cpu,
+            result.broker_cpu
+        );
+        if result.passed() {
+            best = Some(result);
+            rate = match failed_at {
+                Some(_) => break,
+                None => rate * 1.5,
+            };
+        } else {
+            match (failed_at, &best) {
+                (None, Some(pass)) => {
+                    failed_at = Some(rate);
+                    rate = (pass.offered * rate).sqrt();
+                }
+                _ => break,
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// Fixed low rate, one publisher and one subscriber: latency percentiles.
+pub async fn latency(target: &Target, qos: QoS, rate: f64) -> anyhow::Result<Step> {
+    step(target, 1, "bench/latency/+", 1, "bench/latency", rate, qos).await
+}
+
+pub struct Idle {
+    pub connections: usize,
+    pub connect_rate: f64,
+    pub rss_per_connection: f64,
+}
+
+/// Opens `n` idle connections (`concurrency` at a time) and measures the broker's memory for them.
+pub async fn idle(target: &Target, n: usize, concurrency: usize) -> anyhow::Result<Idle> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = proc::rss_bytes(target.pid);
+    let started = Instant::now();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let permit = semaphore.clone().acquire_owned().await?;
+        let addr = target.addr;
+        tasks.push(tokio::spawn(async move {
+            let conn = Conn::connect(addr, &format!("idle-{i}"), 600).await;
+            drop(permit);
+            conn
+        }));
+    }
+    let mut conns = Vec::with_capacity(n);
+    for task in tasks {
+        conns.push(task.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = proc::rss_bytes(target.pid);
+    drop(conns);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(Idle {
+        connections: n,
+        connect_rate: n as f64 / elapsed,
+        rss_per_connection: rss_after.saturating_sub(rss_before) as f64 / n as f64,
+    })
+}

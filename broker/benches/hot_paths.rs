@@ -1,0 +1,116 @@
+//! The hot functions: codec, topic matching against 10k filters, and fanning one message out to 1k
+//! sessions. `cargo bench -p midge-broker`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use midge_broker::codec::{self, Packet, Publish, QoS};
+use midge_broker::session::{Delivery, Message, Session, SessionLimits};
+use midge_broker::subscriptions::SubscriptionTree;
+
+fn publish_64() -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: Bytes::from_static(b"sensors/building-7/floor-3/temperature"),
+        pkid: 42,
+        payload: Bytes::from(vec![7u8; 64]),
+    })
+}
+
+fn codec_benches(c: &mut Criterion) {
+    let packet = publish_64();
+    let mut encoded = BytesMut::new();
+    codec::encode(&packet, &mut encoded);
+    let mut group = c.benchmark_group("codec");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("encode publish 64 B", |b| {
+        let mut buf = BytesMut::with_capacity(1 << 16);
+        b.iter(|| {
+            codec::encode(black_box(&packet), &mut buf);
+            if buf.len() > 60_000 {
+                buf.clear();
+            }
+        })
+    });
+    group.bench_function("decode publish 64 B", |b| {
+        b.iter(|| {
+            let mut buf = encoded.clone();
+            black_box(codec::decode(&mut buf, usize::MAX).unwrap())
+        })
+    });
+    group.finish();
+}
+
+fn matching_benches(c: &mut Criterion) {
+    let mut tree = SubscriptionTree::new();
+    for i in 0..10_000 {
+        let client: Arc<str> = Arc::from(format!("client-{i}"));
+        let filter = match i % 4 {
+            0 => format!("sensors/building-{}/floor-{}/temperature", i % 100, i % 10),
+            1 => format!("sensors/building-{}/+/humidity", i % 100),
+            2 => format!("site/{}/#", i),
+            _ => format!("devices/{i}/status"),
+        };
+        tree.subscribe(&filter, &client, QoS::AtMostOnce);
+    }
+    let mut group = c.benchmark_group("match");
+    group.throughput(Throughput::Elements(1));
+    let mut out = Vec::new();
+    for topic in ["sensors/building-7/floor-7/temperature", "devices/4243/status", "nothing/matches/here"] {
+        group.bench_function(format!("10k filters: {topic}"), |b| {
+            b.iter(|| {
+                out.clear();
+                tree.matches(black_box(topic), &mut out);
+                black_box(out.len())
+            })
+        });
+    }
+    group.finish();
+}
+
+fn fanout_benches(c: &mut Criterion) {
+    let limits = SessionLimits {
+        max_inflight: 32,
+        max_mqueue_len: 1000,
+        mqueue_store_qos0: true,
+        max_awaiting_rel: 100,
+        await_rel_timeout: Duration::from_secs(20),
+    };
+    let mut sessions: Vec<(Session, BytesMut)> = (0..1000)
+        .map(|i| (Session::new(Arc::from(format!("s{i}")), true, limits.clone()), BytesMut::with_capacity(1 << 16)))
+        .collect();
+    let message = Arc::new(Message {
+        topic: Bytes::from_static(b"sensors/building-7/floor-3/temperature"),
+        payload: Bytes::from(vec![7u8; 64]),
+        qos: QoS::AtMostOnce,
+        retain: false,
+    });
+    let mut group = c.benchmark_group("fan-out");
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function("one QoS 0 message to 1k sessions (deliver + encode)", |b| {
+        b.iter(|| {
+            for (session, buf) in sessions.iter_mut() {
+                let mut dropped = false;
+                let delivery = Delivery { message: message.clone(), qos: QoS::AtMostOnce, retain: false };
+                if let Some(publish) = session.deliver(delivery, &mut dropped) {
+                    codec::encode(&Packet::Publish(publish), buf);
+                }
+                if buf.len() > 60_000 {
+                    buf.clear();
+                }
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = codec_benches, matching_benches, fanout_benches
+}
+criterion_main!(benches);
