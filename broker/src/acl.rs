@@ -49,7 +49,8 @@ pub enum Decision {
 /// The facts about a client that rules look at.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
-    pub client_id: String,
+    /// Shared with the rest of the connection, not copied.
+    pub client_id: std::sync::Arc<str>,
     pub username: Option<String>,
     pub ip: IpAddr,
 }
@@ -131,7 +132,7 @@ impl Rule {
         let who = match &self.who {
             Who::All => true,
             Who::User(u) => client.username.as_deref() == Some(u.as_str()),
-            Who::Client(c) => client.client_id == *c,
+            Who::Client(c) => *client.client_id == **c,
             Who::Ip(net) => net.contains(&client.ip),
         };
         if !who || self.access.is_some_and(|a| a != access) {

@@ -2,7 +2,7 @@
 //! The two halves are separate so a connection can read and write at the same time in one `select!`.
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -10,6 +10,9 @@ use crate::codec::{self, DecodeError, Packet};
 
 /// Beyond this many unsent bytes a connection stops taking new work until the socket drains.
 pub const WRITE_HIGH_WATER: usize = 1024 * 1024;
+
+/// How much a read asks for at once.
+const READ_CHUNK: usize = 8 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
@@ -24,10 +27,8 @@ pub enum ConnectionError {
 pub fn split(stream: TcpStream, max_packet_size: usize) -> (PacketReader, PacketWriter) {
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.into_split();
-    (
-        PacketReader { reader, buf: BytesMut::with_capacity(4096), max_packet_size },
-        PacketWriter { writer, buf: BytesMut::with_capacity(4096) },
-    )
+    // Buffers start empty and are released whenever drained, so an idle connection holds none.
+    (PacketReader { reader, buf: BytesMut::new(), max_packet_size }, PacketWriter { writer, buf: BytesMut::new() })
 }
 
 pub struct PacketReader {
@@ -45,13 +46,27 @@ impl PacketReader {
     }
 
     /// Reads more bytes from the socket. Cancel-safe: no bytes are lost if the future is dropped.
+    /// The buffer is only grown once the socket is readable, so waiting costs no memory.
     pub async fn fill(&mut self) -> Result<usize, ConnectionError> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(4096);
+        loop {
+            self.reader.readable().await?;
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            match self.reader.try_read_buf(&mut self.buf) {
+                Ok(0) => return Err(ConnectionError::Closed),
+                Ok(n) => return Ok(n),
+                // Readiness was stale: give the buffer back before waiting again.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.release_if_drained(),
+                Err(e) => return Err(e.into()),
+            }
         }
-        match self.reader.read_buf(&mut self.buf).await? {
-            0 => Err(ConnectionError::Closed),
-            n => Ok(n),
+    }
+
+    /// Frees the buffer if everything in it has been decoded.
+    pub fn release_if_drained(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
         }
     }
 
@@ -91,6 +106,10 @@ impl PacketWriter {
             return Err(ConnectionError::Closed);
         }
         self.buf.advance(n);
+        if self.buf.is_empty() {
+            // Released rather than kept: most connections are idle most of the time.
+            self.buf = BytesMut::new();
+        }
         Ok(())
     }
 

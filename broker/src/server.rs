@@ -109,6 +109,11 @@ impl Broker {
         self.ctx.local_addr
     }
 
+    #[cfg(test)]
+    pub fn ctx_for_tests(&self) -> Arc<Context> {
+        self.ctx.clone()
+    }
+
     /// Serves until the shutdown token fires, then closes every connection and returns.
     pub async fn run(self) {
         let Broker { listener, router, control, ctx } = self;

@@ -100,7 +100,7 @@ impl Router {
                 let _ = reply.send(self.tell(&id, Outbound::Kick));
             }
             AdminRequest::CleanAclCache { client_id, topic, reply } => {
-                let _ = reply.send(self.tell(&client_id, Outbound::CleanAclCache(topic)));
+                let _ = reply.send(self.tell(&client_id, Outbound::CleanAclCache(topic.into())));
             }
             AdminRequest::Subscribe { client_id, filter, qos, reply } => {
                 let Some((id, _)) = self.clients.get_key_value(client_id.as_str()) else {
@@ -135,7 +135,7 @@ impl Router {
     /// Sends a control message to an online client; false if it is not online.
     fn tell(&self, client_id: &str, outbound: Outbound) -> bool {
         match self.clients.get(client_id).map(|c| &c.presence) {
-            Some(Presence::Online(outbox)) => outbox.tx.send(outbound).is_ok(),
+            Some(Presence::Online(outbox)) => outbox.push(outbound, None).is_ok(),
             _ => false,
         }
     }

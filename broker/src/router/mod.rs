@@ -5,16 +5,17 @@
 //! `admin.rs` holds the management side (listings, kick, subscribe on behalf of a client).
 
 mod admin;
+mod outbox;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Local};
 use tokio::sync::{mpsc, oneshot};
 
 pub use admin::AdminRequest;
+pub use outbox::{outbox, Outbox, OutboxReceiver, Refused};
 
 use crate::codec::{QoS, Suback, SubackCode};
 use crate::metrics::{Metric, Metrics, Stat, Stats};
@@ -54,7 +55,7 @@ pub enum Request {
         client_id: ClientId,
         conn_id: u64,
         session: Box<Session>,
-        rest: mpsc::UnboundedReceiver<Outbound>,
+        rest: OutboxReceiver,
     },
     Admin(AdminRequest),
 }
@@ -82,47 +83,16 @@ pub enum ConnectOutcome {
 #[derive(Debug)]
 pub enum Outbound {
     Deliver(Delivery),
-    /// A SUBACK to write, then retained messages for the new subscriptions.
-    Subscribed {
-        suback: Suback,
-        retained: Vec<Delivery>,
-    },
+    /// A SUBACK to write, then retained messages for the new subscriptions. Boxed, like every rare
+    /// variant, to keep the common one (and so each connection's channel block) small.
+    Subscribed(Box<(Suback, Vec<Delivery>)>),
     Unsubscribed(u16),
     /// Another connection took this client id over: end without a DISCONNECT (the will is published).
     TakenOver,
     /// The management API kicked this client.
     Kick,
     /// Forget the cached ACL decision for one topic.
-    CleanAclCache(String),
-}
-
-/// The router's handle on one connection: its outbox and a count of deliveries not yet taken, which
-/// bounds the outbox even though the channel itself is unbounded.
-#[derive(Debug, Clone)]
-pub struct Outbox {
-    pub conn_id: u64,
-    tx: mpsc::UnboundedSender<Outbound>,
-    pending: Arc<AtomicUsize>,
-}
-
-/// The connection's end of its outbox.
-#[derive(Debug)]
-pub struct OutboxReceiver {
-    pub rx: mpsc::UnboundedReceiver<Outbound>,
-    pending: Arc<AtomicUsize>,
-}
-
-impl OutboxReceiver {
-    /// Call once per `Outbound::Deliver` taken from `rx`.
-    pub fn took_delivery(&self) {
-        self.pending.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-pub fn outbox(conn_id: u64) -> (Outbox, OutboxReceiver) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let pending = Arc::new(AtomicUsize::new(0));
-    (Outbox { conn_id, tx, pending: pending.clone() }, OutboxReceiver { rx, pending })
+    CleanAclCache(Box<str>),
 }
 
 /// A cheap, cloneable way to reach the router.
@@ -166,7 +136,7 @@ struct Client {
     /// The client's filters and granted QoS, in order, so a discarded session can leave the trie.
     filters: BTreeMap<String, QoS>,
     /// A connection waiting for this one to hand its session over (takeover).
-    pending: Option<PendingConnect>,
+    pending: Option<Box<PendingConnect>>,
     /// Shared with the session, wherever it is.
     session_stats: Arc<SessionStats>,
     session_clean: bool,
@@ -283,7 +253,7 @@ impl Router {
         match &client.presence {
             Presence::Online(old) => {
                 // Ask the old connection to hand its session back; answer the new one then.
-                if client.pending.is_none() && old.tx.send(Outbound::TakenOver).is_err() {
+                if client.pending.is_none() && old.push(Outbound::TakenOver, None).is_err() {
                     // Its task is gone without handing the session back: start afresh.
                     tracing::warn!(client = %client_id, "previous connection vanished; session lost");
                     client.presence = Presence::Online(outbox);
@@ -292,7 +262,7 @@ impl Router {
                     self.resume(client_id, lost, meta, reply);
                     return;
                 }
-                let pending = PendingConnect { meta, outbox, reply };
+                let pending = Box::new(PendingConnect { meta, outbox, reply });
                 if let Some(superseded) = client.pending.replace(pending) {
                     let _ = superseded.reply.send(ConnectOutcome::Superseded);
                 }
@@ -334,21 +304,14 @@ impl Router {
         let _ = reply.send(ConnectOutcome::Accepted { session, present });
     }
 
-    fn disconnected(
-        &mut self,
-        client_id: ClientId,
-        conn_id: u64,
-        mut session: Box<Session>,
-        mut rest: mpsc::UnboundedReceiver<Outbound>,
-    ) {
+    fn disconnected(&mut self, client_id: ClientId, conn_id: u64, mut session: Box<Session>, rest: OutboxReceiver) {
         let Some(client) = self.clients.get_mut(&client_id) else { return };
         match &client.presence {
             Presence::Online(outbox) if outbox.conn_id == conn_id => {}
             _ => return, // A stale connection; the client has moved on.
         }
         // Deliveries the connection never read stay with the session.
-        rest.close();
-        while let Ok(outbound) = rest.try_recv() {
+        for outbound in rest.take_all() {
             if let Outbound::Deliver(d) = outbound {
                 session.enqueue_offline(d);
             }
@@ -431,14 +394,14 @@ impl Router {
         let sys = delivery.message.is_sys();
         let kept = match &mut client.presence {
             Presence::Online(outbox) => {
-                // Count first: the connection decrements when it takes the delivery.
-                if outbox.pending.fetch_add(1, Ordering::Relaxed) >= self.limits.max_mqueue_len.max(1) {
-                    outbox.pending.fetch_sub(1, Ordering::Relaxed);
-                    tracing::debug!(client = %client_id, "outbox full, message dropped");
-                    false
-                } else {
-                    let _ = outbox.tx.send(Outbound::Deliver(delivery));
-                    true
+                match outbox.push_bounded(Outbound::Deliver(delivery), self.limits.max_mqueue_len.max(1)) {
+                    Ok(()) => true,
+                    Err(Refused::Full) => {
+                        tracing::debug!(client = %client_id, "outbox full, message dropped");
+                        false
+                    }
+                    // Its Disconnected request is on the way and will settle the session.
+                    Err(Refused::Gone) => false,
                 }
             }
             Presence::Offline(session) => session.enqueue_offline(delivery),
@@ -503,12 +466,12 @@ impl Router {
         let granted: Vec<(String, QoS)> = filters.iter().filter_map(|(f, c)| c.map(|q| (f.clone(), q))).collect();
         let retained = self.subscribe_client(&client_id, &granted);
         let suback = Suback { pkid, codes: filters.into_iter().map(|(_, c)| c).collect() };
-        let _ = outbox.tx.send(Outbound::Subscribed { suback, retained });
+        let _ = outbox.push(Outbound::Subscribed(Box::new((suback, retained))), None);
     }
 
     fn unsubscribe(&mut self, client_id: ClientId, conn_id: u64, pkid: u16, filters: Vec<String>) {
         let Some(outbox) = self.online_outbox(&client_id, conn_id) else { return };
         self.unsubscribe_client(&client_id, &filters);
-        let _ = outbox.tx.send(Outbound::Unsubscribed(pkid));
+        let _ = outbox.push(Outbound::Unsubscribed(pkid), None);
     }
 }
