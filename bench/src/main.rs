@@ -27,7 +27,7 @@ struct Cli {
     /// Idle connections to open.
     #[arg(long, default_value_t = 10_000)]
     idle_connections: usize,
-    /// Only these scenarios (fanin0, fanin1, fanout0, latency, idle); all by default.
+    /// Only these scenarios (fanin0, fanin1, fanout0, latency, idle, overload); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -207,6 +207,22 @@ async fn main() -> anyhow::Result<()> {
             unit: "bytes",
             mosquitto: results[0].rss_per_connection,
             midge: results[1].rss_per_connection,
+            lower_is_better: true,
+            note: String::new(),
+        });
+    }
+
+    if wanted("overload") {
+        let mut growth = Vec::new();
+        for broker in brokers {
+            eprintln!("overload (a subscriber that never reads) on {}", broker.name);
+            growth.push(scenarios::overload(&broker.target(), 200_000.0).await? as f64);
+        }
+        rows.push(Row {
+            scenario: "RSS growth, 1M messages to a subscriber that never reads".into(),
+            unit: "bytes",
+            mosquitto: growth[0],
+            midge: growth[1],
             lower_is_better: true,
             note: String::new(),
         });

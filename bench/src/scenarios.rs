@@ -275,3 +275,20 @@ pub async fn idle(target: &Target, n: usize, concurrency: usize) -> anyhow::Resu
         rss_per_connection: rss_after.saturating_sub(rss_before) as f64 / n as f64,
     })
 }
+
+/// A subscriber that never reads while a publisher floods it for five seconds: how much does the
+/// broker's memory grow? Bounded queues keep it flat; an unbounded one would hold every message.
+pub async fn overload(target: &Target, rate: f64) -> anyhow::Result<u64> {
+    let epoch = Instant::now();
+    let mut sleeper = Conn::connect(target.addr, "bench-slow-sub", 300).await?;
+    sleeper.subscribe("bench/overload/+", QoS::AtMostOnce).await?;
+    let publisher = Conn::connect(target.addr, "bench-flood", 300).await?;
+    let before = proc::rss_bytes(target.pid);
+    publish_loop(vec![(publisher, "bench/overload/0".into())], rate, QoS::AtMostOnce, epoch, Duration::from_secs(5))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = proc::rss_bytes(target.pid);
+    drop(sleeper);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(after.saturating_sub(before))
+}
