@@ -105,6 +105,15 @@ fn empty() -> Result<serde_json::Value, ControlError> {
     Ok(serde_json::json!([]))
 }
 
+/// `[]` if the router found what the command was about, else the given error.
+fn found_or(found: bool, code: u16, message: &str) -> Result<serde_json::Value, ControlError> {
+    if found {
+        empty()
+    } else {
+        Err(ControlError::new(code, message))
+    }
+}
+
 fn qos(value: u8) -> Result<QoS, ControlError> {
     QoS::from_u8(value).ok_or_else(|| ControlError::new(code::UNKNOWN, format!("invalid qos {value}")))
 }
@@ -131,20 +140,12 @@ async fn execute(ctx: &Arc<Context>, request: Request) -> Result<serde_json::Val
         Request::GetRoute { topic } => json(router.ask(|r| AdminRequest::GetRoute(topic, r)).await.map_err(gone)?),
         Request::Kick { client_id } => {
             let online = router.ask(|r| AdminRequest::Kick(client_id, r)).await.map_err(gone)?;
-            if online {
-                empty()
-            } else {
-                Err(ControlError::new(code::CLIENT_OFFLINE, "client not online"))
-            }
+            found_or(online, code::CLIENT_OFFLINE, "client not online")
         }
         Request::CleanAclCache { client_id, topic } => {
             let online =
                 router.ask(|reply| AdminRequest::CleanAclCache { client_id, topic, reply }).await.map_err(gone)?;
-            if online {
-                empty()
-            } else {
-                Err(ControlError::new(code::CLIENT_OFFLINE, "client not online"))
-            }
+            found_or(online, code::CLIENT_OFFLINE, "client not online")
         }
         Request::Publish { topic, payload, qos: q, retain, client_id } => {
             if !topic::valid_topic_name(&topic) || control::is_control_topic(&topic) {
@@ -165,22 +166,14 @@ async fn execute(ctx: &Arc<Context>, request: Request) -> Result<serde_json::Val
                 .ask(|reply| AdminRequest::Subscribe { client_id, filter: topic, qos, reply })
                 .await
                 .map_err(gone)?;
-            if found {
-                empty()
-            } else {
-                Err(ControlError::new(code::UNKNOWN, "no such client"))
-            }
+            found_or(found, code::UNKNOWN, "no such client")
         }
         Request::Unsubscribe { client_id, topic } => {
             let found = router
                 .ask(|reply| AdminRequest::Unsubscribe { client_id, filter: topic, reply })
                 .await
                 .map_err(gone)?;
-            if found {
-                empty()
-            } else {
-                Err(ControlError::new(code::UNKNOWN, "no such client"))
-            }
+            found_or(found, code::UNKNOWN, "no such client")
         }
         Request::ListPlugins => json(ctx.plugins.list()),
         Request::SetPlugin { name, active } => ctx.plugins.set_active(&name, active).and_then(|_| empty()),

@@ -7,10 +7,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 
-use super::tail;
+use super::{on_any_node, tail};
 use crate::auth::Admin;
 use crate::body::{paging, Body};
-use crate::error::{code, done, ok, ApiError, ApiResult};
+use crate::error::{code, done, ApiError, ApiResult};
 use crate::App;
 
 pub fn routes() -> Vec<Route> {
@@ -79,16 +79,9 @@ async fn client(_admin: Admin, app: &State<App>, uri: &Origin<'_>) -> ApiResult 
     objects(from_all_nodes::<ClientRow>(app, || Request::GetClient { client_id: client_id.clone() }).await?)
 }
 
-/// Runs a command on every node; succeeds if the client was online on any, else 112.
+/// Runs a command on the client's node; 112 if it is online on none.
 async fn on_the_clients_node(app: &App, request: impl Fn() -> Request) -> ApiResult {
-    let mut last = ApiError::new(code::CLIENT_OFFLINE, "client not online");
-    for node in app.link.nodes() {
-        match app.link.request(&node, request()).await {
-            Ok(_) => return ok(),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
+    on_any_node(app, ApiError::new(code::CLIENT_OFFLINE, "client not online"), request).await
 }
 
 #[delete("/clients/<_..>")]

@@ -12,7 +12,10 @@ use rocket::http::uri::Origin;
 use rocket::http::RawStr;
 use rocket::Route;
 
-use crate::error::{code, ApiError};
+use midge_shared::control::Request;
+
+use crate::error::{code, ok, ApiError, ApiResult};
+use crate::App;
 
 pub fn routes() -> Vec<Route> {
     [
@@ -40,4 +43,17 @@ pub fn tail(uri: &Origin<'_>, skip: usize) -> Result<String, ApiError> {
         .percent_decode()
         .map(|s| s.into_owned())
         .map_err(|_| ApiError::new(code::WRONG_TYPE, "path is not UTF-8"))
+}
+
+/// Runs a command on each known node in turn until one succeeds (the client it names is on one of
+/// them); otherwise the last node's error, or `none` when no node is known.
+pub async fn on_any_node(app: &App, none: ApiError, request: impl Fn() -> Request) -> ApiResult {
+    let mut last = none;
+    for node in app.link.nodes() {
+        match app.link.request(&node, request()).await {
+            Ok(_) => return ok(),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
