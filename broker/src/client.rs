@@ -198,6 +198,7 @@ async fn accept(
         writer,
         outbox: outbox_rx,
         last_received: Instant::now(),
+        publishes: Vec::new(),
     };
     // 3.1 has no session-present flag.
     let session_present = present && connect.protocol == Protocol::V311;
@@ -234,6 +235,8 @@ struct ClientConnection {
     writer: PacketWriter,
     outbox: OutboxReceiver,
     last_received: Instant,
+    /// Publishes read in this batch, handed to the router in one request.
+    publishes: Vec<Arc<Message>>,
 }
 
 impl ClientConnection {
@@ -289,6 +292,8 @@ impl ClientConnection {
 
     /// Publishes the will if the exit calls for it, flushes what it can and hands the session back.
     async fn finish(mut self, exit: Exit) {
+        // Publishes read before whatever ended the connection (a DISCONNECT in the same read) still go.
+        let _ = self.flush_publishes().await;
         match &exit {
             Exit::Disconnect | Exit::Shutdown | Exit::TakenOver => {
                 tracing::debug!(client_id = %self.client_id, reason = %exit, "disconnected")
@@ -350,8 +355,20 @@ impl ClientConnection {
             }
             self.handle_packet(packet).await?;
         }
+        self.flush_publishes().await?;
         self.reader.release_if_drained();
         Ok(())
+    }
+
+    /// Hands the publishes gathered so far to the router; called before any other router request,
+    /// so the router sees this client's requests in the order they arrived.
+    async fn flush_publishes(&mut self) -> Result<(), Exit> {
+        let request = match self.publishes.len() {
+            0 => return Ok(()),
+            1 => Request::Publish(self.publishes.pop().expect("one publish")),
+            _ => Request::PublishBatch(std::mem::take(&mut self.publishes)),
+        };
+        self.ctx.router.send(request).await.map_err(|_| Exit::Shutdown)
     }
 
     async fn handle_packet(&mut self, packet: Packet) -> Result<(), Exit> {
@@ -378,6 +395,7 @@ impl ClientConnection {
             }
             Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe).await?,
             Packet::Unsubscribe(unsubscribe) => {
+                self.flush_publishes().await?;
                 let request = Request::Unsubscribe {
                     client_id: self.client_id.clone(),
                     conn_id: self.conn_id,
@@ -440,7 +458,7 @@ impl ClientConnection {
         if route {
             let message =
                 Message { topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain };
-            self.ctx.router.send(Request::Publish(Arc::new(message))).await.map_err(|_| Exit::Shutdown)?;
+            self.publishes.push(Arc::new(message));
         }
         Ok(())
     }
@@ -471,6 +489,7 @@ impl ClientConnection {
     }
 
     async fn handle_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Exit> {
+        self.flush_publishes().await?;
         let filters = subscribe
             .filters
             .into_iter()

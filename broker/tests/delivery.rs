@@ -367,3 +367,21 @@ async fn rumqttc_client_round_trip() {
     assert_eq!(received.qos, RQoS::ExactlyOnce);
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn publishes_and_disconnect_in_one_write_are_all_delivered_in_order() {
+    let broker = start_default().await;
+    let mut sub = Raw::connected(broker.addr, "sub").await;
+    sub.subscribe(1, &[("batch/#", QoS::AtMostOnce)]).await;
+    let mut publisher = Raw::connected(broker.addr, "pub").await;
+    let mut bytes = bytes::BytesMut::new();
+    for n in 0..50u8 {
+        midge_broker::codec::encode(&publish(&format!("batch/{}", n % 3), &[n], QoS::AtMostOnce, 0), &mut bytes);
+    }
+    midge_broker::codec::encode(&Packet::Disconnect, &mut bytes);
+    publisher.send_bytes(&bytes).await;
+    for n in 0..50u8 {
+        assert_eq!(&sub.recv_publish().await.payload[..], &[n]);
+    }
+    broker.stop().await;
+}

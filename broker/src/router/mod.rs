@@ -27,6 +27,11 @@ use crate::topic;
 /// Capacity of the router's inbox. Publishers wait when it is full, which is the broker's backpressure.
 const INBOX_CAPACITY: usize = 16 * 1024;
 
+/// Deliveries waiting for one connection to take them. The router fills an outbox in bursts (a batch
+/// of publishes at a time), so this is larger than a session's queue; past it, messages for that
+/// connection are dropped and counted rather than held.
+const OUTBOX_LIMIT: usize = 8 * 1024;
+
 /// What connections (and the control service) ask of the router.
 #[derive(Debug)]
 pub enum Request {
@@ -37,6 +42,8 @@ pub enum Request {
         reply: oneshot::Sender<ConnectOutcome>,
     },
     Publish(Arc<Message>),
+    /// The publishes one connection read in one go, in order.
+    PublishBatch(Vec<Arc<Message>>),
     /// Filters already validated and ACL-checked by the connection; refused ones carry `None`.
     Subscribe {
         client_id: ClientId,
@@ -196,6 +203,7 @@ impl Router {
         match request {
             Request::Connect { client_id, meta, outbox, reply } => self.connect(client_id, meta, outbox, reply),
             Request::Publish(message) => self.publish(message),
+            Request::PublishBatch(messages) => messages.into_iter().for_each(|m| self.publish(m)),
             Request::Subscribe { client_id, conn_id, pkid, filters } => {
                 self.subscribe(client_id, conn_id, pkid, filters)
             }
@@ -394,7 +402,7 @@ impl Router {
         let sys = delivery.message.is_sys();
         let kept = match &mut client.presence {
             Presence::Online(outbox) => {
-                match outbox.push_bounded(Outbound::Deliver(delivery), self.limits.max_mqueue_len.max(1)) {
+                match outbox.push_bounded(Outbound::Deliver(delivery), OUTBOX_LIMIT.max(self.limits.max_mqueue_len)) {
                     Ok(()) => true,
                     Err(Refused::Full) => {
                         tracing::debug!(client = %client_id, "outbox full, message dropped");
