@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use midge_broker::codec::QoS;
-use scenarios::{find_max, idle, latency, Step, Target};
+use scenarios::{find_max, idle, latency, Load, Step, Target};
 
 #[derive(Parser)]
 #[command(name = "midge-bench")]
@@ -108,6 +108,11 @@ struct Row {
     note: String,
 }
 
+/// Ten publishers on `bench/fanin/{i}`, one subscriber on the wildcard.
+fn fan_in(qos: QoS) -> Load {
+    Load { subscribers: 1, filter: "bench/fanin/+", publishers: 10, prefix: "bench/fanin", qos }
+}
+
 fn rate_of(step: &Option<Step>) -> f64 {
     step.as_ref().map_or(0.0, |s| s.delivered_rate)
 }
@@ -122,28 +127,30 @@ async fn main() -> anyhow::Result<()> {
     let budget = Duration::from_secs(55);
     let mut rows = Vec::new();
 
-    let throughput: [(&str, &str, usize, &str, usize, &str, QoS, f64); 3] = [
-        ("fanin0", "fan-in QoS 0 (10 → 1, wildcard)", 1, "bench/fanin/+", 10, "bench/fanin", QoS::AtMostOnce, 40_000.0),
+    let throughput = [
+        ("fanin0", "fan-in QoS 0 (10 → 1, wildcard)", fan_in(QoS::AtMostOnce), 40_000.0),
+        ("fanin1", "fan-in QoS 1 (10 → 1, wildcard)", fan_in(QoS::AtLeastOnce), 10_000.0),
         (
-            "fanin1",
-            "fan-in QoS 1 (10 → 1, wildcard)",
-            1,
-            "bench/fanin/+",
-            10,
-            "bench/fanin",
-            QoS::AtLeastOnce,
-            10_000.0,
+            "fanout0",
+            "fan-out QoS 0 (1 → 100)",
+            Load {
+                subscribers: 100,
+                filter: "bench/fanout/+",
+                publishers: 1,
+                prefix: "bench/fanout",
+                qos: QoS::AtMostOnce,
+            },
+            300.0,
         ),
-        ("fanout0", "fan-out QoS 0 (1 → 100)", 100, "bench/fanout/+", 1, "bench/fanout", QoS::AtMostOnce, 300.0),
     ];
-    for (key, name, subs, filter, pubs, prefix, qos, start) in throughput {
+    for (key, name, load, start) in throughput {
         if !wanted(key) {
             continue;
         }
         let mut results = Vec::new();
         for broker in brokers {
             eprintln!("{name} on {}", broker.name);
-            results.push(find_max(&broker.target(), subs, filter, pubs, prefix, qos, start, budget).await?);
+            results.push(find_max(&broker.target(), load, start, budget).await?);
         }
         let note = results
             .iter()

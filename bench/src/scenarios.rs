@@ -137,16 +137,19 @@ async fn publish_loop(conns: Vec<(Conn, String)>, rate_each: f64, qos: QoS, epoc
     }
 }
 
-/// One step: `subscribers` on `filter`, `publishers` on topics `{prefix}/{i}`, `rate` messages/s in all.
-async fn step(
-    target: &Target,
-    subscribers: usize,
-    filter: &str,
-    publishers: usize,
-    prefix: &str,
-    rate: f64,
-    qos: QoS,
-) -> anyhow::Result<Step> {
+/// The shape of a throughput scenario: `subscribers` on `filter`, `publishers` on `{prefix}/{i}`.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub subscribers: usize,
+    pub filter: &'static str,
+    pub publishers: usize,
+    pub prefix: &'static str,
+    pub qos: QoS,
+}
+
+/// One step of `load` at `rate` messages/s in all.
+async fn step(target: &Target, load: Load, rate: f64) -> anyhow::Result<Step> {
+    let Load { subscribers, filter, publishers, prefix, qos } = load;
     let epoch = Instant::now();
     let mut subs = Vec::new();
     for i in 0..subscribers {
@@ -188,22 +191,13 @@ async fn step(
 
 /// Steps the rate up by half each time from `start`, then tries once between the last pass and the
 /// first failure. Stops after `budget`. Returns the best passing step, if any.
-pub async fn find_max(
-    target: &Target,
-    subscribers: usize,
-    filter: &str,
-    publishers: usize,
-    prefix: &str,
-    qos: QoS,
-    start: f64,
-    budget: Duration,
-) -> anyhow::Result<Option<Step>> {
+pub async fn find_max(target: &Target, load: Load, start: f64, budget: Duration) -> anyhow::Result<Option<Step>> {
     let began = Instant::now();
     let mut rate = start;
     let mut best: Option<Step> = None;
     let mut failed_at = None;
     while began.elapsed() + STEP_TIME * 2 < budget {
-        let result = step(target, subscribers, filter, publishers, prefix, rate, qos).await?;
+        let result = step(target, load, rate).await?;
         eprintln!(
             "    offered {:>9.0}/s  delivered {:>10.0}/s ({:>5.1}%)  p50 {:>6} µs  p99 {:>7} µs  generator {:.2} cores  broker {:.2} cores",
             result.offered,
@@ -235,7 +229,8 @@ pub async fn find_max(
 
 /// Fixed low rate, one publisher and one subscriber: latency percentiles.
 pub async fn latency(target: &Target, qos: QoS, rate: f64) -> anyhow::Result<Step> {
-    step(target, 1, "bench/latency/+", 1, "bench/latency", rate, qos).await
+    let load = Load { subscribers: 1, filter: "bench/latency/+", publishers: 1, prefix: "bench/latency", qos };
+    step(target, load, rate).await
 }
 
 pub struct Idle {

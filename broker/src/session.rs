@@ -46,6 +46,7 @@ pub struct Delivery {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // "awaiting X" is what each state is.
 enum InflightState {
     /// QoS 1 PUBLISH sent, waiting for PUBACK.
     AwaitAck,

@@ -212,7 +212,7 @@ async fn retained_messages() {
 
     let mut sub = Raw::connected(broker.addr, "sub").await;
     sub.subscribe(1, &[("r/+", QoS::AtLeastOnce)]).await;
-    let mut got = vec![sub.recv_publish().await, sub.recv_publish().await];
+    let mut got = [sub.recv_publish().await, sub.recv_publish().await];
     got.sort_by(|a, b| a.topic.cmp(&b.topic));
     assert!(got.iter().all(|p| p.retain));
     assert_eq!(&got[0].payload[..], b"second", "a retained message is replaced");

@@ -203,7 +203,7 @@ impl Link {
 fn seconds(uptime: &str) -> u64 {
     let mut total = 0;
     let mut number = 0;
-    for word in uptime.split(|c: char| c == ' ' || c == ',').filter(|w| !w.is_empty()) {
+    for word in uptime.split([' ', ',']).filter(|w| !w.is_empty()) {
         match word {
             "days" => total += number * 86_400,
             "hours" => total += number * 3600,

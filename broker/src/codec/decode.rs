@@ -222,6 +222,5 @@ fn utf8_bytes(body: &mut Bytes) -> Result<Bytes, DecodeError> {
 
 fn string(body: &mut Bytes) -> Result<String, DecodeError> {
     let bytes = utf8_bytes(body)?;
-    // Checked just above.
-    Ok(String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::InvalidUtf8)?)
+    String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::InvalidUtf8)
 }
