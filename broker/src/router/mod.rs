@@ -329,7 +329,7 @@ impl Router {
             self.resume(client_id, session, pending.meta, pending.reply);
             return;
         }
-        self.online -= 1;
+        self.online = self.online.saturating_sub(1);
         if session.clean_session {
             self.drop_subscriptions(&client_id);
             self.clients.remove(&client_id);
@@ -342,7 +342,7 @@ impl Router {
         let Some(client) = self.clients.get_mut(client_id) else { return };
         let filters = std::mem::take(&mut client.filters);
         if !filters.is_empty() {
-            self.subscribers -= 1;
+            self.subscribers = self.subscribers.saturating_sub(1);
         }
         for filter in filters.into_keys() {
             self.remove_subscription(&filter, client_id);
@@ -454,7 +454,7 @@ impl Router {
         let had_any = !client.filters.is_empty();
         let removed: Vec<&String> = filters.iter().filter(|f| client.filters.remove(*f).is_some()).collect();
         if had_any && client.filters.is_empty() {
-            self.subscribers -= 1;
+            self.subscribers = self.subscribers.saturating_sub(1);
         }
         for filter in &removed {
             self.remove_subscription(filter, client_id);
