@@ -1,10 +1,9 @@
 //! Hot configuration: read from the nodes, changed on them and stored so it survives restarts.
 
-use std::collections::BTreeMap;
-
 use midge_shared::control::{ConfigRow, Request};
 use rocket::{get, put, routes, Route, State};
 
+use super::per_node;
 use crate::auth::Admin;
 use crate::body::Body;
 use crate::db;
@@ -17,12 +16,7 @@ pub fn routes() -> Vec<Route> {
 
 #[get("/configs")]
 async fn all(_admin: Admin, app: &State<App>) -> ApiResult {
-    let mut out = BTreeMap::new();
-    for node in app.link.nodes() {
-        let rows: Vec<ConfigRow> = app.link.ask(&node, Request::ListConfigs).await?;
-        out.insert(node, rows);
-    }
-    done(out)
+    done(per_node::<Vec<ConfigRow>>(app, || Request::ListConfigs).await?)
 }
 
 #[get("/nodes/<node>/configs")]

@@ -12,7 +12,10 @@ use rocket::http::uri::Origin;
 use rocket::http::RawStr;
 use rocket::Route;
 
+use std::collections::BTreeMap;
+
 use midge_shared::control::Request;
+use serde::de::DeserializeOwned;
 
 use crate::error::{code, ok, ApiError, ApiResult};
 use crate::App;
@@ -56,4 +59,17 @@ pub async fn on_any_node(app: &App, none: ApiError, request: impl Fn() -> Reques
         }
     }
     Err(last)
+}
+
+/// Asks every known node the same thing; the answers by node name, in name order.
+pub async fn per_node<T: DeserializeOwned>(
+    app: &App,
+    request: impl Fn() -> Request,
+) -> Result<BTreeMap<String, T>, ApiError> {
+    let mut answers = BTreeMap::new();
+    for node in app.link.nodes() {
+        let answer = app.link.ask(&node, request()).await?;
+        answers.insert(node, answer);
+    }
+    Ok(answers)
 }

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use midge_shared::control::{ListenerRow, Request};
 use rocket::{get, routes, Route, State};
-use serde_json::{Map, Value};
 
+use super::per_node;
 use crate::auth::Admin;
 use crate::error::{done, ApiResult};
 use crate::App;
@@ -18,12 +18,7 @@ type Figures = BTreeMap<String, u64>;
 
 #[get("/monitoring/listeners")]
 async fn listeners(_admin: Admin, app: &State<App>) -> ApiResult {
-    let mut out = BTreeMap::new();
-    for node in app.link.nodes() {
-        let rows: Vec<ListenerRow> = app.link.ask(&node, Request::ListListeners).await?;
-        out.insert(node, rows);
-    }
-    done(out)
+    done(per_node::<Vec<ListenerRow>>(app, || Request::ListListeners).await?)
 }
 
 #[get("/monitoring/listeners/<node>")]
@@ -35,8 +30,7 @@ async fn node_listeners(_admin: Admin, app: &State<App>, node: &str) -> ApiResul
 #[get("/monitoring/metrics")]
 async fn metrics(_admin: Admin, app: &State<App>) -> ApiResult {
     let mut sum = Figures::new();
-    for node in app.link.nodes() {
-        let figures: Figures = app.link.ask(&node, Request::Metrics).await?;
+    for figures in per_node::<Figures>(app, || Request::Metrics).await?.into_values() {
         for (key, value) in figures {
             *sum.entry(key).or_default() += value;
         }
@@ -52,14 +46,8 @@ async fn node_metrics(_admin: Admin, app: &State<App>, node: &str) -> ApiResult 
 /// `[{node: {stat: value}}]`, one object per node.
 #[get("/monitoring/stats")]
 async fn stats(_admin: Admin, app: &State<App>) -> ApiResult {
-    let mut out = Vec::new();
-    for node in app.link.nodes() {
-        let figures: Figures = app.link.ask(&node, Request::Stats).await?;
-        let mut entry = Map::new();
-        entry.insert(node, serde_json::to_value(figures).unwrap_or(Value::Null));
-        out.push(Value::Object(entry));
-    }
-    done(out)
+    let by_node = per_node::<Figures>(app, || Request::Stats).await?;
+    done(by_node.into_iter().map(|(node, figures)| BTreeMap::from([(node, figures)])).collect::<Vec<_>>())
 }
 
 #[get("/monitoring/stats/<node>")]

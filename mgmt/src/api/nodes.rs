@@ -4,6 +4,7 @@ use midge_shared::control::{NodeInfo, Request};
 use rocket::{get, routes, Route, State};
 use serde::Serialize;
 
+use super::per_node;
 use crate::auth::Admin;
 use crate::error::{done, ApiResult};
 use crate::App;
@@ -74,11 +75,7 @@ impl From<NodeInfo> for MonitoringNode {
 }
 
 async fn infos(app: &App) -> Result<Vec<NodeInfo>, crate::error::ApiError> {
-    let mut infos = Vec::new();
-    for node in app.link.nodes() {
-        infos.push(app.link.ask(&node, Request::NodeInfo).await?);
-    }
-    Ok(infos)
+    Ok(per_node::<NodeInfo>(app, || Request::NodeInfo).await?.into_values().collect())
 }
 
 #[get("/management/nodes")]
