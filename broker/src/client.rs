@@ -164,6 +164,13 @@ async fn accept(
             return None;
         }
     };
+    if connect.will.as_ref().is_some_and(|will| broker_owned(&will.topic)) {
+        // A will is published when the broker drops the client; it must not be a way into $SYS or
+        // the control channel.
+        tracing::warn!(%peer, client_id = %connect.client_id, "will on a broker-owned topic refused");
+        refuse(ctx, &mut writer, ConnectReturnCode::NotAuthorized).await;
+        return None;
+    }
 
     let client_id: ClientId = Arc::from(connect.client_id.as_str());
     let conn_id = ctx.next_conn_id();
@@ -430,8 +437,8 @@ impl ClientConnection {
         if !topic::valid_topic_name(topic) {
             return Err(Exit::ProtocolViolation("invalid topic name in PUBLISH"));
         }
-        if ctl::is_control_topic(topic) {
-            return self.handle_control_publish(publish).await;
+        if broker_owned(topic) {
+            return self.handle_reserved_publish(publish).await;
         }
         let allowed = self.check_publish(topic) == Decision::Allow;
         if !allowed {
@@ -463,9 +470,10 @@ impl ClientConnection {
         Ok(())
     }
 
-    /// Control topics are the management principal's alone. Its requests to this node go to the control
-    /// service; anyone else's publishes there are acknowledged (so the client cannot tell) and dropped.
-    async fn handle_control_publish(&mut self, publish: Publish) -> Result<(), Exit> {
+    /// Broker-owned topics: `$SYS` is written by the broker alone, and the control topics are the
+    /// management principal's. Its requests to this node go to the control service; every other publish
+    /// there is acknowledged (so the client cannot tell), dropped and counted.
+    async fn handle_reserved_publish(&mut self, publish: Publish) -> Result<(), Exit> {
         match publish.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.send(&Packet::Puback(publish.pkid)),
@@ -476,9 +484,13 @@ impl ClientConnection {
                 }
             }
         }
-        if self.principal != Principal::Management {
-            tracing::warn!(client_id = %self.client_id, "publish to a control topic refused");
-            self.ctx.metrics.inc(Metric::MessagesDropped);
+        let topic = publish.topic_str();
+        if self.principal != Principal::Management || !ctl::is_control_topic(topic) {
+            tracing::warn!(client_id = %self.client_id, topic, "publish to a broker-owned topic refused");
+            // `$SYS` traffic counts in no metric, a refused one included.
+            if ctl::is_control_topic(topic) {
+                self.ctx.metrics.inc(Metric::MessagesDropped);
+            }
             return Ok(());
         }
         if ctl::request_node(publish.topic_str()) == Some(self.ctx.config.node.as_str()) {
@@ -591,4 +603,9 @@ mod size_tests {
         assert!(std::mem::size_of_val(&task) <= 1536, "serve future is {} bytes", std::mem::size_of_val(&task));
         assert!(std::mem::size_of::<crate::router::Outbound>() <= 24);
     }
+}
+
+/// Topics only the broker (`$SYS`) or the management principal (control topics) may publish to.
+fn broker_owned(topic: &str) -> bool {
+    ctl::is_control_topic(topic) || topic.starts_with("$SYS/") || topic == "$SYS"
 }

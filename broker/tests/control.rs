@@ -436,3 +436,44 @@ async fn hot_config_takes_effect_at_once() {
     assert_eq!((value("mqtt.cache_acl"), value("log.console.level")), ("false".into(), "debug".into()));
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn clients_cannot_write_to_sys_or_control_topics_by_publish_or_will() {
+    let broker = start(mgmt_config()).await;
+    let mut mgmt = Mgmt::connect(broker.addr, NODE).await;
+    let mut watcher = Raw::connected(broker.addr, "watcher").await;
+    watcher.subscribe(1, &[("$SYS/brokers/+/version", QoS::AtMostOnce)]).await;
+    // The retained version of this node arrives first.
+    assert_eq!(&watcher.recv_publish().await.topic[..], format!("$SYS/brokers/{NODE}/version").as_bytes());
+
+    // A spoofed node in $SYS goes nowhere.
+    let mut spoofer = Raw::connected(broker.addr, "spoofer").await;
+    spoofer.send(&retained("$SYS/brokers/evil@nowhere/version", b"6.6.6", QoS::AtLeastOnce, 3)).await;
+    assert_eq!(spoofer.recv().await, Some(Packet::Puback(3)));
+    watcher.expect_silence(Duration::from_millis(300)).await;
+    let mut late = Raw::connected(broker.addr, "late").await;
+    late.subscribe(1, &[("$SYS/brokers/evil@nowhere/#", QoS::AtMostOnce)]).await;
+    late.expect_silence(Duration::from_millis(300)).await;
+
+    // Wills on broker-owned topics are refused at CONNECT.
+    for topic in [reply_topic("mgmt-test"), format!("$SYS/brokers/{NODE}/version")] {
+        let mut c = connect_packet("willful", true);
+        c.will = Some(LastWill {
+            topic: topic.clone(),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+        });
+        let mut raw = Raw::open(broker.addr).await;
+        raw.send(&Packet::Connect(c)).await;
+        assert_eq!(
+            raw.recv().await,
+            Some(Packet::Connack(Connack { session_present: false, code: ConnectReturnCode::NotAuthorized })),
+            "{topic}"
+        );
+    }
+    // The management client is undisturbed.
+    let info: NodeInfo = mgmt.ok(Request::NodeInfo).await;
+    assert_eq!(info.name, NODE);
+    broker.stop().await;
+}
