@@ -74,6 +74,7 @@ fn matching_benches(c: &mut Criterion) {
 
 fn fanout_benches(c: &mut Criterion) {
     let limits = SessionLimits {
+        expiry: None,
         max_inflight: 32,
         max_mqueue_len: 1000,
         mqueue_store_qos0: true,

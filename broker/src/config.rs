@@ -29,6 +29,7 @@ pub struct Config {
     pub max_clientid_len: usize,
     pub max_connections: usize,
     pub connect_timeout: u64,
+    pub session_expiry_interval: u64,
     pub max_inflight: usize,
     pub max_mqueue_len: usize,
     pub mqueue_store_qos0: bool,
@@ -57,6 +58,7 @@ impl Default for Config {
             max_clientid_len: 1024,
             max_connections: 100_000,
             connect_timeout: 10,
+            session_expiry_interval: 7200,
             max_inflight: 32,
             max_mqueue_len: 1000,
             mqueue_store_qos0: true,
@@ -73,6 +75,7 @@ impl Default for Config {
 impl Config {
     pub fn session_limits(&self) -> SessionLimits {
         SessionLimits {
+            expiry: (self.session_expiry_interval > 0).then(|| Duration::from_secs(self.session_expiry_interval)),
             max_inflight: self.max_inflight,
             max_mqueue_len: self.max_mqueue_len,
             mqueue_store_qos0: self.mqueue_store_qos0,
@@ -206,6 +209,11 @@ struct Cli {
     #[arg(long, env = "MIDGE_CONNECT_TIMEOUT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     connect_timeout: Option<u64>,
+
+    /// Seconds an offline persistent session (clean session 0) is kept; 0 keeps it forever [default: 7200].
+    #[arg(long, env = "MIDGE_SESSION_EXPIRY_INTERVAL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_expiry_interval: Option<u64>,
 
     /// QoS 1/2 messages in flight to one client before the rest queue [default: 32].
     #[arg(long, env = "MIDGE_MAX_INFLIGHT")]

@@ -66,6 +66,8 @@ struct Inflight {
 /// Limits that shape a session, from the broker's configuration.
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
+    /// How long an offline persistent session is kept; `None` keeps it until the broker stops.
+    pub expiry: Option<Duration>,
     pub max_inflight: usize,
     pub max_mqueue_len: usize,
     pub mqueue_store_qos0: bool,
@@ -354,6 +356,7 @@ mod tests {
 
     fn limits(max_inflight: usize, max_mqueue_len: usize) -> SessionLimits {
         SessionLimits {
+            expiry: None,
             max_inflight,
             max_mqueue_len,
             mqueue_store_qos0: true,

@@ -385,3 +385,24 @@ async fn publishes_and_disconnect_in_one_write_are_all_delivered_in_order() {
     }
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn offline_sessions_expire_after_the_expiry_interval() {
+    let broker = start(Config { session_expiry_interval: 1, ..config() }).await;
+    let (mut sub, _) = Raw::connect(broker.addr, connect_packet("short-lived", false)).await;
+    sub.subscribe(1, &[("expiry/#", QoS::AtLeastOnce)]).await;
+    sub.disconnect().await;
+    // Within the interval the session is still there...
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (sub, present) = Raw::connect(broker.addr, connect_packet("short-lived", false)).await;
+    assert!(present);
+    sub.disconnect().await;
+    // ...after it, it is gone, subscriptions and all.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (mut sub, present) = Raw::connect(broker.addr, connect_packet("short-lived", false)).await;
+    assert!(!present);
+    let mut publisher = Raw::connected(broker.addr, "pub").await;
+    publisher.send(&publish("expiry/x", b"nobody", QoS::AtMostOnce, 0)).await;
+    sub.expect_silence(Duration::from_millis(300)).await;
+    broker.stop().await;
+}

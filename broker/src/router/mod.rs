@@ -10,6 +10,7 @@ mod outbox;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Local};
 use tokio::sync::{mpsc, oneshot};
@@ -128,7 +129,8 @@ pub struct RouterGone;
 
 enum Presence {
     Online(Outbox),
-    Offline(Box<Session>),
+    /// Kept since the given moment, until the session expiry interval has passed.
+    Offline(Box<Session>, std::time::Instant),
 }
 
 struct PendingConnect {
@@ -193,10 +195,42 @@ impl Router {
 
     /// Runs until every handle is dropped.
     pub async fn run(mut self) {
-        while let Some(request) = self.inbox.recv().await {
-            self.handle(request);
+        // Expired sessions are swept a few times per expiry interval.
+        let sweep_every = self
+            .limits
+            .expiry
+            .map_or(Duration::from_secs(3600), |e| (e / 4).clamp(Duration::from_millis(100), Duration::from_secs(60)));
+        let mut sweep = tokio::time::interval(sweep_every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                request = self.inbox.recv() => match request {
+                    Some(request) => self.handle(request),
+                    None => break,
+                },
+                _ = sweep.tick() => {
+                    self.expire_sessions();
+                    self.update_stats();
+                }
+            }
         }
         tracing::debug!("router stopped");
+    }
+
+    /// Drops offline sessions kept longer than the expiry interval, with their subscriptions.
+    fn expire_sessions(&mut self) {
+        let Some(expiry) = self.limits.expiry else { return };
+        let expired: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| matches!(c.presence, Presence::Offline(_, since) if since.elapsed() >= expiry))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for client_id in expired {
+            tracing::debug!(client = %client_id, "offline session expired");
+            self.drop_subscriptions(&client_id);
+            self.clients.remove(&client_id);
+        }
     }
 
     fn handle(&mut self, request: Request) {
@@ -275,8 +309,8 @@ impl Router {
                     let _ = superseded.reply.send(ConnectOutcome::Superseded);
                 }
             }
-            Presence::Offline(_) => {
-                let Presence::Offline(session) = std::mem::replace(&mut client.presence, Presence::Online(outbox))
+            Presence::Offline(..) => {
+                let Presence::Offline(session, _) = std::mem::replace(&mut client.presence, Presence::Online(outbox))
                 else {
                     unreachable!("matched Offline above")
                 };
@@ -334,7 +368,7 @@ impl Router {
             self.drop_subscriptions(&client_id);
             self.clients.remove(&client_id);
         } else {
-            client.presence = Presence::Offline(session);
+            client.presence = Presence::Offline(session, std::time::Instant::now());
         }
     }
 
@@ -412,7 +446,7 @@ impl Router {
                     Err(Refused::Gone) => false,
                 }
             }
-            Presence::Offline(session) => session.enqueue_offline(delivery),
+            Presence::Offline(session, _) => session.enqueue_offline(delivery),
         };
         if !kept && !sys {
             self.shared.metrics.inc(Metric::MessagesDropped);
