@@ -71,7 +71,12 @@ fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
 fn start_midge(binary: &PathBuf) -> anyhow::Result<Broker> {
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let child = Command::new(binary)
+    let mut command = Command::new(binary);
+    // MIDGE_BENCH_WORKERS sets the broker's worker threads without touching the generator's.
+    if let Ok(workers) = std::env::var("MIDGE_BENCH_WORKERS") {
+        command.env("TOKIO_WORKER_THREADS", workers);
+    }
+    let child = command
         .args(["--listen", &addr.to_string(), "--log-level", "warn"])
         .stdout(Stdio::null())
         .spawn()
