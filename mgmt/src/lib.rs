@@ -8,6 +8,7 @@ pub mod api;
 mod auth;
 mod body;
 pub mod config;
+mod credentials;
 pub mod db;
 mod error;
 pub mod link;
@@ -20,4 +21,5 @@ use std::sync::Arc;
 pub struct App {
     pub db: db::Db,
     pub link: Arc<link::Link>,
+    verified: credentials::VerifiedCredentials,
 }

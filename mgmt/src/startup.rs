@@ -26,7 +26,7 @@ pub async fn build(config: Config) -> anyhow::Result<Rocket<Build>> {
         .merge(("cli_colors", false))
         .merge(("limits.string", 1024 * 1024));
     Ok(rocket::custom(figment)
-        .manage(App { db, link })
+        .manage(App { db, link, verified: Default::default() })
         .mount("/api/v2", api::routes())
         .mount("/", routes![api::status])
         .register("/", catchers![auth::unauthorized, auth::not_found])

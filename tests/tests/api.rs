@@ -397,7 +397,11 @@ async fn users() {
     assert_eq!(api.as_user("test_user", "newpassword").get("users").await.as_array().unwrap().len(), 2);
 
     assert_eq!(api.code(Method::DELETE, "users/admin", None).await, 106);
+    let renamed = api.as_user("test_user", "newpassword");
+    assert_eq!(renamed.get("users").await.as_array().unwrap().len(), 2);
     assert_eq!(api.ok(Method::DELETE, "users/test_user", None).await, json!([]));
+    let (status, _) = renamed.send(Method::GET, "users", None, true).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a deleted user is locked out at once");
     assert_eq!(api.code(Method::DELETE, "users/test_user", None).await, 105);
 }
 

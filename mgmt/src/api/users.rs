@@ -80,6 +80,7 @@ async fn remove(_admin: Admin, app: &State<App>, username: &str) -> ApiResult {
     if !db::delete_user(&app.db, username).await? {
         return Err(no_such_user());
     }
+    app.verified.forget(username);
     tracing::info!(%username, "admin user deleted");
     ok()
 }
@@ -111,5 +112,6 @@ async fn change_password(_admin: Admin, app: &State<App>, username: &str, body: 
     if !db::set_password(&app.db, username, &hash).await? {
         return Err(no_such_user());
     }
+    app.verified.forget(username);
     ok()
 }
