@@ -588,6 +588,11 @@ impl ClientConnection {
     }
 }
 
+/// Topics only the broker (`$SYS`) or the management principal (control topics) may publish to.
+fn broker_owned(topic: &str) -> bool {
+    ctl::is_control_topic(topic) || topic.starts_with("$SYS/") || topic == "$SYS"
+}
+
 #[cfg(test)]
 mod size_tests {
     /// An idle connection's memory is mostly its task's future and its outbox; these bounds keep the
@@ -603,9 +608,4 @@ mod size_tests {
         assert!(std::mem::size_of_val(&task) <= 1536, "serve future is {} bytes", std::mem::size_of_val(&task));
         assert!(std::mem::size_of::<crate::router::Outbound>() <= 24);
     }
-}
-
-/// Topics only the broker (`$SYS`) or the management principal (control topics) may publish to.
-fn broker_owned(topic: &str) -> bool {
-    ctl::is_control_topic(topic) || topic.starts_with("$SYS/") || topic == "$SYS"
 }
