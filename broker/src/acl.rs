@@ -177,11 +177,15 @@ impl AclCache {
         AclCache { entries: Vec::new(), max_size, ttl }
     }
 
+    /// The cached decision for `topic`, unless it has outlived the TTL (then it is dropped). Only the
+    /// entry looked up is checked: this runs for every publish.
     pub fn get(&mut self, topic: &str) -> Option<Decision> {
-        let now = std::time::Instant::now();
-        let ttl = self.ttl;
-        self.entries.retain(|(_, _, at)| now.duration_since(*at) < ttl);
-        self.entries.iter().find(|(t, _, _)| t == topic).map(|(_, d, _)| *d)
+        let i = self.entries.iter().position(|(t, _, _)| t == topic)?;
+        if self.entries[i].2.elapsed() < self.ttl {
+            return Some(self.entries[i].1);
+        }
+        self.entries.remove(i);
+        None
     }
 
     pub fn put(&mut self, topic: &str, decision: Decision) {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use helpers::*;
 use midge_broker::codec::*;
 
-async fn connack_code(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<Packet> {
+async fn reply_to_bytes(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<Packet> {
     let mut raw = Raw::open(addr).await;
     raw.send_bytes(bytes).await;
     raw.recv().await
@@ -28,7 +28,7 @@ async fn unknown_protocol_name_or_level_gets_connack_1() {
         &b"\x10\x0e\x00\x06MQIsdp\x04\x02\x00\x3c\x00\x00"[..],
         &b"\x10\x0c\x00\x04MQTX\x04\x02\x00\x3c\x00\x00"[..],
     ] {
-        assert_eq!(connack_code(broker.addr, bytes).await, refused(ConnectReturnCode::UnacceptableProtocol));
+        assert_eq!(reply_to_bytes(broker.addr, bytes).await, refused(ConnectReturnCode::UnacceptableProtocol));
     }
     broker.stop().await;
 }
@@ -36,7 +36,7 @@ async fn unknown_protocol_name_or_level_gets_connack_1() {
 #[tokio::test]
 async fn mqtt_31_is_accepted() {
     let broker = start_default().await;
-    let reply = connack_code(broker.addr, b"\x10\x12\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x04abcd").await;
+    let reply = reply_to_bytes(broker.addr, b"\x10\x12\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x04abcd").await;
     assert_eq!(reply, Some(Packet::Connack(Connack { session_present: false, code: ConnectReturnCode::Accepted })));
     broker.stop().await;
 }
@@ -239,35 +239,29 @@ mod auth {
         Packet::Connect(c)
     }
 
-    async fn code_for(addr: std::net::SocketAddr, packet: Packet) -> ConnectReturnCode {
-        let mut raw = Raw::open(addr).await;
-        raw.send(&packet).await;
-        match raw.recv().await {
-            Some(Packet::Connack(c)) => c.code,
-            other => panic!("{other:?}"),
-        }
-    }
-
     #[tokio::test]
     async fn users_file_and_anonymous() {
         let dir = tempdir();
         let broker = start(Config { users_file: Some(users_file(&dir)), allow_anonymous: false, ..config() }).await;
         use ConnectReturnCode::*;
-        assert_eq!(code_for(broker.addr, with_credentials(Some("alice"), Some(b"s3cret"))).await, Accepted);
-        assert_eq!(code_for(broker.addr, with_credentials(Some("bin"), Some(&[0xff, 0, 0x80]))).await, Accepted);
-        assert_eq!(code_for(broker.addr, with_credentials(Some("alice"), Some(b"wrong"))).await, BadUsernameOrPassword);
-        assert_eq!(code_for(broker.addr, with_credentials(Some("alice"), None)).await, BadUsernameOrPassword);
+        assert_eq!(connack_code(broker.addr, with_credentials(Some("alice"), Some(b"s3cret"))).await, Accepted);
+        assert_eq!(connack_code(broker.addr, with_credentials(Some("bin"), Some(&[0xff, 0, 0x80]))).await, Accepted);
         assert_eq!(
-            code_for(broker.addr, with_credentials(Some("mallory"), Some(b"s3cret"))).await,
+            connack_code(broker.addr, with_credentials(Some("alice"), Some(b"wrong"))).await,
             BadUsernameOrPassword
         );
-        assert_eq!(code_for(broker.addr, with_credentials(None, None)).await, NotAuthorized);
+        assert_eq!(connack_code(broker.addr, with_credentials(Some("alice"), None)).await, BadUsernameOrPassword);
+        assert_eq!(
+            connack_code(broker.addr, with_credentials(Some("mallory"), Some(b"s3cret"))).await,
+            BadUsernameOrPassword
+        );
+        assert_eq!(connack_code(broker.addr, with_credentials(None, None)).await, NotAuthorized);
         broker.stop().await;
 
         let open = start(Config { users_file: Some(users_file(&dir)), ..config() }).await;
-        assert_eq!(code_for(open.addr, with_credentials(None, None)).await, Accepted);
+        assert_eq!(connack_code(open.addr, with_credentials(None, None)).await, Accepted);
         assert_eq!(
-            code_for(open.addr, with_credentials(Some("alice"), Some(b"wrong"))).await,
+            connack_code(open.addr, with_credentials(Some("alice"), Some(b"wrong"))).await,
             BadUsernameOrPassword,
             "a presented username is always checked"
         );

@@ -340,19 +340,11 @@ async fn auth_plugins_take_their_users_from_plugin_config() {
         c.password = Some(Bytes::copy_from_slice(password.as_bytes()));
         Packet::Connect(c)
     };
-    let code = |addr, packet| async move {
-        let mut raw = Raw::open(addr).await;
-        raw.send(&packet).await;
-        match raw.recv().await {
-            Some(Packet::Connack(c)) => c.code,
-            other => panic!("{other:?}"),
-        }
-    };
     // Inactive plugin: alice is unknown, and anonymous is off.
-    assert_eq!(code(broker.addr, login("alice", "s3cret")).await, ConnectReturnCode::NotAuthorized);
+    assert_eq!(connack_code(broker.addr, login("alice", "s3cret")).await, ConnectReturnCode::NotAuthorized);
     let _: serde_json::Value = mgmt.ok(Request::SetPlugin { name: "emq_auth_username".into(), active: true }).await;
-    assert_eq!(code(broker.addr, login("alice", "s3cret")).await, ConnectReturnCode::Accepted);
-    assert_eq!(code(broker.addr, login("alice", "nope")).await, ConnectReturnCode::BadUsernameOrPassword);
+    assert_eq!(connack_code(broker.addr, login("alice", "s3cret")).await, ConnectReturnCode::Accepted);
+    assert_eq!(connack_code(broker.addr, login("alice", "nope")).await, ConnectReturnCode::BadUsernameOrPassword);
 
     let values = BTreeMap::from([
         ("auth.client.1.clientid".to_string(), "device-7".to_string()),
@@ -367,13 +359,13 @@ async fn auth_plugins_take_their_users_from_plugin_config() {
         Packet::Connect(c)
     };
     // The client id source knows device-7, so it decides, whatever the username.
-    assert_eq!(code(broker.addr, device()).await, ConnectReturnCode::Accepted);
+    assert_eq!(connack_code(broker.addr, device()).await, ConnectReturnCode::Accepted);
     // A username no source knows is refused while emq_auth_username is active...
-    assert_eq!(code(broker.addr, login("mallory", "x")).await, ConnectReturnCode::BadUsernameOrPassword);
+    assert_eq!(connack_code(broker.addr, login("mallory", "x")).await, ConnectReturnCode::BadUsernameOrPassword);
     // ...and falls to allow_anonymous once no username source is left.
     let _: serde_json::Value = mgmt.ok(Request::SetPlugin { name: "emq_auth_username".into(), active: false }).await;
-    assert_eq!(code(broker.addr, login("mallory", "x")).await, ConnectReturnCode::NotAuthorized);
-    assert_eq!(code(broker.addr, device()).await, ConnectReturnCode::Accepted);
+    assert_eq!(connack_code(broker.addr, login("mallory", "x")).await, ConnectReturnCode::NotAuthorized);
+    assert_eq!(connack_code(broker.addr, device()).await, ConnectReturnCode::Accepted);
     broker.stop().await;
 }
 

@@ -62,6 +62,16 @@ pub fn connect_packet(client_id: &str, clean_session: bool) -> Connect {
     }
 }
 
+/// Sends `connect` on a new connection and returns the CONNACK's return code.
+pub async fn connack_code(addr: SocketAddr, connect: Packet) -> ConnectReturnCode {
+    let mut raw = Raw::open(addr).await;
+    raw.send(&connect).await;
+    match raw.recv().await {
+        Some(Packet::Connack(c)) => c.code,
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
 pub fn publish(topic: &str, payload: &[u8], qos: QoS, pkid: u16) -> Packet {
     Packet::Publish(Publish {
         dup: false,
