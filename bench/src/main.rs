@@ -1,6 +1,7 @@
 //! `midge-bench all`: starts Mosquitto and Midge on free loopback ports, runs every scenario against
 //! both, stops both, and prints one table. See BENCHMARKS.md for what the numbers mean.
 
+mod latency;
 mod mqtt;
 mod proc;
 mod scenarios;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use midge_broker::codec::QoS;
-use scenarios::{find_max, idle, latency, Load, Step, Target};
+use scenarios::{find_max, idle, Load, Step, Target};
 
 #[derive(Parser)]
 #[command(name = "midge-bench")]
@@ -27,6 +28,9 @@ struct Cli {
     /// Idle connections to open.
     #[arg(long, default_value_t = 10_000)]
     idle_connections: usize,
+    /// Alternating rounds of the latency scenario (one second each, per broker and QoS).
+    #[arg(long, default_value_t = 10)]
+    latency_rounds: usize,
     /// Only these scenarios (fanin0, fanin1, fanout0, latency, idle, overload); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -180,21 +184,31 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if wanted("latency") {
+        let targets = [mosquitto.target(), midge.target()];
         for (label, qos) in [("QoS 0", QoS::AtMostOnce), ("QoS 1", QoS::AtLeastOnce)] {
-            let mut steps = Vec::new();
-            for broker in brokers {
-                eprintln!("latency {label} on {}", broker.name);
-                steps.push(latency(&broker.target(), qos, 1000.0).await?);
+            eprintln!("latency {label}: {} alternating rounds on both", cli.latency_rounds);
+            let rounds = cli.latency_rounds.max(1);
+            let results = latency::interleaved(&targets, qos, 1000.0, rounds, Duration::from_secs(1)).await?;
+            let (theirs, ours) = (&results[0], &results[1]);
+            for (round, (m, o)) in theirs.round_p50s.iter().zip(&ours.round_p50s).enumerate() {
+                eprintln!("    round {round:>2}: p50 mosquitto {m:>5} µs  midge {o:>5} µs");
             }
+            eprintln!("    p10/p25/p50/p75/p90: mosquitto {:?}  midge {:?}", theirs.spread, ours.spread);
+            let lower = theirs.round_p50s.iter().zip(&ours.round_p50s).filter(|(m, o)| o <= m).count();
+            let note = format!(
+                "{} samples each; Midge's round median ≤ Mosquitto's in {lower} of {rounds} rounds; round medians \
+                 Mosquitto {:?}, Midge {:?}",
+                ours.samples, theirs.round_p50s, ours.round_p50s
+            );
             for (quantile, pick) in [("p50", 0usize), ("p99", 1)] {
-                let value = |s: &Step| if pick == 0 { s.p50_us } else { s.p99_us } as f64;
+                let value = |l: &latency::Latency| if pick == 0 { l.p50_us } else { l.p99_us } as f64;
                 rows.push(Row {
-                    scenario: format!("latency {label} {quantile} (1 → 1, 1000 msg/s)"),
+                    scenario: format!("latency {label} {quantile} (1 → 1, 1000 msg/s, interleaved)"),
                     unit: "µs",
-                    mosquitto: value(&steps[0]),
-                    midge: value(&steps[1]),
+                    mosquitto: value(theirs),
+                    midge: value(ours),
                     lower_is_better: true,
-                    note: String::new(),
+                    note: if pick == 0 { note.clone() } else { String::new() },
                 });
             }
         }

@@ -227,12 +227,6 @@ pub async fn find_max(target: &Target, load: Load, start: f64, budget: Duration)
     Ok(best)
 }
 
-/// Fixed low rate, one publisher and one subscriber: latency percentiles.
-pub async fn latency(target: &Target, qos: QoS, rate: f64) -> anyhow::Result<Step> {
-    let load = Load { subscribers: 1, filter: "bench/latency/+", publishers: 1, prefix: "bench/latency", qos };
-    step(target, load, rate).await
-}
-
 pub struct Idle {
     pub connections: usize,
     pub connect_rate: f64,

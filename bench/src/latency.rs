@@ -1,0 +1,172 @@
+//! Point-to-point latency at a low rate, interleaved: every broker is measured in alternating short
+//! rounds over the same span of time, so a second in which the machine is busier than the next (a VM's
+//! neighbours, the host's timers) falls on both brokers alike. A single run per broker, one after the
+//! other, moved medians by ±15 µs between repeats, more than the difference being measured.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::{Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use midge_broker::codec::{self, Packet, Publish, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::mqtt::{payload, sent_at, Conn};
+use crate::scenarios::Target;
+
+/// One broker's figures over all rounds.
+#[derive(Debug, Clone)]
+pub struct Latency {
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub samples: u64,
+    /// The median of each round, in order.
+    pub round_p50s: Vec<u64>,
+    /// p10, p25, p50, p75, p90 of all rounds, for the shape of the distribution.
+    pub spread: [u64; 5],
+}
+
+/// A publisher and a subscriber on one broker, kept for the whole measurement.
+struct Probe {
+    writer: OwnedWriteHalf,
+    wbuf: BytesMut,
+    topic: Bytes,
+    /// The round the subscriber files its samples under.
+    round: Arc<AtomicUsize>,
+    stop: oneshot::Sender<()>,
+    subscriber: JoinHandle<Vec<Histogram<u64>>>,
+}
+
+const TOPIC: &str = "bench/latency/0";
+/// Long enough for the last message of a round to arrive before the next round starts.
+const GAP: Duration = Duration::from_millis(50);
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Measures every target in `rounds` alternating rounds of `round_time` at `rate` messages/s.
+pub async fn interleaved(
+    targets: &[Target],
+    qos: QoS,
+    rate: f64,
+    rounds: usize,
+    round_time: Duration,
+) -> anyhow::Result<Vec<Latency>> {
+    let epoch = Instant::now();
+    let mut probes = Vec::new();
+    for (i, target) in targets.iter().enumerate() {
+        probes.push(Probe::connect(target, i, qos, rounds, epoch).await?);
+    }
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut pkid: u16 = 0;
+    for round in 0..rounds {
+        for probe in probes.iter_mut() {
+            probe.round.store(round, Ordering::Release);
+            let mut ticker = tokio::time::interval(period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let started = Instant::now();
+            while started.elapsed() < round_time {
+                ticker.tick().await;
+                pkid = pkid.checked_add(1).unwrap_or(1);
+                probe.publish(qos, pkid, epoch).await?;
+            }
+            tokio::time::sleep(GAP).await;
+        }
+    }
+    let mut results = Vec::new();
+    for probe in probes {
+        results.push(probe.finish().await?);
+    }
+    Ok(results)
+}
+
+impl Probe {
+    async fn connect(target: &Target, index: usize, qos: QoS, rounds: usize, epoch: Instant) -> anyhow::Result<Probe> {
+        let mut subscriber = Conn::connect(target.addr, &format!("bench-lat-sub-{index}"), 300).await?;
+        subscriber.subscribe("bench/latency/+", qos).await?;
+        let publisher = Conn::connect(target.addr, &format!("bench-lat-pub-{index}"), 300).await?;
+        let Conn { mut reader, writer, wbuf, .. } = publisher;
+        // The publisher's PUBACKs are read and dropped.
+        tokio::spawn(async move {
+            let mut sink = vec![0u8; 16 * 1024];
+            while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+        });
+        let round = Arc::new(AtomicUsize::new(0));
+        let (stop, stopped) = oneshot::channel();
+        let subscriber = tokio::spawn(record(subscriber, round.clone(), rounds, epoch, stopped));
+        Ok(Probe { writer, wbuf, topic: Bytes::from_static(TOPIC.as_bytes()), round, stop, subscriber })
+    }
+
+    async fn publish(&mut self, qos: QoS, pkid: u16, epoch: Instant) -> anyhow::Result<()> {
+        let publish = Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: self.topic.clone(),
+            pkid: if qos == QoS::AtMostOnce { 0 } else { pkid },
+            payload: payload(epoch.elapsed().as_nanos() as u64),
+        };
+        codec::encode(&Packet::Publish(publish), &mut self.wbuf);
+        self.writer.write_all(&self.wbuf).await.context("publish")?;
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    async fn finish(self) -> anyhow::Result<Latency> {
+        let _ = self.stop.send(());
+        let per_round = self.subscriber.await?;
+        let mut all = histogram();
+        for round in &per_round {
+            all.add(round)?;
+        }
+        Ok(Latency {
+            p50_us: all.value_at_quantile(0.50),
+            p99_us: all.value_at_quantile(0.99),
+            samples: all.len(),
+            round_p50s: per_round.iter().map(|h| h.value_at_quantile(0.50)).collect(),
+            spread: [0.10, 0.25, 0.50, 0.75, 0.90].map(|q| all.value_at_quantile(q)),
+        })
+    }
+}
+
+/// Reads publishes until stopped, acknowledging QoS 1, and files each latency under the current round.
+async fn record(
+    mut conn: Conn,
+    round: Arc<AtomicUsize>,
+    rounds: usize,
+    epoch: Instant,
+    mut stopped: oneshot::Receiver<()>,
+) -> Vec<Histogram<u64>> {
+    let mut hists: Vec<Histogram<u64>> = (0..rounds).map(|_| histogram()).collect();
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return hists,
+            read = conn.reader.read_buf(&mut conn.rbuf) => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    return hists;
+                }
+            }
+        }
+        let now = epoch.elapsed().as_nanos() as u64;
+        let hist = &mut hists[round.load(Ordering::Acquire).min(rounds - 1)];
+        while let Ok(Some(packet)) = codec::decode(&mut conn.rbuf, usize::MAX) {
+            if let Packet::Publish(p) = packet {
+                if let Some(sent) = sent_at(&p.payload) {
+                    let _ = hist.record((now.saturating_sub(sent) / 1000).max(1));
+                }
+                if p.qos == QoS::AtLeastOnce {
+                    conn.queue(&Packet::Puback(p.pkid));
+                }
+            }
+        }
+        if conn.flush().await.is_err() {
+            return hists;
+        }
+    }
+}
