@@ -184,7 +184,7 @@ async fn accept(
         keepalive: connect.keep_alive,
         connected_at: chrono::Local::now(),
     };
-    ctx.router.send(Request::Connect { client_id: client_id.clone(), meta, outbox, reply }).await.ok()?;
+    ctx.router.send(Request::Connect { client_id: client_id.clone(), meta, outbox, reply });
     let (session, present) = match outcome.await.ok()? {
         ConnectOutcome::Accepted { session, present } => (session, present),
         ConnectOutcome::Superseded => return None,
@@ -206,6 +206,7 @@ async fn accept(
         outbox: outbox_rx,
         last_received: Instant::now(),
         publishes: Vec::new(),
+        control_jobs: Vec::new(),
     };
     // 3.1 has no session-present flag.
     let session_present = present && connect.protocol == Protocol::V311;
@@ -220,7 +221,7 @@ async fn accept(
             connack: 0,
             ts: chrono::Utc::now().timestamp(),
         };
-        let _ = ctx.router.send(Request::Publish(sys::connected_event(&ctx.config.node, &event))).await;
+        ctx.router.send(Request::Publish(sys::connected_event(&ctx.config.node, &event)));
     }
     let mut resend = Vec::new();
     conn.session.resume(&mut resend);
@@ -244,6 +245,8 @@ struct ClientConnection {
     last_received: Instant,
     /// Publishes read in this batch, handed to the router in one request.
     publishes: Vec<Arc<Message>>,
+    /// Control requests read in this batch, for the control service.
+    control_jobs: Vec<ControlJob>,
 }
 
 impl ClientConnection {
@@ -252,18 +255,37 @@ impl ClientConnection {
         let grace = Duration::from_millis(self.keep_alive as u64 * 1500);
         let keepalive = sleep_until(self.last_received + grace);
         tokio::pin!(keepalive);
+        // Made once: a fresh `cancelled()` each turn would register with the token's lock each time.
         let shutdown = self.ctx.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let backlog = self.writer.pending();
             tokio::select! {
-                _ = shutdown.cancelled() => return Exit::Shutdown,
+                _ = &mut cancelled => return Exit::Shutdown,
                 read = self.reader.fill(), if backlog < 2 * WRITE_HIGH_WATER => {
                     if let Err(e) = read {
                         return e.into();
                     }
                     self.last_received = Instant::now();
-                    if let Err(exit) = Box::pin(self.handle_buffered()).await {
-                        return exit;
+                    let routed = match self.handle_buffered() {
+                        Ok(routed) => routed,
+                        Err(exit) => return exit,
+                    };
+                    if !self.control_jobs.is_empty() {
+                        if let Err(exit) = Box::pin(self.submit_control_jobs()).await {
+                            return exit;
+                        }
+                    }
+                    if routed && self.writer.pending() > 0 {
+                        // Let the subscribers' connections run before this one writes its own
+                        // acknowledgements: the deliveries then leave first, as a single-threaded
+                        // broker's would, instead of waiting behind a syscall that only tells the
+                        // publisher all is well.
+                        tokio::task::yield_now().await;
+                    }
+                    if let Err(e) = self.writer.try_flush() {
+                        return e.into();
                     }
                 }
                 _ = self.outbox.ready(), if backlog < WRITE_HIGH_WATER => {
@@ -279,6 +301,9 @@ impl ClientConnection {
                             }
                             return exit;
                         }
+                    }
+                    if let Err(e) = self.writer.try_flush() {
+                        return e.into();
                     }
                 }
                 written = self.writer.write_some(), if backlog > 0 => {
@@ -300,7 +325,8 @@ impl ClientConnection {
     /// Publishes the will if the exit calls for it, flushes what it can and hands the session back.
     async fn finish(mut self, exit: Exit) {
         // Publishes read before whatever ended the connection (a DISCONNECT in the same read) still go.
-        let _ = self.flush_publishes().await;
+        self.flush_publishes();
+        let _ = self.submit_control_jobs().await;
         match &exit {
             Exit::Disconnect | Exit::Shutdown | Exit::TakenOver => {
                 tracing::debug!(client_id = %self.client_id, reason = %exit, "disconnected")
@@ -316,7 +342,7 @@ impl ClientConnection {
                         qos: will.qos,
                         retain: will.retain,
                     };
-                    let _ = self.ctx.router.send(Request::Publish(Arc::new(message))).await;
+                    self.ctx.router.send(Request::Publish(Arc::new(message)));
                 }
             }
         }
@@ -328,7 +354,7 @@ impl ClientConnection {
                 ts: chrono::Utc::now().timestamp(),
             };
             let message = sys::disconnected_event(&self.ctx.config.node, &event);
-            let _ = self.ctx.router.send(Request::Publish(message)).await;
+            self.ctx.router.send(Request::Publish(message));
         }
         let ClientConnection { ctx, client_id, conn_id, session, mut writer, outbox, .. } = self;
         if writer.pending() > 0 && !matches!(exit, Exit::Error(_)) {
@@ -336,7 +362,7 @@ impl ClientConnection {
         }
         writer.shutdown().await;
         let request = Request::Disconnected { client_id, conn_id, session, rest: outbox };
-        let _ = ctx.router.send(request).await;
+        ctx.router.send(request);
     }
 
     fn username(&self) -> String {
@@ -354,33 +380,44 @@ impl ClientConnection {
         self.ctx.metrics.packet_sent(packet, size);
     }
 
-    async fn handle_buffered(&mut self) -> Result<(), Exit> {
+    /// Handles every whole packet read so far; returns whether any publish was routed.
+    fn handle_buffered(&mut self) -> Result<bool, Exit> {
         while let Some((packet, size)) = self.reader.next_buffered()? {
             let sys = matches!(&packet, Packet::Publish(p) if p.topic.starts_with(b"$SYS/"));
             if !sys {
                 self.ctx.metrics.packet_received(&packet, size);
             }
-            self.handle_packet(packet).await?;
+            self.handle_packet(packet)?;
         }
-        self.flush_publishes().await?;
+        let routed = self.flush_publishes();
         self.reader.release_if_drained();
+        Ok(routed)
+    }
+
+    /// Hands the management principal's control requests to the control service.
+    async fn submit_control_jobs(&mut self) -> Result<(), Exit> {
+        for job in std::mem::take(&mut self.control_jobs) {
+            self.ctx.control.send(job).await.map_err(|_| Exit::Shutdown)?;
+        }
         Ok(())
     }
 
     /// Hands the publishes gathered so far to the router; called before any other router request,
     /// so the router sees this client's requests in the order they arrived.
-    async fn flush_publishes(&mut self) -> Result<(), Exit> {
+    /// Returns whether there was anything to hand over.
+    fn flush_publishes(&mut self) -> bool {
         let request = match self.publishes.len() {
-            0 => return Ok(()),
+            0 => return false,
             1 => Request::Publish(self.publishes.pop().expect("one publish")),
             _ => Request::PublishBatch(std::mem::take(&mut self.publishes)),
         };
-        self.ctx.router.send(request).await.map_err(|_| Exit::Shutdown)
+        self.ctx.router.send(request);
+        true
     }
 
-    async fn handle_packet(&mut self, packet: Packet) -> Result<(), Exit> {
+    fn handle_packet(&mut self, packet: Packet) -> Result<(), Exit> {
         match packet {
-            Packet::Publish(publish) => self.handle_publish(publish).await?,
+            Packet::Publish(publish) => self.handle_publish(publish)?,
             Packet::Puback(pkid) => {
                 let result = self.session.puback(pkid);
                 self.acked(result, Metric::PacketsPubackMissed);
@@ -400,16 +437,16 @@ impl ClientConnection {
                 // Always completed, so a client that lost our PUBCOMP can finish.
                 self.send(&Packet::Pubcomp(pkid));
             }
-            Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe).await?,
+            Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe),
             Packet::Unsubscribe(unsubscribe) => {
-                self.flush_publishes().await?;
+                self.flush_publishes();
                 let request = Request::Unsubscribe {
                     client_id: self.client_id.clone(),
                     conn_id: self.conn_id,
                     pkid: unsubscribe.pkid,
                     filters: unsubscribe.filters,
                 };
-                self.ctx.router.send(request).await.map_err(|_| Exit::Shutdown)?;
+                self.ctx.router.send(request);
             }
             Packet::Pingreq => self.send(&Packet::Pingresp),
             Packet::Disconnect => return Err(Exit::Disconnect),
@@ -432,13 +469,14 @@ impl ClientConnection {
         }
     }
 
-    async fn handle_publish(&mut self, publish: Publish) -> Result<(), Exit> {
+    fn handle_publish(&mut self, publish: Publish) -> Result<(), Exit> {
         let topic = publish.topic_str();
         if !topic::valid_topic_name(topic) {
             return Err(Exit::ProtocolViolation("invalid topic name in PUBLISH"));
         }
         if broker_owned(topic) {
-            return self.handle_reserved_publish(publish).await;
+            self.handle_reserved_publish(publish);
+            return Ok(());
         }
         let allowed = self.check_publish(topic) == Decision::Allow;
         if !allowed {
@@ -473,14 +511,14 @@ impl ClientConnection {
     /// Broker-owned topics: `$SYS` is written by the broker alone, and the control topics are the
     /// management principal's. Its requests to this node go to the control service; every other publish
     /// there is acknowledged (so the client cannot tell), dropped and counted.
-    async fn handle_reserved_publish(&mut self, publish: Publish) -> Result<(), Exit> {
+    fn handle_reserved_publish(&mut self, publish: Publish) {
         match publish.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.send(&Packet::Puback(publish.pkid)),
             QoS::ExactlyOnce => {
                 self.send(&Packet::Pubrec(publish.pkid));
                 if self.session.incoming_qos2(publish.pkid) != Some(true) {
-                    return Ok(());
+                    return;
                 }
             }
         }
@@ -491,17 +529,15 @@ impl ClientConnection {
             if ctl::is_control_topic(topic) {
                 self.ctx.metrics.inc(Metric::MessagesDropped);
             }
-            return Ok(());
+            return;
         }
         if ctl::request_node(publish.topic_str()) == Some(self.ctx.config.node.as_str()) {
-            let job = ControlJob { payload: publish.payload };
-            self.ctx.control.send(job).await.map_err(|_| Exit::Shutdown)?;
+            self.control_jobs.push(ControlJob { payload: publish.payload });
         }
-        Ok(())
     }
 
-    async fn handle_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Exit> {
-        self.flush_publishes().await?;
+    fn handle_subscribe(&mut self, subscribe: Subscribe) {
+        self.flush_publishes();
         let filters = subscribe
             .filters
             .into_iter()
@@ -528,7 +564,7 @@ impl ClientConnection {
             pkid: subscribe.pkid,
             filters,
         };
-        self.ctx.router.send(request).await.map_err(|_| Exit::Shutdown)
+        self.ctx.router.send(request);
     }
 
     fn handle_outbound(&mut self, outbound: Outbound) -> Result<(), Exit> {

@@ -1,15 +1,22 @@
 //! Framing: packets in and out of one TCP stream, each direction with its buffer kept in the struct.
 //! The two halves are separate so a connection can read and write at the same time in one `select!`.
 
+use std::pin::Pin;
+use std::task::Poll;
+
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
 
 use crate::codec::{self, DecodeError, Packet};
 
 /// Beyond this many unsent bytes a connection stops taking new work until the socket drains.
 pub const WRITE_HIGH_WATER: usize = 1024 * 1024;
+
+/// A drained write buffer up to this size is kept for the next packet.
+const KEEP_WRITE_BUFFER: usize = 1024;
 
 /// How much a read asks for at once.
 const READ_CHUNK: usize = 8 * 1024;
@@ -53,12 +60,18 @@ impl PacketReader {
             if self.buf.capacity() - self.buf.len() < 1024 {
                 self.buf.reserve(READ_CHUNK);
             }
-            match self.reader.try_read_buf(&mut self.buf) {
-                Ok(0) => return Err(ConnectionError::Closed),
-                Ok(n) => return Ok(n),
+            // `poll_read`, unlike `try_read`, forgets the readiness after a short read: the next `fill`
+            // then waits for epoll instead of asking the socket again only to hear "would block", a
+            // syscall saved per packet at low rates, and one that sat between a publish and its routing.
+            let reader = &mut self.reader;
+            let buf = &mut self.buf;
+            let polled = std::future::poll_fn(|cx| Poll::Ready(poll_read_buf(Pin::new(&mut *reader), cx, buf))).await;
+            match polled {
+                Poll::Ready(Ok(0)) => return Err(ConnectionError::Closed),
+                Poll::Ready(Ok(n)) => return Ok(n),
+                Poll::Ready(Err(e)) => return Err(e.into()),
                 // Readiness was stale: give the buffer back before waiting again.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.release_if_drained(),
-                Err(e) => return Err(e.into()),
+                Poll::Pending => self.release_if_drained(),
             }
         }
     }
@@ -107,10 +120,33 @@ impl PacketWriter {
         }
         self.buf.advance(n);
         if self.buf.is_empty() {
-            // Released rather than kept: most connections are idle most of the time.
-            self.buf = BytesMut::new();
+            self.release_if_large();
         }
         Ok(())
+    }
+
+    /// Writes what the socket takes right now, without waiting; whatever it does not take stays
+    /// queued for `write_some`. Called as soon as a batch of work is done, so a reply or delivery
+    /// leaves on the spot rather than after another turn of the connection's loop.
+    pub fn try_flush(&mut self) -> Result<(), ConnectionError> {
+        while !self.buf.is_empty() {
+            match self.writer.try_write(&self.buf) {
+                Ok(0) => return Err(ConnectionError::Closed),
+                Ok(n) => self.buf.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.release_if_large();
+        Ok(())
+    }
+
+    /// A drained buffer is kept while small, so a connection trading small packets does not allocate
+    /// for each, and released when large: most connections are idle most of the time.
+    fn release_if_large(&mut self) {
+        if self.buf.capacity() > KEEP_WRITE_BUFFER {
+            self.buf = BytesMut::new();
+        }
     }
 
     /// Writes everything queued.

@@ -90,7 +90,7 @@ async fn reply(ctx: &Context, reply_to: &str, id: String, outcome: Result<serde_
         qos: QoS::AtLeastOnce,
         retain: false,
     };
-    let _ = ctx.router.send(RouterRequest::Publish(Arc::new(message))).await;
+    ctx.router.send(RouterRequest::Publish(Arc::new(message)));
 }
 
 fn json(value: impl Serialize) -> Result<serde_json::Value, ControlError> {
@@ -154,7 +154,7 @@ async fn execute(ctx: &Arc<Context>, request: Request) -> Result<serde_json::Val
             let message = Message { topic: Bytes::from(topic), payload: Bytes::from(payload), qos: qos(q)?, retain };
             tracing::debug!(on_behalf_of = %client_id, "publish through the API");
             ctx.metrics.inc(crate::metrics::Metric::MessagesReceived);
-            router.send(RouterRequest::Publish(Arc::new(message))).await.map_err(gone)?;
+            router.send(RouterRequest::Publish(Arc::new(message)));
             empty()
         }
         Request::Subscribe { client_id, topic, qos: q } => {

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::control::{self, ControlJob};
 use crate::metrics::{Metrics, Stats};
 use crate::plugins::Plugins;
-use crate::router::{Router, RouterHandle, Shared};
+use crate::router::{RouterHandle, Shared};
 use crate::settings::{LogReload, Settings};
 
 /// What every connection task shares.
@@ -55,7 +55,7 @@ pub enum StartError {
 /// A broker bound to its port, not yet serving.
 pub struct Broker {
     listener: TcpListener,
-    router: Router,
+    router: RouterHandle,
     control: mpsc::Receiver<ControlJob>,
     ctx: Arc<Context>,
 }
@@ -86,13 +86,13 @@ impl Broker {
             plugins: plugins.clone(),
             node: config.node.clone(),
         };
-        let (router, handle) = Router::new(config.session_limits(), shared);
+        let router = RouterHandle::new(config.session_limits(), shared);
         let (control_tx, control_rx) = control::channel();
         let ctx = Arc::new(Context {
             settings: Settings::new(&config, acl, log_reload),
             config,
             local_addr,
-            router: handle,
+            router: router.clone(),
             users,
             plugins,
             metrics,
@@ -117,7 +117,7 @@ impl Broker {
     /// Serves until the shutdown token fires, then closes every connection and returns.
     pub async fn run(self) {
         let Broker { listener, router, control, ctx } = self;
-        tokio::spawn(router.run());
+        tokio::spawn(router.sweep());
         tokio::spawn(crate::sys::run(ctx.clone()));
         tokio::spawn(control::run(ctx.clone(), control));
         let limit = Arc::new(Semaphore::new(ctx.config.max_connections));

@@ -26,7 +26,7 @@ pub fn message(topic: String, payload: impl Into<Bytes>, retain: bool) -> Arc<Me
 pub async fn run(ctx: Arc<Context>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    publish_identity(&ctx).await;
+    publish_identity(&ctx);
     let mut since_full = 0u64;
     loop {
         tokio::select! {
@@ -37,41 +37,41 @@ pub async fn run(ctx: Arc<Context>) {
         if interval == 0 {
             continue;
         }
-        publish_clock(&ctx).await;
+        publish_clock(&ctx);
         since_full += 1;
         if since_full >= interval {
             since_full = 0;
-            publish_identity(&ctx).await;
-            publish_counters(&ctx).await;
+            publish_identity(&ctx);
+            publish_counters(&ctx);
         }
     }
 }
 
-async fn send(ctx: &Context, message: Arc<Message>) {
-    let _ = ctx.router.send(Request::Publish(message)).await;
+fn send(ctx: &Context, message: Arc<Message>) {
+    ctx.router.send(Request::Publish(message));
 }
 
-async fn publish_identity(ctx: &Context) {
+fn publish_identity(ctx: &Context) {
     let node = &ctx.config.node;
-    send(ctx, message(topics::SYS_BROKERS.into(), node.clone(), true)).await;
-    send(ctx, message(topics::node_topic(node, "version"), VERSION, true)).await;
-    send(ctx, message(topics::node_topic(node, "sysdescr"), SYSDESCR, true)).await;
+    send(ctx, message(topics::SYS_BROKERS.into(), node.clone(), true));
+    send(ctx, message(topics::node_topic(node, "version"), VERSION, true));
+    send(ctx, message(topics::node_topic(node, "sysdescr"), SYSDESCR, true));
 }
 
-async fn publish_clock(ctx: &Context) {
+fn publish_clock(ctx: &Context) {
     let node = &ctx.config.node;
-    send(ctx, message(topics::node_topic(node, "uptime"), uptime(ctx), false)).await;
-    send(ctx, message(topics::node_topic(node, "datetime"), datetime(), false)).await;
+    send(ctx, message(topics::node_topic(node, "uptime"), uptime(ctx), false));
+    send(ctx, message(topics::node_topic(node, "datetime"), datetime(), false));
 }
 
-async fn publish_counters(ctx: &Context) {
+fn publish_counters(ctx: &Context) {
     let node = &ctx.config.node;
     for (key, value) in ctx.stats.snapshot() {
-        send(ctx, message(topics::node_topic(node, &format!("stats/{key}")), value.to_string(), false)).await;
+        send(ctx, message(topics::node_topic(node, &format!("stats/{key}")), value.to_string(), false));
     }
     for (metric, value) in ctx.metrics.snapshot() {
         let topic = topics::node_topic(node, &format!("metrics/{}", metric.name()));
-        send(ctx, message(topic, value.to_string(), false)).await;
+        send(ctx, message(topic, value.to_string(), false));
     }
 }
 

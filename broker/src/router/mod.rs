@@ -1,6 +1,9 @@
-//! The router: one task that owns who is connected, every subscription, offline sessions and retained
-//! messages. Connections talk to it through one bounded inbox; it answers each connection through that
-//! connection's own outbox. It never awaits a connection, so a slow client cannot stall it.
+//! The router: the one owner of who is connected, every subscription, offline sessions and retained
+//! messages. It sits behind a mutex, and whoever has something for it (a connection with the
+//! publishes of one read, a subscribe, the control service) takes the lock and does the work there
+//! and then: a publish goes from the publisher's connection straight into its subscribers' outboxes,
+//! with no hop through a task of its own. No request awaits anything under the lock, and the router
+//! answers each connection through that connection's own outbox, so a slow client cannot stall it.
 //!
 //! `admin.rs` holds the management side (listings, kick, subscribe on behalf of a client).
 
@@ -9,11 +12,11 @@ mod outbox;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Local};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub use admin::AdminRequest;
 pub use outbox::{outbox, Outbox, OutboxReceiver, Refused};
@@ -24,9 +27,6 @@ use crate::plugins::{Plugin, Plugins};
 use crate::session::{Delivery, Message, Session, SessionLimits, SessionStats};
 use crate::subscriptions::{ClientId, SubscriptionTree};
 use crate::topic;
-
-/// Capacity of the router's inbox. Publishers wait when it is full, which is the broker's backpressure.
-const INBOX_CAPACITY: usize = 16 * 1024;
 
 /// Deliveries waiting for one connection to take them. The router fills an outbox in bursts (a batch
 /// of publishes at a time), so this is larger than a session's queue; past it, messages for that
@@ -104,23 +104,36 @@ pub enum Outbound {
 }
 
 /// A cheap, cloneable way to reach the router.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RouterHandle {
-    tx: mpsc::Sender<Request>,
+    router: Arc<Mutex<Router>>,
+}
+
+impl std::fmt::Debug for RouterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouterHandle")
+    }
 }
 
 impl RouterHandle {
-    /// Fails only when the router has stopped (the broker is shutting down).
-    pub async fn send(&self, request: Request) -> Result<(), RouterGone> {
-        self.tx.send(request).await.map_err(|_| RouterGone)
+    /// Handles a request on the caller's thread. Whatever it answers arrives through the outbox or
+    /// reply channel the request carries.
+    pub fn send(&self, request: Request) {
+        lock(&self.router).handle(request);
     }
 
     /// Sends an admin request built around a reply channel and waits for the answer.
     pub async fn ask<T>(&self, build: impl FnOnce(oneshot::Sender<T>) -> AdminRequest) -> Result<T, RouterGone> {
         let (tx, rx) = oneshot::channel();
-        self.send(Request::Admin(build(tx))).await?;
+        self.send(Request::Admin(build(tx)));
         rx.await.map_err(|_| RouterGone)
     }
+}
+
+/// A panic while routing leaves tables that are still valid tables (every update is a single insert
+/// or removal), so the broker carries on rather than refusing every client from then on.
+fn lock(router: &Mutex<Router>) -> MutexGuard<'_, Router> {
+    router.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +174,6 @@ pub struct Shared {
 }
 
 pub struct Router {
-    inbox: mpsc::Receiver<Request>,
     clients: HashMap<ClientId, Client>,
     subscriptions: SubscriptionTree,
     /// Distinct filters and how many clients hold each (EMQ's routes on this node).
@@ -175,11 +187,10 @@ pub struct Router {
     matched: Vec<(ClientId, QoS)>,
 }
 
-impl Router {
-    pub fn new(limits: SessionLimits, shared: Shared) -> (Router, RouterHandle) {
-        let (tx, inbox) = mpsc::channel(INBOX_CAPACITY);
+impl RouterHandle {
+    /// An empty router.
+    pub fn new(limits: SessionLimits, shared: Shared) -> RouterHandle {
         let router = Router {
-            inbox,
             clients: HashMap::new(),
             subscriptions: SubscriptionTree::new(),
             routes: BTreeMap::new(),
@@ -190,33 +201,32 @@ impl Router {
             subscribers: 0,
             matched: Vec::new(),
         };
-        (router, RouterHandle { tx })
+        RouterHandle { router: Arc::new(Mutex::new(router)) }
     }
 
-    /// Runs until every handle is dropped.
-    pub async fn run(mut self) {
-        // Expired sessions are swept a few times per expiry interval.
-        let sweep_every = self
+    /// Expires offline sessions and refreshes the stats, a few times per expiry interval, until
+    /// every other handle is dropped.
+    pub async fn sweep(self) {
+        let every = lock(&self.router)
             .limits
             .expiry
             .map_or(Duration::from_secs(3600), |e| (e / 4).clamp(Duration::from_millis(100), Duration::from_secs(60)));
-        let mut sweep = tokio::time::interval(sweep_every);
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let router: Weak<Mutex<Router>> = Arc::downgrade(&self.router);
+        drop(self);
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                request = self.inbox.recv() => match request {
-                    Some(request) => self.handle(request),
-                    None => break,
-                },
-                _ = sweep.tick() => {
-                    self.expire_sessions();
-                    self.update_stats();
-                }
-            }
+            ticks.tick().await;
+            let Some(router) = router.upgrade() else { break };
+            let mut router = lock(&router);
+            router.expire_sessions();
+            router.update_stats();
         }
         tracing::debug!("router stopped");
     }
+}
 
+impl Router {
     /// Drops offline sessions kept longer than the expiry interval, with their subscriptions.
     fn expire_sessions(&mut self) {
         let Some(expiry) = self.limits.expiry else { return };
