@@ -16,7 +16,7 @@ use crate::codec::*;
 use crate::connection::{self, ConnectionError, PacketReader, PacketWriter, WRITE_HIGH_WATER};
 use crate::control::ControlJob;
 use crate::metrics::Metric;
-use crate::router::{self, ClientMeta, ConnectOutcome, Outbound, OutboxReceiver, Request};
+use crate::router::{self, ClientMeta, ConnectOutcome, Outbound, OutboxReceiver, Request, Routed};
 use crate::server::Context;
 use crate::session::{AckResult, Delivery, Message, Outgoing, Session};
 use crate::subscriptions::ClientId;
@@ -261,12 +261,16 @@ impl ClientConnection {
         tokio::pin!(cancelled);
         loop {
             let backlog = self.writer.pending();
+            // Idle: waiting for work with room to write, so a publisher may wait for this turn.
+            self.outbox.turn(backlog < WRITE_HIGH_WATER);
             tokio::select! {
                 _ = &mut cancelled => return Exit::Shutdown,
                 read = self.reader.fill(), if backlog < 2 * WRITE_HIGH_WATER => {
                     if let Err(e) = read {
                         return e.into();
                     }
+                    // Busy until the next turn: nobody waits for this connection while it may wait.
+                    self.outbox.turn(false);
                     self.last_received = Instant::now();
                     let routed = match self.handle_buffered() {
                         Ok(routed) => routed,
@@ -277,12 +281,15 @@ impl ClientConnection {
                             return exit;
                         }
                     }
-                    if routed && self.writer.pending() > 0 {
-                        // Let the subscribers' connections run before this one writes its own
-                        // acknowledgements: the deliveries then leave first, as a single-threaded
-                        // broker's would, instead of waiting behind a syscall that only tells the
-                        // publisher all is well.
-                        tokio::task::yield_now().await;
+                    if self.writer.pending() > 0 {
+                        // Let the subscribers' connections write the deliveries before this one writes
+                        // its own acknowledgements, as a single-threaded broker would, rather than
+                        // make them wait behind a syscall that only tells the publisher all is well.
+                        match routed {
+                            Routed::Nobody => {}
+                            Routed::Idle(subscriber, ticket) => subscriber.wait_turn(ticket).await,
+                            Routed::Busy => tokio::task::yield_now().await,
+                        }
                     }
                     if let Err(e) = self.writer.try_flush() {
                         return e.into();
@@ -324,6 +331,8 @@ impl ClientConnection {
 
     /// Publishes the will if the exit calls for it, flushes what it can and hands the session back.
     async fn finish(mut self, exit: Exit) {
+        // Whoever waits for this connection's next turn need not wait any longer.
+        self.outbox.turn(false);
         // Publishes read before whatever ended the connection (a DISCONNECT in the same read) still go.
         self.flush_publishes();
         let _ = self.submit_control_jobs().await;
@@ -380,8 +389,8 @@ impl ClientConnection {
         self.ctx.metrics.packet_sent(packet, size);
     }
 
-    /// Handles every whole packet read so far; returns whether any publish was routed.
-    fn handle_buffered(&mut self) -> Result<bool, Exit> {
+    /// Handles every whole packet read so far; returns whom the publishes among them reached.
+    fn handle_buffered(&mut self) -> Result<Routed, Exit> {
         while let Some((packet, size)) = self.reader.next_buffered()? {
             let sys = matches!(&packet, Packet::Publish(p) if p.topic.starts_with(b"$SYS/"));
             if !sys {
@@ -404,15 +413,11 @@ impl ClientConnection {
 
     /// Hands the publishes gathered so far to the router; called before any other router request,
     /// so the router sees this client's requests in the order they arrived.
-    /// Returns whether there was anything to hand over.
-    fn flush_publishes(&mut self) -> bool {
-        let request = match self.publishes.len() {
-            0 => return false,
-            1 => Request::Publish(self.publishes.pop().expect("one publish")),
-            _ => Request::PublishBatch(std::mem::take(&mut self.publishes)),
-        };
-        self.ctx.router.send(request);
-        true
+    fn flush_publishes(&mut self) -> Routed {
+        if self.publishes.is_empty() {
+            return Routed::Nobody;
+        }
+        self.ctx.router.publish(&mut self.publishes)
     }
 
     fn handle_packet(&mut self, packet: Packet) -> Result<(), Exit> {

@@ -6,7 +6,7 @@ mod helpers;
 use std::time::Duration;
 
 use helpers::*;
-use midge_broker::codec::*;
+use midge_broker::codec::{self, *};
 
 #[tokio::test]
 async fn qos_0_1_2_in_both_directions() {
@@ -405,4 +405,84 @@ async fn offline_sessions_expire_after_the_expiry_interval() {
     publisher.send(&publish("expiry/x", b"nobody", QoS::AtMostOnce, 0)).await;
     sub.expect_silence(Duration::from_millis(300)).await;
     broker.stop().await;
+}
+
+/// Publishers that are each other's subscribers, all at full speed. A QoS 1 publisher that woke an idle
+/// subscriber waits for that subscriber's turn before writing its PUBACK (the hand-off in
+/// router/outbox.rs); in a ring of such clients, and with a client subscribed to its own topic, no one
+/// may end up waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_publishers_subscribed_to_each_other_all_finish() {
+    const CLIENTS: usize = 4;
+    const EACH: u32 = 2000;
+    // Queues long enough that nothing is dropped, so every message can be counted.
+    let broker = start(Config { max_mqueue_len: 100_000, ..config() }).await;
+    let mut members = Vec::new();
+    for i in 0..CLIENTS {
+        let mut raw = Raw::connected(broker.addr, &format!("ring-{i}")).await;
+        let next = format!("ring/{}", (i + 1) % CLIENTS);
+        let own = format!("ring/{i}");
+        let codes = raw.subscribe(1, &[(next.as_str(), QoS::AtLeastOnce), (own.as_str(), QoS::AtLeastOnce)]).await;
+        assert_eq!(codes, vec![Some(QoS::AtLeastOnce); 2]);
+        members.push(raw);
+    }
+    let runs: Vec<_> = members
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| tokio::spawn(ring_member(raw, format!("ring/{i}"), EACH)))
+        .collect();
+    for run in runs {
+        let (acked, received) =
+            tokio::time::timeout(Duration::from_secs(30), run).await.expect("no client waits for ever").unwrap();
+        assert_eq!((acked, received), (EACH, 2 * EACH));
+    }
+    broker.stop().await;
+}
+
+/// Publishes `count` QoS 1 messages to `topic` in bursts while acknowledging everything it receives;
+/// returns (PUBACKs received, publishes received) once it has all of both.
+async fn ring_member(raw: Raw, topic: String, count: u32) -> (u32, u32) {
+    use bytes::BytesMut;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (stream, mut rbuf) = raw.into_parts();
+    let (mut reader, mut writer) = stream.into_split();
+    let (acks_tx, mut acks_rx) = tokio::sync::mpsc::unbounded_channel::<u16>();
+    let write = tokio::spawn(async move {
+        let (mut sent, mut wbuf) = (0u32, BytesMut::new());
+        loop {
+            while let Ok(pkid) = acks_rx.try_recv() {
+                codec::encode(&Packet::Puback(pkid), &mut wbuf);
+            }
+            for _ in 0..50 {
+                if sent == count {
+                    break;
+                }
+                sent += 1;
+                codec::encode(&publish(&topic, &sent.to_be_bytes(), QoS::AtLeastOnce, sent as u16), &mut wbuf);
+            }
+            if wbuf.is_empty() {
+                match acks_rx.recv().await {
+                    Some(pkid) => codec::encode(&Packet::Puback(pkid), &mut wbuf),
+                    None => return,
+                }
+            }
+            writer.write_all(&wbuf).await.expect("write");
+            wbuf.clear();
+        }
+    });
+    let (mut acked, mut received) = (0, 0);
+    while acked < count || received < 2 * count {
+        match codec::decode(&mut rbuf, usize::MAX).expect("valid packets") {
+            Some(Packet::Puback(_)) => acked += 1,
+            Some(Packet::Publish(p)) => {
+                received += 1;
+                acks_tx.send(p.pkid).expect("writer alive");
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+            None => assert!(reader.read_buf(&mut rbuf).await.expect("read") > 0, "broker closed the connection"),
+        }
+    }
+    drop(acks_tx);
+    write.await.expect("writer");
+    (acked, received)
 }

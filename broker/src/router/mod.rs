@@ -19,7 +19,7 @@ use chrono::{DateTime, Local};
 use tokio::sync::oneshot;
 
 pub use admin::AdminRequest;
-pub use outbox::{outbox, Outbox, OutboxReceiver, Refused};
+pub use outbox::{outbox, Outbox, OutboxReceiver, Pushed, Refused, Ticket};
 
 use crate::codec::{QoS, Suback, SubackCode};
 use crate::metrics::{Metric, Metrics, Stat, Stats};
@@ -43,8 +43,6 @@ pub enum Request {
         reply: oneshot::Sender<ConnectOutcome>,
     },
     Publish(Arc<Message>),
-    /// The publishes one connection read in one go, in order.
-    PublishBatch(Vec<Arc<Message>>),
     /// Filters already validated and ACL-checked by the connection; refused ones carry `None`.
     Subscribe {
         client_id: ClientId,
@@ -122,12 +120,38 @@ impl RouterHandle {
         lock(&self.router).handle(request);
     }
 
+    /// Routes the publishes one connection read in one go, in order, leaving `messages` empty.
+    pub fn publish(&self, messages: &mut Vec<Arc<Message>>) -> Routed {
+        let mut router = lock(&self.router);
+        for message in messages.drain(..) {
+            router.publish(message);
+        }
+        router.update_stats();
+        match (router.woke_idle.take(), std::mem::take(&mut router.pushed)) {
+            (Some((outbox, ticket)), _) => Routed::Idle(outbox, ticket),
+            (None, true) => Routed::Busy,
+            (None, false) => Routed::Nobody,
+        }
+    }
+
     /// Sends an admin request built around a reply channel and waits for the answer.
     pub async fn ask<T>(&self, build: impl FnOnce(oneshot::Sender<T>) -> AdminRequest) -> Result<T, RouterGone> {
         let (tx, rx) = oneshot::channel();
         self.send(Request::Admin(build(tx)));
         rx.await.map_err(|_| RouterGone)
     }
+}
+
+/// Whose outboxes a batch of publishes reached: what the publisher needs to know to write its own
+/// acknowledgements after the deliveries (see `outbox.rs`).
+#[derive(Debug)]
+pub enum Routed {
+    /// No connection: nothing to let go first.
+    Nobody,
+    /// Among others, this idle connection, woken and certain to take its turn soon.
+    Idle(Outbox, Ticket),
+    /// Connections that were busy or had work queued already.
+    Busy,
 }
 
 /// A panic while routing leaves tables that are still valid tables (every update is a single insert
@@ -185,6 +209,10 @@ pub struct Router {
     subscribers: u64,
     /// Reused for every publish, so matching does not allocate.
     matched: Vec<(ClientId, QoS)>,
+    /// Since the last `RouterHandle::publish`: the first idle connection a delivery woke, and whether
+    /// any delivery reached a connection at all.
+    woke_idle: Option<(Outbox, Ticket)>,
+    pushed: bool,
 }
 
 impl RouterHandle {
@@ -200,6 +228,8 @@ impl RouterHandle {
             online: 0,
             subscribers: 0,
             matched: Vec::new(),
+            woke_idle: None,
+            pushed: false,
         };
         RouterHandle { router: Arc::new(Mutex::new(router)) }
     }
@@ -247,7 +277,6 @@ impl Router {
         match request {
             Request::Connect { client_id, meta, outbox, reply } => self.connect(client_id, meta, outbox, reply),
             Request::Publish(message) => self.publish(message),
-            Request::PublishBatch(messages) => messages.into_iter().for_each(|m| self.publish(m)),
             Request::Subscribe { client_id, conn_id, pkid, filters } => {
                 self.subscribe(client_id, conn_id, pkid, filters)
             }
@@ -259,6 +288,9 @@ impl Router {
             }
             Request::Admin(request) => self.admin(request),
         }
+        // Hand-offs are only for `RouterHandle::publish`, whose caller waits right away.
+        self.woke_idle = None;
+        self.pushed = false;
         self.update_stats();
     }
 
@@ -447,7 +479,13 @@ impl Router {
         let kept = match &mut client.presence {
             Presence::Online(outbox) => {
                 match outbox.push_bounded(Outbound::Deliver(delivery), OUTBOX_LIMIT.max(self.limits.max_mqueue_len)) {
-                    Ok(()) => true,
+                    Ok(pushed) => {
+                        self.pushed = true;
+                        if let (Pushed::WokeIdle(ticket), None) = (pushed, &self.woke_idle) {
+                            self.woke_idle = Some((outbox.clone(), ticket));
+                        }
+                        true
+                    }
                     Err(Refused::Full) => {
                         tracing::debug!(client = %client_id, "outbox full, message dropped");
                         false

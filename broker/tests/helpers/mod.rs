@@ -121,6 +121,11 @@ impl Raw {
         }
     }
 
+    /// The socket and whatever was read but not yet decoded, for tests that read and write at once.
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.buf)
+    }
+
     pub async fn connected(addr: SocketAddr, client_id: &str) -> Raw {
         Raw::connect(addr, connect_packet(client_id, true)).await.0
     }
