@@ -243,7 +243,7 @@ struct ClientConnection {
     writer: PacketWriter,
     outbox: OutboxReceiver,
     last_received: Instant,
-    /// Publishes read in this batch, handed to the router in one request.
+    /// Publishes read in this batch, routed in one call.
     publishes: Vec<Arc<Message>>,
     /// Control requests read in this batch, for the control service.
     control_jobs: Vec<ControlJob>,

@@ -152,15 +152,26 @@ pub struct Page<T> {
 impl<T> Page<T> {
     /// Cuts page `page` (from 1) of `size` out of the whole, ordered listing.
     pub fn of(all: impl ExactSizeIterator<Item = T>, request: PageRequest) -> Page<T> {
-        let total = all.len() as u64;
+        let total = all.len();
+        let window = Page::<T>::window(total, request);
+        Page::new(request, total, all.skip(window.start).take(window.len()).collect())
+    }
+
+    /// Which of `total` ordered items page `request` holds.
+    pub fn window(total: usize, request: PageRequest) -> std::ops::Range<usize> {
         let size = request.size.max(1);
-        let skip = request.page.saturating_sub(1).saturating_mul(size);
-        let objects = all.skip(skip.min(total) as usize).take(size as usize).collect();
+        let skip = request.page.saturating_sub(1).saturating_mul(size).min(total as u64);
+        skip as usize..skip.saturating_add(size).min(total as u64) as usize
+    }
+
+    /// The page `request` asked for, holding `objects` (its window of `total` items).
+    pub fn new(request: PageRequest, total: usize, objects: Vec<T>) -> Page<T> {
+        let size = request.size.max(1);
         Page {
             current_page: request.page,
             page_size: size,
-            total_num: total,
-            total_page: total.div_ceil(size),
+            total_num: total as u64,
+            total_page: (total as u64).div_ceil(size),
             objects,
         }
     }

@@ -1,6 +1,8 @@
 //! The router's management side: listings (paged here, so a reply never carries the whole table),
 //! kicking a client, clearing its ACL cache entry, and subscribing on a client's behalf.
 
+use std::cmp::Ordering;
+use std::ops::Range;
 use std::sync::Arc;
 
 use midge_shared::control::{ClientRow, Page, PageRequest, RouteRow, SessionRow, SubscriptionRow};
@@ -59,9 +61,8 @@ impl Router {
     pub(super) fn admin(&mut self, request: AdminRequest) {
         match request {
             AdminRequest::ListClients(page, reply) => {
-                let rows = self.sorted_clients().into_iter().filter(|(_, c)| is_online(c));
-                let rows: Vec<ClientRow> = rows.map(|(id, c)| client_row(id, c)).collect();
-                let _ = reply.send(Page::of(rows.into_iter(), page));
+                let online = self.clients.iter().filter(|(_, c)| is_online(c)).collect();
+                let _ = reply.send(page_of(online, page, |(id, c)| client_row(id, c)));
             }
             AdminRequest::GetClient(id, reply) => {
                 let row = self.clients.get_key_value(id.as_str()).filter(|(_, c)| is_online(c));
@@ -69,9 +70,8 @@ impl Router {
             }
             AdminRequest::ListSessions(page, reply) => {
                 let max_inflight = self.limits.max_inflight as u64;
-                let rows: Vec<SessionRow> =
-                    self.sorted_clients().into_iter().map(|(id, c)| session_row(id, c, max_inflight)).collect();
-                let _ = reply.send(Page::of(rows.into_iter(), page));
+                let all = self.clients.iter().collect();
+                let _ = reply.send(page_of(all, page, |(id, c)| session_row(id, c, max_inflight)));
             }
             AdminRequest::GetSession(id, reply) => {
                 let max_inflight = self.limits.max_inflight as u64;
@@ -79,9 +79,23 @@ impl Router {
                 let _ = reply.send(row.map(|(id, c)| session_row(id, c, max_inflight)).into_iter().collect());
             }
             AdminRequest::ListSubscriptions(page, reply) => {
-                let rows: Vec<SubscriptionRow> =
-                    self.sorted_clients().into_iter().flat_map(|(id, c)| subscription_rows(id, c)).collect();
-                let _ = reply.send(Page::of(rows.into_iter(), page));
+                // Rows are built for the requested window only.
+                let mut clients: Vec<_> = self.clients.iter().filter(|(_, c)| !c.filters.is_empty()).collect();
+                clients.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                let total = clients.iter().map(|(_, c)| c.filters.len()).sum();
+                let window = Page::<SubscriptionRow>::window(total, page);
+                let rows = clients
+                    .into_iter()
+                    .flat_map(|(id, c)| c.filters.iter().map(move |(topic, qos)| (id, topic, qos)))
+                    .skip(window.start)
+                    .take(window.len())
+                    .map(|(id, topic, qos)| SubscriptionRow {
+                        client_id: id.to_string(),
+                        topic: topic.clone(),
+                        qos: *qos as u8,
+                    })
+                    .collect();
+                let _ = reply.send(Page::new(page, total, rows));
             }
             AdminRequest::GetSubscriptions(id, reply) => {
                 let rows = self.clients.get_key_value(id.as_str()).map(|(id, c)| subscription_rows(id, c));
@@ -126,12 +140,6 @@ impl Router {
         }
     }
 
-    fn sorted_clients(&self) -> Vec<(&ClientId, &Client)> {
-        let mut clients: Vec<_> = self.clients.iter().collect();
-        clients.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        clients
-    }
-
     /// Sends a control message to an online client; false if it is not online.
     fn tell(&self, client_id: &str, outbound: Outbound) -> bool {
         match self.clients.get(client_id).map(|c| &c.presence) {
@@ -139,6 +147,36 @@ impl Router {
             _ => false,
         }
     }
+}
+
+/// Page `request` of `clients` in client id order, with rows built for that page alone. Listings run
+/// under the router's lock, on the threads that also serve connections: for a large table, sorting it
+/// whole and formatting every row for each page would stall them.
+fn page_of<'a, Row>(
+    mut clients: Vec<(&'a ClientId, &'a Client)>,
+    request: PageRequest,
+    row: impl Fn((&'a ClientId, &'a Client)) -> Row,
+) -> Page<Row> {
+    let total = clients.len();
+    let window = Page::<Row>::window(total, request);
+    let rows = select_window(&mut clients, window, |a, b| a.0.cmp(b.0)).iter().map(|&c| row(c)).collect();
+    Page::new(request, total, rows)
+}
+
+/// The items that would sit at `window` if `items` were sorted, themselves sorted: linear on average,
+/// where a full sort is not.
+fn select_window<T>(items: &mut [T], window: Range<usize>, order: impl Fn(&T, &T) -> Ordering + Copy) -> &mut [T] {
+    if window.is_empty() {
+        return &mut [];
+    }
+    items.select_nth_unstable_by(window.start, order);
+    let rest = &mut items[window.start..];
+    if window.len() < rest.len() {
+        rest.select_nth_unstable_by(window.len() - 1, order);
+    }
+    let page = &mut rest[..window.len()];
+    page.sort_unstable_by(order);
+    page
 }
 
 fn is_online(client: &Client) -> bool {
@@ -181,4 +219,28 @@ fn subscription_rows(id: &Arc<str>, c: &Client) -> Vec<SubscriptionRow> {
         .iter()
         .map(|(topic, qos)| SubscriptionRow { client_id: id.to_string(), topic: topic.clone(), qos: *qos as u8 })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any page of any listing is what sorting the whole listing and cutting the page would give.
+        #[test]
+        fn a_selected_window_is_that_window_of_the_sorted_items(
+            mut items in proptest::collection::vec(0u16..500, 0..300),
+            page in 0u64..12,
+            size in 0u64..40,
+        ) {
+            let request = PageRequest { page, size };
+            let window = Page::<u16>::window(items.len(), request);
+            let mut sorted = items.clone();
+            sorted.sort_unstable();
+            let expected = sorted[window.clone()].to_vec();
+            prop_assert_eq!(select_window(&mut items, window, |a, b| a.cmp(b)).to_vec(), expected);
+        }
+    }
 }
