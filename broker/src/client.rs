@@ -269,48 +269,13 @@ impl ClientConnection {
                     if let Err(e) = read {
                         return e.into();
                     }
-                    // Busy until the next turn: nobody waits for this connection while it may wait.
-                    self.outbox.turn(false);
-                    self.last_received = Instant::now();
-                    let routed = match self.handle_buffered() {
-                        Ok(routed) => routed,
-                        Err(exit) => return exit,
-                    };
-                    if !self.control_jobs.is_empty() {
-                        if let Err(exit) = Box::pin(self.submit_control_jobs()).await {
-                            return exit;
-                        }
-                    }
-                    if self.writer.pending() > 0 {
-                        // Let the subscribers' connections write the deliveries before this one writes
-                        // its own acknowledgements, as a single-threaded broker would, rather than
-                        // make them wait behind a syscall that only tells the publisher all is well.
-                        match routed {
-                            Routed::Nobody => {}
-                            Routed::Idle(subscriber, ticket) => subscriber.wait_turn(ticket).await,
-                            Routed::Busy => tokio::task::yield_now().await,
-                        }
-                    }
-                    if let Err(e) = self.writer.try_flush() {
-                        return e.into();
+                    if let Err(exit) = self.on_read().await {
+                        return exit;
                     }
                 }
                 _ = self.outbox.ready(), if backlog < WRITE_HIGH_WATER => {
-                    // Everything waiting, in one lock, so it leaves in the same write.
-                    let mut batch = self.outbox.take_all().into_iter();
-                    while let Some(outbound) = batch.next() {
-                        if let Err(exit) = self.handle_outbound(outbound) {
-                            // Deliveries behind a takeover or kick stay with the session.
-                            for rest in batch {
-                                if let Outbound::Deliver(d) = rest {
-                                    self.session.enqueue_offline(d);
-                                }
-                            }
-                            return exit;
-                        }
-                    }
-                    if let Err(e) = self.writer.try_flush() {
-                        return e.into();
+                    if let Err(exit) = self.on_outbox() {
+                        return exit;
                     }
                 }
                 written = self.writer.write_some(), if backlog > 0 => {
@@ -327,6 +292,45 @@ impl ClientConnection {
                 }
             }
         }
+    }
+
+    /// Handles what one read brought, routes its publishes and writes the replies.
+    async fn on_read(&mut self) -> Result<(), Exit> {
+        // Busy until the next turn: nobody waits for this connection while it may wait.
+        self.outbox.turn(false);
+        self.last_received = Instant::now();
+        let routed = self.handle_buffered()?;
+        if !self.control_jobs.is_empty() {
+            Box::pin(self.submit_control_jobs()).await?;
+        }
+        if self.writer.pending() > 0 {
+            // Let the subscribers' connections write the deliveries before this one writes its own
+            // acknowledgements, as a single-threaded broker would, rather than make them wait behind a
+            // syscall that only tells the publisher all is well.
+            match routed {
+                Routed::Nobody => {}
+                Routed::Idle(subscriber, ticket) => subscriber.wait_turn(ticket).await,
+                Routed::Busy => tokio::task::yield_now().await,
+            }
+        }
+        Ok(self.writer.try_flush()?)
+    }
+
+    /// Handles everything waiting in the outbox, taken in one lock so it leaves in the same write.
+    fn on_outbox(&mut self) -> Result<(), Exit> {
+        let mut batch = self.outbox.take_all().into_iter();
+        while let Some(outbound) = batch.next() {
+            if let Err(exit) = self.handle_outbound(outbound) {
+                // Deliveries behind a takeover or kick stay with the session.
+                for rest in batch {
+                    if let Outbound::Deliver(d) = rest {
+                        self.session.enqueue_offline(d);
+                    }
+                }
+                return Err(exit);
+            }
+        }
+        Ok(self.writer.try_flush()?)
     }
 
     /// Publishes the will if the exit calls for it, flushes what it can and hands the session back.
