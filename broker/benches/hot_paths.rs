@@ -1,5 +1,5 @@
-//! The hot functions: codec, topic matching against 10k filters, and fanning one message out to 1k
-//! sessions. `cargo bench -p midge-broker`.
+//! The hot functions: codec, topic matching against 10k filters, fanning one message out to 1k
+//! sessions, and routing one publish to 1k connections. `cargo bench -p midge-broker`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +7,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use midge_broker::codec::{self, Packet, Publish, QoS};
+use midge_broker::metrics::{Metrics, Stats};
+use midge_broker::plugins::Plugins;
+use midge_broker::router::{self, ClientMeta, Request, RouterHandle};
 use midge_broker::session::{Delivery, Message, Session, SessionLimits};
 use midge_broker::subscriptions::SubscriptionTree;
 
@@ -72,15 +75,19 @@ fn matching_benches(c: &mut Criterion) {
     group.finish();
 }
 
-fn fanout_benches(c: &mut Criterion) {
-    let limits = SessionLimits {
+fn limits() -> SessionLimits {
+    SessionLimits {
         expiry: None,
         max_inflight: 32,
         max_mqueue_len: 1000,
         mqueue_store_qos0: true,
         max_awaiting_rel: 100,
         await_rel_timeout: Duration::from_secs(20),
-    };
+    }
+}
+
+fn fanout_benches(c: &mut Criterion) {
+    let limits = limits();
     let mut sessions: Vec<(Session, BytesMut)> = (0..1000)
         .map(|i| (Session::new(Arc::from(format!("s{i}")), true, limits.clone()), BytesMut::with_capacity(1 << 16)))
         .collect();
@@ -109,9 +116,61 @@ fn fanout_benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// What a publisher's connection does per read: take the router's lock, match, and push an `Arc` into
+/// each subscriber's outbox; and what each subscriber's connection then does: take its outbox.
+fn routing_benches(c: &mut Criterion) {
+    let shared = router::Shared {
+        metrics: Arc::new(Metrics::default()),
+        stats: Arc::new(Stats::default()),
+        plugins: Arc::new(Plugins::new("bench")),
+        node: "bench@127.0.0.1".into(),
+    };
+    let router = RouterHandle::new(limits(), shared);
+    let mut receivers = Vec::new();
+    for i in 0..1000u64 {
+        let client_id: Arc<str> = Arc::from(format!("sub-{i}"));
+        let (outbox, receiver) = router::outbox(i);
+        let (reply, _outcome) = tokio::sync::oneshot::channel();
+        let meta = ClientMeta {
+            username: None,
+            peer: "127.0.0.1:1883".parse().unwrap(),
+            clean_session: true,
+            proto_ver: 4,
+            keepalive: 60,
+            connected_at: chrono::Local::now(),
+        };
+        router.send(Request::Connect { client_id: client_id.clone(), meta, outbox, reply });
+        let filters = vec![("sensors/+/floor-3/temperature".to_string(), Some(QoS::AtMostOnce))];
+        router.send(Request::Subscribe { client_id, conn_id: i, pkid: 1, filters });
+        receivers.push(receiver);
+    }
+    for receiver in &receivers {
+        receiver.take_all(); // the SUBACKs
+    }
+    let message = Arc::new(Message {
+        topic: Bytes::from_static(b"sensors/building-7/floor-3/temperature"),
+        payload: Bytes::from(vec![7u8; 64]),
+        qos: QoS::AtMostOnce,
+        retain: false,
+    });
+    let mut group = c.benchmark_group("routing");
+    group.throughput(Throughput::Elements(1000));
+    let mut batch = Vec::with_capacity(1);
+    group.bench_function("one QoS 0 publish to 1k connections (route + take)", |b| {
+        b.iter(|| {
+            batch.push(message.clone());
+            black_box(router.publish(&mut batch));
+            for receiver in &receivers {
+                black_box(receiver.take_all());
+            }
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = codec_benches, matching_benches, fanout_benches
+    targets = codec_benches, matching_benches, fanout_benches, routing_benches
 }
 criterion_main!(benches);
