@@ -1,6 +1,7 @@
 //! One client connection, from CONNECT to the end: authentication, session hand-over with the router,
 //! and the packet loop that reads, writes and delivers at the same time.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -207,6 +208,7 @@ async fn accept(
         last_received: Instant::now(),
         publishes: Vec::new(),
         control_jobs: Vec::new(),
+        batch: VecDeque::new(),
     };
     // 3.1 has no session-present flag.
     let session_present = present && connect.protocol == Protocol::V311;
@@ -247,7 +249,12 @@ struct ClientConnection {
     publishes: Vec<Arc<Message>>,
     /// Control requests read in this batch, for the control service.
     control_jobs: Vec<ControlJob>,
+    /// What was taken from the outbox, being handled; swapped with the outbox's queue at each take.
+    batch: VecDeque<Outbound>,
 }
+
+/// A drained outbox batch up to this many entries keeps its allocation for the next take.
+const KEEP_BATCH: usize = 64;
 
 impl ClientConnection {
     async fn run(&mut self) -> Exit {
@@ -318,17 +325,20 @@ impl ClientConnection {
 
     /// Handles everything waiting in the outbox, taken in one lock so it leaves in the same write.
     fn on_outbox(&mut self) -> Result<(), Exit> {
-        let mut batch = self.outbox.take_all().into_iter();
-        while let Some(outbound) = batch.next() {
+        self.outbox.take_into(&mut self.batch);
+        while let Some(outbound) = self.batch.pop_front() {
             if let Err(exit) = self.handle_outbound(outbound) {
                 // Deliveries behind a takeover or kick stay with the session.
-                for rest in batch {
+                for rest in std::mem::take(&mut self.batch) {
                     if let Outbound::Deliver(d) = rest {
                         self.session.enqueue_offline(d);
                     }
                 }
                 return Err(exit);
             }
+        }
+        if self.batch.capacity() > KEEP_BATCH {
+            self.batch = VecDeque::new();
         }
         Ok(self.writer.try_flush()?)
     }

@@ -1,6 +1,7 @@
 //! Framing: packets in and out of one TCP stream, each direction with its buffer kept in the struct.
 //! The two halves are separate so a connection can read and write at the same time in one `select!`.
 
+use std::cell::Cell;
 use std::pin::Pin;
 use std::task::Poll;
 
@@ -14,6 +15,13 @@ use crate::codec::{self, DecodeError, Packet};
 
 /// Beyond this many unsent bytes a connection stops taking new work until the socket drains.
 pub const WRITE_HIGH_WATER: usize = 1024 * 1024;
+
+thread_local! {
+    /// One drained read buffer per thread, passed from read to read: at low rates every read would
+    /// otherwise allocate its chunk and free it again, since idle connections keep no buffer. A
+    /// buffer still shared with payloads in flight is not reused: `reserve` then allocates afresh.
+    static SPARE_READ_BUFFER: Cell<Option<BytesMut>> = const { Cell::new(None) };
+}
 
 /// A drained write buffer up to this size is kept for the next packet.
 const KEEP_WRITE_BUFFER: usize = 1024;
@@ -58,6 +66,9 @@ impl PacketReader {
         loop {
             self.reader.readable().await?;
             if self.buf.capacity() - self.buf.len() < 1024 {
+                if self.buf.capacity() == 0 {
+                    self.buf = SPARE_READ_BUFFER.take().unwrap_or_default();
+                }
                 self.buf.reserve(READ_CHUNK);
             }
             // `poll_read`, unlike `try_read`, forgets the readiness after a short read: the next `fill`
@@ -76,10 +87,12 @@ impl PacketReader {
         }
     }
 
-    /// Frees the buffer if everything in it has been decoded.
+    /// Gives the buffer up if everything in it has been decoded: an idle connection holds none.
     pub fn release_if_drained(&mut self) {
         if self.buf.is_empty() && self.buf.capacity() > 0 {
-            self.buf = BytesMut::new();
+            let drained = std::mem::take(&mut self.buf);
+            // Kept for this thread's next read, in place of (and freeing) any kept before.
+            let _ = SPARE_READ_BUFFER.replace(Some(drained));
         }
     }
 

@@ -170,9 +170,18 @@ impl OutboxReceiver {
 
     /// Everything queued, in order, in one lock.
     pub fn take_all(&self) -> VecDeque<Outbound> {
+        let mut batch = VecDeque::new();
+        self.take_into(&mut batch);
+        batch
+    }
+
+    /// Everything queued, in order, in one lock, swapped with `batch` (which must be empty), so that
+    /// the two queues' allocations are reused rather than one made per take.
+    pub fn take_into(&self, batch: &mut VecDeque<Outbound>) {
+        debug_assert!(batch.is_empty());
         let mut state = self.shared.state();
         state.takes += 1;
-        std::mem::take(&mut state.queue)
+        std::mem::swap(&mut state.queue, batch);
     }
 
     /// Called by the connection at each turn of its loop: whether it is now idle (waiting for work,
