@@ -75,6 +75,15 @@ fn matching_benches(c: &mut Criterion) {
     group.finish();
 }
 
+fn qos0_message_64() -> Arc<Message> {
+    Arc::new(Message {
+        topic: Bytes::from_static(b"sensors/building-7/floor-3/temperature"),
+        payload: Bytes::from(vec![7u8; 64]),
+        qos: QoS::AtMostOnce,
+        retain: false,
+    })
+}
+
 fn limits() -> SessionLimits {
     SessionLimits {
         expiry: None,
@@ -91,12 +100,7 @@ fn fanout_benches(c: &mut Criterion) {
     let mut sessions: Vec<(Session, BytesMut)> = (0..1000)
         .map(|i| (Session::new(Arc::from(format!("s{i}")), true, limits.clone()), BytesMut::with_capacity(1 << 16)))
         .collect();
-    let message = Arc::new(Message {
-        topic: Bytes::from_static(b"sensors/building-7/floor-3/temperature"),
-        payload: Bytes::from(vec![7u8; 64]),
-        qos: QoS::AtMostOnce,
-        retain: false,
-    });
+    let message = qos0_message_64();
     let mut group = c.benchmark_group("fan-out");
     group.throughput(Throughput::Elements(1000));
     group.bench_function("one QoS 0 message to 1k sessions (deliver + encode)", |b| {
@@ -147,12 +151,7 @@ fn routing_benches(c: &mut Criterion) {
     for receiver in &receivers {
         receiver.take_all(); // the SUBACKs
     }
-    let message = Arc::new(Message {
-        topic: Bytes::from_static(b"sensors/building-7/floor-3/temperature"),
-        payload: Bytes::from(vec![7u8; 64]),
-        qos: QoS::AtMostOnce,
-        retain: false,
-    });
+    let message = qos0_message_64();
     let mut group = c.benchmark_group("routing");
     group.throughput(Throughput::Elements(1000));
     let mut batch = Vec::with_capacity(1);
