@@ -1,6 +1,6 @@
 //! A connection's outbox: what the router sends to one connection, in order.
 //!
-//! A queue behind a mutex and a `Notify`, rather than a channel: an idle connection's outbox costs a
+//! A queue behind a mutex and an `AtomicWaker`, rather than a channel: an idle connection's outbox costs a
 //! few dozen bytes (a tokio channel preallocates a block of slots), the connection takes everything
 //! waiting in one lock, and the router can bound the queue by its length.
 //!
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use tokio::sync::Notify;
+use atomic_waker::AtomicWaker;
 
 use super::Outbound;
 
@@ -38,7 +38,8 @@ struct State {
 #[derive(Debug, Default)]
 struct Shared {
     state: Mutex<State>,
-    notify: Notify,
+    /// The connection's task, while it waits for something to be queued.
+    waker: AtomicWaker,
     receiver_gone: AtomicBool,
 }
 
@@ -113,7 +114,7 @@ impl Outbox {
         if !was_empty {
             return Ok(Pushed::Queued);
         }
-        self.shared.notify.notify_one();
+        self.shared.waker.wake();
         Ok(if idle { Pushed::WokeIdle(ticket) } else { Pushed::Queued })
     }
 
@@ -160,12 +161,16 @@ impl Future for WaitTurn<'_> {
 impl OutboxReceiver {
     /// Waits until something is queued. Cancel-safe.
     pub async fn ready(&self) {
-        loop {
-            if !self.shared.state().queue.is_empty() {
-                return;
+        std::future::poll_fn(|cx| {
+            // Registered before looking, so a push after the look wakes this task.
+            self.shared.waker.register(cx.waker());
+            if self.shared.state().queue.is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
             }
-            self.shared.notify.notified().await;
-        }
+        })
+        .await
     }
 
     /// Everything queued, in order, in one lock.
