@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use midge_broker::codec::{self, Packet, Publish, QoS};
+use midge_broker::codec::{self, Packet, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::mqtt::{payload, sent_at, Conn};
+use crate::mqtt::{drain_in_background, histogram, probe, sent_at, Conn};
 use crate::scenarios::Target;
 
 /// One broker's figures over all rounds.
@@ -45,10 +45,6 @@ struct Probe {
 const TOPIC: &str = "bench/latency/0";
 /// Long enough for the last message of a round to arrive before the next round starts.
 const GAP: Duration = Duration::from_millis(50);
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
-}
 
 /// Measures every target in `rounds` alternating rounds of `round_time` at `rate` messages/s.
 pub async fn interleaved(
@@ -95,12 +91,8 @@ impl Probe {
         let mut subscriber = Conn::connect(target.addr, &format!("bench-lat-sub-{index}"), 300).await?;
         subscriber.subscribe("bench/latency/+", qos).await?;
         let publisher = Conn::connect(target.addr, &format!("bench-lat-pub-{index}"), 300).await?;
-        let Conn { mut reader, writer, wbuf, .. } = publisher;
-        // The publisher's PUBACKs are read and dropped.
-        tokio::spawn(async move {
-            let mut sink = vec![0u8; 16 * 1024];
-            while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
-        });
+        let Conn { reader, writer, wbuf, .. } = publisher;
+        drain_in_background(reader);
         let round = Arc::new(AtomicUsize::new(0));
         let (stop, stopped) = oneshot::channel();
         let subscriber = tokio::spawn(record(subscriber, round.clone(), rounds, epoch, stopped));
@@ -108,15 +100,8 @@ impl Probe {
     }
 
     async fn publish(&mut self, qos: QoS, pkid: u16, epoch: Instant) -> anyhow::Result<()> {
-        let publish = Publish {
-            dup: false,
-            qos,
-            retain: false,
-            topic: self.topic.clone(),
-            pkid: if qos == QoS::AtMostOnce { 0 } else { pkid },
-            payload: payload(epoch.elapsed().as_nanos() as u64),
-        };
-        codec::encode(&Packet::Publish(publish), &mut self.wbuf);
+        let sent = epoch.elapsed().as_nanos() as u64;
+        codec::encode(&probe(self.topic.clone(), qos, pkid, sent), &mut self.wbuf);
         self.writer.write_all(&self.wbuf).await.context("publish")?;
         self.wbuf.clear();
         Ok(())

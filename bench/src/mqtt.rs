@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
+use hdrhistogram::Histogram;
 use midge_broker::codec::{self, *};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -89,4 +90,29 @@ pub fn payload(nanos: u64) -> Bytes {
 
 pub fn sent_at(payload: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(payload.get(..8)?.try_into().ok()?))
+}
+
+/// Reads and drops whatever arrives on `reader` (a publisher's acknowledgements) until it closes.
+pub fn drain_in_background(mut reader: OwnedReadHalf) {
+    tokio::spawn(async move {
+        let mut sink = vec![0u8; 64 * 1024];
+        while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+}
+
+/// A probe: a 64-byte PUBLISH to `topic` stamped with `nanos` (see [`payload`]).
+pub fn probe(topic: Bytes, qos: QoS, pkid: u16, nanos: u64) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic,
+        pkid: if qos == QoS::AtMostOnce { 0 } else { pkid },
+        payload: payload(nanos),
+    })
+}
+
+/// An HDR histogram of latencies in microseconds, up to a minute.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }

@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use midge_broker::codec::{Packet, Publish, QoS};
 use tokio::io::AsyncReadExt;
 
-use crate::mqtt::{payload, sent_at, Conn};
+use crate::mqtt::{drain_in_background, histogram, probe, sent_at, Conn};
 use crate::proc;
 
 /// What one run at one rate gave.
@@ -41,10 +41,6 @@ pub struct Target {
 
 const STEP_TIME: Duration = Duration::from_secs(2);
 const DRAIN_TIME: Duration = Duration::from_millis(1500);
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
-}
 
 /// Reads publishes until `deadline`, acknowledging QoS 1, recording latency. Returns (count, histogram).
 async fn subscribe_loop(mut conn: Conn, epoch: Instant, deadline: tokio::time::Instant) -> (u64, Histogram<u64>) {
@@ -87,16 +83,9 @@ fn record(hist: &mut Histogram<u64>, epoch: Instant, p: &Publish) {
 async fn publish_loop(conns: Vec<(Conn, String)>, rate_each: f64, qos: QoS, epoch: Instant, duration: Duration) -> u64 {
     let mut writers = Vec::new();
     for (conn, topic) in conns {
-        let Conn { mut reader, writer, wbuf, .. } = conn;
-        tokio::spawn(async move {
-            let mut sink = vec![0u8; 64 * 1024];
-            while let Ok(n) = reader.read(&mut sink).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        });
-        writers.push((writer, wbuf, topic, 0u64));
+        let Conn { reader, writer, wbuf, .. } = conn;
+        drain_in_background(reader);
+        writers.push((writer, wbuf, bytes::Bytes::from(topic), 0u64));
     }
     let start = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
@@ -111,15 +100,7 @@ async fn publish_loop(conns: Vec<(Conn, String)>, rate_each: f64, qos: QoS, epoc
             let now = epoch.elapsed().as_nanos() as u64;
             while *sent < due {
                 pkid = pkid.checked_add(1).unwrap_or(1);
-                let publish = Publish {
-                    dup: false,
-                    qos,
-                    retain: false,
-                    topic: bytes::Bytes::copy_from_slice(topic.as_bytes()),
-                    pkid: if qos == QoS::AtMostOnce { 0 } else { pkid },
-                    payload: payload(now),
-                };
-                midge_broker::codec::encode(&Packet::Publish(publish), wbuf);
+                midge_broker::codec::encode(&probe(topic.clone(), qos, pkid, now), wbuf);
                 *sent += 1;
                 total += 1;
             }

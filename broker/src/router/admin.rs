@@ -89,11 +89,7 @@ impl Router {
                     .flat_map(|(id, c)| c.filters.iter().map(move |(topic, qos)| (id, topic, qos)))
                     .skip(window.start)
                     .take(window.len())
-                    .map(|(id, topic, qos)| SubscriptionRow {
-                        client_id: id.to_string(),
-                        topic: topic.clone(),
-                        qos: *qos as u8,
-                    })
+                    .map(|(id, topic, qos)| subscription_row(id, topic, *qos))
                     .collect();
                 let _ = reply.send(Page::new(page, total, rows));
             }
@@ -215,10 +211,11 @@ fn session_row(id: &Arc<str>, c: &Client, max_inflight: u64) -> SessionRow {
 }
 
 fn subscription_rows(id: &Arc<str>, c: &Client) -> Vec<SubscriptionRow> {
-    c.filters
-        .iter()
-        .map(|(topic, qos)| SubscriptionRow { client_id: id.to_string(), topic: topic.clone(), qos: *qos as u8 })
-        .collect()
+    c.filters.iter().map(|(topic, qos)| subscription_row(id, topic, *qos)).collect()
+}
+
+fn subscription_row(id: &Arc<str>, topic: &str, qos: QoS) -> SubscriptionRow {
+    SubscriptionRow { client_id: id.to_string(), topic: topic.to_string(), qos: qos as u8 }
 }
 
 #[cfg(test)]

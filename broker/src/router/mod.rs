@@ -126,7 +126,6 @@ impl RouterHandle {
         for message in messages.drain(..) {
             router.publish(message);
         }
-        router.update_stats();
         match (router.woke_idle.take(), std::mem::take(&mut router.pushed)) {
             (Some((outbox, ticket)), _) => Routed::Idle(outbox, ticket),
             (None, true) => Routed::Busy,
@@ -302,7 +301,13 @@ impl Router {
         stats.set(Stat::Subscribers, self.subscribers);
         stats.set(Stat::Topics, self.routes.len() as u64);
         stats.set(Stat::Routes, self.routes.len() as u64);
-        stats.set(Stat::Retained, self.retained.len() as u64);
+        self.update_retained_stats();
+    }
+
+    /// The only figures a publish can change, set where it changes them: the publish path need not
+    /// refresh every stat per batch.
+    fn update_retained_stats(&self) {
+        self.shared.stats.set(Stat::Retained, self.retained.len() as u64);
         self.shared.metrics.set(Metric::MessagesRetained, self.retained.len() as u64);
     }
 
@@ -471,6 +476,7 @@ impl Router {
         } else {
             self.retained.insert(topic, message.clone());
         }
+        self.update_retained_stats();
     }
 
     fn deliver(&mut self, client_id: &ClientId, delivery: Delivery) {
