@@ -17,7 +17,7 @@ use crate::codec::*;
 use crate::connection::{self, ConnectionError, PacketReader, PacketWriter, WRITE_HIGH_WATER};
 use crate::control::ControlJob;
 use crate::metrics::Metric;
-use crate::router::{self, ClientMeta, ConnectOutcome, Outbound, OutboxReceiver, Request, Routed};
+use crate::router::{self, Activity, ClientMeta, ConnectOutcome, Outbound, OutboxReceiver, Request, Routed};
 use crate::server::Context;
 use crate::session::{AckResult, Delivery, Message, Outgoing, Session};
 use crate::subscriptions::ClientId;
@@ -210,6 +210,7 @@ async fn accept(
         control_jobs: Vec::new(),
         batch: VecDeque::new(),
     };
+    conn.outbox.allow_direct(conn.writer.socket(), conn.session.stats.clone());
     // 3.1 has no session-present flag.
     let session_present = present && connect.protocol == Protocol::V311;
     conn.send(&Packet::Connack(Connack { session_present, code: ConnectReturnCode::Accepted }));
@@ -269,7 +270,11 @@ impl ClientConnection {
         loop {
             let backlog = self.writer.pending();
             // Idle: waiting for work with room to write, so a publisher may wait for this turn.
-            self.outbox.turn(backlog < WRITE_HIGH_WATER);
+            self.outbox.turn(match backlog {
+                0 => Activity::Drained,
+                _ if backlog < WRITE_HIGH_WATER => Activity::Idle,
+                _ => Activity::Busy,
+            });
             tokio::select! {
                 _ = &mut cancelled => return Exit::Shutdown,
                 read = self.reader.fill(), if backlog < 2 * WRITE_HIGH_WATER => {
@@ -303,8 +308,9 @@ impl ClientConnection {
 
     /// Handles what one read brought, routes its publishes and writes the replies.
     async fn on_read(&mut self) -> Result<(), Exit> {
-        // Busy until the next turn: nobody waits for this connection while it may wait.
-        self.outbox.turn(false);
+        // Busy until the next turn: nobody waits for this connection while it may wait, and nobody
+        // writes to its socket while it may write.
+        self.outbox.turn(Activity::Busy);
         self.last_received = Instant::now();
         let routed = self.handle_buffered()?;
         if !self.control_jobs.is_empty() {
@@ -345,8 +351,9 @@ impl ClientConnection {
 
     /// Publishes the will if the exit calls for it, flushes what it can and hands the session back.
     async fn finish(mut self, exit: Exit) {
-        // Whoever waits for this connection's next turn need not wait any longer.
-        self.outbox.turn(false);
+        // Whoever waits for this connection's next turn need not wait any longer, and the socket is
+        // this task's alone again.
+        self.outbox.close();
         // Publishes read before whatever ended the connection (a DISCONNECT in the same read) still go.
         self.flush_publishes();
         let _ = self.submit_control_jobs().await;
@@ -600,6 +607,7 @@ impl ClientConnection {
             Outbound::TakenOver => return Err(Exit::TakenOver),
             Outbound::Kick => return Err(Exit::Kicked),
             Outbound::CleanAclCache(topic) => self.acl_cache.remove(&topic),
+            Outbound::Unsent(rest) => self.writer.queue_raw(&rest),
         }
         Ok(())
     }

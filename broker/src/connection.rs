@@ -3,10 +3,10 @@
 
 use std::cell::Cell;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
@@ -43,7 +43,8 @@ pub fn split(stream: TcpStream, max_packet_size: usize) -> (PacketReader, Packet
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.into_split();
     // Buffers start empty and are released whenever drained, so an idle connection holds none.
-    (PacketReader { reader, buf: BytesMut::new(), max_packet_size }, PacketWriter { writer, buf: BytesMut::new() })
+    let writer = PacketWriter { socket: SocketHandle(Arc::new(writer)), buf: BytesMut::new() };
+    (PacketReader { reader, buf: BytesMut::new(), max_packet_size }, writer)
 }
 
 pub struct PacketReader {
@@ -108,7 +109,7 @@ impl PacketReader {
 }
 
 pub struct PacketWriter {
-    writer: OwnedWriteHalf,
+    socket: SocketHandle,
     buf: BytesMut,
 }
 
@@ -121,13 +122,35 @@ impl PacketWriter {
         self.buf.len() - before
     }
 
+    /// Queues bytes already encoded: the rest of a packet another task began to write.
+    pub fn queue_raw(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
     pub fn pending(&self) -> usize {
         self.buf.len()
     }
 
-    /// Writes some of the queued bytes. Cancel-safe: `write` reports exactly what it sent.
+    /// The socket, for writes by other tasks at moments this writer has nothing unsent and waits
+    /// (see `router/outbox.rs`).
+    pub fn socket(&self) -> SocketHandle {
+        self.socket.clone()
+    }
+
+    /// Writes some of the queued bytes. Cancel-safe: a write that happens is accounted for at once.
     pub async fn write_some(&mut self) -> Result<(), ConnectionError> {
-        let n = self.writer.write(&self.buf).await?;
+        // Readiness through `poll_write_ready` rather than a `writable()` future: the latter is a waiter
+        // node of its own, and this future sits in every connection's task.
+        let stream: &TcpStream = self.socket.0.as_ref().as_ref();
+        let buf = &mut self.buf;
+        let n = std::future::poll_fn(|cx| loop {
+            std::task::ready!(stream.poll_write_ready(cx))?;
+            match stream.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                written => return Poll::Ready(written),
+            }
+        })
+        .await?;
         if n == 0 {
             return Err(ConnectionError::Closed);
         }
@@ -143,7 +166,7 @@ impl PacketWriter {
     /// leaves on the spot rather than after another turn of the connection's loop.
     pub fn try_flush(&mut self) -> Result<(), ConnectionError> {
         while !self.buf.is_empty() {
-            match self.writer.try_write(&self.buf) {
+            match self.socket.0.try_write(&self.buf) {
                 Ok(0) => return Err(ConnectionError::Closed),
                 Ok(n) => self.buf.advance(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
@@ -170,7 +193,50 @@ impl PacketWriter {
         Ok(())
     }
 
+    /// Ends the sending side. Whoever else holds the socket has let go of it by now (the outbox forgets
+    /// it when the connection ends); were one still to hold it, its last drop would do the same.
     pub async fn shutdown(&mut self) {
-        let _ = self.writer.shutdown().await;
+        if let Some(socket) = Arc::get_mut(&mut self.socket.0) {
+            let _ = tokio::io::AsyncWriteExt::shutdown(socket).await;
+        }
+    }
+}
+
+thread_local! {
+    /// The encoding buffer of [`SocketHandle::write_packet`], kept per thread.
+    static DIRECT_BUFFER: Cell<Option<BytesMut>> = const { Cell::new(None) };
+}
+
+/// A connection's socket as another task may write to it: only at a moment the connection's own
+/// writer has nothing unsent and cannot start writing (the caller must ensure it).
+#[derive(Debug, Clone)]
+pub struct SocketHandle(Arc<OwnedWriteHalf>);
+
+/// What [`SocketHandle::write_packet`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Written {
+    /// All of it, this many bytes.
+    All(usize),
+    /// The first part: the rest must be the next bytes the connection writes.
+    Part { size: usize, rest: Box<[u8]> },
+    /// Nothing: the socket is full or failed (the connection will find out itself).
+    Nothing,
+}
+
+impl SocketHandle {
+    /// Encodes `packet` and writes what the socket takes now, without waiting.
+    pub fn write_packet(&self, packet: &Packet) -> Written {
+        let mut buf = DIRECT_BUFFER.take().unwrap_or_default();
+        buf.clear();
+        codec::encode(packet, &mut buf);
+        let written = match self.0.try_write(&buf) {
+            Ok(n) if n == buf.len() => Written::All(n),
+            Ok(n) if n > 0 => Written::Part { size: buf.len(), rest: buf[n..].into() },
+            _ => Written::Nothing,
+        };
+        if buf.capacity() <= KEEP_WRITE_BUFFER {
+            DIRECT_BUFFER.set(Some(buf));
+        }
+        written
     }
 }

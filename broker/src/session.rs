@@ -45,6 +45,20 @@ pub struct Delivery {
     pub retain: bool,
 }
 
+impl Delivery {
+    /// The PUBLISH that carries this delivery (`pkid` 0 for QoS 0).
+    pub fn publish(&self, pkid: u16, dup: bool) -> Publish {
+        Publish {
+            dup,
+            qos: self.qos,
+            retain: self.retain,
+            topic: self.message.topic.clone(),
+            pkid,
+            payload: self.message.payload.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(clippy::enum_variant_names)] // "awaiting X" is what each state is.
 enum InflightState {
@@ -108,6 +122,11 @@ pub struct SessionStats {
 impl SessionStats {
     pub fn get(field: &AtomicU64) -> u64 {
         field.load(Ordering::Relaxed)
+    }
+
+    /// A QoS 0 message written to the client without passing through the session.
+    pub fn count_delivered(&self) {
+        self.deliver_msg.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -200,7 +219,7 @@ impl Session {
     pub fn deliver(&mut self, delivery: Delivery, dropped: &mut bool) -> Option<Publish> {
         if delivery.qos == QoS::AtMostOnce {
             Self::count(&self.stats.deliver_msg);
-            return Some(self.publish_packet(&delivery, 0, false));
+            return Some(delivery.publish(0, false));
         }
         let sent = if self.window_full() || !self.mqueue.is_empty() {
             *dropped |= !self.enqueue(delivery);
@@ -220,7 +239,7 @@ impl Session {
             };
             if delivery.qos == QoS::AtMostOnce {
                 Self::count(&self.stats.deliver_msg);
-                out.push(Outgoing::Publish(self.publish_packet(&delivery, 0, false)));
+                out.push(Outgoing::Publish(delivery.publish(0, false)));
             } else {
                 out.push(Outgoing::Publish(self.send_inflight(delivery)));
             }
@@ -234,7 +253,7 @@ impl Session {
         for entry in &self.inflight {
             out.push(match entry.state {
                 InflightState::AwaitComp => Outgoing::Pubrel(entry.pkid),
-                _ => Outgoing::Publish(self.publish_packet(&entry.delivery, entry.pkid, true)),
+                _ => Outgoing::Publish(entry.delivery.publish(entry.pkid, true)),
             });
         }
         self.drain_queue(out);
@@ -317,7 +336,7 @@ impl Session {
 
     fn send_inflight(&mut self, delivery: Delivery) -> Publish {
         let pkid = self.next_packet_id();
-        let publish = self.publish_packet(&delivery, pkid, false);
+        let publish = delivery.publish(pkid, false);
         let state = match delivery.qos {
             QoS::ExactlyOnce => InflightState::AwaitRec,
             _ => InflightState::AwaitAck,
@@ -335,17 +354,6 @@ impl Session {
             if !self.inflight.iter().any(|e| e.pkid == id) {
                 return id;
             }
-        }
-    }
-
-    fn publish_packet(&self, d: &Delivery, pkid: u16, dup: bool) -> Publish {
-        Publish {
-            dup,
-            qos: d.qos,
-            retain: d.retain,
-            topic: d.message.topic.clone(),
-            pkid,
-            payload: d.message.payload.clone(),
         }
     }
 }

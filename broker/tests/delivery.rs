@@ -486,3 +486,68 @@ async fn ring_member(raw: Raw, topic: String, count: u32) -> (u32, u32) {
     write.await.expect("writer");
     (acked, received)
 }
+
+/// Lone QoS 0 messages are written straight to a waiting subscriber's socket by the publisher's task,
+/// everything else through the subscriber's own connection (router/outbox.rs). Here the subscriber
+/// stops reading, so its socket fills up mid-packet and the two paths take turns; whatever path each
+/// message took, every one must arrive whole and in its publisher's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_and_batched_messages_keep_order_and_framing_when_a_subscriber_falls_behind() {
+    // 12 MB in all, more than the kernel buffers between broker and subscriber hold.
+    const EACH: u32 = 300;
+    const FILLER: usize = 20_001;
+    let broker = start_default().await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut sub = Raw::from_stream(socket.connect(broker.addr).await.unwrap());
+    sub.send(&Packet::Connect(connect_packet("slow-sub", true))).await;
+    assert!(matches!(sub.recv().await, Some(Packet::Connack(_))));
+    sub.subscribe(1, &[("lone/#", QoS::AtMostOnce)]).await;
+
+    let publishers: Vec<_> = (0..2u8)
+        .map(|id| {
+            let addr = broker.addr;
+            tokio::spawn(async move {
+                let mut publisher = Raw::connected(addr, &format!("pub-{id}")).await;
+                let message = |seq: u32| {
+                    let mut payload = vec![id; FILLER];
+                    payload[..4].copy_from_slice(&seq.to_be_bytes());
+                    publish(&format!("lone/{id}"), &payload, QoS::AtMostOnce, 0)
+                };
+                let mut seq = 0;
+                while seq < EACH {
+                    if seq % 50 == 25 {
+                        // A burst in one write: routed as a batch, queued.
+                        let mut bytes = bytes::BytesMut::new();
+                        for _ in 0..5 {
+                            codec::encode(&message(seq), &mut bytes);
+                            seq += 1;
+                        }
+                        publisher.send_bytes(&bytes).await;
+                    } else {
+                        // Alone in its read: the broker has handled it before the PINGRESP.
+                        publisher.send(&message(seq)).await;
+                        seq += 1;
+                    }
+                    publisher.ping().await;
+                }
+                publisher.disconnect().await;
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+
+    let mut next = [0u32; 2];
+    while next != [EACH; 2] {
+        let p = sub.recv_publish().await;
+        let id = p.payload[FILLER - 1];
+        let seq = u32::from_be_bytes(p.payload[..4].try_into().unwrap());
+        assert_eq!(p.topic_str(), format!("lone/{id}"));
+        assert_eq!(seq, next[id as usize], "publisher {id}'s messages in order");
+        assert!(p.payload[4..].iter().all(|&b| b == id), "payload intact");
+        next[id as usize] += 1;
+    }
+    broker.stop().await;
+}

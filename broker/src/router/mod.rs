@@ -19,7 +19,7 @@ use chrono::{DateTime, Local};
 use tokio::sync::oneshot;
 
 pub use admin::AdminRequest;
-pub use outbox::{outbox, Outbox, OutboxReceiver, Pushed, Refused, Ticket};
+pub use outbox::{outbox, Activity, Direct, Outbox, OutboxReceiver, Pushed, Refused, Ticket};
 
 use crate::codec::{QoS, Suback, SubackCode};
 use crate::metrics::{Metric, Metrics, Stat, Stats};
@@ -99,12 +99,16 @@ pub enum Outbound {
     Kick,
     /// Forget the cached ACL decision for one topic.
     CleanAclCache(Box<str>),
+    /// The rest of a packet a publisher began to write straight to the socket (see `outbox.rs`): the
+    /// next bytes this connection writes.
+    Unsent(Box<[u8]>),
 }
 
 /// A cheap, cloneable way to reach the router.
 #[derive(Clone)]
 pub struct RouterHandle {
     router: Arc<Mutex<Router>>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for RouterHandle {
@@ -123,13 +127,36 @@ impl RouterHandle {
     /// Routes the publishes one connection read in one go, in order, leaving `messages` empty.
     pub fn publish(&self, messages: &mut Vec<Arc<Message>>) -> Routed {
         let mut router = lock(&self.router);
+        let lone = messages.len() == 1;
         for message in messages.drain(..) {
-            router.publish(message);
+            router.publish(message, lone);
+        }
+        if let Some((outbox, delivery)) = router.direct.take() {
+            // The write is a syscall: made after the router's lock is let go, under the outbox's.
+            let limit = router.outbox_limit();
+            drop(router);
+            return self.deliver_direct(outbox, delivery, limit);
         }
         match (router.woke_idle.take(), std::mem::take(&mut router.pushed)) {
             (Some((outbox, ticket)), _) => Routed::Idle(outbox, ticket),
             (None, true) => Routed::Busy,
             (None, false) => Routed::Nobody,
+        }
+    }
+
+    fn deliver_direct(&self, outbox: Outbox, delivery: Delivery, limit: usize) -> Routed {
+        match outbox.deliver_direct(delivery, limit) {
+            Ok(Direct::Written { packet, size }) => {
+                self.metrics.packet_sent(&packet, size);
+                Routed::Nobody
+            }
+            Ok(Direct::Pushed(Pushed::WokeIdle(ticket))) => Routed::Idle(outbox, ticket),
+            Ok(Direct::Pushed(Pushed::Queued)) => Routed::Busy,
+            Err(refused) => {
+                tracing::debug!(conn_id = outbox.conn_id, ?refused, "message dropped");
+                self.metrics.inc(Metric::MessagesDropped);
+                Routed::Nobody
+            }
         }
     }
 
@@ -212,11 +239,15 @@ pub struct Router {
     /// any delivery reached a connection at all.
     woke_idle: Option<(Outbox, Ticket)>,
     pushed: bool,
+    /// A lone QoS 0 delivery for a drained connection, to be written straight to its socket once the
+    /// router's lock is let go (see `outbox.rs`).
+    direct: Option<(Outbox, Delivery)>,
 }
 
 impl RouterHandle {
     /// An empty router.
     pub fn new(limits: SessionLimits, shared: Shared) -> RouterHandle {
+        let metrics = shared.metrics.clone();
         let router = Router {
             clients: HashMap::new(),
             subscriptions: SubscriptionTree::new(),
@@ -229,8 +260,9 @@ impl RouterHandle {
             matched: Vec::new(),
             woke_idle: None,
             pushed: false,
+            direct: None,
         };
-        RouterHandle { router: Arc::new(Mutex::new(router)) }
+        RouterHandle { router: Arc::new(Mutex::new(router)), metrics }
     }
 
     /// Expires offline sessions and refreshes the stats, a few times per expiry interval, until
@@ -275,7 +307,7 @@ impl Router {
     fn handle(&mut self, request: Request) {
         match request {
             Request::Connect { client_id, meta, outbox, reply } => self.connect(client_id, meta, outbox, reply),
-            Request::Publish(message) => self.publish(message),
+            Request::Publish(message) => self.publish(message, false),
             Request::Subscribe { client_id, conn_id, pkid, filters } => {
                 self.subscribe(client_id, conn_id, pkid, filters)
             }
@@ -448,7 +480,8 @@ impl Router {
         }
     }
 
-    fn publish(&mut self, message: Arc<Message>) {
+    /// Routes one message; `lone` if it is the only one its publisher read at once.
+    fn publish(&mut self, message: Arc<Message>, lone: bool) {
         let sys = message.is_sys();
         if message.retain && self.shared.plugins.is_active(Plugin::Retainer) {
             self.retain(&message);
@@ -461,6 +494,16 @@ impl Router {
         matched.dedup_by(|later, first| later.0 == first.0);
         if matched.is_empty() && !sys {
             self.shared.metrics.inc(Metric::MessagesDropped);
+        }
+        if let ([(client_id, granted)], true, false) = (&matched[..], lone, sys) {
+            if message.qos.min(*granted) == QoS::AtMostOnce {
+                if let Some(outbox) = self.drained_outbox(client_id) {
+                    let delivery = Delivery { message, qos: QoS::AtMostOnce, retain: false };
+                    self.direct = Some((outbox, delivery));
+                    self.matched = matched;
+                    return;
+                }
+            }
         }
         for (client_id, granted) in &matched {
             let qos = message.qos.min(*granted);
@@ -479,12 +522,26 @@ impl Router {
         self.update_retained_stats();
     }
 
+    /// The outbox of `client_id` if it is online and drained: a lone message for it is written on the spot.
+    fn drained_outbox(&self, client_id: &ClientId) -> Option<Outbox> {
+        match &self.clients.get(client_id)?.presence {
+            Presence::Online(outbox) if outbox.is_drained() => Some(outbox.clone()),
+            _ => None,
+        }
+    }
+
+    /// How many deliveries may wait in one outbox.
+    fn outbox_limit(&self) -> usize {
+        OUTBOX_LIMIT.max(self.limits.max_mqueue_len)
+    }
+
     fn deliver(&mut self, client_id: &ClientId, delivery: Delivery) {
+        let limit = self.outbox_limit();
         let Some(client) = self.clients.get_mut(client_id) else { return };
         let sys = delivery.message.is_sys();
         let kept = match &mut client.presence {
             Presence::Online(outbox) => {
-                match outbox.push_bounded(Outbound::Deliver(delivery), OUTBOX_LIMIT.max(self.limits.max_mqueue_len)) {
+                match outbox.push_bounded(Outbound::Deliver(delivery), limit) {
                     Ok(pushed) => {
                         self.pushed = true;
                         if let (Pushed::WokeIdle(ticket), None) = (pushed, &self.woke_idle) {

@@ -10,6 +10,14 @@
 //! [`Outbox::wait_turn`]): the subscriber's task, woken on the same worker, writes the delivery, then
 //! wakes the publisher, which writes its PUBACK. `tokio::task::yield_now` would give the same order,
 //! but through a poll of the I/O driver that often wakes the other, parked, worker thread too.
+//!
+//! And it carries a short cut. A lone QoS 0 message for a connection that waits with nothing unsent
+//! and nothing queued (a *drained* one) is written straight to that connection's socket by the
+//! publisher's task, under the outbox's lock, as a single-threaded broker would: no wake-up of the
+//! subscriber's task, no second task on the message's path. The connection's own writes never overlap
+//! such a write, since it leaves the drained state under the same lock (by taking the queue, or by
+//! its next turn) before it writes anything. Batches and fan-out still go through the queue, so their
+//! writes are batched per connection and spread over the workers.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -21,6 +29,9 @@ use std::task::{Context, Poll, Waker};
 use atomic_waker::AtomicWaker;
 
 use super::Outbound;
+use crate::codec::Packet;
+use crate::connection::{SocketHandle, Written};
+use crate::session::{Delivery, SessionStats};
 
 #[derive(Debug, Default)]
 struct State {
@@ -33,6 +44,17 @@ struct State {
     /// How many times the connection has taken the queue: a publisher waits only while what it
     /// pushed has not been taken yet, since the turn after a take may already have passed.
     takes: u64,
+    /// Idle with nothing unsent: a lone message may be written straight to the socket.
+    drained: bool,
+    /// Where such writes go; forgotten when the connection ends.
+    direct: Option<DirectTarget>,
+}
+
+#[derive(Debug)]
+struct DirectTarget {
+    socket: SocketHandle,
+    /// The session's figures, which count a message written here as delivered.
+    stats: Arc<SessionStats>,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +109,26 @@ pub enum Pushed {
     WokeIdle(Ticket),
 }
 
+/// What [`Outbox::deliver_direct`] did.
+#[derive(Debug)]
+pub enum Direct {
+    /// Written to the socket (all of it, or a part with the rest queued first for the connection).
+    Written { packet: Packet, size: usize },
+    /// Queued, as [`Outbox::push_bounded`] would have.
+    Pushed(Pushed),
+}
+
+/// What a connection is doing at a turn of its loop (see [`OutboxReceiver::turn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// Handling something; it may itself wait for another connection's turn.
+    Busy,
+    /// Waiting for work, with room to write.
+    Idle,
+    /// Waiting for work with nothing unsent: a lone message may be written straight to its socket.
+    Drained,
+}
+
 /// Which take of the queue a push will be part of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket(u64);
@@ -102,20 +144,63 @@ impl Outbox {
         if self.shared.receiver_gone.load(Ordering::Acquire) {
             return Err(Refused::Gone);
         }
-        let (was_empty, idle, ticket) = {
-            let mut state = self.shared.state();
-            if limit.is_some_and(|l| state.queue.len() >= l) {
-                return Err(Refused::Full);
-            }
-            state.queue.push_back(outbound);
-            (state.queue.len() == 1, state.idle, Ticket(state.takes))
-        };
+        self.push_locked(self.shared.state(), outbound, limit)
+    }
+
+    fn push_locked(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        outbound: Outbound,
+        limit: Option<usize>,
+    ) -> Result<Pushed, Refused> {
+        if limit.is_some_and(|l| state.queue.len() >= l) {
+            return Err(Refused::Full);
+        }
+        state.queue.push_back(outbound);
+        let (was_empty, idle, ticket) = (state.queue.len() == 1, state.idle, Ticket(state.takes));
+        drop(state);
         // A non-empty queue has a wake-up on its way already.
         if !was_empty {
             return Ok(Pushed::Queued);
         }
         self.shared.waker.wake();
         Ok(if idle { Pushed::WokeIdle(ticket) } else { Pushed::Queued })
+    }
+
+    /// Whether the connection is drained right now, so that a lone message would be written on the
+    /// spot (a hint for the router: [`Outbox::deliver_direct`] looks again).
+    pub fn is_drained(&self) -> bool {
+        let state = self.shared.state();
+        state.drained && state.direct.is_some() && state.queue.is_empty()
+    }
+
+    /// Writes a QoS 0 delivery straight to the connection's socket if the connection is drained, or
+    /// else queues it as [`Outbox::push_bounded`] does. The socket gets whatever it takes without
+    /// waiting; a rest is queued for the connection to write before anything else.
+    pub fn deliver_direct(&self, delivery: Delivery, limit: usize) -> Result<Direct, Refused> {
+        debug_assert!(delivery.qos == crate::codec::QoS::AtMostOnce, "no packet id to give here");
+        if self.shared.receiver_gone.load(Ordering::Acquire) {
+            return Err(Refused::Gone);
+        }
+        let state = self.shared.state();
+        if let (true, true, Some(target)) = (state.drained, state.queue.is_empty(), &state.direct) {
+            let packet = Packet::Publish(delivery.publish(0, false));
+            let (size, rest) = match target.socket.write_packet(&packet) {
+                Written::All(size) => (size, None),
+                Written::Part { size, rest } => (size, Some(rest)),
+                Written::Nothing => (0, None),
+            };
+            if size > 0 {
+                target.stats.count_delivered();
+                if let Some(rest) = rest {
+                    // The connection is drained: the rest goes out before anything else it writes.
+                    let _ = self.push_locked(state, Outbound::Unsent(rest), None);
+                }
+                return Ok(Direct::Written { packet, size });
+            }
+            // The socket is full (or failed): the connection finds out when it writes.
+        }
+        self.push_locked(state, Outbound::Deliver(delivery), Some(limit)).map(Direct::Pushed)
     }
 
     /// Waits until the connection behind this outbox has taken what was pushed with `ticket` and
@@ -186,15 +271,29 @@ impl OutboxReceiver {
         debug_assert!(batch.is_empty());
         let mut state = self.shared.state();
         state.takes += 1;
+        // About to write what it took: no more writes from other tasks until its next turn.
+        state.drained = false;
         std::mem::swap(&mut state.queue, batch);
     }
 
-    /// Called by the connection at each turn of its loop: whether it is now idle (waiting for work,
-    /// with room to write) or busy. Either way, a publisher waiting for this turn may go on.
-    pub fn turn(&self, idle: bool) {
+    /// Lets publishers write lone messages straight to this connection's socket while it is drained.
+    pub fn allow_direct(&self, socket: SocketHandle, stats: Arc<SessionStats>) {
+        self.shared.state().direct = Some(DirectTarget { socket, stats });
+    }
+
+    /// The connection is ending: busy from now on, and its socket no longer reachable from here.
+    pub fn close(&self) {
+        self.turn(Activity::Busy);
+        self.shared.state().direct = None;
+    }
+
+    /// Called by the connection at each turn of its loop, with what it is now doing. Whatever that
+    /// is, a publisher waiting for this turn may go on.
+    pub fn turn(&self, activity: Activity) {
         let waiter = {
             let mut state = self.shared.state();
-            state.idle = idle;
+            state.idle = activity != Activity::Busy;
+            state.drained = activity == Activity::Drained;
             state.waiter.take()
         };
         if let Some(waker) = waiter {
@@ -206,7 +305,7 @@ impl OutboxReceiver {
 impl Drop for OutboxReceiver {
     fn drop(&mut self) {
         self.shared.receiver_gone.store(true, Ordering::Release);
-        self.turn(false);
+        self.close();
     }
 }
 
@@ -268,26 +367,26 @@ mod tests {
         let (tx, rx) = outbox(1);
         assert_eq!(tx.push(Outbound::Kick, None), Ok(Pushed::Queued), "not idle yet");
         rx.take_all();
-        rx.turn(true);
+        rx.turn(Activity::Idle);
         let first = tx.push(Outbound::Kick, None);
         assert!(matches!(first, Ok(Pushed::WokeIdle(_))));
         assert_eq!(tx.push(Outbound::Kick, None), Ok(Pushed::Queued), "a wake-up is on its way already");
         rx.take_all();
-        rx.turn(false);
+        rx.turn(Activity::Busy);
         assert_eq!(tx.push(Outbound::Kick, None), Ok(Pushed::Queued), "busy");
     }
 
     #[test]
     fn waiting_for_a_turn_ends_at_the_turn_after_the_take() {
         let (tx, rx) = outbox(1);
-        rx.turn(true);
+        rx.turn(Activity::Idle);
         let ticket = ticket(tx.push(Outbound::Kick, None));
         let flag = Arc::new(Flag::default());
         let mut wait = tx.wait_turn(ticket);
         assert_eq!(poll_once(&mut wait, &flag), Poll::Pending);
         rx.take_all();
         assert!(!flag.woken(), "taken, but the turn (which writes it) is not over");
-        rx.turn(true);
+        rx.turn(Activity::Idle);
         assert!(flag.woken());
         assert_eq!(poll_once(&mut wait, &flag), Poll::Ready(()));
     }
@@ -295,7 +394,7 @@ mod tests {
     #[test]
     fn no_waiting_once_taken_or_busy_or_gone() {
         let (tx, rx) = outbox(1);
-        rx.turn(true);
+        rx.turn(Activity::Idle);
         // Taken (and its turn over) before the publisher got to wait: a later turn may never come.
         let flag = Arc::new(Flag::default());
         let ticket_a = ticket(tx.push(Outbound::Kick, None));
@@ -303,16 +402,121 @@ mod tests {
         assert_eq!(poll_once(&mut tx.wait_turn(ticket_a), &flag), Poll::Ready(()));
         // Busy: the connection may itself be waiting for a turn.
         let ticket_b = ticket(tx.push(Outbound::Kick, None));
-        rx.turn(false);
+        rx.turn(Activity::Busy);
         assert_eq!(poll_once(&mut tx.wait_turn(ticket_b), &flag), Poll::Ready(()));
         // Gone, while waiting.
         rx.take_all();
-        rx.turn(true);
+        rx.turn(Activity::Idle);
         let ticket_c = ticket(tx.push(Outbound::Kick, None));
         let mut wait = tx.wait_turn(ticket_c);
         assert_eq!(poll_once(&mut wait, &flag), Poll::Pending);
         drop(rx);
         assert!(flag.woken());
         assert_eq!(poll_once(&mut wait, &flag), Poll::Ready(()));
+    }
+
+    /// A connection's socket as the outbox sees it, and the peer's end to read what it was sent.
+    async fn socket_pair() -> (crate::connection::PacketWriter, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (ours, _) = listener.accept().await.unwrap();
+        let (_reader, writer) = crate::connection::split(ours, 1 << 20);
+        (writer, peer)
+    }
+
+    fn lone(payload: Vec<u8>) -> Delivery {
+        let message = crate::session::Message {
+            topic: bytes::Bytes::from_static(b"t"),
+            payload: payload.into(),
+            qos: crate::codec::QoS::AtMostOnce,
+            retain: false,
+        };
+        Delivery { message: Arc::new(message), qos: crate::codec::QoS::AtMostOnce, retain: false }
+    }
+
+    fn is_deliver(outbound: &Outbound) -> bool {
+        matches!(outbound, Outbound::Deliver(_))
+    }
+
+    #[tokio::test]
+    async fn a_lone_message_goes_straight_to_a_drained_socket() {
+        use tokio::io::AsyncReadExt;
+        let (writer, mut peer) = socket_pair().await;
+        let (tx, rx) = outbox(1);
+        let stats = Arc::new(SessionStats::default());
+        rx.allow_direct(writer.socket(), stats.clone());
+        rx.turn(Activity::Drained);
+        assert!(tx.is_drained());
+        let Ok(Direct::Written { size, .. }) = tx.deliver_direct(lone(b"hello".to_vec()), 10) else {
+            panic!("not written")
+        };
+        assert!(rx.take_all().is_empty(), "nothing queued");
+        assert_eq!(SessionStats::get(&stats.deliver_msg), 1);
+        let mut bytes = vec![0; size];
+        peer.read_exact(&mut bytes).await.unwrap();
+        let mut buf = bytes::BytesMut::from(&bytes[..]);
+        let Some(crate::codec::Packet::Publish(publish)) = crate::codec::decode(&mut buf, 1024).unwrap() else {
+            panic!("not a PUBLISH")
+        };
+        assert_eq!(&publish.payload[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn only_a_drained_connection_is_written_to_directly() {
+        let (writer, _peer) = socket_pair().await;
+        let (tx, rx) = outbox(1);
+        // No socket yet (before CONNACK).
+        rx.turn(Activity::Drained);
+        assert!(matches!(tx.deliver_direct(lone(vec![1]), 10), Ok(Direct::Pushed(_))));
+        rx.take_all();
+        rx.allow_direct(writer.socket(), Arc::default());
+        // Idle but with bytes unsent, or busy.
+        for activity in [Activity::Idle, Activity::Busy] {
+            rx.turn(activity);
+            assert!(!tx.is_drained());
+            assert!(matches!(tx.deliver_direct(lone(vec![1]), 10), Ok(Direct::Pushed(_))));
+            assert!(rx.take_all().iter().all(is_deliver));
+        }
+        // Drained, but something is queued already: it must go first.
+        rx.turn(Activity::Drained);
+        tx.push(Outbound::Kick, None).unwrap();
+        assert!(matches!(tx.deliver_direct(lone(vec![1]), 10), Ok(Direct::Pushed(Pushed::Queued))));
+        // Taking the queue ends the drained state: the connection is about to write.
+        assert_eq!(rx.take_all().len(), 2);
+        assert!(matches!(tx.deliver_direct(lone(vec![1]), 10), Ok(Direct::Pushed(_))));
+        rx.take_all();
+        // Ended: the socket is forgotten.
+        rx.turn(Activity::Drained);
+        rx.close();
+        assert!(matches!(tx.deliver_direct(lone(vec![1]), 10), Ok(Direct::Pushed(_))));
+        assert_eq!(tx.deliver_direct(lone(vec![1]), 1).unwrap_err(), Refused::Full);
+        drop(rx);
+        assert_eq!(tx.deliver_direct(lone(vec![1]), 10).unwrap_err(), Refused::Gone);
+    }
+
+    #[tokio::test]
+    async fn the_rest_of_a_partial_write_is_queued_first() {
+        use tokio::io::AsyncReadExt;
+        let (writer, mut peer) = socket_pair().await;
+        let (tx, rx) = outbox(1);
+        rx.allow_direct(writer.socket(), Arc::default());
+        rx.turn(Activity::Drained);
+        // More than any socket buffer takes at once.
+        let payload: Vec<u8> = (0..32 << 20).map(|i: u32| i as u8).collect();
+        let Ok(Direct::Written { size, .. }) = tx.deliver_direct(lone(payload.clone()), 10) else {
+            panic!("not written")
+        };
+        let queued = rx.take_all();
+        let [Outbound::Unsent(rest)] = &queued.into_iter().collect::<Vec<_>>()[..] else { panic!("no rest queued") };
+        let first = size - rest.len();
+        assert!(first > 0 && !rest.is_empty());
+        let mut bytes = vec![0; first];
+        peer.read_exact(&mut bytes).await.unwrap();
+        bytes.extend_from_slice(rest);
+        let mut buf = bytes::BytesMut::from(&bytes[..]);
+        let Some(crate::codec::Packet::Publish(publish)) = crate::codec::decode(&mut buf, 64 << 20).unwrap() else {
+            panic!("not a PUBLISH")
+        };
+        assert_eq!(publish.payload, payload);
     }
 }

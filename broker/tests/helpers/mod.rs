@@ -106,6 +106,8 @@ impl Raw {
     }
 
     pub fn from_stream(stream: TcpStream) -> Raw {
+        // A packet written right after a large one would otherwise wait for the broker's delayed ACK.
+        stream.set_nodelay(true).expect("nodelay");
         Raw { stream, buf: BytesMut::new() }
     }
 
