@@ -10,8 +10,11 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{reload, EnvFilter};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    midge_broker::runtime().context("cannot start the runtime")?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let (config, command) = Config::from_args()?;
     match command {
         Some(Command::HashPassword) => {
