@@ -31,6 +31,22 @@ pub struct Latency {
     pub spread: [u64; 5],
 }
 
+/// Two-sided exact sign test over paired rounds: how likely a split at least as uneven as `a` rounds
+/// to `b` would be if each broker were as likely as the other to have the lower round median. A small
+/// value says the difference is real; a large one, that these rounds cannot tell the brokers apart.
+pub fn sign_test(a: usize, b: usize) -> f64 {
+    let n = a + b;
+    let mut binomial = 1.0f64; // C(n, 0)
+    let mut tail = 0.0;
+    for i in 0..=a.min(b) {
+        if i > 0 {
+            binomial = binomial * (n - i + 1) as f64 / i as f64;
+        }
+        tail += binomial;
+    }
+    (2.0 * tail / 2f64.powi(n as i32)).min(1.0)
+}
+
 /// A publisher and a subscriber on one broker, kept for the whole measurement.
 struct Probe {
     writer: OwnedWriteHalf,
@@ -157,5 +173,19 @@ async fn record(
         if conn.flush().await.is_err() {
             return hists;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sign_test;
+
+    #[test]
+    fn sign_test_matches_the_binomial_tails() {
+        assert_eq!(sign_test(0, 0), 1.0);
+        assert_eq!(sign_test(5, 5), 1.0);
+        assert!((sign_test(0, 6) - 2.0 / 64.0).abs() < 1e-12);
+        assert!((sign_test(9, 1) - 2.0 * 11.0 / 1024.0).abs() < 1e-12);
+        assert!(sign_test(3, 17) < 0.01 && sign_test(8, 12) > 0.5);
     }
 }

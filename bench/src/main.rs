@@ -198,11 +198,17 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("    round {round:>2}: p50 mosquitto {m:>5} µs  midge {o:>5} µs");
             }
             eprintln!("    p10/p25/p50/p75/p90: mosquitto {:?}  midge {:?}", theirs.spread, ours.spread);
-            let lower = theirs.round_p50s.iter().zip(&ours.round_p50s).filter(|(m, o)| o <= m).count();
+            let pairs = || theirs.round_p50s.iter().zip(&ours.round_p50s);
+            let lower = pairs().filter(|(m, o)| o < m).count();
+            let higher = pairs().filter(|(m, o)| o > m).count();
             let note = format!(
-                "{} samples each; Midge's round median ≤ Mosquitto's in {lower} of {rounds} rounds; round medians \
-                 Mosquitto {:?}, Midge {:?}",
-                ours.samples, theirs.round_p50s, ours.round_p50s
+                "{} samples each; Midge's round median lower than Mosquitto's in {lower}, higher in {higher}, \
+                 equal in {} of {rounds} rounds (sign test p = {:.2}); round medians Mosquitto {:?}, Midge {:?}",
+                ours.samples,
+                rounds - lower - higher,
+                latency::sign_test(lower, higher),
+                theirs.round_p50s,
+                ours.round_p50s
             );
             for (quantile, pick) in [("p50", 0usize), ("p99", 1)] {
                 let value = |l: &latency::Latency| if pick == 0 { l.p50_us } else { l.p99_us } as f64;
