@@ -246,6 +246,38 @@ async fn retained_gauge_and_qos2_drops_are_counted() {
     broker.stop().await;
 }
 
+/// A subscriber that stops reading costs a bounded number of bytes (its outbox counts bytes as well as
+/// entries, whatever the size of the messages); what does not fit is dropped and counted, and what it
+/// gets once it reads again is the unbroken start of the stream.
+#[tokio::test]
+async fn a_stalled_subscriber_costs_bounded_bytes_and_the_excess_is_counted_as_dropped() {
+    const COUNT: u32 = 60;
+    const SIZE: usize = 1_000_000;
+    let broker = start(mgmt_config()).await;
+    let mut mgmt = Mgmt::connect(broker.addr, NODE).await;
+    let mut sub = Raw::connected(broker.addr, "stalled").await;
+    sub.subscribe(1, &[("big/#", QoS::AtMostOnce)]).await;
+    let before: BTreeMap<String, u64> = mgmt.ok(Request::Metrics).await;
+    let mut publisher = Raw::connected(broker.addr, "pub").await;
+    for seq in 0..COUNT {
+        let mut payload = vec![0; SIZE];
+        payload[..4].copy_from_slice(&seq.to_be_bytes());
+        publisher.send(&publish("big/x", &payload, QoS::AtMostOnce, 0)).await;
+    }
+    publisher.ping().await;
+    let after: BTreeMap<String, u64> = mgmt.ok(Request::Metrics).await;
+    let dropped = after["messages/dropped"] - before["messages/dropped"];
+    assert!(dropped > 0, "60 MB are not all kept for a subscriber that does not read");
+    let mut received = 0u32;
+    while let Ok(Some(packet)) = sub.recv_within(Duration::from_millis(500)).await {
+        let Packet::Publish(p) = packet else { panic!("expected PUBLISH, got {packet:?}") };
+        assert_eq!(u32::from_be_bytes(p.payload[..4].try_into().unwrap()), received, "no gaps");
+        received += 1;
+    }
+    assert_eq!(received as u64 + dropped, COUNT as u64, "every message either delivered or counted");
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn sys_is_for_localhost_and_the_management_principal_by_default() {
     let broker = start(mgmt_config()).await;

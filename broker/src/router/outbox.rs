@@ -33,9 +33,16 @@ use crate::codec::Packet;
 use crate::connection::{SocketHandle, Written};
 use crate::session::{Delivery, SessionStats};
 
+/// Topic and payload bytes of the deliveries one outbox may hold: past this, as past its limit of
+/// entries, new deliveries are refused (and counted as dropped by the router), so a client that stops
+/// reading costs bounded memory whatever the size of the messages sent to it.
+pub const BYTES_LIMIT: usize = 16 * 1024 * 1024;
+
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Outbound>,
+    /// What the deliveries in `queue` weigh (see [`BYTES_LIMIT`]).
+    bytes: usize,
     /// The connection is waiting for work with room to write, so what is pushed now is taken on its
     /// very next turn. Only then may a publisher wait for that turn.
     idle: bool,
@@ -93,7 +100,7 @@ pub fn outbox(conn_id: u64) -> (Outbox, OutboxReceiver) {
 /// Why something was not queued.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
-    /// The queue holds `limit` entries already.
+    /// The queue holds `limit` entries, or [`BYTES_LIMIT`] bytes, already.
     Full,
     /// The connection's end is gone.
     Gone,
@@ -134,7 +141,7 @@ pub enum Activity {
 pub struct Ticket(u64);
 
 impl Outbox {
-    /// Queues unless the queue already holds `limit` entries.
+    /// Queues unless the queue already holds `limit` entries or [`BYTES_LIMIT`] bytes.
     pub fn push_bounded(&self, outbound: Outbound, limit: usize) -> Result<Pushed, Refused> {
         self.push(outbound, Some(limit))
     }
@@ -153,8 +160,11 @@ impl Outbox {
         outbound: Outbound,
         limit: Option<usize>,
     ) -> Result<Pushed, Refused> {
-        if limit.is_some_and(|l| state.queue.len() >= l) {
+        if limit.is_some_and(|l| state.queue.len() >= l || state.bytes >= BYTES_LIMIT) {
             return Err(Refused::Full);
+        }
+        if let Outbound::Deliver(delivery) = &outbound {
+            state.bytes += delivery.message.topic.len() + delivery.message.payload.len();
         }
         state.queue.push_back(outbound);
         let (was_empty, idle, ticket) = (state.queue.len() == 1, state.idle, Ticket(state.takes));
@@ -271,6 +281,7 @@ impl OutboxReceiver {
         debug_assert!(batch.is_empty());
         let mut state = self.shared.state();
         state.takes += 1;
+        state.bytes = 0;
         // About to write what it took: no more writes from other tasks until its next turn.
         state.drained = false;
         std::mem::swap(&mut state.queue, batch);
@@ -518,5 +529,18 @@ mod tests {
             panic!("not a PUBLISH")
         };
         assert_eq!(publish.payload, payload);
+    }
+
+    #[test]
+    fn deliveries_are_bounded_by_bytes_as_well_as_entries() {
+        let (tx, rx) = outbox(1);
+        let big = || Outbound::Deliver(lone(vec![0; BYTES_LIMIT / 4]));
+        for _ in 0..4 {
+            tx.push_bounded(big(), 100).unwrap();
+        }
+        assert_eq!(tx.push_bounded(big(), 100), Err(Refused::Full));
+        assert!(tx.push(Outbound::Kick, None).is_ok(), "control messages are never refused");
+        assert_eq!(rx.take_all().len(), 5);
+        assert!(tx.push_bounded(big(), 100).is_ok(), "a take empties the count");
     }
 }
