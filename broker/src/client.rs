@@ -316,15 +316,15 @@ impl ClientConnection {
         if !self.control_jobs.is_empty() {
             Box::pin(self.submit_control_jobs()).await?;
         }
-        if self.writer.pending() > 0 {
-            // Let the subscribers' connections write the deliveries before this one writes its own
-            // acknowledgements, as a single-threaded broker would, rather than make them wait behind a
-            // syscall that only tells the publisher all is well.
-            match routed {
-                Routed::Nobody => {}
-                Routed::Idle(subscriber, ticket) => subscriber.wait_turn(ticket).await,
-                Routed::Busy => tokio::task::yield_now().await,
-            }
+        // Let the subscribers' connections write what this read routed before this one writes its own
+        // acknowledgements or reads more, as a single-threaded broker would. Acknowledgements first
+        // would make deliveries wait behind a syscall that only tells the publisher all is well;
+        // reading on would let publishers crowd out the writes of the subscribers they feed, and past
+        // saturation most of what was read would be dropped at full outboxes instead of delivered.
+        match routed {
+            Routed::Nobody => {}
+            Routed::Idle(subscriber, ticket) => subscriber.wait_turn(ticket).await,
+            Routed::Busy => tokio::task::yield_now().await,
         }
         Ok(self.writer.try_flush()?)
     }

@@ -407,12 +407,21 @@ async fn offline_sessions_expire_after_the_expiry_interval() {
     broker.stop().await;
 }
 
-/// Publishers that are each other's subscribers, all at full speed. A QoS 1 publisher that woke an idle
-/// subscriber waits for that subscriber's turn before writing its PUBACK (the hand-off in
-/// router/outbox.rs); in a ring of such clients, and with a client subscribed to its own topic, no one
-/// may end up waiting for ever.
+/// Publishers that are each other's subscribers, all at full speed. A publisher that woke an idle
+/// subscriber waits for that subscriber's turn before it writes its acknowledgements or reads on (the
+/// hand-off in router/outbox.rs); in a ring of such clients, and with a client subscribed to its own
+/// topic, no one may end up waiting for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos1_publishers_subscribed_to_each_other_all_finish() {
+    ring(QoS::AtLeastOnce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_publishers_subscribed_to_each_other_all_finish() {
+    ring(QoS::AtMostOnce).await;
+}
+
+async fn ring(qos: QoS) {
     const CLIENTS: usize = 4;
     const EACH: u32 = 2000;
     // Queues long enough that nothing is dropped, so every message can be counted.
@@ -422,26 +431,27 @@ async fn qos1_publishers_subscribed_to_each_other_all_finish() {
         let mut raw = Raw::connected(broker.addr, &format!("ring-{i}")).await;
         let next = format!("ring/{}", (i + 1) % CLIENTS);
         let own = format!("ring/{i}");
-        let codes = raw.subscribe(1, &[(next.as_str(), QoS::AtLeastOnce), (own.as_str(), QoS::AtLeastOnce)]).await;
-        assert_eq!(codes, vec![Some(QoS::AtLeastOnce); 2]);
+        let codes = raw.subscribe(1, &[(next.as_str(), qos), (own.as_str(), qos)]).await;
+        assert_eq!(codes, vec![Some(qos); 2]);
         members.push(raw);
     }
     let runs: Vec<_> = members
         .into_iter()
         .enumerate()
-        .map(|(i, raw)| tokio::spawn(ring_member(raw, format!("ring/{i}"), EACH)))
+        .map(|(i, raw)| tokio::spawn(ring_member(raw, format!("ring/{i}"), qos, EACH)))
         .collect();
+    let acks = if qos == QoS::AtMostOnce { 0 } else { EACH };
     for run in runs {
         let (acked, received) =
             tokio::time::timeout(Duration::from_secs(30), run).await.expect("no client waits for ever").unwrap();
-        assert_eq!((acked, received), (EACH, 2 * EACH));
+        assert_eq!((acked, received), (acks, 2 * EACH));
     }
     broker.stop().await;
 }
 
-/// Publishes `count` QoS 1 messages to `topic` in bursts while acknowledging everything it receives;
-/// returns (PUBACKs received, publishes received) once it has all of both.
-async fn ring_member(raw: Raw, topic: String, count: u32) -> (u32, u32) {
+/// Publishes `count` messages to `topic` in bursts while acknowledging everything it receives (at QoS
+/// 1); returns (PUBACKs received, publishes received) once it has all it expects of both.
+async fn ring_member(raw: Raw, topic: String, qos: QoS, count: u32) -> (u32, u32) {
     use bytes::BytesMut;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (stream, mut rbuf) = raw.into_parts();
@@ -458,7 +468,7 @@ async fn ring_member(raw: Raw, topic: String, count: u32) -> (u32, u32) {
                     break;
                 }
                 sent += 1;
-                codec::encode(&publish(&topic, &sent.to_be_bytes(), QoS::AtLeastOnce, sent as u16), &mut wbuf);
+                codec::encode(&publish(&topic, &sent.to_be_bytes(), qos, sent as u16), &mut wbuf);
             }
             if wbuf.is_empty() {
                 match acks_rx.recv().await {
@@ -470,13 +480,16 @@ async fn ring_member(raw: Raw, topic: String, count: u32) -> (u32, u32) {
             wbuf.clear();
         }
     });
+    let acks = if qos == QoS::AtMostOnce { 0 } else { count };
     let (mut acked, mut received) = (0, 0);
-    while acked < count || received < 2 * count {
+    while acked < acks || received < 2 * count {
         match codec::decode(&mut rbuf, usize::MAX).expect("valid packets") {
             Some(Packet::Puback(_)) => acked += 1,
             Some(Packet::Publish(p)) => {
                 received += 1;
-                acks_tx.send(p.pkid).expect("writer alive");
+                if p.qos == QoS::AtLeastOnce {
+                    acks_tx.send(p.pkid).expect("writer alive");
+                }
             }
             Some(other) => panic!("unexpected {other:?}"),
             None => assert!(reader.read_buf(&mut rbuf).await.expect("read") > 0, "broker closed the connection"),

@@ -9,7 +9,9 @@
 //! delivery. So the publisher waits for the subscriber's connection to take its turn (see
 //! [`Outbox::wait_turn`]): the subscriber's task, woken on the same worker, writes the delivery, then
 //! wakes the publisher, which writes its PUBACK. `tokio::task::yield_now` would give the same order,
-//! but through a poll of the I/O driver that often wakes the other, parked, worker thread too.
+//! but through a poll of the I/O driver that often wakes the other, parked, worker thread too. Every
+//! publisher, QoS 0 too, waits this way before it reads on, so that under overload the subscribers'
+//! writes keep pace with the publishers' reads.
 //!
 //! And it carries a short cut. A lone QoS 0 message for a connection that waits with nothing unsent
 //! and nothing queued (a *drained* one) is written straight to that connection's socket by the
