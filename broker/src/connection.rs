@@ -212,27 +212,25 @@ thread_local! {
 #[derive(Debug, Clone)]
 pub struct SocketHandle(Arc<OwnedWriteHalf>);
 
-/// What [`SocketHandle::write_packet`] did.
+/// What [`SocketHandle::write_packet`] wrote, when it wrote anything.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Written {
-    /// All of it, this many bytes.
-    All(usize),
-    /// The first part: the rest must be the next bytes the connection writes.
-    Part { size: usize, rest: Box<[u8]> },
-    /// Nothing: the socket is full or failed (the connection will find out itself).
-    Nothing,
+pub struct Written {
+    /// The whole packet's size on the wire.
+    pub size: usize,
+    /// What the socket did not take: it must be the next bytes the connection writes.
+    pub rest: Option<Box<[u8]>>,
 }
 
 impl SocketHandle {
-    /// Encodes `packet` and writes what the socket takes now, without waiting.
-    pub fn write_packet(&self, packet: &Packet) -> Written {
+    /// Encodes `packet` and writes what the socket takes now, without waiting. `None` if it took
+    /// nothing: the socket is full or failed (the connection will find out itself).
+    pub fn write_packet(&self, packet: &Packet) -> Option<Written> {
         let mut buf = DIRECT_BUFFER.take().unwrap_or_default();
         buf.clear();
         codec::encode(packet, &mut buf);
         let written = match self.0.try_write(&buf) {
-            Ok(n) if n == buf.len() => Written::All(n),
-            Ok(n) if n > 0 => Written::Part { size: buf.len(), rest: buf[n..].into() },
-            _ => Written::Nothing,
+            Ok(n) if n > 0 => Some(Written { size: buf.len(), rest: (n < buf.len()).then(|| buf[n..].into()) }),
+            _ => None,
         };
         if buf.capacity() <= KEEP_WRITE_BUFFER {
             DIRECT_BUFFER.set(Some(buf));

@@ -24,8 +24,8 @@ use crate::settings::{LogReload, Settings};
 /// tokio's default, 61, suits tasks that poll briefly; a connection's poll handles a whole read (up to
 /// a batch of publishes, routed on the spot), so at 61 a subscriber's PUBACKs could wait behind dozens
 /// of publishers' batches, and with an inflight window that wait is the throughput limit. Measured on
-/// fan-in QoS 1 (10 → 1, window 32): the 384k msg/s step passed in 3 of 3 runs at 3 (and at 1), in 0
-/// of 4 at 61; QoS 0 fan-in and fan-out were no different (see BENCHMARKS.md).
+/// fan-in QoS 1 (10 → 1, window 32): the 384k msg/s step passed in 3 of 5 runs at 3, in 0 of 4 at 61;
+/// QoS 0 fan-in and fan-out were no different (see BENCHMARKS.md).
 const EVENT_INTERVAL: u32 = 3;
 
 /// The runtime the broker is meant to run on: tokio's multi-threaded one, one worker per core.

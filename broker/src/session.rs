@@ -124,7 +124,7 @@ impl SessionStats {
         field.load(Ordering::Relaxed)
     }
 
-    /// A QoS 0 message written to the client without passing through the session.
+    /// A message sent to the client (also by a publisher writing a QoS 0 one straight to its socket).
     pub fn count_delivered(&self) {
         self.deliver_msg.fetch_add(1, Ordering::Relaxed);
     }
@@ -218,7 +218,7 @@ impl Session {
     /// full inflight window. Returns whether anything was dropped through `dropped`.
     pub fn deliver(&mut self, delivery: Delivery, dropped: &mut bool) -> Option<Publish> {
         if delivery.qos == QoS::AtMostOnce {
-            Self::count(&self.stats.deliver_msg);
+            self.stats.count_delivered();
             return Some(delivery.publish(0, false));
         }
         let sent = if self.window_full() || !self.mqueue.is_empty() {
@@ -238,7 +238,7 @@ impl Session {
                 break;
             };
             if delivery.qos == QoS::AtMostOnce {
-                Self::count(&self.stats.deliver_msg);
+                self.stats.count_delivered();
                 out.push(Outgoing::Publish(delivery.publish(0, false)));
             } else {
                 out.push(Outgoing::Publish(self.send_inflight(delivery)));
@@ -341,7 +341,7 @@ impl Session {
             QoS::ExactlyOnce => InflightState::AwaitRec,
             _ => InflightState::AwaitAck,
         };
-        Self::count(&self.stats.deliver_msg);
+        self.stats.count_delivered();
         self.inflight.push_back(Inflight { pkid, delivery, state });
         publish
     }

@@ -59,6 +59,14 @@ struct State {
     direct: Option<DirectTarget>,
 }
 
+impl State {
+    /// Where a lone message may be written right now: the connection is drained and nothing is queued
+    /// that would have to go first.
+    fn direct_target(&self) -> Option<&DirectTarget> {
+        self.direct.as_ref().filter(|_| self.drained && self.queue.is_empty())
+    }
+}
+
 #[derive(Debug)]
 struct DirectTarget {
     socket: SocketHandle,
@@ -182,8 +190,7 @@ impl Outbox {
     /// Whether the connection is drained right now, so that a lone message would be written on the
     /// spot (a hint for the router: [`Outbox::deliver_direct`] looks again).
     pub fn is_drained(&self) -> bool {
-        let state = self.shared.state();
-        state.drained && state.direct.is_some() && state.queue.is_empty()
+        self.shared.state().direct_target().is_some()
     }
 
     /// Writes a QoS 0 delivery straight to the connection's socket if the connection is drained, or
@@ -195,14 +202,9 @@ impl Outbox {
             return Err(Refused::Gone);
         }
         let state = self.shared.state();
-        if let (true, true, Some(target)) = (state.drained, state.queue.is_empty(), &state.direct) {
+        if let Some(target) = state.direct_target() {
             let packet = Packet::Publish(delivery.publish(0, false));
-            let (size, rest) = match target.socket.write_packet(&packet) {
-                Written::All(size) => (size, None),
-                Written::Part { size, rest } => (size, Some(rest)),
-                Written::Nothing => (0, None),
-            };
-            if size > 0 {
+            if let Some(Written { size, rest }) = target.socket.write_packet(&packet) {
                 target.stats.count_delivered();
                 if let Some(rest) = rest {
                     // The connection is drained: the rest goes out before anything else it writes.
