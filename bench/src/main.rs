@@ -34,6 +34,10 @@ struct Cli {
     /// Only these scenarios (fanin0, fanin1, fanout0, latency, idle, overload); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Profiling: run each selected throughput scenario on Midge alone at this one rate, step after
+    /// step, for its whole time budget, instead of searching both brokers for the highest passing rate.
+    #[arg(long)]
+    at: Option<f64>,
 }
 
 /// A broker process, stopped when dropped.
@@ -158,6 +162,11 @@ async fn main() -> anyhow::Result<()> {
     ];
     for (key, name, load, start) in throughput {
         if !wanted(key) {
+            continue;
+        }
+        if let Some(rate) = cli.at {
+            eprintln!("{name} on midge at {rate}/s");
+            scenarios::hold(&midge.target(), load, rate, budget).await?;
             continue;
         }
         let mut results = Vec::new();

@@ -29,6 +29,19 @@ pub struct Step {
 }
 
 impl Step {
+    fn print(&self) {
+        eprintln!(
+            "    offered {:>9.0}/s  delivered {:>10.0}/s ({:>5.1}%)  p50 {:>6} µs  p99 {:>7} µs  generator {:.2} cores  broker {:.2} cores",
+            self.offered,
+            self.delivered_rate,
+            self.delivered_ratio * 100.0,
+            self.p50_us,
+            self.p99_us,
+            self.generator_cpu,
+            self.broker_cpu
+        );
+    }
+
     pub fn passed(&self) -> bool {
         self.delivered_ratio >= 0.99 && self.p99_us <= 100_000
     }
@@ -179,16 +192,7 @@ pub async fn find_max(target: &Target, load: Load, start: f64, budget: Duration)
     let mut failed_at = None;
     while began.elapsed() + STEP_TIME * 2 < budget {
         let result = step(target, load, rate).await?;
-        eprintln!(
-            "    offered {:>9.0}/s  delivered {:>10.0}/s ({:>5.1}%)  p50 {:>6} µs  p99 {:>7} µs  generator {:.2} cores  broker {:.2} cores",
-            result.offered,
-            result.delivered_rate,
-            result.delivered_ratio * 100.0,
-            result.p50_us,
-            result.p99_us,
-            result.generator_cpu,
-            result.broker_cpu
-        );
+        result.print();
         if result.passed() {
             best = Some(result);
             rate = match failed_at {
@@ -206,6 +210,21 @@ pub async fn find_max(target: &Target, load: Load, start: f64, budget: Duration)
         }
     }
     Ok(best)
+}
+
+/// Runs `load` at `rate` step after step until `budget` is spent, for profiling a steady load;
+/// prints each step and the mean delivered rate.
+pub async fn hold(target: &Target, load: Load, rate: f64, budget: Duration) -> anyhow::Result<()> {
+    let began = Instant::now();
+    let mut delivered = Vec::new();
+    while began.elapsed() + STEP_TIME * 2 < budget {
+        let result = step(target, load, rate).await?;
+        result.print();
+        delivered.push(result.delivered_rate);
+    }
+    let mean = delivered.iter().sum::<f64>() / delivered.len().max(1) as f64;
+    eprintln!("    mean delivered {mean:.0}/s over {} steps", delivered.len());
+    Ok(())
 }
 
 pub struct Idle {

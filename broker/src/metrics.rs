@@ -1,20 +1,42 @@
 //! Counters (EMQ's metrics) and gauges with high-water marks (EMQ's stats), as plain atomics: counting a
 //! packet is one relaxed add, never a lock.
+//!
+//! The counters are sharded by thread. Every message bumps a dozen of them; shared by all worker
+//! threads, their cache lines bounced between cores on every packet, which cost fan-in QoS 1 about an
+//! eighth of its throughput. Each thread now adds to a shard of its own and a read sums the shards.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 pub use midge_shared::sys::{Metric, Stat};
 
 use crate::codec::{Packet, QoS};
 
+/// More than a 2-core machine's worker threads and the few others that count; threads beyond this
+/// share shards, which is still correct, only slower.
+const SHARDS: usize = 8;
+
+/// One thread's counters, on cache lines of their own (128 bytes covers adjacent-line prefetch).
+#[repr(align(128))]
+struct Shard([AtomicU64; Metric::COUNT]);
+
 pub struct Metrics {
-    counters: [AtomicU64; Metric::COUNT],
+    shards: Box<[Shard; SHARDS]>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics { counters: std::array::from_fn(|_| AtomicU64::new(0)) }
+        let shard = || Shard(std::array::from_fn(|_| AtomicU64::new(0)));
+        Metrics { shards: Box::new(std::array::from_fn(|_| shard())) }
     }
+}
+
+/// This thread's shard, handed out round-robin as threads first count.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    INDEX.with(|index| *index)
 }
 
 impl Metrics {
@@ -23,15 +45,17 @@ impl Metrics {
     }
 
     pub fn add(&self, metric: Metric, n: u64) {
-        self.counters[metric as usize].fetch_add(n, Ordering::Relaxed);
+        self.shards[shard_index()].0[metric as usize].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// For a metric that is a level rather than a count (`messages/retained`): it is only ever set,
+    /// never added to, so it lives in the first shard alone.
     pub fn set(&self, metric: Metric, value: u64) {
-        self.counters[metric as usize].store(value, Ordering::Relaxed);
+        self.shards[0].0[metric as usize].store(value, Ordering::Relaxed);
     }
 
     pub fn get(&self, metric: Metric) -> u64 {
-        self.counters[metric as usize].load(Ordering::Relaxed)
+        self.shards.iter().map(|shard| shard.0[metric as usize].load(Ordering::Relaxed)).sum()
     }
 
     pub fn snapshot(&self) -> Vec<(Metric, u64)> {
@@ -140,6 +164,30 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_from_many_threads_add_up() {
+        let metrics = std::sync::Arc::new(Metrics::default());
+        let threads: Vec<_> = (0..2 * SHARDS)
+            .map(|_| {
+                let metrics = metrics.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        metrics.inc(Metric::MessagesReceived);
+                    }
+                    metrics.add(Metric::BytesReceived, 7);
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(metrics.get(Metric::MessagesReceived), 2000 * SHARDS as u64);
+        assert_eq!(metrics.get(Metric::BytesReceived), 14 * SHARDS as u64);
+        metrics.set(Metric::MessagesRetained, 3);
+        metrics.set(Metric::MessagesRetained, 2);
+        assert_eq!(metrics.get(Metric::MessagesRetained), 2);
+    }
 
     #[test]
     fn stats_keep_the_high_water_mark() {
