@@ -10,7 +10,7 @@
 mod admin;
 mod outbox;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -25,7 +25,7 @@ use crate::codec::{QoS, Suback, SubackCode};
 use crate::metrics::{Metric, Metrics, Stat, Stats};
 use crate::plugins::{Plugin, Plugins};
 use crate::session::{Delivery, Message, Session, SessionLimits, SessionStats};
-use crate::subscriptions::{ClientId, SubscriptionTree};
+use crate::subscriptions::{ClientId, FastMap, SubscriptionTree};
 use crate::topic;
 
 /// Deliveries waiting for one connection to take them. The router fills an outbox in bursts (a batch
@@ -224,7 +224,7 @@ pub struct Shared {
 }
 
 pub struct Router {
-    clients: HashMap<ClientId, Client>,
+    clients: FastMap<ClientId, Client>,
     subscriptions: SubscriptionTree,
     /// Distinct filters and how many clients hold each (EMQ's routes on this node).
     routes: BTreeMap<String, usize>,
@@ -249,7 +249,7 @@ impl RouterHandle {
     pub fn new(limits: SessionLimits, shared: Shared) -> RouterHandle {
         let metrics = shared.metrics.clone();
         let router = Router {
-            clients: HashMap::new(),
+            clients: FastMap::default(),
             subscriptions: SubscriptionTree::new(),
             routes: BTreeMap::new(),
             retained: BTreeMap::new(),
