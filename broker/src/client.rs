@@ -209,6 +209,7 @@ async fn accept(
         publishes: Vec::new(),
         control_jobs: Vec::new(),
         batch: VecDeque::new(),
+        stalled: None,
     };
     conn.outbox.allow_direct(conn.writer.socket(), conn.session.stats.clone());
     // 3.1 has no session-present flag.
@@ -252,6 +253,8 @@ struct ClientConnection {
     control_jobs: Vec<ControlJob>,
     /// What was taken from the outbox, being handled; swapped with the outbox's queue at each take.
     batch: VecDeque<Outbound>,
+    /// What the outbox was last told of a full inflight window (see [`OutboxReceiver::stall`]).
+    stalled: Option<usize>,
 }
 
 /// A drained outbox batch up to this many entries keeps its allocation for the next take.
@@ -268,6 +271,11 @@ impl ClientConnection {
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         loop {
+            let stalled = self.session.window_full().then(|| self.session.max_mqueue_len());
+            if stalled != self.stalled {
+                self.stalled = stalled;
+                self.outbox.stall(stalled);
+            }
             let backlog = self.writer.pending();
             // Idle: waiting for work with room to write, so a publisher may wait for this turn.
             self.outbox.turn(match backlog {
@@ -312,6 +320,11 @@ impl ClientConnection {
         // writes to its socket while it may write.
         self.outbox.turn(Activity::Busy);
         self.last_received = Instant::now();
+        if self.stalled.is_some() {
+            // Deliveries that waited in the outbox for the window are older than anything in this
+            // read and go behind what the session queued, before acknowledgements make room.
+            self.take_outbox()?;
+        }
         let routed = self.handle_buffered()?;
         if !self.control_jobs.is_empty() {
             Box::pin(self.submit_control_jobs()).await?;
@@ -331,6 +344,11 @@ impl ClientConnection {
 
     /// Handles everything waiting in the outbox, taken in one lock so it leaves in the same write.
     fn on_outbox(&mut self) -> Result<(), Exit> {
+        self.take_outbox()?;
+        Ok(self.writer.try_flush()?)
+    }
+
+    fn take_outbox(&mut self) -> Result<(), Exit> {
         self.outbox.take_into(&mut self.batch);
         while let Some(outbound) = self.batch.pop_front() {
             if let Err(exit) = self.handle_outbound(outbound) {
@@ -346,7 +364,7 @@ impl ClientConnection {
         if self.batch.capacity() > KEEP_BATCH {
             self.batch = VecDeque::new();
         }
-        Ok(self.writer.try_flush()?)
+        Ok(())
     }
 
     /// Publishes the will if the exit calls for it, flushes what it can and hands the session back.

@@ -161,6 +161,10 @@ impl Session {
         self.limits.max_inflight
     }
 
+    pub fn max_mqueue_len(&self) -> usize {
+        self.limits.max_mqueue_len
+    }
+
     /// Refreshes the lengths the management API reads; called after every change.
     fn sync_stats(&self) {
         let s = &self.stats;
@@ -330,7 +334,8 @@ impl Session {
         }
     }
 
-    fn window_full(&self) -> bool {
+    /// Whether the inflight window is full, so a QoS 1 or 2 delivery would only be queued.
+    pub fn window_full(&self) -> bool {
         self.limits.max_inflight > 0 && self.inflight.len() >= self.limits.max_inflight
     }
 

@@ -123,6 +123,47 @@ async fn inflight_window_holds_the_rest_until_acked() {
     broker.stop().await;
 }
 
+/// A subscriber that stops acknowledging: QoS 1 messages past its window wait (and only the newest
+/// `max_mqueue_len` of them are kept, as for an offline session), while QoS 0 messages and replies to
+/// its own requests still reach it at once.
+#[tokio::test]
+async fn a_stalled_subscriber_keeps_the_newest_queued_and_still_gets_everything_else_at_once() {
+    let broker = start(Config { max_inflight: 1, max_mqueue_len: 3, ..config() }).await;
+    let mut sub = Raw::connected(broker.addr, "sub").await;
+    sub.subscribe(1, &[("w", QoS::AtLeastOnce), ("z", QoS::AtMostOnce)]).await;
+    let mut publisher = Raw::connected(broker.addr, "pub").await;
+    for n in 1..=10u8 {
+        publisher.send(&publish("w", &[n], QoS::AtLeastOnce, n as u16)).await;
+        // The PUBACK comes once the message is routed.
+        assert_eq!(publisher.recv().await, Some(Packet::Puback(n as u16)));
+    }
+    let first = sub.recv_publish().await;
+    assert_eq!(&first.payload[..], &[1]);
+    sub.expect_silence(Duration::from_millis(200)).await;
+    sub.send(&Packet::Puback(first.pkid)).await;
+    let eighth = sub.recv_publish().await;
+    assert_eq!(&eighth.payload[..], &[8], "the oldest queued were dropped");
+
+    // Stalled again, with 9 and 10 queued.
+    publisher.send(&publish("z", b"now", QoS::AtMostOnce, 0)).await;
+    let within = Duration::from_millis(500);
+    match sub.recv_within(within).await {
+        Ok(Some(Packet::Publish(p))) => assert_eq!((&p.topic[..], &p.payload[..]), (&b"z"[..], &b"now"[..])),
+        other => panic!("QoS 0 message held behind the full window: {other:?}"),
+    }
+    sub.send(&subscribe(2, &[("y", QoS::AtLeastOnce)])).await;
+    assert!(matches!(sub.recv_within(within).await, Ok(Some(Packet::Suback(_)))), "SUBACK held back");
+
+    sub.send(&Packet::Puback(eighth.pkid)).await;
+    for n in 9..=10u8 {
+        let p = sub.recv_publish().await;
+        assert_eq!(&p.payload[..], &[n]);
+        sub.send(&Packet::Puback(p.pkid)).await;
+    }
+    sub.expect_silence(Duration::from_millis(300)).await;
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn persistent_session_keeps_subscriptions_queues_and_redelivers_with_dup() {
     let broker = start_default().await;

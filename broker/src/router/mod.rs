@@ -152,6 +152,7 @@ impl RouterHandle {
             }
             Ok(Direct::Pushed(Pushed::WokeIdle(ticket))) => Routed::Idle(outbox, ticket),
             Ok(Direct::Pushed(Pushed::Queued)) => Routed::Busy,
+            Ok(Direct::Pushed(Pushed::Deferred)) => Routed::Nobody,
             Err(refused) => {
                 tracing::debug!(conn_id = outbox.conn_id, ?refused, "message dropped");
                 self.metrics.inc(Metric::MessagesDropped);
@@ -543,7 +544,7 @@ impl Router {
             Presence::Online(outbox) => {
                 match outbox.push_bounded(Outbound::Deliver(delivery), limit) {
                     Ok(pushed) => {
-                        self.pushed = true;
+                        self.pushed |= pushed != Pushed::Deferred;
                         if let (Pushed::WokeIdle(ticket), None) = (pushed, &self.woke_idle) {
                             self.woke_idle = Some((outbox.clone(), ticket));
                         }

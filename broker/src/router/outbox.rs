@@ -20,6 +20,11 @@
 //! such a write, since it leaves the drained state under the same lock (by taking the queue, or by
 //! its next turn) before it writes anything. Batches and fan-out still go through the queue, so their
 //! writes are batched per connection and spread over the workers.
+//!
+//! And it saves wake-ups of a connection stalled on a full inflight window (a QoS 1 subscriber waiting
+//! for its client's PUBACKs): QoS 1 and 2 deliveries for it wait here without waking it, since it
+//! could only move them to its session queue, and it takes them with the acknowledgements that make
+//! room. That halves the wake-ups of a busy QoS 1 subscriber's task (see [`OutboxReceiver::stall`]).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -57,6 +62,11 @@ struct State {
     drained: bool,
     /// Where such writes go; forgotten when the connection ends.
     direct: Option<DirectTarget>,
+    /// The connection's inflight window is full: QoS 1 and 2 deliveries could only join its session
+    /// queue, so they need not wake it while fewer than this many wait (see [`OutboxReceiver::stall`]).
+    stalled: Option<usize>,
+    /// The connection has been woken since it last took the queue.
+    woken: bool,
 }
 
 impl State {
@@ -124,6 +134,9 @@ pub enum Pushed {
     /// Queued for an idle connection, which was woken and will take it on its next turn. The
     /// ticket is for [`Outbox::wait_turn`].
     WokeIdle(Ticket),
+    /// Queued without a wake-up for a connection stalled on a full inflight window: it takes the
+    /// queue once acknowledgements make room.
+    Deferred,
 }
 
 /// What [`Outbox::deliver_direct`] did.
@@ -173,16 +186,22 @@ impl Outbox {
         if limit.is_some_and(|l| state.queue.len() >= l || state.bytes >= BYTES_LIMIT) {
             return Err(Refused::Full);
         }
+        let mut deferrable = false;
         if let Outbound::Deliver(delivery) = &outbound {
             state.bytes += delivery.message.topic.len() + delivery.message.payload.len();
+            deferrable = delivery.qos != crate::codec::QoS::AtMostOnce
+                && state.stalled.is_some_and(|limit| state.queue.len() < limit);
         }
         state.queue.push_back(outbound);
-        let (was_empty, idle, ticket) = (state.queue.len() == 1, state.idle, Ticket(state.takes));
-        drop(state);
-        // A non-empty queue has a wake-up on its way already.
-        if !was_empty {
+        if state.woken {
             return Ok(Pushed::Queued);
         }
+        if deferrable {
+            return Ok(Pushed::Deferred);
+        }
+        state.woken = true;
+        let (idle, ticket) = (state.idle, Ticket(state.takes));
+        drop(state);
         self.shared.waker.wake();
         Ok(if idle { Pushed::WokeIdle(ticket) } else { Pushed::Queued })
     }
@@ -286,9 +305,31 @@ impl OutboxReceiver {
         let mut state = self.shared.state();
         state.takes += 1;
         state.bytes = 0;
+        state.woken = false;
         // About to write what it took: no more writes from other tasks until its next turn.
         state.drained = false;
         std::mem::swap(&mut state.queue, batch);
+    }
+
+    /// Whether the connection's inflight window is full (`Some`, with its session queue's length
+    /// limit) or not (`None`). While it is, QoS 1 and 2 deliveries are queued here without waking it:
+    /// they could only be moved on to its session queue, and it takes them anyway, before the
+    /// acknowledgements that make room, and so in order. Once a session queue's worth waits here, it is
+    /// woken to move them on, so that the session queue's drop-oldest rule, not this queue's refusal of
+    /// the newest, decides what a client that stopped acknowledging loses. (Until they are moved, the
+    /// sessions API counts them in no `mqueue_len`.)
+    pub fn stall(&self, stalled: Option<usize>) {
+        let wake = {
+            let mut state = self.shared.state();
+            state.stalled = stalled;
+            // Deferred deliveries must not outwait the stall.
+            let wake = stalled.is_none() && !state.woken && !state.queue.is_empty();
+            state.woken |= wake;
+            wake
+        };
+        if wake {
+            self.shared.waker.wake();
+        }
     }
 
     /// Lets publishers write lone messages straight to this connection's socket while it is drained.
@@ -428,6 +469,47 @@ mod tests {
         drop(rx);
         assert!(flag.woken());
         assert_eq!(poll_once(&mut wait, &flag), Poll::Ready(()));
+    }
+
+    fn delivery(qos: crate::codec::QoS) -> Outbound {
+        let message = crate::session::Message {
+            topic: bytes::Bytes::from_static(b"t"),
+            payload: bytes::Bytes::from_static(b"p"),
+            qos,
+            retain: false,
+        };
+        Outbound::Deliver(Delivery { message: Arc::new(message), qos, retain: false })
+    }
+
+    #[test]
+    fn a_stalled_connection_is_not_woken_for_what_it_could_only_queue() {
+        use crate::codec::QoS;
+        let (tx, rx) = outbox(1);
+        rx.turn(Activity::Idle);
+        let flag = Arc::new(Flag::default());
+        assert_eq!(poll_once(&mut Box::pin(rx.ready()), &flag), Poll::Pending);
+        rx.stall(Some(2));
+        assert_eq!(tx.push_bounded(delivery(QoS::AtLeastOnce), 10), Ok(Pushed::Deferred));
+        assert_eq!(tx.push_bounded(delivery(QoS::ExactlyOnce), 10), Ok(Pushed::Deferred));
+        assert!(!flag.woken());
+        // A third would overflow the session queue: the connection must apply its drop-oldest rule.
+        assert!(matches!(tx.push_bounded(delivery(QoS::AtLeastOnce), 10), Ok(Pushed::WokeIdle(_))));
+        assert!(flag.woken());
+        assert_eq!(rx.take_all().len(), 3);
+        // QoS 0 deliveries and everything but deliveries wake it as usual.
+        for outbound in [delivery(QoS::AtMostOnce), Outbound::Kick] {
+            assert!(matches!(tx.push_bounded(outbound, 10), Ok(Pushed::WokeIdle(_))));
+            assert_eq!(rx.take_all().len(), 1);
+        }
+        // Deferred deliveries wake it as soon as its window has room.
+        let flag = Arc::new(Flag::default());
+        assert_eq!(poll_once(&mut Box::pin(rx.ready()), &flag), Poll::Pending);
+        assert_eq!(tx.push_bounded(delivery(QoS::AtLeastOnce), 10), Ok(Pushed::Deferred));
+        assert!(!flag.woken());
+        rx.stall(None);
+        assert!(flag.woken());
+        assert_eq!(rx.take_all().len(), 1);
+        assert!(matches!(tx.push_bounded(delivery(QoS::AtLeastOnce), 10), Ok(Pushed::WokeIdle(_))));
     }
 
     /// A connection's socket as the outbox sees it, and the peer's end to read what it was sent.
