@@ -505,9 +505,9 @@ impl ClientConnection {
     fn acked(&mut self, result: AckResult, missed: Metric) {
         match result {
             AckResult::Done | AckResult::Repeated => {
-                let mut out = Vec::new();
-                self.session.drain_queue(&mut out);
-                self.write_outgoing(out);
+                while let Some(publish) = self.session.next_queued() {
+                    self.send(&Packet::Publish(publish));
+                }
             }
             AckResult::Missed => self.ctx.metrics.inc(missed),
         }

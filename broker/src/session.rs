@@ -237,18 +237,25 @@ impl Session {
 
     /// Moves queued messages into the window while it has room.
     pub fn drain_queue(&mut self, out: &mut Vec<Outgoing>) {
-        while !self.window_full() {
-            let Some(delivery) = self.mqueue.pop_front() else {
-                break;
-            };
-            if delivery.qos == QoS::AtMostOnce {
-                self.stats.count_delivered();
-                out.push(Outgoing::Publish(delivery.publish(0, false)));
-            } else {
-                out.push(Outgoing::Publish(self.send_inflight(delivery)));
-            }
+        while let Some(publish) = self.next_queued() {
+            out.push(Outgoing::Publish(publish));
         }
+    }
+
+    /// Moves the next queued message into the window if it has room: the PUBLISH to write.
+    pub fn next_queued(&mut self) -> Option<Publish> {
+        if self.window_full() {
+            return None;
+        }
+        let delivery = self.mqueue.pop_front()?;
+        let publish = if delivery.qos == QoS::AtMostOnce {
+            self.stats.count_delivered();
+            delivery.publish(0, false)
+        } else {
+            self.send_inflight(delivery)
+        };
         self.sync_stats();
+        Some(publish)
     }
 
     /// Everything to resend when a persistent session resumes: unacknowledged PUBLISHes with DUP set,
