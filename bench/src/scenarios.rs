@@ -59,6 +59,10 @@ const DRAIN_TIME: Duration = Duration::from_millis(1500);
 async fn subscribe_loop(mut conn: Conn, epoch: Instant, deadline: tokio::time::Instant) -> (u64, Histogram<u64>) {
     let mut hist = histogram();
     let mut count = 0u64;
+    // One timer for the whole loop: a timeout per read would register a timer for every read, and
+    // this loop is on the path of every QoS 1 round trip it measures.
+    let end = tokio::time::sleep_until(deadline);
+    tokio::pin!(end);
     loop {
         loop {
             match midge_broker::codec::decode(&mut conn.rbuf, usize::MAX) {
@@ -77,9 +81,12 @@ async fn subscribe_loop(mut conn: Conn, epoch: Instant, deadline: tokio::time::I
         if conn.flush().await.is_err() {
             return (count, hist);
         }
-        match tokio::time::timeout_at(deadline, conn.reader.read_buf(&mut conn.rbuf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return (count, hist),
+        tokio::select! {
+            read = conn.reader.read_buf(&mut conn.rbuf) => match read {
+                Ok(n) if n > 0 => {}
+                _ => return (count, hist),
+            },
+            _ = &mut end => return (count, hist),
         }
     }
 }
@@ -92,23 +99,27 @@ fn record(hist: &mut Histogram<u64>, epoch: Instant, p: &Publish) {
 }
 
 /// Publishes on every connection at `rate_each` messages/s for `duration`, all from this one task.
-/// Acknowledgements (QoS 1) are drained by a reader task per connection.
+/// The acknowledgements (QoS 1) are read and dropped by the same task at each tick: a reader task per
+/// connection would be woken for every PUBACK the broker writes, thousands of task switches a second
+/// in the generator that compete with the broker for the machine's two cores. Once the publishing
+/// ends, the readers drain in the background until the broker closes.
 async fn publish_loop(conns: Vec<(Conn, String)>, rate_each: f64, qos: QoS, epoch: Instant, duration: Duration) -> u64 {
-    let mut writers = Vec::new();
+    let mut publishers = Vec::new();
     for (conn, topic) in conns {
         let Conn { reader, writer, wbuf, .. } = conn;
-        drain_in_background(reader);
-        writers.push((writer, wbuf, bytes::Bytes::from(topic), 0u64));
+        publishers.push((reader, writer, wbuf, bytes::Bytes::from(topic), 0u64));
     }
+    let mut sink = vec![0u8; 64 * 1024];
     let start = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut pkid: u16 = 0;
     let mut total = 0;
-    loop {
+    'publishing: loop {
         ticker.tick().await;
         let elapsed = start.elapsed().min(duration);
-        for (writer, wbuf, topic, sent) in writers.iter_mut() {
+        for (reader, writer, wbuf, topic, sent) in publishers.iter_mut() {
+            while matches!(reader.try_read(&mut sink), Ok(n) if n > 0) {}
             let due = (rate_each * elapsed.as_secs_f64()) as u64;
             let now = epoch.elapsed().as_nanos() as u64;
             while *sent < due {
@@ -120,15 +131,22 @@ async fn publish_loop(conns: Vec<(Conn, String)>, rate_each: f64, qos: QoS, epoc
             if !wbuf.is_empty() {
                 use tokio::io::AsyncWriteExt;
                 if writer.write_all(wbuf).await.is_err() {
-                    return total;
+                    break 'publishing;
                 }
                 wbuf.clear();
             }
         }
         if elapsed >= duration {
-            return total;
+            break;
         }
     }
+    // Dropped with acknowledgements unread, a socket would be reset, and the broker could lose the
+    // last publishes it had not read yet.
+    for (reader, writer, ..) in publishers {
+        drain_in_background(reader);
+        drop(writer);
+    }
+    total
 }
 
 /// The shape of a throughput scenario: `subscribers` on `filter`, `publishers` on `{prefix}/{i}`.
