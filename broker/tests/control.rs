@@ -131,6 +131,29 @@ async fn listings_round_trip_with_the_seed_example() {
     broker.stop().await;
 }
 
+/// Deliveries held back by a full inflight window count in the session's queue length wherever they
+/// wait inside the broker.
+#[tokio::test]
+async fn a_stalled_sessions_queue_length_counts_everything_behind_its_window() {
+    let broker = start(Config { max_inflight: 1, ..mgmt_config() }).await;
+    let mut mgmt = Mgmt::connect(broker.addr, NODE).await;
+    let mut sub = Raw::connected(broker.addr, "stalled").await;
+    sub.subscribe(1, &[("w", QoS::AtLeastOnce)]).await;
+    let mut publisher = Raw::connected(broker.addr, "pub").await;
+    for n in 1..=5u8 {
+        publisher.send(&publish("w", &[n], QoS::AtLeastOnce, n as u16)).await;
+        assert_eq!(publisher.recv().await, Some(Packet::Puback(n as u16)));
+    }
+    let first = sub.recv_publish().await;
+    let session: Vec<SessionRow> = mgmt.ok(Request::GetSession { client_id: "stalled".into() }).await;
+    assert_eq!((session[0].inflight_len, session[0].mqueue_len), (1, 4));
+    sub.send(&Packet::Puback(first.pkid)).await;
+    assert_eq!(&sub.recv_publish().await.payload[..], &[2]);
+    let session: Vec<SessionRow> = mgmt.ok(Request::GetSession { client_id: "stalled".into() }).await;
+    assert_eq!((session[0].inflight_len, session[0].mqueue_len), (1, 3));
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn publish_subscribe_kick_and_acl_cache() {
     let broker = start(mgmt_config()).await;

@@ -201,12 +201,20 @@ fn session_row(id: &Arc<str>, c: &Client, max_inflight: u64) -> SessionRow {
         subscriptions: c.filters.len() as u64,
         max_inflight,
         inflight_len: get(&s.inflight_len),
-        mqueue_len: get(&s.mqueue_len),
+        mqueue_len: get(&s.mqueue_len) + deferred_len(c),
         mqueue_dropped: get(&s.mqueue_dropped),
         awaiting_rel_len: get(&s.awaiting_rel_len),
         deliver_msg: get(&s.deliver_msg),
         enqueue_msg: get(&s.enqueue_msg),
         created_at: format_time(&c.created_at),
+    }
+}
+
+/// Deliveries for a stalled connection that wait in its outbox rather than its session's queue.
+fn deferred_len(c: &Client) -> u64 {
+    match &c.presence {
+        Presence::Online(outbox) => outbox.deferred_len() as u64,
+        Presence::Offline(..) => 0,
     }
 }
 

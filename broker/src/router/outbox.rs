@@ -67,6 +67,9 @@ struct State {
     stalled: Option<usize>,
     /// The connection has been woken since it last took the queue.
     woken: bool,
+    /// Deliveries queued without a wake-up since the last take: in the session's queue, as far as
+    /// the sessions API is concerned.
+    deferred: usize,
 }
 
 impl State {
@@ -197,6 +200,7 @@ impl Outbox {
             return Ok(Pushed::Queued);
         }
         if deferrable {
+            state.deferred += 1;
             return Ok(Pushed::Deferred);
         }
         state.woken = true;
@@ -204,6 +208,12 @@ impl Outbox {
         drop(state);
         self.shared.waker.wake();
         Ok(if idle { Pushed::WokeIdle(ticket) } else { Pushed::Queued })
+    }
+
+    /// Deliveries waiting here for a connection stalled on its inflight window (see
+    /// [`OutboxReceiver::stall`]).
+    pub fn deferred_len(&self) -> usize {
+        self.shared.state().deferred
     }
 
     /// Whether the connection is drained right now, so that a lone message would be written on the
@@ -306,6 +316,7 @@ impl OutboxReceiver {
         state.takes += 1;
         state.bytes = 0;
         state.woken = false;
+        state.deferred = 0;
         // About to write what it took: no more writes from other tasks until its next turn.
         state.drained = false;
         std::mem::swap(&mut state.queue, batch);
@@ -316,8 +327,8 @@ impl OutboxReceiver {
     /// they could only be moved on to its session queue, and it takes them anyway, before the
     /// acknowledgements that make room, and so in order. Once a session queue's worth waits here, it is
     /// woken to move them on, so that the session queue's drop-oldest rule, not this queue's refusal of
-    /// the newest, decides what a client that stopped acknowledging loses. (Until they are moved, the
-    /// sessions API counts them in no `mqueue_len`.)
+    /// the newest, decides what a client that stopped acknowledging loses. Until they are moved, the
+    /// sessions API counts them in the session's `mqueue_len` through [`Outbox::deferred_len`].
     pub fn stall(&self, stalled: Option<usize>) {
         let wake = {
             let mut state = self.shared.state();
