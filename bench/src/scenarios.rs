@@ -201,31 +201,28 @@ async fn step(target: &Target, load: Load, rate: f64) -> anyhow::Result<Step> {
     })
 }
 
-/// Steps the rate up by half each time from `start`, then tries once between the last pass and the
-/// first failure. Stops after `budget`. Returns the best passing step, if any.
+/// Steps the rate up by half each time from `start`; after the first failure, bisects (geometrically)
+/// between the best pass and the lowest failure while they are more than 10 % apart. Stops after
+/// `budget`. Returns the best passing step, if any.
 pub async fn find_max(target: &Target, load: Load, start: f64, budget: Duration) -> anyhow::Result<Option<Step>> {
     let began = Instant::now();
     let mut rate = start;
     let mut best: Option<Step> = None;
-    let mut failed_at = None;
+    let mut failed_at: Option<f64> = None;
     while began.elapsed() + STEP_TIME * 2 < budget {
         let result = step(target, load, rate).await?;
         result.print();
         if result.passed() {
             best = Some(result);
-            rate = match failed_at {
-                Some(_) => break,
-                None => rate * 1.5,
-            };
         } else {
-            match (failed_at, &best) {
-                (None, Some(pass)) => {
-                    failed_at = Some(rate);
-                    rate = (pass.offered * rate).sqrt();
-                }
-                _ => break,
-            }
+            failed_at = Some(failed_at.map_or(rate, |f| f.min(rate)));
         }
+        let passed_at = best.as_ref().map(|b| b.offered);
+        rate = match (passed_at, failed_at) {
+            (_, None) => rate * 1.5,
+            (Some(pass), Some(fail)) if fail / pass > 1.1 => (pass * fail).sqrt(),
+            _ => break,
+        };
     }
     Ok(best)
 }
