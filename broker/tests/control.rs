@@ -140,10 +140,7 @@ async fn a_stalled_sessions_queue_length_counts_everything_behind_its_window() {
     let mut sub = Raw::connected(broker.addr, "stalled").await;
     sub.subscribe(1, &[("w", QoS::AtLeastOnce)]).await;
     let mut publisher = Raw::connected(broker.addr, "pub").await;
-    for n in 1..=5u8 {
-        publisher.send(&publish("w", &[n], QoS::AtLeastOnce, n as u16)).await;
-        assert_eq!(publisher.recv().await, Some(Packet::Puback(n as u16)));
-    }
+    publisher.publish_acked("w", 1..=5).await;
     let first = sub.recv_publish().await;
     let session: Vec<SessionRow> = mgmt.ok(Request::GetSession { client_id: "stalled".into() }).await;
     assert_eq!((session[0].inflight_len, session[0].mqueue_len), (1, 4));

@@ -132,11 +132,7 @@ async fn a_stalled_subscriber_keeps_the_newest_queued_and_still_gets_everything_
     let mut sub = Raw::connected(broker.addr, "sub").await;
     sub.subscribe(1, &[("w", QoS::AtLeastOnce), ("z", QoS::AtMostOnce)]).await;
     let mut publisher = Raw::connected(broker.addr, "pub").await;
-    for n in 1..=10u8 {
-        publisher.send(&publish("w", &[n], QoS::AtLeastOnce, n as u16)).await;
-        // The PUBACK comes once the message is routed.
-        assert_eq!(publisher.recv().await, Some(Packet::Puback(n as u16)));
-    }
+    publisher.publish_acked("w", 1..=10).await;
     let first = sub.recv_publish().await;
     assert_eq!(&first.payload[..], &[1]);
     sub.expect_silence(Duration::from_millis(200)).await;
@@ -155,11 +151,7 @@ async fn a_stalled_subscriber_keeps_the_newest_queued_and_still_gets_everything_
     assert!(matches!(sub.recv_within(within).await, Ok(Some(Packet::Suback(_)))), "SUBACK held back");
 
     sub.send(&Packet::Puback(eighth.pkid)).await;
-    for n in 9..=10u8 {
-        let p = sub.recv_publish().await;
-        assert_eq!(&p.payload[..], &[n]);
-        sub.send(&Packet::Puback(p.pkid)).await;
-    }
+    sub.expect_acking(9..=10).await;
     sub.expect_silence(Duration::from_millis(300)).await;
     broker.stop().await;
 }
@@ -212,18 +204,11 @@ async fn offline_queue_is_bounded_and_qos0_can_be_left_out() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut publisher = Raw::connected(broker.addr, "pub").await;
     publisher.send(&publish("q", b"zero", QoS::AtMostOnce, 0)).await;
-    for n in 1..=5u8 {
-        publisher.send(&publish("q", &[n], QoS::AtLeastOnce, n as u16)).await;
-        assert_eq!(publisher.recv().await, Some(Packet::Puback(n as u16)));
-    }
+    publisher.publish_acked("q", 1..=5).await;
     let (mut sub, present) = Raw::connect(broker.addr, connect_packet("q", false)).await;
     assert!(present);
     // The oldest were dropped; the QoS 0 message was never queued.
-    for n in 3..=5u8 {
-        let p = sub.recv_publish().await;
-        assert_eq!(&p.payload[..], &[n]);
-        sub.send(&Packet::Puback(p.pkid)).await;
-    }
+    sub.expect_acking(3..=5).await;
     sub.expect_silence(Duration::from_millis(300)).await;
     broker.stop().await;
 }

@@ -151,8 +151,8 @@ impl RouterHandle {
                 Routed::Nobody
             }
             Ok(Direct::Pushed(Pushed::WokeIdle(ticket))) => Routed::Idle(outbox, ticket),
-            Ok(Direct::Pushed(Pushed::Queued)) => Routed::Busy,
-            Ok(Direct::Pushed(Pushed::Deferred)) => Routed::Nobody,
+            // A QoS 0 delivery is never deferred.
+            Ok(Direct::Pushed(Pushed::Queued | Pushed::Deferred)) => Routed::Busy,
             Err(refused) => {
                 tracing::debug!(conn_id = outbox.conn_id, ?refused, "message dropped");
                 self.metrics.inc(Metric::MessagesDropped);

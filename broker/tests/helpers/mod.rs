@@ -193,6 +193,24 @@ impl Raw {
         }
     }
 
+    /// Publishes one-byte messages `ns` at QoS 1 on `topic` (packet id = payload), each awaiting its
+    /// PUBACK, which the broker sends once the message is routed.
+    pub async fn publish_acked(&mut self, topic: &str, ns: std::ops::RangeInclusive<u8>) {
+        for n in ns {
+            self.send(&publish(topic, &[n], QoS::AtLeastOnce, n as u16)).await;
+            assert_eq!(self.recv().await, Some(Packet::Puback(n as u16)));
+        }
+    }
+
+    /// Expects the one-byte messages `ns`, in order, acknowledging each.
+    pub async fn expect_acking(&mut self, ns: std::ops::RangeInclusive<u8>) {
+        for n in ns {
+            let p = self.recv_publish().await;
+            assert_eq!(&p.payload[..], &[n]);
+            self.send(&Packet::Puback(p.pkid)).await;
+        }
+    }
+
     /// PINGREQ/PINGRESP: once this returns, the broker has handled everything sent before.
     pub async fn ping(&mut self) {
         self.send(&Packet::Pingreq).await;
