@@ -270,6 +270,13 @@ impl ClientConnection {
         let shutdown = self.ctx.shutdown.clone();
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
+        // A client may send packets right behind CONNECT without waiting for CONNACK (3.1.1 §3.1.4):
+        // whatever came in the read that brought CONNECT is handled before waiting for more.
+        if self.reader.has_buffered() {
+            if let Err(exit) = self.on_read().await {
+                return exit;
+            }
+        }
         loop {
             let stalled = self.session.window_full().then(|| self.session.max_mqueue_len());
             if stalled != self.stalled {

@@ -88,6 +88,11 @@ impl PacketReader {
         }
     }
 
+    /// Are there bytes read but not yet decoded (a packet, or the start of one)?
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// Gives the buffer up if everything in it has been decoded: an idle connection holds none.
     pub fn release_if_drained(&mut self) {
         if self.buf.is_empty() && self.buf.capacity() > 0 {

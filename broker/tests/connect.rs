@@ -102,6 +102,84 @@ async fn first_packet_must_be_connect() {
     broker.stop().await;
 }
 
+/// CONNECT, SUBSCRIBE, a QoS 1 and a QoS 2 PUBLISH on the subscribed topic, and PUBREL, as one client
+/// that does not wait for CONNACK would write them.
+fn pipelined_session(client_id: &str) -> Vec<u8> {
+    let packets = [
+        Packet::Connect(connect_packet(client_id, true)),
+        subscribe(1, &[("pipe/#", QoS::ExactlyOnce)]),
+        publish("pipe/1", b"one", QoS::AtLeastOnce, 2),
+        publish("pipe/2", b"two", QoS::ExactlyOnce, 3),
+        Packet::Pubrel(3),
+    ];
+    let mut bytes = bytes::BytesMut::new();
+    for packet in &packets {
+        midge_broker::codec::encode(packet, &mut bytes);
+    }
+    bytes.to_vec()
+}
+
+/// Reads until the broker has answered every packet of [`pipelined_session`] and delivered both messages.
+async fn expect_pipelined_answers(raw: &mut Raw, split: usize) {
+    let connack = raw.recv().await;
+    assert!(
+        matches!(connack, Some(Packet::Connack(Connack { code: ConnectReturnCode::Accepted, .. }))),
+        "split at {split}: {connack:?}"
+    );
+    let (mut suback, mut puback, mut pubrec, mut pubcomp) = (false, false, false, false);
+    let mut delivered = Vec::new();
+    while !(suback && puback && pubrec && pubcomp && delivered.len() == 2) {
+        match raw.recv().await {
+            Some(Packet::Suback(s)) => {
+                assert_eq!((s.pkid, s.codes), (1, vec![Some(QoS::ExactlyOnce)]), "split at {split}");
+                suback = true;
+            }
+            Some(Packet::Puback(2)) => puback = true,
+            Some(Packet::Pubrec(3)) => pubrec = true,
+            Some(Packet::Pubcomp(3)) => pubcomp = true,
+            Some(Packet::Publish(p)) => {
+                assert!(suback, "split at {split}: a delivery before the SUBACK");
+                match p.qos {
+                    QoS::AtLeastOnce => raw.send(&Packet::Puback(p.pkid)).await,
+                    QoS::ExactlyOnce => raw.send(&Packet::Pubrec(p.pkid)).await,
+                    QoS::AtMostOnce => {}
+                }
+                delivered.push((p.topic_str().to_string(), p.payload.to_vec()));
+            }
+            Some(Packet::Pubrel(pkid)) => raw.send(&Packet::Pubcomp(pkid)).await,
+            other => panic!("split at {split}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        delivered,
+        vec![("pipe/1".to_string(), b"one".to_vec()), ("pipe/2".to_string(), b"two".to_vec())],
+        "split at {split}"
+    );
+}
+
+/// MQTT 3.1.1 §3.1.4: a client may send packets right behind CONNECT without waiting for CONNACK.
+/// Every byte after CONNECT is handled in order, wherever the reads happen to split the stream.
+#[tokio::test]
+async fn packets_right_behind_connect_are_handled_whatever_the_read_boundaries() {
+    let broker = start_default().await;
+    let whole = pipelined_session("pipelined");
+    let mut raw = Raw::open(broker.addr).await;
+    raw.send_bytes(&whole).await;
+    expect_pipelined_answers(&mut raw, whole.len()).await;
+    raw.disconnect().await;
+
+    for split in 1..whole.len() {
+        let mut raw = Raw::open(broker.addr).await;
+        raw.send_bytes(&whole[..split]).await;
+        // Long enough for the broker to read the first part on its own.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        raw.send_bytes(&whole[split..]).await;
+        expect_pipelined_answers(&mut raw, split).await;
+        raw.disconnect().await;
+    }
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn second_connect_closes_the_connection() {
     let broker = start_default().await;

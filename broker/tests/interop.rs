@@ -72,3 +72,15 @@ async fn paho_mqtt_v31_and_v311() {
     assert_eq!(lines, vec!["v311 paho/v311 from-v311 2", "v31 paho/v31 from-v31 2"]);
     broker.stop().await;
 }
+
+/// paho's `connect(); subscribe(); publish(); loop_start()` writes SUBSCRIBE and PUBLISH before it reads
+/// CONNACK; they must not be lost.
+#[tokio::test]
+async fn paho_mqtt_pipelining_behind_connect() {
+    let broker = start_default().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/paho_pipelined.py");
+    let mut python = tool("python3");
+    python.arg(script).arg(broker.addr.port().to_string());
+    assert_eq!(run(python).await, "pipelined/paho right-behind-connect 1\n");
+    broker.stop().await;
+}
