@@ -250,7 +250,7 @@ struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     mgmt_username: Option<String>,
 
-    /// Shared secret of the management principal; without it the control channel is closed.
+    /// Shared secret of the management principal, at least 16 bytes; without it the control channel is closed.
     #[arg(long, env = "MIDGE_MGMT_SECRET", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     mgmt_secret: Option<Secret>,

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use midge_shared::control::MIN_SECRET_LEN;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -13,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::acl::{Acl, AclError};
 use crate::auth::{AuthError, Users};
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::control::{self, ControlJob};
 use crate::metrics::{Metrics, Stats};
 use crate::plugins::Plugins;
@@ -65,6 +66,27 @@ pub enum StartError {
     Users(#[from] AuthError),
 }
 
+/// The management secret if it is one: an empty or short secret closes the control channel, loudly, rather
+/// than opening it to anyone who connects with that username and no (or a guessable) password.
+fn usable_secret(secret: Option<Secret>) -> Option<Secret> {
+    match secret {
+        None => {
+            tracing::warn!(
+                "no mgmt_secret (MIDGE_MGMT_SECRET) set: the control channel is closed and the sidecar cannot connect"
+            );
+            None
+        }
+        Some(secret) if secret.expose().len() < MIN_SECRET_LEN => {
+            tracing::error!(
+                "mgmt_secret (MIDGE_MGMT_SECRET) is shorter than {} bytes: the control channel is closed and the sidecar cannot connect",
+                MIN_SECRET_LEN
+            );
+            None
+        }
+        Some(secret) => Some(secret),
+    }
+}
+
 /// A broker bound to its port, not yet serving.
 pub struct Broker {
     listener: TcpListener,
@@ -87,9 +109,8 @@ impl Broker {
             .await
             .map_err(|source| StartError::Bind { addr: config.listen, source })?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
-        if config.mgmt_secret.is_none() {
-            tracing::warn!("no mgmt_secret (MIDGE_MGMT_SECRET) set: the management sidecar cannot connect");
-        }
+        let mut config = config;
+        config.mgmt_secret = usable_secret(config.mgmt_secret.take());
         let metrics = Arc::new(Metrics::default());
         let stats = Arc::new(Stats::default());
         let plugins = Arc::new(Plugins::new(crate::sys::VERSION));

@@ -103,3 +103,44 @@ async fn probe_fails_where_no_broker_listens() {
     let probe = Command::new(BIN).args(["probe", &free.to_string()]).output().await.unwrap();
     assert!(!probe.status.success());
 }
+
+/// An empty or short management secret closes the control channel with an error in the log, instead of
+/// opening it to whoever connects as the management user with that (or no) password.
+#[tokio::test]
+async fn a_short_or_empty_mgmt_secret_closes_the_control_channel_with_an_error() {
+    for secret in ["", "fifteen-bytes!!"] {
+        let mut child = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--mgmt-secret", secret])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (error, addr) = tokio::time::timeout(WAIT, async {
+            let mut error = None;
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("ERROR") && line.contains("control channel is closed") {
+                    error = Some(line.clone());
+                }
+                if let Some(rest) = line.split("listen=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap().parse::<std::net::SocketAddr>().unwrap();
+                    return (error, addr);
+                }
+            }
+            panic!("broker exited before listening");
+        })
+        .await
+        .expect("broker logs its address");
+        assert!(error.is_some_and(|e| e.contains("16 bytes")), "secret {secret:?}: no clear error");
+        let mut connect = connect_packet("sneaky", true);
+        connect.username = Some("midge-mgmt".into());
+        connect.password = Some(bytes::Bytes::copy_from_slice(secret.as_bytes()));
+        assert_eq!(
+            connack_code(addr, midge_broker::codec::Packet::Connect(connect)).await,
+            midge_broker::codec::ConnectReturnCode::BadUsernameOrPassword,
+            "secret {secret:?}"
+        );
+        child.kill().await.unwrap();
+    }
+}

@@ -60,18 +60,20 @@ async fn control_topics_are_sealed() {
 }
 
 #[tokio::test]
-async fn without_a_secret_nobody_is_the_management_principal() {
-    let broker = start(config()).await;
-    let mut c = connect_packet("m", true);
-    c.username = Some("midge-mgmt".into());
-    c.password = Some(Bytes::from_static(b""));
-    let mut raw = Raw::open(broker.addr).await;
-    raw.send(&Packet::Connect(c)).await;
-    assert!(matches!(
-        raw.recv().await,
-        Some(Packet::Connack(Connack { code: ConnectReturnCode::BadUsernameOrPassword, .. }))
-    ));
-    broker.stop().await;
+async fn without_a_usable_secret_nobody_is_the_management_principal() {
+    // No secret, an empty one, one byte short of the minimum: each closes the control channel.
+    for secret in [None, Some(""), Some("fifteen-bytes!!")] {
+        let broker = start(Config { mgmt_secret: secret.map(midge_broker::config::Secret::new), ..config() }).await;
+        let mut c = connect_packet("m", true);
+        c.username = Some("midge-mgmt".into());
+        c.password = Some(Bytes::copy_from_slice(secret.unwrap_or_default().as_bytes()));
+        assert_eq!(
+            connack_code(broker.addr, Packet::Connect(c)).await,
+            ConnectReturnCode::BadUsernameOrPassword,
+            "secret {secret:?}"
+        );
+        broker.stop().await;
+    }
 }
 
 #[tokio::test]

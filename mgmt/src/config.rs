@@ -26,7 +26,7 @@ pub struct Config {
     #[arg(long, env = "MIDGE_MGMT_USERNAME", default_value = "midge-mgmt")]
     pub mgmt_username: String,
 
-    /// Shared secret of the management principal (the broker reads the same variable).
+    /// Shared secret of the management principal (the broker reads the same variable); at least 16 bytes.
     #[arg(long, env = "MIDGE_MGMT_SECRET", hide_env_values = true)]
     pub mgmt_secret: Option<String>,
 

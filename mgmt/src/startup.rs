@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
+use midge_shared::control::MIN_SECRET_LEN;
 use rocket::fairing::AdHoc;
 use rocket::{catchers, routes, Build, Rocket};
 
@@ -12,11 +13,9 @@ use crate::{api, auth, db, passwords, App};
 
 /// Everything up to the HTTP listener: ready to `launch()`.
 pub async fn build(config: Config) -> anyhow::Result<Rocket<Build>> {
+    check_secret(config.mgmt_secret.as_deref())?;
     let db = db::open(&config.db).await.with_context(|| format!("cannot open database {}", config.db.display()))?;
     seed_admin(&db, config.admin_password.clone()).await?;
-    if config.mgmt_secret.is_none() {
-        tracing::warn!("MIDGE_MGMT_SECRET is not set: the broker will refuse this sidecar");
-    }
     let link = Link::start(&config, db.clone()).map_err(anyhow::Error::msg)?;
     let figment = rocket::Config::figment()
         .merge(("address", config.listen.ip()))
@@ -43,6 +42,21 @@ pub async fn build(config: Config) -> anyhow::Result<Rocket<Build>> {
                 tracing::info!(listen = %addr, "midge-mgmt listening");
             })
         })))
+}
+
+/// The sidecar exists to use the control channel, so without a usable secret it does not start: an empty or
+/// short one is what the broker refuses too (it closes the channel rather than open it to guessers).
+fn check_secret(secret: Option<&str>) -> anyhow::Result<()> {
+    match secret {
+        None => anyhow::bail!(
+            "MIDGE_MGMT_SECRET (--mgmt-secret) is not set; set the same secret for the broker and the sidecar"
+        ),
+        Some(secret) if secret.len() < MIN_SECRET_LEN => anyhow::bail!(
+            "MIDGE_MGMT_SECRET (--mgmt-secret) is shorter than {MIN_SECRET_LEN} bytes: no control channel; \
+             use a long random string, e.g. `openssl rand -hex 24`, for the broker and the sidecar alike"
+        ),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Creates `admin` on first start, so a fresh install can be logged into.

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 /// Version of this contract; a broker answers a request of another version with an error.
 pub const VERSION: u32 = 1;
 
+/// The shortest management secret either side accepts: an empty or shorter one would let anyone who
+/// guesses it (or sends no password at all) run the broker. Shorter means no control channel.
+pub const MIN_SECRET_LEN: usize = 16;
+
 /// Every control topic starts with this; nobody but the management principal may touch it.
 pub const PREFIX: &str = "$midge/";
 

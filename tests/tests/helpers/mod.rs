@@ -13,7 +13,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 pub const NODE: &str = "midge@127.0.0.1";
-pub const SECRET: &str = "e2e-secret-5f1c";
+pub const SECRET: &str = "e2e-secret-5f1c-0b7d";
 
 /// A binary of this workspace, built by `cargo test --workspace` next to the test executables.
 pub fn bin(name: &str) -> PathBuf {
