@@ -87,35 +87,37 @@ impl From<DecodeError> for Exit {
 pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     let (mut reader, mut writer) = connection::split(stream, ctx.config.max_packet_size);
     let connect_timeout = Duration::from_secs(ctx.config.connect_timeout);
-    let connect = match Box::pin(timeout(connect_timeout, reader.read_packet())).await {
-        Ok(Ok((packet, size))) => {
-            ctx.metrics.packet_received(&packet, size);
-            match packet {
-                Packet::Connect(connect) => connect,
-                other => {
-                    tracing::debug!(%peer, packet = other.name(), "first packet is not CONNECT");
-                    return;
-                }
-            }
+    // Whatever ends a connection before CONNECT is logged once, with the peer: at debug what any open
+    // port sees (scanners, health checks, dropped sockets), at info what a client got wrong.
+    let (connect, size) = match Box::pin(timeout(connect_timeout, reader.read_packet())).await {
+        Ok(Ok((Packet::Connect(connect), size))) => (connect, size),
+        Ok(Ok((other, size))) => {
+            ctx.metrics.packet_received(&other, size);
+            tracing::info!(%peer, packet = other.name(), "connection closed: first packet is not CONNECT");
+            return;
         }
         Ok(Err(ConnectionError::Decode(DecodeError::UnsupportedProtocol { name, level }))) => {
-            tracing::debug!(%peer, %name, level, "unsupported protocol");
+            tracing::info!(%peer, name = %name.escape_debug(), level, "connection refused: unsupported protocol");
             refuse(&ctx, &mut writer, ConnectReturnCode::UnacceptableProtocol).await;
             return;
         }
+        Ok(Err(ConnectionError::Decode(e))) => {
+            tracing::info!(%peer, error = %e, "connection closed: malformed CONNECT");
+            return;
+        }
         Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "bad CONNECT");
+            tracing::debug!(%peer, error = %e, "connection closed before CONNECT");
             return;
         }
         Err(_) => {
-            tracing::debug!(%peer, "no CONNECT in time");
+            tracing::debug!(%peer, "connection closed: no CONNECT in time");
             return;
         }
     };
     // The once-only phases are boxed so that their state does not sit in every connection's task for
     // its whole life (an idle connection's memory is mostly this future).
     reader.release_if_drained();
-    let Some(mut conn) = Box::pin(accept(connect, peer, &ctx, reader, writer)).await else {
+    let Some(mut conn) = Box::pin(accept(connect, size, peer, &ctx, reader, writer)).await else {
         return;
     };
     let exit = conn.run().await;
@@ -130,14 +132,21 @@ async fn refuse(ctx: &Context, writer: &mut PacketWriter, code: ConnectReturnCod
     writer.shutdown().await;
 }
 
-/// Validates and authenticates a CONNECT, obtains the session from the router and sends CONNACK.
+/// Validates and authenticates a CONNECT (`size` bytes on the wire), obtains the session from the
+/// router and sends CONNACK.
 async fn accept(
     mut connect: Connect,
+    size: usize,
     peer: SocketAddr,
     ctx: &Arc<Context>,
     reader: PacketReader,
     mut writer: PacketWriter,
 ) -> Option<ClientConnection> {
+    let principal = auth::authenticate(ctx, &connect).await;
+    // The management connection's traffic counts in no metric: users see their own traffic only.
+    if principal != Ok(Principal::Management) {
+        ctx.metrics.connect_received(size);
+    }
     if connect.client_id.is_empty() {
         // 3.1 requires an id; 3.1.1 lets a clean session have one assigned.
         if connect.protocol == Protocol::V31 || !connect.clean_session {
@@ -150,25 +159,33 @@ async fn accept(
         refuse(ctx, &mut writer, ConnectReturnCode::IdentifierRejected).await;
         return None;
     }
+    let client_id = connect.client_id.escape_debug();
     if let Some(will) = &connect.will {
         if !topic::valid_topic_name(&will.topic) {
-            tracing::debug!(%peer, "invalid will topic");
+            tracing::info!(%peer, %client_id, "connection closed: invalid will topic");
             return None;
         }
     }
-    let principal = match auth::authenticate(ctx, &connect).await {
+    let principal = match principal {
         Ok(principal) => principal,
         Err(code) => {
             // The username is not logged: it may be a password typed in the wrong field.
-            tracing::info!(%peer, client_id = %connect.client_id, "connection refused: {code:?}");
+            tracing::info!(%peer, %client_id, "connection refused: {code:?}");
             refuse(ctx, &mut writer, code).await;
             return None;
         }
     };
+    if ctl::is_management_client_id(&connect.client_id) != (principal == Principal::Management) {
+        // The management namespace is the sidecar's alone, and the sidecar stays in it: nobody else can
+        // take its session over, and its connection is known by its id (and hidden from users).
+        tracing::warn!(%peer, %client_id, "connection refused: client id outside its principal's namespace");
+        refuse(ctx, &mut writer, ConnectReturnCode::IdentifierRejected).await;
+        return None;
+    }
     if connect.will.as_ref().is_some_and(|will| broker_owned(&will.topic)) {
         // A will is published when the broker drops the client; it must not be a way into $SYS or
         // the control channel.
-        tracing::warn!(%peer, client_id = %connect.client_id, "will on a broker-owned topic refused");
+        tracing::warn!(%peer, %client_id, "will on a broker-owned topic refused");
         refuse(ctx, &mut writer, ConnectReturnCode::NotAuthorized).await;
         return None;
     }
@@ -184,13 +201,14 @@ async fn accept(
         proto_ver: connect.protocol.level(),
         keepalive: connect.keep_alive,
         connected_at: chrono::Local::now(),
+        hidden: principal == Principal::Management,
     };
     ctx.router.send(Request::Connect { client_id: client_id.clone(), meta, outbox, reply });
     let (session, present) = match outcome.await.ok()? {
         ConnectOutcome::Accepted { session, present } => (session, present),
         ConnectOutcome::Superseded => return None,
     };
-    tracing::debug!(%peer, client_id = %client_id, clean = connect.clean_session, present, "connected");
+    tracing::debug!(%peer, client_id = %client_id.escape_debug(), clean = connect.clean_session, present, "connected");
 
     let mut conn = ClientConnection {
         ctx: ctx.clone(),
@@ -211,11 +229,14 @@ async fn accept(
         batch: VecDeque::new(),
         stalled: None,
     };
-    conn.outbox.allow_direct(conn.writer.socket(), conn.session.stats.clone());
+    if !conn.hidden() {
+        // Written by other tasks, direct deliveries are counted there: not for the hidden connection.
+        conn.outbox.allow_direct(conn.writer.socket(), conn.session.stats.clone());
+    }
     // 3.1 has no session-present flag.
     let session_present = present && connect.protocol == Protocol::V311;
     conn.send(&Packet::Connack(Connack { session_present, code: ConnectReturnCode::Accepted }));
-    if ctx.plugins.presence_enabled() {
+    if ctx.plugins.presence_enabled() && !conn.hidden() {
         let event = ClientConnected {
             clientid: conn.info.client_id.to_string(),
             username: conn.username(),
@@ -384,9 +405,9 @@ impl ClientConnection {
         let _ = self.submit_control_jobs().await;
         match &exit {
             Exit::Disconnect | Exit::Shutdown | Exit::TakenOver => {
-                tracing::debug!(client_id = %self.client_id, reason = %exit, "disconnected")
+                tracing::debug!(client_id = %self.client_id.escape_debug(), reason = %exit, "disconnected")
             }
-            _ => tracing::info!(client_id = %self.client_id, reason = %exit, "connection closed"),
+            _ => tracing::info!(client_id = %self.client_id.escape_debug(), reason = %exit, "connection closed"),
         }
         if exit.publishes_will() {
             if let Some(will) = self.will.take() {
@@ -401,7 +422,7 @@ impl ClientConnection {
                 }
             }
         }
-        if self.ctx.plugins.presence_enabled() {
+        if self.ctx.plugins.presence_enabled() && !self.hidden() {
             let event = ClientDisconnected {
                 clientid: self.info.client_id.to_string(),
                 username: self.username(),
@@ -424,9 +445,17 @@ impl ClientConnection {
         self.info.username.clone().unwrap_or_else(|| "undefined".into())
     }
 
+    /// The sidecar's own connection, which users never see: no listing, no metric, no event.
+    fn hidden(&self) -> bool {
+        self.principal == Principal::Management
+    }
+
     /// Queues a packet for the client and counts it, except `$SYS` publishes, which count in nothing.
     fn send(&mut self, packet: &Packet) {
         let size = self.writer.queue(packet);
+        if self.hidden() {
+            return;
+        }
         if let Packet::Publish(p) = packet {
             if p.topic.starts_with(b"$SYS/") {
                 return;
@@ -439,7 +468,7 @@ impl ClientConnection {
     fn handle_buffered(&mut self) -> Result<Routed, Exit> {
         while let Some((packet, size)) = self.reader.next_buffered()? {
             let sys = matches!(&packet, Packet::Publish(p) if p.topic.starts_with(b"$SYS/"));
-            if !sys {
+            if !sys && !self.hidden() {
                 self.ctx.metrics.packet_received(&packet, size);
             }
             self.handle_packet(packet)?;
@@ -531,7 +560,7 @@ impl ClientConnection {
         }
         let allowed = self.check_publish(topic) == Decision::Allow;
         if !allowed {
-            tracing::debug!(client_id = %self.client_id, topic, "publish denied by ACL");
+            tracing::debug!(client_id = %self.client_id.escape_debug(), topic = %topic.escape_debug(), "publish denied by ACL");
         }
         let route = match publish.qos {
             QoS::AtMostOnce => allowed,
@@ -545,7 +574,7 @@ impl ClientConnection {
                     is_new && allowed
                 }
                 None => {
-                    tracing::warn!(client_id = %self.client_id, "too many QoS 2 messages awaiting PUBREL; dropped");
+                    tracing::warn!(client_id = %self.client_id.escape_debug(), "too many QoS 2 messages awaiting PUBREL; dropped");
                     self.ctx.metrics.inc(Metric::MessagesQos2Dropped);
                     false
                 }
@@ -575,7 +604,7 @@ impl ClientConnection {
         }
         let topic = publish.topic_str();
         if self.principal != Principal::Management || !ctl::is_control_topic(topic) {
-            tracing::warn!(client_id = %self.client_id, topic, "publish to a broker-owned topic refused");
+            tracing::warn!(client_id = %self.client_id.escape_debug(), topic = %topic.escape_debug(), "publish to a broker-owned topic refused");
             // `$SYS` traffic counts in no metric, a refused one included.
             if ctl::is_control_topic(topic) {
                 self.ctx.metrics.inc(Metric::MessagesDropped);
@@ -598,10 +627,10 @@ impl ClientConnection {
                 } else if self.principal == Principal::Management {
                     Some(qos)
                 } else if filter.starts_with("$midge") {
-                    tracing::warn!(client_id = %self.client_id, %filter, "subscription to control topics refused");
+                    tracing::warn!(client_id = %self.client_id.escape_debug(), filter = %filter.escape_debug(), "subscription to control topics refused");
                     None
                 } else if self.ctx.settings.acl().check(&self.info, Access::Subscribe, &filter) == Decision::Deny {
-                    tracing::debug!(client_id = %self.client_id, %filter, "subscribe denied by ACL");
+                    tracing::debug!(client_id = %self.client_id.escape_debug(), filter = %filter.escape_debug(), "subscribe denied by ACL");
                     None
                 } else {
                     Some(qos)
@@ -645,7 +674,7 @@ impl ClientConnection {
         }
         if dropped && !sys {
             self.ctx.metrics.inc(Metric::MessagesDropped);
-            tracing::debug!(client_id = %self.client_id, "message queue full, oldest dropped");
+            tracing::debug!(client_id = %self.client_id.escape_debug(), "message queue full, oldest dropped");
         }
     }
 

@@ -152,7 +152,7 @@ async fn execute(ctx: &Arc<Context>, request: Request) -> Result<serde_json::Val
                 return Err(ControlError::new(code::UNKNOWN, format!("invalid topic {topic:?}")));
             }
             let message = Message { topic: Bytes::from(topic), payload: Bytes::from(payload), qos: qos(q)?, retain };
-            tracing::debug!(on_behalf_of = %client_id, "publish through the API");
+            tracing::debug!(on_behalf_of = %client_id.escape_debug(), "publish through the API");
             ctx.metrics.inc(crate::metrics::Metric::MessagesReceived);
             router.send(RouterRequest::Publish(Arc::new(message)));
             empty()

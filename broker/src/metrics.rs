@@ -91,6 +91,13 @@ impl Metrics {
         self.inc(specific);
     }
 
+    /// Counts a CONNECT of `size` bytes (once its sender is known: the sidecar's counts in nothing).
+    pub fn connect_received(&self, size: usize) {
+        self.add(Metric::BytesReceived, size as u64);
+        self.inc(Metric::PacketsReceived);
+        self.inc(Metric::PacketsConnect);
+    }
+
     /// Counts a packet written to a client, `size` bytes on the wire.
     pub fn packet_sent(&self, packet: &Packet, size: usize) {
         self.add(Metric::BytesSent, size as u64);

@@ -37,7 +37,11 @@ async fn control_topics_are_sealed() {
     let codes = eve
         .subscribe(
             1,
-            &[("$midge/#", QoS::AtMostOnce), (&reply_topic("mgmt-test"), QoS::AtMostOnce), ("ok", QoS::AtMostOnce)],
+            &[
+                ("$midge/#", QoS::AtMostOnce),
+                (&reply_topic("midge-mgmt-test"), QoS::AtMostOnce),
+                ("ok", QoS::AtMostOnce),
+            ],
         )
         .await;
     assert_eq!(codes, vec![None, None, Some(QoS::AtMostOnce)]);
@@ -45,8 +49,8 @@ async fn control_topics_are_sealed() {
     let forged = RequestEnvelope {
         v: VERSION,
         id: "forged".into(),
-        reply_to: reply_topic("mgmt-test"),
-        request: Request::Kick { client_id: "mgmt-test".into() },
+        reply_to: reply_topic("midge-mgmt-test"),
+        request: Request::Kick { client_id: "midge-mgmt-test".into() },
     };
     eve.send(&publish(&request_topic(NODE), &serde_json::to_vec(&forged).unwrap(), QoS::AtLeastOnce, 5)).await;
     assert_eq!(eve.recv().await, Some(Packet::Puback(5)));
@@ -76,6 +80,67 @@ async fn without_a_usable_secret_nobody_is_the_management_principal() {
     }
 }
 
+/// The sidecar's own connection is not the users' business: it is in no listing, statistic or metric,
+/// raises no presence event, cannot be kicked, and nobody else can take its client id.
+#[tokio::test]
+async fn the_management_connection_is_invisible_and_its_client_id_is_its_own() {
+    let broker = start(mgmt_config()).await;
+    let mut watcher = Raw::connected(broker.addr, "watcher").await;
+    watcher.subscribe(1, &[(&format!("$SYS/brokers/{NODE}/clients/#"), QoS::AtMostOnce)]).await;
+    let mut mgmt = Mgmt::connect(broker.addr, NODE).await;
+    let mut user = Raw::connected(broker.addr, "user-1").await;
+    user.subscribe(1, &[("a/b", QoS::AtLeastOnce)]).await;
+    // The first presence event is the user's: none was raised for the management connection.
+    let event = watcher.recv_publish().await;
+    assert_eq!(event.topic_str(), format!("$SYS/brokers/{NODE}/clients/user-1/connected"));
+
+    let before: BTreeMap<String, u64> = mgmt.ok(Request::Metrics).await;
+    let clients: Page<ClientRow> = mgmt.ok(Request::ListClients(page(1, 20))).await;
+    let ids: Vec<&str> = clients.objects.iter().map(|c| c.client_id.as_str()).collect();
+    assert_eq!(ids, vec!["user-1", "watcher"]);
+    let sessions: Page<SessionRow> = mgmt.ok(Request::ListSessions(page(1, 20))).await;
+    assert_eq!(sessions.total_num, 2);
+    let subscriptions: Page<SubscriptionRow> = mgmt.ok(Request::ListSubscriptions(page(1, 20))).await;
+    assert!(subscriptions.objects.iter().all(|s| s.client_id != "midge-mgmt-test"), "{subscriptions:?}");
+    assert_eq!(subscriptions.total_num, 2);
+    let routes: Page<RouteRow> = mgmt.ok(Request::ListRoutes(page(1, 20))).await;
+    let topics: Vec<&str> = routes.objects.iter().map(|r| r.topic.as_str()).collect();
+    assert_eq!(topics, vec!["$SYS/brokers/midge@127.0.0.1/clients/#", "a/b"]);
+    let stats: BTreeMap<String, u64> = mgmt.ok(Request::Stats).await;
+    for (stat, count) in [("clients", 2), ("sessions", 2), ("subscriptions", 2), ("subscribers", 2), ("routes", 2)] {
+        assert_eq!(stats[&format!("{stat}/count")], count, "{stat}");
+    }
+    let listeners: Vec<ListenerRow> = mgmt.ok(Request::ListListeners).await;
+    assert_eq!(listeners[0].current_clients, 2);
+    let info: NodeInfo = mgmt.ok(Request::NodeInfo).await;
+    assert_eq!(info.clients, 2);
+    let me = || "midge-mgmt-test".to_string();
+    assert!(mgmt.ok::<Vec<ClientRow>>(Request::GetClient { client_id: me() }).await.is_empty());
+    assert!(mgmt.ok::<Vec<SessionRow>>(Request::GetSession { client_id: me() }).await.is_empty());
+    assert!(mgmt.ok::<Vec<SubscriptionRow>>(Request::GetSubscriptions { client_id: me() }).await.is_empty());
+    assert_eq!(mgmt.err(Request::Kick { client_id: me() }).await, code::CLIENT_OFFLINE);
+    // Eleven requests and replies later, the traffic figures have not moved.
+    let after: BTreeMap<String, u64> = mgmt.ok(Request::Metrics).await;
+    assert_eq!(after, before, "the management connection's traffic counts in no metric");
+
+    // Nobody but the management principal may use an id in its namespace, to take it over or at all;
+    // and the management principal keeps to it.
+    for id in ["midge-mgmt-test", "midge-mgmt-other"] {
+        let code = connack_code(broker.addr, Packet::Connect(connect_packet(id, true))).await;
+        assert_eq!(code, ConnectReturnCode::IdentifierRejected, "{id}");
+    }
+    let code = connack_code(broker.addr, Packet::Connect(Mgmt::connect_packet("not-namespaced"))).await;
+    assert_eq!(code, ConnectReturnCode::IdentifierRejected);
+    let info: NodeInfo = mgmt.ok(Request::NodeInfo).await;
+    assert_eq!(info.name, NODE, "the management connection survived every attempt");
+    // Another management connection may take the id over (the sidecar reconnecting).
+    let mut again = Mgmt::connect(broker.addr, NODE).await;
+    mgmt.raw.expect_closed().await;
+    assert_eq!(again.ok::<NodeInfo>(Request::NodeInfo).await.clients, 2);
+    user.ping().await;
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn listings_round_trip_with_the_seed_example() {
     let broker = start(mgmt_config()).await;
@@ -86,12 +151,13 @@ async fn listings_round_trip_with_the_seed_example() {
     js.subscribe(1, &[("/World", QoS::AtMostOnce)]).await;
     let (offline, _) = Raw::connect(broker.addr, connect_packet("zz-offline", false)).await;
     offline.disconnect().await;
+    let online = Raw::connected(broker.addr, "zz-online").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let clients: Page<ClientRow> = mgmt.ok(Request::ListClients(page(1, 20))).await;
     let ids: Vec<&str> = clients.objects.iter().map(|c| c.client_id.as_str()).collect();
-    assert_eq!(ids, vec!["mgmt-test", "mqttjs_722b4d845f"], "online clients, ordered by id");
-    let js_row = &clients.objects[1];
+    assert_eq!(ids, vec!["mqttjs_722b4d845f", "zz-online"], "online clients, ordered by id");
+    let js_row = &clients.objects[0];
     assert_eq!(
         (js_row.username.as_str(), js_row.ipaddress.as_str(), js_row.clean_sess, js_row.proto_ver, js_row.keepalive),
         ("undefined", "127.0.0.1", true, 4, 60)
@@ -99,7 +165,7 @@ async fn listings_round_trip_with_the_seed_example() {
     assert_eq!(js_row.connected_at.len(), "2018-06-29 09:15:25".len());
     assert_eq!((clients.total_num, clients.total_page, clients.current_page, clients.page_size), (2, 1, 1, 20));
     let second: Page<ClientRow> = mgmt.ok(Request::ListClients(page(2, 1))).await;
-    assert_eq!((second.objects[0].client_id.as_str(), second.total_page), ("mqttjs_722b4d845f", 2));
+    assert_eq!((second.objects[0].client_id.as_str(), second.total_page), ("zz-online", 2));
     let one: Vec<ClientRow> = mgmt.ok(Request::GetClient { client_id: "mqttjs_722b4d845f".into() }).await;
     assert_eq!(one, vec![js_row.clone()]);
     let none: Vec<ClientRow> = mgmt.ok(Request::GetClient { client_id: "zz-offline".into() }).await;
@@ -107,8 +173,8 @@ async fn listings_round_trip_with_the_seed_example() {
 
     let sessions: Page<SessionRow> = mgmt.ok(Request::ListSessions(page(1, 20))).await;
     let ids: Vec<&str> = sessions.objects.iter().map(|s| s.client_id.as_str()).collect();
-    assert_eq!(ids, vec!["mgmt-test", "mqttjs_722b4d845f", "zz-offline"]);
-    let js_session = &sessions.objects[1];
+    assert_eq!(ids, vec!["mqttjs_722b4d845f", "zz-offline", "zz-online"]);
+    let js_session = &sessions.objects[0];
     assert_eq!((js_session.subscriptions, js_session.max_inflight, js_session.clean_sess), (1, 32, true));
     let offline_session: Vec<SessionRow> = mgmt.ok(Request::GetSession { client_id: "zz-offline".into() }).await;
     assert!(!offline_session[0].clean_sess);
@@ -130,6 +196,7 @@ async fn listings_round_trip_with_the_seed_example() {
     let no_route: Vec<RouteRow> = mgmt.ok(Request::GetRoute { topic: "/Nowhere".into() }).await;
     assert!(no_route.is_empty());
     js.ping().await;
+    online.disconnect().await;
     broker.stop().await;
 }
 
@@ -247,7 +314,7 @@ async fn clean_acl_cache_makes_a_changed_acl_apply_at_once() {
 async fn malformed_and_unknown_requests_get_error_replies() {
     let broker = start(mgmt_config()).await;
     let mut mgmt = Mgmt::connect(broker.addr, NODE).await;
-    let reply_to = reply_topic("mgmt-test");
+    let reply_to = reply_topic("midge-mgmt-test");
     let unknown = serde_json::json!({"v": 1, "id": "u1", "reply_to": reply_to, "cmd": "make_coffee"});
     match mgmt.call_raw(serde_json::to_vec(&unknown).unwrap(), "u1").await {
         Outcome::Err(e) => assert!(e.code == 108 || e.code == 102, "{e:?}"),
@@ -276,6 +343,8 @@ async fn malformed_and_unknown_requests_get_error_replies() {
 async fn node_info_listeners_metrics_and_stats() {
     let broker = start(mgmt_config()).await;
     let mut mgmt = Mgmt::connect(broker.addr, NODE).await;
+    let mut client = Raw::connected(broker.addr, "c").await;
+    client.subscribe(1, &[("t", QoS::AtMostOnce)]).await;
     let info: NodeInfo = mgmt.ok(Request::NodeInfo).await;
     assert_eq!((info.version.as_str(), info.clients), (env!("CARGO_PKG_VERSION"), 1));
     assert!(info.memory_used.ends_with('M') && info.memory_total.ends_with('M'), "{info:?}");
@@ -470,7 +539,7 @@ async fn clients_cannot_write_to_sys_or_control_topics_by_publish_or_will() {
     late.expect_silence(Duration::from_millis(300)).await;
 
     // Wills on broker-owned topics are refused at CONNECT.
-    for topic in [reply_topic("mgmt-test"), format!("$SYS/brokers/{NODE}/version")] {
+    for topic in [reply_topic("midge-mgmt-test"), format!("$SYS/brokers/{NODE}/version")] {
         let mut c = connect_packet("willful", true);
         c.will = Some(LastWill {
             topic: topic.clone(),

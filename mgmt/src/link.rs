@@ -44,7 +44,7 @@ impl Link {
     /// Connects (in the background) and returns at once; requests fail with 101 until connected.
     pub fn start(config: &Config, db: Db) -> Result<Arc<Link>, String> {
         let (host, port) = config.broker_host_port()?;
-        let client_id = format!("midge-mgmt-{:08x}", rand::random::<u32>());
+        let client_id = format!("{}{:08x}", control::CLIENT_ID_PREFIX, rand::random::<u32>());
         let mut options = MqttOptions::new(client_id.clone(), host, port);
         options.set_keep_alive(Duration::from_secs(10));
         options.set_clean_session(true);

@@ -19,6 +19,16 @@ pub const MIN_SECRET_LEN: usize = 16;
 /// Every control topic starts with this; nobody but the management principal may touch it.
 pub const PREFIX: &str = "$midge/";
 
+/// The management principal's client ids start with this. Only its connections may use such an id, and
+/// only such an id may it use: so nobody else can hold or take over the sidecar's session, and the broker
+/// knows its connection by its id alone (to keep it out of every listing and statistic).
+pub const CLIENT_ID_PREFIX: &str = "midge-mgmt-";
+
+/// Is this client id in the management principal's namespace?
+pub fn is_management_client_id(client_id: &str) -> bool {
+    client_id.starts_with(CLIENT_ID_PREFIX)
+}
+
 /// Where a node takes requests.
 pub fn request_topic(node: &str) -> String {
     format!("$midge/ctl/{node}/req")

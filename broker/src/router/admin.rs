@@ -61,26 +61,26 @@ impl Router {
     pub(super) fn admin(&mut self, request: AdminRequest) {
         match request {
             AdminRequest::ListClients(page, reply) => {
-                let online = self.clients.iter().filter(|(_, c)| is_online(c)).collect();
+                let online = self.visible_clients().filter(|(_, c)| is_online(c)).collect();
                 let _ = reply.send(page_of(online, page, |(id, c)| client_row(id, c)));
             }
             AdminRequest::GetClient(id, reply) => {
-                let row = self.clients.get_key_value(id.as_str()).filter(|(_, c)| is_online(c));
+                let row = self.visible_client(&id).filter(|(_, c)| is_online(c));
                 let _ = reply.send(row.map(|(id, c)| client_row(id, c)).into_iter().collect());
             }
             AdminRequest::ListSessions(page, reply) => {
                 let max_inflight = self.limits.max_inflight as u64;
-                let all = self.clients.iter().collect();
+                let all = self.visible_clients().collect();
                 let _ = reply.send(page_of(all, page, |(id, c)| session_row(id, c, max_inflight)));
             }
             AdminRequest::GetSession(id, reply) => {
                 let max_inflight = self.limits.max_inflight as u64;
-                let row = self.clients.get_key_value(id.as_str());
+                let row = self.visible_client(&id);
                 let _ = reply.send(row.map(|(id, c)| session_row(id, c, max_inflight)).into_iter().collect());
             }
             AdminRequest::ListSubscriptions(page, reply) => {
                 // Rows are built for the requested window only.
-                let mut clients: Vec<_> = self.clients.iter().filter(|(_, c)| !c.filters.is_empty()).collect();
+                let mut clients: Vec<_> = self.visible_clients().filter(|(_, c)| !c.filters.is_empty()).collect();
                 clients.sort_unstable_by(|a, b| a.0.cmp(b.0));
                 let total = clients.iter().map(|(_, c)| c.filters.len()).sum();
                 let window = Page::<SubscriptionRow>::window(total, page);
@@ -94,7 +94,7 @@ impl Router {
                 let _ = reply.send(Page::new(page, total, rows));
             }
             AdminRequest::GetSubscriptions(id, reply) => {
-                let rows = self.clients.get_key_value(id.as_str()).map(|(id, c)| subscription_rows(id, c));
+                let rows = self.visible_client(&id).map(|(id, c)| subscription_rows(id, c));
                 let _ = reply.send(rows.unwrap_or_default());
             }
             AdminRequest::ListRoutes(page, reply) => {
@@ -113,7 +113,7 @@ impl Router {
                 let _ = reply.send(self.tell(&client_id, Outbound::CleanAclCache(topic.into())));
             }
             AdminRequest::Subscribe { client_id, filter, qos, reply } => {
-                let Some((id, _)) = self.clients.get_key_value(client_id.as_str()) else {
+                let Some((id, _)) = self.visible_client(&client_id) else {
                     let _ = reply.send(false);
                     return;
                 };
@@ -125,7 +125,7 @@ impl Router {
                 let _ = reply.send(true);
             }
             AdminRequest::Unsubscribe { client_id, filter, reply } => {
-                let Some((id, _)) = self.clients.get_key_value(client_id.as_str()) else {
+                let Some((id, _)) = self.visible_client(&client_id) else {
                     let _ = reply.send(false);
                     return;
                 };
@@ -136,12 +136,22 @@ impl Router {
         }
     }
 
-    /// Sends a control message to an online client; false if it is not online.
+    /// Sends a control message to an online client; false if it is not online. The sidecar's own
+    /// connection is not there to be kicked.
     fn tell(&self, client_id: &str, outbound: Outbound) -> bool {
-        match self.clients.get(client_id).map(|c| &c.presence) {
+        match self.visible_client(client_id).map(|(_, c)| &c.presence) {
             Some(Presence::Online(outbox)) => outbox.push(outbound, None).is_ok(),
             _ => false,
         }
+    }
+
+    /// Every client the API shows: all but the sidecar's own connection.
+    fn visible_clients(&self) -> impl Iterator<Item = (&ClientId, &Client)> {
+        self.clients.iter().filter(|(_, c)| !c.meta.hidden)
+    }
+
+    fn visible_client(&self, client_id: &str) -> Option<(&ClientId, &Client)> {
+        self.clients.get_key_value(client_id).filter(|(_, c)| !c.meta.hidden)
     }
 }
 

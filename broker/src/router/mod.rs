@@ -75,6 +75,9 @@ pub struct ClientMeta {
     pub proto_ver: u8,
     pub keepalive: u16,
     pub connected_at: DateTime<Local>,
+    /// The management sidecar's connection (its client id is in the management namespace): kept out
+    /// of every listing, statistic and kick, so users see only their own clients.
+    pub hidden: bool,
 }
 
 #[derive(Debug)]
@@ -226,6 +229,9 @@ pub struct Shared {
 
 pub struct Router {
     clients: FastMap<ClientId, Client>,
+    /// Of `clients`, those hidden from users (see [`ClientMeta::hidden`]), and their subscriptions.
+    hidden_clients: usize,
+    hidden_subscriptions: usize,
     subscriptions: SubscriptionTree,
     /// Distinct filters and how many clients hold each (EMQ's routes on this node).
     routes: BTreeMap<String, usize>,
@@ -251,6 +257,8 @@ impl RouterHandle {
         let metrics = shared.metrics.clone();
         let router = Router {
             clients: FastMap::default(),
+            hidden_clients: 0,
+            hidden_subscriptions: 0,
             subscriptions: SubscriptionTree::new(),
             routes: BTreeMap::new(),
             retained: BTreeMap::new(),
@@ -299,9 +307,9 @@ impl Router {
             .map(|(id, _)| id.clone())
             .collect();
         for client_id in expired {
-            tracing::debug!(client = %client_id, "offline session expired");
+            tracing::debug!(client = %client_id.escape_debug(), "offline session expired");
             self.drop_subscriptions(&client_id);
-            self.clients.remove(&client_id);
+            self.remove_client(&client_id);
         }
     }
 
@@ -329,8 +337,8 @@ impl Router {
     fn update_stats(&self) {
         let stats = &self.shared.stats;
         stats.set(Stat::Clients, self.online);
-        stats.set(Stat::Sessions, self.clients.len() as u64);
-        stats.set(Stat::Subscriptions, self.subscriptions.subscription_count() as u64);
+        stats.set(Stat::Sessions, (self.clients.len() - self.hidden_clients) as u64);
+        stats.set(Stat::Subscriptions, (self.subscriptions.subscription_count() - self.hidden_subscriptions) as u64);
         stats.set(Stat::Subscribers, self.subscribers);
         stats.set(Stat::Topics, self.routes.len() as u64);
         stats.set(Stat::Routes, self.routes.len() as u64);
@@ -342,6 +350,20 @@ impl Router {
     fn update_retained_stats(&self) {
         self.shared.stats.set(Stat::Retained, self.retained.len() as u64);
         self.shared.metrics.set(Metric::MessagesRetained, self.retained.len() as u64);
+    }
+
+    fn insert_client(&mut self, client_id: ClientId, client: Client) {
+        self.hidden_clients += usize::from(client.meta.hidden);
+        if !client.meta.hidden {
+            self.online += 1;
+        }
+        self.clients.insert(client_id, client);
+    }
+
+    fn remove_client(&mut self, client_id: &ClientId) {
+        if let Some(client) = self.clients.remove(client_id) {
+            self.hidden_clients -= usize::from(client.meta.hidden);
+        }
     }
 
     fn new_session(&self, client_id: ClientId, clean: bool) -> Box<Session> {
@@ -367,8 +389,7 @@ impl Router {
                 session_clean: clean,
                 created_at: Local::now(),
             };
-            self.clients.insert(client_id, client);
-            self.online += 1;
+            self.insert_client(client_id, client);
             let _ = reply.send(ConnectOutcome::Accepted { session, present: false });
             return;
         };
@@ -377,7 +398,7 @@ impl Router {
                 // Ask the old connection to hand its session back; answer the new one then.
                 if client.pending.is_none() && old.push(Outbound::TakenOver, None).is_err() {
                     // Its task is gone without handing the session back: start afresh.
-                    tracing::warn!(client = %client_id, "previous connection vanished; session lost");
+                    tracing::warn!(client = %client_id.escape_debug(), "previous connection vanished; session lost");
                     client.presence = Presence::Online(outbox);
                     // A clean stand-in makes `resume` discard the lost session's subscriptions too.
                     let lost = self.new_session(client_id.clone(), true);
@@ -394,7 +415,9 @@ impl Router {
                 else {
                     unreachable!("matched Offline above")
                 };
-                self.online += 1;
+                if !client.meta.hidden {
+                    self.online += 1;
+                }
                 self.resume(client_id, session, meta, reply);
             }
         }
@@ -443,10 +466,12 @@ impl Router {
             self.resume(client_id, session, pending.meta, pending.reply);
             return;
         }
-        self.online = self.online.saturating_sub(1);
+        if !client.meta.hidden {
+            self.online = self.online.saturating_sub(1);
+        }
         if session.clean_session {
             self.drop_subscriptions(&client_id);
-            self.clients.remove(&client_id);
+            self.remove_client(&client_id);
         } else {
             client.presence = Presence::Offline(session, std::time::Instant::now());
         }
@@ -455,23 +480,33 @@ impl Router {
     fn drop_subscriptions(&mut self, client_id: &ClientId) {
         let Some(client) = self.clients.get_mut(client_id) else { return };
         let filters = std::mem::take(&mut client.filters);
-        if !filters.is_empty() {
+        let hidden = client.meta.hidden;
+        if !filters.is_empty() && !hidden {
             self.subscribers = self.subscribers.saturating_sub(1);
         }
         for filter in filters.into_keys() {
-            self.remove_subscription(&filter, client_id);
+            self.remove_subscription(&filter, client_id, hidden);
         }
     }
 
-    /// Adds one subscription to the trie and the route table. The caller keeps `Client::filters`.
-    fn add_subscription(&mut self, filter: &str, client_id: &ClientId, qos: QoS) {
+    /// Adds one subscription to the trie and (unless the client is hidden) the route table. The caller
+    /// keeps `Client::filters`.
+    fn add_subscription(&mut self, filter: &str, client_id: &ClientId, qos: QoS, hidden: bool) {
         if self.subscriptions.subscribe(filter, client_id, qos) {
-            *self.routes.entry(filter.to_string()).or_default() += 1;
+            if hidden {
+                self.hidden_subscriptions += 1;
+            } else {
+                *self.routes.entry(filter.to_string()).or_default() += 1;
+            }
         }
     }
 
-    fn remove_subscription(&mut self, filter: &str, client_id: &ClientId) {
+    fn remove_subscription(&mut self, filter: &str, client_id: &ClientId, hidden: bool) {
         if self.subscriptions.unsubscribe(filter, client_id) {
+            if hidden {
+                self.hidden_subscriptions -= 1;
+                return;
+            }
             if let Some(count) = self.routes.get_mut(filter) {
                 *count -= 1;
                 if *count == 0 {
@@ -551,7 +586,7 @@ impl Router {
                         true
                     }
                     Err(Refused::Full) => {
-                        tracing::debug!(client = %client_id, "outbox full, message dropped");
+                        tracing::debug!(client = %client_id.escape_debug(), "outbox full, message dropped");
                         false
                     }
                     // Its Disconnected request is on the way and will settle the session.
@@ -581,14 +616,15 @@ impl Router {
     fn subscribe_client(&mut self, client_id: &ClientId, filters: &[(String, QoS)]) -> Vec<Delivery> {
         let mut retained = Vec::new();
         let Some(client) = self.clients.get_mut(client_id) else { return retained };
-        if client.filters.is_empty() && !filters.is_empty() {
+        let hidden = client.meta.hidden;
+        if client.filters.is_empty() && !filters.is_empty() && !hidden {
             self.subscribers += 1;
         }
         for (filter, qos) in filters {
             client.filters.insert(filter.clone(), *qos);
         }
         for (filter, qos) in filters {
-            self.add_subscription(filter, client_id, *qos);
+            self.add_subscription(filter, client_id, *qos, hidden);
             self.retained_for(filter, *qos, &mut retained);
         }
         retained
@@ -597,13 +633,14 @@ impl Router {
     /// Removes subscriptions of a client; returns how many it had.
     fn unsubscribe_client(&mut self, client_id: &ClientId, filters: &[String]) -> usize {
         let Some(client) = self.clients.get_mut(client_id) else { return 0 };
+        let hidden = client.meta.hidden;
         let had_any = !client.filters.is_empty();
         let removed: Vec<&String> = filters.iter().filter(|f| client.filters.remove(*f).is_some()).collect();
-        if had_any && client.filters.is_empty() {
+        if had_any && client.filters.is_empty() && !hidden {
             self.subscribers = self.subscribers.saturating_sub(1);
         }
         for filter in &removed {
-            self.remove_subscription(filter, client_id);
+            self.remove_subscription(filter, client_id, hidden);
         }
         removed.len()
     }

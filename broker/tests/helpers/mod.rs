@@ -254,11 +254,20 @@ pub struct Mgmt {
 
 impl Mgmt {
     pub async fn connect(addr: SocketAddr, node: &str) -> Mgmt {
-        let mut c = connect_packet("mgmt-test", true);
+        Mgmt::connect_as(addr, node, "midge-mgmt-test").await
+    }
+
+    /// The management principal's CONNECT, with its secret, for `client_id`.
+    pub fn connect_packet(client_id: &str) -> Connect {
+        let mut c = connect_packet(client_id, true);
         c.username = Some("midge-mgmt".into());
         c.password = Some(Bytes::from_static(SECRET.as_bytes()));
-        let (mut raw, _) = Raw::connect(addr, c).await;
-        let reply_to = midge_shared::control::reply_topic("mgmt-test");
+        c
+    }
+
+    pub async fn connect_as(addr: SocketAddr, node: &str, client_id: &str) -> Mgmt {
+        let (mut raw, _) = Raw::connect(addr, Mgmt::connect_packet(client_id)).await;
+        let reply_to = midge_shared::control::reply_topic(client_id);
         assert_eq!(raw.subscribe(1, &[(&reply_to, QoS::AtLeastOnce)]).await, vec![Some(QoS::AtLeastOnce)]);
         Mgmt { raw, node: node.to_string(), reply_to, next_id: 1 }
     }
