@@ -182,7 +182,7 @@ async fn accept(
         refuse(ctx, &mut writer, ConnectReturnCode::IdentifierRejected).await;
         return None;
     }
-    if connect.will.as_ref().is_some_and(|will| broker_owned(&will.topic)) {
+    if connect.will.as_ref().is_some_and(|will| topic::broker_owned(&will.topic)) {
         // A will is published when the broker drops the client; it must not be a way into $SYS or
         // the control channel.
         tracing::warn!(%peer, %client_id, "will on a broker-owned topic refused");
@@ -554,7 +554,7 @@ impl ClientConnection {
         if !topic::valid_topic_name(topic) {
             return Err(Exit::ProtocolViolation("invalid topic name in PUBLISH"));
         }
-        if broker_owned(topic) {
+        if topic::broker_owned(topic) {
             self.handle_reserved_publish(publish);
             return Ok(());
         }
@@ -703,11 +703,6 @@ impl ClientConnection {
         self.acl_cache.put(topic, decision);
         decision
     }
-}
-
-/// Topics only the broker (`$SYS`) or the management principal (control topics) may publish to.
-fn broker_owned(topic: &str) -> bool {
-    ctl::is_control_topic(topic) || topic.starts_with("$SYS/") || topic == "$SYS"
 }
 
 #[cfg(test)]

@@ -148,8 +148,11 @@ async fn execute(ctx: &Arc<Context>, request: Request) -> Result<serde_json::Val
             found_or(online, code::CLIENT_OFFLINE, "client not online")
         }
         Request::Publish { topic, payload, qos: q, retain, client_id } => {
-            if !topic::valid_topic_name(&topic) || control::is_control_topic(&topic) {
+            if !topic::valid_topic_name(&topic) {
                 return Err(ControlError::new(code::UNKNOWN, format!("invalid topic {topic:?}")));
+            }
+            if topic::broker_owned(&topic) {
+                return Err(ControlError::new(code::UNKNOWN, format!("topic {topic:?} is the broker's own")));
             }
             let message = Message { topic: Bytes::from(topic), payload: Bytes::from(payload), qos: qos(q)?, retain };
             tracing::debug!(on_behalf_of = %client_id.escape_debug(), "publish through the API");
@@ -158,8 +161,14 @@ async fn execute(ctx: &Arc<Context>, request: Request) -> Result<serde_json::Val
             empty()
         }
         Request::Subscribe { client_id, topic, qos: q } => {
-            if !topic::valid_topic_filter(&topic) || control::is_control_topic(&topic) {
+            if !topic::valid_topic_filter(&topic) {
                 return Err(ControlError::new(code::UNKNOWN, format!("invalid topic filter {topic:?}")));
+            }
+            if topic::reaches_broker_owned(&topic) {
+                return Err(ControlError::new(
+                    code::UNKNOWN,
+                    format!("topic filter {topic:?} reaches the broker's own topics"),
+                ));
             }
             let qos = qos(q)?;
             let found = router

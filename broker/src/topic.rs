@@ -26,6 +26,18 @@ pub fn valid_topic_filter(filter: &str) -> bool {
     true
 }
 
+/// Topics only the broker (`$SYS`) or the management principal (control topics) may publish to.
+pub fn broker_owned(topic: &str) -> bool {
+    midge_shared::control::is_control_topic(topic) || topic == "$SYS" || topic.starts_with("$SYS/")
+}
+
+/// Can `filter` match a broker-owned topic? Wildcards at the first level never match `$` topics, so
+/// only a filter that names `$SYS` or the control prefix can.
+pub fn reaches_broker_owned(filter: &str) -> bool {
+    let first = filter.split('/').next().unwrap_or_default();
+    first == "$SYS" || first == midge_shared::control::PREFIX.trim_end_matches('/')
+}
+
 /// Does `filter` match `topic`? Wildcards at the first level never match topics starting with `$`.
 pub fn matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && filter.starts_with(['+', '#']) {
@@ -65,6 +77,22 @@ mod tests {
         }
         for bad in ["", "a#", "a/#/b", "a/b#", "a+/b", "++", "#/", "a\0"] {
             assert!(!valid_topic_filter(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn broker_owned_topics_and_the_filters_that_reach_them() {
+        for topic in ["$SYS", "$SYS/brokers", "$midge/ctl/n/req"] {
+            assert!(broker_owned(topic), "{topic}");
+        }
+        for topic in ["$SYSTEM", "SYS/x", "$share/g/t", "a/$SYS"] {
+            assert!(!broker_owned(topic), "{topic}");
+        }
+        for filter in ["$SYS/#", "$SYS", "$SYS/+/x", "$midge/#", "$midge/ctl/+/req"] {
+            assert!(reaches_broker_owned(filter), "{filter}");
+        }
+        for filter in ["#", "+/brokers/#", "$SYSTEM/#", "a/$SYS/#", "$midge-x/#"] {
+            assert!(!reaches_broker_owned(filter), "{filter}");
         }
     }
 

@@ -398,8 +398,9 @@ async fn plugins_switch_off_and_on() {
 
     // Modules off: no presence events; on: they come back.
     let presence = "$SYS/brokers/+/clients/+/connected";
-    let _: serde_json::Value =
-        mgmt.ok(Request::Subscribe { client_id: "sub".into(), topic: presence.into(), qos: 0 }).await;
+    // Through the API a client cannot be subscribed to $SYS; on its own (from localhost) it can.
+    assert_eq!(mgmt.err(Request::Subscribe { client_id: "sub".into(), topic: presence.into(), qos: 0 }).await, 102);
+    assert_eq!(sub.subscribe(9, &[(presence, QoS::AtMostOnce)]).await, vec![Some(QoS::AtMostOnce)]);
     let _: serde_json::Value = mgmt.ok(set("emq_modules", false)).await;
     Raw::connected(broker.addr, "quiet").await.disconnect().await;
     sub.expect_silence(Duration::from_millis(300)).await;
@@ -502,8 +503,7 @@ async fn hot_config_takes_effect_at_once() {
     assert_eq!(mgmt.err(set("mqtt.acl_file", "/nonexistent/acl.conf")).await, 102);
 
     // sys_interval from 0 to 1: uptime starts arriving.
-    let _: serde_json::Value =
-        mgmt.ok(Request::Subscribe { client_id: "c".into(), topic: "$SYS/brokers/+/uptime".into(), qos: 0 }).await;
+    c.subscribe(3, &[("$SYS/brokers/+/uptime", QoS::AtMostOnce)]).await;
     c.expect_silence(Duration::from_millis(1500)).await;
     let _: serde_json::Value = mgmt.ok(set("mqtt.broker.sys_interval", "1")).await;
     let uptime = c.recv_publish().await;
