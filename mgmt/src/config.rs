@@ -38,6 +38,11 @@ pub struct Config {
     #[arg(long, env = "MIDGE_MGMT_REQUEST_TIMEOUT_MS", default_value_t = 2000)]
     pub request_timeout_ms: u64,
 
+    /// Milliseconds between two checks that each listed node still answers; one that does not is no
+    /// longer listed (its routes answer 101 at once instead of after the request timeout).
+    #[arg(long, env = "MIDGE_MGMT_HEARTBEAT_MS", default_value_t = 5000)]
+    pub heartbeat_ms: u64,
+
     /// Log filter, e.g. info or debug.
     #[arg(long, env = "MIDGE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -48,13 +53,22 @@ pub struct Config {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
-    /// Exit 0 if this sidecar answers GET /status on its listener (via loopback); for health checks.
-    Healthcheck,
+    /// Exit 0 if this sidecar answers GET /status on its listener (via loopback) and a broker has answered
+    /// it within --max-silence seconds; for health checks.
+    Healthcheck {
+        /// Seconds without an answer from any broker after which the sidecar counts as unhealthy.
+        #[arg(long, default_value_t = 30)]
+        max_silence: u64,
+    },
 }
 
 impl Config {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.max(100))
     }
 
     /// `(host, port)` of the broker.

@@ -10,6 +10,7 @@ mod body;
 pub mod config;
 mod credentials;
 pub mod db;
+pub mod desired;
 mod error;
 pub mod link;
 mod passwords;
@@ -21,5 +22,6 @@ use std::sync::Arc;
 pub struct App {
     pub db: db::Db,
     pub link: Arc<link::Link>,
+    pub desired: Arc<desired::Desired>,
     verified: credentials::VerifiedCredentials,
 }

@@ -8,6 +8,7 @@ use rocket::fairing::AdHoc;
 use rocket::{catchers, routes, Build, Rocket};
 
 use crate::config::Config;
+use crate::desired::Desired;
 use crate::link::Link;
 use crate::{api, auth, db, passwords, App};
 
@@ -16,7 +17,8 @@ pub async fn build(config: Config) -> anyhow::Result<Rocket<Build>> {
     check_secret(config.mgmt_secret.as_deref())?;
     let db = db::open(&config.db).await.with_context(|| format!("cannot open database {}", config.db.display()))?;
     seed_admin(&db, config.admin_password.clone()).await?;
-    let link = Link::start(&config, db.clone()).map_err(anyhow::Error::msg)?;
+    let (link, appeared) = Link::start(&config).map_err(anyhow::Error::msg)?;
+    let desired = Desired::start(db.clone(), link.clone(), appeared);
     let figment = rocket::Config::figment()
         .merge(("address", config.listen.ip()))
         .merge(("port", config.listen.port()))
@@ -25,7 +27,7 @@ pub async fn build(config: Config) -> anyhow::Result<Rocket<Build>> {
         .merge(("cli_colors", false))
         .merge(("limits.string", 1024 * 1024));
     Ok(rocket::custom(figment)
-        .manage(App { db, link, verified: Default::default() })
+        .manage(App { db, link, desired, verified: Default::default() })
         .mount("/api/v2", api::routes())
         .mount("/", routes![api::status])
         .register("/", catchers![auth::unauthorized, auth::not_found])

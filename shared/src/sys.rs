@@ -122,6 +122,26 @@ pub fn uptime_text(seconds: u64) -> String {
     out
 }
 
+/// Seconds in an uptime text: the inverse of [`uptime_text`].
+pub fn uptime_seconds(uptime: &str) -> u64 {
+    let mut total = 0u64;
+    let mut number = 0u64;
+    for word in uptime.split([' ', ',']).filter(|w| !w.is_empty()) {
+        let unit = match word {
+            "days" => 86_400,
+            "hours" => 3600,
+            "minutes" => 60,
+            "seconds" => 1,
+            n => {
+                number = n.parse().unwrap_or(0);
+                continue;
+            }
+        };
+        total = total.saturating_add(number.saturating_mul(unit));
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +152,13 @@ mod tests {
         assert_eq!(uptime_text(212), "3 minutes, 32 seconds");
         assert_eq!(uptime_text(3725), "1 hours, 2 minutes, 5 seconds");
         assert_eq!(uptime_text(2 * 86_400 + 3 * 3600 + 1), "2 days,3 hours, 0 minutes, 1 seconds");
+    }
+
+    #[test]
+    fn uptime_reads_back() {
+        for seconds in [0, 5, 212, 3725, 2 * 86_400 + 3 * 3600 + 1] {
+            assert_eq!(uptime_seconds(&uptime_text(seconds)), seconds);
+        }
     }
 
     #[test]

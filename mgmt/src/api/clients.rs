@@ -39,7 +39,7 @@ fn objects<T: Serialize>(rows: Vec<T>) -> ApiResult {
 /// Asks every node and concatenates the rows.
 async fn from_all_nodes<T: DeserializeOwned>(app: &App, request: impl Fn() -> Request) -> Result<Vec<T>, ApiError> {
     let mut rows = Vec::new();
-    for node in app.link.nodes() {
+    for node in app.link.answering()? {
         rows.extend(app.link.ask::<Vec<T>>(&node, request()).await?);
     }
     Ok(rows)
@@ -79,15 +79,10 @@ async fn client(_admin: Admin, app: &State<App>, uri: &Origin<'_>) -> ApiResult 
     objects(from_all_nodes::<ClientRow>(app, || Request::GetClient { client_id: client_id.clone() }).await?)
 }
 
-/// Runs a command on the client's node; 112 if it is online on none.
-async fn on_the_clients_node(app: &App, request: impl Fn() -> Request) -> ApiResult {
-    on_any_node(app, ApiError::new(code::CLIENT_OFFLINE, "client not online"), request).await
-}
-
 #[delete("/clients/<_..>")]
 async fn kick(_admin: Admin, app: &State<App>, uri: &Origin<'_>) -> ApiResult {
     let client_id = tail(uri, 3)?;
-    on_the_clients_node(app, || Request::Kick { client_id: client_id.clone() }).await
+    on_any_node(app, || Request::Kick { client_id: client_id.clone() }).await
 }
 
 /// `PUT clients/{clientid}/clean_acl_cache`; the client id may itself contain `/`.
@@ -97,7 +92,7 @@ async fn clean_acl_cache(_admin: Admin, app: &State<App>, uri: &Origin<'_>, body
     let client_id =
         path.strip_suffix("/clean_acl_cache").ok_or_else(|| ApiError::new(code::UNKNOWN, "no such route"))?.to_string();
     let topic = Body::parse(&body)?.string("topic")?;
-    on_the_clients_node(app, || Request::CleanAclCache { client_id: client_id.clone(), topic: topic.clone() }).await
+    on_any_node(app, || Request::CleanAclCache { client_id: client_id.clone(), topic: topic.clone() }).await
 }
 
 #[get("/nodes/<node>/sessions?<curr_page>&<page_size>")]
@@ -156,7 +151,7 @@ async fn routes_page(_admin: Admin, app: &State<App>, curr_page: Option<&str>, p
     let window = PageRequest { page: 1, size: paging.page.saturating_mul(paging.size) };
     let mut total = 0;
     let mut rows: Vec<RouteRow> = Vec::new();
-    for node in app.link.nodes() {
+    for node in app.link.answering()? {
         let part: Page<RouteRow> = app.link.ask(&node, Request::ListRoutes(window)).await?;
         total += part.total_num;
         rows.extend(part.objects);

@@ -6,7 +6,6 @@ use rocket::{get, put, routes, Route, State};
 use super::per_node;
 use crate::auth::Admin;
 use crate::body::Body;
-use crate::db;
 use crate::error::{done, ok, ApiError, ApiResult};
 use crate::App;
 
@@ -33,23 +32,13 @@ fn key_value(body: &str) -> Result<(String, String), ApiError> {
 #[put("/configs/<app_name>", data = "<body>")]
 async fn put_all(_admin: Admin, app: &State<App>, app_name: &str, body: String) -> ApiResult {
     let (key, value) = key_value(&body)?;
-    let nodes = app.link.nodes();
-    if nodes.is_empty() {
-        return Err(ApiError::badrpc("no broker node known"));
-    }
-    for node in &nodes {
-        let request = Request::SetConfig { app: app_name.to_string(), key: key.clone(), value: value.clone() };
-        app.link.request(node, request).await?;
-    }
-    db::save_config(&app.db, db::ALL_NODES, app_name, &key, &value).await?;
+    app.desired.set_config_everywhere(app_name, &key, &value).await?;
     ok()
 }
 
 #[put("/nodes/<node>/configs/<app_name>", data = "<body>")]
 async fn put_node(_admin: Admin, app: &State<App>, node: &str, app_name: &str, body: String) -> ApiResult {
     let (key, value) = key_value(&body)?;
-    let request = Request::SetConfig { app: app_name.to_string(), key: key.clone(), value: value.clone() };
-    app.link.request(node, request).await?;
-    db::save_config(&app.db, node, app_name, &key, &value).await?;
+    app.desired.set_config(node, app_name, &key, &value).await?;
     ok()
 }

@@ -48,26 +48,26 @@ pub fn tail(uri: &Origin<'_>, skip: usize) -> Result<String, ApiError> {
         .map_err(|_| ApiError::new(code::WRONG_TYPE, "path is not UTF-8"))
 }
 
-/// Runs a command on each known node in turn until one succeeds (the client it names is on one of
-/// them); otherwise the last node's error, or `none` when no node is known.
-pub async fn on_any_node(app: &App, none: ApiError, request: impl Fn() -> Request) -> ApiResult {
-    let mut last = none;
-    for node in app.link.nodes() {
+/// Runs a command on each answering node in turn until one succeeds (the client it names is on one of
+/// them); otherwise the last node's error (112 for a client online nowhere, say).
+pub async fn on_any_node(app: &App, request: impl Fn() -> Request) -> ApiResult {
+    let mut last = None;
+    for node in app.link.answering()? {
         match app.link.request(&node, request()).await {
             Ok(_) => return ok(),
-            Err(e) => last = e,
+            Err(e) => last = Some(e),
         }
     }
-    Err(last)
+    Err(last.unwrap_or_else(|| ApiError::badrpc("no broker node answers")))
 }
 
-/// Asks every known node the same thing; the answers by node name, in name order.
+/// Asks every answering node the same thing; the answers by node name, in name order.
 pub async fn per_node<T: DeserializeOwned>(
     app: &App,
     request: impl Fn() -> Request,
 ) -> Result<BTreeMap<String, T>, ApiError> {
     let mut answers = BTreeMap::new();
-    for node in app.link.nodes() {
+    for node in app.link.answering()? {
         let answer = app.link.ask(&node, request()).await?;
         answers.insert(node, answer);
     }

@@ -6,7 +6,7 @@ use rocket::{post, routes, Route, State};
 use super::on_any_node;
 use crate::auth::Admin;
 use crate::body::Body;
-use crate::error::{ok, ApiError, ApiResult};
+use crate::error::{ok, ApiResult};
 use crate::App;
 
 pub fn routes() -> Vec<Route> {
@@ -24,13 +24,9 @@ async fn publish(_admin: Admin, app: &State<App>, body: String) -> ApiResult {
         retain: body.opt_bool("retain")?.unwrap_or(false),
         client_id: body.opt_string("client_id")?.unwrap_or_else(|| "http".into()),
     };
-    let node = app.link.nodes().into_iter().next().ok_or_else(no_node)?;
+    let node = app.link.answering()?.swap_remove(0);
     app.link.request(&node, request).await?;
     ok()
-}
-
-fn no_node() -> ApiError {
-    ApiError::badrpc("no broker node known")
 }
 
 #[post("/mqtt/subscribe", data = "<body>")]
@@ -39,7 +35,7 @@ async fn subscribe(_admin: Admin, app: &State<App>, body: String) -> ApiResult {
     let topic = body.string("topic")?;
     let client_id = body.string("client_id")?;
     let qos = body.opt_qos("qos")?.unwrap_or(0);
-    on_any_node(app, no_node(), || Request::Subscribe { client_id: client_id.clone(), topic: topic.clone(), qos }).await
+    on_any_node(app, || Request::Subscribe { client_id: client_id.clone(), topic: topic.clone(), qos }).await
 }
 
 #[post("/mqtt/unsubscribe", data = "<body>")]
@@ -47,5 +43,5 @@ async fn unsubscribe(_admin: Admin, app: &State<App>, body: String) -> ApiResult
     let body = Body::parse(&body)?;
     let topic = body.string("topic")?;
     let client_id = body.string("client_id")?;
-    on_any_node(app, no_node(), || Request::Unsubscribe { client_id: client_id.clone(), topic: topic.clone() }).await
+    on_any_node(app, || Request::Unsubscribe { client_id: client_id.clone(), topic: topic.clone() }).await
 }

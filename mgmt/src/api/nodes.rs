@@ -105,13 +105,21 @@ async fn alarms(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
     done(Vec::<()>::new())
 }
 
-/// Is the sidecar up, and does it reach its broker? Plain text, no auth (for health checks).
+/// Is the sidecar up, and does it reach a broker? Plain text, no auth, always 200 (as EMQ's): the first
+/// lines are EMQ's, and `broker_silence_secs` says how long since a broker last answered (since the
+/// sidecar started, if none has), which `midge-mgmt healthcheck` reads.
 #[get("/status")]
 pub fn status(app: &State<App>) -> String {
     let nodes = app.link.nodes();
-    if app.link.is_connected() {
-        format!("Node {} is started\nmidge is running\n", nodes.join(","))
+    let head = if nodes.is_empty() {
+        "midge-mgmt is running\nno broker node answers\n".to_string()
     } else {
-        "midge-mgmt is running\nbroker is not connected\n".to_string()
-    }
+        format!("Node {} is started\nmidge is running\n", nodes.join(","))
+    };
+    let link = if app.link.is_connected() { "connected" } else { "disconnected" };
+    let answered = if app.link.ever_answered() { "yes" } else { "never" };
+    format!(
+        "{head}broker_link={link}\nbroker_answered={answered}\nbroker_silence_secs={}\n",
+        app.link.silence().as_secs()
+    )
 }

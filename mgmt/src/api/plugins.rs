@@ -8,7 +8,6 @@ use rocket::{get, put, routes, Route, State};
 
 use crate::auth::Admin;
 use crate::body::Body;
-use crate::db;
 use crate::error::{code, done, ok, ApiError, ApiResult};
 use crate::App;
 
@@ -24,8 +23,7 @@ async fn list(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
 #[put("/nodes/<node>/plugins/<name>", data = "<body>")]
 async fn switch(_admin: Admin, app: &State<App>, node: &str, name: &str, body: String) -> ApiResult {
     let active = Body::parse(&body)?.bool("active")?;
-    app.link.request(node, Request::SetPlugin { name: name.to_string(), active }).await?;
-    db::save_plugin_state(&app.db, node, name, active).await?;
+    app.desired.set_plugin(node, name, active).await?;
     ok()
 }
 
@@ -34,7 +32,6 @@ async fn get_config(_admin: Admin, app: &State<App>, node: &str, plugin: &str) -
     done(app.link.ask::<Vec<PluginConfigRow>>(node, Request::GetPluginConfig { name: plugin.to_string() }).await?)
 }
 
-/// Stores what the broker reports after applying, so passwords are kept only as the broker's hashes.
 #[put("/nodes/<node>/plugin_configs/<plugin>", data = "<body>")]
 async fn put_config(_admin: Admin, app: &State<App>, node: &str, plugin: &str, body: String) -> ApiResult {
     let body = Body::parse(&body)?;
@@ -45,10 +42,6 @@ async fn put_config(_admin: Admin, app: &State<App>, node: &str, plugin: &str, b
             .ok_or_else(|| ApiError::new(code::WRONG_TYPE, format!("value of {key} must be a string")))?;
         values.insert(key.clone(), value.to_string());
     }
-    app.link.request(node, Request::SetPluginConfig { name: plugin.to_string(), values }).await?;
-    let applied: Vec<PluginConfigRow> =
-        app.link.ask(node, Request::GetPluginConfig { name: plugin.to_string() }).await?;
-    let rows: Vec<(String, String)> = applied.into_iter().map(|r| (r.key, r.value)).collect();
-    db::save_plugin_config(&app.db, node, plugin, &rows).await?;
+    app.desired.set_plugin_config(node, plugin, values).await?;
     ok()
 }

@@ -9,8 +9,8 @@ use tracing_subscriber::EnvFilter;
 #[rocket::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    if let Some(Command::Healthcheck) = config.command {
-        return healthcheck(config.listen.port());
+    if let Some(Command::Healthcheck { max_silence }) = config.command {
+        return healthcheck(config.listen.port(), max_silence);
     }
     // Installed without the `log` bridge: Rocket's own chatter (a warning per 401) stays out of the log.
     let subscriber = tracing_subscriber::fmt()
@@ -24,8 +24,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// GET /status over plain HTTP/1.0 with the standard library: the runtime image has no curl.
-fn healthcheck(port: u16) -> anyhow::Result<()> {
+/// GET /status over plain HTTP/1.0 with the standard library (the runtime image has no curl); healthy
+/// if it answers and a broker answered the sidecar within `max_silence` seconds.
+fn healthcheck(port: u16, max_silence: u64) -> anyhow::Result<()> {
     use std::io::{Read, Write};
     let timeout = std::time::Duration::from_secs(3);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -36,5 +37,11 @@ fn healthcheck(port: u16) -> anyhow::Result<()> {
     stream.read_to_string(&mut response)?;
     let status_line = response.lines().next().unwrap_or_default();
     anyhow::ensure!(status_line.contains(" 200 "), "unhealthy: {status_line}");
+    let silence = response
+        .lines()
+        .find_map(|line| line.strip_prefix("broker_silence_secs="))
+        .and_then(|secs| secs.trim().parse::<u64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("unhealthy: /status does not say when a broker last answered"))?;
+    anyhow::ensure!(silence < max_silence, "unhealthy: no broker has answered for {silence} s");
     Ok(())
 }

@@ -1,6 +1,5 @@
 //! Starts the real `midge-broker` and `midge-mgmt` binaries on free ports, each test with its own
 //! database, and gives tests an HTTP client for the API and MQTT clients for the broker.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -56,6 +55,13 @@ impl Process {
         Process { child, addr: addr.parse().expect("a socket address") }
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args([&format!("-{signal}"), &pid]).status().expect("kill runs");
+        assert!(sent.success(), "kill -{signal} {pid}");
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -83,21 +89,32 @@ impl Drop for Process {
 }
 
 pub fn start_broker(listen: &str) -> Process {
+    start_broker_as(listen, NODE)
+}
+
+pub fn start_broker_as(listen: &str, node: &str) -> Process {
     let mut command = Command::new(bin("midge-broker"));
-    command.args(["--listen", listen, "--node", NODE]).env("MIDGE_MGMT_SECRET", SECRET);
+    command.args(["--listen", listen, "--node", node]).env("MIDGE_MGMT_SECRET", SECRET);
     Process::start(command, "midge broker listening")
 }
 
 pub fn start_mgmt(broker: SocketAddr, db: &std::path::Path) -> Process {
-    start_mgmt_with(broker, db, None)
+    start_mgmt_with(broker, db, None, &[])
 }
 
-pub fn start_mgmt_with(broker: SocketAddr, db: &std::path::Path, admin_password: Option<&str>) -> Process {
+/// The sidecar with the `admin` password given to its first start, and further flags.
+pub fn start_mgmt_with(
+    broker: SocketAddr,
+    db: &std::path::Path,
+    admin_password: Option<&str>,
+    args: &[&str],
+) -> Process {
     let mut command = Command::new(bin("midge-mgmt"));
     command
         .args(["--listen", "127.0.0.1:0", "--broker", &broker.to_string()])
         .arg("--db")
         .arg(db)
+        .args(args)
         .env("MIDGE_MGMT_SECRET", SECRET)
         .env_remove("MIDGE_ADMIN_PASSWORD");
     if let Some(password) = admin_password {
@@ -127,9 +144,14 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Stack {
+        Stack::start_with(&[]).await
+    }
+
+    /// A stack whose sidecar gets these flags too.
+    pub async fn start_with(mgmt_args: &[&str]) -> Stack {
         let dir = tempdir();
         let broker = start_broker("127.0.0.1:0");
-        let mgmt = start_mgmt(broker.addr, &dir.join("mgmt.db"));
+        let mgmt = start_mgmt_with(broker.addr, &dir.join("mgmt.db"), None, mgmt_args);
         let api = Api::new(mgmt.addr);
         api.wait_for_node().await;
         Stack { broker, mgmt, dir, api }

@@ -1,10 +1,8 @@
 //! Every route of /api/v2 against the real broker and sidecar processes.
 
-mod helpers;
-
 use std::time::{Duration, Instant};
 
-use helpers::*;
+use crate::helpers::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -529,14 +527,14 @@ async fn sigterm_stops_both_cleanly() {
 async fn admin_password_comes_from_the_environment_on_first_start() {
     let dir = tempdir();
     let broker = start_broker("127.0.0.1:0");
-    let mgmt = start_mgmt_with(broker.addr, &dir.join("mgmt.db"), Some("from-env-42"));
+    let mgmt = start_mgmt_with(broker.addr, &dir.join("mgmt.db"), Some("from-env-42"), &[]);
     let api = Api::new(mgmt.addr).as_user("admin", "from-env-42");
     api.wait_for_node().await;
     let (status, _) = api.as_user("admin", "public").send(Method::GET, "users", None, true).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "the default password is not set");
     drop(mgmt);
     // Only the first start seeds: a later variable does not reset a stored password.
-    let mgmt = start_mgmt_with(broker.addr, &dir.join("mgmt.db"), Some("other"));
+    let mgmt = start_mgmt_with(broker.addr, &dir.join("mgmt.db"), Some("other"), &[]);
     let (status, _) = Api::new(mgmt.addr).as_user("admin", "from-env-42").send(Method::GET, "users", None, true).await;
     assert_eq!(status, StatusCode::OK);
 }

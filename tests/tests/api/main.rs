@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `midge-broker` and `midge-mgmt` binaries, driven over HTTP and MQTT. One
+//! test binary, a module per concern; `helpers` starts the processes, each test on its own ports and
+//! database.
+
+mod desired;
+mod helpers;
+mod link;
+mod routes;
