@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::acl::{Access, AclCache, ClientInfo, Decision};
-use crate::auth::{self, Principal};
+use crate::auth::Principal;
 use crate::codec::*;
 use crate::connection::{self, ConnectionError, PacketReader, PacketWriter, WRITE_HIGH_WATER};
 use crate::control::ControlJob;
@@ -142,7 +142,7 @@ async fn accept(
     reader: PacketReader,
     mut writer: PacketWriter,
 ) -> Option<ClientConnection> {
-    let principal = auth::authenticate(ctx, &connect).await;
+    let principal = ctx.auth.authenticate(&ctx.config, &ctx.settings, &ctx.plugins, &connect, peer.ip()).await;
     // The management connection's traffic counts in no metric: users see their own traffic only.
     if principal != Ok(Principal::Management) {
         ctx.metrics.connect_received(size);
@@ -611,7 +611,7 @@ impl ClientConnection {
             }
             return;
         }
-        if ctl::request_node(publish.topic_str()) == Some(self.ctx.config.node.as_str()) {
+        if topic == ctl::DISCOVERY_TOPIC || ctl::request_node(topic) == Some(self.ctx.config.node.as_str()) {
             self.control_jobs.push(ControlJob { payload: publish.payload });
         }
     }

@@ -63,6 +63,32 @@ async fn control_topics_are_sealed() {
     broker.stop().await;
 }
 
+/// The sidecar finds nodes by asking on the discovery topic, which every node answers for itself; an
+/// ordinary client asking there gets nothing.
+#[tokio::test]
+async fn every_node_answers_on_the_discovery_topic() {
+    let broker = start(mgmt_config()).await;
+    let mut mgmt = Mgmt::connect(broker.addr, NODE).await;
+    let ask = |id: &str| {
+        let envelope = RequestEnvelope {
+            v: VERSION,
+            id: id.into(),
+            reply_to: reply_topic("midge-mgmt-test"),
+            request: Request::NodeInfo,
+        };
+        serde_json::to_vec(&envelope).unwrap()
+    };
+    match mgmt.call_on(DISCOVERY_TOPIC, ask("discover-1"), "discover-1").await {
+        Outcome::Ok(info) => assert_eq!(serde_json::from_value::<NodeInfo>(info).unwrap().name, NODE),
+        Outcome::Err(e) => panic!("{e:?}"),
+    }
+    let mut eve = Raw::connected(broker.addr, "eve").await;
+    eve.send(&publish(DISCOVERY_TOPIC, &ask("discover-2"), QoS::AtLeastOnce, 1)).await;
+    assert_eq!(eve.recv().await, Some(Packet::Puback(1)));
+    mgmt.expect_no_reply().await;
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn without_a_usable_secret_nobody_is_the_management_principal() {
     // No secret, an empty one, one byte short of the minimum: each closes the control channel.

@@ -1,21 +1,21 @@
 //! The sidecar's MQTT link to the broker: it logs in as the management principal, sends control requests
 //! and matches replies to waiters, and keeps the list of nodes that answer.
 //!
-//! A node exists when it answers. `$SYS` only says where to look: a node named there is asked for its
-//! node info, and listed once it replies under that name. A heartbeat asks every listed node again, and
-//! one that stops answering is dropped (and asked again at every heartbeat, to be listed again when it
-//! answers), so a node that is gone (or a stale retained `$SYS` message about one that never was)
-//! cannot stall every route for a request timeout. Each node that appears, or that
-//! answers with a smaller uptime than before (it restarted), is announced on a channel, for the stored
-//! desired state to be pushed to it (see `desired.rs`). The link reconnects on its own with backoff.
+//! A node exists when it answers. On connecting and at every heartbeat the link asks every node at once
+//! who it is (a node-info request on the discovery topic, which every node answers), and lists each one
+//! that replies. A listed node that lets two heartbeats in a row go unanswered is dropped, so its routes
+//! answer 101 at once instead of waiting out the request timeout; it is listed again when it answers.
+//! Nothing else makes a node: not `$SYS`, whose retained messages anyone with a stale copy could replay.
+//! Each node that appears, or answers with a smaller uptime than before (it restarted), is announced on
+//! a channel, for the stored desired state to be pushed to it (see `desired.rs`). The link reconnects on
+//! its own with backoff.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use midge_shared::control::{self, code, NodeInfo, Outcome, ReplyEnvelope, Request, RequestEnvelope};
-use midge_shared::topics;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
@@ -23,10 +23,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Config;
 use crate::error::ApiError;
 
-/// A node named in `$SYS` but not (yet) answering is asked at most this often.
-const PROBE_EVERY: Duration = Duration::from_secs(5);
-/// Unconfirmed node names remembered at once; `$SYS` cannot make the sidecar hold more.
-const MAX_CANDIDATES: usize = 64;
+/// A listed node is dropped after this many heartbeats in a row without an answer (one could be a
+/// moment of load).
+const MISSES_TO_DROP: u32 = 2;
+/// Ids of discovery requests start with this; their replies come from every node.
+const DISCOVERY_ID: &str = "discover-";
 
 /// Node names announced when they appear (or restart), for the desired state to be pushed to them.
 pub type Appeared = mpsc::UnboundedReceiver<String>;
@@ -36,6 +37,8 @@ pub type Appeared = mpsc::UnboundedReceiver<String>;
 struct Node {
     /// Its uptime at its last answer, to tell a restart.
     uptime: u64,
+    /// Heartbeats since its last answer.
+    missed: u32,
 }
 
 pub struct Link {
@@ -46,12 +49,8 @@ pub struct Link {
     connected: AtomicBool,
     next_id: AtomicU64,
     pending: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
-    /// Nodes that answered, by name.
+    /// Nodes that answer, by name.
     nodes: Mutex<BTreeMap<String, Node>>,
-    /// Names seen in `$SYS` that have not answered, with when they were last asked.
-    candidates: Mutex<HashMap<String, Instant>>,
-    /// Nodes that answered and then stopped, asked again at every heartbeat.
-    lost: Mutex<BTreeSet<String>>,
     appeared: mpsc::UnboundedSender<String>,
     started: Instant,
     /// Milliseconds after `started` of the last answer from any node (0: none yet).
@@ -80,8 +79,6 @@ impl Link {
             next_id: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             nodes: Mutex::new(BTreeMap::new()),
-            candidates: Mutex::new(HashMap::new()),
-            lost: Mutex::new(BTreeSet::new()),
             appeared,
             started: Instant::now(),
             last_answer_ms: AtomicU64::new(0),
@@ -133,42 +130,19 @@ impl Link {
     /// Sends a request to a node and waits for its reply, at most the configured timeout.
     pub async fn request(&self, node: &str, request: Request) -> Result<serde_json::Value, ApiError> {
         self.known(node)?;
-        self.send(node, request).await
-    }
-
-    /// `request`, with the reply read as `T`.
-    pub async fn ask<T: DeserializeOwned>(&self, node: &str, request: Request) -> Result<T, ApiError> {
-        let value = self.request(node, request).await?;
-        parse(node, value)
-    }
-
-    /// Sends a request to `node`, listed or not, and waits for its reply.
-    async fn send(&self, node: &str, request: Request) -> Result<serde_json::Value, ApiError> {
         if !self.is_connected() {
             return Err(ApiError::badrpc("broker not connected"));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
-        let envelope =
-            RequestEnvelope { v: control::VERSION, id: id.clone(), reply_to: self.reply_topic.clone(), request };
-        let payload = serde_json::to_vec(&envelope).map_err(|e| ApiError::new(code::UNKNOWN, e.to_string()))?;
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id.clone(), tx);
-        let sent = self.client.try_publish(control::request_topic(node), QoS::AtLeastOnce, false, payload);
-        let outcome = match sent {
-            Ok(()) => tokio::time::timeout(self.timeout, rx).await,
-            Err(e) => {
-                lock(&self.pending).remove(&id);
-                return Err(ApiError::badrpc(format!("cannot send to broker: {e}")));
-            }
-        };
-        match outcome {
-            Ok(Ok(outcome)) => {
-                self.answered();
-                match outcome {
-                    Outcome::Ok(value) => Ok(value),
-                    Outcome::Err(e) => Err(e.into()),
-                }
-            }
+        if let Err(e) = self.publish(&control::request_topic(node), id.clone(), request) {
+            lock(&self.pending).remove(&id);
+            return Err(e);
+        }
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(Outcome::Ok(value))) => Ok(value),
+            Ok(Ok(Outcome::Err(e))) => Err(e.into()),
             Ok(Err(_)) => Err(ApiError::badrpc("broker connection lost")),
             Err(_) => {
                 lock(&self.pending).remove(&id);
@@ -177,107 +151,89 @@ impl Link {
         }
     }
 
+    /// `request`, with the reply read as `T`.
+    pub async fn ask<T: DeserializeOwned>(&self, node: &str, request: Request) -> Result<T, ApiError> {
+        let value = self.request(node, request).await?;
+        serde_json::from_value(value).map_err(|e| ApiError::badrpc(format!("unexpected reply from {node}: {e}")))
+    }
+
+    fn publish(&self, topic: &str, id: String, request: Request) -> Result<(), ApiError> {
+        let envelope = RequestEnvelope { v: control::VERSION, id, reply_to: self.reply_topic.clone(), request };
+        let payload = serde_json::to_vec(&envelope).map_err(|e| ApiError::new(code::UNKNOWN, e.to_string()))?;
+        self.client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+            .map_err(|e| ApiError::badrpc(format!("cannot send to broker: {e}")))
+    }
+
+    /// Asks every node who it is; the answers come as replies to a discovery id (see `incoming`).
+    /// Every listed node has missed this heartbeat until it answers; those that missed too many are
+    /// dropped.
+    fn discover(&self) {
+        let mut dropped = Vec::new();
+        lock(&self.nodes).retain(|name, node| {
+            node.missed += 1;
+            let keep = node.missed <= MISSES_TO_DROP;
+            if !keep {
+                dropped.push(name.clone());
+            }
+            keep
+        });
+        for node in dropped {
+            tracing::warn!(%node, "node stopped answering; no longer listed");
+        }
+        let id = format!("{DISCOVERY_ID}{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        if let Err(e) = self.publish(control::DISCOVERY_TOPIC, id, Request::NodeInfo) {
+            tracing::debug!(error = %e.message, "cannot ask the nodes who they are");
+        }
+    }
+
+    /// A node answered a discovery request: listed, and announced if it is new or has restarted.
+    fn answered_discovery(&self, info: NodeInfo) {
+        let uptime = midge_shared::sys::uptime_seconds(&info.uptime);
+        let previous = lock(&self.nodes).insert(info.name.clone(), Node { uptime, missed: 0 });
+        match previous {
+            None => tracing::info!(node = %info.name.escape_debug(), "node answers"),
+            Some(before) if uptime < before.uptime => {
+                tracing::info!(node = %info.name.escape_debug(), "node restarted")
+            }
+            Some(_) => return,
+        }
+        let _ = self.appeared.send(info.name);
+    }
+
     fn answered(&self) {
         let now = self.started.elapsed().as_millis().max(1) as u64;
         self.last_answer_ms.fetch_max(now, Ordering::Relaxed);
     }
 
-    /// Asks `node` who it is. Lists it if it answers under that name, and announces it if it is new
-    /// or has restarted; drops it if it does not answer.
-    async fn probe(&self, node: &str) {
-        let info = match self.send(node, Request::NodeInfo).await.and_then(|v| parse::<NodeInfo>(node, v)) {
-            Ok(info) if info.name == node => info,
-            Ok(info) => {
-                tracing::warn!(node = %node.escape_debug(), answered_as = %info.name.escape_debug(), "node answered under another name");
-                return self.drop_node(node);
-            }
-            Err(e) => return self.drop_node_after(node, &e),
+    /// Handles one incoming publish: a reply, for its waiter or for discovery.
+    fn incoming(&self, topic: &str, payload: &[u8]) {
+        if topic != self.reply_topic {
+            return;
+        }
+        let reply = match serde_json::from_slice::<ReplyEnvelope>(payload) {
+            Ok(reply) => reply,
+            Err(e) => return tracing::warn!(error = %e, "malformed control reply"),
         };
-        lock(&self.candidates).remove(node);
-        lock(&self.lost).remove(node);
-        let uptime = midge_shared::sys::uptime_seconds(&info.uptime);
-        let previous = lock(&self.nodes).insert(node.to_string(), Node { uptime });
-        match previous {
-            None => tracing::info!(%node, "node answers"),
-            Some(before) if uptime < before.uptime => tracing::info!(%node, "node restarted"),
-            Some(_) => return,
-        }
-        let _ = self.appeared.send(node.to_string());
-    }
-
-    fn drop_node_after(&self, node: &str, error: &ApiError) {
-        if lock(&self.nodes).remove(node).is_some() {
-            tracing::warn!(%node, error = %error.message, "node stopped answering; no longer listed");
-            lock(&self.lost).insert(node.to_string());
-        }
-    }
-
-    fn drop_node(&self, node: &str) {
-        lock(&self.nodes).remove(node);
-    }
-
-    /// A node named in `$SYS`: to be asked who it is, unless it is listed or was asked recently.
-    fn candidate(&self, node: &str) -> bool {
-        if node.is_empty() || lock(&self.nodes).contains_key(node) {
-            return false;
-        }
-        let mut candidates = lock(&self.candidates);
-        let now = Instant::now();
-        candidates.retain(|_, asked| now.duration_since(*asked) < PROBE_EVERY);
-        if candidates.contains_key(node) || candidates.len() >= MAX_CANDIDATES {
-            return false;
-        }
-        candidates.insert(node.to_string(), now);
-        true
-    }
-
-    fn subscribe_all(&self) {
-        let filters = [
-            (self.reply_topic.clone(), QoS::AtLeastOnce),
-            // Both retained: a node names itself in them as soon as the link subscribes.
-            (topics::SYS_BROKERS.to_string(), QoS::AtMostOnce),
-            ("$SYS/brokers/+/version".to_string(), QoS::AtMostOnce),
-        ];
-        for (filter, qos) in filters {
-            if let Err(e) = self.client.try_subscribe(filter.clone(), qos) {
-                tracing::warn!(%filter, error = %e, "cannot subscribe");
+        self.answered();
+        if reply.id.starts_with(DISCOVERY_ID) {
+            match reply.outcome {
+                Outcome::Ok(value) => match serde_json::from_value::<NodeInfo>(value) {
+                    Ok(info) => self.answered_discovery(info),
+                    Err(e) => tracing::warn!(error = %e, "malformed node info"),
+                },
+                Outcome::Err(e) => tracing::warn!(error = %e.message, "a node refused to say who it is"),
             }
+        } else if let Some(waiter) = lock(&self.pending).remove(&reply.id) {
+            let _ = waiter.send(reply.outcome);
         }
-    }
-
-    /// Handles one incoming publish: a reply for a waiter, or node names from `$SYS`, which it returns
-    /// for probing.
-    fn incoming(&self, topic: &str, payload: &[u8]) -> Vec<String> {
-        if topic == self.reply_topic {
-            match serde_json::from_slice::<ReplyEnvelope>(payload) {
-                Ok(reply) => {
-                    if let Some(waiter) = lock(&self.pending).remove(&reply.id) {
-                        let _ = waiter.send(reply.outcome);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "malformed control reply"),
-            }
-            return Vec::new();
-        }
-        let named: Vec<String> = if topic == topics::SYS_BROKERS {
-            String::from_utf8_lossy(payload).split(',').map(|n| n.trim().to_string()).collect()
-        } else {
-            topics::parse_node_topic(topic).map(|(node, _)| node.to_string()).into_iter().collect()
-        };
-        named.into_iter().filter(|node| self.candidate(node)).collect()
     }
 
     /// A new connection: every node must answer again, and replies to the old one will not come.
     fn reset(&self) {
         lock(&self.pending).clear();
         lock(&self.nodes).clear();
-        lock(&self.candidates).clear();
-        lock(&self.lost).clear();
     }
-}
-
-fn parse<T: DeserializeOwned>(node: &str, value: serde_json::Value) -> Result<T, ApiError> {
-    serde_json::from_value(value).map_err(|e| ApiError::badrpc(format!("unexpected reply from {node}: {e}")))
 }
 
 /// A panic elsewhere while holding one of these leaves plain data that is still valid.
@@ -294,14 +250,13 @@ async fn run(link: Arc<Link>, mut eventloop: EventLoop) {
                 backoff = Duration::from_millis(200);
                 link.reset();
                 link.connected.store(true, Ordering::Relaxed);
-                link.subscribe_all();
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                for node in link.incoming(&publish.topic, &publish.payload) {
-                    let link = link.clone();
-                    tokio::spawn(async move { link.probe(&node).await });
+                // The broker handles the subscription before the discovery request behind it.
+                if let Err(e) = link.client.try_subscribe(link.reply_topic.clone(), QoS::AtLeastOnce) {
+                    tracing::warn!(error = %e, "cannot subscribe to control replies");
                 }
+                link.discover();
             }
+            Ok(Event::Incoming(Packet::Publish(publish))) => link.incoming(&publish.topic, &publish.payload),
             Ok(_) => {}
             Err(e) => {
                 if link.connected.swap(false, Ordering::Relaxed) {
@@ -317,25 +272,20 @@ async fn run(link: Arc<Link>, mut eventloop: EventLoop) {
     }
 }
 
-/// Asks every listed node, and every node lost since the link connected, who it is, every heartbeat,
-/// until the link is dropped.
-async fn heartbeat(link: std::sync::Weak<Link>) {
+/// Asks every node who it is, every heartbeat, until the link is dropped.
+async fn heartbeat(link: Weak<Link>) {
     let every = match link.upgrade() {
         Some(link) => link.heartbeat,
         None => return,
     };
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
     loop {
         ticks.tick().await;
         let Some(link) = link.upgrade() else { return };
-        if !link.is_connected() {
-            continue;
-        }
-        let lost: Vec<String> = lock(&link.lost).iter().cloned().collect();
-        for node in link.nodes().into_iter().chain(lost) {
-            let link = link.clone();
-            tokio::spawn(async move { link.probe(&node).await });
+        if link.is_connected() {
+            link.discover();
         }
     }
 }
@@ -344,21 +294,41 @@ async fn heartbeat(link: std::sync::Weak<Link>) {
 mod tests {
     use super::*;
 
-    /// `$SYS` names candidates to ask; it never lists a node, and the same name is not asked again
-    /// and again.
+    fn reply(id: &str, name: &str, uptime: &str) -> Vec<u8> {
+        let info = serde_json::json!({
+            "name": name, "version": "0", "sysdescr": "", "uptime": uptime, "datetime": "", "otp_release": "",
+            "node_status": "Running", "memory_total": "", "memory_used": "", "process_available": 0,
+            "process_used": 0, "max_fds": 0, "clients": 0, "load1": "", "load5": "", "load15": ""
+        });
+        serde_json::to_vec(&serde_json::json!({"v": 1, "id": id, "ok": info})).unwrap()
+    }
+
+    /// Only an answer lists a node; a restart (smaller uptime) announces it again; two heartbeats
+    /// without an answer drop it; `$SYS` counts for nothing.
     #[tokio::test]
-    async fn sys_names_candidates_but_only_an_answer_lists_a_node() {
-        // Nothing listens on port 1: nothing will answer.
+    async fn nodes_are_those_that_answer() {
+        // Nothing listens on port 1: the link never connects, and the test plays the broker's part.
         let config = <Config as clap::Parser>::parse_from(["midge-mgmt", "--broker", "127.0.0.1:1"]);
-        let (link, _) = Link::start(&config).unwrap();
-        assert_eq!(link.incoming("$SYS/brokers/ghost@nowhere/version", b"9.9"), vec!["ghost@nowhere"]);
-        assert!(link.incoming("$SYS/brokers/ghost@nowhere/version", b"9.9").is_empty(), "asked recently");
-        assert_eq!(link.incoming("$SYS/brokers", b"a@h, b@h"), vec!["a@h", "b@h"]);
-        assert!(link.nodes().is_empty());
-        assert!(link.known("ghost@nowhere").is_err());
-        for i in 0..2 * MAX_CANDIDATES {
-            link.incoming(&format!("$SYS/brokers/n{i}/version"), b"1");
-        }
-        assert_eq!(lock(&link.candidates).len(), MAX_CANDIDATES, "candidates are bounded");
+        let (link, mut appeared) = Link::start(&config).unwrap();
+        let replies = link.reply_topic.clone();
+        link.incoming("$SYS/brokers", b"ghost@nowhere");
+        link.incoming("$SYS/brokers/ghost@nowhere/version", b"9.9");
+        link.incoming(&replies, &reply("7", "ghost@nowhere", "5 seconds"));
+        assert!(link.nodes().is_empty(), "neither $SYS nor a reply to no discovery lists a node");
+
+        link.incoming(&replies, &reply("discover-1", "a@h", "5 seconds"));
+        assert_eq!(link.nodes(), vec!["a@h"]);
+        assert_eq!(appeared.try_recv().ok().as_deref(), Some("a@h"));
+        link.incoming(&replies, &reply("discover-2", "a@h", "9 seconds"));
+        assert!(appeared.try_recv().is_err(), "still running: nothing to push");
+        link.incoming(&replies, &reply("discover-3", "a@h", "1 seconds"));
+        assert_eq!(appeared.try_recv().ok().as_deref(), Some("a@h"), "restarted: pushed again");
+
+        link.discover();
+        link.discover();
+        assert_eq!(link.nodes(), vec!["a@h"], "two heartbeats missed: still listed");
+        link.discover();
+        assert!(link.nodes().is_empty(), "a third: dropped");
+        assert!(link.known("a@h").is_err());
     }
 }

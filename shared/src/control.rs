@@ -34,6 +34,10 @@ pub fn request_topic(node: &str) -> String {
     format!("$midge/ctl/{node}/req")
 }
 
+/// Where every node takes requests: the sidecar asks here who is there (node info), and each node
+/// answers for itself.
+pub const DISCOVERY_TOPIC: &str = "$midge/ctl/discover";
+
 /// Where a requester takes its replies.
 pub fn reply_topic(requester: &str) -> String {
     format!("$midge/ctl/reply/{requester}")

@@ -288,8 +288,13 @@ impl Mgmt {
     /// Sends any payload to the request topic and waits for the reply with `id`.
     pub async fn call_raw(&mut self, payload: Vec<u8>, id: &str) -> midge_shared::control::Outcome {
         let topic = midge_shared::control::request_topic(&self.node);
+        self.call_on(&topic, payload, id).await
+    }
+
+    /// Sends any payload to `topic` and waits for the reply with `id`.
+    pub async fn call_on(&mut self, topic: &str, payload: Vec<u8>, id: &str) -> midge_shared::control::Outcome {
         let pkid = (self.next_id % 60_000 + 1) as u16;
-        self.raw.send(&publish(&topic, &payload, QoS::AtLeastOnce, pkid)).await;
+        self.raw.send(&publish(topic, &payload, QoS::AtLeastOnce, pkid)).await;
         loop {
             match self.raw.recv().await {
                 Some(Packet::Publish(p)) => {
