@@ -142,6 +142,7 @@ fn routing_benches(c: &mut Criterion) {
             proto_ver: 4,
             keepalive: 60,
             connected_at: chrono::Local::now(),
+            hidden: false,
         };
         router.send(Request::Connect { client_id: client_id.clone(), meta, outbox, reply });
         let filters = vec![("sensors/+/floor-3/temperature".to_string(), Some(QoS::AtMostOnce))];

@@ -1,19 +1,24 @@
-//! Username/password authentication against a users file of `username:hash` lines.
+//! Who a client is: the management principal (by its shared secret), a user of the users file or of an
+//! auth plugin (argon2 or bcrypt hashes), or an anonymous client.
 //!
-//! Hashes are argon2 (PHC strings, `$argon2id$...`) or bcrypt (`$2b$...`); a plain-text password in
-//! the file is refused at load time. Verification runs on the blocking pool, and an unknown user is
-//! checked against a dummy hash so that timing does not tell which usernames exist.
+//! Password checks run on the bounded workers of `midge-passwords` (reused memory, a queue with a limit),
+//! an unknown user is checked against a dummy hash so that timing does not tell which usernames exist,
+//! and repeated failures from one address or for one name are refused without a check for a while.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use midge_passwords::{HashError, Hasher, Throttle};
 use subtle::ConstantTimeEq;
 
 use crate::codec::{Connect, ConnectReturnCode};
-use crate::server::Context;
+use crate::config::Config;
+use crate::plugins::Plugins;
+use crate::settings::Settings;
+
+pub use midge_passwords::is_password_hash;
 
 /// Who a client turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,50 +29,94 @@ pub enum Principal {
     Management,
 }
 
-/// Decides whether a CONNECT may proceed: `Err` carries the CONNACK code that refuses it.
-///
-/// The management username is reserved: only the shared secret opens it. Otherwise the first source
-/// that knows the client decides: the users file, then `emq_auth_username`, then `emq_auth_clientid`.
-/// A username no source knows is refused when a username source exists; otherwise clients that
-/// present nothing known are anonymous, and `allow_anonymous` decides.
-pub async fn authenticate(ctx: &Context, connect: &Connect) -> Result<Principal, ConnectReturnCode> {
-    use ConnectReturnCode::{BadUsernameOrPassword, NotAuthorized};
-    let password = connect.password.as_deref().unwrap_or_default();
-    if let Some(username) = connect.username.as_deref() {
-        if username == ctx.config.mgmt_username {
-            let secret = ctx.config.mgmt_secret.as_ref().map(|s| s.expose().as_bytes());
-            return match secret {
-                Some(secret) if bool::from(secret.ct_eq(password)) => Ok(Principal::Management),
-                _ => Err(BadUsernameOrPassword),
-            };
-        }
-        if let Some(users) = ctx.users.as_ref().filter(|u| u.contains(username)) {
-            return verified(users.verify(username, password).await);
-        }
-        if let Some(users) = ctx.plugins.username_credentials().filter(|u| u.contains(username)) {
-            return verified(users.verify(username, password).await);
-        }
-    }
-    if let Some(users) = ctx.plugins.clientid_credentials().filter(|u| u.contains(&connect.client_id)) {
-        return verified(users.verify(&connect.client_id, password).await);
-    }
-    if connect.username.is_some() && (ctx.users.is_some() || ctx.plugins.username_credentials().is_some()) {
-        // Spend a verification's time so that unknown names cannot be told from wrong passwords.
-        Users::default().verify("", password).await;
-        return Err(BadUsernameOrPassword);
-    }
-    if ctx.settings.allow_anonymous() {
-        Ok(Principal::Client)
-    } else {
-        Err(NotAuthorized)
-    }
+/// What authentication needs from the rest of the broker.
+pub struct Authenticator {
+    pub users: Option<Users>,
+    pub hasher: Hasher,
+    pub throttle: Throttle,
 }
 
-fn verified(ok: bool) -> Result<Principal, ConnectReturnCode> {
-    if ok {
-        Ok(Principal::Client)
-    } else {
-        Err(ConnectReturnCode::BadUsernameOrPassword)
+impl Authenticator {
+    /// Decides whether a CONNECT from `source` may proceed: `Err` carries the CONNACK code that refuses it.
+    ///
+    /// The management username is reserved: only the shared secret opens it. Otherwise the first source
+    /// that knows the client decides: the users file, then `emq_auth_username`, then `emq_auth_clientid`.
+    /// A username no source knows is refused when a username source exists; otherwise clients that
+    /// present nothing known are anonymous, and `allow_anonymous` decides.
+    pub async fn authenticate(
+        &self,
+        config: &Config,
+        settings: &Settings,
+        plugins: &Plugins,
+        connect: &Connect,
+        source: IpAddr,
+    ) -> Result<Principal, ConnectReturnCode> {
+        use ConnectReturnCode::{BadUsernameOrPassword, NotAuthorized};
+        let password = connect.password.as_deref().unwrap_or_default();
+        if let Some(username) = connect.username.as_deref() {
+            if username == config.mgmt_username {
+                self.throttled(source, username)?;
+                let secret = config.mgmt_secret.as_ref().map(|s| s.expose().as_bytes());
+                return match secret {
+                    Some(secret) if bool::from(secret.ct_eq(password)) => Ok(Principal::Management),
+                    _ => Err(self.failed(source, username)),
+                };
+            }
+            if let Some(users) = self.users.as_ref().filter(|u| u.contains(username)) {
+                return self.check(source, username, users.hash_of(username), password).await;
+            }
+            if let Some(users) = plugins.username_credentials().filter(|u| u.contains(username)) {
+                return self.check(source, username, users.hash_of(username), password).await;
+            }
+        }
+        if let Some(users) = plugins.clientid_credentials().filter(|u| u.contains(&connect.client_id)) {
+            return self.check(source, &connect.client_id, users.hash_of(&connect.client_id), password).await;
+        }
+        if let Some(username) = connect.username.as_deref() {
+            if self.users.is_some() || plugins.username_credentials().is_some() {
+                // Spend a verification's time so that unknown names cannot be told from wrong passwords.
+                self.check(source, username, None, password).await?;
+                return Err(BadUsernameOrPassword);
+            }
+        }
+        if settings.allow_anonymous() {
+            Ok(Principal::Client)
+        } else {
+            Err(NotAuthorized)
+        }
+    }
+
+    /// Checks `password` against `hash` (`None`: an unknown user, always refused), unless `who` has
+    /// failed too often lately.
+    async fn check(
+        &self,
+        source: IpAddr,
+        who: &str,
+        hash: Option<&str>,
+        password: &[u8],
+    ) -> Result<Principal, ConnectReturnCode> {
+        self.throttled(source, who)?;
+        match self.hasher.verify(hash, password).await {
+            Ok(true) => Ok(Principal::Client),
+            Ok(false) => Err(self.failed(source, who)),
+            Err(HashError::Busy) => {
+                tracing::warn!(%source, "too many password checks waiting: connection refused unchecked");
+                Err(ConnectReturnCode::ServerUnavailable)
+            }
+            Err(e) => {
+                tracing::warn!(%source, error = %e, "password check failed");
+                Err(ConnectReturnCode::BadUsernameOrPassword)
+            }
+        }
+    }
+
+    fn throttled(&self, source: IpAddr, who: &str) -> Result<(), ConnectReturnCode> {
+        self.throttle.check(source, who).map_err(|_| ConnectReturnCode::BadUsernameOrPassword)
+    }
+
+    fn failed(&self, source: IpAddr, who: &str) -> ConnectReturnCode {
+        let _ = self.throttle.failed(source, who);
+        ConnectReturnCode::BadUsernameOrPassword
     }
 }
 
@@ -77,10 +126,9 @@ pub enum AuthError {
     Read(String, std::io::Error),
     #[error("users file line {line}: {what}")]
     Line { line: usize, what: String },
-    #[error("cannot hash password: {0}")]
-    Hash(String),
 }
 
+/// Usernames (or client ids) and their password hashes.
 #[derive(Debug, Clone, Default)]
 pub struct Users {
     hashes: Arc<HashMap<String, String>>,
@@ -128,52 +176,6 @@ impl Users {
     pub fn hash_of(&self, username: &str) -> Option<&str> {
         self.hashes.get(username).map(String::as_str)
     }
-
-    /// Checks a password off the async executor.
-    pub async fn verify(&self, username: &str, password: &[u8]) -> bool {
-        let hash = self.hashes.get(username).cloned();
-        let password = password.to_vec();
-        tokio::task::spawn_blocking(move || match hash {
-            Some(hash) => verify_hash(&hash, &password),
-            None => {
-                // Spend the same work as for a real user, then refuse.
-                verify_hash(dummy_hash(), &password);
-                false
-            }
-        })
-        .await
-        .unwrap_or(false)
-    }
-}
-
-/// Is this an argon2 PHC string or a bcrypt hash (as opposed to a plain password)?
-pub fn is_password_hash(text: &str) -> bool {
-    is_bcrypt(text) || (text.starts_with("$argon2") && PasswordHash::new(text).is_ok())
-}
-
-fn is_bcrypt(hash: &str) -> bool {
-    ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
-}
-
-fn verify_hash(hash: &str, password: &[u8]) -> bool {
-    if is_bcrypt(hash) {
-        return bcrypt::verify(password, hash).unwrap_or(false);
-    }
-    match PasswordHash::new(hash) {
-        Ok(parsed) => Argon2::default().verify_password(password, &parsed).is_ok(),
-        Err(_) => false,
-    }
-}
-
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| hash_password(b"midge-dummy-password").unwrap_or_default())
-}
-
-/// An argon2id PHC string for `password`, with a fresh random salt.
-pub fn hash_password(password: &[u8]) -> Result<String, AuthError> {
-    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-    Argon2::default().hash_password(password, &salt).map(|h| h.to_string()).map_err(|e| AuthError::Hash(e.to_string()))
 }
 
 #[cfg(test)]
@@ -181,14 +183,15 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn argon2_and_bcrypt() {
-        let argon = hash_password(b"s3cret").unwrap();
+    async fn argon2_and_bcrypt_lines() {
+        let hasher = Hasher::new(1, 4);
+        let argon = hasher.hash(b"s3cret").await.unwrap();
         let bcrypt = bcrypt::hash("hunter2", 4).unwrap();
         let users = Users::parse(&format!("# users\nalice:{argon}\nbob:{bcrypt}\n")).unwrap();
-        assert!(users.verify("alice", b"s3cret").await);
-        assert!(!users.verify("alice", b"wrong").await);
-        assert!(users.verify("bob", b"hunter2").await);
-        assert!(!users.verify("carol", b"s3cret").await);
+        assert!(hasher.verify(users.hash_of("alice"), b"s3cret").await.unwrap());
+        assert!(!hasher.verify(users.hash_of("alice"), b"wrong").await.unwrap());
+        assert!(hasher.verify(users.hash_of("bob"), b"hunter2").await.unwrap());
+        assert!(users.hash_of("carol").is_none());
     }
 
     #[test]

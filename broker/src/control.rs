@@ -190,11 +190,7 @@ async fn execute(ctx: &Arc<Context>, request: Request) -> Result<serde_json::Val
         Request::SetConfig { app, key, value } => ctx.settings.set(&app, &key, &value).and_then(|_| empty()),
         Request::GetPluginConfig { name } => json(ctx.plugins.config(&name)?),
         Request::SetPluginConfig { name, values } => {
-            // Hashing passwords is CPU work: keep it off the async workers.
-            let plugins = ctx.plugins.clone();
-            tokio::task::spawn_blocking(move || plugins.set_config(&name, values))
-                .await
-                .map_err(|e| ControlError::new(code::UNKNOWN, e.to_string()))??;
+            ctx.plugins.set_config(&ctx.auth.hasher, &name, values).await?;
             empty()
         }
         Request::ListListeners => json(vec![ListenerRow {

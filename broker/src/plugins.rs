@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use midge_shared::control::{code, ControlError, PluginConfigRow, PluginRow};
 
 use crate::auth::{self, Users};
+use midge_passwords::Hasher;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Plugin {
@@ -174,7 +175,12 @@ impl Plugins {
 
     /// Merges new values into a plugin's config (an empty value removes the key) and applies it.
     /// Passwords are hashed here, so neither the broker nor the sidecar ever stores them in clear.
-    pub fn set_config(&self, name: &str, values: BTreeMap<String, String>) -> Result<(), ControlError> {
+    pub async fn set_config(
+        &self,
+        hasher: &Hasher,
+        name: &str,
+        values: BTreeMap<String, String>,
+    ) -> Result<(), ControlError> {
         let plugin =
             Plugin::from_name(name).ok_or_else(|| ControlError::new(code::UNKNOWN, format!("no plugin {name}")))?;
         for key in values.keys() {
@@ -190,7 +196,7 @@ impl Plugins {
         let mut prepared = BTreeMap::new();
         for (key, value) in values {
             let value = if key.ends_with(".password") && !value.is_empty() && !auth::is_password_hash(&value) {
-                auth::hash_password(value.as_bytes()).map_err(|e| ControlError::new(code::UNKNOWN, e.to_string()))?
+                hasher.hash(value.as_bytes()).await.map_err(|e| ControlError::new(code::UNKNOWN, e.to_string()))?
             } else {
                 value
             };
@@ -262,15 +268,16 @@ mod tests {
             ("auth.user.1.username".to_string(), "alice".to_string()),
             ("auth.user.1.password".to_string(), "s3cret".to_string()),
         ]);
-        plugins.set_config("emq_auth_username", values).unwrap();
+        let hasher = Hasher::new(1, 4);
+        plugins.set_config(&hasher, "emq_auth_username", values).await.unwrap();
         let rows = plugins.config("emq_auth_username").unwrap();
         let password = rows.iter().find(|r| r.key == "auth.user.1.password").unwrap();
         assert!(password.value.starts_with("$argon2id$"), "{}", password.value);
         assert!(plugins.username_credentials().is_none(), "inactive plugin answers nothing");
         plugins.set_active("emq_auth_username", true).unwrap();
         let users = plugins.username_credentials().unwrap();
-        assert!(users.verify("alice", b"s3cret").await);
+        assert!(hasher.verify(users.hash_of("alice"), b"s3cret").await.unwrap());
         let bad = BTreeMap::from([("auth.user.x.username".to_string(), "bob".to_string())]);
-        assert_eq!(plugins.set_config("emq_auth_username", bad).unwrap_err().code, 102);
+        assert_eq!(plugins.set_config(&hasher, "emq_auth_username", bad).await.unwrap_err().code, 102);
     }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use midge_passwords::{Hasher, Limits, Throttle};
 use midge_shared::control::MIN_SECRET_LEN;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::acl::{Acl, AclError};
-use crate::auth::{AuthError, Users};
+use crate::auth::{AuthError, Authenticator, Users};
 use crate::config::{Config, Secret};
 use crate::control::{self, ControlJob};
 use crate::metrics::{Metrics, Stats};
@@ -39,7 +40,7 @@ pub struct Context {
     pub config: Config,
     pub local_addr: SocketAddr,
     pub router: RouterHandle,
-    pub users: Option<Users>,
+    pub auth: Authenticator,
     pub settings: Settings,
     pub plugins: Arc<Plugins>,
     pub metrics: Arc<Metrics>,
@@ -122,12 +123,17 @@ impl Broker {
         };
         let router = RouterHandle::new(config.session_limits(), shared);
         let (control_tx, control_rx) = control::channel();
+        let auth = Authenticator {
+            users,
+            hasher: Hasher::default(),
+            throttle: Throttle::new(Limits { burst: config.auth_fail_burst }),
+        };
         let ctx = Arc::new(Context {
             settings: Settings::new(&config, acl, log_reload),
             config,
             local_addr,
             router: router.clone(),
-            users,
+            auth,
             plugins,
             metrics,
             stats,

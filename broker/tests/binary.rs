@@ -94,7 +94,8 @@ async fn hash_password_makes_a_usable_users_file_line() {
     let hash = String::from_utf8(output.stdout).unwrap();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     let users = midge_broker::auth::Users::parse(&format!("u:{}", hash.trim())).unwrap();
-    assert!(users.verify("u", b"pa55word").await);
+    let hasher = midge_passwords::Hasher::new(1, 1);
+    assert!(hasher.verify(users.hash_of("u"), b"pa55word").await.unwrap());
 }
 
 #[tokio::test]
@@ -143,4 +144,79 @@ async fn a_short_or_empty_mgmt_secret_closes_the_control_channel_with_an_error()
         );
         child.kill().await.unwrap();
     }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Wrong passwords at full speed from 64 clients, with throttling off so that every one is checked: the
+/// broker's memory stays where it was (a fixed set of hashing workers with reused memory, a queue with a
+/// limit), where it used to grow by argon2's 19 MiB for every concurrent check.
+#[tokio::test]
+async fn a_flood_of_wrong_passwords_costs_bounded_memory() {
+    let dir = tempdir();
+    let users = dir.join("users");
+    std::fs::write(&users, format!("alice:{}\n", midge_passwords::hash_now(b"s3cret").unwrap())).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--auth-fail-burst", "0", "--allow-anonymous", "false"])
+        .arg("--users-file")
+        .arg(&users)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("listen=").nth(1) {
+                return rest.split_whitespace().next().unwrap().parse::<std::net::SocketAddr>().unwrap();
+            }
+        }
+        panic!("broker exited before listening");
+    })
+    .await
+    .expect("broker logs its address");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let flood = |duration: Duration| {
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let deadline = std::time::Instant::now() + duration;
+                    let mut refused = 0u32;
+                    while std::time::Instant::now() < deadline {
+                        let mut connect = connect_packet("guesser", true);
+                        connect.username = Some("alice".into());
+                        connect.password = Some(bytes::Bytes::from_static(b"wrong"));
+                        let code = connack_code(addr, midge_broker::codec::Packet::Connect(connect)).await;
+                        refused += u32::from(code == midge_broker::codec::ConnectReturnCode::BadUsernameOrPassword);
+                    }
+                    refused
+                })
+            })
+            .collect();
+        async move {
+            let mut refused = 0;
+            for task in tasks {
+                refused += task.await.unwrap();
+            }
+            refused
+        }
+    };
+    flood(Duration::from_secs(1)).await;
+    let before = rss_kib(pid);
+    let checked = flood(Duration::from_secs(6)).await;
+    let after = rss_kib(pid);
+    assert!(checked > 20, "the flood was checked ({checked} wrong passwords)");
+    assert!(after < before + 24 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    let mut right = connect_packet("alice-1", true);
+    right.username = Some("alice".into());
+    right.password = Some(bytes::Bytes::from_static(b"s3cret"));
+    let code = connack_code(addr, midge_broker::codec::Packet::Connect(right)).await;
+    assert_eq!(code, midge_broker::codec::ConnectReturnCode::Accepted);
+    child.kill().await.unwrap();
 }

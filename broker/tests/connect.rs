@@ -300,7 +300,7 @@ async fn will_on_protocol_error_and_retained_will() {
 
 mod auth {
     use super::*;
-    use midge_broker::auth::hash_password;
+    use midge_passwords::hash_now as hash_password;
 
     fn users_file(dir: &std::path::Path) -> std::path::PathBuf {
         let path = dir.join("users");
@@ -344,6 +344,40 @@ mod auth {
             "a presented username is always checked"
         );
         open.stop().await;
+    }
+
+    async fn code_from(source: &str, addr: std::net::SocketAddr, connect: Packet) -> ConnectReturnCode {
+        let mut raw = Raw::open_from(source, addr).await;
+        raw.send(&connect).await;
+        match raw.recv().await {
+            Some(Packet::Connack(c)) => c.code,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Repeated failures from one address, or for one user from many, are refused without a check for
+    /// a while: the right password too (it is never looked at), while others carry on.
+    #[tokio::test]
+    async fn failed_logins_are_throttled_per_source_and_per_user() {
+        use ConnectReturnCode::*;
+        let dir = tempdir();
+        let config = Config { users_file: Some(users_file(&dir)), auth_fail_burst: 3, ..config() };
+        let broker = start(config).await;
+        let alice = |password: &[u8]| with_credentials(Some("alice"), Some(password));
+        let bin = || with_credentials(Some("bin"), Some(&[0xff, 0, 0x80]));
+        for _ in 0..3 {
+            assert_eq!(code_from("127.0.0.2", broker.addr, alice(b"wrong")).await, BadUsernameOrPassword);
+        }
+        assert_eq!(code_from("127.0.0.2", broker.addr, alice(b"s3cret")).await, BadUsernameOrPassword, "throttled");
+        assert_eq!(code_from("127.0.0.2", broker.addr, bin()).await, BadUsernameOrPassword, "whoever it is");
+        assert_eq!(code_from("127.0.0.3", broker.addr, alice(b"s3cret")).await, Accepted, "from elsewhere");
+        // alice has had 3 of her 6 failures; 3 more from another address, and she is refused anywhere.
+        for _ in 0..3 {
+            assert_eq!(code_from("127.0.0.4", broker.addr, alice(b"guess")).await, BadUsernameOrPassword);
+        }
+        assert_eq!(code_from("127.0.0.5", broker.addr, alice(b"s3cret")).await, BadUsernameOrPassword);
+        assert_eq!(code_from("127.0.0.5", broker.addr, bin()).await, Accepted);
+        broker.stop().await;
     }
 }
 

@@ -1,12 +1,15 @@
 //! HTTP Basic auth against the admin users: a request guard, and the 401 that goes with it.
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use base64::Engine;
 use rocket::http::{Header, Status};
 use rocket::outcome::Outcome;
 use rocket::request::{self, FromRequest, Request};
 use rocket::State;
 
-use crate::{db, passwords, App};
+use crate::passwords::Login;
+use crate::App;
 
 /// An authenticated admin user. Routes that take this need Basic auth.
 pub struct Admin {
@@ -26,23 +29,18 @@ impl<'r> FromRequest<'r> for Admin {
             Outcome::Success(app) => app,
             _ => return Outcome::Error((Status::InternalServerError, ())),
         };
-        if app.verified.recently_verified(&username, &password) {
-            return Outcome::Success(Admin { username });
-        }
-        let stored = match db::user(&app.db, &username).await {
-            Ok(user) => user.map(|u| u.password_hash),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read admin users");
-                return Outcome::Error((Status::InternalServerError, ()));
-            }
-        };
-        if passwords::verify(stored, password.clone()).await {
-            app.verified.remember(&username, &password);
-            Outcome::Success(Admin { username })
-        } else {
-            Outcome::Error((Status::Unauthorized, ()))
+        match app.passwords.login(&app.db, source(request), &username, &password).await {
+            Ok(Login::Accepted) => Outcome::Success(Admin { username }),
+            Ok(Login::Refused | Login::Throttled) => Outcome::Error((Status::Unauthorized, ())),
+            Ok(Login::Busy) => Outcome::Error((Status::ServiceUnavailable, ())),
+            Err(_) => Outcome::Error((Status::InternalServerError, ())),
         }
     }
+}
+
+/// Where a request came from, for throttling and logs.
+pub fn source(request: &Request<'_>) -> IpAddr {
+    request.client_ip().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
 fn basic_credentials(header: &str) -> Option<(String, String)> {
@@ -66,6 +64,11 @@ pub fn unauthorized() -> Unauthorized {
         body: r#"{"code":401,"message":"unauthorized"}"#,
         challenge: Header::new("WWW-Authenticate", "Basic realm=\"emqx control center\""),
     }
+}
+
+#[rocket::catch(503)]
+pub fn unavailable() -> (Status, &'static str) {
+    (Status::ServiceUnavailable, r#"{"code":503,"message":"too many logins being checked; try again"}"#)
 }
 
 #[rocket::catch(404)]

@@ -38,6 +38,11 @@ pub struct Config {
     #[arg(long, env = "MIDGE_MGMT_REQUEST_TIMEOUT_MS", default_value_t = 2000)]
     pub request_timeout_ms: u64,
 
+    /// Failed logins one address may make at once (and per minute after that) before its logins are
+    /// refused unchecked for a while; a username gets twice as many. 0 turns throttling off.
+    #[arg(long, env = "MIDGE_MGMT_AUTH_FAIL_BURST", default_value_t = 10)]
+    pub auth_fail_burst: u32,
+
     /// Milliseconds between two checks that each listed node still answers; one that does not is no
     /// longer listed (its routes answer 101 at once instead of after the request timeout).
     #[arg(long, env = "MIDGE_MGMT_HEARTBEAT_MS", default_value_t = 5000)]

@@ -23,5 +23,5 @@ pub struct App {
     pub db: db::Db,
     pub link: Arc<link::Link>,
     pub desired: Arc<desired::Desired>,
-    verified: credentials::VerifiedCredentials,
+    passwords: passwords::Passwords,
 }

@@ -10,13 +10,16 @@ use rocket::{catchers, routes, Build, Rocket};
 use crate::config::Config;
 use crate::desired::Desired;
 use crate::link::Link;
-use crate::{api, auth, db, passwords, App};
+use crate::passwords::Passwords;
+use crate::{api, auth, db, App};
+use midge_passwords::Limits;
 
 /// Everything up to the HTTP listener: ready to `launch()`.
 pub async fn build(config: Config) -> anyhow::Result<Rocket<Build>> {
     check_secret(config.mgmt_secret.as_deref())?;
     let db = db::open(&config.db).await.with_context(|| format!("cannot open database {}", config.db.display()))?;
-    seed_admin(&db, config.admin_password.clone()).await?;
+    let passwords = Passwords::new(Limits { burst: config.auth_fail_burst });
+    seed_admin(&db, &passwords, config.admin_password.clone()).await?;
     let (link, appeared) = Link::start(&config).map_err(anyhow::Error::msg)?;
     let desired = Desired::start(db.clone(), link.clone(), appeared);
     let figment = rocket::Config::figment()
@@ -25,12 +28,15 @@ pub async fn build(config: Config) -> anyhow::Result<Rocket<Build>> {
         .merge(("ident", "midge-mgmt"))
         .merge(("log_level", "off"))
         .merge(("cli_colors", false))
+        // The client's address is the socket's: a client-sent X-Real-IP must not choose the source that
+        // failed logins are throttled by.
+        .merge(("ip_header", false))
         .merge(("limits.string", 1024 * 1024));
     Ok(rocket::custom(figment)
-        .manage(App { db, link, desired, verified: Default::default() })
+        .manage(App { db, link, desired, passwords })
         .mount("/api/v2", api::routes())
         .mount("/", routes![api::status])
-        .register("/", catchers![auth::unauthorized, auth::not_found])
+        .register("/", catchers![auth::unauthorized, auth::not_found, auth::unavailable])
         .attach(AdHoc::on_response("log", |request, response| {
             Box::pin(async move {
                 // Method, path and status only: never headers, which carry credentials.
@@ -62,7 +68,7 @@ fn check_secret(secret: Option<&str>) -> anyhow::Result<()> {
 }
 
 /// Creates `admin` on first start, so a fresh install can be logged into.
-async fn seed_admin(db: &db::Db, password: Option<String>) -> anyhow::Result<()> {
+async fn seed_admin(db: &db::Db, passwords: &Passwords, password: Option<String>) -> anyhow::Result<()> {
     if db::user_count(db).await? > 0 {
         return Ok(());
     }
@@ -73,7 +79,7 @@ async fn seed_admin(db: &db::Db, password: Option<String>) -> anyhow::Result<()>
             "public".to_string()
         }
     };
-    let hash = passwords::hash(password).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    let hash = passwords.hash(&password).await.map_err(|e| anyhow::anyhow!(e.message))?;
     db::insert_user(db, "admin", &hash, "administrator").await?;
     Ok(())
 }

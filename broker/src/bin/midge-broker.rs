@@ -21,7 +21,7 @@ async fn run() -> anyhow::Result<()> {
             let mut password = String::new();
             std::io::stdin().read_to_string(&mut password)?;
             let password = password.trim_end_matches(['\r', '\n']);
-            println!("{}", midge_broker::auth::hash_password(password.as_bytes())?);
+            println!("{}", midge_passwords::hash_now(password.as_bytes())?);
             return Ok(());
         }
         Some(Command::Probe { address }) => {

@@ -105,6 +105,13 @@ impl Raw {
         Raw::from_stream(TcpStream::connect(addr).await.expect("tcp connect"))
     }
 
+    /// A connection from another loopback address (`127.0.0.2`, ...), as another host's would be.
+    pub async fn open_from(source: &str, addr: SocketAddr) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(format!("{source}:0").parse().expect("a source address")).expect("bind the source");
+        Raw::from_stream(socket.connect(addr).await.expect("tcp connect"))
+    }
+
     pub fn from_stream(stream: TcpStream) -> Raw {
         // A packet written right after a large one would otherwise wait for the broker's delayed ACK.
         stream.set_nodelay(true).expect("nodelay");

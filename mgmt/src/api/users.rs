@@ -3,11 +3,14 @@
 use rocket::{delete, get, post, put, routes, Route, State};
 use serde::Serialize;
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use crate::auth::Admin;
 use crate::body::Body;
 use crate::db;
 use crate::error::{code, done, ok, ApiError, ApiResult};
-use crate::{passwords, App};
+use crate::passwords::Login;
+use crate::App;
 
 pub fn routes() -> Vec<Route> {
     routes![list, get_user, create, update, remove, authenticate, change_password]
@@ -55,11 +58,11 @@ async fn create(_admin: Admin, app: &State<App>, body: String) -> ApiResult {
     if db::user(&app.db, &username).await?.is_some() {
         return Err(ApiError::new(code::USER_EXISTS, "user already exists"));
     }
-    let hash = passwords::hash(password).await?;
+    let hash = app.passwords.hash(&password).await?;
     if !db::insert_user(&app.db, &username, &hash, &tags).await? {
         return Err(ApiError::new(code::USER_EXISTS, "user already exists"));
     }
-    tracing::info!(%username, "admin user created");
+    tracing::info!(username = %username.escape_debug(), "admin user created");
     ok()
 }
 
@@ -80,22 +83,22 @@ async fn remove(_admin: Admin, app: &State<App>, username: &str) -> ApiResult {
     if !db::delete_user(&app.db, username).await? {
         return Err(no_such_user());
     }
-    app.verified.forget(username);
-    tracing::info!(%username, "admin user deleted");
+    app.passwords.forget(username);
+    tracing::info!(username = %username.escape_debug(), "admin user deleted");
     ok()
 }
 
-/// Checks a username and password; needs no Basic auth.
+/// Checks a username and password; needs no Basic auth (and is throttled as Basic auth is).
 #[post("/auth", data = "<body>")]
-async fn authenticate(app: &State<App>, body: String) -> ApiResult {
+async fn authenticate(app: &State<App>, source: Option<IpAddr>, body: String) -> ApiResult {
     let body = Body::parse(&body)?;
     let username = non_empty(body.string("username")?)?;
     let password = non_empty(body.string("password")?)?;
-    let stored = db::user(&app.db, &username).await?.map(|u| u.password_hash);
-    if passwords::verify(stored, password).await {
-        ok()
-    } else {
-        Err(ApiError::new(code::WRONG_CREDENTIALS, "wrong username or password"))
+    let source = source.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    match app.passwords.login(&app.db, source, &username, &password).await? {
+        Login::Accepted => ok(),
+        Login::Refused | Login::Throttled => Err(ApiError::new(code::WRONG_CREDENTIALS, "wrong username or password")),
+        Login::Busy => Err(ApiError::new(code::UNKNOWN, "too many logins being checked; try again")),
     }
 }
 
@@ -105,13 +108,13 @@ async fn change_password(_admin: Admin, app: &State<App>, username: &str, body: 
     let old = body.string("old_pwd")?;
     let new = non_empty(body.string("new_pwd")?)?;
     let user = db::user(&app.db, username).await?.ok_or_else(no_such_user)?;
-    if !passwords::verify(Some(user.password_hash), old).await {
+    if !app.passwords.matches(&user.password_hash, &old).await? {
         return Err(ApiError::new(code::OLD_PASSWORD_WRONG, "old password is wrong"));
     }
-    let hash = passwords::hash(new).await?;
+    let hash = app.passwords.hash(&new).await?;
     if !db::set_password(&app.db, username, &hash).await? {
         return Err(no_such_user());
     }
-    app.verified.forget(username);
+    app.passwords.forget(username);
     ok()
 }

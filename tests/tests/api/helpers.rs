@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
@@ -23,10 +23,12 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A child process that is killed when dropped, with the address it logged on start.
+/// A child process that is killed when dropped, with the address it logged on start and every line it
+/// has logged since.
 pub struct Process {
     child: Child,
     pub addr: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Process {
@@ -37,9 +39,12 @@ impl Process {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         let marker = marker.to_string();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let kept = logs.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line.clone());
                 if !sent && line.contains(&marker) {
                     if let Some(addr) = line.split("listen=").nth(1).and_then(|r| r.split_whitespace().next()) {
                         let _ = tx.send(addr.to_string());
@@ -52,7 +57,19 @@ impl Process {
             }
         });
         let addr = rx.recv_timeout(Duration::from_secs(20)).expect("process logs its address");
-        Process { child, addr: addr.parse().expect("a socket address") }
+        Process { child, addr: addr.parse().expect("a socket address"), logs }
+    }
+
+    /// Every line logged so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("/proc status");
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+        line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmRSS in kB")
     }
 
     /// Sends a signal (`STOP`, `CONT`, ...) to the process.
@@ -193,6 +210,13 @@ impl Api {
             user: "admin".into(),
             password: "public".into(),
         }
+    }
+
+    /// The same API, with requests coming from `source` (a loopback address such as 127.0.0.2).
+    pub fn from_source(&self, source: &str) -> Api {
+        let source: std::net::IpAddr = source.parse().expect("an IP address");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).local_address(source).build().unwrap();
+        Api { http, ..self.clone() }
     }
 
     pub fn as_user(&self, user: &str, password: &str) -> Api {

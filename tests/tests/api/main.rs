@@ -5,4 +5,5 @@
 mod desired;
 mod helpers;
 mod link;
+mod logins;
 mod routes;
