@@ -65,13 +65,3 @@ pub fn unauthorized() -> Unauthorized {
         challenge: Header::new("WWW-Authenticate", "Basic realm=\"emqx control center\""),
     }
 }
-
-#[rocket::catch(503)]
-pub fn unavailable() -> (Status, &'static str) {
-    (Status::ServiceUnavailable, r#"{"code":503,"message":"too many logins being checked; try again"}"#)
-}
-
-#[rocket::catch(404)]
-pub fn not_found() -> (Status, &'static str) {
-    (Status::NotFound, r#"{"code":404,"message":"not found"}"#)
-}

@@ -38,6 +38,16 @@ pub struct Config {
     #[arg(long, env = "MIDGE_MGMT_REQUEST_TIMEOUT_MS", default_value_t = 2000)]
     pub request_timeout_ms: u64,
 
+    /// Seconds a client has to send a request's head, and then its body; a connection idle this long
+    /// between requests is closed too.
+    #[arg(long, env = "MIDGE_MGMT_HTTP_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
+    pub http_request_timeout_ms: u64,
+
+    /// Most HTTP connections at once; at the cap a new one replaces the connection waiting longest for
+    /// a request.
+    #[arg(long, env = "MIDGE_MGMT_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub http_max_connections: usize,
+
     /// Failed logins one address may make at once (and per minute after that) before its logins are
     /// refused unchecked for a while; a username gets twice as many. 0 turns throttling off.
     #[arg(long, env = "MIDGE_MGMT_AUTH_FAIL_BURST", default_value_t = 10)]

@@ -75,6 +75,19 @@ impl<'r> Responder<'r, 'static> for Done {
 
 pub type ApiResult = Result<Done, ApiError>;
 
+/// Every HTTP error Rocket answers itself (no such route, a body it cannot read, a guard's refusal but
+/// 401, which has its own catcher) in the same `{code, message}` envelope, the HTTP status as the code.
+#[rocket::catch(default)]
+pub fn catch_all(status: Status, _: &Request<'_>) -> (Status, (ContentType, String)) {
+    let message = match status.code {
+        404 => "not found",
+        413 => "request body too large",
+        503 => "too many logins being checked; try again",
+        _ => status.reason().unwrap_or("error"),
+    };
+    (status, (ContentType::JSON, json!({"code": status.code, "message": message}).to_string()))
+}
+
 pub fn done(result: impl Serialize) -> ApiResult {
     serde_json::to_value(result).map(Done).map_err(|e| ApiError::new(code::UNKNOWN, e.to_string()))
 }

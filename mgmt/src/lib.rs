@@ -12,6 +12,7 @@ mod credentials;
 pub mod db;
 pub mod desired;
 mod error;
+mod http;
 pub mod link;
 mod passwords;
 pub mod startup;

@@ -1,21 +1,63 @@
-//! Builds the sidecar: database (migrated, seeded), the broker link, and the Rocket application.
+//! Builds the sidecar: database (migrated, seeded), the broker link, the Rocket application and the HTTP
+//! listener, bound and ready to serve.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use midge_shared::control::MIN_SECRET_LEN;
 use rocket::fairing::AdHoc;
+use rocket::local::asynchronous::Client;
 use rocket::{catchers, routes, Build, Rocket};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::desired::Desired;
 use crate::link::Link;
 use crate::passwords::Passwords;
-use crate::{api, auth, db, App};
+use crate::{api, auth, db, error, http, App};
 use midge_passwords::Limits;
 
-/// Everything up to the HTTP listener: ready to `launch()`.
-pub async fn build(config: Config) -> anyhow::Result<Rocket<Build>> {
+/// The sidecar, bound to its port (0 picks one), not yet serving.
+pub struct Sidecar {
+    listener: TcpListener,
+    app: Client,
+    limits: http::Limits,
+}
+
+impl Sidecar {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` fires.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(listen = %self.local_addr()?, "midge-mgmt listening");
+        http::serve(self.listener, self.app, self.limits, shutdown).await;
+        Ok(())
+    }
+}
+
+/// Everything: the application, and the listener bound.
+pub async fn build(config: Config) -> anyhow::Result<Sidecar> {
+    let limits = http::Limits {
+        request_timeout: Duration::from_millis(config.http_request_timeout_ms),
+        max_connections: config.http_max_connections,
+        max_body: MAX_BODY,
+    };
+    let rocket = application(config.clone()).await?;
+    let app = Client::untracked(rocket).await.context("cannot start the application")?;
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    Ok(Sidecar { listener, app, limits })
+}
+
+/// The largest request body: larger ones get 413 with the API's JSON envelope.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// The Rocket application: routes, catchers and the state they share.
+async fn application(config: Config) -> anyhow::Result<Rocket<Build>> {
     check_secret(config.mgmt_secret.as_deref())?;
     let db = db::open(&config.db).await.with_context(|| format!("cannot open database {}", config.db.display()))?;
     let passwords = Passwords::new(Limits { burst: config.auth_fail_burst });
@@ -31,23 +73,16 @@ pub async fn build(config: Config) -> anyhow::Result<Rocket<Build>> {
         // The client's address is the socket's: a client-sent X-Real-IP must not choose the source that
         // failed logins are throttled by.
         .merge(("ip_header", false))
-        .merge(("limits.string", 1024 * 1024));
+        .merge(("limits.string", MAX_BODY));
     Ok(rocket::custom(figment)
         .manage(App { db, link, desired, passwords })
         .mount("/api/v2", api::routes())
         .mount("/", routes![api::status])
-        .register("/", catchers![auth::unauthorized, auth::not_found, auth::unavailable])
+        .register("/", catchers![auth::unauthorized, error::catch_all])
         .attach(AdHoc::on_response("log", |request, response| {
             Box::pin(async move {
                 // Method, path and status only: never headers, which carry credentials.
                 tracing::debug!(method = %request.method(), path = %request.uri().path(), status = %response.status(), "request");
-            })
-        }))
-        .attach(AdHoc::on_liftoff("announce", |rocket| {
-            Box::pin(async move {
-                let config = rocket.config();
-                let addr = SocketAddr::new(config.address, config.port);
-                tracing::info!(listen = %addr, "midge-mgmt listening");
             })
         })))
 }

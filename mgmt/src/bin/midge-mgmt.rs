@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 
 use clap::Parser;
 use midge_mgmt::config::{Command, Config};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[rocket::main]
@@ -18,10 +19,26 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_new(&config.log_level)?)
         .finish();
     tracing::subscriber::set_global_default(subscriber)?;
-    let rocket = midge_mgmt::startup::build(config).await?;
-    rocket.launch().await?;
+    let sidecar = midge_mgmt::startup::build(config).await?;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    sidecar.run(shutdown).await?;
     tracing::info!("midge-mgmt stopped");
     Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("can install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 /// GET /status over plain HTTP/1.0 with the standard library (the runtime image has no curl); healthy

@@ -4,6 +4,7 @@
 
 mod desired;
 mod helpers;
+mod http;
 mod link;
 mod logins;
 mod routes;
