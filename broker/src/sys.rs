@@ -96,8 +96,15 @@ pub fn disconnected_event(node: &str, event: &ClientDisconnected) -> Arc<Message
 }
 
 /// The facts `management/nodes` and `monitoring/nodes` show.
+///
+/// `memory_total` and `memory_used` are the broker's own heap, as EMQ's are the Erlang VM's allocated and
+/// used memory: what the allocator holds from the system for it, and what of that is in live allocations.
+/// `process_available` / `process_used` stand for EMQ's Erlang process limit and count: the most client
+/// connections served at once (each one task), and the tasks alive in the broker's runtime now. See
+/// docs/monitoring.md.
 pub fn node_info(ctx: &Context) -> NodeInfo {
     let (load1, load5, load15) = load_average();
+    let memory = heap();
     NodeInfo {
         name: ctx.config.node.clone(),
         version: VERSION.into(),
@@ -106,10 +113,10 @@ pub fn node_info(ctx: &Context) -> NodeInfo {
         datetime: datetime(),
         otp_release: format!("midge/{VERSION}"),
         node_status: "Running".into(),
-        memory_total: megabytes(meminfo_total()),
-        memory_used: megabytes(resident_memory()),
+        memory_total: megabytes(memory.allocated),
+        memory_used: megabytes(memory.used),
         process_available: ctx.config.max_connections as u64,
-        process_used: ctx.stats.count(Stat::Clients),
+        process_used: tokio::runtime::Handle::current().metrics().num_alive_tasks() as u64,
         max_fds: max_open_files(),
         clients: ctx.stats.count(Stat::Clients),
         load1,
@@ -123,22 +130,32 @@ fn megabytes(bytes: u64) -> String {
     format!("{:.2}M", bytes as f64 / (1024.0 * 1024.0))
 }
 
-fn resident_memory() -> u64 {
-    // Second field of statm: resident pages.
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
+/// The broker's heap, in bytes.
+pub struct Heap {
+    /// Held from the system by the allocator: in use, free for reuse, and large blocks mapped alone.
+    pub allocated: u64,
+    /// In live allocations.
+    pub used: u64,
 }
 
-fn meminfo_total() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
+/// glibc's own account of its heap (`mallinfo2`, summed over every arena). It walks the free lists
+/// under each arena's lock, so it is for the occasional API call, never the message path.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn heap() -> Heap {
+    // SAFETY: mallinfo2 takes no arguments and only reads the allocator's state under its own locks.
+    let info = unsafe { libc::mallinfo2() };
+    Heap { allocated: (info.arena + info.hblkhd) as u64, used: (info.uordblks + info.hblkhd) as u64 }
+}
+
+/// Elsewhere the allocator keeps no such account: the resident set stands for both.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn heap() -> Heap {
+    // Second field of statm: resident pages.
+    let resident = std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .map_or(0, |kb| kb * 1024)
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096);
+    Heap { allocated: resident, used: resident }
 }
 
 fn load_average() -> (String, String, String) {

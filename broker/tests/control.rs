@@ -393,6 +393,57 @@ async fn node_info_listeners_metrics_and_stats() {
     broker.stop().await;
 }
 
+fn megabytes(text: &str) -> f64 {
+    text.strip_suffix('M').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("not EMQ's memory text: {text}"))
+}
+
+/// `memory_used` and `memory_total` are the broker's own heap (not the host's RAM): 32 MB of retained
+/// messages show in both, and their removal in the used figure. The process figures count tasks.
+#[tokio::test]
+async fn node_memory_and_process_figures_are_the_brokers_own() {
+    let broker = start(Config { max_connections: 5000, ..mgmt_config() }).await;
+    let mut mgmt = Mgmt::connect(broker.addr, NODE).await;
+    let before: NodeInfo = mgmt.ok(Request::NodeInfo).await;
+    let (used, total) = (megabytes(&before.memory_used), megabytes(&before.memory_total));
+    assert!(0.0 < used && used <= total, "{before:?}");
+    let host: f64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<f64>()
+        .unwrap()
+        / 1024.0;
+    assert!(total < host / 8.0, "memory_total is the broker's, not the host's {host} MB: {before:?}");
+    assert_eq!(before.process_available, 5000);
+
+    let mut publisher = Raw::connected(broker.addr, "heavy").await;
+    let half_megabyte = vec![7u8; 512 * 1024];
+    for n in 0..64u16 {
+        publisher.send(&retained(&format!("big/{n}"), &half_megabyte, QoS::AtLeastOnce, n + 1)).await;
+        assert_eq!(publisher.recv().await, Some(Packet::Puback(n + 1)));
+    }
+    let mut idle = Vec::new();
+    for n in 0..50 {
+        idle.push(Raw::connected(broker.addr, &format!("idle-{n}")).await);
+    }
+    let loaded: NodeInfo = mgmt.ok(Request::NodeInfo).await;
+    assert!(megabytes(&loaded.memory_used) >= used + 32.0, "{before:?} then {loaded:?}");
+    assert!(megabytes(&loaded.memory_total) >= megabytes(&loaded.memory_used));
+    assert!(loaded.process_used >= before.process_used + 50, "a task per connection: {loaded:?}");
+
+    for n in 0..64u16 {
+        publisher.send(&retained(&format!("big/{n}"), b"", QoS::AtLeastOnce, n + 1)).await;
+        assert_eq!(publisher.recv().await, Some(Packet::Puback(n + 1)));
+    }
+    let cleared: NodeInfo = mgmt.ok(Request::NodeInfo).await;
+    assert!(megabytes(&cleared.memory_used) <= megabytes(&loaded.memory_used) - 30.0, "{loaded:?} then {cleared:?}");
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn plugins_switch_off_and_on() {
     let broker = start(mgmt_config()).await;
