@@ -41,6 +41,21 @@ fn no_such_user() -> ApiError {
     ApiError::new(code::NO_SUCH_USER, "user does not exist")
 }
 
+/// The longest username, in bytes.
+const MAX_USERNAME: usize = 256;
+
+/// A username Basic auth can carry (no `:`) and logs can show (no control characters), of sane length.
+fn valid_username(username: String) -> Result<String, ApiError> {
+    let username = non_empty(username)?;
+    if username.len() > MAX_USERNAME || username.contains(':') || username.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            code::WRONG_TYPE,
+            format!("username must be at most {MAX_USERNAME} bytes, without ':' or control characters"),
+        ));
+    }
+    Ok(username)
+}
+
 fn non_empty(value: String) -> Result<String, ApiError> {
     if value.is_empty() {
         Err(ApiError::new(code::EMPTY_CREDENTIALS, "username and password must not be empty"))
@@ -52,7 +67,7 @@ fn non_empty(value: String) -> Result<String, ApiError> {
 #[post("/users", data = "<body>")]
 async fn create(_admin: Admin, app: &State<App>, body: String) -> ApiResult {
     let body = Body::parse(&body)?;
-    let username = non_empty(body.string("username")?)?;
+    let username = valid_username(body.string("username")?)?;
     let password = non_empty(body.string("password")?)?;
     let tags = body.opt_string("tags")?.unwrap_or_default();
     if db::user(&app.db, &username).await?.is_some() {
@@ -66,11 +81,30 @@ async fn create(_admin: Admin, app: &State<App>, body: String) -> ApiResult {
     ok()
 }
 
+/// Changes a user's tags, password, or both (a password given here is never ignored).
 #[put("/users/<username>", data = "<body>")]
 async fn update(_admin: Admin, app: &State<App>, username: &str, body: String) -> ApiResult {
-    let tags = Body::parse(&body)?.string("tags")?;
-    if !db::set_tags(&app.db, username, &tags).await? {
+    let body = Body::parse(&body)?;
+    let tags = body.opt_string("tags")?;
+    let password = body.opt_string("password")?.map(non_empty).transpose()?;
+    if tags.is_none() && password.is_none() {
+        return Err(ApiError::new(code::MISSING_PARAMETER, "missing parameter tags (or password)"));
+    }
+    if db::user(&app.db, username).await?.is_none() {
         return Err(no_such_user());
+    }
+    if let Some(password) = password {
+        let hash = app.passwords.hash(&password).await?;
+        if !db::set_password(&app.db, username, &hash).await? {
+            return Err(no_such_user());
+        }
+        app.passwords.forget(username);
+        tracing::info!(username = %username.escape_debug(), "admin password changed");
+    }
+    if let Some(tags) = tags {
+        if !db::set_tags(&app.db, username, &tags).await? {
+            return Err(no_such_user());
+        }
     }
     ok()
 }

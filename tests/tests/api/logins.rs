@@ -96,3 +96,33 @@ async fn a_flood_of_wrong_logins_costs_bounded_memory() {
     assert!(after < before + 24 * 1024, "RSS grew from {before} KiB to {after} KiB");
     assert_eq!(status(&stack.api).await, StatusCode::OK, "and the right password still works");
 }
+
+/// Usernames that Basic auth cannot carry (`:`), that would forge log lines (control characters) or that
+/// are absurdly long are refused with 108; `PUT users/{name}` with a password changes it.
+#[tokio::test]
+async fn usernames_are_checked_and_a_password_in_put_users_is_applied() {
+    let stack = Stack::start().await;
+    let api = &stack.api;
+    for bad in ["a:b", "line\nbreak", "esc\u{1b}[31m", &"x".repeat(257)] {
+        let body = json!({"username": bad, "password": "pw", "tags": ""});
+        assert_eq!(api.code(Method::POST, "users", Some(body)).await, 108, "{bad:?}");
+    }
+    let longest = "y".repeat(256);
+    assert_eq!(api.ok(Method::POST, "users", Some(json!({"username": longest, "password": "pw"}))).await, json!([]));
+
+    let body = json!({"username": "ops", "password": "first", "tags": "viewer"});
+    assert_eq!(api.ok(Method::POST, "users", Some(body)).await, json!([]));
+    assert_eq!(status(&api.as_user("ops", "first")).await, StatusCode::OK);
+    assert_eq!(api.ok(Method::PUT, "users/ops", Some(json!({"password": "second"}))).await, json!([]));
+    assert_eq!(status(&api.as_user("ops", "first")).await, StatusCode::UNAUTHORIZED, "the old one is gone");
+    assert_eq!(status(&api.as_user("ops", "second")).await, StatusCode::OK);
+    assert_eq!(api.get("users/ops").await["tags"], "viewer", "tags untouched");
+    let both = json!({"password": "third", "tags": "admin"});
+    assert_eq!(api.ok(Method::PUT, "users/ops", Some(both)).await, json!([]));
+    assert_eq!(status(&api.as_user("ops", "third")).await, StatusCode::OK);
+    assert_eq!(api.get("users/ops").await["tags"], "admin");
+    assert_eq!(api.code(Method::PUT, "users/ops", Some(json!({"password": ""}))).await, 104);
+    assert_eq!(api.code(Method::PUT, "users/ops", Some(json!({"password": 5}))).await, 108);
+    assert_eq!(api.code(Method::PUT, "users/nobody", Some(json!({"password": "x"}))).await, 105);
+    assert_eq!(status(&api.as_user("ops", "third")).await, StatusCode::OK, "refused changes changed nothing");
+}

@@ -7,4 +7,5 @@ mod helpers;
 mod http;
 mod link;
 mod logins;
+mod logs;
 mod routes;
