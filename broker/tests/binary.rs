@@ -11,6 +11,35 @@ use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_midge-broker");
 
+/// A running `midge-broker`, killed when dropped.
+struct Running {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+    /// The lines it logged up to and with the one that gave its address.
+    start_log: Vec<String>,
+}
+
+/// Starts the binary as `command` says and waits until it logs where it listens; the rest of its log is
+/// read (and dropped) in the background.
+async fn run_broker(mut command: Command) -> Running {
+    let mut child = command.env("NO_COLOR", "1").stdout(Stdio::piped()).kill_on_drop(true).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (start_log, addr) = tokio::time::timeout(WAIT, async {
+        let mut start_log = Vec::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            start_log.push(line.clone());
+            if let Some(rest) = line.split("listen=").nth(1) {
+                return (start_log, rest.split_whitespace().next().unwrap().parse().unwrap());
+            }
+        }
+        panic!("broker exited before listening: {start_log:?}");
+    })
+    .await
+    .expect("broker logs its address");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Running { child, addr, start_log }
+}
+
 #[tokio::test]
 async fn help_documents_every_config_key() {
     let output = Command::new(BIN).arg("--help").output().await.unwrap();
@@ -33,25 +62,10 @@ async fn help_documents_every_config_key() {
 
 #[tokio::test]
 async fn listens_where_the_environment_says_and_exits_cleanly_on_sigterm() {
-    let mut child = Command::new(BIN)
-        .env("MIDGE_LISTEN", "127.0.0.1:0")
-        .env("MIDGE_NODE", "envnode@127.0.0.1")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("listen=").nth(1) {
-                assert!(line.contains("envnode@127.0.0.1"), "{line}");
-                return rest.split_whitespace().next().unwrap().parse::<std::net::SocketAddr>().unwrap();
-            }
-        }
-        panic!("broker exited before listening");
-    })
-    .await
-    .expect("broker logs its address");
+    let mut command = Command::new(BIN);
+    command.env("MIDGE_LISTEN", "127.0.0.1:0").env("MIDGE_NODE", "envnode@127.0.0.1");
+    let Running { mut child, addr, start_log } = run_broker(command).await;
+    assert!(start_log.last().unwrap().contains("envnode@127.0.0.1"), "{start_log:?}");
     let mut client = Raw::connected(addr, "c").await;
     client.ping().await;
     let probe = Command::new(BIN).args(["probe", &addr.to_string()]).output().await.unwrap();
@@ -110,29 +124,10 @@ async fn probe_fails_where_no_broker_listens() {
 #[tokio::test]
 async fn a_short_or_empty_mgmt_secret_closes_the_control_channel_with_an_error() {
     for secret in ["", "fifteen-bytes!!"] {
-        let mut child = Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0", "--mgmt-secret", secret])
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (error, addr) = tokio::time::timeout(WAIT, async {
-            let mut error = None;
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if line.contains("ERROR") && line.contains("control channel is closed") {
-                    error = Some(line.clone());
-                }
-                if let Some(rest) = line.split("listen=").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap().parse::<std::net::SocketAddr>().unwrap();
-                    return (error, addr);
-                }
-            }
-            panic!("broker exited before listening");
-        })
-        .await
-        .expect("broker logs its address");
+        let mut command = Command::new(BIN);
+        command.args(["--listen", "127.0.0.1:0", "--mgmt-secret", secret]);
+        let Running { child: _running, addr, start_log } = run_broker(command).await;
+        let error = start_log.iter().find(|l| l.contains("ERROR") && l.contains("control channel is closed"));
         assert!(error.is_some_and(|e| e.contains("16 bytes")), "secret {secret:?}: no clear error");
         let mut connect = connect_packet("sneaky", true);
         connect.username = Some("midge-mgmt".into());
@@ -142,7 +137,6 @@ async fn a_short_or_empty_mgmt_secret_closes_the_control_channel_with_an_error()
             midge_broker::codec::ConnectReturnCode::BadUsernameOrPassword,
             "secret {secret:?}"
         );
-        child.kill().await.unwrap();
     }
 }
 
@@ -160,28 +154,11 @@ async fn a_flood_of_wrong_passwords_costs_bounded_memory() {
     let dir = tempdir();
     let users = dir.join("users");
     std::fs::write(&users, format!("alice:{}\n", midge_passwords::hash_now(b"s3cret").unwrap())).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--auth-fail-burst", "0", "--allow-anonymous", "false"])
-        .arg("--users-file")
-        .arg(&users)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("listen=").nth(1) {
-                return rest.split_whitespace().next().unwrap().parse::<std::net::SocketAddr>().unwrap();
-            }
-        }
-        panic!("broker exited before listening");
-    })
-    .await
-    .expect("broker logs its address");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mut command = Command::new(BIN);
+    command.args(["--listen", "127.0.0.1:0", "--auth-fail-burst", "0", "--allow-anonymous", "false"]);
+    command.arg("--users-file").arg(&users);
+    let running = run_broker(command).await;
+    let (pid, addr) = (running.child.id().unwrap(), running.addr);
     let flood = |duration: Duration| {
         let tasks: Vec<_> = (0..64)
             .map(|_| {
@@ -218,5 +195,4 @@ async fn a_flood_of_wrong_passwords_costs_bounded_memory() {
     right.password = Some(bytes::Bytes::from_static(b"s3cret"));
     let code = connack_code(addr, midge_broker::codec::Packet::Connect(right)).await;
     assert_eq!(code, midge_broker::codec::ConnectReturnCode::Accepted);
-    child.kill().await.unwrap();
 }
