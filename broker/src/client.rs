@@ -668,11 +668,11 @@ impl ClientConnection {
 
     fn deliver(&mut self, delivery: Delivery) {
         let mut dropped = false;
-        let sys = delivery.message.is_sys();
+        let internal = delivery.message.is_internal();
         if let Some(publish) = self.session.deliver(delivery, &mut dropped) {
             self.send(&Packet::Publish(publish));
         }
-        if dropped && !sys {
+        if dropped && !internal {
             self.ctx.metrics.inc(Metric::MessagesDropped);
             tracing::debug!(client_id = %self.client_id.escape_debug(), "message queue full, oldest dropped");
         }

@@ -30,9 +30,9 @@ impl Message {
         std::str::from_utf8(&self.topic).unwrap_or("")
     }
 
-    /// `$SYS` messages count in no metric.
-    pub fn is_sys(&self) -> bool {
-        self.topic.starts_with(b"$SYS/")
+    /// The broker's own traffic, `$SYS` and the control channel's replies, counts in no metric.
+    pub fn is_internal(&self) -> bool {
+        self.topic.starts_with(b"$SYS/") || self.topic.starts_with(midge_shared::control::PREFIX.as_bytes())
     }
 }
 

@@ -145,7 +145,16 @@ async fn the_management_connection_is_invisible_and_its_client_id_is_its_own() {
     assert!(mgmt.ok::<Vec<SessionRow>>(Request::GetSession { client_id: me() }).await.is_empty());
     assert!(mgmt.ok::<Vec<SubscriptionRow>>(Request::GetSubscriptions { client_id: me() }).await.is_empty());
     assert_eq!(mgmt.err(Request::Kick { client_id: me() }).await, code::CLIENT_OFFLINE);
-    // Eleven requests and replies later, the traffic figures have not moved.
+    // A reply that nobody is subscribed to is not a user's message dropped either.
+    let unheard = RequestEnvelope {
+        v: VERSION,
+        id: "unheard".into(),
+        reply_to: reply_topic("midge-mgmt-gone"),
+        request: Request::NodeInfo,
+    };
+    mgmt.raw.send(&publish(&request_topic(NODE), &serde_json::to_vec(&unheard).unwrap(), QoS::AtLeastOnce, 77)).await;
+    assert_eq!(mgmt.raw.recv().await, Some(Packet::Puback(77)));
+    // A dozen requests and replies later, the traffic figures have not moved.
     let after: BTreeMap<String, u64> = mgmt.ok(Request::Metrics).await;
     assert_eq!(after, before, "the management connection's traffic counts in no metric");
 

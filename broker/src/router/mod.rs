@@ -518,7 +518,7 @@ impl Router {
 
     /// Routes one message; `lone` if it is the only one its publisher read at once.
     fn publish(&mut self, message: Arc<Message>, lone: bool) {
-        let sys = message.is_sys();
+        let internal = message.is_internal();
         if message.retain && self.shared.plugins.is_active(Plugin::Retainer) {
             self.retain(&message);
         }
@@ -528,10 +528,10 @@ impl Router {
         // A client with overlapping filters gets the message once, at its highest granted QoS.
         matched.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         matched.dedup_by(|later, first| later.0 == first.0);
-        if matched.is_empty() && !sys {
+        if matched.is_empty() && !internal {
             self.shared.metrics.inc(Metric::MessagesDropped);
         }
-        if let ([(client_id, granted)], true, false) = (&matched[..], lone, sys) {
+        if let ([(client_id, granted)], true, false) = (&matched[..], lone, internal) {
             if message.qos.min(*granted) == QoS::AtMostOnce {
                 if let Some(outbox) = self.drained_outbox(client_id) {
                     let delivery = Delivery { message, qos: QoS::AtMostOnce, retain: false };
@@ -574,7 +574,7 @@ impl Router {
     fn deliver(&mut self, client_id: &ClientId, delivery: Delivery) {
         let limit = self.outbox_limit();
         let Some(client) = self.clients.get_mut(client_id) else { return };
-        let sys = delivery.message.is_sys();
+        let internal = delivery.message.is_internal();
         let kept = match &mut client.presence {
             Presence::Online(outbox) => {
                 match outbox.push_bounded(Outbound::Deliver(delivery), limit) {
@@ -595,7 +595,7 @@ impl Router {
             }
             Presence::Offline(session, _) => session.enqueue_offline(delivery),
         };
-        if !kept && !sys {
+        if !kept && !internal {
             self.shared.metrics.inc(Metric::MessagesDropped);
         }
     }
