@@ -379,6 +379,28 @@ mod auth {
         assert_eq!(code_from("127.0.0.5", broker.addr, bin()).await, Accepted);
         broker.stop().await;
     }
+
+    /// Wrong secrets for the management user from anywhere cannot lock the sidecar out: that name is
+    /// throttled per source only.
+    #[tokio::test]
+    async fn nobody_can_lock_the_management_principal_out() {
+        use ConnectReturnCode::*;
+        let broker = start(Config { auth_fail_burst: 2, ..mgmt_config() }).await;
+        let mgmt = |client_id: &str, password: &str| {
+            let mut c = connect_packet(client_id, true);
+            c.username = Some("midge-mgmt".into());
+            c.password = Some(Bytes::copy_from_slice(password.as_bytes()));
+            Packet::Connect(c)
+        };
+        for source in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+            for _ in 0..3 {
+                assert_eq!(code_from(source, broker.addr, mgmt("midge-mgmt-x", "guess")).await, BadUsernameOrPassword);
+            }
+        }
+        assert_eq!(code_from("127.0.0.1", broker.addr, mgmt("midge-mgmt-real", SECRET)).await, Accepted);
+        assert_eq!(code_from("127.0.0.2", broker.addr, mgmt("midge-mgmt-real", SECRET)).await, BadUsernameOrPassword);
+        broker.stop().await;
+    }
 }
 
 #[tokio::test]

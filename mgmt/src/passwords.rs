@@ -39,7 +39,7 @@ impl Passwords {
             return Ok(Login::Accepted);
         }
         let user = username.escape_debug();
-        if self.throttle.check(source, username).is_err() {
+        if self.throttle.check(source, Some(username)).is_err() {
             tracing::info!(%user, %source, "API login refused: throttled");
             return Ok(Login::Throttled);
         }
@@ -51,7 +51,7 @@ impl Passwords {
             }
             Ok(false) => {
                 tracing::info!(%user, %source, "API login failed");
-                let _ = self.throttle.failed(source, username);
+                let _ = self.throttle.failed(source, Some(username));
                 Ok(Login::Refused)
             }
             Err(e) => {

@@ -2,6 +2,8 @@
 //!
 //! Each source and each username has a bucket of failures it may make: `burst` at once, refilled at
 //! `burst` a minute (a username gets twice that, as one account may be tried from many sources). A
+//! username's bucket lets anyone who can reach the server lock that user out for a while; for a name
+//! whose availability matters more than guessing it does (a long random secret), pass no username. A
 //! login whose source or username has an empty bucket is refused at once without checking its password,
 //! so a password guesser costs the server next to nothing and learns nothing. A success empties no
 //! bucket and fills none: the only way back is time.
@@ -12,7 +14,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Sources and usernames remembered at once. Past this, buckets that have filled up again are
-/// forgotten; if none has, logins from new sources and names are refused until some do.
+/// forgotten; if none has, new sources and names go untracked (the bounded hashing queue still limits
+/// what their checks cost).
 const MAX_BUCKETS: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,19 +82,20 @@ impl Throttle {
         (bucket.tokens + elapsed * self.rate()).min(self.capacity(key))
     }
 
-    /// May a login from `source` as `user` be checked? Call before the (expensive) check.
-    pub fn check(&self, source: IpAddr, user: &str) -> Result<(), Throttled> {
+    /// May a login from `source` (as `user`, throttled per user too if given) be checked? Call before
+    /// the (expensive) check.
+    pub fn check(&self, source: IpAddr, user: Option<&str>) -> Result<(), Throttled> {
         if self.limits.burst == 0 {
             return Ok(());
         }
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, refused) in [(Key::Source(source), Throttled::Source), (Key::User(user.to_string()), Throttled::User)]
-        {
+        for (key, refused) in keys(source, user).zip([Throttled::Source, Throttled::User]) {
             let Some(bucket) = buckets.get(&key).copied() else { continue };
             if self.refilled(&key, &bucket, now) < 1.0 {
                 if !bucket.logged {
-                    tracing::warn!(%source, user = %user.escape_debug(), "{refused}: refusing logins without checking them for a while");
+                    let user = user.unwrap_or_default().escape_debug();
+                    tracing::warn!(%source, %user, "{refused}: refusing logins without checking them for a while");
                     buckets.insert(key, Bucket { logged: true, ..bucket });
                 }
                 return Err(refused);
@@ -100,14 +104,14 @@ impl Throttle {
         Ok(())
     }
 
-    /// Counts a failed login from `source` as `user`.
-    pub fn failed(&self, source: IpAddr, user: &str) -> Result<(), Throttled> {
+    /// Counts a failed login from `source` (as `user`, if it is throttled per user).
+    pub fn failed(&self, source: IpAddr, user: Option<&str>) -> Result<(), Throttled> {
         if self.limits.burst == 0 {
             return Ok(());
         }
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        for key in [Key::Source(source), Key::User(user.to_string())] {
+        for key in keys(source, user) {
             let tokens = match buckets.get(&key) {
                 Some(bucket) => self.refilled(&key, bucket, now),
                 None => {
@@ -145,6 +149,10 @@ impl Throttle {
     }
 }
 
+fn keys(source: IpAddr, user: Option<&str>) -> impl Iterator<Item = Key> {
+    std::iter::once(Key::Source(source)).chain(user.map(|u| Key::User(u.to_string())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,20 +165,20 @@ mod tests {
     fn a_source_is_throttled_after_its_burst_and_others_are_not() {
         let throttle = Throttle::new(Limits { burst: 3 });
         for _ in 0..3 {
-            assert_eq!(throttle.check(ip(1), "alice"), Ok(()));
-            throttle.failed(ip(1), "alice").unwrap();
+            assert_eq!(throttle.check(ip(1), Some("alice")), Ok(()));
+            throttle.failed(ip(1), Some("alice")).unwrap();
         }
-        assert_eq!(throttle.check(ip(1), "alice"), Err(Throttled::Source));
-        assert_eq!(throttle.check(ip(1), "bob"), Err(Throttled::Source), "whatever the user");
-        assert_eq!(throttle.check(ip(2), "bob"), Ok(()));
+        assert_eq!(throttle.check(ip(1), Some("alice")), Err(Throttled::Source));
+        assert_eq!(throttle.check(ip(1), Some("bob")), Err(Throttled::Source), "whatever the user");
+        assert_eq!(throttle.check(ip(2), Some("bob")), Ok(()));
         assert!(throttle.retry_after(ip(1)) > Duration::from_secs(10));
         // alice has failed 3 of her 6; 3 more from another source empty her bucket too.
-        assert_eq!(throttle.check(ip(2), "alice"), Ok(()));
+        assert_eq!(throttle.check(ip(2), Some("alice")), Ok(()));
         for _ in 0..3 {
-            throttle.failed(ip(2), "alice").unwrap();
+            throttle.failed(ip(2), Some("alice")).unwrap();
         }
-        assert_eq!(throttle.check(ip(3), "alice"), Err(Throttled::User));
-        assert_eq!(throttle.check(ip(3), "carol"), Ok(()));
+        assert_eq!(throttle.check(ip(3), Some("alice")), Err(Throttled::User));
+        assert_eq!(throttle.check(ip(3), Some("carol")), Ok(()));
     }
 
     #[test]
@@ -179,27 +187,36 @@ mod tests {
         let past = Instant::now() - Duration::from_secs(2);
         throttle.buckets.lock().unwrap().insert(Key::Source(ip(1)), Bucket { tokens: 0.0, at: past, logged: false });
         // A burst of 60 a minute refills one a second: two seconds later, one more check is allowed.
-        assert_eq!(throttle.check(ip(1), "x"), Ok(()));
+        assert_eq!(throttle.check(ip(1), Some("x")), Ok(()));
     }
 
     #[test]
     fn zero_burst_turns_throttling_off_and_memory_is_bounded() {
         let off = Throttle::new(Limits { burst: 0 });
         for _ in 0..100 {
-            off.failed(ip(1), "x").unwrap();
+            off.failed(ip(1), Some("x")).unwrap();
         }
-        assert_eq!(off.check(ip(1), "x"), Ok(()));
+        assert_eq!(off.check(ip(1), Some("x")), Ok(()));
         assert_eq!(off.tracked(), 0);
 
         let throttle = Throttle::new(Limits { burst: 1 });
         let mut full = 0;
         for n in 0..(MAX_BUCKETS as u32) {
             let source = IpAddr::from((0x0a00_0000 + n).to_be_bytes());
-            if throttle.failed(source, "same").is_err() {
+            if throttle.failed(source, Some("same")).is_err() {
                 full += 1;
             }
         }
         assert!(throttle.tracked() <= MAX_BUCKETS);
-        assert!(full > 0, "past the bound, new sources are refused rather than remembered");
+        assert!(full > 0, "past the bound, new sources go untracked");
+        // Without a username, only the source is throttled: failures cannot lock a name out.
+        let throttle = Throttle::new(Limits { burst: 2 });
+        for source in 1..=5 {
+            for _ in 0..2 {
+                throttle.failed(ip(source), None).unwrap();
+            }
+        }
+        assert_eq!(throttle.check(ip(6), None), Ok(()));
+        assert_eq!(throttle.check(ip(1), None), Err(Throttled::Source));
     }
 }
