@@ -8,9 +8,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use midge_shared::control::{self, code, ControlError, ListenerRow, Outcome, ReplyEnvelope, Request, RequestEnvelope};
-use serde::Serialize;
-use tokio::sync::mpsc;
+use midge_shared::calls::{self, Done, Handler};
+use midge_shared::control::{
+    self, code, ClientRow, ConfigRow, ControlError, ListenerRow, NodeInfo, Outcome, Page, PageRequest, PluginConfigRow,
+    PluginRow, ReplyEnvelope, RequestEnvelope, RouteRow, SessionRow, SubscriptionRow,
+};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::QoS;
 use crate::metrics::Stat;
@@ -48,13 +51,19 @@ async fn handle(ctx: Arc<Context>, job: ControlJob) {
         Ok(envelope) => envelope,
         Err(e) => return malformed(&ctx, &job.payload, e).await,
     };
-    let outcome = if envelope.v != control::VERSION {
-        Err(ControlError::new(code::BADRPC, format!("control protocol version {} not supported", envelope.v)))
+    let (outcome, v) = if !(control::OLDEST_VERSION..=control::VERSION).contains(&envelope.v) {
+        let message = format!(
+            "control protocol v{} not supported; this node speaks v{} to v{}",
+            envelope.v,
+            control::OLDEST_VERSION,
+            control::VERSION
+        );
+        (Err(ControlError::new(code::BADRPC, message)), control::VERSION)
     } else {
         tracing::debug!(id = %envelope.id, request = ?envelope.request, "control request");
-        execute(&ctx, envelope.request).await
+        (calls::dispatch(&Service { ctx: &ctx }, envelope.request).await, envelope.v)
     };
-    reply(&ctx, &envelope.reply_to, envelope.id, outcome).await;
+    reply(&ctx, &envelope.reply_to, envelope.id, v, outcome).await;
 }
 
 /// A request that does not parse: answer if it says where, else log it.
@@ -66,23 +75,24 @@ async fn malformed(ctx: &Context, payload: &[u8], error: serde_json::Error) {
         (Some(id), Some(reply_to)) => {
             let code = if error.is_data() { code::WRONG_TYPE } else { code::UNKNOWN };
             let outcome = Err(ControlError::new(code, format!("bad control request: {error}")));
-            reply(ctx, reply_to, id.to_string(), outcome).await;
+            reply(ctx, reply_to, id.to_string(), control::VERSION, outcome).await;
         }
         _ => tracing::warn!(error = %error, "unanswerable control request dropped"),
     }
 }
 
-async fn reply(ctx: &Context, reply_to: &str, id: String, outcome: Result<serde_json::Value, ControlError>) {
+/// Publishes a reply, in protocol version `v`, to the requester's reply topic.
+async fn reply(ctx: &Context, reply_to: &str, id: String, v: u32, outcome: Result<serde_json::Value, ControlError>) {
     // Replies only ever go to control topics, which only the management principal can read.
     if !control::is_control_topic(reply_to) || !topic::valid_topic_name(reply_to) {
-        tracing::warn!(reply_to, "control reply topic refused");
+        tracing::warn!(reply_to = %reply_to.escape_debug(), "control reply topic refused");
         return;
     }
     let outcome = match outcome {
         Ok(value) => Outcome::Ok(value),
         Err(error) => Outcome::Err(error),
     };
-    let envelope = ReplyEnvelope { v: control::VERSION, id, outcome };
+    let envelope = ReplyEnvelope { v, id, outcome };
     let Ok(payload) = serde_json::to_vec(&envelope) else { return };
     let message = Message {
         topic: Bytes::copy_from_slice(reply_to.as_bytes()),
@@ -93,22 +103,14 @@ async fn reply(ctx: &Context, reply_to: &str, id: String, outcome: Result<serde_
     ctx.router.send(RouterRequest::Publish(Arc::new(message)));
 }
 
-fn json(value: impl Serialize) -> Result<serde_json::Value, ControlError> {
-    serde_json::to_value(value).map_err(|e| ControlError::new(code::UNKNOWN, e.to_string()))
-}
-
 fn gone<E>(_: E) -> ControlError {
     ControlError::new(code::BADRPC, "broker is shutting down")
 }
 
-fn empty() -> Result<serde_json::Value, ControlError> {
-    Ok(serde_json::json!([]))
-}
-
-/// `[]` if the router found what the command was about, else the given error.
-fn found_or(found: bool, code: u16, message: &str) -> Result<serde_json::Value, ControlError> {
+/// `Done` if the router found what the command was about, else the given error.
+fn found_or(found: bool, code: u16, message: &str) -> Result<Done, ControlError> {
     if found {
-        empty()
+        Ok(Done)
     } else {
         Err(ControlError::new(code, message))
     }
@@ -118,93 +120,146 @@ fn qos(value: u8) -> Result<QoS, ControlError> {
     QoS::from_u8(value).ok_or_else(|| ControlError::new(code::UNKNOWN, format!("invalid qos {value}")))
 }
 
-async fn execute(ctx: &Arc<Context>, request: Request) -> Result<serde_json::Value, ControlError> {
-    let router = &ctx.router;
-    match request {
-        Request::NodeInfo => json(sys::node_info(ctx)),
-        Request::ListClients(page) => json(router.ask(|r| AdminRequest::ListClients(page, r)).await.map_err(gone)?),
-        Request::GetClient { client_id } => {
-            json(router.ask(|r| AdminRequest::GetClient(client_id, r)).await.map_err(gone)?)
+/// Answers each control request on this node: the reply types are the contract's (`shared::calls`).
+struct Service<'a> {
+    ctx: &'a Arc<Context>,
+}
+
+impl Service<'_> {
+    async fn ask<T>(&self, build: impl FnOnce(oneshot::Sender<T>) -> AdminRequest) -> Result<T, ControlError> {
+        self.ctx.router.ask(build).await.map_err(gone)
+    }
+}
+
+impl Handler for Service<'_> {
+    async fn node_info(&self) -> Result<NodeInfo, ControlError> {
+        Ok(sys::node_info(self.ctx))
+    }
+
+    async fn list_clients(&self, page: PageRequest) -> Result<Page<ClientRow>, ControlError> {
+        self.ask(|r| AdminRequest::ListClients(page, r)).await
+    }
+
+    async fn get_client(&self, client_id: String) -> Result<Vec<ClientRow>, ControlError> {
+        self.ask(|r| AdminRequest::GetClient(client_id, r)).await
+    }
+
+    async fn list_sessions(&self, page: PageRequest) -> Result<Page<SessionRow>, ControlError> {
+        self.ask(|r| AdminRequest::ListSessions(page, r)).await
+    }
+
+    async fn get_session(&self, client_id: String) -> Result<Vec<SessionRow>, ControlError> {
+        self.ask(|r| AdminRequest::GetSession(client_id, r)).await
+    }
+
+    async fn list_subscriptions(&self, page: PageRequest) -> Result<Page<SubscriptionRow>, ControlError> {
+        self.ask(|r| AdminRequest::ListSubscriptions(page, r)).await
+    }
+
+    async fn get_subscriptions(&self, client_id: String) -> Result<Vec<SubscriptionRow>, ControlError> {
+        self.ask(|r| AdminRequest::GetSubscriptions(client_id, r)).await
+    }
+
+    async fn list_routes(&self, page: PageRequest) -> Result<Page<RouteRow>, ControlError> {
+        self.ask(|r| AdminRequest::ListRoutes(page, r)).await
+    }
+
+    async fn get_route(&self, topic: String) -> Result<Vec<RouteRow>, ControlError> {
+        self.ask(|r| AdminRequest::GetRoute(topic, r)).await
+    }
+
+    async fn kick(&self, client_id: String) -> Result<Done, ControlError> {
+        let online = self.ask(|r| AdminRequest::Kick(client_id, r)).await?;
+        found_or(online, code::CLIENT_OFFLINE, "client not online")
+    }
+
+    async fn clean_acl_cache(&self, client_id: String, topic: String) -> Result<Done, ControlError> {
+        let online = self.ask(|reply| AdminRequest::CleanAclCache { client_id, topic, reply }).await?;
+        found_or(online, code::CLIENT_OFFLINE, "client not online")
+    }
+
+    async fn publish(
+        &self,
+        topic: String,
+        payload: String,
+        qos_level: u8,
+        retain: bool,
+        client_id: String,
+    ) -> Result<Done, ControlError> {
+        if !topic::valid_topic_name(&topic) {
+            return Err(ControlError::new(code::UNKNOWN, format!("invalid topic {topic:?}")));
         }
-        Request::ListSessions(page) => json(router.ask(|r| AdminRequest::ListSessions(page, r)).await.map_err(gone)?),
-        Request::GetSession { client_id } => {
-            json(router.ask(|r| AdminRequest::GetSession(client_id, r)).await.map_err(gone)?)
+        if topic::broker_owned(&topic) {
+            return Err(ControlError::new(code::UNKNOWN, format!("topic {topic:?} is the broker's own")));
         }
-        Request::ListSubscriptions(page) => {
-            json(router.ask(|r| AdminRequest::ListSubscriptions(page, r)).await.map_err(gone)?)
+        let message =
+            Message { topic: Bytes::from(topic), payload: Bytes::from(payload), qos: qos(qos_level)?, retain };
+        tracing::debug!(on_behalf_of = %client_id.escape_debug(), "publish through the API");
+        self.ctx.metrics.inc(crate::metrics::Metric::MessagesReceived);
+        self.ctx.router.send(RouterRequest::Publish(Arc::new(message)));
+        Ok(Done)
+    }
+
+    async fn subscribe(&self, client_id: String, topic: String, qos_level: u8) -> Result<Done, ControlError> {
+        if !topic::valid_topic_filter(&topic) {
+            return Err(ControlError::new(code::UNKNOWN, format!("invalid topic filter {topic:?}")));
         }
-        Request::GetSubscriptions { client_id } => {
-            json(router.ask(|r| AdminRequest::GetSubscriptions(client_id, r)).await.map_err(gone)?)
+        if topic::reaches_broker_owned(&topic) {
+            return Err(ControlError::new(
+                code::UNKNOWN,
+                format!("topic filter {topic:?} reaches the broker's own topics"),
+            ));
         }
-        Request::ListRoutes(page) => json(router.ask(|r| AdminRequest::ListRoutes(page, r)).await.map_err(gone)?),
-        Request::GetRoute { topic } => json(router.ask(|r| AdminRequest::GetRoute(topic, r)).await.map_err(gone)?),
-        Request::Kick { client_id } => {
-            let online = router.ask(|r| AdminRequest::Kick(client_id, r)).await.map_err(gone)?;
-            found_or(online, code::CLIENT_OFFLINE, "client not online")
-        }
-        Request::CleanAclCache { client_id, topic } => {
-            let online =
-                router.ask(|reply| AdminRequest::CleanAclCache { client_id, topic, reply }).await.map_err(gone)?;
-            found_or(online, code::CLIENT_OFFLINE, "client not online")
-        }
-        Request::Publish { topic, payload, qos: q, retain, client_id } => {
-            if !topic::valid_topic_name(&topic) {
-                return Err(ControlError::new(code::UNKNOWN, format!("invalid topic {topic:?}")));
-            }
-            if topic::broker_owned(&topic) {
-                return Err(ControlError::new(code::UNKNOWN, format!("topic {topic:?} is the broker's own")));
-            }
-            let message = Message { topic: Bytes::from(topic), payload: Bytes::from(payload), qos: qos(q)?, retain };
-            tracing::debug!(on_behalf_of = %client_id.escape_debug(), "publish through the API");
-            ctx.metrics.inc(crate::metrics::Metric::MessagesReceived);
-            router.send(RouterRequest::Publish(Arc::new(message)));
-            empty()
-        }
-        Request::Subscribe { client_id, topic, qos: q } => {
-            if !topic::valid_topic_filter(&topic) {
-                return Err(ControlError::new(code::UNKNOWN, format!("invalid topic filter {topic:?}")));
-            }
-            if topic::reaches_broker_owned(&topic) {
-                return Err(ControlError::new(
-                    code::UNKNOWN,
-                    format!("topic filter {topic:?} reaches the broker's own topics"),
-                ));
-            }
-            let qos = qos(q)?;
-            let found = router
-                .ask(|reply| AdminRequest::Subscribe { client_id, filter: topic, qos, reply })
-                .await
-                .map_err(gone)?;
-            found_or(found, code::UNKNOWN, "no such client")
-        }
-        Request::Unsubscribe { client_id, topic } => {
-            let found = router
-                .ask(|reply| AdminRequest::Unsubscribe { client_id, filter: topic, reply })
-                .await
-                .map_err(gone)?;
-            found_or(found, code::UNKNOWN, "no such client")
-        }
-        Request::ListPlugins => json(ctx.plugins.list()),
-        Request::SetPlugin { name, active } => ctx.plugins.set_active(&name, active).and_then(|_| empty()),
-        Request::ListConfigs => json(ctx.settings.list()),
-        Request::SetConfig { app, key, value } => ctx.settings.set(&app, &key, &value).and_then(|_| empty()),
-        Request::GetPluginConfig { name } => json(ctx.plugins.config(&name)?),
-        Request::SetPluginConfig { name, values } => {
-            ctx.plugins.set_config(&ctx.auth.hasher, &name, values).await?;
-            empty()
-        }
-        Request::ListListeners => json(vec![ListenerRow {
+        let qos = qos(qos_level)?;
+        let found = self.ask(|reply| AdminRequest::Subscribe { client_id, filter: topic, qos, reply }).await?;
+        found_or(found, code::UNKNOWN, "no such client")
+    }
+
+    async fn unsubscribe(&self, client_id: String, topic: String) -> Result<Done, ControlError> {
+        let found = self.ask(|reply| AdminRequest::Unsubscribe { client_id, filter: topic, reply }).await?;
+        found_or(found, code::UNKNOWN, "no such client")
+    }
+
+    async fn list_plugins(&self) -> Result<Vec<PluginRow>, ControlError> {
+        Ok(self.ctx.plugins.list())
+    }
+
+    async fn set_plugin(&self, name: String, active: bool) -> Result<Done, ControlError> {
+        self.ctx.plugins.set_active(&name, active).map(|_| Done)
+    }
+
+    async fn list_configs(&self) -> Result<Vec<ConfigRow>, ControlError> {
+        Ok(self.ctx.settings.list())
+    }
+
+    async fn set_config(&self, app: String, key: String, value: String) -> Result<Done, ControlError> {
+        self.ctx.settings.set(&app, &key, &value).map(|_| Done)
+    }
+
+    async fn get_plugin_config(&self, name: String) -> Result<Vec<PluginConfigRow>, ControlError> {
+        self.ctx.plugins.config(&name)
+    }
+
+    async fn set_plugin_config(&self, name: String, values: BTreeMap<String, String>) -> Result<Done, ControlError> {
+        self.ctx.plugins.set_config(&self.ctx.auth.hasher, &name, values).await.map(|_| Done)
+    }
+
+    async fn list_listeners(&self) -> Result<Vec<ListenerRow>, ControlError> {
+        Ok(vec![ListenerRow {
             protocol: "mqtt:tcp".into(),
-            listen: ctx.local_addr.to_string(),
+            listen: self.ctx.local_addr.to_string(),
             acceptors: 1,
-            max_clients: ctx.config.max_connections as u64,
-            current_clients: ctx.stats.count(Stat::Clients),
+            max_clients: self.ctx.config.max_connections as u64,
+            current_clients: self.ctx.stats.count(Stat::Clients),
             shutdown_count: vec![],
-        }]),
-        Request::Metrics => {
-            let map: BTreeMap<&str, u64> = ctx.metrics.snapshot().into_iter().map(|(m, v)| (m.name(), v)).collect();
-            json(map)
-        }
-        Request::Stats => json(ctx.stats.snapshot().into_iter().collect::<BTreeMap<String, u64>>()),
+        }])
+    }
+
+    async fn metrics(&self) -> Result<BTreeMap<String, u64>, ControlError> {
+        Ok(self.ctx.metrics.snapshot().into_iter().map(|(m, v)| (m.name().to_string(), v)).collect())
+    }
+
+    async fn stats(&self) -> Result<BTreeMap<String, u64>, ControlError> {
+        Ok(self.ctx.stats.snapshot().into_iter().collect())
     }
 }

@@ -122,6 +122,7 @@ pub fn node_info(ctx: &Context) -> NodeInfo {
         load1,
         load5,
         load15,
+        control_version: midge_shared::control::VERSION,
     }
 }
 

@@ -360,7 +360,10 @@ async fn malformed_and_unknown_requests_get_error_replies() {
     assert!(matches!(mgmt.call_raw(serde_json::to_vec(&wrong_type).unwrap(), "u2").await, Outcome::Err(_)));
     let future = serde_json::json!({"v": 2, "id": "u3", "reply_to": reply_to, "cmd": "node_info"});
     match mgmt.call_raw(serde_json::to_vec(&future).unwrap(), "u3").await {
-        Outcome::Err(e) => assert_eq!(e.code, 101),
+        Outcome::Err(e) => {
+            assert_eq!(e.code, 101);
+            assert!(e.message.contains(&format!("speaks v{OLDEST_VERSION} to v{VERSION}")), "{e:?}");
+        }
         other => panic!("{other:?}"),
     }
     // Not JSON at all, and a reply topic outside the control prefix: no answer, no crash.
@@ -382,6 +385,7 @@ async fn node_info_listeners_metrics_and_stats() {
     client.subscribe(1, &[("t", QoS::AtMostOnce)]).await;
     let info: NodeInfo = mgmt.ok(Request::NodeInfo).await;
     assert_eq!((info.version.as_str(), info.clients), (env!("CARGO_PKG_VERSION"), 1));
+    assert_eq!(info.control_version, VERSION, "the node says which control protocol it speaks");
     assert!(info.memory_used.ends_with('M') && info.memory_total.ends_with('M'), "{info:?}");
     assert!(info.max_fds > 0);
     assert!(info.load1.parse::<f64>().is_ok());

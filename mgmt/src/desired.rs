@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use midge_shared::control::{code, PluginConfigRow, Request};
+use midge_shared::calls::{Call, Done};
+use midge_shared::control::{code, Request};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::db::{self, Db};
@@ -38,20 +39,20 @@ impl Desired {
     pub async fn set_config_everywhere(&self, app: &str, key: &str, value: &str) -> Result<(), ApiError> {
         let _writer = self.writer.lock().await;
         for node in &self.link.answering()? {
-            self.link.request(node, set_config(app, key, value)).await?;
+            self.link.call(node, set_config(app, key, value)).await?;
         }
         Ok(db::save_config(&self.db, db::ALL_NODES, app, key, value).await?)
     }
 
     pub async fn set_config(&self, node: &str, app: &str, key: &str, value: &str) -> Result<(), ApiError> {
         let _writer = self.writer.lock().await;
-        self.link.request(node, set_config(app, key, value)).await?;
+        self.link.call(node, set_config(app, key, value)).await?;
         Ok(db::save_config(&self.db, node, app, key, value).await?)
     }
 
     pub async fn set_plugin(&self, node: &str, name: &str, active: bool) -> Result<(), ApiError> {
         let _writer = self.writer.lock().await;
-        self.link.request(node, Request::SetPlugin { name: name.to_string(), active }).await?;
+        self.link.call(node, Request::set_plugin(name.to_string(), active)).await?;
         Ok(db::save_plugin_state(&self.db, node, name, active).await?)
     }
 
@@ -63,9 +64,8 @@ impl Desired {
         values: BTreeMap<String, String>,
     ) -> Result<(), ApiError> {
         let _writer = self.writer.lock().await;
-        self.link.request(node, Request::SetPluginConfig { name: name.to_string(), values }).await?;
-        let applied: Vec<PluginConfigRow> =
-            self.link.ask(node, Request::GetPluginConfig { name: name.to_string() }).await?;
+        self.link.call(node, Request::set_plugin_config(name.to_string(), values)).await?;
+        let applied = self.link.call(node, Request::get_plugin_config(name.to_string())).await?;
         let rows: Vec<(String, String)> = applied.into_iter().map(|r| (r.key, r.value)).collect();
         Ok(db::save_plugin_config(&self.db, node, name, &rows).await?)
     }
@@ -94,7 +94,7 @@ impl Desired {
         let _writer = self.writer.lock().await;
         let mut count = 0;
         for (app, key, value) in db::configs_for(&self.db, node).await? {
-            self.link.request(node, set_config(&app, &key, &value)).await?;
+            self.link.call(node, set_config(&app, &key, &value)).await?;
             count += 1;
         }
         let mut plugins: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -102,11 +102,11 @@ impl Desired {
             plugins.entry(plugin).or_default().insert(key, value);
         }
         for (name, values) in plugins {
-            self.link.request(node, Request::SetPluginConfig { name, values }).await?;
+            self.link.call(node, Request::set_plugin_config(name, values)).await?;
             count += 1;
         }
         for (name, active) in db::plugin_states_for(&self.db, node).await? {
-            match self.link.request(node, Request::SetPlugin { name, active }).await {
+            match self.link.call(node, Request::set_plugin(name, active)).await {
                 Ok(_) => {}
                 // Already as stored.
                 Err(e) if e.code == code::PLUGIN_ACTIVE || e.code == code::PLUGIN_INACTIVE => {}
@@ -121,6 +121,6 @@ impl Desired {
     }
 }
 
-fn set_config(app: &str, key: &str, value: &str) -> Request {
-    Request::SetConfig { app: app.to_string(), key: key.to_string(), value: value.to_string() }
+fn set_config(app: &str, key: &str, value: &str) -> Call<Done> {
+    Request::set_config(app.to_string(), key.to_string(), value.to_string())
 }

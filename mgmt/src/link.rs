@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use midge_shared::calls::Call;
 use midge_shared::control::{self, code, NodeInfo, Outcome, ReplyEnvelope, Request, RequestEnvelope};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde::de::DeserializeOwned;
@@ -35,6 +36,8 @@ pub type Appeared = mpsc::UnboundedReceiver<String>;
 /// A node that answered.
 #[derive(Debug, Clone)]
 struct Node {
+    /// The control protocol version to speak to it: the newer of its own and ours.
+    version: u32,
     /// Its uptime at its last answer, to tell a restart.
     uptime: u64,
     /// Heartbeats since its last answer.
@@ -118,25 +121,37 @@ impl Link {
         Ok(nodes)
     }
 
-    /// 101 for a node that is not answering (or was never heard of).
-    pub fn known(&self, node: &str) -> Result<(), ApiError> {
-        if lock(&self.nodes).contains_key(node) {
-            Ok(())
-        } else {
-            Err(ApiError::badrpc(format!("unknown node {node}")))
+    /// The control protocol version to speak to `node`; 101 for a node that is not answering (or was
+    /// never heard of).
+    pub fn known(&self, node: &str) -> Result<u32, ApiError> {
+        match lock(&self.nodes).get(node) {
+            Some(listed) => Ok(listed.version),
+            None => Err(ApiError::badrpc(format!("unknown node {node}"))),
         }
     }
 
-    /// Sends a request to a node and waits for its reply, at most the configured timeout.
-    pub async fn request(&self, node: &str, request: Request) -> Result<serde_json::Value, ApiError> {
-        self.known(node)?;
+    /// Sends a request to a node and waits for its reply, at most the configured timeout; the reply is
+    /// read as the type the contract gives it.
+    pub async fn call<Reply: DeserializeOwned>(&self, node: &str, call: Call<Reply>) -> Result<Reply, ApiError> {
+        let version = self.known(node)?;
+        if call.since > version {
+            return Err(ApiError::badrpc(format!(
+                "node {node} speaks control protocol v{version}; this request needs v{}",
+                call.since
+            )));
+        }
+        let value = self.send(node, version, call.request.clone()).await?;
+        call.reply(value).map_err(|e| ApiError::badrpc(format!("unexpected reply from {node}: {e}")))
+    }
+
+    async fn send(&self, node: &str, version: u32, request: Request) -> Result<serde_json::Value, ApiError> {
         if !self.is_connected() {
             return Err(ApiError::badrpc("broker not connected"));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed).to_string();
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id.clone(), tx);
-        if let Err(e) = self.publish(&control::request_topic(node), id.clone(), request) {
+        if let Err(e) = self.publish(&control::request_topic(node), version, id.clone(), request) {
             lock(&self.pending).remove(&id);
             return Err(e);
         }
@@ -151,14 +166,8 @@ impl Link {
         }
     }
 
-    /// `request`, with the reply read as `T`.
-    pub async fn ask<T: DeserializeOwned>(&self, node: &str, request: Request) -> Result<T, ApiError> {
-        let value = self.request(node, request).await?;
-        serde_json::from_value(value).map_err(|e| ApiError::badrpc(format!("unexpected reply from {node}: {e}")))
-    }
-
-    fn publish(&self, topic: &str, id: String, request: Request) -> Result<(), ApiError> {
-        let envelope = RequestEnvelope { v: control::VERSION, id, reply_to: self.reply_topic.clone(), request };
+    fn publish(&self, topic: &str, v: u32, id: String, request: Request) -> Result<(), ApiError> {
+        let envelope = RequestEnvelope { v, id, reply_to: self.reply_topic.clone(), request };
         let payload = serde_json::to_vec(&envelope).map_err(|e| ApiError::new(code::UNKNOWN, e.to_string()))?;
         self.client
             .try_publish(topic, QoS::AtLeastOnce, false, payload)
@@ -182,7 +191,9 @@ impl Link {
             tracing::warn!(%node, "node stopped answering; no longer listed");
         }
         let id = format!("{DISCOVERY_ID}{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-        if let Err(e) = self.publish(control::DISCOVERY_TOPIC, id, Request::NodeInfo) {
+        // In the oldest version: every node understands it, and says in its answer which it speaks.
+        let request = Request::node_info().request;
+        if let Err(e) = self.publish(control::DISCOVERY_TOPIC, control::OLDEST_VERSION, id, request) {
             tracing::debug!(error = %e.message, "cannot ask the nodes who they are");
         }
     }
@@ -190,7 +201,8 @@ impl Link {
     /// A node answered a discovery request: listed, and announced if it is new or has restarted.
     fn answered_discovery(&self, info: NodeInfo) {
         let uptime = midge_shared::sys::uptime_seconds(&info.uptime);
-        let previous = lock(&self.nodes).insert(info.name.clone(), Node { uptime, missed: 0 });
+        let version = info.control_version.min(control::VERSION);
+        let previous = lock(&self.nodes).insert(info.name.clone(), Node { version, uptime, missed: 0 });
         match previous {
             None => tracing::info!(node = %info.name.escape_debug(), "node answers"),
             Some(before) if uptime < before.uptime => {
@@ -324,11 +336,19 @@ mod tests {
         link.incoming(&replies, &reply("discover-3", "a@h", "1 seconds"));
         assert_eq!(appeared.try_recv().ok().as_deref(), Some("a@h"), "restarted: pushed again");
 
+        // A node speaking an older control protocol than a request needs is not sent it.
+        let mut old = serde_json::from_slice::<serde_json::Value>(&reply("discover-4", "old@h", "1 seconds")).unwrap();
+        old["ok"]["control_version"] = 0.into();
+        link.incoming(&replies, &serde_json::to_vec(&old).unwrap());
+        let refused = link.call("old@h", Request::metrics()).await.unwrap_err();
+        assert!(refused.message.contains("speaks control protocol v0"), "{refused:?}");
+        assert_eq!(link.known("a@h").unwrap(), control::VERSION, "a node without the field speaks v1");
+
         link.discover();
         link.discover();
-        assert_eq!(link.nodes(), vec!["a@h"], "two heartbeats missed: still listed");
+        assert_eq!(link.nodes(), vec!["a@h", "old@h"], "two heartbeats missed: still listed");
         link.discover();
-        assert!(link.nodes().is_empty(), "a third: dropped");
+        assert!(link.nodes().is_empty(), "a third: dropped (old@h too)");
         assert!(link.known("a@h").is_err());
     }
 }

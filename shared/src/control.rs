@@ -9,8 +9,14 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Version of this contract; a broker answers a request of another version with an error.
+/// The newest version of this contract that this build speaks. A request carries the version it is
+/// written in; a node answers every version from [`OLDEST_VERSION`] to its own `VERSION`, and tells its
+/// own in its node info (`control_version`), so a newer sidecar asks an older node only what that node
+/// knows (each request has the version that introduced it: `Request::since`).
 pub const VERSION: u32 = 1;
+
+/// The oldest version of this contract that this build still answers.
+pub const OLDEST_VERSION: u32 = 1;
 
 /// The shortest management secret either side accepts: an empty or shorter one would let anyone who
 /// guesses it (or sends no password at all) run the broker. Shorter means no control channel.
@@ -213,6 +219,13 @@ pub struct NodeInfo {
     pub load1: String,
     pub load5: String,
     pub load15: String,
+    /// The newest control protocol version the node speaks (absent from nodes older than the field: 1).
+    #[serde(default = "first_version")]
+    pub control_version: u32,
+}
+
+fn first_version() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

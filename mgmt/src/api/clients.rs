@@ -1,6 +1,7 @@
 //! Clients, sessions, subscriptions and routes: paged per node, looked up by key across all nodes.
 
-use midge_shared::control::{ClientRow, Page, PageRequest, Request, RouteRow, SessionRow, SubscriptionRow};
+use midge_shared::calls::Call;
+use midge_shared::control::{Page, PageRequest, Request, RouteRow};
 use rocket::http::uri::Origin;
 use rocket::{delete, get, put, routes, Route, State};
 use serde::de::DeserializeOwned;
@@ -37,52 +38,81 @@ fn objects<T: Serialize>(rows: Vec<T>) -> ApiResult {
 }
 
 /// Asks every node and concatenates the rows.
-async fn from_all_nodes<T: DeserializeOwned>(app: &App, request: impl Fn() -> Request) -> Result<Vec<T>, ApiError> {
+async fn from_all_nodes<T: DeserializeOwned>(app: &App, call: impl Fn() -> Call<Vec<T>>) -> Result<Vec<T>, ApiError> {
     let mut rows = Vec::new();
     for node in app.link.answering()? {
-        rows.extend(app.link.ask::<Vec<T>>(&node, request()).await?);
+        rows.extend(app.link.call(&node, call()).await?);
     }
     Ok(rows)
 }
 
+/// A page of one node's listing.
 async fn page<T: DeserializeOwned + Serialize>(
     app: &App,
     node: &str,
     curr_page: Option<&str>,
     page_size: Option<&str>,
-    request: impl FnOnce(PageRequest) -> Request,
+    call: impl FnOnce(PageRequest) -> Call<Page<T>>,
 ) -> ApiResult {
     let paging = paging(curr_page, page_size)?;
-    done(app.link.ask::<Page<T>>(node, request(paging)).await?)
+    done(app.link.call(node, call(paging)).await?)
 }
 
-#[get("/nodes/<node>/clients?<curr_page>&<page_size>")]
-async fn node_clients(
-    _admin: Admin,
-    app: &State<App>,
-    node: &str,
-    curr_page: Option<&str>,
-    page_size: Option<&str>,
-) -> ApiResult {
-    page::<ClientRow>(app, node, curr_page, page_size, Request::ListClients).await
+/// The three routes of a listing keyed by client id (clients, sessions, subscriptions): a page of one
+/// node's (`nodes/{node}/{what}`), one client's on one node (`nodes/{node}/{what}/{clientid}`), and one
+/// client's on every node (`{what}/{clientid}`). A client id may contain `/`, so it is the rest of the
+/// path.
+macro_rules! by_client {
+    ($page:ident = $page_path:literal, $node_one:ident = $node_one_path:literal, $anywhere:ident = $anywhere_path:literal;
+     $list:path, $get:path) => {
+        #[get($page_path)]
+        async fn $page(
+            _admin: Admin,
+            app: &State<App>,
+            node: &str,
+            curr_page: Option<&str>,
+            page_size: Option<&str>,
+        ) -> ApiResult {
+            page(app, node, curr_page, page_size, $list).await
+        }
+
+        #[get($node_one_path)]
+        async fn $node_one(_admin: Admin, app: &State<App>, node: &str, uri: &Origin<'_>) -> ApiResult {
+            let client_id = tail(uri, 5)?;
+            objects(app.link.call(node, $get(client_id)).await?)
+        }
+
+        #[get($anywhere_path)]
+        async fn $anywhere(_admin: Admin, app: &State<App>, uri: &Origin<'_>) -> ApiResult {
+            let client_id = tail(uri, 3)?;
+            objects(from_all_nodes(app, || $get(client_id.clone())).await?)
+        }
+    };
 }
 
-#[get("/nodes/<node>/clients/<_..>")]
-async fn node_client(_admin: Admin, app: &State<App>, node: &str, uri: &Origin<'_>) -> ApiResult {
-    let client_id = tail(uri, 5)?;
-    objects(app.link.ask::<Vec<ClientRow>>(node, Request::GetClient { client_id }).await?)
-}
-
-#[get("/clients/<_..>")]
-async fn client(_admin: Admin, app: &State<App>, uri: &Origin<'_>) -> ApiResult {
-    let client_id = tail(uri, 3)?;
-    objects(from_all_nodes::<ClientRow>(app, || Request::GetClient { client_id: client_id.clone() }).await?)
-}
+by_client!(
+    node_clients = "/nodes/<node>/clients?<curr_page>&<page_size>",
+    node_client = "/nodes/<node>/clients/<_..>",
+    client = "/clients/<_..>";
+    Request::list_clients, Request::get_client
+);
+by_client!(
+    node_sessions = "/nodes/<node>/sessions?<curr_page>&<page_size>",
+    node_session = "/nodes/<node>/sessions/<_..>",
+    session = "/sessions/<_..>";
+    Request::list_sessions, Request::get_session
+);
+by_client!(
+    node_subscriptions = "/nodes/<node>/subscriptions?<curr_page>&<page_size>",
+    node_subscription = "/nodes/<node>/subscriptions/<_..>",
+    subscription = "/subscriptions/<_..>";
+    Request::list_subscriptions, Request::get_subscriptions
+);
 
 #[delete("/clients/<_..>")]
 async fn kick(_admin: Admin, app: &State<App>, uri: &Origin<'_>) -> ApiResult {
     let client_id = tail(uri, 3)?;
-    on_any_node(app, || Request::Kick { client_id: client_id.clone() }).await
+    on_any_node(app, || Request::kick(client_id.clone())).await
 }
 
 /// `PUT clients/{clientid}/clean_acl_cache`; the client id may itself contain `/`.
@@ -92,55 +122,7 @@ async fn clean_acl_cache(_admin: Admin, app: &State<App>, uri: &Origin<'_>, body
     let client_id =
         path.strip_suffix("/clean_acl_cache").ok_or_else(|| ApiError::new(code::UNKNOWN, "no such route"))?.to_string();
     let topic = Body::parse(&body)?.string("topic")?;
-    on_any_node(app, || Request::CleanAclCache { client_id: client_id.clone(), topic: topic.clone() }).await
-}
-
-#[get("/nodes/<node>/sessions?<curr_page>&<page_size>")]
-async fn node_sessions(
-    _admin: Admin,
-    app: &State<App>,
-    node: &str,
-    curr_page: Option<&str>,
-    page_size: Option<&str>,
-) -> ApiResult {
-    page::<SessionRow>(app, node, curr_page, page_size, Request::ListSessions).await
-}
-
-#[get("/nodes/<node>/sessions/<_..>")]
-async fn node_session(_admin: Admin, app: &State<App>, node: &str, uri: &Origin<'_>) -> ApiResult {
-    let client_id = tail(uri, 5)?;
-    objects(app.link.ask::<Vec<SessionRow>>(node, Request::GetSession { client_id }).await?)
-}
-
-#[get("/sessions/<_..>")]
-async fn session(_admin: Admin, app: &State<App>, uri: &Origin<'_>) -> ApiResult {
-    let client_id = tail(uri, 3)?;
-    objects(from_all_nodes::<SessionRow>(app, || Request::GetSession { client_id: client_id.clone() }).await?)
-}
-
-#[get("/nodes/<node>/subscriptions?<curr_page>&<page_size>")]
-async fn node_subscriptions(
-    _admin: Admin,
-    app: &State<App>,
-    node: &str,
-    curr_page: Option<&str>,
-    page_size: Option<&str>,
-) -> ApiResult {
-    page::<SubscriptionRow>(app, node, curr_page, page_size, Request::ListSubscriptions).await
-}
-
-#[get("/nodes/<node>/subscriptions/<_..>")]
-async fn node_subscription(_admin: Admin, app: &State<App>, node: &str, uri: &Origin<'_>) -> ApiResult {
-    let client_id = tail(uri, 5)?;
-    objects(app.link.ask::<Vec<SubscriptionRow>>(node, Request::GetSubscriptions { client_id }).await?)
-}
-
-#[get("/subscriptions/<_..>")]
-async fn subscription(_admin: Admin, app: &State<App>, uri: &Origin<'_>) -> ApiResult {
-    let client_id = tail(uri, 3)?;
-    objects(
-        from_all_nodes::<SubscriptionRow>(app, || Request::GetSubscriptions { client_id: client_id.clone() }).await?,
-    )
+    on_any_node(app, || Request::clean_acl_cache(client_id.clone(), topic.clone())).await
 }
 
 /// Routes are cluster-wide, ordered by (topic, node). Each node is asked for the first
@@ -152,7 +134,7 @@ async fn routes_page(_admin: Admin, app: &State<App>, curr_page: Option<&str>, p
     let mut total = 0;
     let mut rows: Vec<RouteRow> = Vec::new();
     for node in app.link.answering()? {
-        let part: Page<RouteRow> = app.link.ask(&node, Request::ListRoutes(window)).await?;
+        let part = app.link.call(&node, Request::list_routes(window)).await?;
         total += part.total_num;
         rows.extend(part.objects);
     }
@@ -171,5 +153,5 @@ async fn routes_page(_admin: Admin, app: &State<App>, curr_page: Option<&str>, p
 #[get("/routes/<_..>")]
 async fn route(_admin: Admin, app: &State<App>, uri: &Origin<'_>) -> ApiResult {
     let topic = tail(uri, 3)?;
-    objects(from_all_nodes::<RouteRow>(app, || Request::GetRoute { topic: topic.clone() }).await?)
+    objects(from_all_nodes(app, || Request::get_route(topic.clone())).await?)
 }

@@ -1,6 +1,6 @@
 //! Hot configuration: read from the nodes, changed on them and stored so it survives restarts.
 
-use midge_shared::control::{ConfigRow, Request};
+use midge_shared::control::Request;
 use rocket::{get, put, routes, Route, State};
 
 use super::per_node;
@@ -15,12 +15,12 @@ pub fn routes() -> Vec<Route> {
 
 #[get("/configs")]
 async fn all(_admin: Admin, app: &State<App>) -> ApiResult {
-    done(per_node::<Vec<ConfigRow>>(app, || Request::ListConfigs).await?)
+    done(per_node(app, Request::list_configs).await?)
 }
 
 #[get("/nodes/<node>/configs")]
 async fn node_configs(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
-    done(app.link.ask::<Vec<ConfigRow>>(node, Request::ListConfigs).await?)
+    done(app.link.call(node, Request::list_configs()).await?)
 }
 
 fn key_value(body: &str) -> Result<(String, String), ApiError> {

@@ -14,7 +14,7 @@ use rocket::Route;
 
 use std::collections::BTreeMap;
 
-use midge_shared::control::Request;
+use midge_shared::calls::{Call, Done};
 use serde::de::DeserializeOwned;
 
 use crate::error::{code, ok, ApiError, ApiResult};
@@ -50,10 +50,10 @@ pub fn tail(uri: &Origin<'_>, skip: usize) -> Result<String, ApiError> {
 
 /// Runs a command on each answering node in turn until one succeeds (the client it names is on one of
 /// them); otherwise the last node's error (112 for a client online nowhere, say).
-pub async fn on_any_node(app: &App, request: impl Fn() -> Request) -> ApiResult {
+pub async fn on_any_node(app: &App, call: impl Fn() -> Call<Done>) -> ApiResult {
     let mut last = None;
     for node in app.link.answering()? {
-        match app.link.request(&node, request()).await {
+        match app.link.call(&node, call()).await {
             Ok(_) => return ok(),
             Err(e) => last = Some(e),
         }
@@ -64,11 +64,11 @@ pub async fn on_any_node(app: &App, request: impl Fn() -> Request) -> ApiResult 
 /// Asks every answering node the same thing; the answers by node name, in name order.
 pub async fn per_node<T: DeserializeOwned>(
     app: &App,
-    request: impl Fn() -> Request,
+    call: impl Fn() -> Call<T>,
 ) -> Result<BTreeMap<String, T>, ApiError> {
     let mut answers = BTreeMap::new();
     for node in app.link.answering()? {
-        let answer = app.link.ask(&node, request()).await?;
+        let answer = app.link.call(&node, call()).await?;
         answers.insert(node, answer);
     }
     Ok(answers)

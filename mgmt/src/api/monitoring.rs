@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use midge_shared::control::{ListenerRow, Request};
+use midge_shared::control::Request;
 use rocket::{get, routes, Route, State};
 
 use super::per_node;
@@ -18,19 +18,19 @@ type Figures = BTreeMap<String, u64>;
 
 #[get("/monitoring/listeners")]
 async fn listeners(_admin: Admin, app: &State<App>) -> ApiResult {
-    done(per_node::<Vec<ListenerRow>>(app, || Request::ListListeners).await?)
+    done(per_node(app, Request::list_listeners).await?)
 }
 
 #[get("/monitoring/listeners/<node>")]
 async fn node_listeners(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
-    done(app.link.ask::<Vec<ListenerRow>>(node, Request::ListListeners).await?)
+    done(app.link.call(node, Request::list_listeners()).await?)
 }
 
 /// Every metric summed over the nodes.
 #[get("/monitoring/metrics")]
 async fn metrics(_admin: Admin, app: &State<App>) -> ApiResult {
     let mut sum = Figures::new();
-    for figures in per_node::<Figures>(app, || Request::Metrics).await?.into_values() {
+    for figures in per_node(app, Request::metrics).await?.into_values() {
         for (key, value) in figures {
             *sum.entry(key).or_default() += value;
         }
@@ -40,17 +40,17 @@ async fn metrics(_admin: Admin, app: &State<App>) -> ApiResult {
 
 #[get("/monitoring/metrics/<node>")]
 async fn node_metrics(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
-    done(app.link.ask::<Figures>(node, Request::Metrics).await?)
+    done(app.link.call(node, Request::metrics()).await?)
 }
 
 /// `[{node: {stat: value}}]`, one object per node.
 #[get("/monitoring/stats")]
 async fn stats(_admin: Admin, app: &State<App>) -> ApiResult {
-    let by_node = per_node::<Figures>(app, || Request::Stats).await?;
+    let by_node = per_node(app, Request::stats).await?;
     done(by_node.into_iter().map(|(node, figures)| BTreeMap::from([(node, figures)])).collect::<Vec<_>>())
 }
 
 #[get("/monitoring/stats/<node>")]
 async fn node_stats(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
-    done(app.link.ask::<Figures>(node, Request::Stats).await?)
+    done(app.link.call(node, Request::stats()).await?)
 }

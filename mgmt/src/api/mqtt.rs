@@ -17,15 +17,15 @@ pub fn routes() -> Vec<Route> {
 #[post("/mqtt/publish", data = "<body>")]
 async fn publish(_admin: Admin, app: &State<App>, body: String) -> ApiResult {
     let body = Body::parse(&body)?;
-    let request = Request::Publish {
-        topic: body.string("topic")?,
-        payload: body.opt_string("payload")?.unwrap_or_default(),
-        qos: body.opt_qos("qos")?.unwrap_or(0),
-        retain: body.opt_bool("retain")?.unwrap_or(false),
-        client_id: body.opt_string("client_id")?.unwrap_or_else(|| "http".into()),
-    };
+    let call = Request::publish(
+        body.string("topic")?,
+        body.opt_string("payload")?.unwrap_or_default(),
+        body.opt_qos("qos")?.unwrap_or(0),
+        body.opt_bool("retain")?.unwrap_or(false),
+        body.opt_string("client_id")?.unwrap_or_else(|| "http".into()),
+    );
     let node = app.link.answering()?.swap_remove(0);
-    app.link.request(&node, request).await?;
+    app.link.call(&node, call).await?;
     ok()
 }
 
@@ -35,7 +35,7 @@ async fn subscribe(_admin: Admin, app: &State<App>, body: String) -> ApiResult {
     let topic = body.string("topic")?;
     let client_id = body.string("client_id")?;
     let qos = body.opt_qos("qos")?.unwrap_or(0);
-    on_any_node(app, || Request::Subscribe { client_id: client_id.clone(), topic: topic.clone(), qos }).await
+    on_any_node(app, || Request::subscribe(client_id.clone(), topic.clone(), qos)).await
 }
 
 #[post("/mqtt/unsubscribe", data = "<body>")]
@@ -43,5 +43,5 @@ async fn unsubscribe(_admin: Admin, app: &State<App>, body: String) -> ApiResult
     let body = Body::parse(&body)?;
     let topic = body.string("topic")?;
     let client_id = body.string("client_id")?;
-    on_any_node(app, || Request::Unsubscribe { client_id: client_id.clone(), topic: topic.clone() }).await
+    on_any_node(app, || Request::unsubscribe(client_id.clone(), topic.clone())).await
 }

@@ -75,7 +75,7 @@ impl From<NodeInfo> for MonitoringNode {
 }
 
 async fn infos(app: &App) -> Result<Vec<NodeInfo>, crate::error::ApiError> {
-    Ok(per_node::<NodeInfo>(app, || Request::NodeInfo).await?.into_values().collect())
+    Ok(per_node(app, Request::node_info).await?.into_values().collect())
 }
 
 #[get("/management/nodes")]
@@ -85,7 +85,7 @@ async fn management_nodes(_admin: Admin, app: &State<App>) -> ApiResult {
 
 #[get("/management/nodes/<node>")]
 async fn management_node(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
-    done(ManagementNode::new(app.link.ask(node, Request::NodeInfo).await?, false))
+    done(ManagementNode::new(app.link.call(node, Request::node_info()).await?, false))
 }
 
 #[get("/monitoring/nodes")]
@@ -95,13 +95,13 @@ async fn monitoring_nodes(_admin: Admin, app: &State<App>) -> ApiResult {
 
 #[get("/monitoring/nodes/<node>")]
 async fn monitoring_node(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
-    done(MonitoringNode::from(app.link.ask::<NodeInfo>(node, Request::NodeInfo).await?))
+    done(MonitoringNode::from(app.link.call(node, Request::node_info()).await?))
 }
 
 /// Midge raises no alarms yet; the node must still be there to say so.
 #[get("/nodes/<node>/alarms")]
 async fn alarms(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
-    let _: NodeInfo = app.link.ask(node, Request::NodeInfo).await?;
+    app.link.call(node, Request::node_info()).await?;
     done(Vec::<()>::new())
 }
 

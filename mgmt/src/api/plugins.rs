@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use midge_shared::control::{PluginConfigRow, PluginRow, Request};
+use midge_shared::control::Request;
 use rocket::{get, put, routes, Route, State};
 
 use crate::auth::Admin;
@@ -17,7 +17,7 @@ pub fn routes() -> Vec<Route> {
 
 #[get("/nodes/<node>/plugins")]
 async fn list(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
-    done(app.link.ask::<Vec<PluginRow>>(node, Request::ListPlugins).await?)
+    done(app.link.call(node, Request::list_plugins()).await?)
 }
 
 #[put("/nodes/<node>/plugins/<name>", data = "<body>")]
@@ -29,7 +29,7 @@ async fn switch(_admin: Admin, app: &State<App>, node: &str, name: &str, body: S
 
 #[get("/nodes/<node>/plugin_configs/<plugin>")]
 async fn get_config(_admin: Admin, app: &State<App>, node: &str, plugin: &str) -> ApiResult {
-    done(app.link.ask::<Vec<PluginConfigRow>>(node, Request::GetPluginConfig { name: plugin.to_string() }).await?)
+    done(app.link.call(node, Request::get_plugin_config(plugin.to_string())).await?)
 }
 
 #[put("/nodes/<node>/plugin_configs/<plugin>", data = "<body>")]
