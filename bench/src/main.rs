@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use midge_broker::codec::QoS;
+use midge_broker::protocol::QoS;
 use scenarios::{find_max, idle, Load, Step, Target};
 
 #[derive(Parser)]

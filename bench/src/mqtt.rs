@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use midge_broker::codec::{self, *};
+use midge_broker::protocol::{self, *};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -43,7 +43,7 @@ impl Conn {
     }
 
     pub fn queue(&mut self, packet: &Packet) {
-        codec::encode(packet, &mut self.wbuf);
+        protocol::encode(packet, &mut self.wbuf);
     }
 
     pub async fn flush(&mut self) -> anyhow::Result<()> {
@@ -62,7 +62,7 @@ impl Conn {
     /// The next packet (waits for bytes).
     pub async fn recv(&mut self) -> anyhow::Result<Packet> {
         loop {
-            if let Some(packet) = codec::decode(&mut self.rbuf, usize::MAX)? {
+            if let Some(packet) = protocol::decode(&mut self.rbuf, usize::MAX)? {
                 return Ok(packet);
             }
             if self.reader.read_buf(&mut self.rbuf).await? == 0 {

@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use midge_broker::codec::{self, Packet, Publish, QoS};
 use midge_broker::metrics::{Metrics, Stats};
-use midge_broker::plugins::Plugins;
+use midge_broker::protocol::{self, Packet, Publish, QoS};
+use midge_broker::router::subscriptions::SubscriptionTree;
 use midge_broker::router::{self, ClientMeta, Request, RouterHandle};
 use midge_broker::session::{Delivery, Message, Session, SessionLimits};
-use midge_broker::subscriptions::SubscriptionTree;
 
 fn publish_64() -> Packet {
     Packet::Publish(Publish {
@@ -27,13 +26,13 @@ fn publish_64() -> Packet {
 fn codec_benches(c: &mut Criterion) {
     let packet = publish_64();
     let mut encoded = BytesMut::new();
-    codec::encode(&packet, &mut encoded);
+    protocol::encode(&packet, &mut encoded);
     let mut group = c.benchmark_group("codec");
     group.throughput(Throughput::Elements(1));
     group.bench_function("encode publish 64 B", |b| {
         let mut buf = BytesMut::with_capacity(1 << 16);
         b.iter(|| {
-            codec::encode(black_box(&packet), &mut buf);
+            protocol::encode(black_box(&packet), &mut buf);
             if buf.len() > 60_000 {
                 buf.clear();
             }
@@ -42,7 +41,7 @@ fn codec_benches(c: &mut Criterion) {
     group.bench_function("decode publish 64 B", |b| {
         b.iter(|| {
             let mut buf = encoded.clone();
-            black_box(codec::decode(&mut buf, usize::MAX).unwrap())
+            black_box(protocol::decode(&mut buf, usize::MAX).unwrap())
         })
     });
     group.finish();
@@ -109,7 +108,7 @@ fn fanout_benches(c: &mut Criterion) {
                 let mut dropped = false;
                 let delivery = Delivery { message: message.clone(), qos: QoS::AtMostOnce, retain: false };
                 if let Some(publish) = session.deliver(delivery, &mut dropped) {
-                    codec::encode(&Packet::Publish(publish), buf);
+                    protocol::encode(&Packet::Publish(publish), buf);
                 }
                 if buf.len() > 60_000 {
                     buf.clear();
@@ -124,9 +123,9 @@ fn fanout_benches(c: &mut Criterion) {
 /// each subscriber's outbox; and what each subscriber's connection then does: take its outbox.
 fn routing_benches(c: &mut Criterion) {
     let shared = router::Shared {
+        retaining: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         metrics: Arc::new(Metrics::default()),
         stats: Arc::new(Stats::default()),
-        plugins: Arc::new(Plugins::new("bench")),
         node: "bench@127.0.0.1".into(),
     };
     let router = RouterHandle::new(limits(), shared);

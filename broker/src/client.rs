@@ -11,17 +11,17 @@ use midge_shared::sys::{ClientConnected, ClientDisconnected};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 
-use crate::acl::{Access, AclCache, ClientInfo, Decision};
+use crate::auth::acl::{Access, AclCache, ClientInfo, Decision};
 use crate::auth::Principal;
-use crate::codec::*;
-use crate::connection::{self, ConnectionError, PacketReader, PacketWriter, WRITE_HIGH_WATER};
-use crate::control::ControlJob;
+use crate::context::Context;
 use crate::metrics::Metric;
+use crate::ops::control::ControlJob;
+use crate::ops::sys;
+use crate::protocol::*;
 use crate::router::{self, Activity, ClientMeta, ConnectOutcome, Outbound, OutboxReceiver, Request, Routed};
-use crate::server::Context;
+use crate::session::ClientId;
 use crate::session::{AckResult, Delivery, Message, Outgoing, Session};
-use crate::subscriptions::ClientId;
-use crate::{sys, topic};
+use crate::transport::{self, ConnectionError, PacketReader, PacketWriter, WRITE_HIGH_WATER};
 
 /// Why a connection ended; everything but a DISCONNECT from the client (or a broker shutdown)
 /// publishes the will.
@@ -85,7 +85,7 @@ impl From<DecodeError> for Exit {
 /// Serves one TCP connection until it ends. Never panics on peer input; every error ends only this
 /// connection.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
-    let (mut reader, mut writer) = connection::split(stream, ctx.config.max_packet_size);
+    let (mut reader, mut writer) = transport::split(stream, ctx.config.max_packet_size);
     let connect_timeout = Duration::from_secs(ctx.config.connect_timeout);
     // Whatever ends a connection before CONNECT is logged once, with the peer: at debug what any open
     // port sees (scanners, health checks, dropped sockets), at info what a client got wrong.
@@ -142,7 +142,7 @@ async fn accept(
     reader: PacketReader,
     mut writer: PacketWriter,
 ) -> Option<ClientConnection> {
-    let principal = ctx.auth.authenticate(&ctx.config, &ctx.settings, &ctx.plugins, &connect, peer.ip()).await;
+    let principal = ctx.auth.authenticate(&connect, peer.ip(), ctx.settings.allow_anonymous()).await;
     // The management connection's traffic counts in no metric: users see their own traffic only.
     if principal != Ok(Principal::Management) {
         ctx.metrics.connect_received(size);

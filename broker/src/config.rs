@@ -10,7 +10,8 @@ use std::time::Duration;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
-use crate::acl::Nomatch;
+use crate::auth::acl::Nomatch;
+pub use crate::auth::Secret;
 use crate::session::SessionLimits;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,35 +90,6 @@ impl Config {
     /// Reads the command line (and the environment through it), then the file it names.
     pub fn from_args() -> Result<(Config, Option<Command>), ConfigError> {
         Cli::parse().into_config()
-    }
-}
-
-/// A secret that never shows in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(secret: impl Into<String>) -> Secret {
-        Secret(secret.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_string()))
     }
 }
 

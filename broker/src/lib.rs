@@ -6,23 +6,19 @@
 //! gathers settings and [`settings`] holds those that change at runtime. [`sys`] publishes the `$SYS`
 //! tree from [`metrics`]; [`control`] answers the management sidecar; [`plugins`] switch features. See docs/architecture.md for why it is shaped this way.
 
-pub mod acl;
 pub mod auth;
 pub mod client;
-pub mod codec;
 pub mod config;
-pub mod connection;
-pub mod control;
+pub mod context;
 pub mod metrics;
-pub mod plugins;
+pub mod ops;
 pub mod probe;
+pub mod protocol;
 pub mod router;
 pub mod server;
 pub mod session;
 pub mod settings;
-pub mod subscriptions;
-pub mod sys;
-pub mod topic;
+pub mod transport;
 
 pub use config::Config;
 pub use server::{runtime, Broker, StartError};

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 pub use midge_shared::sys::{Metric, Stat};
 
-use crate::codec::{Packet, QoS};
+use crate::protocol::{Packet, QoS};
 
 /// More than a 2-core machine's worker threads and the few others that count; threads beyond this
 /// share shards, which is still correct, only slower.

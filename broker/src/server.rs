@@ -2,7 +2,6 @@
 //! control service, and serves each connection in a task of its own until the shutdown token fires.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,12 +12,14 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::acl::{Acl, AclError};
-use crate::auth::{AuthError, Authenticator, Users};
-use crate::config::{Config, Secret};
-use crate::control::{self, ControlJob};
+use crate::auth::acl::{Acl, AclError};
+use crate::auth::{AuthError, Authenticator, Management, PluginCredentials, Secret, Users};
+use crate::config::Config;
+use crate::context::Context;
 use crate::metrics::{Metrics, Stats};
-use crate::plugins::Plugins;
+use crate::ops::control::{self, ControlJob};
+use crate::ops::plugins::{Plugin, Plugins};
+use crate::ops::{sys, ListenerInfo, Node};
 use crate::router::{RouterHandle, Shared};
 use crate::settings::{LogReload, Settings};
 
@@ -33,28 +34,6 @@ const EVENT_INTERVAL: u32 = 3;
 /// The runtime the broker is meant to run on: tokio's multi-threaded one, one worker per core.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().event_interval(EVENT_INTERVAL).build()
-}
-
-/// What every connection task shares.
-pub struct Context {
-    pub config: Config,
-    pub local_addr: SocketAddr,
-    pub router: RouterHandle,
-    pub auth: Authenticator,
-    pub settings: Settings,
-    pub plugins: Arc<Plugins>,
-    pub metrics: Arc<Metrics>,
-    pub stats: Arc<Stats>,
-    pub control: mpsc::Sender<ControlJob>,
-    pub started: Instant,
-    pub shutdown: CancellationToken,
-    next_conn_id: AtomicU64,
-}
-
-impl Context {
-    pub fn next_conn_id(&self) -> u64 {
-        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,8 +70,9 @@ fn usable_secret(secret: Option<Secret>) -> Option<Secret> {
 /// A broker bound to its port, not yet serving.
 pub struct Broker {
     listener: TcpListener,
-    router: RouterHandle,
+    local_addr: SocketAddr,
     control: mpsc::Receiver<ControlJob>,
+    node: Arc<Node>,
     ctx: Arc<Context>,
 }
 
@@ -114,39 +94,48 @@ impl Broker {
         config.mgmt_secret = usable_secret(config.mgmt_secret.take());
         let metrics = Arc::new(Metrics::default());
         let stats = Arc::new(Stats::default());
-        let plugins = Arc::new(Plugins::new(crate::sys::VERSION));
+        let credentials = Arc::new(PluginCredentials::default());
+        let plugins = Arc::new(Plugins::new(sys::VERSION, credentials.clone()));
         let shared = Shared {
+            retaining: plugins.switch(Plugin::Retainer),
             metrics: metrics.clone(),
             stats: stats.clone(),
-            plugins: plugins.clone(),
             node: config.node.clone(),
         };
         let router = RouterHandle::new(config.session_limits(), shared);
+        let settings = Arc::new(Settings::new(&config, acl, log_reload));
+        let hasher = Hasher::default();
         let (control_tx, control_rx) = control::channel();
         let auth = Authenticator {
+            management: Management { username: config.mgmt_username.clone(), secret: config.mgmt_secret.clone() },
             users,
-            hasher: Hasher::default(),
+            plugins: credentials,
+            hasher: hasher.clone(),
             throttle: Throttle::new(Limits { burst: config.auth_fail_burst }),
         };
-        let ctx = Arc::new(Context {
-            settings: Settings::new(&config, acl, log_reload),
-            config,
-            local_addr,
-            router: router.clone(),
-            auth,
-            plugins,
-            metrics,
-            stats,
-            control: control_tx,
+        let node = Arc::new(Node {
+            name: config.node.clone(),
             started: Instant::now(),
-            shutdown,
-            next_conn_id: AtomicU64::new(1),
+            router: router.clone(),
+            metrics: metrics.clone(),
+            stats,
+            settings: settings.clone(),
+            plugins: plugins.clone(),
+            hasher,
+            listeners: vec![ListenerInfo {
+                protocol: "mqtt:tcp",
+                addr: local_addr,
+                max_clients: config.max_connections,
+            }],
+            max_connections: config.max_connections,
+            shutdown: shutdown.clone(),
         });
-        Ok(Broker { listener, router, control: control_rx, ctx })
+        let ctx = Arc::new(Context::new(config, router, auth, settings, plugins, metrics, control_tx, shutdown));
+        Ok(Broker { listener, local_addr, control: control_rx, node, ctx })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.ctx.local_addr
+        self.local_addr
     }
 
     #[cfg(test)]
@@ -156,13 +145,13 @@ impl Broker {
 
     /// Serves until the shutdown token fires, then closes every connection and returns.
     pub async fn run(self) {
-        let Broker { listener, router, control, ctx } = self;
-        tokio::spawn(router.sweep());
-        tokio::spawn(crate::sys::run(ctx.clone()));
-        tokio::spawn(control::run(ctx.clone(), control));
+        let Broker { listener, local_addr, control, node, ctx } = self;
+        tokio::spawn(ctx.router.clone().sweep());
+        tokio::spawn(sys::run(node.clone()));
+        tokio::spawn(control::run(node, control));
         let limit = Arc::new(Semaphore::new(ctx.config.max_connections));
         let connections = TaskTracker::new();
-        tracing::info!(listen = %ctx.local_addr, node = %ctx.config.node, "midge broker listening");
+        tracing::info!(listen = %local_addr, node = %ctx.config.node, "midge broker listening");
         loop {
             // Hold a permit before accepting, so excess clients wait in the kernel's backlog.
             let permit = tokio::select! {

@@ -7,10 +7,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use midge_shared::control::{code, ConfigRow, ControlError};
+use midge_shared::control::ConfigRow;
 
-use crate::acl::{Acl, Nomatch};
+use crate::auth::acl::{Acl, Nomatch};
 use crate::config::Config;
+
+/// Why a key was not changed: the old value stays.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingError(String);
 
 /// Changes the log filter of the running process; supplied by the binary, which owns the subscriber.
 pub type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -79,9 +84,9 @@ impl Settings {
         ]
     }
 
-    /// Changes one key on the running broker, after checking its type. Errors are code 102.
-    pub fn set(&self, app: &str, key: &str, value: &str) -> Result<(), ControlError> {
-        let refuse = |why: String| Err(ControlError::new(code::UNKNOWN, why));
+    /// Changes one key on the running broker, after checking its type.
+    pub fn set(&self, app: &str, key: &str, value: &str) -> Result<(), SettingError> {
+        let refuse = |why: String| Err(SettingError(why));
         if app != APP {
             return refuse(format!("unknown app {app}"));
         }
@@ -114,7 +119,7 @@ impl Settings {
             "mqtt.broker.sys_interval" => {
                 let seconds = value
                     .parse::<u64>()
-                    .map_err(|_| ControlError::new(code::UNKNOWN, "mqtt.broker.sys_interval must be an integer"))?;
+                    .map_err(|_| SettingError("mqtt.broker.sys_interval must be an integer".into()))?;
                 self.sys_interval.store(seconds, Ordering::Relaxed);
             }
             _ => return refuse(format!("{key} cannot be changed at runtime")),
@@ -124,22 +129,23 @@ impl Settings {
     }
 
     /// Loads the ACL from the changed source; on any error the old ACL and source stay.
-    fn rebuild_acl(&self, change: impl FnOnce(&mut (Option<PathBuf>, Nomatch))) -> Result<(), ControlError> {
-        let mut source = self.acl_source.lock().map_err(|_| ControlError::new(code::UNKNOWN, "lock poisoned"))?;
+    fn rebuild_acl(&self, change: impl FnOnce(&mut (Option<PathBuf>, Nomatch))) -> Result<(), SettingError> {
+        // A panic while holding this leaves a path and a rule that are still valid.
+        let mut source = self.acl_source.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = source.clone();
         change(&mut next);
-        let acl = Acl::load(next.0.as_deref(), next.1).map_err(|e| ControlError::new(code::UNKNOWN, e.to_string()))?;
+        let acl = Acl::load(next.0.as_deref(), next.1).map_err(|e| SettingError(e.to_string()))?;
         self.acl.store(Arc::new(acl));
         *source = next;
         Ok(())
     }
 }
 
-fn boolean(key: &str, value: &str) -> Result<bool, ControlError> {
+fn boolean(key: &str, value: &str) -> Result<bool, SettingError> {
     match value {
         "true" => Ok(true),
         "false" => Ok(false),
-        _ => Err(ControlError::new(code::UNKNOWN, format!("{key} must be true or false"))),
+        _ => Err(SettingError(format!("{key} must be true or false"))),
     }
 }
 
@@ -181,12 +187,12 @@ mod tests {
         assert!(settings.allow_anonymous());
         settings.set(APP, "mqtt.allow_anonymous", "false").unwrap();
         assert!(!settings.allow_anonymous());
-        assert_eq!(settings.set(APP, "mqtt.allow_anonymous", "maybe").unwrap_err().code, 102);
-        assert_eq!(settings.set(APP, "mqtt.broker.sys_interval", "ten").unwrap_err().code, 102);
+        assert!(settings.set(APP, "mqtt.allow_anonymous", "maybe").is_err());
+        assert!(settings.set(APP, "mqtt.broker.sys_interval", "ten").is_err());
         settings.set(APP, "mqtt.broker.sys_interval", "5").unwrap();
         assert_eq!(settings.sys_interval(), 5);
-        assert_eq!(settings.set("other", "mqtt.cache_acl", "true").unwrap_err().code, 102);
-        assert_eq!(settings.set(APP, "mqtt.acl_file", "/nonexistent").unwrap_err().code, 102);
+        assert!(settings.set("other", "mqtt.cache_acl", "true").is_err());
+        assert!(settings.set(APP, "mqtt.acl_file", "/nonexistent").is_err());
         settings.set(APP, "log.console.level", "warning").unwrap();
         let rows = settings.list();
         let get = |k: &str| rows.iter().find(|r| r.key == k).unwrap().value.clone();

@@ -133,8 +133,8 @@ async fn a_short_or_empty_mgmt_secret_closes_the_control_channel_with_an_error()
         connect.username = Some("midge-mgmt".into());
         connect.password = Some(bytes::Bytes::copy_from_slice(secret.as_bytes()));
         assert_eq!(
-            connack_code(addr, midge_broker::codec::Packet::Connect(connect)).await,
-            midge_broker::codec::ConnectReturnCode::BadUsernameOrPassword,
+            connack_code(addr, midge_broker::protocol::Packet::Connect(connect)).await,
+            midge_broker::protocol::ConnectReturnCode::BadUsernameOrPassword,
             "secret {secret:?}"
         );
     }
@@ -169,8 +169,8 @@ async fn a_flood_of_wrong_passwords_costs_bounded_memory() {
                         let mut connect = connect_packet("guesser", true);
                         connect.username = Some("alice".into());
                         connect.password = Some(bytes::Bytes::from_static(b"wrong"));
-                        let code = connack_code(addr, midge_broker::codec::Packet::Connect(connect)).await;
-                        refused += u32::from(code == midge_broker::codec::ConnectReturnCode::BadUsernameOrPassword);
+                        let code = connack_code(addr, midge_broker::protocol::Packet::Connect(connect)).await;
+                        refused += u32::from(code == midge_broker::protocol::ConnectReturnCode::BadUsernameOrPassword);
                     }
                     refused
                 })
@@ -193,6 +193,6 @@ async fn a_flood_of_wrong_passwords_costs_bounded_memory() {
     let mut right = connect_packet("alice-1", true);
     right.username = Some("alice".into());
     right.password = Some(bytes::Bytes::from_static(b"s3cret"));
-    let code = connack_code(addr, midge_broker::codec::Packet::Connect(right)).await;
-    assert_eq!(code, midge_broker::codec::ConnectReturnCode::Accepted);
+    let code = connack_code(addr, midge_broker::protocol::Packet::Connect(right)).await;
+    assert_eq!(code, midge_broker::protocol::ConnectReturnCode::Accepted);
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use helpers::*;
-use midge_broker::codec::*;
+use midge_broker::protocol::*;
 
 async fn reply_to_bytes(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<Packet> {
     let mut raw = Raw::open(addr).await;
@@ -114,7 +114,7 @@ fn pipelined_session(client_id: &str) -> Vec<u8> {
     ];
     let mut bytes = bytes::BytesMut::new();
     for packet in &packets {
-        midge_broker::codec::encode(packet, &mut bytes);
+        midge_broker::protocol::encode(packet, &mut bytes);
     }
     bytes.to_vec()
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use helpers::*;
-use midge_broker::codec::*;
+use midge_broker::protocol::*;
 use midge_shared::control::*;
 
 const NODE: &str = "midge@127.0.0.1";

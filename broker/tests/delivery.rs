@@ -6,7 +6,7 @@ mod helpers;
 use std::time::Duration;
 
 use helpers::*;
-use midge_broker::codec::{self, *};
+use midge_broker::protocol::{self, *};
 
 #[tokio::test]
 async fn qos_0_1_2_in_both_directions() {
@@ -402,9 +402,9 @@ async fn publishes_and_disconnect_in_one_write_are_all_delivered_in_order() {
     let mut publisher = Raw::connected(broker.addr, "pub").await;
     let mut bytes = bytes::BytesMut::new();
     for n in 0..50u8 {
-        midge_broker::codec::encode(&publish(&format!("batch/{}", n % 3), &[n], QoS::AtMostOnce, 0), &mut bytes);
+        midge_broker::protocol::encode(&publish(&format!("batch/{}", n % 3), &[n], QoS::AtMostOnce, 0), &mut bytes);
     }
-    midge_broker::codec::encode(&Packet::Disconnect, &mut bytes);
+    midge_broker::protocol::encode(&Packet::Disconnect, &mut bytes);
     publisher.send_bytes(&bytes).await;
     for n in 0..50u8 {
         assert_eq!(&sub.recv_publish().await.payload[..], &[n]);
@@ -487,18 +487,18 @@ async fn ring_member(raw: Raw, topic: String, qos: QoS, count: u32) -> (u32, u32
         let (mut sent, mut wbuf) = (0u32, BytesMut::new());
         loop {
             while let Ok(pkid) = acks_rx.try_recv() {
-                codec::encode(&Packet::Puback(pkid), &mut wbuf);
+                protocol::encode(&Packet::Puback(pkid), &mut wbuf);
             }
             for _ in 0..50 {
                 if sent == count {
                     break;
                 }
                 sent += 1;
-                codec::encode(&publish(&topic, &sent.to_be_bytes(), qos, sent as u16), &mut wbuf);
+                protocol::encode(&publish(&topic, &sent.to_be_bytes(), qos, sent as u16), &mut wbuf);
             }
             if wbuf.is_empty() {
                 match acks_rx.recv().await {
-                    Some(pkid) => codec::encode(&Packet::Puback(pkid), &mut wbuf),
+                    Some(pkid) => protocol::encode(&Packet::Puback(pkid), &mut wbuf),
                     None => return,
                 }
             }
@@ -509,7 +509,7 @@ async fn ring_member(raw: Raw, topic: String, qos: QoS, count: u32) -> (u32, u32
     let acks = if qos == QoS::AtMostOnce { 0 } else { count };
     let (mut acked, mut received) = (0, 0);
     while acked < acks || received < 2 * count {
-        match codec::decode(&mut rbuf, usize::MAX).expect("valid packets") {
+        match protocol::decode(&mut rbuf, usize::MAX).expect("valid packets") {
             Some(Packet::Puback(_)) => acked += 1,
             Some(Packet::Publish(p)) => {
                 received += 1;
@@ -559,7 +559,7 @@ async fn lone_and_batched_messages_keep_order_and_framing_when_a_subscriber_fall
                         // A burst in one write: routed as a batch, queued.
                         let mut bytes = bytes::BytesMut::new();
                         for _ in 0..5 {
-                            codec::encode(&message(seq), &mut bytes);
+                            protocol::encode(&message(seq), &mut bytes);
                             seq += 1;
                         }
                         publisher.send_bytes(&bytes).await;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use helpers::*;
-use midge_broker::codec::*;
+use midge_broker::protocol::*;
 use midge_shared::control::Request;
 use midge_shared::sys::{ClientConnected, ClientDisconnected, Metric, Stat};
 

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use midge_shared::control::{ClientRow, Page, PageRequest, RouteRow, SessionRow, SubscriptionRow};
 use tokio::sync::oneshot;
 
-use super::{Client, Outbound, Presence, Router};
-use crate::codec::QoS;
-use crate::session::SessionStats;
-use crate::subscriptions::ClientId;
+use super::outbox::Outbound;
+use super::{Client, Presence, Router};
+use crate::protocol::QoS;
+use crate::session::{ClientId, SessionStats};
 
 type Reply<T> = oneshot::Sender<T>;
 

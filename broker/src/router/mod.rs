@@ -9,9 +9,11 @@
 
 mod admin;
 mod outbox;
+pub mod subscriptions;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -19,14 +21,14 @@ use chrono::{DateTime, Local};
 use tokio::sync::oneshot;
 
 pub use admin::AdminRequest;
-pub use outbox::{outbox, Activity, Direct, Outbox, OutboxReceiver, Pushed, Refused, Ticket};
+pub use outbox::{outbox, Activity, Direct, Outbound, Outbox, OutboxReceiver, Pushed, Refused, Ticket};
 
-use crate::codec::{QoS, Suback, SubackCode};
 use crate::metrics::{Metric, Metrics, Stat, Stats};
-use crate::plugins::{Plugin, Plugins};
+use crate::protocol::topic;
+use crate::protocol::{QoS, Suback, SubackCode};
+use crate::session::ClientId;
 use crate::session::{Delivery, Message, Session, SessionLimits, SessionStats};
-use crate::subscriptions::{ClientId, FastMap, SubscriptionTree};
-use crate::topic;
+use subscriptions::{FastMap, SubscriptionTree};
 
 /// Deliveries waiting for one connection to take them. The router fills an outbox in bursts (a batch
 /// of publishes at a time), so this is larger than a session's queue; past it, messages for that
@@ -86,25 +88,6 @@ pub enum ConnectOutcome {
     Accepted { session: Box<Session>, present: bool },
     /// Another connection with the same client id arrived while this one waited.
     Superseded,
-}
-
-/// What the router sends to one connection, in order.
-#[derive(Debug)]
-pub enum Outbound {
-    Deliver(Delivery),
-    /// A SUBACK to write, then retained messages for the new subscriptions. Boxed, like every rare
-    /// variant, to keep the common one (and so each connection's channel block) small.
-    Subscribed(Box<(Suback, Vec<Delivery>)>),
-    Unsubscribed(u16),
-    /// Another connection took this client id over: end without a DISCONNECT (the will is published).
-    TakenOver,
-    /// The management API kicked this client.
-    Kick,
-    /// Forget the cached ACL decision for one topic.
-    CleanAclCache(Box<str>),
-    /// The rest of a packet a publisher began to write straight to the socket (see `outbox.rs`): the
-    /// next bytes this connection writes.
-    Unsent(Box<[u8]>),
 }
 
 /// A cheap, cloneable way to reach the router.
@@ -221,9 +204,10 @@ struct Client {
 
 /// What the router shares with the rest of the broker.
 pub struct Shared {
+    /// On while retained messages are kept and sent (the retainer plugin's switch).
+    pub retaining: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
     pub stats: Arc<Stats>,
-    pub plugins: Arc<Plugins>,
     pub node: String,
 }
 
@@ -519,7 +503,7 @@ impl Router {
     /// Routes one message; `lone` if it is the only one its publisher read at once.
     fn publish(&mut self, message: Arc<Message>, lone: bool) {
         let internal = message.is_internal();
-        if message.retain && self.shared.plugins.is_active(Plugin::Retainer) {
+        if message.retain && self.shared.retaining.load(Ordering::Relaxed) {
             self.retain(&message);
         }
         let mut matched = std::mem::take(&mut self.matched);
@@ -602,7 +586,7 @@ impl Router {
 
     /// The retained messages a new subscription to `filter` receives.
     fn retained_for(&self, filter: &str, granted: QoS, out: &mut Vec<Delivery>) {
-        if !self.shared.plugins.is_active(Plugin::Retainer) {
+        if !self.shared.retaining.load(Ordering::Relaxed) {
             return;
         }
         for (topic, message) in &self.retained {

@@ -35,10 +35,28 @@ use std::task::{Context, Poll, Waker};
 
 use atomic_waker::AtomicWaker;
 
-use super::Outbound;
-use crate::codec::Packet;
-use crate::connection::{SocketHandle, Written};
+use crate::protocol::{Packet, Suback};
 use crate::session::{Delivery, SessionStats};
+use crate::transport::{SocketHandle, Written};
+
+/// What the router sends to one connection, in order.
+#[derive(Debug)]
+pub enum Outbound {
+    Deliver(Delivery),
+    /// A SUBACK to write, then retained messages for the new subscriptions. Boxed, like every rare
+    /// variant, to keep the common one (and so each connection's channel block) small.
+    Subscribed(Box<(Suback, Vec<Delivery>)>),
+    Unsubscribed(u16),
+    /// Another connection took this client id over: end without a DISCONNECT (the will is published).
+    TakenOver,
+    /// The management API kicked this client.
+    Kick,
+    /// Forget the cached ACL decision for one topic.
+    CleanAclCache(Box<str>),
+    /// The rest of a packet a publisher began to write straight to the socket (see `outbox.rs`): the
+    /// next bytes this connection writes.
+    Unsent(Box<[u8]>),
+}
 
 /// Topic and payload bytes of the deliveries one outbox may hold: past this, as past its limit of
 /// entries, new deliveries are refused (and counted as dropped by the router), so a client that stops
@@ -192,7 +210,7 @@ impl Outbox {
         let mut deferrable = false;
         if let Outbound::Deliver(delivery) = &outbound {
             state.bytes += delivery.message.topic.len() + delivery.message.payload.len();
-            deferrable = delivery.qos != crate::codec::QoS::AtMostOnce
+            deferrable = delivery.qos != crate::protocol::QoS::AtMostOnce
                 && state.stalled.is_some_and(|limit| state.queue.len() < limit);
         }
         state.queue.push_back(outbound);
@@ -226,7 +244,7 @@ impl Outbox {
     /// else queues it as [`Outbox::push_bounded`] does. The socket gets whatever it takes without
     /// waiting; a rest is queued for the connection to write before anything else.
     pub fn deliver_direct(&self, delivery: Delivery, limit: usize) -> Result<Direct, Refused> {
-        debug_assert!(delivery.qos == crate::codec::QoS::AtMostOnce, "no packet id to give here");
+        debug_assert!(delivery.qos == crate::protocol::QoS::AtMostOnce, "no packet id to give here");
         if self.shared.receiver_gone.load(Ordering::Acquire) {
             return Err(Refused::Gone);
         }
@@ -482,7 +500,7 @@ mod tests {
         assert_eq!(poll_once(&mut wait, &flag), Poll::Ready(()));
     }
 
-    fn delivery(qos: crate::codec::QoS) -> Outbound {
+    fn delivery(qos: crate::protocol::QoS) -> Outbound {
         let message = crate::session::Message {
             topic: bytes::Bytes::from_static(b"t"),
             payload: bytes::Bytes::from_static(b"p"),
@@ -494,7 +512,7 @@ mod tests {
 
     #[test]
     fn a_stalled_connection_is_not_woken_for_what_it_could_only_queue() {
-        use crate::codec::QoS;
+        use crate::protocol::QoS;
         let (tx, rx) = outbox(1);
         rx.turn(Activity::Idle);
         let flag = Arc::new(Flag::default());
@@ -524,11 +542,11 @@ mod tests {
     }
 
     /// A connection's socket as the outbox sees it, and the peer's end to read what it was sent.
-    async fn socket_pair() -> (crate::connection::PacketWriter, tokio::net::TcpStream) {
+    async fn socket_pair() -> (crate::transport::PacketWriter, tokio::net::TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (ours, _) = listener.accept().await.unwrap();
-        let (_reader, writer) = crate::connection::split(ours, 1 << 20);
+        let (_reader, writer) = crate::transport::split(ours, 1 << 20);
         (writer, peer)
     }
 
@@ -536,10 +554,10 @@ mod tests {
         let message = crate::session::Message {
             topic: bytes::Bytes::from_static(b"t"),
             payload: payload.into(),
-            qos: crate::codec::QoS::AtMostOnce,
+            qos: crate::protocol::QoS::AtMostOnce,
             retain: false,
         };
-        Delivery { message: Arc::new(message), qos: crate::codec::QoS::AtMostOnce, retain: false }
+        Delivery { message: Arc::new(message), qos: crate::protocol::QoS::AtMostOnce, retain: false }
     }
 
     fn is_deliver(outbound: &Outbound) -> bool {
@@ -563,7 +581,7 @@ mod tests {
         let mut bytes = vec![0; size];
         peer.read_exact(&mut bytes).await.unwrap();
         let mut buf = bytes::BytesMut::from(&bytes[..]);
-        let Some(crate::codec::Packet::Publish(publish)) = crate::codec::decode(&mut buf, 1024).unwrap() else {
+        let Some(crate::protocol::Packet::Publish(publish)) = crate::protocol::decode(&mut buf, 1024).unwrap() else {
             panic!("not a PUBLISH")
         };
         assert_eq!(&publish.payload[..], b"hello");
@@ -622,7 +640,8 @@ mod tests {
         peer.read_exact(&mut bytes).await.unwrap();
         bytes.extend_from_slice(rest);
         let mut buf = bytes::BytesMut::from(&bytes[..]);
-        let Some(crate::codec::Packet::Publish(publish)) = crate::codec::decode(&mut buf, 64 << 20).unwrap() else {
+        let Some(crate::protocol::Packet::Publish(publish)) = crate::protocol::decode(&mut buf, 64 << 20).unwrap()
+        else {
             panic!("not a PUBLISH")
         };
         assert_eq!(publish.payload, payload);

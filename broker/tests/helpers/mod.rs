@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use midge_broker::codec::{self, *};
+use midge_broker::protocol::{self, *};
 use midge_broker::Broker;
 pub use midge_broker::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -141,7 +141,7 @@ impl Raw {
 
     pub async fn send(&mut self, packet: &Packet) {
         let mut buf = BytesMut::new();
-        codec::encode(packet, &mut buf);
+        protocol::encode(packet, &mut buf);
         self.send_bytes(&buf).await;
     }
 
@@ -159,7 +159,7 @@ impl Raw {
     pub async fn recv_within(&mut self, limit: Duration) -> Result<Option<Packet>, ()> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if let Some(packet) = codec::decode(&mut self.buf, usize::MAX).expect("broker sends valid packets") {
+            if let Some(packet) = protocol::decode(&mut self.buf, usize::MAX).expect("broker sends valid packets") {
                 return Ok(Some(packet));
             }
             match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {

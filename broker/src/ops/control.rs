@@ -15,12 +15,13 @@ use midge_shared::control::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::codec::QoS;
-use crate::metrics::Stat;
+use super::node::Node;
+use super::plugins::PluginError;
+use super::sys;
+use crate::metrics::{Metric, Stat};
+use crate::protocol::{topic, QoS};
 use crate::router::{AdminRequest, Request as RouterRequest};
-use crate::server::Context;
 use crate::session::Message;
-use crate::{sys, topic};
 
 /// Requests waiting for the control service; more than this and the management client waits.
 pub const QUEUE: usize = 256;
@@ -36,20 +37,20 @@ pub fn channel() -> (mpsc::Sender<ControlJob>, mpsc::Receiver<ControlJob>) {
 
 /// Serves control requests until shutdown. Each request runs in its own task, so a slow one (hashing
 /// passwords for a plugin config) does not hold up the others.
-pub async fn run(ctx: Arc<Context>, mut jobs: mpsc::Receiver<ControlJob>) {
+pub async fn run(node: Arc<Node>, mut jobs: mpsc::Receiver<ControlJob>) {
     loop {
         let job = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            _ = node.shutdown.cancelled() => return,
             job = jobs.recv() => match job { Some(job) => job, None => return },
         };
-        tokio::spawn(handle(ctx.clone(), job));
+        tokio::spawn(handle(node.clone(), job));
     }
 }
 
-async fn handle(ctx: Arc<Context>, job: ControlJob) {
+async fn handle(node: Arc<Node>, job: ControlJob) {
     let envelope: RequestEnvelope = match serde_json::from_slice(&job.payload) {
         Ok(envelope) => envelope,
-        Err(e) => return malformed(&ctx, &job.payload, e).await,
+        Err(e) => return malformed(&node, &job.payload, e).await,
     };
     let (outcome, v) = if !(control::OLDEST_VERSION..=control::VERSION).contains(&envelope.v) {
         let message = format!(
@@ -61,13 +62,13 @@ async fn handle(ctx: Arc<Context>, job: ControlJob) {
         (Err(ControlError::new(code::BADRPC, message)), control::VERSION)
     } else {
         tracing::debug!(id = %envelope.id, request = ?envelope.request, "control request");
-        (calls::dispatch(&Service { ctx: &ctx }, envelope.request).await, envelope.v)
+        (calls::dispatch(&Service { node: &node }, envelope.request).await, envelope.v)
     };
-    reply(&ctx, &envelope.reply_to, envelope.id, v, outcome).await;
+    reply(&node, &envelope.reply_to, envelope.id, v, outcome).await;
 }
 
 /// A request that does not parse: answer if it says where, else log it.
-async fn malformed(ctx: &Context, payload: &[u8], error: serde_json::Error) {
+async fn malformed(node: &Node, payload: &[u8], error: serde_json::Error) {
     let loose: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
     let id = loose.get("id").and_then(|v| v.as_str());
     let reply_to = loose.get("reply_to").and_then(|v| v.as_str());
@@ -75,14 +76,14 @@ async fn malformed(ctx: &Context, payload: &[u8], error: serde_json::Error) {
         (Some(id), Some(reply_to)) => {
             let code = if error.is_data() { code::WRONG_TYPE } else { code::UNKNOWN };
             let outcome = Err(ControlError::new(code, format!("bad control request: {error}")));
-            reply(ctx, reply_to, id.to_string(), control::VERSION, outcome).await;
+            reply(node, reply_to, id.to_string(), control::VERSION, outcome).await;
         }
         _ => tracing::warn!(error = %error, "unanswerable control request dropped"),
     }
 }
 
 /// Publishes a reply, in protocol version `v`, to the requester's reply topic.
-async fn reply(ctx: &Context, reply_to: &str, id: String, v: u32, outcome: Result<serde_json::Value, ControlError>) {
+async fn reply(node: &Node, reply_to: &str, id: String, v: u32, outcome: Result<serde_json::Value, ControlError>) {
     // Replies only ever go to control topics, which only the management principal can read.
     if !control::is_control_topic(reply_to) || !topic::valid_topic_name(reply_to) {
         tracing::warn!(reply_to = %reply_to.escape_debug(), "control reply topic refused");
@@ -100,7 +101,7 @@ async fn reply(ctx: &Context, reply_to: &str, id: String, v: u32, outcome: Resul
         qos: QoS::AtLeastOnce,
         retain: false,
     };
-    ctx.router.send(RouterRequest::Publish(Arc::new(message)));
+    node.router.send(RouterRequest::Publish(Arc::new(message)));
 }
 
 fn gone<E>(_: E) -> ControlError {
@@ -122,18 +123,30 @@ fn qos(value: u8) -> Result<QoS, ControlError> {
 
 /// Answers each control request on this node: the reply types are the contract's (`shared::calls`).
 struct Service<'a> {
-    ctx: &'a Arc<Context>,
+    node: &'a Node,
 }
 
 impl Service<'_> {
     async fn ask<T>(&self, build: impl FnOnce(oneshot::Sender<T>) -> AdminRequest) -> Result<T, ControlError> {
-        self.ctx.router.ask(build).await.map_err(gone)
+        self.node.router.ask(build).await.map_err(gone)
     }
+}
+
+/// The API's codes for what the plugins refuse.
+fn plugin_error(error: PluginError) -> ControlError {
+    let code = match error {
+        PluginError::AlreadyActive => code::PLUGIN_ACTIVE,
+        PluginError::AlreadyInactive => code::PLUGIN_INACTIVE,
+        PluginError::Unknown(_) | PluginError::NoSuchKey { .. } | PluginError::BadValue(_) | PluginError::Hash(_) => {
+            code::UNKNOWN
+        }
+    };
+    ControlError::new(code, error.to_string())
 }
 
 impl Handler for Service<'_> {
     async fn node_info(&self) -> Result<NodeInfo, ControlError> {
-        Ok(sys::node_info(self.ctx))
+        Ok(sys::node_info(self.node))
     }
 
     async fn list_clients(&self, page: PageRequest) -> Result<Page<ClientRow>, ControlError> {
@@ -195,8 +208,8 @@ impl Handler for Service<'_> {
         let message =
             Message { topic: Bytes::from(topic), payload: Bytes::from(payload), qos: qos(qos_level)?, retain };
         tracing::debug!(on_behalf_of = %client_id.escape_debug(), "publish through the API");
-        self.ctx.metrics.inc(crate::metrics::Metric::MessagesReceived);
-        self.ctx.router.send(RouterRequest::Publish(Arc::new(message)));
+        self.node.metrics.inc(Metric::MessagesReceived);
+        self.node.router.send(RouterRequest::Publish(Arc::new(message)));
         Ok(Done)
     }
 
@@ -221,45 +234,53 @@ impl Handler for Service<'_> {
     }
 
     async fn list_plugins(&self) -> Result<Vec<PluginRow>, ControlError> {
-        Ok(self.ctx.plugins.list())
+        Ok(self.node.plugins.list())
     }
 
     async fn set_plugin(&self, name: String, active: bool) -> Result<Done, ControlError> {
-        self.ctx.plugins.set_active(&name, active).map(|_| Done)
+        self.node.plugins.set_active(&name, active).map(|_| Done).map_err(plugin_error)
     }
 
     async fn list_configs(&self) -> Result<Vec<ConfigRow>, ControlError> {
-        Ok(self.ctx.settings.list())
+        Ok(self.node.settings.list())
     }
 
     async fn set_config(&self, app: String, key: String, value: String) -> Result<Done, ControlError> {
-        self.ctx.settings.set(&app, &key, &value).map(|_| Done)
+        self.node
+            .settings
+            .set(&app, &key, &value)
+            .map(|_| Done)
+            .map_err(|e| ControlError::new(code::UNKNOWN, e.to_string()))
     }
 
     async fn get_plugin_config(&self, name: String) -> Result<Vec<PluginConfigRow>, ControlError> {
-        self.ctx.plugins.config(&name)
+        self.node.plugins.config(&name).map_err(plugin_error)
     }
 
     async fn set_plugin_config(&self, name: String, values: BTreeMap<String, String>) -> Result<Done, ControlError> {
-        self.ctx.plugins.set_config(&self.ctx.auth.hasher, &name, values).await.map(|_| Done)
+        self.node.plugins.set_config(&self.node.hasher, &name, values).await.map(|_| Done).map_err(plugin_error)
     }
 
     async fn list_listeners(&self) -> Result<Vec<ListenerRow>, ControlError> {
-        Ok(vec![ListenerRow {
-            protocol: "mqtt:tcp".into(),
-            listen: self.ctx.local_addr.to_string(),
-            acceptors: 1,
-            max_clients: self.ctx.config.max_connections as u64,
-            current_clients: self.ctx.stats.count(Stat::Clients),
-            shutdown_count: vec![],
-        }])
+        let listeners = &self.node.listeners;
+        Ok(listeners
+            .iter()
+            .map(|listener| ListenerRow {
+                protocol: listener.protocol.into(),
+                listen: listener.addr.to_string(),
+                acceptors: 1,
+                max_clients: listener.max_clients as u64,
+                current_clients: self.node.stats.count(Stat::Clients),
+                shutdown_count: vec![],
+            })
+            .collect())
     }
 
     async fn metrics(&self) -> Result<BTreeMap<String, u64>, ControlError> {
-        Ok(self.ctx.metrics.snapshot().into_iter().map(|(m, v)| (m.name().to_string(), v)).collect())
+        Ok(self.node.metrics.snapshot().into_iter().map(|(m, v)| (m.name().to_string(), v)).collect())
     }
 
     async fn stats(&self) -> Result<BTreeMap<String, u64>, ControlError> {
-        Ok(self.ctx.stats.snapshot().into_iter().collect())
+        Ok(self.node.stats.snapshot().into_iter().collect())
     }
 }

@@ -9,9 +9,9 @@ use midge_shared::control::NodeInfo;
 use midge_shared::sys::{uptime_text, ClientConnected, ClientDisconnected, Stat};
 use midge_shared::topics;
 
-use crate::codec::QoS;
+use super::node::Node;
+use crate::protocol::QoS;
 use crate::router::Request;
-use crate::server::Context;
 use crate::session::Message;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -23,60 +23,60 @@ pub fn message(topic: String, payload: impl Into<Bytes>, retain: bool) -> Arc<Me
 
 /// Publishes `$SYS/brokers`, version and sysdescr (retained) at once, then uptime and datetime every
 /// second and everything else every `sys_interval` seconds, until shutdown.
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(node: Arc<Node>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    publish_identity(&ctx);
+    publish_identity(&node);
     let mut since_full = 0u64;
     loop {
         tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            _ = node.shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let interval = ctx.settings.sys_interval();
+        let interval = node.settings.sys_interval();
         if interval == 0 {
             continue;
         }
-        publish_clock(&ctx);
+        publish_clock(&node);
         since_full += 1;
         if since_full >= interval {
             since_full = 0;
-            publish_identity(&ctx);
-            publish_counters(&ctx);
+            publish_identity(&node);
+            publish_counters(&node);
         }
     }
 }
 
-fn send(ctx: &Context, message: Arc<Message>) {
-    ctx.router.send(Request::Publish(message));
+fn send(node: &Node, message: Arc<Message>) {
+    node.router.send(Request::Publish(message));
 }
 
-fn publish_identity(ctx: &Context) {
-    let node = &ctx.config.node;
-    send(ctx, message(topics::SYS_BROKERS.into(), node.clone(), true));
-    send(ctx, message(topics::node_topic(node, "version"), VERSION, true));
-    send(ctx, message(topics::node_topic(node, "sysdescr"), SYSDESCR, true));
+fn publish_identity(node: &Node) {
+    let name = &node.name;
+    send(node, message(topics::SYS_BROKERS.into(), name.clone(), true));
+    send(node, message(topics::node_topic(name, "version"), VERSION, true));
+    send(node, message(topics::node_topic(name, "sysdescr"), SYSDESCR, true));
 }
 
-fn publish_clock(ctx: &Context) {
-    let node = &ctx.config.node;
-    send(ctx, message(topics::node_topic(node, "uptime"), uptime(ctx), false));
-    send(ctx, message(topics::node_topic(node, "datetime"), datetime(), false));
+fn publish_clock(node: &Node) {
+    let name = &node.name;
+    send(node, message(topics::node_topic(name, "uptime"), uptime(node), false));
+    send(node, message(topics::node_topic(name, "datetime"), datetime(), false));
 }
 
-fn publish_counters(ctx: &Context) {
-    let node = &ctx.config.node;
-    for (key, value) in ctx.stats.snapshot() {
-        send(ctx, message(topics::node_topic(node, &format!("stats/{key}")), value.to_string(), false));
+fn publish_counters(node: &Node) {
+    let name = &node.name;
+    for (key, value) in node.stats.snapshot() {
+        send(node, message(topics::node_topic(name, &format!("stats/{key}")), value.to_string(), false));
     }
-    for (metric, value) in ctx.metrics.snapshot() {
-        let topic = topics::node_topic(node, &format!("metrics/{}", metric.name()));
-        send(ctx, message(topic, value.to_string(), false));
+    for (metric, value) in node.metrics.snapshot() {
+        let topic = topics::node_topic(name, &format!("metrics/{}", metric.name()));
+        send(node, message(topic, value.to_string(), false));
     }
 }
 
-pub fn uptime(ctx: &Context) -> String {
-    uptime_text(ctx.started.elapsed().as_secs())
+pub fn uptime(node: &Node) -> String {
+    uptime_text(node.started.elapsed().as_secs())
 }
 
 pub fn datetime() -> String {
@@ -102,23 +102,23 @@ pub fn disconnected_event(node: &str, event: &ClientDisconnected) -> Arc<Message
 /// `process_available` / `process_used` stand for EMQ's Erlang process limit and count: the most client
 /// connections served at once (each one task), and the tasks alive in the broker's runtime now. See
 /// docs/monitoring.md.
-pub fn node_info(ctx: &Context) -> NodeInfo {
+pub fn node_info(node: &Node) -> NodeInfo {
     let (load1, load5, load15) = load_average();
     let memory = heap();
     NodeInfo {
-        name: ctx.config.node.clone(),
+        name: node.name.clone(),
         version: VERSION.into(),
         sysdescr: SYSDESCR.into(),
-        uptime: uptime(ctx),
+        uptime: uptime(node),
         datetime: datetime(),
         otp_release: format!("midge/{VERSION}"),
         node_status: "Running".into(),
         memory_total: megabytes(memory.allocated),
         memory_used: megabytes(memory.used),
-        process_available: ctx.config.max_connections as u64,
+        process_available: node.max_connections as u64,
         process_used: tokio::runtime::Handle::current().metrics().num_alive_tasks() as u64,
         max_fds: max_open_files(),
-        clients: ctx.stats.count(Stat::Clients),
+        clients: node.stats.count(Stat::Clients),
         load1,
         load5,
         load15,

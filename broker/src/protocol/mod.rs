@@ -1,45 +1,14 @@
-//! The MQTT 3.1 / 3.1.1 wire format.
+//! The MQTT 3.1 / 3.1.1 wire format: packets as types, their decoding and encoding, and the rules for
+//! topic names and filters. The bottom of the broker: it depends on nothing else in it.
 
 mod decode;
 mod encode;
 mod packet;
+pub mod topic;
 
-pub use decode::decode;
+pub use decode::{decode, DecodeError, MAX_REMAINING_LENGTH};
 pub use encode::{encode, publish_len};
 pub use packet::*;
-
-/// Largest value the remaining-length field can carry (3.1.1 §2.2.3).
-pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum DecodeError {
-    #[error("malformed remaining length")]
-    MalformedRemainingLength,
-    #[error("packet of {size} bytes exceeds the limit of {max}")]
-    PacketTooLarge { size: usize, max: usize },
-    #[error("invalid packet type {0}")]
-    InvalidPacketType(u8),
-    #[error("invalid fixed-header flags for packet type {0}")]
-    InvalidFlags(u8),
-    #[error("unsupported protocol {name:?} level {level}")]
-    UnsupportedProtocol { name: String, level: u8 },
-    #[error("reserved CONNECT flag set")]
-    ReservedConnectFlag,
-    #[error("password flag set without username flag")]
-    PasswordWithoutUsername,
-    #[error("will QoS/retain set without will flag, or will QoS 3")]
-    InvalidWillFlags,
-    #[error("invalid QoS")]
-    InvalidQoS,
-    #[error("string is not valid MQTT UTF-8")]
-    InvalidUtf8,
-    #[error("packet ends before its fields do")]
-    Truncated,
-    #[error("bytes left over after the packet's fields")]
-    TrailingBytes,
-    #[error("malformed packet: {0}")]
-    Malformed(&'static str),
-}
 
 #[cfg(test)]
 mod tests {

@@ -16,7 +16,7 @@ use std::path::Path;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::topic;
+use crate::protocol::topic;
 
 /// EMQ's default rules, used when no ACL file is configured: `$SYS` is for localhost and the
 /// dashboard user, and nobody but localhost may subscribe to `#` itself.

@@ -10,54 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use crate::protocol::{Publish, QoS};
 
-use crate::codec::{Publish, QoS};
-use crate::subscriptions::ClientId;
+mod message;
 
-/// A message as the router fans it out: one allocation shared by every subscriber.
-#[derive(Debug)]
-pub struct Message {
-    /// UTF-8, validated as a topic name.
-    pub topic: Bytes,
-    pub payload: Bytes,
-    pub qos: QoS,
-    pub retain: bool,
-}
-
-impl Message {
-    pub fn topic_str(&self) -> &str {
-        std::str::from_utf8(&self.topic).unwrap_or("")
-    }
-
-    /// The broker's own traffic, `$SYS` and the control channel's replies, counts in no metric.
-    pub fn is_internal(&self) -> bool {
-        self.topic.starts_with(b"$SYS/") || self.topic.starts_with(midge_shared::control::PREFIX.as_bytes())
-    }
-}
-
-/// One message on its way to one subscriber, at the QoS that subscriber gets.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub message: Arc<Message>,
-    pub qos: QoS,
-    /// Set only when the message is sent because of a new subscription to a retained topic.
-    pub retain: bool,
-}
-
-impl Delivery {
-    /// The PUBLISH that carries this delivery (`pkid` 0 for QoS 0).
-    pub fn publish(&self, pkid: u16, dup: bool) -> Publish {
-        Publish {
-            dup,
-            qos: self.qos,
-            retain: self.retain,
-            topic: self.message.topic.clone(),
-            pkid,
-            payload: self.message.payload.clone(),
-        }
-    }
-}
+pub use message::{ClientId, Delivery, Message};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(clippy::enum_variant_names)] // "awaiting X" is what each state is.
@@ -373,6 +330,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn limits(max_inflight: usize, max_mqueue_len: usize) -> SessionLimits {
         SessionLimits {

@@ -4,7 +4,39 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::packet::*;
-use super::DecodeError;
+
+/// Largest value the remaining-length field can carry (3.1.1 §2.2.3).
+pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("malformed remaining length")]
+    MalformedRemainingLength,
+    #[error("packet of {size} bytes exceeds the limit of {max}")]
+    PacketTooLarge { size: usize, max: usize },
+    #[error("invalid packet type {0}")]
+    InvalidPacketType(u8),
+    #[error("invalid fixed-header flags for packet type {0}")]
+    InvalidFlags(u8),
+    #[error("unsupported protocol {name:?} level {level}")]
+    UnsupportedProtocol { name: String, level: u8 },
+    #[error("reserved CONNECT flag set")]
+    ReservedConnectFlag,
+    #[error("password flag set without username flag")]
+    PasswordWithoutUsername,
+    #[error("will QoS/retain set without will flag, or will QoS 3")]
+    InvalidWillFlags,
+    #[error("invalid QoS")]
+    InvalidQoS,
+    #[error("string is not valid MQTT UTF-8")]
+    InvalidUtf8,
+    #[error("packet ends before its fields do")]
+    Truncated,
+    #[error("bytes left over after the packet's fields")]
+    TrailingBytes,
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+}
 
 /// Takes one whole packet off the front of `buf`, or returns `Ok(None)` when more bytes are needed.
 /// The size limit is checked from the fixed header, before the body has arrived.

@@ -11,7 +11,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
-use crate::codec::{self, DecodeError, Packet};
+use crate::protocol::{self, DecodeError, Packet};
 
 /// Beyond this many unsent bytes a connection stops taking new work until the socket drains.
 pub const WRITE_HIGH_WATER: usize = 1024 * 1024;
@@ -57,7 +57,7 @@ impl PacketReader {
     /// A whole packet already in the buffer, if there is one, with its size on the wire.
     pub fn next_buffered(&mut self) -> Result<Option<(Packet, usize)>, DecodeError> {
         let before = self.buf.len();
-        let packet = codec::decode(&mut self.buf, self.max_packet_size)?;
+        let packet = protocol::decode(&mut self.buf, self.max_packet_size)?;
         Ok(packet.map(|p| (p, before - self.buf.len())))
     }
 
@@ -123,7 +123,7 @@ impl PacketWriter {
     /// Returns its size on the wire.
     pub fn queue(&mut self, packet: &Packet) -> usize {
         let before = self.buf.len();
-        codec::encode(packet, &mut self.buf);
+        protocol::encode(packet, &mut self.buf);
         self.buf.len() - before
     }
 
@@ -232,7 +232,7 @@ impl SocketHandle {
     pub fn write_packet(&self, packet: &Packet) -> Option<Written> {
         let mut buf = DIRECT_BUFFER.take().unwrap_or_default();
         buf.clear();
-        codec::encode(packet, &mut buf);
+        protocol::encode(packet, &mut buf);
         let written = match self.0.try_write(&buf) {
             Ok(n) if n > 0 => Some(Written { size: buf.len(), rest: (n < buf.len()).then(|| buf[n..].into()) }),
             _ => None,

@@ -8,14 +8,11 @@
 //! several times faster than std's SipHash on short keys and still seeded at random per map.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
-use crate::codec::QoS;
-
-/// Who holds a subscription. Client ids are shared, not copied, across every filter of a client.
-pub type ClientId = Arc<str>;
+use crate::protocol::QoS;
+use crate::session::ClientId;
 
 /// The hash maps on the routing path.
 pub type FastMap<K, V> = HashMap<K, V, RandomState>;
@@ -177,12 +174,12 @@ fn remove(node: &mut Node, levels: &[&str], client: &str) -> (bool, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topic;
+    use crate::protocol::topic;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
     fn id(s: &str) -> ClientId {
-        Arc::from(s)
+        std::sync::Arc::from(s)
     }
 
     fn matched(tree: &SubscriptionTree, topic: &str) -> BTreeMap<String, Vec<QoS>> {

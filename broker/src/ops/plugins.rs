@@ -3,13 +3,29 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use arc_swap::ArcSwap;
-use midge_shared::control::{code, ControlError, PluginConfigRow, PluginRow};
-
-use crate::auth::{self, Users};
 use midge_passwords::Hasher;
+use midge_shared::control::{PluginConfigRow, PluginRow};
+
+use crate::auth::{is_password_hash, PluginCredentials, Users};
+
+/// Why a plugin could not be switched or configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginError {
+    #[error("no plugin {0}")]
+    Unknown(String),
+    #[error("plugin already active")]
+    AlreadyActive,
+    #[error("plugin already inactive")]
+    AlreadyInactive,
+    #[error("{plugin} has no config key {key}")]
+    NoSuchKey { plugin: String, key: String },
+    #[error("{0}")]
+    BadValue(&'static str),
+    #[error("cannot hash a password: {0}")]
+    Hash(String),
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Plugin {
@@ -90,22 +106,45 @@ fn key_matches(pattern: &str, key: &str) -> bool {
 }
 
 pub struct Plugins {
-    active: [AtomicBool; 4],
+    /// Shared with whoever acts on a switch without asking here (the router, for the retainer).
+    active: [Arc<AtomicBool>; 4],
     version: String,
     configs: Mutex<BTreeMap<Plugin, BTreeMap<String, String>>>,
-    /// Credentials of the two auth plugins, rebuilt whenever their config changes.
-    by_username: ArcSwap<Users>,
-    by_clientid: ArcSwap<Users>,
+    /// Where the auth plugins' credentials go, for authentication to read: set while the plugin is on.
+    credentials: Arc<PluginCredentials>,
 }
 
 impl Plugins {
-    pub fn new(version: &str) -> Plugins {
+    pub fn new(version: &str, credentials: Arc<PluginCredentials>) -> Plugins {
         Plugins {
-            active: Plugin::ALL.map(|p| AtomicBool::new(p.active_by_default())),
+            active: Plugin::ALL.map(|p| Arc::new(AtomicBool::new(p.active_by_default()))),
             version: version.to_string(),
             configs: Mutex::new(Plugin::ALL.into_iter().map(|p| (p, p.defaults())).collect()),
-            by_username: ArcSwap::from_pointee(Users::default()),
-            by_clientid: ArcSwap::from_pointee(Users::default()),
+            credentials,
+        }
+    }
+
+    /// The flag that says whether `plugin` is on, for a part of the broker that acts on it directly.
+    pub fn switch(&self, plugin: Plugin) -> Arc<AtomicBool> {
+        self.active[Self::index(plugin)].clone()
+    }
+
+    fn configs(&self) -> MutexGuard<'_, BTreeMap<Plugin, BTreeMap<String, String>>> {
+        // A panic while holding this leaves maps of strings that are still valid.
+        self.configs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands the auth plugins' credentials to authentication: built from the config, while active.
+    fn publish_credentials(&self, plugin: Plugin) {
+        let built = |prefix, id_field| {
+            let configs = self.configs();
+            let config = configs.get(&plugin).cloned().unwrap_or_default();
+            self.is_active(plugin).then(|| credentials(&config, prefix, id_field))
+        };
+        match plugin {
+            Plugin::AuthUsername => self.credentials.set_by_username(built("auth.user.", "username")),
+            Plugin::AuthClientid => self.credentials.set_by_clientid(built("auth.client.", "clientid")),
+            Plugin::Modules | Plugin::Retainer => {}
         }
     }
 
@@ -135,15 +174,15 @@ impl Plugins {
             .collect()
     }
 
-    /// Switches a plugin; 110 if it is already active, 111 if already inactive.
-    pub fn set_active(&self, name: &str, active: bool) -> Result<(), ControlError> {
-        let plugin =
-            Plugin::from_name(name).ok_or_else(|| ControlError::new(code::UNKNOWN, format!("no plugin {name}")))?;
+    /// Switches a plugin on or off.
+    pub fn set_active(&self, name: &str, active: bool) -> Result<(), PluginError> {
+        let plugin = Plugin::from_name(name).ok_or_else(|| PluginError::Unknown(name.to_string()))?;
         let was = self.active[Self::index(plugin)].swap(active, Ordering::Relaxed);
         match (was, active) {
-            (true, true) => Err(ControlError::new(code::PLUGIN_ACTIVE, "plugin already active")),
-            (false, false) => Err(ControlError::new(code::PLUGIN_INACTIVE, "plugin already inactive")),
+            (true, true) => Err(PluginError::AlreadyActive),
+            (false, false) => Err(PluginError::AlreadyInactive),
             _ => {
+                self.publish_credentials(plugin);
                 tracing::info!(plugin = name, active, "plugin switched");
                 Ok(())
             }
@@ -151,14 +190,12 @@ impl Plugins {
     }
 
     fn config_value(&self, plugin: Plugin, key: &str) -> Option<String> {
-        self.configs.lock().ok()?.get(&plugin)?.get(key).cloned()
+        self.configs().get(&plugin)?.get(key).cloned()
     }
 
-    pub fn config(&self, name: &str) -> Result<Vec<PluginConfigRow>, ControlError> {
-        let plugin =
-            Plugin::from_name(name).ok_or_else(|| ControlError::new(code::UNKNOWN, format!("no plugin {name}")))?;
-        let configs = self.configs.lock().map_err(|_| ControlError::new(code::UNKNOWN, "config lock poisoned"))?;
-        let values = configs.get(&plugin).cloned().unwrap_or_default();
+    pub fn config(&self, name: &str) -> Result<Vec<PluginConfigRow>, PluginError> {
+        let plugin = Plugin::from_name(name).ok_or_else(|| PluginError::Unknown(name.to_string()))?;
+        let values = self.configs().get(&plugin).cloned().unwrap_or_default();
         Ok(values
             .into_iter()
             .map(|(key, value)| {
@@ -180,31 +217,29 @@ impl Plugins {
         hasher: &Hasher,
         name: &str,
         values: BTreeMap<String, String>,
-    ) -> Result<(), ControlError> {
-        let plugin =
-            Plugin::from_name(name).ok_or_else(|| ControlError::new(code::UNKNOWN, format!("no plugin {name}")))?;
+    ) -> Result<(), PluginError> {
+        let plugin = Plugin::from_name(name).ok_or_else(|| PluginError::Unknown(name.to_string()))?;
         for key in values.keys() {
             if !plugin.keys().iter().any(|(pattern, _, _)| key_matches(pattern, key)) {
-                return Err(ControlError::new(code::UNKNOWN, format!("{name} has no config key {key}")));
+                return Err(PluginError::NoSuchKey { plugin: name.to_string(), key: key.clone() });
             }
         }
         if let Some(v) = values.get("module.presence") {
             if v != "on" && v != "off" {
-                return Err(ControlError::new(code::UNKNOWN, "module.presence is on or off"));
+                return Err(PluginError::BadValue("module.presence is on or off"));
             }
         }
         let mut prepared = BTreeMap::new();
         for (key, value) in values {
-            let value = if key.ends_with(".password") && !value.is_empty() && !auth::is_password_hash(&value) {
-                hasher.hash(value.as_bytes()).await.map_err(|e| ControlError::new(code::UNKNOWN, e.to_string()))?
+            let value = if key.ends_with(".password") && !value.is_empty() && !is_password_hash(&value) {
+                hasher.hash(value.as_bytes()).await.map_err(|e| PluginError::Hash(e.to_string()))?
             } else {
                 value
             };
             prepared.insert(key, value);
         }
-        let merged = {
-            let mut configs =
-                self.configs.lock().map_err(|_| ControlError::new(code::UNKNOWN, "config lock poisoned"))?;
+        {
+            let mut configs = self.configs();
             let config = configs.entry(plugin).or_default();
             for (key, value) in prepared {
                 if value.is_empty() {
@@ -213,23 +248,9 @@ impl Plugins {
                     config.insert(key, value);
                 }
             }
-            config.clone()
-        };
-        match plugin {
-            Plugin::AuthUsername => self.by_username.store(credentials(&merged, "auth.user.", "username").into()),
-            Plugin::AuthClientid => self.by_clientid.store(credentials(&merged, "auth.client.", "clientid").into()),
-            _ => {}
         }
+        self.publish_credentials(plugin);
         Ok(())
-    }
-
-    /// Credentials of an active auth plugin: `(by username, by client id)`.
-    pub fn username_credentials(&self) -> Option<arc_swap::Guard<std::sync::Arc<Users>>> {
-        self.is_active(Plugin::AuthUsername).then(|| self.by_username.load())
-    }
-
-    pub fn clientid_credentials(&self) -> Option<arc_swap::Guard<std::sync::Arc<Users>>> {
-        self.is_active(Plugin::AuthClientid).then(|| self.by_clientid.load())
     }
 }
 
@@ -253,17 +274,19 @@ mod tests {
 
     #[test]
     fn switching_reports_110_and_111() {
-        let plugins = Plugins::new("0.1.0");
+        let plugins = Plugins::new("0.1.0", Default::default());
         assert!(plugins.is_active(Plugin::Retainer));
-        assert_eq!(plugins.set_active("emq_retainer", true).unwrap_err().code, 110);
+        assert_eq!(plugins.set_active("emq_retainer", true), Err(PluginError::AlreadyActive));
+        let retainer = plugins.switch(Plugin::Retainer);
         plugins.set_active("emq_retainer", false).unwrap();
-        assert_eq!(plugins.set_active("emq_retainer", false).unwrap_err().code, 111);
-        assert_eq!(plugins.set_active("emq_nope", true).unwrap_err().code, 102);
+        assert!(!retainer.load(Ordering::Relaxed), "the shared flag follows the switch");
+        assert_eq!(plugins.set_active("emq_retainer", false), Err(PluginError::AlreadyInactive));
+        assert!(matches!(plugins.set_active("emq_nope", true), Err(PluginError::Unknown(_))));
     }
 
     #[tokio::test]
     async fn auth_username_config_hashes_passwords() {
-        let plugins = Plugins::new("0.1.0");
+        let plugins = Plugins::new("0.1.0", Default::default());
         let values = BTreeMap::from([
             ("auth.user.1.username".to_string(), "alice".to_string()),
             ("auth.user.1.password".to_string(), "s3cret".to_string()),
@@ -273,11 +296,14 @@ mod tests {
         let rows = plugins.config("emq_auth_username").unwrap();
         let password = rows.iter().find(|r| r.key == "auth.user.1.password").unwrap();
         assert!(password.value.starts_with("$argon2id$"), "{}", password.value);
-        assert!(plugins.username_credentials().is_none(), "inactive plugin answers nothing");
+        assert!(plugins.credentials.by_username().is_none(), "inactive plugin answers nothing");
         plugins.set_active("emq_auth_username", true).unwrap();
-        let users = plugins.username_credentials().unwrap();
+        let users = plugins.credentials.by_username().unwrap();
         assert!(hasher.verify(users.hash_of("alice"), b"s3cret").await.unwrap());
         let bad = BTreeMap::from([("auth.user.x.username".to_string(), "bob".to_string())]);
-        assert_eq!(plugins.set_config(&hasher, "emq_auth_username", bad).await.unwrap_err().code, 102);
+        let refused = plugins.set_config(&hasher, "emq_auth_username", bad).await;
+        assert!(matches!(refused, Err(PluginError::NoSuchKey { .. })));
+        plugins.set_active("emq_auth_username", false).unwrap();
+        assert!(plugins.credentials.by_username().is_none(), "switched off: none again");
     }
 }

@@ -1,0 +1,39 @@
+//! This node as its operators see it: what the control service answers from and changes, and what the
+//! `$SYS` publisher reports. Built by the server; nothing here knows about connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use midge_passwords::Hasher;
+use tokio_util::sync::CancellationToken;
+
+use super::plugins::Plugins;
+use crate::metrics::{Metrics, Stats};
+use crate::router::RouterHandle;
+use crate::settings::Settings;
+
+/// A listener as the listeners API shows it.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    /// EMQ's protocol name, `mqtt:tcp`.
+    pub protocol: &'static str,
+    pub addr: SocketAddr,
+    pub max_clients: usize,
+}
+
+pub struct Node {
+    pub name: String,
+    pub started: Instant,
+    pub router: RouterHandle,
+    pub metrics: Arc<Metrics>,
+    pub stats: Arc<Stats>,
+    pub settings: Arc<Settings>,
+    pub plugins: Arc<Plugins>,
+    /// For the passwords of plugin configs.
+    pub hasher: Hasher,
+    pub listeners: Vec<ListenerInfo>,
+    /// The most client connections served at once, over every listener.
+    pub max_connections: usize,
+    pub shutdown: CancellationToken,
+}
