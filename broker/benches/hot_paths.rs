@@ -9,7 +9,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use midge_broker::metrics::{Metrics, Stats};
 use midge_broker::protocol::{self, Packet, Publish, QoS};
 use midge_broker::router::subscriptions::SubscriptionTree;
-use midge_broker::router::{self, ClientMeta, Request, RouterHandle};
+use midge_broker::router::{self, ClientMeta, RouterHandle, Wiring};
 use midge_broker::session::{Delivery, Message, Session, SessionLimits};
 
 fn publish_64() -> Packet {
@@ -122,18 +122,17 @@ fn fanout_benches(c: &mut Criterion) {
 /// What a publisher's connection does per read: take the router's lock, match, and push an `Arc` into
 /// each subscriber's outbox; and what each subscriber's connection then does: take its outbox.
 fn routing_benches(c: &mut Criterion) {
-    let shared = router::Shared {
+    let wiring = Wiring {
         retaining: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         metrics: Arc::new(Metrics::default()),
         stats: Arc::new(Stats::default()),
         node: "bench@127.0.0.1".into(),
     };
-    let router = RouterHandle::new(limits(), shared);
+    let router = RouterHandle::new(limits(), wiring);
     let mut receivers = Vec::new();
     for i in 0..1000u64 {
         let client_id: Arc<str> = Arc::from(format!("sub-{i}"));
         let (outbox, receiver) = router::outbox(i);
-        let (reply, _outcome) = tokio::sync::oneshot::channel();
         let meta = ClientMeta {
             username: None,
             peer: "127.0.0.1:1883".parse().unwrap(),
@@ -143,9 +142,9 @@ fn routing_benches(c: &mut Criterion) {
             connected_at: chrono::Local::now(),
             hidden: false,
         };
-        router.send(Request::Connect { client_id: client_id.clone(), meta, outbox, reply });
+        let _outcome = router.connect(client_id.clone(), meta, outbox);
         let filters = vec![("sensors/+/floor-3/temperature".to_string(), Some(QoS::AtMostOnce))];
-        router.send(Request::Subscribe { client_id, conn_id: i, pkid: 1, filters });
+        router.subscribe(client_id, i, 1, filters);
         receivers.push(receiver);
     }
     for receiver in &receivers {
@@ -158,7 +157,7 @@ fn routing_benches(c: &mut Criterion) {
     group.bench_function("one QoS 0 publish to 1k connections (route + take)", |b| {
         b.iter(|| {
             batch.push(message.clone());
-            black_box(router.publish(&mut batch));
+            black_box(router.publish_batch(&mut batch));
             for receiver in &receivers {
                 black_box(receiver.take_all());
             }

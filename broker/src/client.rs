@@ -18,9 +18,12 @@ use crate::metrics::Metric;
 use crate::ops::control::ControlJob;
 use crate::ops::sys;
 use crate::protocol::*;
-use crate::router::{self, Activity, ClientMeta, ConnectOutcome, Outbound, OutboxReceiver, Request, Routed};
+use crate::router::Fanout;
+use crate::router::{
+    self, Activity, ClientMeta, ConnectOutcome, Direct, Outbox, OutboxItem, OutboxReceiver, Pushed, Ticket,
+};
 use crate::session::ClientId;
-use crate::session::{AckResult, Delivery, Message, Outgoing, Session};
+use crate::session::{AckResult, Delivery, Message, Resend, Session};
 use crate::transport::{self, ConnectionError, PacketReader, PacketWriter, WRITE_HIGH_WATER};
 
 /// Why a connection ended; everything but a DISCONNECT from the client (or a broker shutdown)
@@ -193,7 +196,6 @@ async fn accept(
     let client_id: ClientId = Arc::from(connect.client_id.as_str());
     let conn_id = ctx.next_conn_id();
     let (outbox, outbox_rx) = router::outbox(conn_id);
-    let (reply, outcome) = tokio::sync::oneshot::channel();
     let meta = ClientMeta {
         username: connect.username.clone(),
         peer,
@@ -203,7 +205,7 @@ async fn accept(
         connected_at: chrono::Local::now(),
         hidden: principal == Principal::Management,
     };
-    ctx.router.send(Request::Connect { client_id: client_id.clone(), meta, outbox, reply });
+    let outcome = ctx.router.connect(client_id.clone(), meta, outbox);
     let (session, present) = match outcome.await.ok()? {
         ConnectOutcome::Accepted { session, present } => (session, present),
         ConnectOutcome::Superseded => return None,
@@ -246,7 +248,7 @@ async fn accept(
             connack: 0,
             ts: chrono::Utc::now().timestamp(),
         };
-        ctx.router.send(Request::Publish(sys::connected_event(&ctx.config.node, &event)));
+        ctx.router.publish(sys::connected_event(&ctx.config.node, &event));
     }
     let mut resend = Vec::new();
     conn.session.resume(&mut resend);
@@ -273,9 +275,19 @@ struct ClientConnection {
     /// Control requests read in this batch, for the control service.
     control_jobs: Vec<ControlJob>,
     /// What was taken from the outbox, being handled; swapped with the outbox's queue at each take.
-    batch: VecDeque<Outbound>,
+    batch: VecDeque<OutboxItem>,
     /// What the outbox was last told of a full inflight window (see [`OutboxReceiver::stall`]).
     stalled: Option<usize>,
+}
+
+/// What a publisher does after routing a read, before it writes its acknowledgements or reads on.
+enum Handoff {
+    /// No connection got anything: nothing to let go first.
+    Nothing,
+    /// Among others, this idle subscriber was woken and is certain to take its turn soon: wait for it.
+    Wait(Outbox, Ticket),
+    /// Subscribers that were busy or had work queued already: yield once.
+    Yield,
 }
 
 /// A drained outbox batch up to this many entries keeps its allocation for the next take.
@@ -363,9 +375,9 @@ impl ClientConnection {
         // reading on would let publishers crowd out the writes of the subscribers they feed, and past
         // saturation most of what was read would be dropped at full outboxes instead of delivered.
         match routed {
-            Routed::Nobody => {}
-            Routed::Idle(subscriber, ticket) => subscriber.wait_turn(ticket).await,
-            Routed::Busy => tokio::task::yield_now().await,
+            Handoff::Nothing => {}
+            Handoff::Wait(subscriber, ticket) => subscriber.wait_turn(ticket).await,
+            Handoff::Yield => tokio::task::yield_now().await,
         }
         Ok(self.writer.try_flush()?)
     }
@@ -378,11 +390,11 @@ impl ClientConnection {
 
     fn take_outbox(&mut self) -> Result<(), Exit> {
         self.outbox.take_into(&mut self.batch);
-        while let Some(outbound) = self.batch.pop_front() {
-            if let Err(exit) = self.handle_outbound(outbound) {
+        while let Some(item) = self.batch.pop_front() {
+            if let Err(exit) = self.handle_item(item) {
                 // Deliveries behind a takeover or kick stay with the session.
                 for rest in std::mem::take(&mut self.batch) {
-                    if let Outbound::Deliver(d) = rest {
+                    if let OutboxItem::Deliver(d) = rest {
                         self.session.enqueue_offline(d);
                     }
                 }
@@ -418,7 +430,7 @@ impl ClientConnection {
                         qos: will.qos,
                         retain: will.retain,
                     };
-                    self.ctx.router.send(Request::Publish(Arc::new(message)));
+                    self.ctx.router.publish(Arc::new(message));
                 }
             }
         }
@@ -430,15 +442,14 @@ impl ClientConnection {
                 ts: chrono::Utc::now().timestamp(),
             };
             let message = sys::disconnected_event(&self.ctx.config.node, &event);
-            self.ctx.router.send(Request::Publish(message));
+            self.ctx.router.publish(message);
         }
         let ClientConnection { ctx, client_id, conn_id, session, mut writer, outbox, .. } = self;
         if writer.pending() > 0 && !matches!(exit, Exit::Error(_)) {
             let _ = timeout(Duration::from_millis(500), writer.flush()).await;
         }
         writer.shutdown().await;
-        let request = Request::Disconnected { client_id, conn_id, session, rest: outbox };
-        ctx.router.send(request);
+        ctx.router.disconnected(client_id, conn_id, session, outbox);
     }
 
     fn username(&self) -> String {
@@ -465,7 +476,7 @@ impl ClientConnection {
     }
 
     /// Handles every whole packet read so far; returns whom the publishes among them reached.
-    fn handle_buffered(&mut self) -> Result<Routed, Exit> {
+    fn handle_buffered(&mut self) -> Result<Handoff, Exit> {
         while let Some((packet, size)) = self.reader.next_buffered()? {
             let sys = matches!(&packet, Packet::Publish(p) if p.topic.starts_with(b"$SYS/"));
             if !sys && !self.hidden() {
@@ -488,11 +499,36 @@ impl ClientConnection {
 
     /// Hands the publishes gathered so far to the router; called before any other router request,
     /// so the router sees this client's requests in the order they arrived.
-    fn flush_publishes(&mut self) -> Routed {
+    fn flush_publishes(&mut self) -> Handoff {
         if self.publishes.is_empty() {
-            return Routed::Nobody;
+            return Handoff::Nothing;
         }
-        self.ctx.router.publish(&mut self.publishes)
+        match self.ctx.router.publish_batch(&mut self.publishes) {
+            Fanout { direct: Some((subscriber, delivery)), .. } => self.write_direct(subscriber, delivery),
+            Fanout { woke: Some((subscriber, ticket)), .. } => Handoff::Wait(subscriber, ticket),
+            Fanout { pushed: true, .. } => Handoff::Yield,
+            Fanout { .. } => Handoff::Nothing,
+        }
+    }
+
+    /// Writes a lone QoS 0 delivery straight to the socket of a subscriber with nothing to do, as a
+    /// single-threaded broker would, or queues it if the subscriber got busy meanwhile (see `outbox.rs`).
+    /// This task writes, not the router: the router's lock is let go by now.
+    fn write_direct(&self, subscriber: Outbox, delivery: Delivery) -> Handoff {
+        match subscriber.deliver_direct(delivery, self.ctx.router.outbox_limit()) {
+            Ok(Direct::Written { packet, size }) => {
+                self.ctx.metrics.packet_sent(&packet, size);
+                Handoff::Nothing
+            }
+            Ok(Direct::Pushed(Pushed::WokeIdle(ticket))) => Handoff::Wait(subscriber, ticket),
+            // A QoS 0 delivery is never deferred.
+            Ok(Direct::Pushed(Pushed::Queued | Pushed::Deferred)) => Handoff::Yield,
+            Err(refused) => {
+                tracing::debug!(conn_id = subscriber.conn_id, ?refused, "message dropped");
+                self.ctx.metrics.inc(Metric::MessagesDropped);
+                Handoff::Nothing
+            }
+        }
     }
 
     fn handle_packet(&mut self, packet: Packet) -> Result<(), Exit> {
@@ -520,13 +556,12 @@ impl ClientConnection {
             Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe),
             Packet::Unsubscribe(unsubscribe) => {
                 self.flush_publishes();
-                let request = Request::Unsubscribe {
-                    client_id: self.client_id.clone(),
-                    conn_id: self.conn_id,
-                    pkid: unsubscribe.pkid,
-                    filters: unsubscribe.filters,
-                };
-                self.ctx.router.send(request);
+                self.ctx.router.unsubscribe(
+                    self.client_id.clone(),
+                    self.conn_id,
+                    unsubscribe.pkid,
+                    unsubscribe.filters,
+                );
             }
             Packet::Pingreq => self.send(&Packet::Pingresp),
             Packet::Disconnect => return Err(Exit::Disconnect),
@@ -638,30 +673,24 @@ impl ClientConnection {
                 (filter, granted)
             })
             .collect();
-        let request = Request::Subscribe {
-            client_id: self.client_id.clone(),
-            conn_id: self.conn_id,
-            pkid: subscribe.pkid,
-            filters,
-        };
-        self.ctx.router.send(request);
+        self.ctx.router.subscribe(self.client_id.clone(), self.conn_id, subscribe.pkid, filters);
     }
 
-    fn handle_outbound(&mut self, outbound: Outbound) -> Result<(), Exit> {
-        match outbound {
-            Outbound::Deliver(delivery) => self.deliver(delivery),
-            Outbound::Subscribed(subscribed) => {
+    fn handle_item(&mut self, item: OutboxItem) -> Result<(), Exit> {
+        match item {
+            OutboxItem::Deliver(delivery) => self.deliver(delivery),
+            OutboxItem::Subscribed(subscribed) => {
                 let (suback, retained) = *subscribed;
                 self.send(&Packet::Suback(suback));
                 for delivery in retained {
                     self.deliver(delivery);
                 }
             }
-            Outbound::Unsubscribed(pkid) => self.send(&Packet::Unsuback(pkid)),
-            Outbound::TakenOver => return Err(Exit::TakenOver),
-            Outbound::Kick => return Err(Exit::Kicked),
-            Outbound::CleanAclCache(topic) => self.acl_cache.remove(&topic),
-            Outbound::Unsent(rest) => self.writer.queue_raw(&rest),
+            OutboxItem::Unsubscribed(pkid) => self.send(&Packet::Unsuback(pkid)),
+            OutboxItem::TakenOver => return Err(Exit::TakenOver),
+            OutboxItem::Kick => return Err(Exit::Kicked),
+            OutboxItem::CleanAclCache(topic) => self.acl_cache.remove(&topic),
+            OutboxItem::Unsent(rest) => self.writer.queue_raw(&rest),
         }
         Ok(())
     }
@@ -678,11 +707,11 @@ impl ClientConnection {
         }
     }
 
-    fn write_outgoing(&mut self, out: Vec<Outgoing>) {
+    fn write_outgoing(&mut self, out: Vec<Resend>) {
         for outgoing in out {
             match outgoing {
-                Outgoing::Publish(publish) => self.send(&Packet::Publish(publish)),
-                Outgoing::Pubrel(pkid) => self.send(&Packet::Pubrel(pkid)),
+                Resend::Publish(publish) => self.send(&Packet::Publish(publish)),
+                Resend::Pubrel(pkid) => self.send(&Packet::Pubrel(pkid)),
             }
         }
     }
@@ -718,6 +747,6 @@ mod size_tests {
         let broker = crate::Broker::bind(config, tokio_util::sync::CancellationToken::new(), None).await.unwrap();
         let task = super::serve(stream, addr, broker.ctx_for_tests());
         assert!(std::mem::size_of_val(&task) <= 1536, "serve future is {} bytes", std::mem::size_of_val(&task));
-        assert!(std::mem::size_of::<crate::router::Outbound>() <= 24);
+        assert!(std::mem::size_of::<crate::router::OutboxItem>() <= 24);
     }
 }

@@ -20,7 +20,7 @@ use crate::metrics::{Metrics, Stats};
 use crate::ops::control::{self, ControlJob};
 use crate::ops::plugins::{Plugin, Plugins};
 use crate::ops::{sys, ListenerInfo, Node};
-use crate::router::{RouterHandle, Shared};
+use crate::router::{RouterHandle, Wiring};
 use crate::settings::{LogReload, Settings};
 
 /// Scheduler ticks (task polls) between two looks at socket readiness while every worker is busy.
@@ -96,13 +96,13 @@ impl Broker {
         let stats = Arc::new(Stats::default());
         let credentials = Arc::new(PluginCredentials::default());
         let plugins = Arc::new(Plugins::new(sys::VERSION, credentials.clone()));
-        let shared = Shared {
+        let wiring = Wiring {
             retaining: plugins.switch(Plugin::Retainer),
             metrics: metrics.clone(),
             stats: stats.clone(),
             node: config.node.clone(),
         };
-        let router = RouterHandle::new(config.session_limits(), shared);
+        let router = RouterHandle::new(config.session_limits(), wiring);
         let settings = Arc::new(Settings::new(&config, acl, log_reload));
         let hasher = Hasher::default();
         let (control_tx, control_rx) = control::channel();

@@ -13,14 +13,13 @@ use midge_shared::control::{
     self, code, ClientRow, ConfigRow, ControlError, ListenerRow, NodeInfo, Outcome, Page, PageRequest, PluginConfigRow,
     PluginRow, ReplyEnvelope, RequestEnvelope, RouteRow, SessionRow, SubscriptionRow,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::node::Node;
 use super::plugins::PluginError;
 use super::sys;
 use crate::metrics::{Metric, Stat};
 use crate::protocol::{topic, QoS};
-use crate::router::{AdminRequest, Request as RouterRequest};
 use crate::session::Message;
 
 /// Requests waiting for the control service; more than this and the management client waits.
@@ -101,11 +100,7 @@ async fn reply(node: &Node, reply_to: &str, id: String, v: u32, outcome: Result<
         qos: QoS::AtLeastOnce,
         retain: false,
     };
-    node.router.send(RouterRequest::Publish(Arc::new(message)));
-}
-
-fn gone<E>(_: E) -> ControlError {
-    ControlError::new(code::BADRPC, "broker is shutting down")
+    node.router.publish(Arc::new(message));
 }
 
 /// `Done` if the router found what the command was about, else the given error.
@@ -126,12 +121,6 @@ struct Service<'a> {
     node: &'a Node,
 }
 
-impl Service<'_> {
-    async fn ask<T>(&self, build: impl FnOnce(oneshot::Sender<T>) -> AdminRequest) -> Result<T, ControlError> {
-        self.node.router.ask(build).await.map_err(gone)
-    }
-}
-
 /// The API's codes for what the plugins refuse.
 fn plugin_error(error: PluginError) -> ControlError {
     let code = match error {
@@ -150,44 +139,44 @@ impl Handler for Service<'_> {
     }
 
     async fn list_clients(&self, page: PageRequest) -> Result<Page<ClientRow>, ControlError> {
-        self.ask(|r| AdminRequest::ListClients(page, r)).await
+        Ok(self.node.router.list_clients(page))
     }
 
     async fn get_client(&self, client_id: String) -> Result<Vec<ClientRow>, ControlError> {
-        self.ask(|r| AdminRequest::GetClient(client_id, r)).await
+        Ok(self.node.router.get_client(&client_id))
     }
 
     async fn list_sessions(&self, page: PageRequest) -> Result<Page<SessionRow>, ControlError> {
-        self.ask(|r| AdminRequest::ListSessions(page, r)).await
+        Ok(self.node.router.list_sessions(page))
     }
 
     async fn get_session(&self, client_id: String) -> Result<Vec<SessionRow>, ControlError> {
-        self.ask(|r| AdminRequest::GetSession(client_id, r)).await
+        Ok(self.node.router.get_session(&client_id))
     }
 
     async fn list_subscriptions(&self, page: PageRequest) -> Result<Page<SubscriptionRow>, ControlError> {
-        self.ask(|r| AdminRequest::ListSubscriptions(page, r)).await
+        Ok(self.node.router.list_subscriptions(page))
     }
 
     async fn get_subscriptions(&self, client_id: String) -> Result<Vec<SubscriptionRow>, ControlError> {
-        self.ask(|r| AdminRequest::GetSubscriptions(client_id, r)).await
+        Ok(self.node.router.get_subscriptions(&client_id))
     }
 
     async fn list_routes(&self, page: PageRequest) -> Result<Page<RouteRow>, ControlError> {
-        self.ask(|r| AdminRequest::ListRoutes(page, r)).await
+        Ok(self.node.router.list_routes(page))
     }
 
     async fn get_route(&self, topic: String) -> Result<Vec<RouteRow>, ControlError> {
-        self.ask(|r| AdminRequest::GetRoute(topic, r)).await
+        Ok(self.node.router.get_route(topic))
     }
 
     async fn kick(&self, client_id: String) -> Result<Done, ControlError> {
-        let online = self.ask(|r| AdminRequest::Kick(client_id, r)).await?;
+        let online = self.node.router.kick(&client_id);
         found_or(online, code::CLIENT_OFFLINE, "client not online")
     }
 
     async fn clean_acl_cache(&self, client_id: String, topic: String) -> Result<Done, ControlError> {
-        let online = self.ask(|reply| AdminRequest::CleanAclCache { client_id, topic, reply }).await?;
+        let online = self.node.router.clean_acl_cache(&client_id, &topic);
         found_or(online, code::CLIENT_OFFLINE, "client not online")
     }
 
@@ -209,7 +198,7 @@ impl Handler for Service<'_> {
             Message { topic: Bytes::from(topic), payload: Bytes::from(payload), qos: qos(qos_level)?, retain };
         tracing::debug!(on_behalf_of = %client_id.escape_debug(), "publish through the API");
         self.node.metrics.inc(Metric::MessagesReceived);
-        self.node.router.send(RouterRequest::Publish(Arc::new(message)));
+        self.node.router.publish(Arc::new(message));
         Ok(Done)
     }
 
@@ -224,12 +213,12 @@ impl Handler for Service<'_> {
             ));
         }
         let qos = qos(qos_level)?;
-        let found = self.ask(|reply| AdminRequest::Subscribe { client_id, filter: topic, qos, reply }).await?;
+        let found = self.node.router.subscribe_for(&client_id, topic, qos);
         found_or(found, code::UNKNOWN, "no such client")
     }
 
     async fn unsubscribe(&self, client_id: String, topic: String) -> Result<Done, ControlError> {
-        let found = self.ask(|reply| AdminRequest::Unsubscribe { client_id, filter: topic, reply }).await?;
+        let found = self.node.router.unsubscribe_for(&client_id, topic);
         found_or(found, code::UNKNOWN, "no such client")
     }
 

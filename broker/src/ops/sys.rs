@@ -11,7 +11,6 @@ use midge_shared::topics;
 
 use super::node::Node;
 use crate::protocol::QoS;
-use crate::router::Request;
 use crate::session::Message;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -48,7 +47,7 @@ pub async fn run(node: Arc<Node>) {
 }
 
 fn send(node: &Node, message: Arc<Message>) {
-    node.router.send(Request::Publish(message));
+    node.router.publish(message);
 }
 
 fn publish_identity(node: &Node) {

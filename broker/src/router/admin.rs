@@ -1,52 +1,17 @@
 //! The router's management side: listings (paged here, so a reply never carries the whole table),
-//! kicking a client, clearing its ACL cache entry, and subscribing on a client's behalf.
+//! kicking a client, clearing its ACL cache entry, and subscribing on a client's behalf. Every one
+//! leaves the sidecar's own connection out.
 
 use std::cmp::Ordering;
 use std::ops::Range;
 use std::sync::Arc;
 
 use midge_shared::control::{ClientRow, Page, PageRequest, RouteRow, SessionRow, SubscriptionRow};
-use tokio::sync::oneshot;
 
-use super::outbox::Outbound;
-use super::{Client, Presence, Router};
+use super::outbox::OutboxItem;
+use super::tables::{Client, Fanout, Presence, Router};
 use crate::protocol::QoS;
 use crate::session::{ClientId, SessionStats};
-
-type Reply<T> = oneshot::Sender<T>;
-
-#[derive(Debug)]
-pub enum AdminRequest {
-    ListClients(PageRequest, Reply<Page<ClientRow>>),
-    GetClient(String, Reply<Vec<ClientRow>>),
-    ListSessions(PageRequest, Reply<Page<SessionRow>>),
-    GetSession(String, Reply<Vec<SessionRow>>),
-    ListSubscriptions(PageRequest, Reply<Page<SubscriptionRow>>),
-    GetSubscriptions(String, Reply<Vec<SubscriptionRow>>),
-    ListRoutes(PageRequest, Reply<Page<RouteRow>>),
-    GetRoute(String, Reply<Vec<RouteRow>>),
-    /// Answers whether the client was online.
-    Kick(String, Reply<bool>),
-    /// Answers whether the client was online.
-    CleanAclCache {
-        client_id: String,
-        topic: String,
-        reply: Reply<bool>,
-    },
-    /// Answers whether the client exists. The filter is already validated.
-    Subscribe {
-        client_id: String,
-        filter: String,
-        qos: QoS,
-        reply: Reply<bool>,
-    },
-    /// Answers whether the client exists.
-    Unsubscribe {
-        client_id: String,
-        filter: String,
-        reply: Reply<bool>,
-    },
-}
 
 /// EMQ shows a missing username as "undefined".
 fn username(client: &Client) -> String {
@@ -58,89 +23,95 @@ pub fn format_time(t: &chrono::DateTime<chrono::Local>) -> String {
 }
 
 impl Router {
-    pub(super) fn admin(&mut self, request: AdminRequest) {
-        match request {
-            AdminRequest::ListClients(page, reply) => {
-                let online = self.visible_clients().filter(|(_, c)| is_online(c)).collect();
-                let _ = reply.send(page_of(online, page, |(id, c)| client_row(id, c)));
-            }
-            AdminRequest::GetClient(id, reply) => {
-                let row = self.visible_client(&id).filter(|(_, c)| is_online(c));
-                let _ = reply.send(row.map(|(id, c)| client_row(id, c)).into_iter().collect());
-            }
-            AdminRequest::ListSessions(page, reply) => {
-                let max_inflight = self.limits.max_inflight as u64;
-                let all = self.visible_clients().collect();
-                let _ = reply.send(page_of(all, page, |(id, c)| session_row(id, c, max_inflight)));
-            }
-            AdminRequest::GetSession(id, reply) => {
-                let max_inflight = self.limits.max_inflight as u64;
-                let row = self.visible_client(&id);
-                let _ = reply.send(row.map(|(id, c)| session_row(id, c, max_inflight)).into_iter().collect());
-            }
-            AdminRequest::ListSubscriptions(page, reply) => {
-                // Rows are built for the requested window only.
-                let mut clients: Vec<_> = self.visible_clients().filter(|(_, c)| !c.filters.is_empty()).collect();
-                clients.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                let total = clients.iter().map(|(_, c)| c.filters.len()).sum();
-                let window = Page::<SubscriptionRow>::window(total, page);
-                let rows = clients
-                    .into_iter()
-                    .flat_map(|(id, c)| c.filters.iter().map(move |(topic, qos)| (id, topic, qos)))
-                    .skip(window.start)
-                    .take(window.len())
-                    .map(|(id, topic, qos)| subscription_row(id, topic, *qos))
-                    .collect();
-                let _ = reply.send(Page::new(page, total, rows));
-            }
-            AdminRequest::GetSubscriptions(id, reply) => {
-                let rows = self.visible_client(&id).map(|(id, c)| subscription_rows(id, c));
-                let _ = reply.send(rows.unwrap_or_default());
-            }
-            AdminRequest::ListRoutes(page, reply) => {
-                let node = &self.shared.node;
-                let rows = self.routes.keys().map(|topic| RouteRow { topic: topic.clone(), node: node.clone() });
-                let _ = reply.send(Page::of(rows, page));
-            }
-            AdminRequest::GetRoute(topic, reply) => {
-                let row = self.routes.contains_key(&topic).then(|| RouteRow { topic, node: self.shared.node.clone() });
-                let _ = reply.send(row.into_iter().collect());
-            }
-            AdminRequest::Kick(id, reply) => {
-                let _ = reply.send(self.tell(&id, Outbound::Kick));
-            }
-            AdminRequest::CleanAclCache { client_id, topic, reply } => {
-                let _ = reply.send(self.tell(&client_id, Outbound::CleanAclCache(topic.into())));
-            }
-            AdminRequest::Subscribe { client_id, filter, qos, reply } => {
-                let Some((id, _)) = self.visible_client(&client_id) else {
-                    let _ = reply.send(false);
-                    return;
-                };
-                let id = id.clone();
-                let retained = self.subscribe_client(&id, &[(filter, qos)]);
-                for delivery in retained {
-                    self.deliver(&id, delivery);
-                }
-                let _ = reply.send(true);
-            }
-            AdminRequest::Unsubscribe { client_id, filter, reply } => {
-                let Some((id, _)) = self.visible_client(&client_id) else {
-                    let _ = reply.send(false);
-                    return;
-                };
-                let id: ClientId = id.clone();
-                self.unsubscribe_client(&id, &[filter]);
-                let _ = reply.send(true);
-            }
+    pub(super) fn list_clients(&self, page: PageRequest) -> Page<ClientRow> {
+        let online = self.visible_clients().filter(|(_, c)| is_online(c)).collect();
+        page_of(online, page, |(id, c)| client_row(id, c))
+    }
+
+    pub(super) fn get_client(&self, id: &str) -> Vec<ClientRow> {
+        let row = self.visible_client(id).filter(|(_, c)| is_online(c));
+        row.map(|(id, c)| client_row(id, c)).into_iter().collect()
+    }
+
+    pub(super) fn list_sessions(&self, page: PageRequest) -> Page<SessionRow> {
+        let max_inflight = self.limits.max_inflight as u64;
+        let all = self.visible_clients().collect();
+        page_of(all, page, |(id, c)| session_row(id, c, max_inflight))
+    }
+
+    pub(super) fn get_session(&self, id: &str) -> Vec<SessionRow> {
+        let max_inflight = self.limits.max_inflight as u64;
+        let row = self.visible_client(id);
+        row.map(|(id, c)| session_row(id, c, max_inflight)).into_iter().collect()
+    }
+
+    /// Rows are built for the requested window only.
+    pub(super) fn list_subscriptions(&self, page: PageRequest) -> Page<SubscriptionRow> {
+        let mut clients: Vec<_> = self.visible_clients().filter(|(_, c)| !c.filters.is_empty()).collect();
+        clients.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let total = clients.iter().map(|(_, c)| c.filters.len()).sum();
+        let window = Page::<SubscriptionRow>::window(total, page);
+        let rows = clients
+            .into_iter()
+            .flat_map(|(id, c)| c.filters.iter().map(move |(topic, qos)| (id, topic, qos)))
+            .skip(window.start)
+            .take(window.len())
+            .map(|(id, topic, qos)| subscription_row(id, topic, *qos))
+            .collect();
+        Page::new(page, total, rows)
+    }
+
+    pub(super) fn get_subscriptions(&self, id: &str) -> Vec<SubscriptionRow> {
+        self.visible_client(id).map(|(id, c)| subscription_rows(id, c)).unwrap_or_default()
+    }
+
+    pub(super) fn list_routes(&self, page: PageRequest) -> Page<RouteRow> {
+        let node = &self.shared.node;
+        let rows = self.routes.keys().map(|topic| RouteRow { topic: topic.clone(), node: node.clone() });
+        Page::of(rows, page)
+    }
+
+    pub(super) fn get_route(&self, topic: String) -> Vec<RouteRow> {
+        let row = self.routes.contains_key(&topic).then(|| RouteRow { topic, node: self.shared.node.clone() });
+        row.into_iter().collect()
+    }
+
+    /// Ends the client's connection; false if it is not online.
+    pub(super) fn kick(&self, id: &str) -> bool {
+        self.tell(id, OutboxItem::Kick)
+    }
+
+    /// Has the client forget its cached ACL decision for `topic`; false if it is not online.
+    pub(super) fn clean_acl_cache(&self, id: &str, topic: &str) -> bool {
+        self.tell(id, OutboxItem::CleanAclCache(topic.into()))
+    }
+
+    /// Subscribes a client (online or parked) to an already validated filter; false if there is no
+    /// such client.
+    pub(super) fn subscribe_for(&mut self, client_id: &str, filter: String, qos: QoS) -> bool {
+        let Some((id, _)) = self.visible_client(client_id) else { return false };
+        let id = id.clone();
+        let retained = self.subscribe_client(&id, &[(filter, qos)]);
+        let mut fanout = Fanout::default();
+        for delivery in retained {
+            self.deliver(&id, delivery, &mut fanout);
         }
+        true
+    }
+
+    /// False if there is no such client.
+    pub(super) fn unsubscribe_for(&mut self, client_id: &str, filter: String) -> bool {
+        let Some((id, _)) = self.visible_client(client_id) else { return false };
+        let id: ClientId = id.clone();
+        self.unsubscribe_client(&id, &[filter]);
+        true
     }
 
     /// Sends a control message to an online client; false if it is not online. The sidecar's own
     /// connection is not there to be kicked.
-    fn tell(&self, client_id: &str, outbound: Outbound) -> bool {
+    fn tell(&self, client_id: &str, item: OutboxItem) -> bool {
         match self.visible_client(client_id).map(|(_, c)| &c.presence) {
-            Some(Presence::Online(outbox)) => outbox.push(outbound, None).is_ok(),
+            Some(Presence::Online(outbox)) => outbox.push(item, None).is_ok(),
             _ => false,
         }
     }

@@ -2,99 +2,40 @@
 //! messages. It sits behind a mutex, and whoever has something for it (a connection with the
 //! publishes of one read, a subscribe, the control service) takes the lock and does the work there
 //! and then: a publish goes from the publisher's connection straight into its subscribers' outboxes,
-//! with no hop through a task of its own. No request awaits anything under the lock, and the router
-//! answers each connection through that connection's own outbox, so a slow client cannot stall it.
+//! with no hop through a task of its own. No call awaits anything under the lock, the router never
+//! writes to a socket, and it answers each connection through that connection's own outbox, so a slow
+//! client cannot stall it. What it decided comes back as values (`Fanout`, `ConnectOutcome`, the
+//! listings); what changed in its tables goes out as `RouterEvent`s to whoever follows them.
 //!
-//! `admin.rs` holds the management side (listings, kick, subscribe on behalf of a client).
+//! - `tables.rs`: the state and what changes it; `admin.rs`: the management API's side of it;
+//! - `outbox.rs`: each connection's queue; `subscriptions.rs`: the trie; `events.rs`: the event stream.
 
 mod admin;
+mod events;
 mod outbox;
 pub mod subscriptions;
+mod tables;
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use chrono::{DateTime, Local};
-use tokio::sync::oneshot;
+use midge_shared::control::{ClientRow, Page, PageRequest, RouteRow, SessionRow, SubscriptionRow};
+use tokio::sync::{broadcast, oneshot};
 
-pub use admin::AdminRequest;
-pub use outbox::{outbox, Activity, Direct, Outbound, Outbox, OutboxReceiver, Pushed, Refused, Ticket};
+pub use events::RouterEvent;
+pub use outbox::{outbox, Activity, Direct, Outbox, OutboxItem, OutboxReceiver, Pushed, Refused, Ticket};
+pub use tables::{ClientMeta, ConnectOutcome, Fanout, Wiring};
 
-use crate::metrics::{Metric, Metrics, Stat, Stats};
-use crate::protocol::topic;
-use crate::protocol::{QoS, Suback, SubackCode};
-use crate::session::ClientId;
-use crate::session::{Delivery, Message, Session, SessionLimits, SessionStats};
-use subscriptions::{FastMap, SubscriptionTree};
-
-/// Deliveries waiting for one connection to take them. The router fills an outbox in bursts (a batch
-/// of publishes at a time), so this is larger than a session's queue; past it, messages for that
-/// connection are dropped and counted rather than held.
-const OUTBOX_LIMIT: usize = 8 * 1024;
-
-/// What connections (and the control service) ask of the router.
-#[derive(Debug)]
-pub enum Request {
-    Connect {
-        client_id: ClientId,
-        meta: ClientMeta,
-        outbox: Outbox,
-        reply: oneshot::Sender<ConnectOutcome>,
-    },
-    Publish(Arc<Message>),
-    /// Filters already validated and ACL-checked by the connection; refused ones carry `None`.
-    Subscribe {
-        client_id: ClientId,
-        conn_id: u64,
-        pkid: u16,
-        filters: Vec<(String, SubackCode)>,
-    },
-    Unsubscribe {
-        client_id: ClientId,
-        conn_id: u64,
-        pkid: u16,
-        filters: Vec<String>,
-    },
-    /// The connection has ended; the session comes back with whatever is still in its outbox.
-    Disconnected {
-        client_id: ClientId,
-        conn_id: u64,
-        session: Box<Session>,
-        rest: OutboxReceiver,
-    },
-    Admin(AdminRequest),
-}
-
-/// What the management API shows about a connected client.
-#[derive(Debug, Clone)]
-pub struct ClientMeta {
-    pub username: Option<String>,
-    pub peer: SocketAddr,
-    pub clean_session: bool,
-    pub proto_ver: u8,
-    pub keepalive: u16,
-    pub connected_at: DateTime<Local>,
-    /// The management sidecar's connection (its client id is in the management namespace): kept out
-    /// of every listing, statistic and kick, so users see only their own clients.
-    pub hidden: bool,
-}
-
-#[derive(Debug)]
-pub enum ConnectOutcome {
-    /// A session to use: resumed (`present`) or new.
-    Accepted { session: Box<Session>, present: bool },
-    /// Another connection with the same client id arrived while this one waited.
-    Superseded,
-}
+use crate::protocol::{QoS, SubackCode};
+use crate::session::{ClientId, Message, Session, SessionLimits};
+use tables::Router;
 
 /// A cheap, cloneable way to reach the router.
 #[derive(Clone)]
 pub struct RouterHandle {
     router: Arc<Mutex<Router>>,
-    metrics: Arc<Metrics>,
+    /// Deliveries one outbox may hold (fixed at start).
+    outbox_limit: usize,
 }
 
 impl std::fmt::Debug for RouterHandle {
@@ -103,159 +44,136 @@ impl std::fmt::Debug for RouterHandle {
     }
 }
 
-impl RouterHandle {
-    /// Handles a request on the caller's thread. Whatever it answers arrives through the outbox or
-    /// reply channel the request carries.
-    pub fn send(&self, request: Request) {
-        lock(&self.router).handle(request);
-    }
-
-    /// Routes the publishes one connection read in one go, in order, leaving `messages` empty.
-    pub fn publish(&self, messages: &mut Vec<Arc<Message>>) -> Routed {
-        let mut router = lock(&self.router);
-        let lone = messages.len() == 1;
-        for message in messages.drain(..) {
-            router.publish(message, lone);
-        }
-        if let Some((outbox, delivery)) = router.direct.take() {
-            // The write is a syscall: made after the router's lock is let go, under the outbox's.
-            let limit = router.outbox_limit();
-            drop(router);
-            return self.deliver_direct(outbox, delivery, limit);
-        }
-        match (router.woke_idle.take(), std::mem::take(&mut router.pushed)) {
-            (Some((outbox, ticket)), _) => Routed::Idle(outbox, ticket),
-            (None, true) => Routed::Busy,
-            (None, false) => Routed::Nobody,
-        }
-    }
-
-    fn deliver_direct(&self, outbox: Outbox, delivery: Delivery, limit: usize) -> Routed {
-        match outbox.deliver_direct(delivery, limit) {
-            Ok(Direct::Written { packet, size }) => {
-                self.metrics.packet_sent(&packet, size);
-                Routed::Nobody
-            }
-            Ok(Direct::Pushed(Pushed::WokeIdle(ticket))) => Routed::Idle(outbox, ticket),
-            // A QoS 0 delivery is never deferred.
-            Ok(Direct::Pushed(Pushed::Queued | Pushed::Deferred)) => Routed::Busy,
-            Err(refused) => {
-                tracing::debug!(conn_id = outbox.conn_id, ?refused, "message dropped");
-                self.metrics.inc(Metric::MessagesDropped);
-                Routed::Nobody
-            }
-        }
-    }
-
-    /// Sends an admin request built around a reply channel and waits for the answer.
-    pub async fn ask<T>(&self, build: impl FnOnce(oneshot::Sender<T>) -> AdminRequest) -> Result<T, RouterGone> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Request::Admin(build(tx)));
-        rx.await.map_err(|_| RouterGone)
-    }
-}
-
-/// Whose outboxes a batch of publishes reached: what the publisher needs to know to write its own
-/// acknowledgements after the deliveries (see `outbox.rs`).
-#[derive(Debug)]
-pub enum Routed {
-    /// No connection: nothing to let go first.
-    Nobody,
-    /// Among others, this idle connection, woken and certain to take its turn soon.
-    Idle(Outbox, Ticket),
-    /// Connections that were busy or had work queued already.
-    Busy,
-}
-
 /// A panic while routing leaves tables that are still valid tables (every update is a single insert
 /// or removal), so the broker carries on rather than refusing every client from then on.
 fn lock(router: &Mutex<Router>) -> MutexGuard<'_, Router> {
     router.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("the router has stopped")]
-pub struct RouterGone;
-
-enum Presence {
-    Online(Outbox),
-    /// Kept since the given moment, until the session expiry interval has passed.
-    Offline(Box<Session>, std::time::Instant),
-}
-
-struct PendingConnect {
-    meta: ClientMeta,
-    outbox: Outbox,
-    reply: oneshot::Sender<ConnectOutcome>,
-}
-
-struct Client {
-    presence: Presence,
-    meta: ClientMeta,
-    /// The client's filters and granted QoS, in order, so a discarded session can leave the trie.
-    filters: BTreeMap<String, QoS>,
-    /// A connection waiting for this one to hand its session over (takeover).
-    pending: Option<Box<PendingConnect>>,
-    /// Shared with the session, wherever it is.
-    session_stats: Arc<SessionStats>,
-    session_clean: bool,
-    created_at: DateTime<Local>,
-}
-
-/// What the router shares with the rest of the broker.
-pub struct Shared {
-    /// On while retained messages are kept and sent (the retainer plugin's switch).
-    pub retaining: Arc<AtomicBool>,
-    pub metrics: Arc<Metrics>,
-    pub stats: Arc<Stats>,
-    pub node: String,
-}
-
-pub struct Router {
-    clients: FastMap<ClientId, Client>,
-    /// Of `clients`, those hidden from users (see [`ClientMeta::hidden`]), and their subscriptions.
-    hidden_clients: usize,
-    hidden_subscriptions: usize,
-    subscriptions: SubscriptionTree,
-    /// Distinct filters and how many clients hold each (EMQ's routes on this node).
-    routes: BTreeMap<String, usize>,
-    retained: BTreeMap<String, Arc<Message>>,
-    limits: SessionLimits,
-    shared: Shared,
-    online: u64,
-    subscribers: u64,
-    /// Reused for every publish, so matching does not allocate.
-    matched: Vec<(ClientId, QoS)>,
-    /// Since the last `RouterHandle::publish`: the first idle connection a delivery woke, and whether
-    /// any delivery reached a connection at all.
-    woke_idle: Option<(Outbox, Ticket)>,
-    pushed: bool,
-    /// A lone QoS 0 delivery for a drained connection, to be written straight to its socket once the
-    /// router's lock is let go (see `outbox.rs`).
-    direct: Option<(Outbox, Delivery)>,
-}
-
 impl RouterHandle {
     /// An empty router.
-    pub fn new(limits: SessionLimits, shared: Shared) -> RouterHandle {
-        let metrics = shared.metrics.clone();
-        let router = Router {
-            clients: FastMap::default(),
-            hidden_clients: 0,
-            hidden_subscriptions: 0,
-            subscriptions: SubscriptionTree::new(),
-            routes: BTreeMap::new(),
-            retained: BTreeMap::new(),
-            limits,
-            shared,
-            online: 0,
-            subscribers: 0,
-            matched: Vec::new(),
-            woke_idle: None,
-            pushed: false,
-            direct: None,
-        };
-        RouterHandle { router: Arc::new(Mutex::new(router)), metrics }
+    pub fn new(limits: SessionLimits, wiring: Wiring) -> RouterHandle {
+        let router = Router::new(limits, wiring);
+        let outbox_limit = router.outbox_limit();
+        RouterHandle { router: Arc::new(Mutex::new(router)), outbox_limit }
+    }
+
+    /// Deliveries one outbox may hold; past it the router drops and counts.
+    pub fn outbox_limit(&self) -> usize {
+        self.outbox_limit
+    }
+
+    /// Registers a connecting client and answers with its session once it is free: at once, or when a
+    /// connection still holding the client id has handed it back (takeover).
+    pub fn connect(&self, client_id: ClientId, meta: ClientMeta, outbox: Outbox) -> oneshot::Receiver<ConnectOutcome> {
+        let (reply, outcome) = oneshot::channel();
+        let mut router = lock(&self.router);
+        router.connect(client_id, meta, outbox, reply);
+        router.update_stats();
+        outcome
+    }
+
+    /// Routes the publishes one connection read in one go, in order, leaving `messages` empty; what
+    /// they did, for the publisher to act on (see `docs/architecture.md`, the message path).
+    pub fn publish_batch(&self, messages: &mut Vec<Arc<Message>>) -> Fanout {
+        let mut fanout = Fanout::default();
+        let mut router = lock(&self.router);
+        let lone = messages.len() == 1;
+        for message in messages.drain(..) {
+            router.publish(message, lone, &mut fanout);
+        }
+        fanout
+    }
+
+    /// Routes one message of the broker's own (`$SYS`, a control reply, a will, a publish through the
+    /// API), whose sender does not wait for its subscribers.
+    pub fn publish(&self, message: Arc<Message>) {
+        lock(&self.router).publish(message, false, &mut Fanout::default());
+    }
+
+    /// Filters already validated and ACL-checked by the connection; refused ones carry `None`. The
+    /// SUBACK (and retained messages) go to the connection's outbox.
+    pub fn subscribe(&self, client_id: ClientId, conn_id: u64, pkid: u16, filters: Vec<(String, SubackCode)>) {
+        let mut router = lock(&self.router);
+        router.subscribe(client_id, conn_id, pkid, filters);
+        router.update_stats();
+    }
+
+    pub fn unsubscribe(&self, client_id: ClientId, conn_id: u64, pkid: u16, filters: Vec<String>) {
+        let mut router = lock(&self.router);
+        router.unsubscribe(client_id, conn_id, pkid, filters);
+        router.update_stats();
+    }
+
+    /// The connection has ended; its session comes back with whatever is still in its outbox.
+    pub fn disconnected(&self, client_id: ClientId, conn_id: u64, session: Box<Session>, rest: OutboxReceiver) {
+        let mut router = lock(&self.router);
+        router.disconnected(client_id, conn_id, session, rest);
+        router.update_stats();
+    }
+
+    pub fn list_clients(&self, page: PageRequest) -> Page<ClientRow> {
+        lock(&self.router).list_clients(page)
+    }
+
+    /// Empty, or the one client if it is online.
+    pub fn get_client(&self, client_id: &str) -> Vec<ClientRow> {
+        lock(&self.router).get_client(client_id)
+    }
+
+    pub fn list_sessions(&self, page: PageRequest) -> Page<SessionRow> {
+        lock(&self.router).list_sessions(page)
+    }
+
+    pub fn get_session(&self, client_id: &str) -> Vec<SessionRow> {
+        lock(&self.router).get_session(client_id)
+    }
+
+    pub fn list_subscriptions(&self, page: PageRequest) -> Page<SubscriptionRow> {
+        lock(&self.router).list_subscriptions(page)
+    }
+
+    pub fn get_subscriptions(&self, client_id: &str) -> Vec<SubscriptionRow> {
+        lock(&self.router).get_subscriptions(client_id)
+    }
+
+    pub fn list_routes(&self, page: PageRequest) -> Page<RouteRow> {
+        lock(&self.router).list_routes(page)
+    }
+
+    pub fn get_route(&self, topic: String) -> Vec<RouteRow> {
+        lock(&self.router).get_route(topic)
+    }
+
+    /// Ends the client's connection; false if it is not online.
+    pub fn kick(&self, client_id: &str) -> bool {
+        lock(&self.router).kick(client_id)
+    }
+
+    /// Has the client forget its cached ACL decision for `topic`; false if it is not online.
+    pub fn clean_acl_cache(&self, client_id: &str, topic: &str) -> bool {
+        lock(&self.router).clean_acl_cache(client_id, topic)
+    }
+
+    /// Subscribes a client on its behalf; false if there is no such client. The filter is validated.
+    pub fn subscribe_for(&self, client_id: &str, filter: String, qos: QoS) -> bool {
+        let mut router = lock(&self.router);
+        let found = router.subscribe_for(client_id, filter, qos);
+        router.update_stats();
+        found
+    }
+
+    /// False if there is no such client.
+    pub fn unsubscribe_for(&self, client_id: &str, filter: String) -> bool {
+        let mut router = lock(&self.router);
+        let found = router.unsubscribe_for(client_id, filter);
+        router.update_stats();
+        found
+    }
+
+    /// Every change to the tables from now on (see [`RouterEvent`]).
+    pub fn follow(&self) -> broadcast::Receiver<RouterEvent> {
+        lock(&self.router).events.follow()
     }
 
     /// Expires offline sessions and refreshes the stats, a few times per expiry interval, until
@@ -280,373 +198,97 @@ impl RouterHandle {
     }
 }
 
-impl Router {
-    /// Drops offline sessions kept longer than the expiry interval, with their subscriptions.
-    fn expire_sessions(&mut self) {
-        let Some(expiry) = self.limits.expiry else { return };
-        let expired: Vec<ClientId> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| matches!(c.presence, Presence::Offline(_, since) if since.elapsed() >= expiry))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for client_id in expired {
-            tracing::debug!(client = %client_id.escape_debug(), "offline session expired");
-            self.drop_subscriptions(&client_id);
-            self.remove_client(&client_id);
-        }
-    }
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
 
-    fn handle(&mut self, request: Request) {
-        match request {
-            Request::Connect { client_id, meta, outbox, reply } => self.connect(client_id, meta, outbox, reply),
-            Request::Publish(message) => self.publish(message, false),
-            Request::Subscribe { client_id, conn_id, pkid, filters } => {
-                self.subscribe(client_id, conn_id, pkid, filters)
-            }
-            Request::Unsubscribe { client_id, conn_id, pkid, filters } => {
-                self.unsubscribe(client_id, conn_id, pkid, filters)
-            }
-            Request::Disconnected { client_id, conn_id, session, rest } => {
-                self.disconnected(client_id, conn_id, session, rest)
-            }
-            Request::Admin(request) => self.admin(request),
-        }
-        // Hand-offs are only for `RouterHandle::publish`, whose caller waits right away.
-        self.woke_idle = None;
-        self.pushed = false;
-        self.update_stats();
-    }
+    use bytes::Bytes;
+    use tokio::sync::broadcast::error::TryRecvError;
 
-    fn update_stats(&self) {
-        let stats = &self.shared.stats;
-        stats.set(Stat::Clients, self.online);
-        stats.set(Stat::Sessions, (self.clients.len() - self.hidden_clients) as u64);
-        stats.set(Stat::Subscriptions, (self.subscriptions.subscription_count() - self.hidden_subscriptions) as u64);
-        stats.set(Stat::Subscribers, self.subscribers);
-        stats.set(Stat::Topics, self.routes.len() as u64);
-        stats.set(Stat::Routes, self.routes.len() as u64);
-        self.update_retained_stats();
-    }
+    use super::*;
+    use crate::metrics::{Metrics, Stats};
 
-    /// The only figures a publish can change, set where it changes them: the publish path need not
-    /// refresh every stat per batch.
-    fn update_retained_stats(&self) {
-        self.shared.stats.set(Stat::Retained, self.retained.len() as u64);
-        self.shared.metrics.set(Metric::MessagesRetained, self.retained.len() as u64);
-    }
-
-    fn insert_client(&mut self, client_id: ClientId, client: Client) {
-        self.hidden_clients += usize::from(client.meta.hidden);
-        if !client.meta.hidden {
-            self.online += 1;
-        }
-        self.clients.insert(client_id, client);
-    }
-
-    fn remove_client(&mut self, client_id: &ClientId) {
-        if let Some(client) = self.clients.remove(client_id) {
-            self.hidden_clients -= usize::from(client.meta.hidden);
-        }
-    }
-
-    fn new_session(&self, client_id: ClientId, clean: bool) -> Box<Session> {
-        Box::new(Session::new(client_id, clean, self.limits.clone()))
-    }
-
-    fn connect(
-        &mut self,
-        client_id: ClientId,
-        meta: ClientMeta,
-        outbox: Outbox,
-        reply: oneshot::Sender<ConnectOutcome>,
-    ) {
-        let clean = meta.clean_session;
-        let Some(client) = self.clients.get_mut(&client_id) else {
-            let session = self.new_session(client_id.clone(), clean);
-            let client = Client {
-                presence: Presence::Online(outbox),
-                meta,
-                filters: BTreeMap::new(),
-                pending: None,
-                session_stats: session.stats.clone(),
-                session_clean: clean,
-                created_at: Local::now(),
-            };
-            self.insert_client(client_id, client);
-            let _ = reply.send(ConnectOutcome::Accepted { session, present: false });
-            return;
+    fn router(expiry: Duration) -> RouterHandle {
+        let limits = SessionLimits {
+            expiry: Some(expiry),
+            max_inflight: 32,
+            max_mqueue_len: 100,
+            mqueue_store_qos0: true,
+            max_awaiting_rel: 100,
+            await_rel_timeout: Duration::from_secs(20),
         };
-        match &client.presence {
-            Presence::Online(old) => {
-                // Ask the old connection to hand its session back; answer the new one then.
-                if client.pending.is_none() && old.push(Outbound::TakenOver, None).is_err() {
-                    // Its task is gone without handing the session back: start afresh.
-                    tracing::warn!(client = %client_id.escape_debug(), "previous connection vanished; session lost");
-                    client.presence = Presence::Online(outbox);
-                    // A clean stand-in makes `resume` discard the lost session's subscriptions too.
-                    let lost = self.new_session(client_id.clone(), true);
-                    self.resume(client_id, lost, meta, reply);
-                    return;
-                }
-                let pending = Box::new(PendingConnect { meta, outbox, reply });
-                if let Some(superseded) = client.pending.replace(pending) {
-                    let _ = superseded.reply.send(ConnectOutcome::Superseded);
-                }
-            }
-            Presence::Offline(..) => {
-                let Presence::Offline(session, _) = std::mem::replace(&mut client.presence, Presence::Online(outbox))
-                else {
-                    unreachable!("matched Offline above")
-                };
-                if !client.meta.hidden {
-                    self.online += 1;
-                }
-                self.resume(client_id, session, meta, reply);
-            }
-        }
-    }
-
-    /// Hands a stored session to a connecting client, or discards it for a clean start.
-    fn resume(
-        &mut self,
-        client_id: ClientId,
-        old: Box<Session>,
-        meta: ClientMeta,
-        reply: oneshot::Sender<ConnectOutcome>,
-    ) {
-        let clean = meta.clean_session;
-        let (session, present) = if clean || old.clean_session {
-            self.drop_subscriptions(&client_id);
-            (self.new_session(client_id.clone(), clean), false)
-        } else {
-            (old, true)
+        let wiring = Wiring {
+            retaining: Arc::new(AtomicBool::new(true)),
+            metrics: Arc::new(Metrics::default()),
+            stats: Arc::new(Stats::default()),
+            node: "test@127.0.0.1".into(),
         };
-        if let Some(client) = self.clients.get_mut(&client_id) {
-            client.meta = meta;
-            if !present {
-                client.session_stats = session.stats.clone();
-                client.session_clean = clean;
-                client.created_at = Local::now();
-            }
-        }
-        let _ = reply.send(ConnectOutcome::Accepted { session, present });
+        RouterHandle::new(limits, wiring)
     }
 
-    fn disconnected(&mut self, client_id: ClientId, conn_id: u64, mut session: Box<Session>, rest: OutboxReceiver) {
-        let Some(client) = self.clients.get_mut(&client_id) else { return };
-        match &client.presence {
-            Presence::Online(outbox) if outbox.conn_id == conn_id => {}
-            _ => return, // A stale connection; the client has moved on.
-        }
-        // Deliveries the connection never read stay with the session.
-        for outbound in rest.take_all() {
-            if let Outbound::Deliver(d) = outbound {
-                session.enqueue_offline(d);
-            }
-        }
-        if let Some(pending) = client.pending.take() {
-            client.presence = Presence::Online(pending.outbox);
-            self.resume(client_id, session, pending.meta, pending.reply);
-            return;
-        }
-        if !client.meta.hidden {
-            self.online = self.online.saturating_sub(1);
-        }
-        if session.clean_session {
-            self.drop_subscriptions(&client_id);
-            self.remove_client(&client_id);
-        } else {
-            client.presence = Presence::Offline(session, std::time::Instant::now());
+    fn meta(clean_session: bool) -> ClientMeta {
+        ClientMeta {
+            username: None,
+            peer: "127.0.0.1:1".parse().unwrap(),
+            clean_session,
+            proto_ver: 4,
+            keepalive: 60,
+            connected_at: chrono::Local::now(),
+            hidden: false,
         }
     }
 
-    fn drop_subscriptions(&mut self, client_id: &ClientId) {
-        let Some(client) = self.clients.get_mut(client_id) else { return };
-        let filters = std::mem::take(&mut client.filters);
-        let hidden = client.meta.hidden;
-        if !filters.is_empty() && !hidden {
-            self.subscribers = self.subscribers.saturating_sub(1);
-        }
-        for filter in filters.into_keys() {
-            self.remove_subscription(&filter, client_id, hidden);
+    /// Connects `id`; its session and the connection's end of its outbox.
+    async fn connect(router: &RouterHandle, id: &str, conn_id: u64, clean: bool) -> (Box<Session>, OutboxReceiver) {
+        let (outbox, receiver) = outbox(conn_id);
+        match router.connect(id.into(), meta(clean), outbox).await.unwrap() {
+            ConnectOutcome::Accepted { session, .. } => (session, receiver),
+            ConnectOutcome::Superseded => panic!("superseded"),
         }
     }
 
-    /// Adds one subscription to the trie and (unless the client is hidden) the route table. The caller
-    /// keeps `Client::filters`.
-    fn add_subscription(&mut self, filter: &str, client_id: &ClientId, qos: QoS, hidden: bool) {
-        if self.subscriptions.subscribe(filter, client_id, qos) {
-            if hidden {
-                self.hidden_subscriptions += 1;
-            } else {
-                *self.routes.entry(filter.to_string()).or_default() += 1;
-            }
-        }
+    fn retained(topic: &str, payload: &'static [u8]) -> Arc<Message> {
+        Arc::new(Message {
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            payload: payload.into(),
+            qos: QoS::AtMostOnce,
+            retain: true,
+        })
     }
 
-    fn remove_subscription(&mut self, filter: &str, client_id: &ClientId, hidden: bool) {
-        if self.subscriptions.unsubscribe(filter, client_id) {
-            if hidden {
-                self.hidden_subscriptions -= 1;
-                return;
-            }
-            if let Some(count) = self.routes.get_mut(filter) {
-                *count -= 1;
-                if *count == 0 {
-                    self.routes.remove(filter);
-                }
-            }
-        }
+    fn next(events: &mut broadcast::Receiver<RouterEvent>) -> RouterEvent {
+        events.try_recv().expect("an event")
     }
 
-    /// Routes one message; `lone` if it is the only one its publisher read at once.
-    fn publish(&mut self, message: Arc<Message>, lone: bool) {
-        let internal = message.is_internal();
-        if message.retain && self.shared.retaining.load(Ordering::Relaxed) {
-            self.retain(&message);
-        }
-        let mut matched = std::mem::take(&mut self.matched);
-        matched.clear();
-        self.subscriptions.matches(message.topic_str(), &mut matched);
-        // A client with overlapping filters gets the message once, at its highest granted QoS.
-        matched.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        matched.dedup_by(|later, first| later.0 == first.0);
-        if matched.is_empty() && !internal {
-            self.shared.metrics.inc(Metric::MessagesDropped);
-        }
-        if let ([(client_id, granted)], true, false) = (&matched[..], lone, internal) {
-            if message.qos.min(*granted) == QoS::AtMostOnce {
-                if let Some(outbox) = self.drained_outbox(client_id) {
-                    let delivery = Delivery { message, qos: QoS::AtMostOnce, retain: false };
-                    self.direct = Some((outbox, delivery));
-                    self.matched = matched;
-                    return;
-                }
-            }
-        }
-        for (client_id, granted) in &matched {
-            let qos = message.qos.min(*granted);
-            self.deliver(client_id, Delivery { message: message.clone(), qos, retain: false });
-        }
-        self.matched = matched;
-    }
+    /// Routes, retained messages and parked sessions are told as they change, and only as they change.
+    #[tokio::test]
+    async fn the_tables_changes_are_told_in_order() {
+        let router = router(Duration::from_millis(1));
+        let mut events = router.follow();
+        let (_a, _a_out) = connect(&router, "a", 1, true).await;
+        let (b, b_out) = connect(&router, "b", 2, false).await;
+        router.subscribe("a".into(), 1, 1, vec![("t/#".into(), Some(QoS::AtLeastOnce))]);
+        assert!(matches!(next(&mut events), RouterEvent::RouteAdded(f) if &*f == "t/#"));
+        router.subscribe("b".into(), 2, 1, vec![("t/#".into(), Some(QoS::AtLeastOnce)), ("u".into(), None)]);
+        assert!(matches!(events.try_recv(), Err(TryRecvError::Empty)), "a second holder adds no route");
 
-    fn retain(&mut self, message: &Arc<Message>) {
-        let topic = message.topic_str().to_string();
-        if message.payload.is_empty() {
-            self.retained.remove(&topic);
-        } else {
-            self.retained.insert(topic, message.clone());
-        }
-        self.update_retained_stats();
-    }
+        router.publish(retained("t/1", b"kept"));
+        assert!(matches!(next(&mut events), RouterEvent::RetainedSet(m) if &m.payload[..] == b"kept"));
+        router.publish(retained("t/1", b""));
+        assert!(matches!(next(&mut events), RouterEvent::RetainedCleared(t) if &*t == "t/1"));
+        router.publish(retained("t/1", b""));
+        assert!(matches!(events.try_recv(), Err(TryRecvError::Empty)), "nothing to clear");
 
-    /// The outbox of `client_id` if it is online and drained: a lone message for it is written on the spot.
-    fn drained_outbox(&self, client_id: &ClientId) -> Option<Outbox> {
-        match &self.clients.get(client_id)?.presence {
-            Presence::Online(outbox) if outbox.is_drained() => Some(outbox.clone()),
-            _ => None,
-        }
-    }
-
-    /// How many deliveries may wait in one outbox.
-    fn outbox_limit(&self) -> usize {
-        OUTBOX_LIMIT.max(self.limits.max_mqueue_len)
-    }
-
-    fn deliver(&mut self, client_id: &ClientId, delivery: Delivery) {
-        let limit = self.outbox_limit();
-        let Some(client) = self.clients.get_mut(client_id) else { return };
-        let internal = delivery.message.is_internal();
-        let kept = match &mut client.presence {
-            Presence::Online(outbox) => {
-                match outbox.push_bounded(Outbound::Deliver(delivery), limit) {
-                    Ok(pushed) => {
-                        self.pushed |= pushed != Pushed::Deferred;
-                        if let (Pushed::WokeIdle(ticket), None) = (pushed, &self.woke_idle) {
-                            self.woke_idle = Some((outbox.clone(), ticket));
-                        }
-                        true
-                    }
-                    Err(Refused::Full) => {
-                        tracing::debug!(client = %client_id.escape_debug(), "outbox full, message dropped");
-                        false
-                    }
-                    // Its Disconnected request is on the way and will settle the session.
-                    Err(Refused::Gone) => false,
-                }
-            }
-            Presence::Offline(session, _) => session.enqueue_offline(delivery),
-        };
-        if !kept && !internal {
-            self.shared.metrics.inc(Metric::MessagesDropped);
-        }
-    }
-
-    /// The retained messages a new subscription to `filter` receives.
-    fn retained_for(&self, filter: &str, granted: QoS, out: &mut Vec<Delivery>) {
-        if !self.shared.retaining.load(Ordering::Relaxed) {
-            return;
-        }
-        for (topic, message) in &self.retained {
-            if topic::matches(filter, topic) {
-                out.push(Delivery { message: message.clone(), qos: message.qos.min(granted), retain: true });
-            }
-        }
-    }
-
-    /// Records subscriptions for a client; returns the retained messages they bring.
-    fn subscribe_client(&mut self, client_id: &ClientId, filters: &[(String, QoS)]) -> Vec<Delivery> {
-        let mut retained = Vec::new();
-        let Some(client) = self.clients.get_mut(client_id) else { return retained };
-        let hidden = client.meta.hidden;
-        if client.filters.is_empty() && !filters.is_empty() && !hidden {
-            self.subscribers += 1;
-        }
-        for (filter, qos) in filters {
-            client.filters.insert(filter.clone(), *qos);
-        }
-        for (filter, qos) in filters {
-            self.add_subscription(filter, client_id, *qos, hidden);
-            self.retained_for(filter, *qos, &mut retained);
-        }
-        retained
-    }
-
-    /// Removes subscriptions of a client; returns how many it had.
-    fn unsubscribe_client(&mut self, client_id: &ClientId, filters: &[String]) -> usize {
-        let Some(client) = self.clients.get_mut(client_id) else { return 0 };
-        let hidden = client.meta.hidden;
-        let had_any = !client.filters.is_empty();
-        let removed: Vec<&String> = filters.iter().filter(|f| client.filters.remove(*f).is_some()).collect();
-        if had_any && client.filters.is_empty() && !hidden {
-            self.subscribers = self.subscribers.saturating_sub(1);
-        }
-        for filter in &removed {
-            self.remove_subscription(filter, client_id, hidden);
-        }
-        removed.len()
-    }
-
-    fn online_outbox(&self, client_id: &str, conn_id: u64) -> Option<Outbox> {
-        match &self.clients.get(client_id)?.presence {
-            Presence::Online(outbox) if outbox.conn_id == conn_id => Some(outbox.clone()),
-            _ => None,
-        }
-    }
-
-    fn subscribe(&mut self, client_id: ClientId, conn_id: u64, pkid: u16, filters: Vec<(String, SubackCode)>) {
-        let Some(outbox) = self.online_outbox(&client_id, conn_id) else { return };
-        let granted: Vec<(String, QoS)> = filters.iter().filter_map(|(f, c)| c.map(|q| (f.clone(), q))).collect();
-        let retained = self.subscribe_client(&client_id, &granted);
-        let suback = Suback { pkid, codes: filters.into_iter().map(|(_, c)| c).collect() };
-        let _ = outbox.push(Outbound::Subscribed(Box::new((suback, retained))), None);
-    }
-
-    fn unsubscribe(&mut self, client_id: ClientId, conn_id: u64, pkid: u16, filters: Vec<String>) {
-        let Some(outbox) = self.online_outbox(&client_id, conn_id) else { return };
-        self.unsubscribe_client(&client_id, &filters);
-        let _ = outbox.push(Outbound::Unsubscribed(pkid), None);
+        router.disconnected("b".into(), 2, b, b_out);
+        assert!(matches!(next(&mut events), RouterEvent::SessionParked(id) if &*id == "b"));
+        let (b, b_out) = connect(&router, "b", 3, false).await;
+        assert!(matches!(next(&mut events), RouterEvent::SessionResumed(id) if &*id == "b"));
+        router.disconnected("b".into(), 3, b, b_out);
+        assert!(matches!(next(&mut events), RouterEvent::SessionParked(_)));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        lock(&router.router).expire_sessions();
+        assert!(matches!(next(&mut events), RouterEvent::SessionExpired(id) if &*id == "b"));
+        router.unsubscribe("a".into(), 1, 2, vec!["t/#".into()]);
+        assert!(matches!(next(&mut events), RouterEvent::RouteRemoved(f) if &*f == "t/#"), "b's went with it");
     }
 }

@@ -41,7 +41,7 @@ use crate::transport::{SocketHandle, Written};
 
 /// What the router sends to one connection, in order.
 #[derive(Debug)]
-pub enum Outbound {
+pub enum OutboxItem {
     Deliver(Delivery),
     /// A SUBACK to write, then retained messages for the new subscriptions. Boxed, like every rare
     /// variant, to keep the common one (and so each connection's channel block) small.
@@ -65,7 +65,7 @@ pub const BYTES_LIMIT: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<Outbound>,
+    queue: VecDeque<OutboxItem>,
     /// What the deliveries in `queue` weigh (see [`BYTES_LIMIT`]).
     bytes: usize,
     /// The connection is waiting for work with room to write, so what is pushed now is taken on its
@@ -106,14 +106,14 @@ struct DirectTarget {
 }
 
 #[derive(Debug, Default)]
-struct Shared {
+struct Inner {
     state: Mutex<State>,
     /// The connection's task, while it waits for something to be queued.
     waker: AtomicWaker,
     receiver_gone: AtomicBool,
 }
 
-impl Shared {
+impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock leaves a queue that is still a valid queue.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -124,18 +124,18 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub struct Outbox {
     pub conn_id: u64,
-    shared: Arc<Shared>,
+    inner: Arc<Inner>,
 }
 
 /// The connection's end.
 #[derive(Debug)]
 pub struct OutboxReceiver {
-    shared: Arc<Shared>,
+    inner: Arc<Inner>,
 }
 
 pub fn outbox(conn_id: u64) -> (Outbox, OutboxReceiver) {
-    let shared = Arc::new(Shared::default());
-    (Outbox { conn_id, shared: shared.clone() }, OutboxReceiver { shared })
+    let inner = Arc::new(Inner::default());
+    (Outbox { conn_id, inner: inner.clone() }, OutboxReceiver { inner })
 }
 
 /// Why something was not queued.
@@ -186,34 +186,34 @@ pub struct Ticket(u64);
 
 impl Outbox {
     /// Queues unless the queue already holds `limit` entries or [`BYTES_LIMIT`] bytes.
-    pub fn push_bounded(&self, outbound: Outbound, limit: usize) -> Result<Pushed, Refused> {
-        self.push(outbound, Some(limit))
+    pub fn push_bounded(&self, item: OutboxItem, limit: usize) -> Result<Pushed, Refused> {
+        self.push(item, Some(limit))
     }
 
     /// Queues whatever the length (control messages, which must not be lost).
-    pub fn push(&self, outbound: Outbound, limit: Option<usize>) -> Result<Pushed, Refused> {
-        if self.shared.receiver_gone.load(Ordering::Acquire) {
+    pub fn push(&self, item: OutboxItem, limit: Option<usize>) -> Result<Pushed, Refused> {
+        if self.inner.receiver_gone.load(Ordering::Acquire) {
             return Err(Refused::Gone);
         }
-        self.push_locked(self.shared.state(), outbound, limit)
+        self.push_locked(self.inner.state(), item, limit)
     }
 
     fn push_locked(
         &self,
         mut state: MutexGuard<'_, State>,
-        outbound: Outbound,
+        item: OutboxItem,
         limit: Option<usize>,
     ) -> Result<Pushed, Refused> {
         if limit.is_some_and(|l| state.queue.len() >= l || state.bytes >= BYTES_LIMIT) {
             return Err(Refused::Full);
         }
         let mut deferrable = false;
-        if let Outbound::Deliver(delivery) = &outbound {
+        if let OutboxItem::Deliver(delivery) = &item {
             state.bytes += delivery.message.topic.len() + delivery.message.payload.len();
             deferrable = delivery.qos != crate::protocol::QoS::AtMostOnce
                 && state.stalled.is_some_and(|limit| state.queue.len() < limit);
         }
-        state.queue.push_back(outbound);
+        state.queue.push_back(item);
         if state.woken {
             return Ok(Pushed::Queued);
         }
@@ -224,20 +224,20 @@ impl Outbox {
         state.woken = true;
         let (idle, ticket) = (state.idle, Ticket(state.takes));
         drop(state);
-        self.shared.waker.wake();
+        self.inner.waker.wake();
         Ok(if idle { Pushed::WokeIdle(ticket) } else { Pushed::Queued })
     }
 
     /// Deliveries waiting here for a connection stalled on its inflight window (see
     /// [`OutboxReceiver::stall`]).
     pub fn deferred_len(&self) -> usize {
-        self.shared.state().deferred
+        self.inner.state().deferred
     }
 
     /// Whether the connection is drained right now, so that a lone message would be written on the
     /// spot (a hint for the router: [`Outbox::deliver_direct`] looks again).
     pub fn is_drained(&self) -> bool {
-        self.shared.state().direct_target().is_some()
+        self.inner.state().direct_target().is_some()
     }
 
     /// Writes a QoS 0 delivery straight to the connection's socket if the connection is drained, or
@@ -245,23 +245,23 @@ impl Outbox {
     /// waiting; a rest is queued for the connection to write before anything else.
     pub fn deliver_direct(&self, delivery: Delivery, limit: usize) -> Result<Direct, Refused> {
         debug_assert!(delivery.qos == crate::protocol::QoS::AtMostOnce, "no packet id to give here");
-        if self.shared.receiver_gone.load(Ordering::Acquire) {
+        if self.inner.receiver_gone.load(Ordering::Acquire) {
             return Err(Refused::Gone);
         }
-        let state = self.shared.state();
+        let state = self.inner.state();
         if let Some(target) = state.direct_target() {
             let packet = Packet::Publish(delivery.publish(0, false));
             if let Some(Written { size, rest }) = target.socket.write_packet(&packet) {
                 target.stats.count_delivered();
                 if let Some(rest) = rest {
                     // The connection is drained: the rest goes out before anything else it writes.
-                    let _ = self.push_locked(state, Outbound::Unsent(rest), None);
+                    let _ = self.push_locked(state, OutboxItem::Unsent(rest), None);
                 }
                 return Ok(Direct::Written { packet, size });
             }
             // The socket is full (or failed): the connection finds out when it writes.
         }
-        self.push_locked(state, Outbound::Deliver(delivery), Some(limit)).map(Direct::Pushed)
+        self.push_locked(state, OutboxItem::Deliver(delivery), Some(limit)).map(Direct::Pushed)
     }
 
     /// Waits until the connection behind this outbox has taken what was pushed with `ticket` and
@@ -288,9 +288,9 @@ impl Future for WaitTurn<'_> {
             return Poll::Ready(());
         }
         let displaced = {
-            let mut state = self.outbox.shared.state();
+            let mut state = self.outbox.inner.state();
             let taken = Ticket(state.takes) != self.ticket;
-            if taken || !state.idle || self.outbox.shared.receiver_gone.load(Ordering::Acquire) {
+            if taken || !state.idle || self.outbox.inner.receiver_gone.load(Ordering::Acquire) {
                 return Poll::Ready(());
             }
             state.waiter.replace(cx.waker().clone())
@@ -309,8 +309,8 @@ impl OutboxReceiver {
     pub async fn ready(&self) {
         std::future::poll_fn(|cx| {
             // Registered before looking, so a push after the look wakes this task.
-            self.shared.waker.register(cx.waker());
-            if self.shared.state().queue.is_empty() {
+            self.inner.waker.register(cx.waker());
+            if self.inner.state().queue.is_empty() {
                 Poll::Pending
             } else {
                 Poll::Ready(())
@@ -320,7 +320,7 @@ impl OutboxReceiver {
     }
 
     /// Everything queued, in order, in one lock.
-    pub fn take_all(&self) -> VecDeque<Outbound> {
+    pub fn take_all(&self) -> VecDeque<OutboxItem> {
         let mut batch = VecDeque::new();
         self.take_into(&mut batch);
         batch
@@ -328,9 +328,9 @@ impl OutboxReceiver {
 
     /// Everything queued, in order, in one lock, swapped with `batch` (which must be empty), so that
     /// the two queues' allocations are reused rather than one made per take.
-    pub fn take_into(&self, batch: &mut VecDeque<Outbound>) {
+    pub fn take_into(&self, batch: &mut VecDeque<OutboxItem>) {
         debug_assert!(batch.is_empty());
-        let mut state = self.shared.state();
+        let mut state = self.inner.state();
         state.takes += 1;
         state.bytes = 0;
         state.woken = false;
@@ -349,7 +349,7 @@ impl OutboxReceiver {
     /// sessions API counts them in the session's `mqueue_len` through [`Outbox::deferred_len`].
     pub fn stall(&self, stalled: Option<usize>) {
         let wake = {
-            let mut state = self.shared.state();
+            let mut state = self.inner.state();
             state.stalled = stalled;
             // Deferred deliveries must not outwait the stall.
             let wake = stalled.is_none() && !state.woken && !state.queue.is_empty();
@@ -357,26 +357,26 @@ impl OutboxReceiver {
             wake
         };
         if wake {
-            self.shared.waker.wake();
+            self.inner.waker.wake();
         }
     }
 
     /// Lets publishers write lone messages straight to this connection's socket while it is drained.
     pub fn allow_direct(&self, socket: SocketHandle, stats: Arc<SessionStats>) {
-        self.shared.state().direct = Some(DirectTarget { socket, stats });
+        self.inner.state().direct = Some(DirectTarget { socket, stats });
     }
 
     /// The connection is ending: busy from now on, and its socket no longer reachable from here.
     pub fn close(&self) {
         self.turn(Activity::Busy);
-        self.shared.state().direct = None;
+        self.inner.state().direct = None;
     }
 
     /// Called by the connection at each turn of its loop, with what it is now doing. Whatever that
     /// is, a publisher waiting for this turn may go on.
     pub fn turn(&self, activity: Activity) {
         let waiter = {
-            let mut state = self.shared.state();
+            let mut state = self.inner.state();
             state.idle = activity != Activity::Busy;
             state.drained = activity == Activity::Drained;
             state.waiter.take()
@@ -389,7 +389,7 @@ impl OutboxReceiver {
 
 impl Drop for OutboxReceiver {
     fn drop(&mut self) {
-        self.shared.receiver_gone.store(true, Ordering::Release);
+        self.inner.receiver_gone.store(true, Ordering::Release);
         self.close();
     }
 }
@@ -401,21 +401,21 @@ mod tests {
     #[tokio::test]
     async fn order_bound_and_gone() {
         let (tx, rx) = outbox(1);
-        tx.push_bounded(Outbound::Unsubscribed(1), 2).unwrap();
-        tx.push_bounded(Outbound::Unsubscribed(2), 2).unwrap();
-        assert_eq!(tx.push_bounded(Outbound::Unsubscribed(3), 2), Err(Refused::Full));
-        tx.push(Outbound::Kick, None).unwrap();
+        tx.push_bounded(OutboxItem::Unsubscribed(1), 2).unwrap();
+        tx.push_bounded(OutboxItem::Unsubscribed(2), 2).unwrap();
+        assert_eq!(tx.push_bounded(OutboxItem::Unsubscribed(3), 2), Err(Refused::Full));
+        tx.push(OutboxItem::Kick, None).unwrap();
         rx.ready().await;
         let all: Vec<_> = rx.take_all().into_iter().collect();
-        assert!(matches!(all[..], [Outbound::Unsubscribed(1), Outbound::Unsubscribed(2), Outbound::Kick]));
+        assert!(matches!(all[..], [OutboxItem::Unsubscribed(1), OutboxItem::Unsubscribed(2), OutboxItem::Kick]));
         let waiter = tokio::spawn(async move {
             rx.ready().await;
             rx.take_all().len()
         });
         tokio::task::yield_now().await;
-        tx.push(Outbound::TakenOver, None).unwrap();
+        tx.push(OutboxItem::TakenOver, None).unwrap();
         assert_eq!(waiter.await.unwrap(), 1);
-        assert_eq!(tx.push(Outbound::Kick, None), Err(Refused::Gone));
+        assert_eq!(tx.push(OutboxItem::Kick, None), Err(Refused::Gone));
     }
 
     fn ticket(pushed: Result<Pushed, Refused>) -> Ticket {
@@ -450,22 +450,22 @@ mod tests {
     #[test]
     fn a_push_wakes_an_idle_receiver_only_when_its_queue_was_empty() {
         let (tx, rx) = outbox(1);
-        assert_eq!(tx.push(Outbound::Kick, None), Ok(Pushed::Queued), "not idle yet");
+        assert_eq!(tx.push(OutboxItem::Kick, None), Ok(Pushed::Queued), "not idle yet");
         rx.take_all();
         rx.turn(Activity::Idle);
-        let first = tx.push(Outbound::Kick, None);
+        let first = tx.push(OutboxItem::Kick, None);
         assert!(matches!(first, Ok(Pushed::WokeIdle(_))));
-        assert_eq!(tx.push(Outbound::Kick, None), Ok(Pushed::Queued), "a wake-up is on its way already");
+        assert_eq!(tx.push(OutboxItem::Kick, None), Ok(Pushed::Queued), "a wake-up is on its way already");
         rx.take_all();
         rx.turn(Activity::Busy);
-        assert_eq!(tx.push(Outbound::Kick, None), Ok(Pushed::Queued), "busy");
+        assert_eq!(tx.push(OutboxItem::Kick, None), Ok(Pushed::Queued), "busy");
     }
 
     #[test]
     fn waiting_for_a_turn_ends_at_the_turn_after_the_take() {
         let (tx, rx) = outbox(1);
         rx.turn(Activity::Idle);
-        let ticket = ticket(tx.push(Outbound::Kick, None));
+        let ticket = ticket(tx.push(OutboxItem::Kick, None));
         let flag = Arc::new(Flag::default());
         let mut wait = tx.wait_turn(ticket);
         assert_eq!(poll_once(&mut wait, &flag), Poll::Pending);
@@ -482,17 +482,17 @@ mod tests {
         rx.turn(Activity::Idle);
         // Taken (and its turn over) before the publisher got to wait: a later turn may never come.
         let flag = Arc::new(Flag::default());
-        let ticket_a = ticket(tx.push(Outbound::Kick, None));
+        let ticket_a = ticket(tx.push(OutboxItem::Kick, None));
         rx.take_all();
         assert_eq!(poll_once(&mut tx.wait_turn(ticket_a), &flag), Poll::Ready(()));
         // Busy: the connection may itself be waiting for a turn.
-        let ticket_b = ticket(tx.push(Outbound::Kick, None));
+        let ticket_b = ticket(tx.push(OutboxItem::Kick, None));
         rx.turn(Activity::Busy);
         assert_eq!(poll_once(&mut tx.wait_turn(ticket_b), &flag), Poll::Ready(()));
         // Gone, while waiting.
         rx.take_all();
         rx.turn(Activity::Idle);
-        let ticket_c = ticket(tx.push(Outbound::Kick, None));
+        let ticket_c = ticket(tx.push(OutboxItem::Kick, None));
         let mut wait = tx.wait_turn(ticket_c);
         assert_eq!(poll_once(&mut wait, &flag), Poll::Pending);
         drop(rx);
@@ -500,14 +500,14 @@ mod tests {
         assert_eq!(poll_once(&mut wait, &flag), Poll::Ready(()));
     }
 
-    fn delivery(qos: crate::protocol::QoS) -> Outbound {
+    fn delivery(qos: crate::protocol::QoS) -> OutboxItem {
         let message = crate::session::Message {
             topic: bytes::Bytes::from_static(b"t"),
             payload: bytes::Bytes::from_static(b"p"),
             qos,
             retain: false,
         };
-        Outbound::Deliver(Delivery { message: Arc::new(message), qos, retain: false })
+        OutboxItem::Deliver(Delivery { message: Arc::new(message), qos, retain: false })
     }
 
     #[test]
@@ -526,8 +526,8 @@ mod tests {
         assert!(flag.woken());
         assert_eq!(rx.take_all().len(), 3);
         // QoS 0 deliveries and everything but deliveries wake it as usual.
-        for outbound in [delivery(QoS::AtMostOnce), Outbound::Kick] {
-            assert!(matches!(tx.push_bounded(outbound, 10), Ok(Pushed::WokeIdle(_))));
+        for item in [delivery(QoS::AtMostOnce), OutboxItem::Kick] {
+            assert!(matches!(tx.push_bounded(item, 10), Ok(Pushed::WokeIdle(_))));
             assert_eq!(rx.take_all().len(), 1);
         }
         // Deferred deliveries wake it as soon as its window has room.
@@ -560,8 +560,8 @@ mod tests {
         Delivery { message: Arc::new(message), qos: crate::protocol::QoS::AtMostOnce, retain: false }
     }
 
-    fn is_deliver(outbound: &Outbound) -> bool {
-        matches!(outbound, Outbound::Deliver(_))
+    fn is_deliver(item: &OutboxItem) -> bool {
+        matches!(item, OutboxItem::Deliver(_))
     }
 
     #[tokio::test]
@@ -605,7 +605,7 @@ mod tests {
         }
         // Drained, but something is queued already: it must go first.
         rx.turn(Activity::Drained);
-        tx.push(Outbound::Kick, None).unwrap();
+        tx.push(OutboxItem::Kick, None).unwrap();
         assert!(matches!(tx.deliver_direct(lone(vec![1]), 10), Ok(Direct::Pushed(Pushed::Queued))));
         // Taking the queue ends the drained state: the connection is about to write.
         assert_eq!(rx.take_all().len(), 2);
@@ -633,7 +633,7 @@ mod tests {
             panic!("not written")
         };
         let queued = rx.take_all();
-        let [Outbound::Unsent(rest)] = &queued.into_iter().collect::<Vec<_>>()[..] else { panic!("no rest queued") };
+        let [OutboxItem::Unsent(rest)] = &queued.into_iter().collect::<Vec<_>>()[..] else { panic!("no rest queued") };
         let first = size - rest.len();
         assert!(first > 0 && !rest.is_empty());
         let mut bytes = vec![0; first];
@@ -650,12 +650,12 @@ mod tests {
     #[test]
     fn deliveries_are_bounded_by_bytes_as_well_as_entries() {
         let (tx, rx) = outbox(1);
-        let big = || Outbound::Deliver(lone(vec![0; BYTES_LIMIT / 4]));
+        let big = || OutboxItem::Deliver(lone(vec![0; BYTES_LIMIT / 4]));
         for _ in 0..4 {
             tx.push_bounded(big(), 100).unwrap();
         }
         assert_eq!(tx.push_bounded(big(), 100), Err(Refused::Full));
-        assert!(tx.push(Outbound::Kick, None).is_ok(), "control messages are never refused");
+        assert!(tx.push(OutboxItem::Kick, None).is_ok(), "control messages are never refused");
         assert_eq!(rx.take_all().len(), 5);
         assert!(tx.push_bounded(big(), 100).is_ok(), "a take empties the count");
     }

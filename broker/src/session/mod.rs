@@ -48,7 +48,7 @@ pub struct SessionLimits {
 
 /// What the session wants written to the client.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Outgoing {
+pub enum Resend {
     Publish(Publish),
     Pubrel(u16),
 }
@@ -193,9 +193,9 @@ impl Session {
     }
 
     /// Moves queued messages into the window while it has room.
-    pub fn drain_queue(&mut self, out: &mut Vec<Outgoing>) {
+    pub fn drain_queue(&mut self, out: &mut Vec<Resend>) {
         while let Some(publish) = self.next_queued() {
-            out.push(Outgoing::Publish(publish));
+            out.push(Resend::Publish(publish));
         }
     }
 
@@ -217,11 +217,11 @@ impl Session {
 
     /// Everything to resend when a persistent session resumes: unacknowledged PUBLISHes with DUP set,
     /// PUBRELs for those past PUBREC, then as much of the queue as the window takes.
-    pub fn resume(&mut self, out: &mut Vec<Outgoing>) {
+    pub fn resume(&mut self, out: &mut Vec<Resend>) {
         for entry in &self.inflight {
             out.push(match entry.state {
-                InflightState::AwaitComp => Outgoing::Pubrel(entry.pkid),
-                _ => Outgoing::Publish(entry.delivery.publish(entry.pkid, true)),
+                InflightState::AwaitComp => Resend::Pubrel(entry.pkid),
+                _ => Resend::Publish(entry.delivery.publish(entry.pkid, true)),
             });
         }
         self.drain_queue(out);
@@ -376,15 +376,15 @@ mod tests {
         let mut out = Vec::new();
         s.drain_queue(&mut out);
         match &out[..] {
-            [Outgoing::Publish(p)] => assert_eq!((p.pkid, &p.payload[..]), (3, &[4u8][..])),
+            [Resend::Publish(p)] => assert_eq!((p.pkid, &p.payload[..]), (3, &[4u8][..])),
             other => panic!("{other:?}"),
         }
         assert_eq!(s.pubrec(2), AckResult::Done);
         let mut out = Vec::new();
         s.resume(&mut out);
-        assert_eq!(out[0], Outgoing::Pubrel(2));
+        assert_eq!(out[0], Resend::Pubrel(2));
         match &out[1] {
-            Outgoing::Publish(p) => assert!(p.dup && p.pkid == 3),
+            Resend::Publish(p) => assert!(p.dup && p.pkid == 3),
             other => panic!("{other:?}"),
         }
         assert_eq!(s.pubrec(2), AckResult::Repeated);

@@ -1,0 +1,504 @@
+//! The router's tables: every client (online or parked), every subscription, the routes and the
+//! retained messages, and the operations on them. Only `RouterHandle` (in `mod.rs`) reaches them, under
+//! its lock; the listings for the management API are in `admin.rs`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Local};
+use tokio::sync::oneshot;
+
+use super::events::{Events, RouterEvent};
+use super::outbox::{Outbox, OutboxItem, OutboxReceiver, Pushed, Refused, Ticket};
+use super::subscriptions::{FastMap, SubscriptionTree};
+use crate::metrics::{Metric, Metrics, Stat, Stats};
+use crate::protocol::{topic, QoS, Suback, SubackCode};
+use crate::session::{ClientId, Delivery, Message, Session, SessionLimits, SessionStats};
+
+/// Deliveries waiting for one connection to take them. The router fills an outbox in bursts (a batch
+/// of publishes at a time), so this is larger than a session's queue; past it, messages for that
+/// connection are dropped and counted rather than held.
+const OUTBOX_LIMIT: usize = 8 * 1024;
+
+/// What the management API shows about a connected client.
+#[derive(Debug, Clone)]
+pub struct ClientMeta {
+    pub username: Option<String>,
+    pub peer: SocketAddr,
+    pub clean_session: bool,
+    pub proto_ver: u8,
+    pub keepalive: u16,
+    pub connected_at: DateTime<Local>,
+    /// The management sidecar's connection (its client id is in the management namespace): kept out
+    /// of every listing, statistic and kick, so users see only their own clients.
+    pub hidden: bool,
+}
+
+#[derive(Debug)]
+pub enum ConnectOutcome {
+    /// A session to use: resumed (`present`) or new.
+    Accepted { session: Box<Session>, present: bool },
+    /// Another connection with the same client id arrived while this one waited.
+    Superseded,
+}
+
+/// What the publishes of one call did, for the publisher to act on before it writes or reads on.
+#[derive(Debug, Default)]
+pub struct Fanout {
+    /// The first idle connection a delivery woke: the publisher waits for its turn.
+    pub woke: Option<(Outbox, Ticket)>,
+    /// Whether any delivery reached a connection at all.
+    pub pushed: bool,
+    /// A lone QoS 0 delivery for a connection with nothing to do: the publisher writes it straight to
+    /// that connection's socket (see `outbox.rs`), after letting go of the router.
+    pub direct: Option<(Outbox, Delivery)>,
+}
+
+pub(super) enum Presence {
+    Online(Outbox),
+    /// Kept since the given moment, until the session expiry interval has passed.
+    Offline(Box<Session>, std::time::Instant),
+}
+
+struct PendingConnect {
+    pub(super) meta: ClientMeta,
+    outbox: Outbox,
+    reply: oneshot::Sender<ConnectOutcome>,
+}
+
+pub(super) struct Client {
+    pub(super) presence: Presence,
+    pub(super) meta: ClientMeta,
+    /// The client's filters and granted QoS, in order, so a discarded session can leave the trie.
+    pub(super) filters: BTreeMap<String, QoS>,
+    /// A connection waiting for this one to hand its session over (takeover).
+    pending: Option<Box<PendingConnect>>,
+    /// Shared with the session, wherever it is.
+    pub(super) session_stats: Arc<SessionStats>,
+    pub(super) session_clean: bool,
+    pub(super) created_at: DateTime<Local>,
+}
+
+/// What the router shares with the rest of the broker.
+pub struct Wiring {
+    /// On while retained messages are kept and sent (the retainer plugin's switch).
+    pub retaining: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+    pub stats: Arc<Stats>,
+    pub node: String,
+}
+
+pub(super) struct Router {
+    pub(super) clients: FastMap<ClientId, Client>,
+    /// Of `clients`, those hidden from users (see [`ClientMeta::hidden`]), and their subscriptions.
+    pub(super) hidden_clients: usize,
+    pub(super) hidden_subscriptions: usize,
+    pub(super) subscriptions: SubscriptionTree,
+    /// Distinct filters and how many clients hold each (EMQ's routes on this node).
+    pub(super) routes: BTreeMap<String, usize>,
+    pub(super) retained: BTreeMap<String, Arc<Message>>,
+    pub(super) limits: SessionLimits,
+    pub(super) shared: Wiring,
+    pub(super) online: u64,
+    pub(super) subscribers: u64,
+    /// Reused for every publish, so matching does not allocate.
+    matched: Vec<(ClientId, QoS)>,
+    pub(super) events: Events,
+}
+
+impl Router {
+    pub(super) fn new(limits: SessionLimits, shared: Wiring) -> Router {
+        Router {
+            clients: FastMap::default(),
+            hidden_clients: 0,
+            hidden_subscriptions: 0,
+            subscriptions: SubscriptionTree::new(),
+            routes: BTreeMap::new(),
+            retained: BTreeMap::new(),
+            limits,
+            shared,
+            online: 0,
+            subscribers: 0,
+            matched: Vec::new(),
+            events: Events::default(),
+        }
+    }
+
+    /// Drops offline sessions kept longer than the expiry interval, with their subscriptions.
+    pub(super) fn expire_sessions(&mut self) {
+        let Some(expiry) = self.limits.expiry else { return };
+        let expired: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| matches!(c.presence, Presence::Offline(_, since) if since.elapsed() >= expiry))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for client_id in expired {
+            tracing::debug!(client = %client_id.escape_debug(), "offline session expired");
+            self.drop_subscriptions(&client_id);
+            self.remove_client(&client_id);
+            self.events.emit(|| RouterEvent::SessionExpired(client_id.clone()));
+        }
+    }
+
+    pub(super) fn update_stats(&self) {
+        let stats = &self.shared.stats;
+        stats.set(Stat::Clients, self.online);
+        stats.set(Stat::Sessions, (self.clients.len() - self.hidden_clients) as u64);
+        stats.set(Stat::Subscriptions, (self.subscriptions.subscription_count() - self.hidden_subscriptions) as u64);
+        stats.set(Stat::Subscribers, self.subscribers);
+        stats.set(Stat::Topics, self.routes.len() as u64);
+        stats.set(Stat::Routes, self.routes.len() as u64);
+        self.update_retained_stats();
+    }
+
+    /// The only figures a publish can change, set where it changes them: the publish path need not
+    /// refresh every stat per batch.
+    fn update_retained_stats(&self) {
+        self.shared.stats.set(Stat::Retained, self.retained.len() as u64);
+        self.shared.metrics.set(Metric::MessagesRetained, self.retained.len() as u64);
+    }
+
+    fn insert_client(&mut self, client_id: ClientId, client: Client) {
+        self.hidden_clients += usize::from(client.meta.hidden);
+        if !client.meta.hidden {
+            self.online += 1;
+        }
+        self.clients.insert(client_id, client);
+    }
+
+    fn remove_client(&mut self, client_id: &ClientId) {
+        if let Some(client) = self.clients.remove(client_id) {
+            self.hidden_clients -= usize::from(client.meta.hidden);
+        }
+    }
+
+    fn new_session(&self, client_id: ClientId, clean: bool) -> Box<Session> {
+        Box::new(Session::new(client_id, clean, self.limits.clone()))
+    }
+
+    pub(super) fn connect(
+        &mut self,
+        client_id: ClientId,
+        meta: ClientMeta,
+        outbox: Outbox,
+        reply: oneshot::Sender<ConnectOutcome>,
+    ) {
+        let clean = meta.clean_session;
+        let Some(client) = self.clients.get_mut(&client_id) else {
+            let session = self.new_session(client_id.clone(), clean);
+            let client = Client {
+                presence: Presence::Online(outbox),
+                meta,
+                filters: BTreeMap::new(),
+                pending: None,
+                session_stats: session.stats.clone(),
+                session_clean: clean,
+                created_at: Local::now(),
+            };
+            self.insert_client(client_id, client);
+            let _ = reply.send(ConnectOutcome::Accepted { session, present: false });
+            return;
+        };
+        match &client.presence {
+            Presence::Online(old) => {
+                // Ask the old connection to hand its session back; answer the new one then.
+                if client.pending.is_none() && old.push(OutboxItem::TakenOver, None).is_err() {
+                    // Its task is gone without handing the session back: start afresh.
+                    tracing::warn!(client = %client_id.escape_debug(), "previous connection vanished; session lost");
+                    client.presence = Presence::Online(outbox);
+                    // A clean stand-in makes `resume` discard the lost session's subscriptions too.
+                    let lost = self.new_session(client_id.clone(), true);
+                    self.resume(client_id, lost, meta, reply);
+                    return;
+                }
+                let pending = Box::new(PendingConnect { meta, outbox, reply });
+                if let Some(superseded) = client.pending.replace(pending) {
+                    let _ = superseded.reply.send(ConnectOutcome::Superseded);
+                }
+            }
+            Presence::Offline(..) => {
+                let Presence::Offline(session, _) = std::mem::replace(&mut client.presence, Presence::Online(outbox))
+                else {
+                    unreachable!("matched Offline above")
+                };
+                if !client.meta.hidden {
+                    self.online += 1;
+                }
+                self.resume(client_id, session, meta, reply);
+            }
+        }
+    }
+
+    /// Hands a stored session to a connecting client, or discards it for a clean start.
+    fn resume(
+        &mut self,
+        client_id: ClientId,
+        old: Box<Session>,
+        meta: ClientMeta,
+        reply: oneshot::Sender<ConnectOutcome>,
+    ) {
+        let clean = meta.clean_session;
+        let (session, present) = if clean || old.clean_session {
+            self.drop_subscriptions(&client_id);
+            if !old.clean_session {
+                self.events.emit(|| RouterEvent::SessionDiscarded(client_id.clone()));
+            }
+            (self.new_session(client_id.clone(), clean), false)
+        } else {
+            self.events.emit(|| RouterEvent::SessionResumed(client_id.clone()));
+            (old, true)
+        };
+        if let Some(client) = self.clients.get_mut(&client_id) {
+            client.meta = meta;
+            if !present {
+                client.session_stats = session.stats.clone();
+                client.session_clean = clean;
+                client.created_at = Local::now();
+            }
+        }
+        let _ = reply.send(ConnectOutcome::Accepted { session, present });
+    }
+
+    pub(super) fn disconnected(
+        &mut self,
+        client_id: ClientId,
+        conn_id: u64,
+        mut session: Box<Session>,
+        rest: OutboxReceiver,
+    ) {
+        let Some(client) = self.clients.get_mut(&client_id) else { return };
+        match &client.presence {
+            Presence::Online(outbox) if outbox.conn_id == conn_id => {}
+            _ => return, // A stale connection; the client has moved on.
+        }
+        // Deliveries the connection never read stay with the session.
+        for item in rest.take_all() {
+            if let OutboxItem::Deliver(d) = item {
+                session.enqueue_offline(d);
+            }
+        }
+        if let Some(pending) = client.pending.take() {
+            client.presence = Presence::Online(pending.outbox);
+            self.resume(client_id, session, pending.meta, pending.reply);
+            return;
+        }
+        if !client.meta.hidden {
+            self.online = self.online.saturating_sub(1);
+        }
+        if session.clean_session {
+            self.drop_subscriptions(&client_id);
+            self.remove_client(&client_id);
+        } else {
+            client.presence = Presence::Offline(session, std::time::Instant::now());
+            self.events.emit(|| RouterEvent::SessionParked(client_id.clone()));
+        }
+    }
+
+    fn drop_subscriptions(&mut self, client_id: &ClientId) {
+        let Some(client) = self.clients.get_mut(client_id) else { return };
+        let filters = std::mem::take(&mut client.filters);
+        let hidden = client.meta.hidden;
+        if !filters.is_empty() && !hidden {
+            self.subscribers = self.subscribers.saturating_sub(1);
+        }
+        for filter in filters.into_keys() {
+            self.remove_subscription(&filter, client_id, hidden);
+        }
+    }
+
+    /// Adds one subscription to the trie and (unless the client is hidden) the route table. The caller
+    /// keeps `Client::filters`.
+    fn add_subscription(&mut self, filter: &str, client_id: &ClientId, qos: QoS, hidden: bool) {
+        if self.subscriptions.subscribe(filter, client_id, qos) {
+            if hidden {
+                self.hidden_subscriptions += 1;
+                return;
+            }
+            let holders = self.routes.entry(filter.to_string()).or_default();
+            *holders += 1;
+            if *holders == 1 {
+                self.events.emit(|| RouterEvent::RouteAdded(filter.into()));
+            }
+        }
+    }
+
+    fn remove_subscription(&mut self, filter: &str, client_id: &ClientId, hidden: bool) {
+        if self.subscriptions.unsubscribe(filter, client_id) {
+            if hidden {
+                self.hidden_subscriptions -= 1;
+                return;
+            }
+            if let Some(count) = self.routes.get_mut(filter) {
+                *count -= 1;
+                if *count == 0 {
+                    self.routes.remove(filter);
+                    self.events.emit(|| RouterEvent::RouteRemoved(filter.into()));
+                }
+            }
+        }
+    }
+
+    /// Routes one message; `lone` if it is the only one its publisher read at once. What it did for
+    /// the publisher to act on goes into `fanout`.
+    pub(super) fn publish(&mut self, message: Arc<Message>, lone: bool, fanout: &mut Fanout) {
+        let internal = message.is_internal();
+        if message.retain && self.shared.retaining.load(Ordering::Relaxed) {
+            self.retain(&message);
+        }
+        let mut matched = std::mem::take(&mut self.matched);
+        matched.clear();
+        self.subscriptions.matches(message.topic_str(), &mut matched);
+        // A client with overlapping filters gets the message once, at its highest granted QoS.
+        matched.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        matched.dedup_by(|later, first| later.0 == first.0);
+        if matched.is_empty() && !internal {
+            self.shared.metrics.inc(Metric::MessagesDropped);
+        }
+        if let ([(client_id, granted)], true, false) = (&matched[..], lone, internal) {
+            if message.qos.min(*granted) == QoS::AtMostOnce {
+                if let Some(outbox) = self.drained_outbox(client_id) {
+                    let delivery = Delivery { message, qos: QoS::AtMostOnce, retain: false };
+                    fanout.direct = Some((outbox, delivery));
+                    self.matched = matched;
+                    return;
+                }
+            }
+        }
+        for (client_id, granted) in &matched {
+            let qos = message.qos.min(*granted);
+            self.deliver(client_id, Delivery { message: message.clone(), qos, retain: false }, fanout);
+        }
+        self.matched = matched;
+    }
+
+    fn retain(&mut self, message: &Arc<Message>) {
+        let topic = message.topic_str().to_string();
+        if message.payload.is_empty() {
+            if self.retained.remove(&topic).is_some() {
+                self.events.emit(|| RouterEvent::RetainedCleared(topic.as_str().into()));
+            }
+        } else {
+            self.retained.insert(topic, message.clone());
+            self.events.emit(|| RouterEvent::RetainedSet(message.clone()));
+        }
+        self.update_retained_stats();
+    }
+
+    /// The outbox of `client_id` if it is online and drained: a lone message for it is written on the spot.
+    fn drained_outbox(&self, client_id: &ClientId) -> Option<Outbox> {
+        match &self.clients.get(client_id)?.presence {
+            Presence::Online(outbox) if outbox.is_drained() => Some(outbox.clone()),
+            _ => None,
+        }
+    }
+
+    /// How many deliveries may wait in one outbox.
+    pub(super) fn outbox_limit(&self) -> usize {
+        OUTBOX_LIMIT.max(self.limits.max_mqueue_len)
+    }
+
+    /// Hands one delivery to its target: the client's connection, or its parked session.
+    pub(super) fn deliver(&mut self, client_id: &ClientId, delivery: Delivery, fanout: &mut Fanout) {
+        let limit = self.outbox_limit();
+        let Some(client) = self.clients.get_mut(client_id) else { return };
+        let internal = delivery.message.is_internal();
+        let kept = match &mut client.presence {
+            Presence::Online(outbox) => {
+                match outbox.push_bounded(OutboxItem::Deliver(delivery), limit) {
+                    Ok(pushed) => {
+                        fanout.pushed |= pushed != Pushed::Deferred;
+                        if let (Pushed::WokeIdle(ticket), None) = (pushed, &fanout.woke) {
+                            fanout.woke = Some((outbox.clone(), ticket));
+                        }
+                        true
+                    }
+                    Err(Refused::Full) => {
+                        tracing::debug!(client = %client_id.escape_debug(), "outbox full, message dropped");
+                        false
+                    }
+                    // Its Disconnected request is on the way and will settle the session.
+                    Err(Refused::Gone) => false,
+                }
+            }
+            Presence::Offline(session, _) => session.enqueue_offline(delivery),
+        };
+        if !kept && !internal {
+            self.shared.metrics.inc(Metric::MessagesDropped);
+        }
+    }
+
+    /// The retained messages a new subscription to `filter` receives.
+    fn retained_for(&self, filter: &str, granted: QoS, out: &mut Vec<Delivery>) {
+        if !self.shared.retaining.load(Ordering::Relaxed) {
+            return;
+        }
+        for (topic, message) in &self.retained {
+            if topic::matches(filter, topic) {
+                out.push(Delivery { message: message.clone(), qos: message.qos.min(granted), retain: true });
+            }
+        }
+    }
+
+    /// Records subscriptions for a client; returns the retained messages they bring.
+    pub(super) fn subscribe_client(&mut self, client_id: &ClientId, filters: &[(String, QoS)]) -> Vec<Delivery> {
+        let mut retained = Vec::new();
+        let Some(client) = self.clients.get_mut(client_id) else { return retained };
+        let hidden = client.meta.hidden;
+        if client.filters.is_empty() && !filters.is_empty() && !hidden {
+            self.subscribers += 1;
+        }
+        for (filter, qos) in filters {
+            client.filters.insert(filter.clone(), *qos);
+        }
+        for (filter, qos) in filters {
+            self.add_subscription(filter, client_id, *qos, hidden);
+            self.retained_for(filter, *qos, &mut retained);
+        }
+        retained
+    }
+
+    /// Removes subscriptions of a client; returns how many it had.
+    pub(super) fn unsubscribe_client(&mut self, client_id: &ClientId, filters: &[String]) -> usize {
+        let Some(client) = self.clients.get_mut(client_id) else { return 0 };
+        let hidden = client.meta.hidden;
+        let had_any = !client.filters.is_empty();
+        let removed: Vec<&String> = filters.iter().filter(|f| client.filters.remove(*f).is_some()).collect();
+        if had_any && client.filters.is_empty() && !hidden {
+            self.subscribers = self.subscribers.saturating_sub(1);
+        }
+        for filter in &removed {
+            self.remove_subscription(filter, client_id, hidden);
+        }
+        removed.len()
+    }
+
+    fn online_outbox(&self, client_id: &str, conn_id: u64) -> Option<Outbox> {
+        match &self.clients.get(client_id)?.presence {
+            Presence::Online(outbox) if outbox.conn_id == conn_id => Some(outbox.clone()),
+            _ => None,
+        }
+    }
+
+    pub(super) fn subscribe(
+        &mut self,
+        client_id: ClientId,
+        conn_id: u64,
+        pkid: u16,
+        filters: Vec<(String, SubackCode)>,
+    ) {
+        let Some(outbox) = self.online_outbox(&client_id, conn_id) else { return };
+        let granted: Vec<(String, QoS)> = filters.iter().filter_map(|(f, c)| c.map(|q| (f.clone(), q))).collect();
+        let retained = self.subscribe_client(&client_id, &granted);
+        let suback = Suback { pkid, codes: filters.into_iter().map(|(_, c)| c).collect() };
+        let _ = outbox.push(OutboxItem::Subscribed(Box::new((suback, retained))), None);
+    }
+
+    pub(super) fn unsubscribe(&mut self, client_id: ClientId, conn_id: u64, pkid: u16, filters: Vec<String>) {
+        let Some(outbox) = self.online_outbox(&client_id, conn_id) else { return };
+        self.unsubscribe_client(&client_id, &filters);
+        let _ = outbox.push(OutboxItem::Unsubscribed(pkid), None);
+    }
+}
