@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use midge_shared::control as ctl;
 use midge_shared::sys::{ClientConnected, ClientDisconnected};
-use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::auth::acl::{Access, AclCache, ClientInfo, Decision};
@@ -24,7 +23,9 @@ use crate::router::{
 };
 use crate::session::ClientId;
 use crate::session::{AckResult, Delivery, Message, Resend, Session};
-use crate::transport::{self, ConnectionError, PacketReader, PacketWriter, WRITE_HIGH_WATER};
+use crate::transport::{
+    self, Connected, ConnectionError, ListenerStats, PacketReader, PacketWriter, Stream, WRITE_HIGH_WATER,
+};
 
 /// Why a connection ended; everything but a DISCONNECT from the client (or a broker shutdown)
 /// publishes the will.
@@ -85,9 +86,9 @@ impl From<DecodeError> for Exit {
     }
 }
 
-/// Serves one TCP connection until it ends. Never panics on peer input; every error ends only this
-/// connection.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
+/// Serves one connection, from whichever listener it came through, until it ends. Never panics on
+/// peer input; every error ends only this connection.
+pub async fn serve(stream: Stream, peer: SocketAddr, listener: Arc<ListenerStats>, ctx: Arc<Context>) {
     let (mut reader, mut writer) = transport::split(stream, ctx.config.max_packet_size);
     let connect_timeout = Duration::from_secs(ctx.config.connect_timeout);
     // Whatever ends a connection before CONNECT is logged once, with the peer: at debug what any open
@@ -120,7 +121,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<Context>) {
     // The once-only phases are boxed so that their state does not sit in every connection's task for
     // its whole life (an idle connection's memory is mostly this future).
     reader.release_if_drained();
-    let Some(mut conn) = Box::pin(accept(connect, size, peer, &ctx, reader, writer)).await else {
+    let Some(mut conn) = Box::pin(accept(connect, size, peer, &listener, &ctx, reader, writer)).await else {
         return;
     };
     let exit = conn.run().await;
@@ -141,6 +142,7 @@ async fn accept(
     mut connect: Connect,
     size: usize,
     peer: SocketAddr,
+    listener: &Arc<ListenerStats>,
     ctx: &Arc<Context>,
     reader: PacketReader,
     mut writer: PacketWriter,
@@ -230,10 +232,15 @@ async fn accept(
         control_jobs: Vec::new(),
         batch: VecDeque::new(),
         stalled: None,
+        counted: None,
     };
     if !conn.hidden() {
+        conn.counted = Some(listener.client_connected());
         // Written by other tasks, direct deliveries are counted there: not for the hidden connection.
-        conn.outbox.allow_direct(conn.writer.socket(), conn.session.stats.clone());
+        // Only over plain TCP can another task write to the socket.
+        if let Some(socket) = conn.writer.socket() {
+            conn.outbox.allow_direct(socket, conn.session.stats.clone());
+        }
     }
     // 3.1 has no session-present flag.
     let session_present = present && connect.protocol == Protocol::V311;
@@ -278,6 +285,8 @@ struct ClientConnection {
     batch: VecDeque<OutboxItem>,
     /// What the outbox was last told of a full inflight window (see [`OutboxReceiver::stall`]).
     stalled: Option<usize>,
+    /// This client in its listener's figures, while it is connected.
+    counted: Option<Connected>,
 }
 
 /// What a publisher does after routing a read, before it writes its acknowledgements or reads on.
@@ -745,8 +754,103 @@ mod size_tests {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let config = crate::Config { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
         let broker = crate::Broker::bind(config, tokio_util::sync::CancellationToken::new(), None).await.unwrap();
-        let task = super::serve(stream, addr, broker.ctx_for_tests());
+        let (ctx, listener) = broker.parts_for_tests();
+        let task = super::serve(crate::transport::Stream::Tcp(stream), addr, listener, ctx);
         assert!(std::mem::size_of_val(&task) <= 1536, "serve future is {} bytes", std::mem::size_of_val(&task));
         assert!(std::mem::size_of::<crate::router::OutboxItem>() <= 24);
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use std::time::Duration;
+
+    use bytes::{Bytes, BytesMut};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use crate::protocol::*;
+    use crate::transport::Stream;
+
+    async fn send(stream: &mut DuplexStream, packets: &[Packet]) {
+        let mut bytes = BytesMut::new();
+        for packet in packets {
+            encode(packet, &mut bytes);
+        }
+        stream.write_all(&bytes).await.unwrap();
+    }
+
+    async fn recv(stream: &mut DuplexStream, buf: &mut BytesMut) -> Packet {
+        tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                if let Some(packet) = decode(buf, usize::MAX).unwrap() {
+                    return packet;
+                }
+                assert!(stream.read_buf(buf).await.unwrap() > 0, "closed");
+            }
+        })
+        .await
+        .expect("a packet in time")
+    }
+
+    fn connect(client_id: &str) -> Packet {
+        Packet::Connect(Connect {
+            protocol: Protocol::V311,
+            clean_session: true,
+            keep_alive: 60,
+            client_id: client_id.into(),
+            will: None,
+            username: None,
+            password: None,
+        })
+    }
+
+    fn publish(topic: &str, payload: &'static [u8], qos: QoS, pkid: u16) -> Packet {
+        let topic = Bytes::copy_from_slice(topic.as_bytes());
+        Packet::Publish(Publish { dup: false, qos, retain: false, topic, pkid, payload: Bytes::from_static(payload) })
+    }
+
+    /// A connection runs over any byte stream, not only TCP (as TLS and WebSocket listeners will hand
+    /// over): here an in-memory pipe, subscribing and publishing at QoS 0 and 1 to itself.
+    #[tokio::test]
+    async fn a_connection_runs_over_any_byte_stream() {
+        let config = crate::Config { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+        let broker = crate::Broker::bind(config, tokio_util::sync::CancellationToken::new(), None).await.unwrap();
+        let (ctx, listener) = broker.parts_for_tests();
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let peer = "127.0.0.9:9".parse().unwrap();
+        tokio::spawn(super::serve(Stream::Other(Box::new(server)), peer, listener.clone(), ctx));
+        let mut buf = BytesMut::new();
+        send(&mut client, &[connect("piped")]).await;
+        assert!(
+            matches!(recv(&mut client, &mut buf).await, Packet::Connack(c) if c.code == ConnectReturnCode::Accepted)
+        );
+        assert_eq!(listener.clients(), 1, "counted in its listener");
+        let subscribe = Subscribe { pkid: 1, filters: vec![("pipe/#".into(), QoS::AtLeastOnce)] };
+        send(&mut client, &[Packet::Subscribe(subscribe)]).await;
+        assert!(matches!(recv(&mut client, &mut buf).await, Packet::Suback(s) if s.pkid == 1));
+        send(
+            &mut client,
+            &[publish("pipe/0", b"zero", QoS::AtMostOnce, 0), publish("pipe/1", b"one", QoS::AtLeastOnce, 2)],
+        )
+        .await;
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            match recv(&mut client, &mut buf).await {
+                Packet::Puback(2) => got.push("puback".to_string()),
+                Packet::Publish(p) => {
+                    if p.qos == QoS::AtLeastOnce {
+                        send(&mut client, &[Packet::Puback(p.pkid)]).await;
+                    }
+                    got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        got.sort();
+        assert_eq!(got, vec!["one", "puback", "zero"]);
+        send(&mut client, &[Packet::Disconnect]).await;
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), client.read_to_end(&mut rest)).await;
+        assert_eq!(listener.clients(), 0, "counted out when it leaves");
     }
 }

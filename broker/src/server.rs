@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use midge_passwords::{Hasher, Limits, Throttle};
 use midge_shared::control::MIN_SECRET_LEN;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -19,9 +18,10 @@ use crate::context::Context;
 use crate::metrics::{Metrics, Stats};
 use crate::ops::control::{self, ControlJob};
 use crate::ops::plugins::{Plugin, Plugins};
-use crate::ops::{sys, ListenerInfo, Node};
+use crate::ops::{sys, Node};
 use crate::router::{RouterHandle, Wiring};
 use crate::settings::{LogReload, Settings};
+use crate::transport::Listener;
 
 /// Scheduler ticks (task polls) between two looks at socket readiness while every worker is busy.
 /// tokio's default, 61, suits tasks that poll briefly; a connection's poll handles a whole read (up to
@@ -69,8 +69,7 @@ fn usable_secret(secret: Option<Secret>) -> Option<Secret> {
 
 /// A broker bound to its port, not yet serving.
 pub struct Broker {
-    listener: TcpListener,
-    local_addr: SocketAddr,
+    listener: Listener,
     control: mpsc::Receiver<ControlJob>,
     node: Arc<Node>,
     ctx: Arc<Context>,
@@ -86,10 +85,9 @@ impl Broker {
     ) -> Result<Broker, StartError> {
         let users = config.users_file.as_deref().map(Users::load).transpose()?;
         let acl = Acl::load(config.acl_file.as_deref(), config.acl_nomatch)?;
-        let listener = TcpListener::bind(config.listen)
+        let listener = Listener::bind_tcp(config.listen, config.max_connections)
             .await
             .map_err(|source| StartError::Bind { addr: config.listen, source })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
         let mut config = config;
         config.mgmt_secret = usable_secret(config.mgmt_secret.take());
         let metrics = Arc::new(Metrics::default());
@@ -122,52 +120,43 @@ impl Broker {
             settings: settings.clone(),
             plugins: plugins.clone(),
             hasher,
-            listeners: vec![ListenerInfo {
-                protocol: "mqtt:tcp",
-                addr: local_addr,
-                max_clients: config.max_connections,
-            }],
+            listeners: vec![listener.stats()],
             max_connections: config.max_connections,
             shutdown: shutdown.clone(),
         });
         let ctx = Arc::new(Context::new(config, router, auth, settings, plugins, metrics, control_tx, shutdown));
-        Ok(Broker { listener, local_addr, control: control_rx, node, ctx })
+        Ok(Broker { listener, control: control_rx, node, ctx })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.listener.local_addr()
     }
 
     #[cfg(test)]
-    pub fn ctx_for_tests(&self) -> Arc<Context> {
-        self.ctx.clone()
+    pub fn parts_for_tests(&self) -> (Arc<Context>, Arc<crate::transport::ListenerStats>) {
+        (self.ctx.clone(), self.listener.stats())
     }
 
     /// Serves until the shutdown token fires, then closes every connection and returns.
     pub async fn run(self) {
-        let Broker { listener, local_addr, control, node, ctx } = self;
+        let Broker { listener, control, node, ctx } = self;
         tokio::spawn(ctx.router.clone().sweep());
         tokio::spawn(sys::run(node.clone()));
         tokio::spawn(control::run(node, control));
-        let limit = Arc::new(Semaphore::new(ctx.config.max_connections));
         let connections = TaskTracker::new();
-        tracing::info!(listen = %local_addr, node = %ctx.config.node, "midge broker listening");
+        let stats = listener.stats();
+        tracing::info!(listen = %listener.local_addr(), node = %ctx.config.node, "midge broker listening");
         loop {
-            // Hold a permit before accepting, so excess clients wait in the kernel's backlog.
-            let permit = tokio::select! {
-                _ = ctx.shutdown.cancelled() => break,
-                permit = limit.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-            };
             let accepted = tokio::select! {
                 _ = ctx.shutdown.cancelled() => break,
                 accepted = listener.accept() => accepted,
             };
             match accepted {
-                Ok((stream, peer)) => {
-                    let ctx = ctx.clone();
+                Ok(accepted) => {
+                    let (ctx, stats) = (ctx.clone(), stats.clone());
                     connections.spawn(async move {
-                        crate::client::serve(stream, peer, ctx).await;
-                        drop(permit);
+                        crate::client::serve(accepted.stream, accepted.peer, stats, ctx).await;
+                        drop(accepted.slot);
                     });
                 }
                 Err(e) => {

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use super::node::Node;
 use super::plugins::PluginError;
 use super::sys;
-use crate::metrics::{Metric, Stat};
+use crate::metrics::Metric;
 use crate::protocol::{topic, QoS};
 use crate::session::Message;
 
@@ -259,7 +259,7 @@ impl Handler for Service<'_> {
                 listen: listener.addr.to_string(),
                 acceptors: 1,
                 max_clients: listener.max_clients as u64,
-                current_clients: self.node.stats.count(Stat::Clients),
+                current_clients: listener.clients(),
                 shutdown_count: vec![],
             })
             .collect())

@@ -7,4 +7,4 @@ mod node;
 pub mod plugins;
 pub mod sys;
 
-pub use node::{ListenerInfo, Node};
+pub use node::Node;

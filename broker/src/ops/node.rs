@@ -1,7 +1,6 @@
 //! This node as its operators see it: what the control service answers from and changes, and what the
 //! `$SYS` publisher reports. Built by the server; nothing here knows about connections.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,15 +11,7 @@ use super::plugins::Plugins;
 use crate::metrics::{Metrics, Stats};
 use crate::router::RouterHandle;
 use crate::settings::Settings;
-
-/// A listener as the listeners API shows it.
-#[derive(Debug, Clone)]
-pub struct ListenerInfo {
-    /// EMQ's protocol name, `mqtt:tcp`.
-    pub protocol: &'static str,
-    pub addr: SocketAddr,
-    pub max_clients: usize,
-}
+use crate::transport::ListenerStats;
 
 pub struct Node {
     pub name: String,
@@ -32,7 +23,7 @@ pub struct Node {
     pub plugins: Arc<Plugins>,
     /// For the passwords of plugin configs.
     pub hasher: Hasher,
-    pub listeners: Vec<ListenerInfo>,
+    pub listeners: Vec<Arc<ListenerStats>>,
     /// The most client connections served at once, over every listener.
     pub max_connections: usize,
     pub shutdown: CancellationToken,

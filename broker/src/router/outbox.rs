@@ -546,7 +546,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (ours, _) = listener.accept().await.unwrap();
-        let (_reader, writer) = crate::transport::split(ours, 1 << 20);
+        let (_reader, writer) = crate::transport::split(crate::transport::Stream::Tcp(ours), 1 << 20);
         (writer, peer)
     }
 
@@ -570,7 +570,7 @@ mod tests {
         let (writer, mut peer) = socket_pair().await;
         let (tx, rx) = outbox(1);
         let stats = Arc::new(SessionStats::default());
-        rx.allow_direct(writer.socket(), stats.clone());
+        rx.allow_direct(writer.socket().expect("plain TCP"), stats.clone());
         rx.turn(Activity::Drained);
         assert!(tx.is_drained());
         let Ok(Direct::Written { size, .. }) = tx.deliver_direct(lone(b"hello".to_vec()), 10) else {
@@ -595,7 +595,7 @@ mod tests {
         rx.turn(Activity::Drained);
         assert!(matches!(tx.deliver_direct(lone(vec![1]), 10), Ok(Direct::Pushed(_))));
         rx.take_all();
-        rx.allow_direct(writer.socket(), Arc::default());
+        rx.allow_direct(writer.socket().expect("plain TCP"), Arc::default());
         // Idle but with bytes unsent, or busy.
         for activity in [Activity::Idle, Activity::Busy] {
             rx.turn(activity);
@@ -625,7 +625,7 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let (writer, mut peer) = socket_pair().await;
         let (tx, rx) = outbox(1);
-        rx.allow_direct(writer.socket(), Arc::default());
+        rx.allow_direct(writer.socket().expect("plain TCP"), Arc::default());
         rx.turn(Activity::Drained);
         // More than any socket buffer takes at once.
         let payload: Vec<u8> = (0..32 << 20).map(|i: u32| i as u8).collect();

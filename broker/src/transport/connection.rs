@@ -1,5 +1,11 @@
-//! Framing: packets in and out of one TCP stream, each direction with its buffer kept in the struct.
-//! The two halves are separate so a connection can read and write at the same time in one `select!`.
+//! Framing: packets in and out of one connection's byte stream, each direction with its buffer kept in
+//! the struct. The two halves are separate so a connection can read and write at the same time in one
+//! `select!`.
+//!
+//! A stream is plain TCP or anything else that reads and writes bytes (TLS, WebSocket). Plain TCP keeps
+//! its fast path: reads driven by readiness (no buffer held while waiting), writes without waking the
+//! task, and a handle (`SocketHandle`) through which another task may write a lone message straight to
+//! the socket. Other streams go through tokio's `AsyncRead`/`AsyncWrite` and have no such handle.
 
 use std::cell::Cell;
 use std::pin::Pin;
@@ -7,6 +13,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
@@ -39,16 +46,53 @@ pub enum ConnectionError {
     Closed,
 }
 
-pub fn split(stream: TcpStream, max_packet_size: usize) -> (PacketReader, PacketWriter) {
-    let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
+/// Any byte stream a connection can run over.
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
+
+/// A connection's stream, as a listener hands it over.
+pub enum Stream {
+    Tcp(TcpStream),
+    /// TLS, WebSocket, or anything else built on a stream of bytes.
+    Other(Box<dyn ByteStream>),
+}
+
+enum ReadHalf {
+    Tcp(OwnedReadHalf),
+    Other(tokio::io::ReadHalf<Box<dyn ByteStream>>),
+}
+
+enum WriteHalf {
+    Tcp(SocketHandle),
+    Other {
+        half: tokio::io::WriteHalf<Box<dyn ByteStream>>,
+        /// Bytes the stream took but may still hold (a TLS record not yet sent): flushed before idling.
+        unflushed: bool,
+    },
+}
+
+pub fn split(stream: Stream, max_packet_size: usize) -> (PacketReader, PacketWriter) {
     // Buffers start empty and are released whenever drained, so an idle connection holds none.
-    let writer = PacketWriter { socket: SocketHandle(Arc::new(writer)), buf: BytesMut::new() };
-    (PacketReader { reader, buf: BytesMut::new(), max_packet_size }, writer)
+    let (reader, writer) = match stream {
+        Stream::Tcp(stream) => {
+            let _ = stream.set_nodelay(true);
+            let (reader, writer) = stream.into_split();
+            (ReadHalf::Tcp(reader), WriteHalf::Tcp(SocketHandle(Arc::new(writer))))
+        }
+        Stream::Other(stream) => {
+            let (reader, writer) = tokio::io::split(stream);
+            (ReadHalf::Other(reader), WriteHalf::Other { half: writer, unflushed: false })
+        }
+    };
+    (
+        PacketReader { reader, buf: BytesMut::new(), max_packet_size },
+        PacketWriter { half: writer, buf: BytesMut::new() },
+    )
 }
 
 pub struct PacketReader {
-    reader: OwnedReadHalf,
+    reader: ReadHalf,
     buf: BytesMut,
     max_packet_size: usize,
 }
@@ -61,24 +105,27 @@ impl PacketReader {
         Ok(packet.map(|p| (p, before - self.buf.len())))
     }
 
-    /// Reads more bytes from the socket. Cancel-safe: no bytes are lost if the future is dropped.
-    /// The buffer is only grown once the socket is readable, so waiting costs no memory.
+    /// Reads more bytes from the stream. Cancel-safe: no bytes are lost if the future is dropped.
+    /// Over TCP the buffer is only grown once the socket is readable, so waiting costs no memory.
     pub async fn fill(&mut self) -> Result<usize, ConnectionError> {
         loop {
-            self.reader.readable().await?;
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                if self.buf.capacity() == 0 {
-                    self.buf = SPARE_READ_BUFFER.take().unwrap_or_default();
+            let read = match &mut self.reader {
+                ReadHalf::Tcp(reader) => {
+                    reader.readable().await?;
+                    reserve(&mut self.buf);
+                    // `poll_read`, unlike `try_read`, forgets the readiness after a short read: the next
+                    // `fill` then waits for epoll instead of asking the socket again only to hear "would
+                    // block", a syscall saved per packet at low rates, and one that sat between a publish
+                    // and its routing.
+                    let buf = &mut self.buf;
+                    std::future::poll_fn(|cx| Poll::Ready(poll_read_buf(Pin::new(&mut *reader), cx, buf))).await
                 }
-                self.buf.reserve(READ_CHUNK);
-            }
-            // `poll_read`, unlike `try_read`, forgets the readiness after a short read: the next `fill`
-            // then waits for epoll instead of asking the socket again only to hear "would block", a
-            // syscall saved per packet at low rates, and one that sat between a publish and its routing.
-            let reader = &mut self.reader;
-            let buf = &mut self.buf;
-            let polled = std::future::poll_fn(|cx| Poll::Ready(poll_read_buf(Pin::new(&mut *reader), cx, buf))).await;
-            match polled {
+                ReadHalf::Other(reader) => {
+                    reserve(&mut self.buf);
+                    Poll::Ready(reader.read_buf(&mut self.buf).await)
+                }
+            };
+            match read {
                 Poll::Ready(Ok(0)) => return Err(ConnectionError::Closed),
                 Poll::Ready(Ok(n)) => return Ok(n),
                 Poll::Ready(Err(e)) => return Err(e.into()),
@@ -113,8 +160,18 @@ impl PacketReader {
     }
 }
 
+/// Room for the next read: a buffer from this thread's spare if there is none.
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 1024 {
+        if buf.capacity() == 0 {
+            *buf = SPARE_READ_BUFFER.take().unwrap_or_default();
+        }
+        buf.reserve(READ_CHUNK);
+    }
+}
+
 pub struct PacketWriter {
-    socket: SocketHandle,
+    half: WriteHalf,
     buf: BytesMut,
 }
 
@@ -132,30 +189,50 @@ impl PacketWriter {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Bytes still to go out (over a stream that buffers, one more until it is flushed).
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        let unflushed = matches!(self.half, WriteHalf::Other { unflushed: true, .. });
+        self.buf.len() + usize::from(unflushed)
     }
 
     /// The socket, for writes by other tasks at moments this writer has nothing unsent and waits
-    /// (see `router/outbox.rs`).
-    pub fn socket(&self) -> SocketHandle {
-        self.socket.clone()
+    /// (see `router/outbox.rs`): plain TCP only.
+    pub fn socket(&self) -> Option<SocketHandle> {
+        match &self.half {
+            WriteHalf::Tcp(socket) => Some(socket.clone()),
+            WriteHalf::Other { .. } => None,
+        }
     }
 
-    /// Writes some of the queued bytes. Cancel-safe: a write that happens is accounted for at once.
+    /// Writes some of the queued bytes (or flushes the stream). Cancel-safe: a write that happens is
+    /// accounted for at once.
     pub async fn write_some(&mut self) -> Result<(), ConnectionError> {
-        // Readiness through `poll_write_ready` rather than a `writable()` future: the latter is a waiter
-        // node of its own, and this future sits in every connection's task.
-        let stream: &TcpStream = self.socket.0.as_ref().as_ref();
-        let buf = &mut self.buf;
-        let n = std::future::poll_fn(|cx| loop {
-            std::task::ready!(stream.poll_write_ready(cx))?;
-            match stream.try_write(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                written => return Poll::Ready(written),
+        let n = match &mut self.half {
+            WriteHalf::Tcp(socket) => {
+                // Readiness through `poll_write_ready` rather than a `writable()` future: the latter is a
+                // waiter node of its own, and this future sits in every connection's task.
+                let stream: &TcpStream = socket.0.as_ref().as_ref();
+                let buf = &mut self.buf;
+                std::future::poll_fn(|cx| loop {
+                    std::task::ready!(stream.poll_write_ready(cx))?;
+                    match stream.try_write(buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        written => return Poll::Ready(written),
+                    }
+                })
+                .await?
             }
-        })
-        .await?;
+            WriteHalf::Other { half, unflushed } => {
+                if self.buf.is_empty() {
+                    half.flush().await?;
+                    *unflushed = false;
+                    return Ok(());
+                }
+                let n = half.write(&self.buf).await?;
+                *unflushed = true;
+                n
+            }
+        };
         if n == 0 {
             return Err(ConnectionError::Closed);
         }
@@ -166,16 +243,43 @@ impl PacketWriter {
         Ok(())
     }
 
-    /// Writes what the socket takes right now, without waiting; whatever it does not take stays
+    /// Writes what the stream takes right now, without waiting; whatever it does not take stays
     /// queued for `write_some`. Called as soon as a batch of work is done, so a reply or delivery
     /// leaves on the spot rather than after another turn of the connection's loop.
     pub fn try_flush(&mut self) -> Result<(), ConnectionError> {
-        while !self.buf.is_empty() {
-            match self.socket.0.try_write(&self.buf) {
-                Ok(0) => return Err(ConnectionError::Closed),
-                Ok(n) => self.buf.advance(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(e.into()),
+        match &mut self.half {
+            WriteHalf::Tcp(socket) => {
+                while !self.buf.is_empty() {
+                    match socket.0.try_write(&self.buf) {
+                        Ok(0) => return Err(ConnectionError::Closed),
+                        Ok(n) => self.buf.advance(n),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            WriteHalf::Other { half, unflushed } => {
+                // One poll each, with a waker that does nothing: what would wait is left to
+                // `write_some`, which the connection's loop polls with its own waker.
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                while !self.buf.is_empty() {
+                    match Pin::new(&mut *half).poll_write(&mut cx, &self.buf) {
+                        Poll::Ready(Ok(0)) => return Err(ConnectionError::Closed),
+                        Poll::Ready(Ok(n)) => {
+                            self.buf.advance(n);
+                            *unflushed = true;
+                        }
+                        Poll::Ready(Err(e)) => return Err(e.into()),
+                        Poll::Pending => return Ok(()),
+                    }
+                }
+                if *unflushed {
+                    match Pin::new(&mut *half).poll_flush(&mut cx) {
+                        Poll::Ready(Ok(())) => *unflushed = false,
+                        Poll::Ready(Err(e)) => return Err(e.into()),
+                        Poll::Pending => {}
+                    }
+                }
             }
         }
         self.release_if_large();
@@ -192,7 +296,7 @@ impl PacketWriter {
 
     /// Writes everything queued.
     pub async fn flush(&mut self) -> Result<(), ConnectionError> {
-        while !self.buf.is_empty() {
+        while self.pending() > 0 {
             self.write_some().await?;
         }
         Ok(())
@@ -201,8 +305,15 @@ impl PacketWriter {
     /// Ends the sending side. Whoever else holds the socket has let go of it by now (the outbox forgets
     /// it when the connection ends); were one still to hold it, its last drop would do the same.
     pub async fn shutdown(&mut self) {
-        if let Some(socket) = Arc::get_mut(&mut self.socket.0) {
-            let _ = tokio::io::AsyncWriteExt::shutdown(socket).await;
+        match &mut self.half {
+            WriteHalf::Tcp(socket) => {
+                if let Some(socket) = Arc::get_mut(&mut socket.0) {
+                    let _ = socket.shutdown().await;
+                }
+            }
+            WriteHalf::Other { half, .. } => {
+                let _ = half.shutdown().await;
+            }
         }
     }
 }

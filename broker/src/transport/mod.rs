@@ -1,5 +1,11 @@
-//! Bytes in and out: packets framed over a connection's stream, with the buffers kept per connection.
+//! Bytes in and out: listeners that accept connections, and packets framed over each connection's
+//! stream (plain TCP, or any other byte stream such as TLS or WebSocket), with its buffers kept per
+//! connection.
 
 mod connection;
+mod listener;
 
-pub use connection::{split, ConnectionError, PacketReader, PacketWriter, SocketHandle, Written, WRITE_HIGH_WATER};
+pub use connection::{
+    split, ByteStream, ConnectionError, PacketReader, PacketWriter, SocketHandle, Stream, Written, WRITE_HIGH_WATER,
+};
+pub use listener::{Accepted, Connected, Listener, ListenerStats};
