@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use midge_broker::protocol::{self, Packet, QoS};
+use midge_broker::protocol::{self, Ack, Packet, Protocol, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
@@ -117,7 +117,7 @@ impl Probe {
 
     async fn publish(&mut self, qos: QoS, pkid: u16, epoch: Instant) -> anyhow::Result<()> {
         let sent = epoch.elapsed().as_nanos() as u64;
-        protocol::encode(&probe(self.topic.clone(), qos, pkid, sent), &mut self.wbuf);
+        protocol::encode(&probe(self.topic.clone(), qos, pkid, sent), Protocol::V311, &mut self.wbuf);
         self.writer.write_all(&self.wbuf).await.context("publish")?;
         self.wbuf.clear();
         Ok(())
@@ -160,13 +160,13 @@ async fn record(
         }
         let now = epoch.elapsed().as_nanos() as u64;
         let hist = &mut hists[round.load(Ordering::Acquire).min(rounds - 1)];
-        while let Ok(Some(packet)) = protocol::decode(&mut conn.rbuf, usize::MAX) {
+        while let Ok(Some(packet)) = protocol::decode(&mut conn.rbuf, Protocol::V311, usize::MAX) {
             if let Packet::Publish(p) = packet {
                 if let Some(sent) = sent_at(&p.payload) {
                     let _ = hist.record((now.saturating_sub(sent) / 1000).max(1));
                 }
                 if p.qos == QoS::AtLeastOnce {
-                    conn.queue(&Packet::Puback(p.pkid));
+                    conn.queue(&Packet::Puback(Ack::new(p.pkid)));
                 }
             }
         }

@@ -43,7 +43,7 @@ impl Conn {
     }
 
     pub fn queue(&mut self, packet: &Packet) {
-        protocol::encode(packet, &mut self.wbuf);
+        protocol::encode(packet, Protocol::V311, &mut self.wbuf);
     }
 
     pub async fn flush(&mut self) -> anyhow::Result<()> {
@@ -62,7 +62,7 @@ impl Conn {
     /// The next packet (waits for bytes).
     pub async fn recv(&mut self) -> anyhow::Result<Packet> {
         loop {
-            if let Some(packet) = protocol::decode(&mut self.rbuf, usize::MAX)? {
+            if let Some(packet) = protocol::decode(&mut self.rbuf, Protocol::V311, usize::MAX)? {
                 return Ok(packet);
             }
             if self.reader.read_buf(&mut self.rbuf).await? == 0 {
@@ -73,9 +73,10 @@ impl Conn {
 
     /// Subscribes and waits for the SUBACK.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> anyhow::Result<()> {
-        self.send(&Packet::Subscribe(Subscribe { pkid: 1, filters: vec![(filter.into(), qos)] })).await?;
+        let filters = vec![(filter.into(), SubscriptionOptions::qos(qos))];
+        self.send(&Packet::Subscribe(Subscribe { pkid: 1, filters })).await?;
         match tokio::time::timeout(Duration::from_secs(5), self.recv()).await?? {
-            Packet::Suback(s) if s.codes == vec![Some(qos)] => Ok(()),
+            Packet::Suback(s) if s.codes == vec![Ok(qos)] => Ok(()),
             other => bail!("expected SUBACK, got {other:?}"),
         }
     }
@@ -109,6 +110,7 @@ pub fn probe(topic: Bytes, qos: QoS, pkid: u16, nanos: u64) -> Packet {
         topic,
         pkid: if qos == QoS::AtMostOnce { 0 } else { pkid },
         payload: payload(nanos),
+        properties: None,
     })
 }
 

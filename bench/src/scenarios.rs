@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use midge_broker::protocol::{Packet, Publish, QoS};
+use midge_broker::protocol::{Ack, Packet, Protocol, Publish, QoS};
 use tokio::io::AsyncReadExt;
 
 use crate::mqtt::{drain_in_background, histogram, probe, sent_at, Conn};
@@ -65,12 +65,12 @@ async fn subscribe_loop(mut conn: Conn, epoch: Instant, deadline: tokio::time::I
     tokio::pin!(end);
     loop {
         loop {
-            match midge_broker::protocol::decode(&mut conn.rbuf, usize::MAX) {
+            match midge_broker::protocol::decode(&mut conn.rbuf, Protocol::V311, usize::MAX) {
                 Ok(Some(Packet::Publish(p))) => {
                     count += 1;
                     record(&mut hist, epoch, &p);
                     if p.qos == QoS::AtLeastOnce {
-                        conn.queue(&Packet::Puback(p.pkid));
+                        conn.queue(&Packet::Puback(Ack::new(p.pkid)));
                     }
                 }
                 Ok(Some(_)) => {}
@@ -124,7 +124,7 @@ async fn publish_loop(conns: Vec<(Conn, String)>, rate_each: f64, qos: QoS, epoc
             let now = epoch.elapsed().as_nanos() as u64;
             while *sent < due {
                 pkid = pkid.checked_add(1).unwrap_or(1);
-                midge_broker::protocol::encode(&probe(topic.clone(), qos, pkid, now), wbuf);
+                midge_broker::protocol::encode(&probe(topic.clone(), qos, pkid, now), Protocol::V311, wbuf);
                 *sent += 1;
                 total += 1;
             }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use midge_broker::metrics::{Metrics, Stats};
-use midge_broker::protocol::{self, Packet, Publish, QoS};
+use midge_broker::protocol::{self, Packet, Protocol, Publish, QoS, SubscriptionOptions};
 use midge_broker::router::subscriptions::SubscriptionTree;
 use midge_broker::router::{self, ClientMeta, RouterHandle, Wiring};
 use midge_broker::session::{Delivery, Message, Session, SessionLimits};
@@ -20,19 +20,20 @@ fn publish_64() -> Packet {
         topic: Bytes::from_static(b"sensors/building-7/floor-3/temperature"),
         pkid: 42,
         payload: Bytes::from(vec![7u8; 64]),
+        properties: None,
     })
 }
 
 fn codec_benches(c: &mut Criterion) {
     let packet = publish_64();
     let mut encoded = BytesMut::new();
-    protocol::encode(&packet, &mut encoded);
+    protocol::encode(&packet, Protocol::V311, &mut encoded);
     let mut group = c.benchmark_group("codec");
     group.throughput(Throughput::Elements(1));
     group.bench_function("encode publish 64 B", |b| {
         let mut buf = BytesMut::with_capacity(1 << 16);
         b.iter(|| {
-            protocol::encode(black_box(&packet), &mut buf);
+            protocol::encode(black_box(&packet), Protocol::V311, &mut buf);
             if buf.len() > 60_000 {
                 buf.clear();
             }
@@ -41,7 +42,7 @@ fn codec_benches(c: &mut Criterion) {
     group.bench_function("decode publish 64 B", |b| {
         b.iter(|| {
             let mut buf = encoded.clone();
-            black_box(protocol::decode(&mut buf, usize::MAX).unwrap())
+            black_box(protocol::decode(&mut buf, Protocol::V311, usize::MAX).unwrap())
         })
     });
     group.finish();
@@ -57,7 +58,7 @@ fn matching_benches(c: &mut Criterion) {
             2 => format!("site/{}/#", i),
             _ => format!("devices/{i}/status"),
         };
-        tree.subscribe(&filter, &client, QoS::AtMostOnce);
+        tree.subscribe(&filter, &client, SubscriptionOptions::qos(QoS::AtMostOnce));
     }
     let mut group = c.benchmark_group("match");
     group.throughput(Throughput::Elements(1));
@@ -75,12 +76,12 @@ fn matching_benches(c: &mut Criterion) {
 }
 
 fn qos0_message_64() -> Arc<Message> {
-    Arc::new(Message {
-        topic: Bytes::from_static(b"sensors/building-7/floor-3/temperature"),
-        payload: Bytes::from(vec![7u8; 64]),
-        qos: QoS::AtMostOnce,
-        retain: false,
-    })
+    Arc::new(Message::new(
+        Bytes::from_static(b"sensors/building-7/floor-3/temperature"),
+        Bytes::from(vec![7u8; 64]),
+        QoS::AtMostOnce,
+        false,
+    ))
 }
 
 fn limits() -> SessionLimits {
@@ -108,7 +109,7 @@ fn fanout_benches(c: &mut Criterion) {
                 let mut dropped = false;
                 let delivery = Delivery { message: message.clone(), qos: QoS::AtMostOnce, retain: false };
                 if let Some(publish) = session.deliver(delivery, &mut dropped) {
-                    protocol::encode(&Packet::Publish(publish), buf);
+                    protocol::encode(&Packet::Publish(publish), Protocol::V311, buf);
                 }
                 if buf.len() > 60_000 {
                     buf.clear();
@@ -143,7 +144,8 @@ fn routing_benches(c: &mut Criterion) {
             hidden: false,
         };
         let _outcome = router.connect(client_id.clone(), meta, outbox);
-        let filters = vec![("sensors/+/floor-3/temperature".to_string(), Some(QoS::AtMostOnce))];
+        let filters =
+            vec![("sensors/+/floor-3/temperature".to_string(), Ok(SubscriptionOptions::qos(QoS::AtMostOnce)))];
         router.subscribe(client_id, i, 1, filters);
         receivers.push(receiver);
     }

@@ -118,6 +118,9 @@ pub async fn serve(stream: Stream, peer: SocketAddr, listener: Arc<ListenerStats
             return;
         }
     };
+    // Everything after CONNECT is read and written as its protocol level says.
+    reader.set_level(connect.protocol);
+    writer.set_level(connect.protocol);
     // The once-only phases are boxed so that their state does not sit in every connection's task for
     // its whole life (an idle connection's memory is mostly this future).
     reader.release_if_drained();
@@ -433,12 +436,8 @@ impl ClientConnection {
         if exit.publishes_will() {
             if let Some(will) = self.will.take() {
                 if self.check_publish(&will.topic) == Decision::Allow {
-                    let message = Message {
-                        topic: will.topic.into_bytes().into(),
-                        payload: will.payload,
-                        qos: will.qos,
-                        retain: will.retain,
-                    };
+                    let mut message = Message::new(will.topic.into_bytes().into(), will.payload, will.qos, will.retain);
+                    message.origin = self.conn_id;
                     self.ctx.router.publish(Arc::new(message));
                 }
             }
@@ -543,24 +542,24 @@ impl ClientConnection {
     fn handle_packet(&mut self, packet: Packet) -> Result<(), Exit> {
         match packet {
             Packet::Publish(publish) => self.handle_publish(publish)?,
-            Packet::Puback(pkid) => {
+            Packet::Puback(Ack { pkid, .. }) => {
                 let result = self.session.puback(pkid);
                 self.acked(result, Metric::PacketsPubackMissed);
             }
-            Packet::Pubrec(pkid) => match self.session.pubrec(pkid) {
-                AckResult::Done | AckResult::Repeated => self.send(&Packet::Pubrel(pkid)),
+            Packet::Pubrec(Ack { pkid, .. }) => match self.session.pubrec(pkid) {
+                AckResult::Done | AckResult::Repeated => self.send(&Packet::Pubrel(Ack::new(pkid))),
                 AckResult::Missed => self.ctx.metrics.inc(Metric::PacketsPubrecMissed),
             },
-            Packet::Pubcomp(pkid) => {
+            Packet::Pubcomp(Ack { pkid, .. }) => {
                 let result = self.session.pubcomp(pkid);
                 self.acked(result, Metric::PacketsPubcompMissed);
             }
-            Packet::Pubrel(pkid) => {
+            Packet::Pubrel(Ack { pkid, .. }) => {
                 if self.session.pubrel(pkid) == AckResult::Missed {
                     self.ctx.metrics.inc(Metric::PacketsPubrelMissed);
                 }
                 // Always completed, so a client that lost our PUBCOMP can finish.
-                self.send(&Packet::Pubcomp(pkid));
+                self.send(&Packet::Pubcomp(Ack::new(pkid)));
             }
             Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe),
             Packet::Unsubscribe(unsubscribe) => {
@@ -573,7 +572,7 @@ impl ClientConnection {
                 );
             }
             Packet::Pingreq => self.send(&Packet::Pingresp),
-            Packet::Disconnect => return Err(Exit::Disconnect),
+            Packet::Disconnect(_) => return Err(Exit::Disconnect),
             Packet::Connect(_) => return Err(Exit::ProtocolViolation("second CONNECT")),
             Packet::Connack(_) | Packet::Suback(_) | Packet::Unsuback(_) | Packet::Pingresp => {
                 return Err(Exit::ProtocolViolation("server-to-client packet from a client"))
@@ -609,12 +608,12 @@ impl ClientConnection {
         let route = match publish.qos {
             QoS::AtMostOnce => allowed,
             QoS::AtLeastOnce => {
-                self.send(&Packet::Puback(publish.pkid));
+                self.send(&Packet::Puback(Ack::new(publish.pkid)));
                 allowed
             }
             QoS::ExactlyOnce => match self.session.incoming_qos2(publish.pkid) {
                 Some(is_new) => {
-                    self.send(&Packet::Pubrec(publish.pkid));
+                    self.send(&Packet::Pubrec(Ack::new(publish.pkid)));
                     is_new && allowed
                 }
                 None => {
@@ -625,9 +624,7 @@ impl ClientConnection {
             },
         };
         if route {
-            let message =
-                Message { topic: publish.topic, payload: publish.payload, qos: publish.qos, retain: publish.retain };
-            self.publishes.push(Arc::new(message));
+            self.publishes.push(Arc::new(Message::published(publish, self.conn_id)));
         }
         Ok(())
     }
@@ -638,9 +635,9 @@ impl ClientConnection {
     fn handle_reserved_publish(&mut self, publish: Publish) {
         match publish.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(&Packet::Puback(publish.pkid)),
+            QoS::AtLeastOnce => self.send(&Packet::Puback(Ack::new(publish.pkid))),
             QoS::ExactlyOnce => {
-                self.send(&Packet::Pubrec(publish.pkid));
+                self.send(&Packet::Pubrec(Ack::new(publish.pkid)));
                 if self.session.incoming_qos2(publish.pkid) != Some(true) {
                     return;
                 }
@@ -665,19 +662,19 @@ impl ClientConnection {
         let filters = subscribe
             .filters
             .into_iter()
-            .map(|(filter, qos)| {
+            .map(|(filter, options)| {
                 let granted = if !topic::valid_topic_filter(&filter) {
-                    None
+                    Err(ReasonCode::TopicFilterInvalid)
                 } else if self.principal == Principal::Management {
-                    Some(qos)
+                    Ok(options)
                 } else if filter.starts_with("$midge") {
                     tracing::warn!(client_id = %self.client_id.escape_debug(), filter = %filter.escape_debug(), "subscription to control topics refused");
-                    None
+                    Err(ReasonCode::NotAuthorized)
                 } else if self.ctx.settings.acl().check(&self.info, Access::Subscribe, &filter) == Decision::Deny {
                     tracing::debug!(client_id = %self.client_id.escape_debug(), filter = %filter.escape_debug(), "subscribe denied by ACL");
-                    None
+                    Err(ReasonCode::NotAuthorized)
                 } else {
-                    Some(qos)
+                    Ok(options)
                 };
                 (filter, granted)
             })
@@ -695,7 +692,7 @@ impl ClientConnection {
                     self.deliver(delivery);
                 }
             }
-            OutboxItem::Unsubscribed(pkid) => self.send(&Packet::Unsuback(pkid)),
+            OutboxItem::Unsubscribed(pkid) => self.send(&Packet::Unsuback(Unsuback::new(pkid))),
             OutboxItem::TakenOver => return Err(Exit::TakenOver),
             OutboxItem::Kick => return Err(Exit::Kicked),
             OutboxItem::CleanAclCache(topic) => self.acl_cache.remove(&topic),
@@ -720,7 +717,7 @@ impl ClientConnection {
         for outgoing in out {
             match outgoing {
                 Resend::Publish(publish) => self.send(&Packet::Publish(publish)),
-                Resend::Pubrel(pkid) => self.send(&Packet::Pubrel(pkid)),
+                Resend::Pubrel(pkid) => self.send(&Packet::Pubrel(Ack::new(pkid))),
             }
         }
     }
@@ -774,7 +771,7 @@ mod stream_tests {
     async fn send(stream: &mut DuplexStream, packets: &[Packet]) {
         let mut bytes = BytesMut::new();
         for packet in packets {
-            encode(packet, &mut bytes);
+            encode(packet, Protocol::V311, &mut bytes);
         }
         stream.write_all(&bytes).await.unwrap();
     }
@@ -782,7 +779,7 @@ mod stream_tests {
     async fn recv(stream: &mut DuplexStream, buf: &mut BytesMut) -> Packet {
         tokio::time::timeout(Duration::from_secs(3), async {
             loop {
-                if let Some(packet) = decode(buf, usize::MAX).unwrap() {
+                if let Some(packet) = decode(buf, Protocol::V311, usize::MAX).unwrap() {
                     return packet;
                 }
                 assert!(stream.read_buf(buf).await.unwrap() > 0, "closed");
@@ -806,7 +803,8 @@ mod stream_tests {
 
     fn publish(topic: &str, payload: &'static [u8], qos: QoS, pkid: u16) -> Packet {
         let topic = Bytes::copy_from_slice(topic.as_bytes());
-        Packet::Publish(Publish { dup: false, qos, retain: false, topic, pkid, payload: Bytes::from_static(payload) })
+        let payload = Bytes::from_static(payload);
+        Packet::Publish(Publish { dup: false, qos, retain: false, topic, pkid, payload, properties: None })
     }
 
     /// A connection runs over any byte stream, not only TCP (as TLS and WebSocket listeners will hand
@@ -825,7 +823,8 @@ mod stream_tests {
             matches!(recv(&mut client, &mut buf).await, Packet::Connack(c) if c.code == ConnectReturnCode::Accepted)
         );
         assert_eq!(listener.clients(), 1, "counted in its listener");
-        let subscribe = Subscribe { pkid: 1, filters: vec![("pipe/#".into(), QoS::AtLeastOnce)] };
+        let subscribe =
+            Subscribe { pkid: 1, filters: vec![("pipe/#".into(), SubscriptionOptions::qos(QoS::AtLeastOnce))] };
         send(&mut client, &[Packet::Subscribe(subscribe)]).await;
         assert!(matches!(recv(&mut client, &mut buf).await, Packet::Suback(s) if s.pkid == 1));
         send(
@@ -836,10 +835,10 @@ mod stream_tests {
         let mut got = Vec::new();
         while got.len() < 3 {
             match recv(&mut client, &mut buf).await {
-                Packet::Puback(2) => got.push("puback".to_string()),
+                Packet::Puback(Ack { pkid: 2, .. }) => got.push("puback".to_string()),
                 Packet::Publish(p) => {
                     if p.qos == QoS::AtLeastOnce {
-                        send(&mut client, &[Packet::Puback(p.pkid)]).await;
+                        send(&mut client, &[Packet::Puback(Ack::new(p.pkid))]).await;
                     }
                     got.push(String::from_utf8(p.payload.to_vec()).unwrap());
                 }
@@ -848,7 +847,7 @@ mod stream_tests {
         }
         got.sort();
         assert_eq!(got, vec!["one", "puback", "zero"]);
-        send(&mut client, &[Packet::Disconnect]).await;
+        send(&mut client, &[Packet::Disconnect(ReasonCode::Success)]).await;
         let mut rest = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(3), client.read_to_end(&mut rest)).await;
         assert_eq!(listener.clients(), 0, "counted out when it leaves");

@@ -68,7 +68,7 @@ impl Metrics {
         self.inc(Metric::PacketsReceived);
         let specific = match packet {
             Packet::Connect(_) => Metric::PacketsConnect,
-            Packet::Disconnect => Metric::PacketsDisconnect,
+            Packet::Disconnect(_) => Metric::PacketsDisconnect,
             Packet::Pingreq => Metric::PacketsPingreq,
             Packet::Subscribe(_) => Metric::PacketsSubscribe,
             Packet::Unsubscribe(_) => Metric::PacketsUnsubscribe,
@@ -124,7 +124,7 @@ impl Metrics {
             | Packet::Subscribe(_)
             | Packet::Unsubscribe(_)
             | Packet::Pingreq
-            | Packet::Disconnect => return,
+            | Packet::Disconnect(_) => return,
         };
         self.inc(specific);
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use crate::protocol::{self, Connect, Packet, Protocol};
+use crate::protocol::{self, Connect, Packet, Protocol, ReasonCode};
 
 /// Connects, sends CONNECT and waits for a CONNACK. Any CONNACK counts: even a refusal proves the
 /// broker is up and speaking MQTT.
@@ -30,16 +30,16 @@ pub fn probe(address: &str, timeout: Duration) -> Result<(), String> {
         password: None,
     };
     let mut out = BytesMut::new();
-    protocol::encode(&Packet::Connect(connect), &mut out);
+    protocol::encode(&Packet::Connect(connect), Protocol::V311, &mut out);
     stream.write_all(&out).map_err(|e| format!("send CONNECT: {e}"))?;
     let mut buf = BytesMut::new();
     let mut chunk = [0u8; 64];
     loop {
-        if let Some(packet) = protocol::decode(&mut buf, 1024).map_err(|e| format!("bad reply: {e}"))? {
+        if let Some(packet) = protocol::decode(&mut buf, Protocol::V311, 1024).map_err(|e| format!("bad reply: {e}"))? {
             return match packet {
                 Packet::Connack(_) => {
                     let mut bye = BytesMut::new();
-                    protocol::encode(&Packet::Disconnect, &mut bye);
+                    protocol::encode(&Packet::Disconnect(ReasonCode::Success), Protocol::V311, &mut bye);
                     let _ = stream.write_all(&bye);
                     Ok(())
                 }

@@ -53,7 +53,7 @@ async fn control_topics_are_sealed() {
         request: Request::Kick { client_id: "midge-mgmt-test".into() },
     };
     eve.send(&publish(&request_topic(NODE), &serde_json::to_vec(&forged).unwrap(), QoS::AtLeastOnce, 5)).await;
-    assert_eq!(eve.recv().await, Some(Packet::Puback(5)));
+    assert_eq!(eve.recv().await, Some(Packet::Puback(Ack::new(5))));
     mgmt.expect_no_reply().await;
     let after: BTreeMap<String, u64> = mgmt.ok(Request::Metrics).await;
     assert_eq!(after["messages/dropped"], before["messages/dropped"] + 1, "the forged request is counted");
@@ -84,7 +84,7 @@ async fn every_node_answers_on_the_discovery_topic() {
     }
     let mut eve = Raw::connected(broker.addr, "eve").await;
     eve.send(&publish(DISCOVERY_TOPIC, &ask("discover-2"), QoS::AtLeastOnce, 1)).await;
-    assert_eq!(eve.recv().await, Some(Packet::Puback(1)));
+    assert_eq!(eve.recv().await, Some(Packet::Puback(Ack::new(1))));
     mgmt.expect_no_reply().await;
     broker.stop().await;
 }
@@ -153,7 +153,7 @@ async fn the_management_connection_is_invisible_and_its_client_id_is_its_own() {
         request: Request::NodeInfo,
     };
     mgmt.raw.send(&publish(&request_topic(NODE), &serde_json::to_vec(&unheard).unwrap(), QoS::AtLeastOnce, 77)).await;
-    assert_eq!(mgmt.raw.recv().await, Some(Packet::Puback(77)));
+    assert_eq!(mgmt.raw.recv().await, Some(Packet::Puback(Ack::new(77))));
     // A dozen requests and replies later, the traffic figures have not moved.
     let after: BTreeMap<String, u64> = mgmt.ok(Request::Metrics).await;
     assert_eq!(after, before, "the management connection's traffic counts in no metric");
@@ -248,7 +248,7 @@ async fn a_stalled_sessions_queue_length_counts_everything_behind_its_window() {
     let first = sub.recv_publish().await;
     let session: Vec<SessionRow> = mgmt.ok(Request::GetSession { client_id: "stalled".into() }).await;
     assert_eq!((session[0].inflight_len, session[0].mqueue_len), (1, 4));
-    sub.send(&Packet::Puback(first.pkid)).await;
+    sub.send(&Packet::Puback(Ack::new(first.pkid))).await;
     assert_eq!(&sub.recv_publish().await.payload[..], &[2]);
     let session: Vec<SessionRow> = mgmt.ok(Request::GetSession { client_id: "stalled".into() }).await;
     assert_eq!((session[0].inflight_len, session[0].mqueue_len), (1, 3));
@@ -275,7 +275,7 @@ async fn publish_subscribe_kick_and_acl_cache() {
         .await;
     let p = js.recv_publish().await;
     assert_eq!((&p.topic[..], &p.payload[..], p.qos), (&b"/World"[..], &b"hello"[..], QoS::AtLeastOnce));
-    js.send(&Packet::Puback(p.pkid)).await;
+    js.send(&Packet::Puback(Ack::new(p.pkid))).await;
 
     let bad_topic = Request::Publish {
         topic: "a/+".into(),
@@ -437,7 +437,7 @@ async fn node_memory_and_process_figures_are_the_brokers_own() {
     let half_megabyte = vec![7u8; 512 * 1024];
     for n in 0..64u16 {
         publisher.send(&retained(&format!("big/{n}"), &half_megabyte, QoS::AtLeastOnce, n + 1)).await;
-        assert_eq!(publisher.recv().await, Some(Packet::Puback(n + 1)));
+        assert_eq!(publisher.recv().await, Some(Packet::Puback(Ack::new(n + 1))));
     }
     let mut idle = Vec::new();
     for n in 0..50 {
@@ -450,7 +450,7 @@ async fn node_memory_and_process_figures_are_the_brokers_own() {
 
     for n in 0..64u16 {
         publisher.send(&retained(&format!("big/{n}"), b"", QoS::AtLeastOnce, n + 1)).await;
-        assert_eq!(publisher.recv().await, Some(Packet::Puback(n + 1)));
+        assert_eq!(publisher.recv().await, Some(Packet::Puback(Ack::new(n + 1))));
     }
     let cleared: NodeInfo = mgmt.ok(Request::NodeInfo).await;
     assert!(megabytes(&cleared.memory_used) <= megabytes(&loaded.memory_used) - 30.0, "{loaded:?} then {cleared:?}");
@@ -622,7 +622,7 @@ async fn clients_cannot_write_to_sys_or_control_topics_by_publish_or_will() {
     // A spoofed node in $SYS goes nowhere.
     let mut spoofer = Raw::connected(broker.addr, "spoofer").await;
     spoofer.send(&retained("$SYS/brokers/evil@nowhere/version", b"6.6.6", QoS::AtLeastOnce, 3)).await;
-    assert_eq!(spoofer.recv().await, Some(Packet::Puback(3)));
+    assert_eq!(spoofer.recv().await, Some(Packet::Puback(Ack::new(3))));
     watcher.expect_silence(Duration::from_millis(300)).await;
     let mut late = Raw::connected(broker.addr, "late").await;
     late.subscribe(1, &[("$SYS/brokers/evil@nowhere/#", QoS::AtMostOnce)]).await;

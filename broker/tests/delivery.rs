@@ -22,25 +22,25 @@ async fn qos_0_1_2_in_both_directions() {
     assert_eq!((p.qos, &p.payload[..], p.retain), (QoS::AtMostOnce, &b"zero"[..], false));
 
     publisher.send(&publish("t/1", b"one", QoS::AtLeastOnce, 10)).await;
-    assert_eq!(publisher.recv().await, Some(Packet::Puback(10)));
+    assert_eq!(publisher.recv().await, Some(Packet::Puback(Ack::new(10))));
     let p = sub.recv_publish().await;
     assert_eq!((p.qos, &p.payload[..]), (QoS::AtLeastOnce, &b"one"[..]));
-    sub.send(&Packet::Puback(p.pkid)).await;
+    sub.send(&Packet::Puback(Ack::new(p.pkid))).await;
 
     publisher.send(&publish("t/2", b"two", QoS::ExactlyOnce, 11)).await;
-    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(11)));
-    publisher.send(&Packet::Pubrel(11)).await;
-    assert_eq!(publisher.recv().await, Some(Packet::Pubcomp(11)));
+    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(Ack::new(11))));
+    publisher.send(&Packet::Pubrel(Ack::new(11))).await;
+    assert_eq!(publisher.recv().await, Some(Packet::Pubcomp(Ack::new(11))));
     let p = sub.recv_publish().await;
     assert_eq!((p.qos, &p.payload[..]), (QoS::ExactlyOnce, &b"two"[..]));
-    sub.send(&Packet::Pubrec(p.pkid)).await;
-    assert_eq!(sub.recv().await, Some(Packet::Pubrel(p.pkid)));
-    sub.send(&Packet::Pubcomp(p.pkid)).await;
+    sub.send(&Packet::Pubrec(Ack::new(p.pkid))).await;
+    assert_eq!(sub.recv().await, Some(Packet::Pubrel(Ack::new(p.pkid))));
+    sub.send(&Packet::Pubcomp(Ack::new(p.pkid))).await;
     sub.ping().await;
 
     // Delivered QoS is the lower of published and granted.
     publisher.send(&publish("t/0", b"down", QoS::ExactlyOnce, 12)).await;
-    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(12)));
+    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(Ack::new(12))));
     assert_eq!(sub.recv_publish().await.qos, QoS::AtMostOnce);
     broker.stop().await;
 }
@@ -52,20 +52,20 @@ async fn qos2_is_routed_exactly_once_despite_retransmission() {
     sub.subscribe(1, &[("x", QoS::AtMostOnce)]).await;
     let mut publisher = Raw::connected(broker.addr, "pub").await;
     publisher.send(&publish("x", b"once", QoS::ExactlyOnce, 7)).await;
-    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(7)));
+    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(Ack::new(7))));
     // The same packet again, with DUP, before PUBREL: acknowledged, not routed again.
     if let Packet::Publish(mut p) = publish("x", b"once", QoS::ExactlyOnce, 7) {
         p.dup = true;
         publisher.send(&Packet::Publish(p)).await;
     }
-    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(7)));
-    publisher.send(&Packet::Pubrel(7)).await;
-    assert_eq!(publisher.recv().await, Some(Packet::Pubcomp(7)));
+    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(Ack::new(7))));
+    publisher.send(&Packet::Pubrel(Ack::new(7))).await;
+    assert_eq!(publisher.recv().await, Some(Packet::Pubcomp(Ack::new(7))));
     assert_eq!(&sub.recv_publish().await.payload[..], b"once");
     sub.expect_silence(Duration::from_millis(300)).await;
     // After PUBREL the id is free again: a new message with it is new.
     publisher.send(&publish("x", b"again", QoS::ExactlyOnce, 7)).await;
-    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(7)));
+    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(Ack::new(7))));
     assert_eq!(&sub.recv_publish().await.payload[..], b"again");
     broker.stop().await;
 }
@@ -79,8 +79,8 @@ async fn awaiting_rel_limit_drops_further_qos2() {
     for id in 1..=3u16 {
         publisher.send(&publish("x", &[id as u8], QoS::ExactlyOnce, id)).await;
     }
-    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(1)));
-    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(2)));
+    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(Ack::new(1))));
+    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(Ack::new(2))));
     publisher.ping().await; // no PUBREC for 3
     assert_eq!(&sub.recv_publish().await.payload[..], &[1]);
     assert_eq!(&sub.recv_publish().await.payload[..], &[2]);
@@ -92,11 +92,11 @@ async fn awaiting_rel_limit_drops_further_qos2() {
 async fn unacknowledged_pubrel_and_missed_acks_are_harmless() {
     let broker = start_default().await;
     let mut c = Raw::connected(broker.addr, "c").await;
-    c.send(&Packet::Pubrel(99)).await;
-    assert_eq!(c.recv().await, Some(Packet::Pubcomp(99)));
-    c.send(&Packet::Puback(5)).await;
-    c.send(&Packet::Pubrec(6)).await;
-    c.send(&Packet::Pubcomp(7)).await;
+    c.send(&Packet::Pubrel(Ack::new(99))).await;
+    assert_eq!(c.recv().await, Some(Packet::Pubcomp(Ack::new(99))));
+    c.send(&Packet::Puback(Ack::new(5))).await;
+    c.send(&Packet::Pubrec(Ack::new(6))).await;
+    c.send(&Packet::Pubcomp(Ack::new(7))).await;
     c.ping().await;
     broker.stop().await;
 }
@@ -115,10 +115,10 @@ async fn inflight_window_holds_the_rest_until_acked() {
     assert_eq!((&a.payload[..], &b.payload[..]), (&[1u8][..], &[2u8][..]));
     assert_ne!(a.pkid, b.pkid);
     sub.expect_silence(Duration::from_millis(300)).await;
-    sub.send(&Packet::Puback(a.pkid)).await;
+    sub.send(&Packet::Puback(Ack::new(a.pkid))).await;
     assert_eq!(&sub.recv_publish().await.payload[..], &[3]);
     sub.expect_silence(Duration::from_millis(200)).await;
-    sub.send(&Packet::Puback(b.pkid)).await;
+    sub.send(&Packet::Puback(Ack::new(b.pkid))).await;
     assert_eq!(&sub.recv_publish().await.payload[..], &[4]);
     broker.stop().await;
 }
@@ -136,7 +136,7 @@ async fn a_stalled_subscriber_keeps_the_newest_queued_and_still_gets_everything_
     let first = sub.recv_publish().await;
     assert_eq!(&first.payload[..], &[1]);
     sub.expect_silence(Duration::from_millis(200)).await;
-    sub.send(&Packet::Puback(first.pkid)).await;
+    sub.send(&Packet::Puback(Ack::new(first.pkid))).await;
     let eighth = sub.recv_publish().await;
     assert_eq!(&eighth.payload[..], &[8], "the oldest queued were dropped");
 
@@ -150,7 +150,7 @@ async fn a_stalled_subscriber_keeps_the_newest_queued_and_still_gets_everything_
     sub.send(&subscribe(2, &[("y", QoS::AtLeastOnce)])).await;
     assert!(matches!(sub.recv_within(within).await, Ok(Some(Packet::Suback(_)))), "SUBACK held back");
 
-    sub.send(&Packet::Puback(eighth.pkid)).await;
+    sub.send(&Packet::Puback(Ack::new(eighth.pkid))).await;
     sub.expect_acking(9..=10).await;
     sub.expect_silence(Duration::from_millis(300)).await;
     broker.stop().await;
@@ -164,7 +164,7 @@ async fn persistent_session_keeps_subscriptions_queues_and_redelivers_with_dup()
     sub.subscribe(1, &[("d/#", QoS::AtLeastOnce)]).await;
     let mut publisher = Raw::connected(broker.addr, "pub").await;
     publisher.send(&publish("d/1", b"inflight", QoS::AtLeastOnce, 1)).await;
-    assert_eq!(publisher.recv().await, Some(Packet::Puback(1)));
+    assert_eq!(publisher.recv().await, Some(Packet::Puback(Ack::new(1))));
     let first = sub.recv_publish().await;
     assert!(!first.dup);
     // Gone without acknowledging.
@@ -172,7 +172,7 @@ async fn persistent_session_keeps_subscriptions_queues_and_redelivers_with_dup()
     tokio::time::sleep(Duration::from_millis(100)).await;
     publisher.send(&publish("d/2", b"queued", QoS::AtLeastOnce, 2)).await;
     publisher.send(&publish("d/3", b"qos0", QoS::AtMostOnce, 0)).await;
-    assert_eq!(publisher.recv().await, Some(Packet::Puback(2)));
+    assert_eq!(publisher.recv().await, Some(Packet::Puback(Ack::new(2))));
 
     let (mut sub, present) = Raw::connect(broker.addr, connect_packet("durable", false)).await;
     assert!(present);
@@ -183,8 +183,8 @@ async fn persistent_session_keeps_subscriptions_queues_and_redelivers_with_dup()
     assert_eq!((&queued.payload[..], queued.dup), (&b"queued"[..], false));
     let qos0 = sub.recv_publish().await;
     assert_eq!((&qos0.payload[..], qos0.qos), (&b"qos0"[..], QoS::AtMostOnce));
-    sub.send(&Packet::Puback(again.pkid)).await;
-    sub.send(&Packet::Puback(queued.pkid)).await;
+    sub.send(&Packet::Puback(Ack::new(again.pkid))).await;
+    sub.send(&Packet::Puback(Ack::new(queued.pkid))).await;
     sub.disconnect().await;
 
     // A clean session discards it all.
@@ -234,7 +234,7 @@ async fn retained_messages() {
     publisher.send(&retained("r/a", b"first", QoS::AtMostOnce, 0)).await;
     publisher.send(&retained("r/a", b"second", QoS::AtMostOnce, 0)).await;
     publisher.send(&retained("r/b", b"bee", QoS::AtLeastOnce, 1)).await;
-    assert_eq!(publisher.recv().await, Some(Packet::Puback(1)));
+    assert_eq!(publisher.recv().await, Some(Packet::Puback(Ack::new(1))));
 
     let mut sub = Raw::connected(broker.addr, "sub").await;
     sub.subscribe(1, &[("r/+", QoS::AtLeastOnce)]).await;
@@ -243,7 +243,7 @@ async fn retained_messages() {
     assert!(got.iter().all(|p| p.retain));
     assert_eq!(&got[0].payload[..], b"second", "a retained message is replaced");
     assert_eq!((got[0].qos, got[1].qos), (QoS::AtMostOnce, QoS::AtLeastOnce));
-    sub.send(&Packet::Puback(got[1].pkid)).await;
+    sub.send(&Packet::Puback(Ack::new(got[1].pkid))).await;
 
     // Normal forwarding clears the retain flag.
     publisher.send(&retained("r/a", b"live", QoS::AtMostOnce, 0)).await;
@@ -295,7 +295,7 @@ async fn topic_rules() {
 
     // Unsubscribe stops delivery.
     sub.send(&Packet::Unsubscribe(Unsubscribe { pkid: 2, filters: vec!["#".into(), "+/x".into()] })).await;
-    assert_eq!(sub.recv().await, Some(Packet::Unsuback(2)));
+    assert_eq!(sub.recv().await, Some(Packet::Unsuback(Unsuback::new(2))));
     publisher.send(&publish("/x", b"after", QoS::AtMostOnce, 0)).await;
     sub.expect_silence(Duration::from_millis(200)).await;
 
@@ -322,7 +322,7 @@ async fn acl_refuses_subscriptions_with_0x80_and_drops_denied_publishes() {
     assert_eq!(codes, vec![None, Some(QoS::AtLeastOnce)]);
     let mut spy = Raw::connected(broker.addr, "spy").await;
     spy.send(&publish("open/spy/1", b"denied", QoS::AtLeastOnce, 1)).await;
-    assert_eq!(spy.recv().await, Some(Packet::Puback(1)), "denied publishes are still acknowledged");
+    assert_eq!(spy.recv().await, Some(Packet::Puback(Ack::new(1))), "denied publishes are still acknowledged");
     spy.send(&publish("open/other", b"allowed", QoS::AtMostOnce, 0)).await;
     assert_eq!(&sub.recv_publish().await.payload[..], b"allowed");
     sub.expect_silence(Duration::from_millis(200)).await;
@@ -402,9 +402,13 @@ async fn publishes_and_disconnect_in_one_write_are_all_delivered_in_order() {
     let mut publisher = Raw::connected(broker.addr, "pub").await;
     let mut bytes = bytes::BytesMut::new();
     for n in 0..50u8 {
-        midge_broker::protocol::encode(&publish(&format!("batch/{}", n % 3), &[n], QoS::AtMostOnce, 0), &mut bytes);
+        midge_broker::protocol::encode(
+            &publish(&format!("batch/{}", n % 3), &[n], QoS::AtMostOnce, 0),
+            Protocol::V311,
+            &mut bytes,
+        );
     }
-    midge_broker::protocol::encode(&Packet::Disconnect, &mut bytes);
+    midge_broker::protocol::encode(&Packet::Disconnect(ReasonCode::Success), Protocol::V311, &mut bytes);
     publisher.send_bytes(&bytes).await;
     for n in 0..50u8 {
         assert_eq!(&sub.recv_publish().await.payload[..], &[n]);
@@ -487,18 +491,18 @@ async fn ring_member(raw: Raw, topic: String, qos: QoS, count: u32) -> (u32, u32
         let (mut sent, mut wbuf) = (0u32, BytesMut::new());
         loop {
             while let Ok(pkid) = acks_rx.try_recv() {
-                protocol::encode(&Packet::Puback(pkid), &mut wbuf);
+                protocol::encode(&Packet::Puback(Ack::new(pkid)), Protocol::V311, &mut wbuf);
             }
             for _ in 0..50 {
                 if sent == count {
                     break;
                 }
                 sent += 1;
-                protocol::encode(&publish(&topic, &sent.to_be_bytes(), qos, sent as u16), &mut wbuf);
+                protocol::encode(&publish(&topic, &sent.to_be_bytes(), qos, sent as u16), Protocol::V311, &mut wbuf);
             }
             if wbuf.is_empty() {
                 match acks_rx.recv().await {
-                    Some(pkid) => protocol::encode(&Packet::Puback(pkid), &mut wbuf),
+                    Some(pkid) => protocol::encode(&Packet::Puback(Ack::new(pkid)), Protocol::V311, &mut wbuf),
                     None => return,
                 }
             }
@@ -509,7 +513,7 @@ async fn ring_member(raw: Raw, topic: String, qos: QoS, count: u32) -> (u32, u32
     let acks = if qos == QoS::AtMostOnce { 0 } else { count };
     let (mut acked, mut received) = (0, 0);
     while acked < acks || received < 2 * count {
-        match protocol::decode(&mut rbuf, usize::MAX).expect("valid packets") {
+        match protocol::decode(&mut rbuf, Protocol::V311, usize::MAX).expect("valid packets") {
             Some(Packet::Puback(_)) => acked += 1,
             Some(Packet::Publish(p)) => {
                 received += 1;
@@ -559,7 +563,7 @@ async fn lone_and_batched_messages_keep_order_and_framing_when_a_subscriber_fall
                         // A burst in one write: routed as a batch, queued.
                         let mut bytes = bytes::BytesMut::new();
                         for _ in 0..5 {
-                            protocol::encode(&message(seq), &mut bytes);
+                            protocol::encode(&message(seq), Protocol::V311, &mut bytes);
                             seq += 1;
                         }
                         publisher.send_bytes(&bytes).await;

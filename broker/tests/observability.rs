@@ -149,40 +149,40 @@ async fn counters_move_exactly_for_a_scripted_session() {
 
     publisher.send(&publish("t/1", b"q1", QoS::AtLeastOnce, 1)).await;
     t.message_in("messages/qos1/received");
-    assert_eq!(publisher.recv().await, Some(Packet::Puback(1)));
+    assert_eq!(publisher.recv().await, Some(Packet::Puback(Ack::new(1))));
     t.sent("packets/puback/sent");
     let p = sub.recv_publish().await;
     t.message_out("messages/qos1/sent");
-    sub.send(&Packet::Puback(p.pkid)).await;
+    sub.send(&Packet::Puback(Ack::new(p.pkid))).await;
     t.received("packets/puback/received");
 
     publisher.send(&publish("t/2", b"q2", QoS::ExactlyOnce, 2)).await;
     t.message_in("messages/qos2/received");
-    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(2)));
+    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(Ack::new(2))));
     t.sent("packets/pubrec/sent");
-    publisher.send(&Packet::Pubrel(2)).await;
+    publisher.send(&Packet::Pubrel(Ack::new(2))).await;
     t.received("packets/pubrel/received");
-    assert_eq!(publisher.recv().await, Some(Packet::Pubcomp(2)));
+    assert_eq!(publisher.recv().await, Some(Packet::Pubcomp(Ack::new(2))));
     t.sent("packets/pubcomp/sent");
     let p = sub.recv_publish().await;
     t.message_out("messages/qos2/sent");
-    sub.send(&Packet::Pubrec(p.pkid)).await;
+    sub.send(&Packet::Pubrec(Ack::new(p.pkid))).await;
     t.received("packets/pubrec/received");
-    assert_eq!(sub.recv().await, Some(Packet::Pubrel(p.pkid)));
+    assert_eq!(sub.recv().await, Some(Packet::Pubrel(Ack::new(p.pkid))));
     t.sent("packets/pubrel/sent");
-    sub.send(&Packet::Pubcomp(p.pkid)).await;
+    sub.send(&Packet::Pubcomp(Ack::new(p.pkid))).await;
     t.received("packets/pubcomp/received");
 
     // Acknowledgements for packet ids not in flight.
-    publisher.send(&Packet::Puback(999)).await;
+    publisher.send(&Packet::Puback(Ack::new(999))).await;
     t.add(&["packets/received", "packets/puback/received", "packets/puback/missed"]);
-    publisher.send(&Packet::Pubrec(998)).await;
+    publisher.send(&Packet::Pubrec(Ack::new(998))).await;
     t.add(&["packets/received", "packets/pubrec/received", "packets/pubrec/missed"]);
-    publisher.send(&Packet::Pubcomp(997)).await;
+    publisher.send(&Packet::Pubcomp(Ack::new(997))).await;
     t.add(&["packets/received", "packets/pubcomp/received", "packets/pubcomp/missed"]);
-    publisher.send(&Packet::Pubrel(996)).await;
+    publisher.send(&Packet::Pubrel(Ack::new(996))).await;
     t.add(&["packets/received", "packets/pubrel/received", "packets/pubrel/missed"]);
-    assert_eq!(publisher.recv().await, Some(Packet::Pubcomp(996)));
+    assert_eq!(publisher.recv().await, Some(Packet::Pubcomp(Ack::new(996))));
     t.sent("packets/pubcomp/sent");
 
     // Nobody subscribes to this one.
@@ -195,7 +195,7 @@ async fn counters_move_exactly_for_a_scripted_session() {
     t.sent("packets/pingresp");
     sub.send(&Packet::Unsubscribe(Unsubscribe { pkid: 3, filters: vec!["t/#".into()] })).await;
     t.received("packets/unsubscribe");
-    assert_eq!(sub.recv().await, Some(Packet::Unsuback(3)));
+    assert_eq!(sub.recv().await, Some(Packet::Unsuback(Unsuback::new(3))));
     t.sent("packets/unsuback");
     for client in [sub, publisher] {
         client.disconnect().await;
@@ -231,7 +231,7 @@ async fn retained_gauge_and_qos2_drops_are_counted() {
     publisher.send(&retained("r/2", b"b", QoS::AtMostOnce, 0)).await;
     publisher.send(&publish("q", b"1", QoS::ExactlyOnce, 1)).await;
     publisher.send(&publish("q", b"2", QoS::ExactlyOnce, 2)).await;
-    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(1)));
+    assert_eq!(publisher.recv().await, Some(Packet::Pubrec(Ack::new(1))));
     publisher.ping().await;
     let metrics: BTreeMap<String, u64> = mgmt.ok(Request::Metrics).await;
     // Ours plus the three retained identity topics of `$SYS`, as EMQ counts them.

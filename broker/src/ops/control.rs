@@ -94,12 +94,7 @@ async fn reply(node: &Node, reply_to: &str, id: String, v: u32, outcome: Result<
     };
     let envelope = ReplyEnvelope { v, id, outcome };
     let Ok(payload) = serde_json::to_vec(&envelope) else { return };
-    let message = Message {
-        topic: Bytes::copy_from_slice(reply_to.as_bytes()),
-        payload: payload.into(),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-    };
+    let message = Message::new(Bytes::copy_from_slice(reply_to.as_bytes()), payload.into(), QoS::AtLeastOnce, false);
     node.router.publish(Arc::new(message));
 }
 
@@ -194,8 +189,7 @@ impl Handler for Service<'_> {
         if topic::broker_owned(&topic) {
             return Err(ControlError::new(code::UNKNOWN, format!("topic {topic:?} is the broker's own")));
         }
-        let message =
-            Message { topic: Bytes::from(topic), payload: Bytes::from(payload), qos: qos(qos_level)?, retain };
+        let message = Message::new(Bytes::from(topic), Bytes::from(payload), qos(qos_level)?, retain);
         tracing::debug!(on_behalf_of = %client_id.escape_debug(), "publish through the API");
         self.node.metrics.inc(Metric::MessagesReceived);
         self.node.router.publish(Arc::new(message));

@@ -17,7 +17,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const SYSDESCR: &str = "Midge MQTT Broker";
 
 pub fn message(topic: String, payload: impl Into<Bytes>, retain: bool) -> Arc<Message> {
-    Arc::new(Message { topic: Bytes::from(topic), payload: payload.into(), qos: QoS::AtMostOnce, retain })
+    Arc::new(Message::new(Bytes::from(topic), payload.into(), QoS::AtMostOnce, retain))
 }
 
 /// Publishes `$SYS/brokers`, version and sysdescr (retained) at once, then uptime and datetime every

@@ -38,9 +38,10 @@ pub enum DecodeError {
     Malformed(&'static str),
 }
 
-/// Takes one whole packet off the front of `buf`, or returns `Ok(None)` when more bytes are needed.
-/// The size limit is checked from the fixed header, before the body has arrived.
-pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packet>, DecodeError> {
+/// Takes one whole packet off the front of `buf`, as the protocol `level` writes it, or returns
+/// `Ok(None)` when more bytes are needed. The size limit is checked from the fixed header, before the
+/// body has arrived. (A connection's first packet, CONNECT, names the level itself.)
+pub fn decode(buf: &mut BytesMut, level: Protocol, max_packet_size: usize) -> Result<Option<Packet>, DecodeError> {
     let Some((header_len, remaining)) = read_fixed_header(buf)? else {
         return Ok(None);
     };
@@ -56,7 +57,7 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packe
     let first = buf[0];
     let mut frame = buf.split_to(total).freeze();
     frame.advance(header_len);
-    decode_body(first, frame).map(Some)
+    decode_body(first, level, frame).map(Some)
 }
 
 /// `(fixed header length, remaining length)` once the whole variable-length integer is in `buf`.
@@ -74,7 +75,14 @@ fn read_fixed_header(buf: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> 
     Err(DecodeError::MalformedRemainingLength)
 }
 
-fn decode_body(first: u8, mut body: Bytes) -> Result<Packet, DecodeError> {
+fn decode_body(first: u8, level: Protocol, body: Bytes) -> Result<Packet, DecodeError> {
+    match level {
+        Protocol::V31 | Protocol::V311 => decode_v3(first, body),
+    }
+}
+
+/// 3.1 and 3.1.1: no properties; acknowledgements, UNSUBACK and DISCONNECT mean success.
+fn decode_v3(first: u8, mut body: Bytes) -> Result<Packet, DecodeError> {
     let kind = first >> 4;
     let flags = first & 0x0f;
     // Every packet type but PUBLISH has fixed flags (3.1.1 §2.2.2).
@@ -93,17 +101,17 @@ fn decode_body(first: u8, mut body: Bytes) -> Result<Packet, DecodeError> {
         1 => Packet::Connect(connect(&mut body)?),
         2 => Packet::Connack(connack(&mut body)?),
         3 => Packet::Publish(publish(flags, &mut body)?),
-        4 => Packet::Puback(packet_id(&mut body)?),
-        5 => Packet::Pubrec(packet_id(&mut body)?),
-        6 => Packet::Pubrel(packet_id(&mut body)?),
-        7 => Packet::Pubcomp(packet_id(&mut body)?),
+        4 => Packet::Puback(Ack::new(packet_id(&mut body)?)),
+        5 => Packet::Pubrec(Ack::new(packet_id(&mut body)?)),
+        6 => Packet::Pubrel(Ack::new(packet_id(&mut body)?)),
+        7 => Packet::Pubcomp(Ack::new(packet_id(&mut body)?)),
         8 => Packet::Subscribe(subscribe(&mut body)?),
         9 => Packet::Suback(suback(&mut body)?),
         10 => Packet::Unsubscribe(unsubscribe(&mut body)?),
-        11 => Packet::Unsuback(packet_id(&mut body)?),
+        11 => Packet::Unsuback(Unsuback::new(packet_id(&mut body)?)),
         12 => Packet::Pingreq,
         13 => Packet::Pingresp,
-        14 => Packet::Disconnect,
+        14 => Packet::Disconnect(ReasonCode::Success),
         _ => unreachable!("packet type checked above"),
     };
     if body.has_remaining() {
@@ -168,7 +176,7 @@ fn publish(flags: u8, body: &mut Bytes) -> Result<Publish, DecodeError> {
     let topic = utf8_bytes(body)?;
     let pkid = if qos == QoS::AtMostOnce { 0 } else { packet_id(body)? };
     let payload = body.split_to(body.len());
-    Ok(Publish { dup, qos, retain, topic, pkid, payload })
+    Ok(Publish { dup, qos, retain, topic, pkid, payload, properties: None })
 }
 
 fn subscribe(body: &mut Bytes) -> Result<Subscribe, DecodeError> {
@@ -181,7 +189,7 @@ fn subscribe(body: &mut Bytes) -> Result<Subscribe, DecodeError> {
             return Err(DecodeError::Malformed("reserved bits in requested QoS"));
         }
         let qos = QoS::from_u8(options).ok_or(DecodeError::InvalidQoS)?;
-        filters.push((filter, qos));
+        filters.push((filter, SubscriptionOptions::qos(qos)));
     }
     if filters.is_empty() {
         return Err(DecodeError::Malformed("SUBSCRIBE without a topic filter"));
@@ -194,8 +202,8 @@ fn suback(body: &mut Bytes) -> Result<Suback, DecodeError> {
     let mut codes = Vec::new();
     while body.has_remaining() {
         codes.push(match body.get_u8() {
-            0x80 => None,
-            v => Some(QoS::from_u8(v).ok_or(DecodeError::InvalidQoS)?),
+            0x80 => Err(ReasonCode::UnspecifiedError),
+            v => Ok(QoS::from_u8(v).ok_or(DecodeError::InvalidQoS)?),
         });
     }
     Ok(Suback { pkid, codes })

@@ -4,31 +4,43 @@ use bytes::{BufMut, BytesMut};
 
 use super::packet::*;
 
-pub fn encode(packet: &Packet, buf: &mut BytesMut) {
+/// Appends `packet` as the protocol `level` writes it.
+pub fn encode(packet: &Packet, level: Protocol, buf: &mut BytesMut) {
+    match level {
+        // The two differ only in CONNECT's protocol name, which the packet carries.
+        Protocol::V31 | Protocol::V311 => encode_v3(packet, buf),
+    }
+}
+
+/// 3.1 and 3.1.1: no properties, reason codes only where a byte exists for them (SUBACK).
+fn encode_v3(packet: &Packet, buf: &mut BytesMut) {
     match packet {
         Packet::Connect(c) => connect(c, buf),
         Packet::Connack(c) => {
             buf.put_slice(&[0x20, 2, c.session_present as u8, c.code as u8]);
         }
         Packet::Publish(p) => publish(p, buf),
-        Packet::Puback(id) => ack(0x40, *id, buf),
-        Packet::Pubrec(id) => ack(0x50, *id, buf),
-        Packet::Pubrel(id) => ack(0x62, *id, buf),
-        Packet::Pubcomp(id) => ack(0x70, *id, buf),
+        Packet::Puback(a) => ack(0x40, a.pkid, buf),
+        Packet::Pubrec(a) => ack(0x50, a.pkid, buf),
+        Packet::Pubrel(a) => ack(0x62, a.pkid, buf),
+        Packet::Pubcomp(a) => ack(0x70, a.pkid, buf),
         Packet::Subscribe(s) => {
             let len = 2 + s.filters.iter().map(|(f, _)| 2 + f.len() + 1).sum::<usize>();
             header(0x82, len, buf);
             buf.put_u16(s.pkid);
-            for (filter, qos) in &s.filters {
+            for (filter, options) in &s.filters {
                 string(filter.as_bytes(), buf);
-                buf.put_u8(*qos as u8);
+                buf.put_u8(options.qos as u8);
             }
         }
         Packet::Suback(s) => {
             header(0x90, 2 + s.codes.len(), buf);
             buf.put_u16(s.pkid);
             for code in &s.codes {
-                buf.put_u8(code.map_or(0x80, |q| q as u8));
+                buf.put_u8(match code {
+                    Ok(qos) => *qos as u8,
+                    Err(_) => 0x80,
+                });
             }
         }
         Packet::Unsubscribe(u) => {
@@ -39,10 +51,10 @@ pub fn encode(packet: &Packet, buf: &mut BytesMut) {
                 string(filter.as_bytes(), buf);
             }
         }
-        Packet::Unsuback(id) => ack(0xb0, *id, buf),
+        Packet::Unsuback(u) => ack(0xb0, u.pkid, buf),
         Packet::Pingreq => buf.put_slice(&[0xc0, 0]),
         Packet::Pingresp => buf.put_slice(&[0xd0, 0]),
-        Packet::Disconnect => buf.put_slice(&[0xe0, 0]),
+        Packet::Disconnect(_) => buf.put_slice(&[0xe0, 0]),
     }
 }
 

@@ -18,8 +18,8 @@ mod tests {
 
     fn round_trip(packet: &Packet) -> Packet {
         let mut buf = BytesMut::new();
-        encode(packet, &mut buf);
-        let decoded = decode(&mut buf, MAX_REMAINING_LENGTH + 5).unwrap().unwrap();
+        encode(packet, Protocol::V311, &mut buf);
+        let decoded = decode(&mut buf, Protocol::V311, MAX_REMAINING_LENGTH + 5).unwrap().unwrap();
         assert!(buf.is_empty(), "decode must consume exactly one packet");
         decoded
     }
@@ -46,6 +46,7 @@ mod tests {
                     topic: Bytes::from(topic),
                     pkid: if qos == QoS::AtMostOnce { 0 } else { pkid },
                     payload: Bytes::from(payload),
+                    properties: None,
                 })
             },
         )
@@ -86,21 +87,49 @@ mod tests {
                 session_present,
                 code: ConnectReturnCode::from_u8(code).unwrap()
             })),
-            pkid().prop_map(Packet::Puback),
-            pkid().prop_map(Packet::Pubrec),
-            pkid().prop_map(Packet::Pubrel),
-            pkid().prop_map(Packet::Pubcomp),
-            (pkid(), prop::collection::vec((text(), qos()), 1..5))
+            // 3.1.1 carries no reason in acknowledgements, nor anything but 0x80 for a refusal.
+            pkid().prop_map(|pkid| Packet::Puback(Ack::new(pkid))),
+            pkid().prop_map(|pkid| Packet::Pubrec(Ack::new(pkid))),
+            pkid().prop_map(|pkid| Packet::Pubrel(Ack::new(pkid))),
+            pkid().prop_map(|pkid| Packet::Pubcomp(Ack::new(pkid))),
+            (pkid(), prop::collection::vec((text(), qos().prop_map(SubscriptionOptions::qos)), 1..5))
                 .prop_map(|(pkid, filters)| Packet::Subscribe(Subscribe { pkid, filters })),
-            (pkid(), prop::collection::vec(prop::option::of(qos()), 1..5))
-                .prop_map(|(pkid, codes)| Packet::Suback(Suback { pkid, codes })),
+            (pkid(), prop::collection::vec(prop::option::of(qos()), 1..5)).prop_map(|(pkid, codes)| {
+                let codes = codes.into_iter().map(|c| c.ok_or(ReasonCode::UnspecifiedError)).collect();
+                Packet::Suback(Suback { pkid, codes })
+            }),
             (pkid(), prop::collection::vec(text(), 1..5))
                 .prop_map(|(pkid, filters)| Packet::Unsubscribe(Unsubscribe { pkid, filters })),
-            pkid().prop_map(Packet::Unsuback),
+            pkid().prop_map(|pkid| Packet::Unsuback(Unsuback::new(pkid))),
             Just(Packet::Pingreq),
             Just(Packet::Pingresp),
-            Just(Packet::Disconnect),
+            Just(Packet::Disconnect(ReasonCode::Success)),
         ]
+    }
+
+    /// Reason codes stay on this side of a 3.1.1 wire except where 3.1.1 has a byte for them: a
+    /// refusal in a SUBACK is 0x80 whatever its reason, and acknowledgements and DISCONNECT carry none.
+    #[test]
+    fn reason_codes_on_a_3_1_1_wire() {
+        let bytes = |packet: Packet| {
+            let mut buf = BytesMut::new();
+            encode(&packet, Protocol::V311, &mut buf);
+            buf.to_vec()
+        };
+        let codes = vec![Ok(QoS::AtLeastOnce), Err(ReasonCode::NotAuthorized), Err(ReasonCode::TopicFilterInvalid)];
+        assert_eq!(bytes(Packet::Suback(Suback { pkid: 7, codes })), [0x90, 5, 0, 7, 1, 0x80, 0x80]);
+        let refused = Ack { pkid: 9, reason: ReasonCode::NotAuthorized };
+        assert_eq!(bytes(Packet::Puback(refused)), bytes(Packet::Puback(Ack::new(9))));
+        assert_eq!(bytes(Packet::Disconnect(ReasonCode::ServerShuttingDown)), [0xe0, 0]);
+        let unsuback = Unsuback { pkid: 3, reasons: vec![ReasonCode::NoSubscriptionExisted] };
+        assert_eq!(bytes(Packet::Unsuback(unsuback)), [0xb0, 2, 0, 3]);
+        let options = SubscriptionOptions { no_local: true, ..SubscriptionOptions::qos(QoS::ExactlyOnce) };
+        let subscribe = Subscribe { pkid: 1, filters: vec![("a".into(), options)] };
+        assert_eq!(bytes(Packet::Subscribe(subscribe)), [0x82, 6, 0, 1, 0, 1, b'a', 2]);
+        for code in [ReasonCode::Success, ReasonCode::NotAuthorized, ReasonCode::PayloadFormatInvalid] {
+            assert_eq!(ReasonCode::from_u8(code as u8), Some(code));
+            assert_eq!(code.is_failure(), code as u8 >= 0x80);
+        }
     }
 
     proptest! {
@@ -112,27 +141,27 @@ mod tests {
         #[test]
         fn split_input_decodes_the_same(p in packet(), cut in 0usize..400) {
             let mut whole = BytesMut::new();
-            encode(&p, &mut whole);
+            encode(&p, Protocol::V311, &mut whole);
             let cut = cut.min(whole.len());
             let mut buf = BytesMut::from(&whole[..cut]);
             if cut < whole.len() {
-                prop_assert_eq!(decode(&mut buf, usize::MAX).unwrap(), None);
+                prop_assert_eq!(decode(&mut buf, Protocol::V311, usize::MAX).unwrap(), None);
                 buf.extend_from_slice(&whole[cut..]);
             }
-            prop_assert_eq!(decode(&mut buf, usize::MAX).unwrap(), Some(p));
+            prop_assert_eq!(decode(&mut buf, Protocol::V311, usize::MAX).unwrap(), Some(p));
         }
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             let mut buf = BytesMut::from(&bytes[..]);
-            while let Ok(Some(_)) = decode(&mut buf, 1024) {}
+            while let Ok(Some(_)) = decode(&mut buf, Protocol::V311, 1024) {}
         }
 
         #[test]
         fn publish_len_matches_encoding(p in publish()) {
             let Packet::Publish(publish) = &p else { unreachable!() };
             let mut buf = BytesMut::new();
-            encode(&p, &mut buf);
+            encode(&p, Protocol::V311, &mut buf);
             prop_assert_eq!(publish_len(publish), buf.len());
         }
     }
@@ -140,7 +169,7 @@ mod tests {
     #[test]
     fn v31_connect_is_accepted_and_v5_is_not() {
         let mut v31 = BytesMut::from(&b"\x10\x12\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x04abcd"[..]);
-        match decode(&mut v31, 1024).unwrap().unwrap() {
+        match decode(&mut v31, Protocol::V311, 1024).unwrap().unwrap() {
             Packet::Connect(c) => {
                 assert_eq!(c.protocol, Protocol::V31);
                 assert_eq!(c.client_id, "abcd");
@@ -148,7 +177,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let mut v5 = BytesMut::from(&b"\x10\x0d\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x00"[..]);
-        assert_eq!(decode(&mut v5, 1024), Err(DecodeError::UnsupportedProtocol { name: "MQTT".into(), level: 5 }));
+        assert_eq!(
+            decode(&mut v5, Protocol::V311, 1024),
+            Err(DecodeError::UnsupportedProtocol { name: "MQTT".into(), level: 5 })
+        );
     }
 
     #[test]
@@ -186,13 +218,13 @@ mod tests {
         ];
         for (bytes, expected) in cases {
             let mut buf = BytesMut::from(*bytes);
-            assert_eq!(decode(&mut buf, usize::MAX).as_ref(), Err(expected), "{bytes:?}");
+            assert_eq!(decode(&mut buf, Protocol::V311, usize::MAX).as_ref(), Err(expected), "{bytes:?}");
         }
     }
 
     #[test]
     fn size_limit_is_checked_before_the_body_arrives() {
         let mut buf = BytesMut::from(&b"\x30\x80\x80\x04"[..]);
-        assert_eq!(decode(&mut buf, 1024), Err(DecodeError::PacketTooLarge { size: 65540, max: 1024 }));
+        assert_eq!(decode(&mut buf, Protocol::V311, 1024), Err(DecodeError::PacketTooLarge { size: 65540, max: 1024 }));
     }
 }

@@ -10,7 +10,7 @@ use midge_shared::control::{ClientRow, Page, PageRequest, RouteRow, SessionRow, 
 
 use super::outbox::OutboxItem;
 use super::tables::{Client, Fanout, Presence, Router};
-use crate::protocol::QoS;
+use crate::protocol::{QoS, SubscriptionOptions};
 use crate::session::{ClientId, SessionStats};
 
 /// EMQ shows a missing username as "undefined".
@@ -56,7 +56,7 @@ impl Router {
             .flat_map(|(id, c)| c.filters.iter().map(move |(topic, qos)| (id, topic, qos)))
             .skip(window.start)
             .take(window.len())
-            .map(|(id, topic, qos)| subscription_row(id, topic, *qos))
+            .map(|(id, topic, options)| subscription_row(id, topic, options.qos))
             .collect();
         Page::new(page, total, rows)
     }
@@ -91,7 +91,7 @@ impl Router {
     pub(super) fn subscribe_for(&mut self, client_id: &str, filter: String, qos: QoS) -> bool {
         let Some((id, _)) = self.visible_client(client_id) else { return false };
         let id = id.clone();
-        let retained = self.subscribe_client(&id, &[(filter, qos)]);
+        let retained = self.subscribe_client(&id, &[(filter, SubscriptionOptions::qos(qos))]);
         let mut fanout = Fanout::default();
         for delivery in retained {
             self.deliver(&id, delivery, &mut fanout);
@@ -200,7 +200,7 @@ fn deferred_len(c: &Client) -> u64 {
 }
 
 fn subscription_rows(id: &Arc<str>, c: &Client) -> Vec<SubscriptionRow> {
-    c.filters.iter().map(|(topic, qos)| subscription_row(id, topic, *qos)).collect()
+    c.filters.iter().map(|(topic, options)| subscription_row(id, topic, options.qos)).collect()
 }
 
 fn subscription_row(id: &Arc<str>, topic: &str, qos: QoS) -> SubscriptionRow {

@@ -26,7 +26,7 @@ pub use events::RouterEvent;
 pub use outbox::{outbox, Activity, Direct, Outbox, OutboxItem, OutboxReceiver, Pushed, Refused, Ticket};
 pub use tables::{ClientMeta, ConnectOutcome, Fanout, Wiring};
 
-use crate::protocol::{QoS, SubackCode};
+use crate::protocol::{QoS, ReasonCode, SubscriptionOptions};
 use crate::session::{ClientId, Message, Session, SessionLimits};
 use tables::Router;
 
@@ -91,9 +91,15 @@ impl RouterHandle {
         lock(&self.router).publish(message, false, &mut Fanout::default());
     }
 
-    /// Filters already validated and ACL-checked by the connection; refused ones carry `None`. The
-    /// SUBACK (and retained messages) go to the connection's outbox.
-    pub fn subscribe(&self, client_id: ClientId, conn_id: u64, pkid: u16, filters: Vec<(String, SubackCode)>) {
+    /// Filters already validated and ACL-checked by the connection: the options granted, or why a
+    /// filter was refused. The SUBACK (and retained messages) go to the connection's outbox.
+    pub fn subscribe(
+        &self,
+        client_id: ClientId,
+        conn_id: u64,
+        pkid: u16,
+        filters: Vec<(String, Result<SubscriptionOptions, ReasonCode>)>,
+    ) {
         let mut router = lock(&self.router);
         router.subscribe(client_id, conn_id, pkid, filters);
         router.update_stats();
@@ -248,12 +254,7 @@ mod tests {
     }
 
     fn retained(topic: &str, payload: &'static [u8]) -> Arc<Message> {
-        Arc::new(Message {
-            topic: Bytes::copy_from_slice(topic.as_bytes()),
-            payload: payload.into(),
-            qos: QoS::AtMostOnce,
-            retain: true,
-        })
+        Arc::new(Message::new(Bytes::copy_from_slice(topic.as_bytes()), payload.into(), QoS::AtMostOnce, true))
     }
 
     fn next(events: &mut broadcast::Receiver<RouterEvent>) -> RouterEvent {
@@ -267,9 +268,17 @@ mod tests {
         let mut events = router.follow();
         let (_a, _a_out) = connect(&router, "a", 1, true).await;
         let (b, b_out) = connect(&router, "b", 2, false).await;
-        router.subscribe("a".into(), 1, 1, vec![("t/#".into(), Some(QoS::AtLeastOnce))]);
+        router.subscribe("a".into(), 1, 1, vec![("t/#".into(), Ok(SubscriptionOptions::qos(QoS::AtLeastOnce)))]);
         assert!(matches!(next(&mut events), RouterEvent::RouteAdded(f) if &*f == "t/#"));
-        router.subscribe("b".into(), 2, 1, vec![("t/#".into(), Some(QoS::AtLeastOnce)), ("u".into(), None)]);
+        router.subscribe(
+            "b".into(),
+            2,
+            1,
+            vec![
+                ("t/#".into(), Ok(SubscriptionOptions::qos(QoS::AtLeastOnce))),
+                ("u".into(), Err(ReasonCode::NotAuthorized)),
+            ],
+        );
         assert!(matches!(events.try_recv(), Err(TryRecvError::Empty)), "a second holder adds no route");
 
         router.publish(retained("t/1", b"kept"));

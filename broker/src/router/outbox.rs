@@ -501,12 +501,8 @@ mod tests {
     }
 
     fn delivery(qos: crate::protocol::QoS) -> OutboxItem {
-        let message = crate::session::Message {
-            topic: bytes::Bytes::from_static(b"t"),
-            payload: bytes::Bytes::from_static(b"p"),
-            qos,
-            retain: false,
-        };
+        let message =
+            crate::session::Message::new(bytes::Bytes::from_static(b"t"), bytes::Bytes::from_static(b"p"), qos, false);
         OutboxItem::Deliver(Delivery { message: Arc::new(message), qos, retain: false })
     }
 
@@ -551,12 +547,12 @@ mod tests {
     }
 
     fn lone(payload: Vec<u8>) -> Delivery {
-        let message = crate::session::Message {
-            topic: bytes::Bytes::from_static(b"t"),
-            payload: payload.into(),
-            qos: crate::protocol::QoS::AtMostOnce,
-            retain: false,
-        };
+        let message = crate::session::Message::new(
+            bytes::Bytes::from_static(b"t"),
+            payload.into(),
+            crate::protocol::QoS::AtMostOnce,
+            false,
+        );
         Delivery { message: Arc::new(message), qos: crate::protocol::QoS::AtMostOnce, retain: false }
     }
 
@@ -581,7 +577,9 @@ mod tests {
         let mut bytes = vec![0; size];
         peer.read_exact(&mut bytes).await.unwrap();
         let mut buf = bytes::BytesMut::from(&bytes[..]);
-        let Some(crate::protocol::Packet::Publish(publish)) = crate::protocol::decode(&mut buf, 1024).unwrap() else {
+        let Some(crate::protocol::Packet::Publish(publish)) =
+            crate::protocol::decode(&mut buf, crate::protocol::Protocol::V311, 1024).unwrap()
+        else {
             panic!("not a PUBLISH")
         };
         assert_eq!(&publish.payload[..], b"hello");
@@ -640,7 +638,8 @@ mod tests {
         peer.read_exact(&mut bytes).await.unwrap();
         bytes.extend_from_slice(rest);
         let mut buf = bytes::BytesMut::from(&bytes[..]);
-        let Some(crate::protocol::Packet::Publish(publish)) = crate::protocol::decode(&mut buf, 64 << 20).unwrap()
+        let Some(crate::protocol::Packet::Publish(publish)) =
+            crate::protocol::decode(&mut buf, crate::protocol::Protocol::V311, 64 << 20).unwrap()
         else {
             panic!("not a PUBLISH")
         };

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use foldhash::fast::RandomState;
 
-use crate::protocol::QoS;
+use crate::protocol::SubscriptionOptions;
 use crate::session::ClientId;
 
 /// The hash maps on the routing path.
@@ -25,7 +25,7 @@ struct Node {
     plus: Option<Box<Node>>,
     /// The `#` child: this level's parent and everything below it.
     hash: Option<Box<Node>>,
-    subscribers: FastMap<ClientId, QoS>,
+    subscribers: FastMap<ClientId, SubscriptionOptions>,
 }
 
 impl Node {
@@ -84,7 +84,7 @@ impl SubscriptionTree {
     }
 
     /// Adds or replaces `client`'s subscription to `filter`. Returns true when it is new.
-    pub fn subscribe(&mut self, filter: &str, client: &ClientId, qos: QoS) -> bool {
+    pub fn subscribe(&mut self, filter: &str, client: &ClientId, options: SubscriptionOptions) -> bool {
         let mut node = &mut self.root;
         for level in filter.split('/') {
             node = node.child_or_insert(level);
@@ -92,7 +92,7 @@ impl SubscriptionTree {
         if node.subscribers.is_empty() {
             self.filters += 1;
         }
-        let is_new = node.subscribers.insert(client.clone(), qos).is_none();
+        let is_new = node.subscribers.insert(client.clone(), options).is_none();
         if is_new {
             self.subscriptions += 1;
         }
@@ -112,9 +112,9 @@ impl SubscriptionTree {
         removed
     }
 
-    /// Appends every (client, granted QoS) whose filter matches `topic`. A client with several
-    /// matching filters appears once per filter; callers fold those to the highest QoS.
-    pub fn matches(&self, topic: &str, out: &mut Vec<(ClientId, QoS)>) {
+    /// Appends every (client, its options) whose filter matches `topic`. A client with several
+    /// matching filters appears once per filter; callers fold those to the highest granted QoS.
+    pub fn matches(&self, topic: &str, out: &mut Vec<(ClientId, SubscriptionOptions)>) {
         // Wildcards at the root never match `$` topics.
         walk(&self.root, Some(topic), !topic.starts_with('$'), out);
     }
@@ -128,13 +128,13 @@ fn split_level(topic: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn collect(node: &Node, out: &mut Vec<(ClientId, QoS)>) {
+fn collect(node: &Node, out: &mut Vec<(ClientId, SubscriptionOptions)>) {
     out.extend(node.subscribers.iter().map(|(c, q)| (c.clone(), *q)));
 }
 
 /// Matches the levels in `rest` (none left: `None`) below `node`, which matched the levels before;
 /// `wildcards` is false for the first level of a `$` topic.
-fn walk(node: &Node, rest: Option<&str>, wildcards: bool, out: &mut Vec<(ClientId, QoS)>) {
+fn walk(node: &Node, rest: Option<&str>, wildcards: bool, out: &mut Vec<(ClientId, SubscriptionOptions)>) {
     if let (Some(hash), true) = (&node.hash, wildcards) {
         collect(hash, out);
     }
@@ -174,7 +174,7 @@ fn remove(node: &mut Node, levels: &[&str], client: &str) -> (bool, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::topic;
+    use crate::protocol::{topic, QoS};
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
@@ -186,8 +186,8 @@ mod tests {
         let mut out = Vec::new();
         tree.matches(topic, &mut out);
         let mut map: BTreeMap<String, Vec<QoS>> = BTreeMap::new();
-        for (c, q) in out {
-            map.entry(c.to_string()).or_default().push(q);
+        for (c, options) in out {
+            map.entry(c.to_string()).or_default().push(options.qos);
         }
         for v in map.values_mut() {
             v.sort();
@@ -198,10 +198,10 @@ mod tests {
     #[test]
     fn counts_and_pruning() {
         let mut tree = SubscriptionTree::new();
-        assert!(tree.subscribe("a/+", &id("c1"), QoS::AtMostOnce));
-        assert!(!tree.subscribe("a/+", &id("c1"), QoS::AtLeastOnce));
-        assert!(tree.subscribe("a/+", &id("c2"), QoS::AtMostOnce));
-        assert!(tree.subscribe("#", &id("c1"), QoS::AtMostOnce));
+        assert!(tree.subscribe("a/+", &id("c1"), SubscriptionOptions::qos(QoS::AtMostOnce)));
+        assert!(!tree.subscribe("a/+", &id("c1"), SubscriptionOptions::qos(QoS::AtLeastOnce)));
+        assert!(tree.subscribe("a/+", &id("c2"), SubscriptionOptions::qos(QoS::AtMostOnce)));
+        assert!(tree.subscribe("#", &id("c1"), SubscriptionOptions::qos(QoS::AtMostOnce)));
         assert_eq!((tree.subscription_count(), tree.filter_count()), (3, 2));
         assert!(tree.unsubscribe("a/+", "c1"));
         assert!(!tree.unsubscribe("a/+", "c1"));
@@ -216,9 +216,9 @@ mod tests {
     #[test]
     fn dollar_topics() {
         let mut tree = SubscriptionTree::new();
-        tree.subscribe("#", &id("all"), QoS::AtMostOnce);
-        tree.subscribe("+/brokers", &id("plus"), QoS::AtMostOnce);
-        tree.subscribe("$SYS/#", &id("sys"), QoS::AtMostOnce);
+        tree.subscribe("#", &id("all"), SubscriptionOptions::qos(QoS::AtMostOnce));
+        tree.subscribe("+/brokers", &id("plus"), SubscriptionOptions::qos(QoS::AtMostOnce));
+        tree.subscribe("$SYS/#", &id("sys"), SubscriptionOptions::qos(QoS::AtMostOnce));
         let m = matched(&tree, "$SYS/brokers");
         assert_eq!(m.keys().collect::<Vec<_>>(), vec!["sys"]);
     }
@@ -252,7 +252,7 @@ mod tests {
             let mut naive: BTreeMap<(String, String), QoS> = BTreeMap::new();
             for (f, c, q) in &subs {
                 let q = QoS::from_u8(*q).unwrap();
-                tree.subscribe(f, &id(&c.to_string()), q);
+                tree.subscribe(f, &id(&c.to_string()), SubscriptionOptions::qos(q));
                 naive.insert((f.clone(), c.to_string()), q);
             }
             for (f, c) in &unsubs {

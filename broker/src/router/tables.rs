@@ -14,7 +14,7 @@ use super::events::{Events, RouterEvent};
 use super::outbox::{Outbox, OutboxItem, OutboxReceiver, Pushed, Refused, Ticket};
 use super::subscriptions::{FastMap, SubscriptionTree};
 use crate::metrics::{Metric, Metrics, Stat, Stats};
-use crate::protocol::{topic, QoS, Suback, SubackCode};
+use crate::protocol::{topic, QoS, ReasonCode, Suback, SubscriptionOptions};
 use crate::session::{ClientId, Delivery, Message, Session, SessionLimits, SessionStats};
 
 /// Deliveries waiting for one connection to take them. The router fills an outbox in bursts (a batch
@@ -71,8 +71,9 @@ struct PendingConnect {
 pub(super) struct Client {
     pub(super) presence: Presence,
     pub(super) meta: ClientMeta,
-    /// The client's filters and granted QoS, in order, so a discarded session can leave the trie.
-    pub(super) filters: BTreeMap<String, QoS>,
+    /// The client's filters and what each was granted, in order, so a discarded session can leave the
+    /// trie.
+    pub(super) filters: BTreeMap<String, SubscriptionOptions>,
     /// A connection waiting for this one to hand its session over (takeover).
     pending: Option<Box<PendingConnect>>,
     /// Shared with the session, wherever it is.
@@ -104,7 +105,7 @@ pub(super) struct Router {
     pub(super) online: u64,
     pub(super) subscribers: u64,
     /// Reused for every publish, so matching does not allocate.
-    matched: Vec<(ClientId, QoS)>,
+    matched: Vec<(ClientId, SubscriptionOptions)>,
     pub(super) events: Events,
 }
 
@@ -311,8 +312,8 @@ impl Router {
 
     /// Adds one subscription to the trie and (unless the client is hidden) the route table. The caller
     /// keeps `Client::filters`.
-    fn add_subscription(&mut self, filter: &str, client_id: &ClientId, qos: QoS, hidden: bool) {
-        if self.subscriptions.subscribe(filter, client_id, qos) {
+    fn add_subscription(&mut self, filter: &str, client_id: &ClientId, options: SubscriptionOptions, hidden: bool) {
+        if self.subscriptions.subscribe(filter, client_id, options) {
             if hidden {
                 self.hidden_subscriptions += 1;
                 return;
@@ -352,13 +353,13 @@ impl Router {
         matched.clear();
         self.subscriptions.matches(message.topic_str(), &mut matched);
         // A client with overlapping filters gets the message once, at its highest granted QoS.
-        matched.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        matched.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.qos.cmp(&a.1.qos)));
         matched.dedup_by(|later, first| later.0 == first.0);
         if matched.is_empty() && !internal {
             self.shared.metrics.inc(Metric::MessagesDropped);
         }
         if let ([(client_id, granted)], true, false) = (&matched[..], lone, internal) {
-            if message.qos.min(*granted) == QoS::AtMostOnce {
+            if message.qos.min(granted.qos) == QoS::AtMostOnce {
                 if let Some(outbox) = self.drained_outbox(client_id) {
                     let delivery = Delivery { message, qos: QoS::AtMostOnce, retain: false };
                     fanout.direct = Some((outbox, delivery));
@@ -368,7 +369,7 @@ impl Router {
             }
         }
         for (client_id, granted) in &matched {
-            let qos = message.qos.min(*granted);
+            let qos = message.qos.min(granted.qos);
             self.deliver(client_id, Delivery { message: message.clone(), qos, retain: false }, fanout);
         }
         self.matched = matched;
@@ -443,19 +444,23 @@ impl Router {
     }
 
     /// Records subscriptions for a client; returns the retained messages they bring.
-    pub(super) fn subscribe_client(&mut self, client_id: &ClientId, filters: &[(String, QoS)]) -> Vec<Delivery> {
+    pub(super) fn subscribe_client(
+        &mut self,
+        client_id: &ClientId,
+        filters: &[(String, SubscriptionOptions)],
+    ) -> Vec<Delivery> {
         let mut retained = Vec::new();
         let Some(client) = self.clients.get_mut(client_id) else { return retained };
         let hidden = client.meta.hidden;
         if client.filters.is_empty() && !filters.is_empty() && !hidden {
             self.subscribers += 1;
         }
-        for (filter, qos) in filters {
-            client.filters.insert(filter.clone(), *qos);
+        for (filter, options) in filters {
+            client.filters.insert(filter.clone(), *options);
         }
-        for (filter, qos) in filters {
-            self.add_subscription(filter, client_id, *qos, hidden);
-            self.retained_for(filter, *qos, &mut retained);
+        for (filter, options) in filters {
+            self.add_subscription(filter, client_id, *options, hidden);
+            self.retained_for(filter, options.qos, &mut retained);
         }
         retained
     }
@@ -482,17 +487,19 @@ impl Router {
         }
     }
 
+    /// Filters with the options granted, or why they were refused.
     pub(super) fn subscribe(
         &mut self,
         client_id: ClientId,
         conn_id: u64,
         pkid: u16,
-        filters: Vec<(String, SubackCode)>,
+        filters: Vec<(String, Result<SubscriptionOptions, ReasonCode>)>,
     ) {
         let Some(outbox) = self.online_outbox(&client_id, conn_id) else { return };
-        let granted: Vec<(String, QoS)> = filters.iter().filter_map(|(f, c)| c.map(|q| (f.clone(), q))).collect();
+        let granted: Vec<(String, SubscriptionOptions)> =
+            filters.iter().filter_map(|(f, granted)| granted.ok().map(|o| (f.clone(), o))).collect();
         let retained = self.subscribe_client(&client_id, &granted);
-        let suback = Suback { pkid, codes: filters.into_iter().map(|(_, c)| c).collect() };
+        let suback = Suback { pkid, codes: filters.into_iter().map(|(_, granted)| granted.map(|o| o.qos)).collect() };
         let _ = outbox.push(OutboxItem::Subscribed(Box::new((suback, retained))), None);
     }
 

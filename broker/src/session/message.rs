@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::protocol::{Publish, QoS};
+use crate::protocol::{Publish, PublishProperties, QoS};
 
 /// A client id, shared by every table that names the client.
 pub type ClientId = Arc<str>;
@@ -17,9 +17,25 @@ pub struct Message {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// MQTT 5's properties, passed on as they came (none from 3.1/3.1.1 publishers).
+    pub properties: Option<Arc<PublishProperties>>,
+    /// The connection that published it (its id, unique for the broker's life); 0 for the broker's
+    /// own messages (`$SYS`, control replies, publishes through the API).
+    pub origin: u64,
 }
 
 impl Message {
+    /// One of the broker's own messages.
+    pub fn new(topic: Bytes, payload: Bytes, qos: QoS, retain: bool) -> Message {
+        Message { topic, payload, qos, retain, properties: None, origin: 0 }
+    }
+
+    /// What a client published, as the connection `origin` read it.
+    pub fn published(publish: Publish, origin: u64) -> Message {
+        let Publish { topic, payload, qos, retain, properties, .. } = publish;
+        Message { topic, payload, qos, retain, properties, origin }
+    }
+
     pub fn topic_str(&self) -> &str {
         std::str::from_utf8(&self.topic).unwrap_or("")
     }
@@ -49,6 +65,7 @@ impl Delivery {
             topic: self.message.topic.clone(),
             pkid,
             payload: self.message.payload.clone(),
+            properties: self.message.properties.clone(),
         }
     }
 }

@@ -345,12 +345,7 @@ mod tests {
 
     fn delivery(n: u8, qos: QoS) -> Delivery {
         Delivery {
-            message: Arc::new(Message {
-                topic: Bytes::from_static(b"t"),
-                payload: Bytes::from(vec![n]),
-                qos,
-                retain: false,
-            }),
+            message: Arc::new(Message::new(Bytes::from_static(b"t"), Bytes::from(vec![n]), qos, false)),
             qos,
             retain: false,
         }

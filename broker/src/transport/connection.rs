@@ -18,7 +18,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
-use crate::protocol::{self, DecodeError, Packet};
+use crate::protocol::{self, DecodeError, Packet, Protocol};
 
 /// Beyond this many unsent bytes a connection stops taking new work until the socket drains.
 pub const WRITE_HIGH_WATER: usize = 1024 * 1024;
@@ -78,30 +78,32 @@ pub fn split(stream: Stream, max_packet_size: usize) -> (PacketReader, PacketWri
         Stream::Tcp(stream) => {
             let _ = stream.set_nodelay(true);
             let (reader, writer) = stream.into_split();
-            (ReadHalf::Tcp(reader), WriteHalf::Tcp(SocketHandle(Arc::new(writer))))
+            (ReadHalf::Tcp(reader), WriteHalf::Tcp(SocketHandle { socket: Arc::new(writer), level: Protocol::V311 }))
         }
         Stream::Other(stream) => {
             let (reader, writer) = tokio::io::split(stream);
             (ReadHalf::Other(reader), WriteHalf::Other { half: writer, unflushed: false })
         }
     };
-    (
-        PacketReader { reader, buf: BytesMut::new(), max_packet_size },
-        PacketWriter { half: writer, buf: BytesMut::new() },
-    )
+    // Until CONNECT says otherwise: CONNECT names its level itself, and what goes out before (a refusal)
+    // is the same in 3.1 and 3.1.1.
+    let level = Protocol::V311;
+    let reader = PacketReader { reader, buf: BytesMut::new(), max_packet_size, level };
+    (reader, PacketWriter { half: writer, buf: BytesMut::new(), level })
 }
 
 pub struct PacketReader {
     reader: ReadHalf,
     buf: BytesMut,
     max_packet_size: usize,
+    level: Protocol,
 }
 
 impl PacketReader {
     /// A whole packet already in the buffer, if there is one, with its size on the wire.
     pub fn next_buffered(&mut self) -> Result<Option<(Packet, usize)>, DecodeError> {
         let before = self.buf.len();
-        let packet = protocol::decode(&mut self.buf, self.max_packet_size)?;
+        let packet = protocol::decode(&mut self.buf, self.level, self.max_packet_size)?;
         Ok(packet.map(|p| (p, before - self.buf.len())))
     }
 
@@ -133,6 +135,11 @@ impl PacketReader {
                 Poll::Pending => self.release_if_drained(),
             }
         }
+    }
+
+    /// The connection's protocol level, from its CONNECT on.
+    pub fn set_level(&mut self, level: Protocol) {
+        self.level = level;
     }
 
     /// Are there bytes read but not yet decoded (a packet, or the start of one)?
@@ -173,6 +180,7 @@ fn reserve(buf: &mut BytesMut) {
 pub struct PacketWriter {
     half: WriteHalf,
     buf: BytesMut,
+    level: Protocol,
 }
 
 impl PacketWriter {
@@ -180,13 +188,18 @@ impl PacketWriter {
     /// Returns its size on the wire.
     pub fn queue(&mut self, packet: &Packet) -> usize {
         let before = self.buf.len();
-        protocol::encode(packet, &mut self.buf);
+        protocol::encode(packet, self.level, &mut self.buf);
         self.buf.len() - before
     }
 
     /// Queues bytes already encoded: the rest of a packet another task began to write.
     pub fn queue_raw(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// The connection's protocol level, from its CONNECT on.
+    pub fn set_level(&mut self, level: Protocol) {
+        self.level = level;
     }
 
     /// Bytes still to go out (over a stream that buffers, one more until it is flushed).
@@ -199,7 +212,7 @@ impl PacketWriter {
     /// (see `router/outbox.rs`): plain TCP only.
     pub fn socket(&self) -> Option<SocketHandle> {
         match &self.half {
-            WriteHalf::Tcp(socket) => Some(socket.clone()),
+            WriteHalf::Tcp(socket) => Some(SocketHandle { level: self.level, ..socket.clone() }),
             WriteHalf::Other { .. } => None,
         }
     }
@@ -211,7 +224,7 @@ impl PacketWriter {
             WriteHalf::Tcp(socket) => {
                 // Readiness through `poll_write_ready` rather than a `writable()` future: the latter is a
                 // waiter node of its own, and this future sits in every connection's task.
-                let stream: &TcpStream = socket.0.as_ref().as_ref();
+                let stream: &TcpStream = socket.socket.as_ref().as_ref();
                 let buf = &mut self.buf;
                 std::future::poll_fn(|cx| loop {
                     std::task::ready!(stream.poll_write_ready(cx))?;
@@ -250,7 +263,7 @@ impl PacketWriter {
         match &mut self.half {
             WriteHalf::Tcp(socket) => {
                 while !self.buf.is_empty() {
-                    match socket.0.try_write(&self.buf) {
+                    match socket.socket.try_write(&self.buf) {
                         Ok(0) => return Err(ConnectionError::Closed),
                         Ok(n) => self.buf.advance(n),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
@@ -307,7 +320,7 @@ impl PacketWriter {
     pub async fn shutdown(&mut self) {
         match &mut self.half {
             WriteHalf::Tcp(socket) => {
-                if let Some(socket) = Arc::get_mut(&mut socket.0) {
+                if let Some(socket) = Arc::get_mut(&mut socket.socket) {
                     let _ = socket.shutdown().await;
                 }
             }
@@ -326,7 +339,11 @@ thread_local! {
 /// A connection's socket as another task may write to it: only at a moment the connection's own
 /// writer has nothing unsent and cannot start writing (the caller must ensure it).
 #[derive(Debug, Clone)]
-pub struct SocketHandle(Arc<OwnedWriteHalf>);
+pub struct SocketHandle {
+    socket: Arc<OwnedWriteHalf>,
+    /// How to write for the connection.
+    level: Protocol,
+}
 
 /// What [`SocketHandle::write_packet`] wrote, when it wrote anything.
 #[derive(Debug, PartialEq, Eq)]
@@ -343,8 +360,8 @@ impl SocketHandle {
     pub fn write_packet(&self, packet: &Packet) -> Option<Written> {
         let mut buf = DIRECT_BUFFER.take().unwrap_or_default();
         buf.clear();
-        protocol::encode(packet, &mut buf);
-        let written = match self.0.try_write(&buf) {
+        protocol::encode(packet, self.level, &mut buf);
+        let written = match self.socket.try_write(&buf) {
             Ok(n) if n > 0 => Some(Written { size: buf.len(), rest: (n < buf.len()).then(|| buf[n..].into()) }),
             _ => None,
         };

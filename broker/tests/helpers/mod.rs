@@ -80,6 +80,7 @@ pub fn publish(topic: &str, payload: &[u8], qos: QoS, pkid: u16) -> Packet {
         topic: Bytes::copy_from_slice(topic.as_bytes()),
         pkid,
         payload: Bytes::copy_from_slice(payload),
+        properties: None,
     })
 }
 
@@ -91,7 +92,8 @@ pub fn retained(topic: &str, payload: &[u8], qos: QoS, pkid: u16) -> Packet {
 }
 
 pub fn subscribe(pkid: u16, filters: &[(&str, QoS)]) -> Packet {
-    Packet::Subscribe(Subscribe { pkid, filters: filters.iter().map(|(f, q)| (f.to_string(), *q)).collect() })
+    let filters = filters.iter().map(|(f, q)| (f.to_string(), SubscriptionOptions::qos(*q))).collect();
+    Packet::Subscribe(Subscribe { pkid, filters })
 }
 
 /// A byte-level MQTT client.
@@ -141,7 +143,7 @@ impl Raw {
 
     pub async fn send(&mut self, packet: &Packet) {
         let mut buf = BytesMut::new();
-        protocol::encode(packet, &mut buf);
+        protocol::encode(packet, Protocol::V311, &mut buf);
         self.send_bytes(&buf).await;
     }
 
@@ -159,7 +161,9 @@ impl Raw {
     pub async fn recv_within(&mut self, limit: Duration) -> Result<Option<Packet>, ()> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if let Some(packet) = protocol::decode(&mut self.buf, usize::MAX).expect("broker sends valid packets") {
+            if let Some(packet) =
+                protocol::decode(&mut self.buf, Protocol::V311, usize::MAX).expect("broker sends valid packets")
+            {
                 return Ok(Some(packet));
             }
             match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
@@ -185,10 +189,11 @@ impl Raw {
         }
     }
 
-    pub async fn subscribe(&mut self, pkid: u16, filters: &[(&str, QoS)]) -> Vec<SubackCode> {
+    /// What each filter was granted (`None`: refused, 0x80 on a 3.1.1 wire).
+    pub async fn subscribe(&mut self, pkid: u16, filters: &[(&str, QoS)]) -> Vec<Option<QoS>> {
         self.send(&subscribe(pkid, filters)).await;
         match self.recv().await {
-            Some(Packet::Suback(s)) if s.pkid == pkid => s.codes,
+            Some(Packet::Suback(s)) if s.pkid == pkid => s.codes.into_iter().map(Result::ok).collect(),
             other => panic!("expected SUBACK {pkid}, got {other:?}"),
         }
     }
@@ -205,7 +210,7 @@ impl Raw {
     pub async fn publish_acked(&mut self, topic: &str, ns: std::ops::RangeInclusive<u8>) {
         for n in ns {
             self.send(&publish(topic, &[n], QoS::AtLeastOnce, n as u16)).await;
-            assert_eq!(self.recv().await, Some(Packet::Puback(n as u16)));
+            assert_eq!(self.recv().await, Some(Packet::Puback(Ack::new(n as u16))));
         }
     }
 
@@ -214,7 +219,7 @@ impl Raw {
         for n in ns {
             let p = self.recv_publish().await;
             assert_eq!(&p.payload[..], &[n]);
-            self.send(&Packet::Puback(p.pkid)).await;
+            self.send(&Packet::Puback(Ack::new(p.pkid))).await;
         }
     }
 
@@ -228,7 +233,7 @@ impl Raw {
     }
 
     pub async fn disconnect(mut self) {
-        self.send(&Packet::Disconnect).await;
+        self.send(&Packet::Disconnect(ReasonCode::Success)).await;
         let _ = self.stream.shutdown().await;
     }
 }
@@ -306,7 +311,7 @@ impl Mgmt {
             match self.raw.recv().await {
                 Some(Packet::Publish(p)) => {
                     if p.qos == QoS::AtLeastOnce {
-                        self.raw.send(&Packet::Puback(p.pkid)).await;
+                        self.raw.send(&Packet::Puback(Ack::new(p.pkid))).await;
                     }
                     let reply: midge_shared::control::ReplyEnvelope =
                         serde_json::from_slice(&p.payload).expect("replies are envelopes");
