@@ -45,6 +45,20 @@ impl Exit {
         !matches!(self, Exit::Disconnect | Exit::Shutdown)
     }
 
+    /// What the listener counts it under in `shutdown_count`; a DISCONNECT or a broker shutdown is no
+    /// shutdown of the connection's own.
+    fn shutdown_reason(&self) -> Option<&'static str> {
+        match self {
+            Exit::Disconnect | Exit::Shutdown => None,
+            Exit::TakenOver => Some("discarded"),
+            Exit::Kicked => Some("kicked"),
+            Exit::KeepaliveTimeout => Some("keepalive_timeout"),
+            Exit::Error(ConnectionError::Closed) => Some("closed"),
+            Exit::Error(ConnectionError::Io(_)) => Some("socket_error"),
+            Exit::Error(ConnectionError::Decode(_)) | Exit::ProtocolViolation(_) => Some("protocol_error"),
+        }
+    }
+
     /// The `reason` of the disconnected event, in EMQ's words where it has them.
     fn reason(&self) -> String {
         match self {
@@ -89,6 +103,18 @@ impl From<DecodeError> for Exit {
 /// Serves one connection, from whichever listener it came through, until it ends. Never panics on
 /// peer input; every error ends only this connection.
 pub async fn serve(stream: Stream, peer: SocketAddr, listener: Arc<ListenerStats>, ctx: Arc<Context>) {
+    if let Some(reason) = Box::pin(serve_counted(stream, peer, &listener, ctx)).await {
+        listener.shut(reason);
+    }
+}
+
+/// Serves the connection; what it ended with, if it was a shutdown that its listener counts.
+async fn serve_counted(
+    stream: Stream,
+    peer: SocketAddr,
+    listener: &Arc<ListenerStats>,
+    ctx: Arc<Context>,
+) -> Option<&'static str> {
     let (mut reader, mut writer) = transport::split(stream, ctx.config.max_packet_size);
     let connect_timeout = Duration::from_secs(ctx.config.connect_timeout);
     // Whatever ends a connection before CONNECT is logged once, with the peer: at debug what any open
@@ -98,24 +124,24 @@ pub async fn serve(stream: Stream, peer: SocketAddr, listener: Arc<ListenerStats
         Ok(Ok((other, size))) => {
             ctx.metrics.packet_received(&other, size);
             tracing::info!(%peer, packet = other.name(), "connection closed: first packet is not CONNECT");
-            return;
+            return Some("protocol_error");
         }
         Ok(Err(ConnectionError::Decode(DecodeError::UnsupportedProtocol { name, level }))) => {
             tracing::info!(%peer, name = %name.escape_debug(), level, "connection refused: unsupported protocol");
             refuse(&ctx, &mut writer, ConnectReturnCode::UnacceptableProtocol).await;
-            return;
+            return Some("protocol_error");
         }
         Ok(Err(ConnectionError::Decode(e))) => {
             tracing::info!(%peer, error = %e, "connection closed: malformed CONNECT");
-            return;
+            return Some("protocol_error");
         }
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "connection closed before CONNECT");
-            return;
+            return Some("closed");
         }
         Err(_) => {
             tracing::debug!(%peer, "connection closed: no CONNECT in time");
-            return;
+            return Some("connect_timeout");
         }
     };
     // Everything after CONNECT is read and written as its protocol level says.
@@ -124,11 +150,12 @@ pub async fn serve(stream: Stream, peer: SocketAddr, listener: Arc<ListenerStats
     // The once-only phases are boxed so that their state does not sit in every connection's task for
     // its whole life (an idle connection's memory is mostly this future).
     reader.release_if_drained();
-    let Some(mut conn) = Box::pin(accept(connect, size, peer, &listener, &ctx, reader, writer)).await else {
-        return;
+    let mut conn = match Box::pin(accept(connect, size, peer, listener, &ctx, reader, writer)).await {
+        Ok(conn) => conn,
+        Err(reason) => return reason,
     };
     let exit = conn.run().await;
-    Box::pin(conn.finish(exit)).await;
+    Box::pin(conn.finish(exit)).await
 }
 
 async fn refuse(ctx: &Context, writer: &mut PacketWriter, code: ConnectReturnCode) {
@@ -149,7 +176,7 @@ async fn accept(
     ctx: &Arc<Context>,
     reader: PacketReader,
     mut writer: PacketWriter,
-) -> Option<ClientConnection> {
+) -> Result<ClientConnection, Option<&'static str>> {
     let principal = ctx.auth.authenticate(&connect, peer.ip(), ctx.settings.allow_anonymous()).await;
     // The management connection's traffic counts in no metric: users see their own traffic only.
     if principal != Ok(Principal::Management) {
@@ -159,19 +186,19 @@ async fn accept(
         // 3.1 requires an id; 3.1.1 lets a clean session have one assigned.
         if connect.protocol == Protocol::V31 || !connect.clean_session {
             refuse(ctx, &mut writer, ConnectReturnCode::IdentifierRejected).await;
-            return None;
+            return Err(Some("refused"));
         }
         connect.client_id = format!("midge-{:016x}", rand::random::<u64>());
     }
     if connect.client_id.len() > ctx.config.max_clientid_len {
         refuse(ctx, &mut writer, ConnectReturnCode::IdentifierRejected).await;
-        return None;
+        return Err(Some("refused"));
     }
     let client_id = connect.client_id.escape_debug();
     if let Some(will) = &connect.will {
         if !topic::valid_topic_name(&will.topic) {
             tracing::info!(%peer, %client_id, "connection closed: invalid will topic");
-            return None;
+            return Err(Some("protocol_error"));
         }
     }
     let principal = match principal {
@@ -180,7 +207,7 @@ async fn accept(
             // The username is not logged: it may be a password typed in the wrong field.
             tracing::info!(%peer, %client_id, "connection refused: {code:?}");
             refuse(ctx, &mut writer, code).await;
-            return None;
+            return Err(Some("refused"));
         }
     };
     if ctl::is_management_client_id(&connect.client_id) != (principal == Principal::Management) {
@@ -188,14 +215,14 @@ async fn accept(
         // take its session over, and its connection is known by its id (and hidden from users).
         tracing::warn!(%peer, %client_id, "connection refused: client id outside its principal's namespace");
         refuse(ctx, &mut writer, ConnectReturnCode::IdentifierRejected).await;
-        return None;
+        return Err(Some("refused"));
     }
     if connect.will.as_ref().is_some_and(|will| topic::broker_owned(&will.topic)) {
         // A will is published when the broker drops the client; it must not be a way into $SYS or
         // the control channel.
         tracing::warn!(%peer, %client_id, "will on a broker-owned topic refused");
         refuse(ctx, &mut writer, ConnectReturnCode::NotAuthorized).await;
-        return None;
+        return Err(Some("refused"));
     }
 
     let client_id: ClientId = Arc::from(connect.client_id.as_str());
@@ -211,9 +238,10 @@ async fn accept(
         hidden: principal == Principal::Management,
     };
     let outcome = ctx.router.connect(client_id.clone(), meta, outbox);
-    let (session, present) = match outcome.await.ok()? {
+    // No router means the broker is stopping.
+    let (session, present) = match outcome.await.map_err(|_| None)? {
         ConnectOutcome::Accepted { session, present } => (session, present),
-        ConnectOutcome::Superseded => return None,
+        ConnectOutcome::Superseded => return Err(Some("discarded")),
     };
     tracing::debug!(%peer, client_id = %client_id.escape_debug(), clean = connect.clean_session, present, "connected");
 
@@ -263,7 +291,7 @@ async fn accept(
     let mut resend = Vec::new();
     conn.session.resume(&mut resend);
     conn.write_outgoing(resend);
-    Some(conn)
+    Ok(conn)
 }
 
 struct ClientConnection {
@@ -419,8 +447,9 @@ impl ClientConnection {
         Ok(())
     }
 
-    /// Publishes the will if the exit calls for it, flushes what it can and hands the session back.
-    async fn finish(mut self, exit: Exit) {
+    /// Publishes the will if the exit calls for it, flushes what it can and hands the session back;
+    /// returns what the listener counts the exit under, if anything.
+    async fn finish(mut self, exit: Exit) -> Option<&'static str> {
         // Whoever waits for this connection's next turn need not wait any longer, and the socket is
         // this task's alone again.
         self.outbox.close();
@@ -452,12 +481,14 @@ impl ClientConnection {
             let message = sys::disconnected_event(&self.ctx.config.node, &event);
             self.ctx.router.publish(message);
         }
-        let ClientConnection { ctx, client_id, conn_id, session, mut writer, outbox, .. } = self;
+        let ClientConnection { ctx, principal, client_id, conn_id, session, mut writer, outbox, .. } = self;
         if writer.pending() > 0 && !matches!(exit, Exit::Error(_)) {
             let _ = timeout(Duration::from_millis(500), writer.flush()).await;
         }
         writer.shutdown().await;
+        let counted = if principal == Principal::Management { None } else { exit.shutdown_reason() };
         ctx.router.disconnected(client_id, conn_id, session, outbox);
+        counted
     }
 
     fn username(&self) -> String {

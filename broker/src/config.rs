@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::acl::Nomatch;
 pub use crate::auth::Secret;
 use crate::session::SessionLimits;
+use crate::transport::{ListenerConfig, ListenerKind};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -42,6 +43,9 @@ pub struct Config {
     #[serde(skip_serializing)]
     pub mgmt_secret: Option<Secret>,
     pub log_level: String,
+    /// Listeners beyond the TCP one at `listen` (`[[listener]]` tables; a `tcp` one replaces it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listener: Vec<ListenerConfig>,
 }
 
 impl Default for Config {
@@ -71,11 +75,26 @@ impl Default for Config {
             mgmt_username: "midge-mgmt".into(),
             mgmt_secret: None,
             log_level: "info".into(),
+            listener: Vec::new(),
         }
     }
 }
 
 impl Config {
+    /// Every listener to open: the `[[listener]]` tables, and the TCP one at `listen` (taking
+    /// `max_connections` clients) unless a table is TCP itself.
+    pub fn listeners(&self) -> Vec<ListenerConfig> {
+        let mut listeners = self.listener.clone();
+        if !listeners.iter().any(|l| l.kind == ListenerKind::Tcp) {
+            let tcp = ListenerConfig {
+                max_clients: self.max_connections,
+                ..ListenerConfig::new(ListenerKind::Tcp, self.listen)
+            };
+            listeners.insert(0, tcp);
+        }
+        listeners
+    }
+
     pub fn session_limits(&self) -> SessionLimits {
         SessionLimits {
             expiry: (self.session_expiry_interval > 0).then(|| Duration::from_secs(self.session_expiry_interval)),
@@ -174,7 +193,7 @@ struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_clientid_len: Option<usize>,
 
-    /// Most simultaneous connections; more wait in the accept queue [default: 100000].
+    /// Most simultaneous connections on the TCP listener at --listen; more are refused [default: 100000].
     #[arg(long, env = "MIDGE_MAX_CONNECTIONS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_connections: Option<usize>,
@@ -297,6 +316,33 @@ mod tests {
         assert_eq!(config.max_inflight, 7);
         assert!(!config.allow_anonymous);
         assert_eq!(config.max_mqueue_len, Config::default().max_mqueue_len);
+    }
+
+    #[test]
+    fn listener_tables_add_listeners_and_a_tcp_table_replaces_listen() {
+        let text = r#"
+            listen = "127.0.0.1:1883"
+            [[listener]]
+            kind = "ws"
+            bind = "0.0.0.0:8083"
+            max_clients = 500
+            acceptors = 4
+        "#;
+        let config = Config::deserialize(toml::Value::Table(text.parse().unwrap())).unwrap();
+        let listeners = config.listeners();
+        assert_eq!(
+            listeners.iter().map(|l| (l.kind, l.bind.port())).collect::<Vec<_>>(),
+            [(ListenerKind::Tcp, 1883), (ListenerKind::Ws, 8083)]
+        );
+        assert_eq!((listeners[1].max_clients, listeners[1].acceptors, listeners[1].path.as_str()), (500, 4, "/mqtt"));
+        assert_eq!(listeners[0].max_clients, config.max_connections);
+
+        let text = "[[listener]]\nkind = \"tcp\"\nbind = \"0.0.0.0:2883\"\n";
+        let config = Config::deserialize(toml::Value::Table(text.parse().unwrap())).unwrap();
+        assert_eq!(config.listeners().iter().map(|l| l.bind.port()).collect::<Vec<_>>(), [2883]);
+
+        let typo = "[[listener]]\nkind = \"tcp\"\nbind = \"0.0.0.0:2883\"\nmax_client = 5\n";
+        assert!(Config::deserialize(toml::Value::Table(typo.parse().unwrap())).is_err());
     }
 
     #[test]

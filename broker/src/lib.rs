@@ -1,10 +1,11 @@
 //! Midge, an MQTT 3.1 / 3.1.1 broker.
 //!
-//! A tour: [`server`] binds and accepts; each connection runs in [`client`], framing bytes through
-//! [`connection`] and [`codec`]; the [`router`], behind one lock, owns subscriptions ([`subscriptions`]),
-//! offline [`session`]s and retained messages. [`acl`] and [`auth`] decide who may do what; [`config`]
-//! gathers settings and [`settings`] holds those that change at runtime. [`sys`] publishes the `$SYS`
-//! tree from [`metrics`]; [`control`] answers the management sidecar; [`plugins`] switch features. See docs/architecture.md for why it is shaped this way.
+//! A tour: [`server`] binds the listeners and accepts; [`transport`] sets each connection up (TLS,
+//! WebSocket, PROXY header) and frames its bytes through the [`protocol`] codec; each connection runs in
+//! [`client`]; the [`router`] owns subscriptions, offline [`session`]s and retained messages; [`auth`]
+//! decides who may do what; [`config`] gathers settings and [`settings`] holds those that change at
+//! runtime; [`ops`] publishes the `$SYS` tree from [`metrics`], answers the management sidecar and
+//! switches plugins. See docs/architecture.md for why it is shaped this way.
 
 pub mod auth;
 pub mod client;
@@ -22,3 +23,4 @@ pub mod transport;
 
 pub use config::Config;
 pub use server::{runtime, Broker, StartError};
+pub use transport::{ListenerConfig, ListenerKind};

@@ -1,4 +1,4 @@
-//! Start-up and the accept loop: binds the listener, starts the router, the `$SYS` publisher and the
+//! Start-up and the accept loops: binds the listeners, starts the router, the `$SYS` publisher and the
 //! control service, and serves each connection in a task of its own until the shutdown token fires.
 
 use std::net::SocketAddr;
@@ -21,7 +21,7 @@ use crate::ops::plugins::{Plugin, Plugins};
 use crate::ops::{sys, Node};
 use crate::router::{RouterHandle, Wiring};
 use crate::settings::{LogReload, Settings};
-use crate::transport::Listener;
+use crate::transport::{Accepted, Listener, ListenerKind};
 
 /// Scheduler ticks (task polls) between two looks at socket readiness while every worker is busy.
 /// tokio's default, 61, suits tasks that poll briefly; a connection's poll handles a whole read (up to
@@ -40,6 +40,8 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("listener {addr}: {reason}")]
+    Listener { addr: SocketAddr, reason: String },
     #[error(transparent)]
     Acl(#[from] AclError),
     #[error(transparent)]
@@ -69,14 +71,14 @@ fn usable_secret(secret: Option<Secret>) -> Option<Secret> {
 
 /// A broker bound to its port, not yet serving.
 pub struct Broker {
-    listener: Listener,
+    listeners: Vec<Arc<Listener>>,
     control: mpsc::Receiver<ControlJob>,
     node: Arc<Node>,
     ctx: Arc<Context>,
 }
 
 impl Broker {
-    /// Loads users and ACL and binds the listener; errors here are configuration errors.
+    /// Loads users and ACL and binds the listeners; errors here are configuration errors.
     /// `log_reload` lets `log.console.level` change the running process's log filter.
     pub async fn bind(
         config: Config,
@@ -85,9 +87,13 @@ impl Broker {
     ) -> Result<Broker, StartError> {
         let users = config.users_file.as_deref().map(Users::load).transpose()?;
         let acl = Acl::load(config.acl_file.as_deref(), config.acl_nomatch)?;
-        let listener = Listener::bind_tcp(config.listen, config.max_connections)
-            .await
-            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let mut listeners = Vec::new();
+        for listener in config.listeners() {
+            let addr = listener.bind;
+            listener.check().map_err(|reason| StartError::Listener { addr, reason })?;
+            let listener = Listener::bind(listener).await.map_err(|source| StartError::Bind { addr, source })?;
+            listeners.push(Arc::new(listener));
+        }
         let mut config = config;
         config.mgmt_secret = usable_secret(config.mgmt_secret.take());
         let metrics = Arc::new(Metrics::default());
@@ -120,57 +126,99 @@ impl Broker {
             settings: settings.clone(),
             plugins: plugins.clone(),
             hasher,
-            listeners: vec![listener.stats()],
+            listeners: listeners.iter().map(|listener| listener.stats()).collect(),
             max_connections: config.max_connections,
             shutdown: shutdown.clone(),
         });
         let ctx = Arc::new(Context::new(config, router, auth, settings, plugins, metrics, control_tx, shutdown));
-        Ok(Broker { listener, control: control_rx, node, ctx })
+        Ok(Broker { listeners, control: control_rx, node, ctx })
     }
 
+    /// The first listener's address (the TCP one, unless configured otherwise).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr()
+        self.listeners[0].local_addr()
+    }
+
+    /// Every listener's kind and address, in configuration order.
+    pub fn listen_addrs(&self) -> Vec<(ListenerKind, SocketAddr)> {
+        self.listeners.iter().map(|listener| (listener.config.kind, listener.local_addr())).collect()
     }
 
     #[cfg(test)]
     pub fn parts_for_tests(&self) -> (Arc<Context>, Arc<crate::transport::ListenerStats>) {
-        (self.ctx.clone(), self.listener.stats())
+        (self.ctx.clone(), self.listeners[0].stats())
     }
 
     /// Serves until the shutdown token fires, then closes every connection and returns.
     pub async fn run(self) {
-        let Broker { listener, control, node, ctx } = self;
+        let Broker { listeners, control, node, ctx } = self;
         tokio::spawn(ctx.router.clone().sweep());
         tokio::spawn(sys::run(node.clone()));
         tokio::spawn(control::run(node, control));
         let connections = TaskTracker::new();
-        let stats = listener.stats();
-        tracing::info!(listen = %listener.local_addr(), node = %ctx.config.node, "midge broker listening");
-        loop {
-            let accepted = tokio::select! {
-                _ = ctx.shutdown.cancelled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok(accepted) => {
-                    let (ctx, stats) = (ctx.clone(), stats.clone());
-                    connections.spawn(async move {
-                        crate::client::serve(accepted.stream, accepted.peer, stats, ctx).await;
-                        drop(accepted.slot);
-                    });
-                }
-                Err(e) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+        let acceptors = TaskTracker::new();
+        for listener in &listeners {
+            tracing::info!(
+                listener = listener.stats().protocol,
+                listen = %listener.local_addr(),
+                node = %ctx.config.node,
+                "midge broker listening"
+            );
+            for _ in 0..listener.config.acceptors.max(1) {
+                acceptors.spawn(accept_loop(listener.clone(), ctx.clone(), connections.clone()));
             }
         }
-        drop(listener);
+        acceptors.close();
+        acceptors.wait().await;
+        // Every acceptor has stopped: the sockets close here, before the connections are waited for.
+        drop(listeners);
         connections.close();
         if tokio::time::timeout(Duration::from_secs(5), connections.wait()).await.is_err() {
             tracing::warn!("connections still open after 5 s; exiting anyway");
         }
         tracing::info!("midge broker stopped");
     }
+}
+
+/// Accepts connections on one listener until shutdown, each served in a task of its own. Several of
+/// these may run on one listener (`acceptors`).
+async fn accept_loop(listener: Arc<Listener>, ctx: Arc<Context>, connections: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(accepted) => {
+                connections.spawn(connection(listener.clone(), accepted, ctx.clone()));
+            }
+            Err(e) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One connection's life: the listener's handshake, bounded by the connect timeout, then MQTT. The
+/// listener's slot is held throughout.
+async fn connection(listener: Arc<Listener>, accepted: Accepted, ctx: Arc<Context>) {
+    let Accepted { tcp, peer, slot } = accepted;
+    let connect_timeout = Duration::from_secs(ctx.config.connect_timeout);
+    let established = match tokio::time::timeout(connect_timeout, listener.handshake(tcp, peer)).await {
+        Ok(Ok(established)) => established,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, listener = listener.stats().protocol, error = %e, "handshake failed");
+            listener.stats().shut(e.reason());
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, listener = listener.stats().protocol, "handshake timed out");
+            listener.stats().shut("handshake_timeout");
+            return;
+        }
+    };
+    crate::client::serve(established.stream, established.peer, listener.stats(), ctx).await;
+    drop(slot);
 }

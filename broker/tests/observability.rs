@@ -43,6 +43,9 @@ async fn sys_subscriber_sees_every_key() {
         assert!(seen.get(&key).is_some_and(|v| v.parse::<u64>().is_ok()), "missing {key}");
     }
     assert_eq!(seen[&format!("{prefix}stats/clients/count")], "1");
+    let listener = format!("{prefix}listeners/mqtt:tcp/{}", broker.addr.port());
+    assert_eq!(seen[&format!("{listener}/current_clients")], "1");
+    assert_eq!(seen[&format!("{listener}/shutdown_count")], "[]", "as in monitoring/listeners");
     broker.stop().await;
 }
 

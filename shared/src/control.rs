@@ -300,12 +300,54 @@ pub struct ListenerRow {
     pub acceptors: u64,
     pub max_clients: u64,
     pub current_clients: u64,
-    pub shutdown_count: Vec<u64>,
+    pub shutdown_count: ShutdownCounts,
+}
+
+/// Connections a listener shut, by reason (`{"closed": 3, "maxlimit": 1}`). EMQ renders none as `[]`,
+/// and so does this, so scripts that test for an empty list keep working; either shape is read back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownCounts(pub BTreeMap<String, u64>);
+
+impl Serialize for ShutdownCounts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_empty() {
+            [(); 0].serialize(serializer)
+        } else {
+            self.0.serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ShutdownCounts {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Shape {
+            Counts(BTreeMap<String, u64>),
+            Empty([(); 0]),
+        }
+        Ok(match Shape::deserialize(deserializer)? {
+            Shape::Counts(counts) => ShutdownCounts(counts),
+            Shape::Empty(_) => ShutdownCounts::default(),
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shutdown_counts_are_an_empty_list_or_an_object() {
+        let none = ShutdownCounts::default();
+        assert_eq!(serde_json::to_string(&none).unwrap(), "[]");
+        assert_eq!(serde_json::from_str::<ShutdownCounts>("[]").unwrap(), none);
+        let some = ShutdownCounts(BTreeMap::from([("closed".to_string(), 2), ("maxlimit".to_string(), 1)]));
+        let json = serde_json::to_string(&some).unwrap();
+        assert_eq!(json, r#"{"closed":2,"maxlimit":1}"#);
+        assert_eq!(serde_json::from_str::<ShutdownCounts>(&json).unwrap(), some);
+        assert!(serde_json::from_str::<ShutdownCounts>("[1]").is_err());
+    }
 
     #[test]
     fn envelope_shape() {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use midge_shared::calls::{self, Done, Handler};
 use midge_shared::control::{
     self, code, ClientRow, ConfigRow, ControlError, ListenerRow, NodeInfo, Outcome, Page, PageRequest, PluginConfigRow,
-    PluginRow, ReplyEnvelope, RequestEnvelope, RouteRow, SessionRow, SubscriptionRow,
+    PluginRow, ReplyEnvelope, RequestEnvelope, RouteRow, SessionRow, ShutdownCounts, SubscriptionRow,
 };
 use tokio::sync::mpsc;
 
@@ -251,10 +251,10 @@ impl Handler for Service<'_> {
             .map(|listener| ListenerRow {
                 protocol: listener.protocol.into(),
                 listen: listener.addr.to_string(),
-                acceptors: 1,
+                acceptors: listener.acceptors as u64,
                 max_clients: listener.max_clients as u64,
                 current_clients: listener.clients(),
-                shutdown_count: vec![],
+                shutdown_count: ShutdownCounts(listener.shutdowns()),
             })
             .collect())
     }

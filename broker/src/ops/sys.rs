@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Local;
-use midge_shared::control::NodeInfo;
+use midge_shared::control::{NodeInfo, ShutdownCounts};
 use midge_shared::sys::{uptime_text, ClientConnected, ClientDisconnected, Stat};
 use midge_shared::topics;
 
@@ -71,6 +71,15 @@ fn publish_counters(node: &Node) {
     for (metric, value) in node.metrics.snapshot() {
         let topic = topics::node_topic(name, &format!("metrics/{}", metric.name()));
         send(node, message(topic, value.to_string(), false));
+    }
+    for listener in &node.listeners {
+        // `listeners/mqtt:ssl/8883/current_clients`: the port tells two listeners of a kind apart.
+        let prefix = format!("listeners/{}/{}", listener.protocol, listener.addr.port());
+        let clients = listener.clients().to_string();
+        send(node, message(topics::node_topic(name, &format!("{prefix}/current_clients")), clients, false));
+        let shutdowns = ShutdownCounts(listener.shutdowns());
+        let shutdowns = serde_json::to_string(&shutdowns).unwrap_or_default();
+        send(node, message(topics::node_topic(name, &format!("{prefix}/shutdown_count")), shutdowns, false));
     }
 }
 

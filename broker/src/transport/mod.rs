@@ -3,9 +3,11 @@
 //! connection.
 
 mod connection;
+mod handshake;
 mod listener;
 
 pub use connection::{
     split, ByteStream, ConnectionError, PacketReader, PacketWriter, SocketHandle, Stream, Written, WRITE_HIGH_WATER,
 };
-pub use listener::{Accepted, Connected, Listener, ListenerStats};
+pub use handshake::{Established, HandshakeError};
+pub use listener::{Accepted, Connected, Listener, ListenerConfig, ListenerKind, ListenerStats, PeerCertField};

@@ -9,6 +9,8 @@ use bytes::{Bytes, BytesMut};
 use midge_broker::protocol::{self, *};
 use midge_broker::Broker;
 pub use midge_broker::Config;
+#[allow(unused_imports)]
+pub use midge_broker::{ListenerConfig, ListenerKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -18,7 +20,10 @@ use tokio_util::sync::CancellationToken;
 pub const WAIT: Duration = Duration::from_secs(3);
 
 pub struct TestBroker {
+    /// The first listener's address: the TCP one unless the test configured otherwise.
     pub addr: SocketAddr,
+    /// Every listener, in configuration order.
+    pub listeners: Vec<(ListenerKind, SocketAddr)>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<()>,
 }
@@ -42,8 +47,17 @@ pub async fn start(config: Config) -> TestBroker {
     let shutdown = CancellationToken::new();
     let broker = Broker::bind(config, shutdown.clone(), None).await.expect("broker binds");
     let addr = broker.local_addr();
+    let listeners = broker.listen_addrs();
     let task = tokio::spawn(broker.run());
-    TestBroker { addr, shutdown, task }
+    TestBroker { addr, listeners, shutdown, task }
+}
+
+impl TestBroker {
+    /// The address of the `n`th listener of `kind`.
+    pub fn listener(&self, kind: ListenerKind, n: usize) -> SocketAddr {
+        let mut of_kind = self.listeners.iter().filter(|(k, _)| *k == kind);
+        of_kind.nth(n).unwrap_or_else(|| panic!("no {kind:?} listener #{n}")).1
+    }
 }
 
 pub async fn start_default() -> TestBroker {

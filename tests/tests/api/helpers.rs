@@ -213,7 +213,7 @@ impl Api {
     }
 
     /// The same API, with requests coming from `source` (a loopback address such as 127.0.0.2).
-    pub fn from_source(&self, source: &str) -> Api {
+    pub fn with_source(&self, source: &str) -> Api {
         let source: std::net::IpAddr = source.parse().expect("an IP address");
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).local_address(source).build().unwrap();
         Api { http, ..self.clone() }

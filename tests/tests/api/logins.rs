@@ -17,7 +17,7 @@ async fn failed_logins_are_throttled_per_source_and_per_user() {
     // The default: 10 failures per source, 20 per user, then refused unchecked for a while.
     let stack = Stack::start().await;
     let admin = &stack.api;
-    let elsewhere = admin.from_source("127.0.0.2");
+    let elsewhere = admin.with_source("127.0.0.2");
     let ops = json!({"username": "ops", "password": "ops-pass", "tags": ""});
     assert_eq!(elsewhere.ok(Method::POST, "users", Some(ops)).await, json!([]));
 
@@ -37,12 +37,12 @@ async fn failed_logins_are_throttled_per_source_and_per_user() {
     let victim = json!({"username": "victim", "password": "right-one", "tags": ""});
     assert_eq!(elsewhere.ok(Method::POST, "users", Some(victim)).await, json!([]));
     for source in ["127.0.0.3", "127.0.0.4"] {
-        let guesser = admin.from_source(source).as_user("victim", "guess");
+        let guesser = admin.with_source(source).as_user("victim", "guess");
         for _ in 0..10 {
             assert_eq!(status(&guesser).await, StatusCode::UNAUTHORIZED);
         }
     }
-    let fresh = admin.from_source("127.0.0.5");
+    let fresh = admin.with_source("127.0.0.5");
     assert_eq!(status(&fresh.as_user("victim", "right-one")).await, StatusCode::UNAUTHORIZED);
     assert_eq!(status(&fresh.as_user("ops", "ops-pass")).await, StatusCode::OK);
 
