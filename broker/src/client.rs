@@ -24,7 +24,7 @@ use crate::router::{
 use crate::session::ClientId;
 use crate::session::{AckResult, Delivery, Message, Resend, Session};
 use crate::transport::{
-    self, Connected, ConnectionError, ListenerStats, PacketReader, PacketWriter, Stream, WRITE_HIGH_WATER,
+    self, Connected, ConnectionError, Established, ListenerStats, PacketReader, PacketWriter, WRITE_HIGH_WATER,
 };
 
 /// Why a connection ended; everything but a DISCONNECT from the client (or a broker shutdown)
@@ -102,24 +102,32 @@ impl From<DecodeError> for Exit {
 
 /// Serves one connection, from whichever listener it came through, until it ends. Never panics on
 /// peer input; every error ends only this connection.
-pub async fn serve(stream: Stream, peer: SocketAddr, listener: Arc<ListenerStats>, ctx: Arc<Context>) {
-    if let Some(reason) = Box::pin(serve_counted(stream, peer, &listener, ctx)).await {
+pub async fn serve(established: Established, listener: Arc<ListenerStats>, ctx: Arc<Context>) {
+    if let Some(reason) = Box::pin(serve_counted(established, &listener, ctx)).await {
         listener.shut(reason);
     }
 }
 
 /// Serves the connection; what it ended with, if it was a shutdown that its listener counts.
 async fn serve_counted(
-    stream: Stream,
-    peer: SocketAddr,
+    established: Established,
     listener: &Arc<ListenerStats>,
     ctx: Arc<Context>,
 ) -> Option<&'static str> {
+    let Established { stream, peer, certificate_username } = established;
     let (mut reader, mut writer) = transport::split(stream, ctx.config.max_packet_size);
     let connect_timeout = Duration::from_secs(ctx.config.connect_timeout);
     // Whatever ends a connection before CONNECT is logged once, with the peer: at debug what any open
     // port sees (scanners, health checks, dropped sockets), at info what a client got wrong.
-    let (connect, size) = match Box::pin(timeout(connect_timeout, reader.read_packet())).await {
+    let first_packet = async {
+        tokio::select! {
+            read = timeout(connect_timeout, reader.read_packet()) => Some(read),
+            _ = ctx.shutdown.cancelled() => None,
+        }
+    };
+    // Shutdown before CONNECT: nothing to count.
+    let first_packet = Box::pin(first_packet).await?;
+    let (connect, size) = match first_packet {
         Ok(Ok((Packet::Connect(connect), size))) => (connect, size),
         Ok(Ok((other, size))) => {
             ctx.metrics.packet_received(&other, size);
@@ -150,6 +158,10 @@ async fn serve_counted(
     // The once-only phases are boxed so that their state does not sit in every connection's task for
     // its whole life (an idle connection's memory is mostly this future).
     reader.release_if_drained();
+    let mut connect = connect;
+    if let Some(username) = certificate_username {
+        connect.username = username;
+    }
     let mut conn = match Box::pin(accept(connect, size, peer, listener, &ctx, reader, writer)).await {
         Ok(conn) => conn,
         Err(reason) => return reason,
@@ -783,7 +795,12 @@ mod size_tests {
         let config = crate::Config { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
         let broker = crate::Broker::bind(config, tokio_util::sync::CancellationToken::new(), None).await.unwrap();
         let (ctx, listener) = broker.parts_for_tests();
-        let task = super::serve(crate::transport::Stream::Tcp(stream), addr, listener, ctx);
+        let established = crate::transport::Established {
+            stream: crate::transport::Stream::Tcp(stream),
+            peer: addr,
+            certificate_username: None,
+        };
+        let task = super::serve(established, listener, ctx);
         assert!(std::mem::size_of_val(&task) <= 1536, "serve future is {} bytes", std::mem::size_of_val(&task));
         assert!(std::mem::size_of::<crate::router::OutboxItem>() <= 24);
     }
@@ -847,7 +864,9 @@ mod stream_tests {
         let (ctx, listener) = broker.parts_for_tests();
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let peer = "127.0.0.9:9".parse().unwrap();
-        tokio::spawn(super::serve(Stream::Other(Box::new(server)), peer, listener.clone(), ctx));
+        let established =
+            crate::transport::Established { stream: Stream::Other(Box::new(server)), peer, certificate_username: None };
+        tokio::spawn(super::serve(established, listener.clone(), ctx));
         let mut buf = BytesMut::new();
         send(&mut client, &[connect("piped")]).await;
         assert!(

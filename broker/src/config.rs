@@ -43,6 +43,13 @@ pub struct Config {
     #[serde(skip_serializing)]
     pub mgmt_secret: Option<Secret>,
     pub log_level: String,
+    /// An `mqtt:ssl` listener here, with `certfile` and `keyfile`: the one-flag way to TLS.
+    pub ssl_listen: Option<SocketAddr>,
+    /// The certificate chain and key (PEM) of the listeners opened by `*_listen`.
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    /// With it, those listeners take only clients with a certificate from this CA (PEM).
+    pub cacertfile: Option<PathBuf>,
     /// Listeners beyond the TCP one at `listen` (`[[listener]]` tables; a `tcp` one replaces it).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub listener: Vec<ListenerConfig>,
@@ -75,14 +82,18 @@ impl Default for Config {
             mgmt_username: "midge-mgmt".into(),
             mgmt_secret: None,
             log_level: "info".into(),
+            ssl_listen: None,
+            certfile: None,
+            keyfile: None,
+            cacertfile: None,
             listener: Vec::new(),
         }
     }
 }
 
 impl Config {
-    /// Every listener to open: the `[[listener]]` tables, and the TCP one at `listen` (taking
-    /// `max_connections` clients) unless a table is TCP itself.
+    /// Every listener to open: the TCP one at `listen` (taking `max_connections` clients) unless a
+    /// `[[listener]]` table is TCP itself, the `[[listener]]` tables, and those of `*_listen`.
     pub fn listeners(&self) -> Vec<ListenerConfig> {
         let mut listeners = self.listener.clone();
         if !listeners.iter().any(|l| l.kind == ListenerKind::Tcp) {
@@ -92,7 +103,23 @@ impl Config {
             };
             listeners.insert(0, tcp);
         }
+        if let Some(addr) = self.ssl_listen {
+            listeners.push(self.tls_listener(ListenerKind::Ssl, addr));
+        }
         listeners
+    }
+
+    /// A TLS listener from the flat keys: `cacertfile` means client certificates are required.
+    fn tls_listener(&self, kind: ListenerKind, addr: SocketAddr) -> ListenerConfig {
+        let verify = self.cacertfile.is_some();
+        ListenerConfig {
+            certfile: self.certfile.clone(),
+            keyfile: self.keyfile.clone(),
+            cacertfile: self.cacertfile.clone(),
+            verify_peer: verify,
+            fail_if_no_peer_cert: verify,
+            ..ListenerConfig::new(kind, addr)
+        }
     }
 
     pub fn session_limits(&self) -> SessionLimits {
@@ -259,6 +286,26 @@ struct Cli {
     #[arg(long, env = "MIDGE_LOG_LEVEL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     log_level: Option<String>,
+
+    /// Address of an MQTT/TLS listener (mqtt:ssl, usually port 8883), with --certfile and --keyfile.
+    #[arg(long, env = "MIDGE_SSL_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ssl_listen: Option<SocketAddr>,
+
+    /// Certificate chain (PEM) of the listeners opened by --*-listen.
+    #[arg(long, env = "MIDGE_CERTFILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certfile: Option<PathBuf>,
+
+    /// Private key (PEM) of the listeners opened by --*-listen.
+    #[arg(long, env = "MIDGE_KEYFILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keyfile: Option<PathBuf>,
+
+    /// CA (PEM) that the TLS listeners opened by --*-listen require client certificates from.
+    #[arg(long, env = "MIDGE_CACERTFILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cacertfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]

@@ -21,7 +21,7 @@ use crate::ops::plugins::{Plugin, Plugins};
 use crate::ops::{sys, Node};
 use crate::router::{RouterHandle, Wiring};
 use crate::settings::{LogReload, Settings};
-use crate::transport::{Accepted, Listener, ListenerKind};
+use crate::transport::{Accepted, Certificates, Listener, ListenerError, ListenerKind};
 
 /// Scheduler ticks (task polls) between two looks at socket readiness while every worker is busy.
 /// tokio's default, 61, suits tasks that poll briefly; a connection's poll handles a whole read (up to
@@ -38,10 +38,8 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("listener {addr}: {reason}")]
-    Listener { addr: SocketAddr, reason: String },
+    #[error("listener {addr}: {source}")]
+    Listener { addr: SocketAddr, source: ListenerError },
     #[error(transparent)]
     Acl(#[from] AclError),
     #[error(transparent)]
@@ -88,10 +86,13 @@ impl Broker {
         let users = config.users_file.as_deref().map(Users::load).transpose()?;
         let acl = Acl::load(config.acl_file.as_deref(), config.acl_nomatch)?;
         let mut listeners = Vec::new();
+        let mut certificates = Certificates::default();
         for listener in config.listeners() {
             let addr = listener.bind;
-            listener.check().map_err(|reason| StartError::Listener { addr, reason })?;
-            let listener = Listener::bind(listener).await.map_err(|source| StartError::Bind { addr, source })?;
+            let listener = Listener::bind(listener).await.map_err(|source| StartError::Listener { addr, source })?;
+            if let Some(tls) = listener.tls() {
+                certificates.add(listener.local_addr(), tls);
+            }
             listeners.push(Arc::new(listener));
         }
         let mut config = config;
@@ -127,6 +128,7 @@ impl Broker {
             plugins: plugins.clone(),
             hasher,
             listeners: listeners.iter().map(|listener| listener.stats()).collect(),
+            certificates,
             max_connections: config.max_connections,
             shutdown: shutdown.clone(),
         });
@@ -137,6 +139,11 @@ impl Broker {
     /// The first listener's address (the TCP one, unless configured otherwise).
     pub fn local_addr(&self) -> SocketAddr {
         self.listeners[0].local_addr()
+    }
+
+    /// The TLS listeners' certificates, to reload (on SIGHUP).
+    pub fn certificates(&self) -> Certificates {
+        self.node.certificates.clone()
     }
 
     /// Every listener's kind and address, in configuration order.
@@ -206,7 +213,11 @@ async fn accept_loop(listener: Arc<Listener>, ctx: Arc<Context>, connections: Ta
 async fn connection(listener: Arc<Listener>, accepted: Accepted, ctx: Arc<Context>) {
     let Accepted { tcp, peer, slot } = accepted;
     let connect_timeout = Duration::from_secs(ctx.config.connect_timeout);
-    let established = match tokio::time::timeout(connect_timeout, listener.handshake(tcp, peer)).await {
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(connect_timeout, listener.handshake(tcp, peer)) => handshake,
+        _ = ctx.shutdown.cancelled() => return,
+    };
+    let established = match handshake {
         Ok(Ok(established)) => established,
         Ok(Err(e)) => {
             tracing::debug!(%peer, listener = listener.stats().protocol, error = %e, "handshake failed");
@@ -219,6 +230,6 @@ async fn connection(listener: Arc<Listener>, accepted: Accepted, ctx: Arc<Contex
             return;
         }
     };
-    crate::client::serve(established.stream, established.peer, listener.stats(), ctx).await;
+    crate::client::serve(established, listener.stats(), ctx).await;
     drop(slot);
 }

@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use helpers::*;
+use midge_broker::protocol::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -48,7 +49,9 @@ async fn help_documents_every_config_key() {
     let keys = toml::Table::try_from(Config::default()).unwrap();
     // Keys left out of the default (optional ones) are named here.
     let mut names: Vec<String> = keys.keys().cloned().collect();
-    names.extend(["users_file".into(), "acl_file".into(), "mgmt_secret".into()]);
+    names.extend(
+        ["users_file", "acl_file", "mgmt_secret", "ssl_listen", "certfile", "keyfile", "cacertfile"].map(String::from),
+    );
     for key in names {
         let flag = format!("--{}", key.replace('_', "-"));
         let env = format!("MIDGE_{}", key.to_uppercase());
@@ -95,6 +98,69 @@ async fn bad_config_is_a_clear_error() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/acl.conf"));
+
+    let output =
+        Command::new(BIN).args(["--listen", "127.0.0.1:0", "--ssl-listen", "127.0.0.1:0"]).output().await.unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("certfile is required"), "{output:?}");
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `--ssl-listen` with a certificate opens a TLS listener; SIGHUP makes it read the files again, and
+/// the connection made before stays up.
+#[tokio::test]
+async fn sighup_reloads_the_certificates() {
+    let pki = pki::Pki::new("midge-ca");
+    let first = pki.server("first");
+    let ssl = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut command = Command::new(BIN);
+    command
+        .env("MIDGE_LISTEN", "127.0.0.1:0")
+        .env("MIDGE_SSL_LISTEN", ssl.to_string())
+        .env("MIDGE_CERTFILE", &first.cert)
+        .env("MIDGE_KEYFILE", &first.key);
+    let Running { child, .. } = run_broker(command).await;
+    let connector = pki::connector(&pki.ca, None);
+    let presented = |stream: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
+        let leaf = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
+        let cn = cert.subject().iter_common_name().next().unwrap().as_str().unwrap().to_string();
+        cn
+    };
+    let mut stream = None;
+    for _ in 0..50 {
+        match pki::tls_connect(ssl, &connector).await {
+            Ok(connected) => {
+                stream = Some(connected);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let stream = stream.expect("the TLS listener answers");
+    assert_eq!(presented(&stream), "first");
+    let mut early = Raw::over(stream);
+    assert_eq!(early.connack(connect_packet("early", true)).await, Some(ConnectReturnCode::Accepted));
+
+    let second = pki.server("second");
+    std::fs::copy(&second.cert, &first.cert).unwrap();
+    std::fs::copy(&second.key, &first.key).unwrap();
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().await.unwrap().success());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stream = pki::tls_connect(ssl, &connector).await.unwrap();
+        if presented(&stream) == "second" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the new certificate is not served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    early.ping().await;
 }
 
 #[tokio::test]

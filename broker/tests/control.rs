@@ -358,7 +358,7 @@ async fn malformed_and_unknown_requests_get_error_replies() {
     let wrong_type =
         serde_json::json!({"v": 1, "id": "u2", "reply_to": reply_to, "cmd": "kick", "args": {"client_id": 5}});
     assert!(matches!(mgmt.call_raw(serde_json::to_vec(&wrong_type).unwrap(), "u2").await, Outcome::Err(_)));
-    let future = serde_json::json!({"v": 2, "id": "u3", "reply_to": reply_to, "cmd": "node_info"});
+    let future = serde_json::json!({"v": VERSION + 1, "id": "u3", "reply_to": reply_to, "cmd": "node_info"});
     match mgmt.call_raw(serde_json::to_vec(&future).unwrap(), "u3").await {
         Outcome::Err(e) => {
             assert_eq!(e.code, 101);

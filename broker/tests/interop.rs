@@ -84,3 +84,85 @@ async fn paho_mqtt_pipelining_behind_connect() {
     assert_eq!(run(python).await, "pipelined/paho right-behind-connect 1\n");
     broker.stop().await;
 }
+
+/// Mosquitto's clients over TLS: `--cafile` against the server certificate, `--cert/--key` where the
+/// listener requires a client certificate; one that trusts another CA is refused, and the others go on.
+#[tokio::test]
+async fn mosquitto_clients_over_tls_with_and_without_client_certificates() {
+    let pki = pki::Pki::new("midge-ca");
+    let server = pki.server("broker");
+    let plain = ListenerConfig {
+        certfile: Some(server.cert.clone()),
+        keyfile: Some(server.key.clone()),
+        ..ListenerConfig::new(ListenerKind::Ssl, "127.0.0.1:0".parse().unwrap())
+    };
+    let mutual = ListenerConfig {
+        cacertfile: Some(pki.ca.clone()),
+        verify_peer: true,
+        fail_if_no_peer_cert: true,
+        ..plain.clone()
+    };
+    let broker = start(Config { listener: vec![plain, mutual], ..config() }).await;
+    let (tls, mtls) = (broker.listener(ListenerKind::Ssl, 0).port(), broker.listener(ListenerKind::Ssl, 1).port());
+    let ca = pki.ca.to_str().unwrap().to_string();
+    let client = pki.client("mosquitto");
+    let (cert, key) = (client.cert.to_str().unwrap().to_string(), client.key.to_str().unwrap().to_string());
+
+    let mut subscribe = tool("mosquitto_sub");
+    subscribe
+        .args(["-h", "localhost", "-p", &tls.to_string(), "--cafile", &ca, "-q", "1", "-v", "-C", "2"])
+        .args(["-t", "tls/#"])
+        .stdout(Stdio::piped());
+    let mut child = subscribe.spawn().expect("mosquitto_sub starts; .ci/run installs it");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Retained first: once it arrives the subscription is in place.
+    let mut retained = tool("mosquitto_pub");
+    retained.args(["-h", "localhost", "-p", &tls.to_string(), "--cafile", &ca, "-r", "-t", "tls/retained", "-m", "r"]);
+    run(retained).await;
+    assert_eq!(next_line(&mut lines).await, Some("tls/retained r".into()));
+
+    let mut stranger = tool("mosquitto_pub");
+    let other_ca = pki::Pki::new("other-ca").ca.to_str().unwrap().to_string();
+    stranger.args(["-h", "localhost", "-p", &tls.to_string(), "--cafile", &other_ca, "-t", "tls/x", "-m", "no"]);
+    let refused = tokio::time::timeout(TOOL_WAIT, stranger.output()).await.unwrap().unwrap();
+    assert!(!refused.status.success(), "a client that trusts another CA does not get through");
+    let mut anonymous = tool("mosquitto_pub");
+    anonymous.args(["-h", "localhost", "-p", &mtls.to_string(), "--cafile", &ca, "-t", "tls/x", "-m", "no"]);
+    let refused = tokio::time::timeout(TOOL_WAIT, anonymous.output()).await.unwrap().unwrap();
+    assert!(!refused.status.success(), "no client certificate where one is required");
+
+    let mut mutual = tool("mosquitto_pub");
+    mutual.args(["-h", "localhost", "-p", &mtls.to_string(), "--cafile", &ca, "--cert", &cert, "--key", &key]);
+    mutual.args(["-q", "1", "-t", "tls/mutual", "-m", "with-certificate"]);
+    run(mutual).await;
+    assert_eq!(next_line(&mut lines).await, Some("tls/mutual with-certificate".into()));
+    let status = tokio::time::timeout(TOOL_WAIT, child.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    broker.stop().await;
+}
+
+/// paho-mqtt (Python's ssl module) over TLS, with a client certificate where the listener asks for one.
+#[tokio::test]
+async fn paho_mqtt_over_tls() {
+    let pki = pki::Pki::new("midge-ca");
+    let server = pki.server("broker");
+    let mutual = ListenerConfig {
+        certfile: Some(server.cert.clone()),
+        keyfile: Some(server.key.clone()),
+        cacertfile: Some(pki.ca.clone()),
+        verify_peer: true,
+        fail_if_no_peer_cert: true,
+        ..ListenerConfig::new(ListenerKind::Ssl, "127.0.0.1:0".parse().unwrap())
+    };
+    let broker = start(Config { listener: vec![mutual], ..config() }).await;
+    let port = broker.listener(ListenerKind::Ssl, 0).port().to_string();
+    let client = pki.client("paho");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/paho_transport.py");
+    let mut python = tool("python3");
+    python.args([script, &port, "--ca"]).arg(&pki.ca).arg("--cert").arg(&client.cert).arg("--key").arg(&client.key);
+    assert_eq!(run(python).await, "paho/transport over-tcp 1\n");
+    let mut without = tool("python3");
+    without.args([script, &port, "--ca"]).arg(&pki.ca);
+    assert!(run(without).await.starts_with("refused"), "no client certificate, no connection");
+    broker.stop().await;
+}

@@ -1,4 +1,5 @@
-//! Listeners: several at once, each with its own limit and figures, as `monitoring/listeners` shows them.
+//! Listeners: several at once, each with its own limit and figures, as `monitoring/listeners` shows them;
+//! TLS with server and client certificates made for each test.
 
 mod helpers;
 
@@ -7,8 +8,9 @@ use std::net::SocketAddr;
 
 use helpers::*;
 use midge_broker::protocol::*;
-use midge_shared::control::{ListenerRow, Request};
-use tokio::io::AsyncReadExt;
+use midge_broker::transport::PeerCertField;
+use midge_shared::control::{ClientRow, ListenerRow, Page, PageRequest, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NODE: &str = "midge@127.0.0.1";
 
@@ -120,5 +122,175 @@ async fn shutdown_count_tells_how_connections_ended() {
     let rows = until(&mut mgmt, |rows| rows[0].shutdown_count.0 == expected).await;
     assert_eq!(rows[0].shutdown_count.0, expected);
     assert_eq!(rows[0].current_clients, 0);
+    broker.stop().await;
+}
+
+fn ssl(server: &pki::Issued) -> ListenerConfig {
+    ListenerConfig {
+        certfile: Some(server.cert.clone()),
+        keyfile: Some(server.key.clone()),
+        ..ListenerConfig::new(ListenerKind::Ssl, loopback())
+    }
+}
+
+/// An ssl listener that checks client certificates against `pki`'s CA.
+fn ssl_verifying(server: &pki::Issued, pki: &pki::Pki, fail_if_no_peer_cert: bool) -> ListenerConfig {
+    ListenerConfig { cacertfile: Some(pki.ca.clone()), verify_peer: true, fail_if_no_peer_cert, ..ssl(server) }
+}
+
+/// Whether a TLS client gets MQTT service: its CONNECT accepted (a client certificate refused under TLS
+/// 1.3 shows only once the server reads, as a closed connection).
+async fn served_over_tls(addr: SocketAddr, connector: &tokio_rustls::TlsConnector, client_id: &str) -> bool {
+    let Ok(stream) = pki::tls_connect(addr, connector).await else { return false };
+    let mut raw = Raw::over(stream);
+    raw.connack(connect_packet(client_id, true)).await == Some(ConnectReturnCode::Accepted)
+}
+
+/// MQTT over TLS reaches subscribers on plain TCP and back; what is not TLS on the TLS port (plain
+/// MQTT, a client that does not trust the certificate) is shut without disturbing the TLS client.
+#[tokio::test]
+async fn tls_listener_serves_mqtt_and_refuses_what_is_not_tls() {
+    let pki = pki::Pki::new("midge-ca");
+    let server = pki.server("broker");
+    let broker = start(Config { listener: vec![tcp(100), ssl(&server)], ..mgmt_config() }).await;
+    let (plain, tls) = (broker.listener(ListenerKind::Tcp, 0), broker.listener(ListenerKind::Ssl, 0));
+    let mut mgmt = Mgmt::connect(plain, NODE).await;
+    let trusting = pki::connector(&pki.ca, None);
+
+    let mut secure = Raw::over(pki::tls_connect(tls, &trusting).await.expect("TLS handshake"));
+    assert_eq!(secure.connack(connect_packet("secure", true)).await, Some(ConnectReturnCode::Accepted));
+    assert_eq!(secure.subscribe(1, &[("from/plain", QoS::AtLeastOnce)]).await, vec![Some(QoS::AtLeastOnce)]);
+    let mut clear = Raw::connected(plain, "clear").await;
+    clear.subscribe(1, &[("from/tls", QoS::AtMostOnce)]).await;
+    clear.send(&publish("from/plain", b"to tls", QoS::AtLeastOnce, 7)).await;
+    assert_eq!(clear.recv().await, Some(Packet::Puback(Ack::new(7))));
+    let delivered = secure.recv_publish().await;
+    assert_eq!(&delivered.payload[..], b"to tls");
+    secure.send(&Packet::Puback(Ack::new(delivered.pkid))).await;
+    secure.send(&publish("from/tls", b"to plain", QoS::AtMostOnce, 0)).await;
+    assert_eq!(&clear.recv_publish().await.payload[..], b"to plain");
+
+    // Plain MQTT on the TLS port: no CONNACK (at most a TLS alert), and the connection is shut.
+    let mut confused = tokio::net::TcpStream::connect(tls).await.unwrap();
+    let mut connect = bytes::BytesMut::new();
+    encode(&Packet::Connect(connect_packet("confused", true)), Protocol::V311, &mut connect);
+    confused.write_all(&connect).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, confused.read_to_end(&mut answer)).await.expect("shut in time").ok();
+    assert_eq!(answer.first(), Some(&0x15), "a TLS alert record, not a CONNACK: {answer:?}");
+    // A client that trusts another CA gives up on the handshake.
+    let stranger = pki::Pki::new("other-ca");
+    assert!(pki::tls_connect(tls, &pki::connector(&stranger.ca, None)).await.is_err());
+
+    secure.ping().await;
+    let rows = until(&mut mgmt, |rows| row(rows, tls).shutdown_count.0.get("tls_error") == Some(&2)).await;
+    let row = row(&rows, tls);
+    assert_eq!(row.protocol, "mqtt:ssl");
+    assert_eq!(row.current_clients, 1);
+    assert_eq!(row.shutdown_count.0, BTreeMap::from([("tls_error".to_string(), 2)]), "{rows:?}");
+    broker.stop().await;
+}
+
+/// With `verify_peer` and `fail_if_no_peer_cert`, only a valid certificate from the configured CA gets
+/// in: none, an expired one and one from another CA are refused.
+#[tokio::test]
+async fn client_certificates_are_checked_against_the_ca() {
+    let pki = pki::Pki::new("midge-ca");
+    let server = pki.server("broker");
+    let broker = start(Config { listener: vec![ssl_verifying(&server, &pki, true)], ..config() }).await;
+    let tls = broker.listener(ListenerKind::Ssl, 0);
+
+    let valid = pki.client("device-1");
+    assert!(served_over_tls(tls, &pki::connector(&pki.ca, Some(&valid)), "device-1").await);
+    assert!(!served_over_tls(tls, &pki::connector(&pki.ca, None), "anonymous").await, "no certificate");
+    let expired = pki.expired_client("device-2");
+    assert!(!served_over_tls(tls, &pki::connector(&pki.ca, Some(&expired)), "device-2").await, "expired");
+    let rogue = pki::Pki::new("rogue-ca").client("device-3");
+    assert!(!served_over_tls(tls, &pki::connector(&pki.ca, Some(&rogue)), "device-3").await, "another CA");
+    assert!(served_over_tls(tls, &pki::connector(&pki.ca, Some(&valid)), "device-1").await, "still serving");
+    broker.stop().await;
+}
+
+/// `peer_cert_as_username`: the certificate's CN (or whole subject) is the username that the API
+/// shows and the ACL sees, whatever CONNECT says; without a certificate there is no username at all.
+#[tokio::test]
+async fn the_client_certificate_can_name_the_user() {
+    let pki = pki::Pki::new("midge-ca");
+    let server = pki.server("broker");
+    let cn = ListenerConfig { peer_cert_as_username: Some(PeerCertField::Cn), ..ssl_verifying(&server, &pki, false) };
+    let dn = ListenerConfig { peer_cert_as_username: Some(PeerCertField::Dn), ..cn.clone() };
+    let dir = tempdir();
+    let acl = dir.join("acl.conf");
+    std::fs::write(&acl, "{allow, {user, \"alice\"}, subscribe, [\"private/#\"]}.\n{deny, all, subscribe, [\"private/#\"]}.\n{allow, all}.\n").unwrap();
+    let config = Config { listener: vec![tcp(100), cn, dn], acl_file: Some(acl), ..mgmt_config() };
+    let broker = start(config).await;
+    let (by_cn, by_dn) = (broker.listener(ListenerKind::Ssl, 0), broker.listener(ListenerKind::Ssl, 1));
+    let mut mgmt = Mgmt::connect(broker.listener(ListenerKind::Tcp, 0), NODE).await;
+    let alice = pki::connector(&pki.ca, Some(&pki.client("alice")));
+
+    let claiming = |client_id: &str, username: &str| Connect {
+        username: Some(username.into()),
+        ..connect_packet(client_id, true)
+    };
+    let mut one = Raw::over(pki::tls_connect(by_cn, &alice).await.unwrap());
+    assert_eq!(one.connack(claiming("one", "mallory")).await, Some(ConnectReturnCode::Accepted));
+    assert_eq!(one.subscribe(1, &[("private/x", QoS::AtMostOnce)]).await, vec![Some(QoS::AtMostOnce)], "ACL saw alice");
+    let mut two = Raw::over(pki::tls_connect(by_dn, &alice).await.unwrap());
+    assert_eq!(two.connack(connect_packet("two", true)).await, Some(ConnectReturnCode::Accepted));
+    // No certificate: the claimed name is not taken, so the ACL refuses the private topic.
+    let mut three = Raw::over(pki::tls_connect(by_cn, &pki::connector(&pki.ca, None)).await.unwrap());
+    assert_eq!(three.connack(claiming("three", "alice")).await, Some(ConnectReturnCode::Accepted));
+    assert_eq!(three.subscribe(1, &[("private/x", QoS::AtMostOnce)]).await, vec![None]);
+
+    let clients: Page<ClientRow> = mgmt.ok(Request::ListClients(PageRequest { page: 1, size: 20 })).await;
+    let username = |id: &str| clients.objects.iter().find(|c| c.client_id == id).unwrap().username.clone();
+    assert_eq!(username("one"), "alice");
+    assert_eq!(username("two"), "CN=alice, O=Midge Tests");
+    assert_eq!(username("three"), "undefined");
+    broker.stop().await;
+}
+
+/// The common name of the certificate the server presented.
+fn server_cn(stream: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
+    let leaf = &stream.get_ref().1.peer_certificates().expect("server certificate")[0];
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
+    let cn = cert.subject().iter_common_name().next().unwrap().as_str().unwrap().to_string();
+    cn
+}
+
+/// Certificates replaced on disk are taken on request: new connections get the new one, connections
+/// already up stay; files that do not load change nothing.
+#[tokio::test]
+async fn certificates_reload_without_dropping_connections() {
+    let pki = pki::Pki::new("midge-ca");
+    let first = pki.server("first");
+    let broker = start(Config { listener: vec![tcp(100), ssl(&first)], ..mgmt_config() }).await;
+    let tls = broker.listener(ListenerKind::Ssl, 0);
+    let mut mgmt = Mgmt::connect(broker.listener(ListenerKind::Tcp, 0), NODE).await;
+    let trusting = pki::connector(&pki.ca, None);
+
+    let stream = pki::tls_connect(tls, &trusting).await.unwrap();
+    assert_eq!(server_cn(&stream), "first");
+    let mut early = Raw::over(stream);
+    assert_eq!(early.connack(connect_packet("early", true)).await, Some(ConnectReturnCode::Accepted));
+
+    let second = pki.server("second");
+    std::fs::copy(&second.cert, &first.cert).unwrap();
+    std::fs::copy(&second.key, &first.key).unwrap();
+    let reloaded: u64 = mgmt.ok(Request::ReloadCertificates).await;
+    assert_eq!(reloaded, 1);
+    let stream = pki::tls_connect(tls, &trusting).await.unwrap();
+    assert_eq!(server_cn(&stream), "second");
+    let mut late = Raw::over(stream);
+    assert_eq!(late.connack(connect_packet("late", true)).await, Some(ConnectReturnCode::Accepted));
+    early.ping().await;
+
+    std::fs::write(&first.key, "not a key").unwrap();
+    let code = mgmt.err(Request::ReloadCertificates).await;
+    assert_eq!(code, 102);
+    let stream = pki::tls_connect(tls, &trusting).await.unwrap();
+    assert_eq!(server_cn(&stream), "second", "the running certificate stays");
+    early.ping().await;
+    late.ping().await;
     broker.stop().await;
 }

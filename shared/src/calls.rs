@@ -136,6 +136,8 @@ calls! {
     metrics() -> BTreeMap<String, u64> = [Request::Metrics] since 1;
     /// Every stat by name (`clients/count`, `clients/max`, ...).
     stats() -> BTreeMap<String, u64> = [Request::Stats] since 1;
+    /// Reads every TLS listener's certificate files again; connections already up keep theirs.
+    reload_certificates() -> u64 = [Request::ReloadCertificates] since 2;
 }
 
 #[cfg(test)]
@@ -218,6 +220,9 @@ mod tests {
         }
         async fn list_listeners(&self) -> Result<Vec<ListenerRow>, ControlError> {
             Ok(vec![])
+        }
+        async fn reload_certificates(&self) -> Result<u64, ControlError> {
+            Ok(0)
         }
         async fn metrics(&self) -> Result<BTreeMap<String, u64>, ControlError> {
             Ok(BTreeMap::from([("messages/sent".to_string(), 3)]))

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// written in; a node answers every version from [`OLDEST_VERSION`] to its own `VERSION`, and tells its
 /// own in its node info (`control_version`), so a newer sidecar asks an older node only what that node
 /// knows (each request has the version that introduced it: `Request::since`).
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The oldest version of this contract that this build still answers.
 pub const OLDEST_VERSION: u32 = 1;
@@ -134,6 +134,8 @@ pub enum Request {
     Metrics,
     /// → `BTreeMap<String, u64>`
     Stats,
+    /// → the number of TLS listeners reloaded, or 102 naming those whose files did not load (since v2)
+    ReloadCertificates,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -352,7 +354,7 @@ mod tests {
     #[test]
     fn envelope_shape() {
         let req = RequestEnvelope {
-            v: VERSION,
+            v: 1,
             id: "7f3c".into(),
             reply_to: reply_topic("mgmt-1"),
             request: Request::ListClients(PageRequest { page: 1, size: 20 }),

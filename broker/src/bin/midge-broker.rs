@@ -1,4 +1,5 @@
-//! The broker binary: read configuration, start, and stop cleanly on SIGTERM or Ctrl-C.
+//! The broker binary: read configuration, start, reload certificates on SIGHUP, and stop cleanly on
+//! SIGTERM or Ctrl-C.
 
 use std::io::{IsTerminal, Read};
 
@@ -35,6 +36,19 @@ async fn run() -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let broker = Broker::bind(config, shutdown.clone(), Some(log_reload)).await?;
+    let certificates = broker.certificates();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = signal(SignalKind::hangup()).expect("can install SIGHUP handler");
+        while hangup.recv().await.is_some() {
+            // The outcome is logged listener by listener.
+            let _ = tokio::task::spawn_blocking({
+                let certificates = certificates.clone();
+                move || certificates.reload()
+            })
+            .await;
+        }
+    });
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");

@@ -259,6 +259,17 @@ impl Handler for Service<'_> {
             .collect())
     }
 
+    async fn reload_certificates(&self) -> Result<u64, ControlError> {
+        let certificates = self.node.certificates.clone();
+        // Reading and parsing files blocks.
+        let reloaded = tokio::task::spawn_blocking(move || certificates.reload())
+            .await
+            .map_err(|e| ControlError::new(code::UNKNOWN, e.to_string()))?;
+        reloaded
+            .map(|n| n as u64)
+            .map_err(|e| ControlError::new(code::UNKNOWN, format!("certificates not reloaded: {e}")))
+    }
+
     async fn metrics(&self) -> Result<BTreeMap<String, u64>, ControlError> {
         Ok(self.node.metrics.snapshot().into_iter().map(|(m, v)| (m.name().to_string(), v)).collect())
     }

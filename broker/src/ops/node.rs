@@ -11,7 +11,7 @@ use super::plugins::Plugins;
 use crate::metrics::{Metrics, Stats};
 use crate::router::RouterHandle;
 use crate::settings::Settings;
-use crate::transport::ListenerStats;
+use crate::transport::{Certificates, ListenerStats};
 
 pub struct Node {
     pub name: String,
@@ -24,6 +24,8 @@ pub struct Node {
     /// For the passwords of plugin configs.
     pub hasher: Hasher,
     pub listeners: Vec<Arc<ListenerStats>>,
+    /// The TLS listeners' certificates, reloaded on request.
+    pub certificates: Certificates,
     /// The most client connections served at once, over every listener.
     pub max_connections: usize,
     pub shutdown: CancellationToken,

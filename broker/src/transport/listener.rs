@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::tls::{Tls, TlsError};
+
 /// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -137,8 +139,14 @@ impl ListenerConfig {
         if self.max_clients == 0 || self.acceptors == 0 {
             return Err("max_clients and acceptors must be at least 1".into());
         }
-        if self.kind != ListenerKind::Tcp {
+        if self.kind.is_websocket() {
             return Err(format!("{} listeners are not served yet", self.kind.protocol()));
+        }
+        if !self.kind.is_tls() && (self.certfile.is_some() || self.keyfile.is_some() || self.verify_peer) {
+            return Err("certfile, keyfile and verify_peer are for ssl and wss listeners".into());
+        }
+        if (self.fail_if_no_peer_cert || self.peer_cert_as_username.is_some()) && !self.verify_peer {
+            return Err("fail_if_no_peer_cert and peer_cert_as_username need verify_peer = true".into());
         }
         Ok(())
     }
@@ -199,16 +207,30 @@ pub struct Accepted {
     pub slot: OwnedSemaphorePermit,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen: {0}")]
+    Bind(#[from] std::io::Error),
+}
+
 pub struct Listener {
     pub config: ListenerConfig,
     tcp: TcpListener,
+    /// For ssl and wss.
+    pub(super) tls: Option<Arc<Tls>>,
     slots: Arc<Semaphore>,
     stats: Arc<ListenerStats>,
 }
 
 impl Listener {
-    /// Binds the listener's socket.
-    pub async fn bind(config: ListenerConfig) -> std::io::Result<Listener> {
+    /// Checks the settings, loads the certificates if any and binds the socket.
+    pub async fn bind(config: ListenerConfig) -> Result<Listener, ListenerError> {
+        config.check().map_err(ListenerError::Config)?;
+        let tls = config.kind.is_tls().then(|| Tls::load(&config).map(Arc::new)).transpose()?;
         let tcp = TcpListener::bind(config.bind).await?;
         let addr = tcp.local_addr()?;
         let stats = Arc::new(ListenerStats {
@@ -219,7 +241,12 @@ impl Listener {
             clients: AtomicU64::new(0),
             shutdowns: Mutex::new(BTreeMap::new()),
         });
-        Ok(Listener { slots: Arc::new(Semaphore::new(config.max_clients)), config, tcp, stats })
+        Ok(Listener { slots: Arc::new(Semaphore::new(config.max_clients)), config, tcp, tls, stats })
+    }
+
+    /// Its TLS settings, for reloading (ssl and wss listeners).
+    pub fn tls(&self) -> Option<Arc<Tls>> {
+        self.tls.clone()
     }
 
     pub fn stats(&self) -> Arc<ListenerStats> {

@@ -5,9 +5,13 @@
 mod connection;
 mod handshake;
 mod listener;
+mod tls;
 
 pub use connection::{
     split, ByteStream, ConnectionError, PacketReader, PacketWriter, SocketHandle, Stream, Written, WRITE_HIGH_WATER,
 };
 pub use handshake::{Established, HandshakeError};
-pub use listener::{Accepted, Connected, Listener, ListenerConfig, ListenerKind, ListenerStats, PeerCertField};
+pub use listener::{
+    Accepted, Connected, Listener, ListenerConfig, ListenerError, ListenerKind, ListenerStats, PeerCertField,
+};
+pub use tls::{Certificates, Tls, TlsError};

@@ -8,6 +8,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use midge_broker::protocol::{self, *};
 use midge_broker::Broker;
+pub mod pki;
+
 pub use midge_broker::Config;
 #[allow(unused_imports)]
 pub use midge_broker::{ListenerConfig, ListenerKind};
@@ -110,9 +112,9 @@ pub fn subscribe(pkid: u16, filters: &[(&str, QoS)]) -> Packet {
     Packet::Subscribe(Subscribe { pkid, filters })
 }
 
-/// A byte-level MQTT client.
-pub struct Raw {
-    stream: TcpStream,
+/// A byte-level MQTT client, over TCP unless made `over` another stream (TLS, WebSocket).
+pub struct Raw<S = TcpStream> {
+    stream: S,
     buf: BytesMut,
 }
 
@@ -153,6 +155,22 @@ impl Raw {
 
     pub async fn connected(addr: SocketAddr, client_id: &str) -> Raw {
         Raw::connect(addr, connect_packet(client_id, true)).await.0
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Raw<S> {
+    pub fn over(stream: S) -> Raw<S> {
+        Raw { stream, buf: BytesMut::new() }
+    }
+
+    /// Sends `connect` and returns the CONNACK's return code (or `None` if the connection closed).
+    pub async fn connack(&mut self, connect: Connect) -> Option<ConnectReturnCode> {
+        self.send(&Packet::Connect(connect)).await;
+        match self.recv().await {
+            Some(Packet::Connack(c)) => Some(c.code),
+            None => None,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
     }
 
     pub async fn send(&mut self, packet: &Packet) {
