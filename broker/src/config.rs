@@ -45,6 +45,10 @@ pub struct Config {
     pub log_level: String,
     /// An `mqtt:ssl` listener here, with `certfile` and `keyfile`: the one-flag way to TLS.
     pub ssl_listen: Option<SocketAddr>,
+    /// An `mqtt:ws` listener here, at `/mqtt`.
+    pub ws_listen: Option<SocketAddr>,
+    /// An `mqtt:wss` listener here, at `/mqtt`, with `certfile` and `keyfile`.
+    pub wss_listen: Option<SocketAddr>,
     /// The certificate chain and key (PEM) of the listeners opened by `*_listen`.
     pub certfile: Option<PathBuf>,
     pub keyfile: Option<PathBuf>,
@@ -83,6 +87,8 @@ impl Default for Config {
             mgmt_secret: None,
             log_level: "info".into(),
             ssl_listen: None,
+            ws_listen: None,
+            wss_listen: None,
             certfile: None,
             keyfile: None,
             cacertfile: None,
@@ -105,6 +111,12 @@ impl Config {
         }
         if let Some(addr) = self.ssl_listen {
             listeners.push(self.tls_listener(ListenerKind::Ssl, addr));
+        }
+        if let Some(addr) = self.ws_listen {
+            listeners.push(ListenerConfig::new(ListenerKind::Ws, addr));
+        }
+        if let Some(addr) = self.wss_listen {
+            listeners.push(self.tls_listener(ListenerKind::Wss, addr));
         }
         listeners
     }
@@ -291,6 +303,17 @@ struct Cli {
     #[arg(long, env = "MIDGE_SSL_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     ssl_listen: Option<SocketAddr>,
+
+    /// Address of an MQTT over WebSocket listener (mqtt:ws at /mqtt, usually port 8083).
+    #[arg(long, env = "MIDGE_WS_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ws_listen: Option<SocketAddr>,
+
+    /// Address of an MQTT over secure WebSocket listener (mqtt:wss at /mqtt, usually port 8084), with
+    /// --certfile and --keyfile.
+    #[arg(long, env = "MIDGE_WSS_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wss_listen: Option<SocketAddr>,
 
     /// Certificate chain (PEM) of the listeners opened by --*-listen.
     #[arg(long, env = "MIDGE_CERTFILE")]

@@ -214,7 +214,7 @@ async fn connection(listener: Arc<Listener>, accepted: Accepted, ctx: Arc<Contex
     let Accepted { tcp, peer, slot } = accepted;
     let connect_timeout = Duration::from_secs(ctx.config.connect_timeout);
     let handshake = tokio::select! {
-        handshake = tokio::time::timeout(connect_timeout, listener.handshake(tcp, peer)) => handshake,
+        handshake = tokio::time::timeout(connect_timeout, listener.handshake(tcp, peer, ctx.config.max_packet_size)) => handshake,
         _ = ctx.shutdown.cancelled() => return,
     };
     let established = match handshake {

@@ -50,7 +50,18 @@ async fn help_documents_every_config_key() {
     // Keys left out of the default (optional ones) are named here.
     let mut names: Vec<String> = keys.keys().cloned().collect();
     names.extend(
-        ["users_file", "acl_file", "mgmt_secret", "ssl_listen", "certfile", "keyfile", "cacertfile"].map(String::from),
+        [
+            "users_file",
+            "acl_file",
+            "mgmt_secret",
+            "ssl_listen",
+            "ws_listen",
+            "wss_listen",
+            "certfile",
+            "keyfile",
+            "cacertfile",
+        ]
+        .map(String::from),
     );
     for key in names {
         let flag = format!("--{}", key.replace('_', "-"));

@@ -166,3 +166,26 @@ async fn paho_mqtt_over_tls() {
     assert!(run(without).await.starts_with("refused"), "no client certificate, no connection");
     broker.stop().await;
 }
+
+/// paho-mqtt with `transport="websockets"`, over ws and over wss.
+#[tokio::test]
+async fn paho_mqtt_over_websocket_and_secure_websocket() {
+    let pki = pki::Pki::new("midge-ca");
+    let server = pki.server("broker");
+    let ws = ListenerConfig::new(ListenerKind::Ws, "127.0.0.1:0".parse().unwrap());
+    let wss = ListenerConfig {
+        certfile: Some(server.cert.clone()),
+        keyfile: Some(server.key.clone()),
+        ..ListenerConfig::new(ListenerKind::Wss, "127.0.0.1:0".parse().unwrap())
+    };
+    let broker = start(Config { listener: vec![ws, wss], ..config() }).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/paho_transport.py");
+    let mut python = tool("python3");
+    python.args([script, &broker.listener(ListenerKind::Ws, 0).port().to_string(), "--ws", "/mqtt"]);
+    assert_eq!(run(python).await, "paho/transport over-ws 1\n");
+    let mut python = tool("python3");
+    python.args([script, &broker.listener(ListenerKind::Wss, 0).port().to_string(), "--ws", "/mqtt", "--ca"]);
+    python.arg(&pki.ca);
+    assert_eq!(run(python).await, "paho/transport over-ws 1\n");
+    broker.stop().await;
+}

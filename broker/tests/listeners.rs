@@ -6,6 +6,7 @@ mod helpers;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use futures_util::SinkExt;
 use helpers::*;
 use midge_broker::protocol::*;
 use midge_broker::transport::PeerCertField;
@@ -292,5 +293,110 @@ async fn certificates_reload_without_dropping_connections() {
     assert_eq!(server_cn(&stream), "second", "the running certificate stays");
     early.ping().await;
     late.ping().await;
+    broker.stop().await;
+}
+
+fn ws_listener() -> ListenerConfig {
+    ListenerConfig::new(ListenerKind::Ws, loopback())
+}
+
+/// MQTT over WebSocket is a byte stream: CONNECT split over three frames, SUBSCRIBE and PUBLISH in one,
+/// a packet's tail in the frame with the next; deliveries reach plain TCP clients and back.
+#[tokio::test]
+async fn websocket_frames_carry_mqtt_however_it_is_split() {
+    let broker = start(Config { listener: vec![tcp(100), ws_listener()], ..config() }).await;
+    let (plain, ws) = (broker.listener(ListenerKind::Tcp, 0), broker.listener(ListenerKind::Ws, 0));
+    let mut client = ws::connect(ws, "/mqtt", "mqtt").await.expect("upgrade");
+    assert_eq!(client.protocol.as_deref(), Some("mqtt"));
+
+    let connect = ws::bytes_of(&[Packet::Connect(connect_packet("browser", true))]);
+    let (a, rest) = connect.split_at(1);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    for part in [a, b, c] {
+        client.frame(part).await;
+    }
+    assert!(matches!(client.recv().await, Some(Packet::Connack(Connack { code: ConnectReturnCode::Accepted, .. }))));
+
+    let both =
+        ws::bytes_of(&[subscribe(1, &[("to/ws", QoS::AtLeastOnce)]), publish("to/tcp", b"hello", QoS::AtMostOnce, 0)]);
+    let mut tcp_client = Raw::connected(plain, "desk").await;
+    tcp_client.subscribe(1, &[("to/tcp", QoS::AtMostOnce)]).await;
+    client.frame(&both).await;
+    assert!(matches!(client.recv().await, Some(Packet::Suback(_))));
+    assert_eq!(&tcp_client.recv_publish().await.payload[..], b"hello");
+
+    tcp_client.send(&publish("to/ws", b"over websocket", QoS::AtLeastOnce, 3)).await;
+    assert_eq!(tcp_client.recv().await, Some(Packet::Puback(Ack::new(3))));
+    let Some(Packet::Publish(delivered)) = client.recv().await else { panic!("expected PUBLISH") };
+    assert_eq!(&delivered.payload[..], b"over websocket");
+    // A PUBACK whose first byte ends one frame and the rest starts the next, behind a PINGREQ.
+    let tail = ws::bytes_of(&[Packet::Puback(Ack::new(delivered.pkid)), Packet::Pingreq]);
+    client.frame(&tail[..1]).await;
+    client.frame(&tail[1..]).await;
+    assert_eq!(client.recv().await, Some(Packet::Pingresp));
+    broker.stop().await;
+}
+
+/// The WebSocket port refuses what is not MQTT over WebSocket at its path, without disturbing the
+/// clients it serves: a plain HTTP request, another path, another subprotocol, MQTT without an upgrade,
+/// and text frames.
+#[tokio::test]
+async fn the_websocket_port_refuses_what_is_not_mqtt_over_websocket() {
+    let broker = start(Config { listener: vec![tcp(100), ws_listener()], ..mgmt_config() }).await;
+    let ws = broker.listener(ListenerKind::Ws, 0);
+    let mut mgmt = Mgmt::connect(broker.listener(ListenerKind::Tcp, 0), NODE).await;
+    let mut served = ws::connect(ws, "/mqtt", "mqttv3.1, mqtt").await.expect("upgrade");
+    assert_eq!(served.protocol.as_deref(), Some("mqtt"), "the newest MQTT subprotocol offered");
+    served.frame(&ws::bytes_of(&[Packet::Connect(connect_packet("served", true))])).await;
+    assert!(matches!(served.recv().await, Some(Packet::Connack(_))));
+
+    let mut http = tokio::net::TcpStream::connect(ws).await.unwrap();
+    http.write_all(b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, http.read_to_end(&mut answer)).await.expect("closed in time").ok();
+    assert!(!answer.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&answer));
+
+    let elsewhere = ws::connect(ws, "/other", "mqtt").await.err().expect("refused");
+    assert!(elsewhere.to_string().contains("404"), "{elsewhere}");
+    let chat = ws::connect(ws, "/mqtt", "chat").await.err().expect("refused");
+    assert!(chat.to_string().contains("400"), "{chat}");
+    let mut bare = Raw::open(ws).await;
+    bare.send(&Packet::Connect(connect_packet("bare", true))).await;
+    bare.expect_closed().await;
+    // No subprotocol at all is taken: some clients send none.
+    let mut unnamed = ws::connect(ws, "/mqtt", "").await.expect("upgrade without a subprotocol");
+    unnamed.frame(&ws::bytes_of(&[Packet::Connect(connect_packet("unnamed", true))])).await;
+    assert!(matches!(unnamed.recv().await, Some(Packet::Connack(_))));
+    unnamed.ws.send(tokio_tungstenite::tungstenite::Message::text("PINGREQ")).await.unwrap();
+    assert_eq!(unnamed.recv().await, None, "text frames end the connection");
+
+    served.frame(&ws::bytes_of(&[Packet::Pingreq])).await;
+    assert_eq!(served.recv().await, Some(Packet::Pingresp));
+    let rows = until(&mut mgmt, |rows| row(rows, ws).shutdown_count.0.get("websocket_error") == Some(&4)).await;
+    let row = row(&rows, ws);
+    assert_eq!(row.protocol, "mqtt:ws");
+    assert_eq!(row.current_clients, 1);
+    assert_eq!(row.shutdown_count.0.get("websocket_error"), Some(&4), "{rows:?}");
+    broker.stop().await;
+}
+
+/// Secure WebSocket: TLS, then the upgrade, then MQTT.
+#[tokio::test]
+async fn secure_websocket_is_tls_then_websocket() {
+    let pki = pki::Pki::new("midge-ca");
+    let server = pki.server("broker");
+    let wss = ListenerConfig { kind: ListenerKind::Wss, ..ssl(&server) };
+    let broker = start(Config { listener: vec![wss], ..config() }).await;
+    let addr = broker.listener(ListenerKind::Wss, 0);
+    let tls = pki::tls_connect(addr, &pki::connector(&pki.ca, None)).await.expect("TLS");
+    let mut client = ws::over(tls, addr, "/mqtt", "mqtt").await.expect("upgrade");
+    client.frame(&ws::bytes_of(&[Packet::Connect(connect_packet("secure-browser", true))])).await;
+    assert!(matches!(client.recv().await, Some(Packet::Connack(Connack { code: ConnectReturnCode::Accepted, .. }))));
+    client
+        .frame(&ws::bytes_of(&[subscribe(1, &[("s/#", QoS::AtMostOnce)]), publish("s/1", b"wss", QoS::AtMostOnce, 0)]))
+        .await;
+    assert!(matches!(client.recv().await, Some(Packet::Suback(_))));
+    let Some(Packet::Publish(own)) = client.recv().await else { panic!("expected PUBLISH") };
+    assert_eq!(&own.payload[..], b"wss");
     broker.stop().await;
 }

@@ -1,13 +1,14 @@
-//! What happens to a connection between accept and its first MQTT byte: the TLS handshake on ssl
-//! listeners. Runs in the connection's own task, under the connect timeout, so a slow or broken
-//! handshake holds no acceptor.
+//! What happens to a connection between accept and its first MQTT byte: the TLS handshake on ssl and
+//! wss listeners, the WebSocket upgrade on ws and wss ones. Runs in the connection's own task, under
+//! the connect timeout, so a slow or broken handshake holds no acceptor.
 
 use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
 
 use super::listener::{Listener, ListenerKind};
-use super::Stream;
+use super::{websocket, Stream};
 
 /// A connection ready for MQTT.
 pub struct Established {
@@ -23,6 +24,8 @@ pub struct Established {
 pub enum HandshakeError {
     #[error("TLS handshake failed: {0}")]
     Tls(std::io::Error),
+    #[error("WebSocket upgrade failed: {0}")]
+    WebSocket(#[from] WsError),
 }
 
 impl HandshakeError {
@@ -30,21 +33,39 @@ impl HandshakeError {
     pub fn reason(&self) -> &'static str {
         match self {
             HandshakeError::Tls(_) => "tls_error",
+            HandshakeError::WebSocket(_) => "websocket_error",
         }
     }
 }
 
 impl Listener {
     /// Sets up an accepted connection as the listener's kind says.
-    pub async fn handshake(&self, tcp: TcpStream, peer: SocketAddr) -> Result<Established, HandshakeError> {
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        max_packet_size: usize,
+    ) -> Result<Established, HandshakeError> {
         let _ = tcp.set_nodelay(true);
-        match (self.config.kind, &self.tls) {
-            (ListenerKind::Ssl, Some(tls)) => {
-                let (stream, username) = tls.accept(tcp).await.map_err(HandshakeError::Tls)?;
-                let certificate_username = tls.takes_username_from_certificate().then_some(username);
-                Ok(Established { stream: Stream::Other(Box::new(stream)), peer, certificate_username })
+        let kind = self.config.kind;
+        let path = self.config.path.as_str();
+        let (stream, certificate_username) = match (&self.tls, kind) {
+            (None, ListenerKind::Ws) => {
+                (Stream::Other(Box::new(websocket::accept(tcp, path, max_packet_size).await?)), None)
             }
-            _ => Ok(Established { stream: Stream::Tcp(tcp), peer, certificate_username: None }),
-        }
+            (None, _) => (Stream::Tcp(tcp), None),
+            (Some(tls), _) => {
+                let (stream, username) = tls.accept(tcp).await.map_err(HandshakeError::Tls)?;
+                let username = tls.takes_username_from_certificate().then_some(username);
+                let stream = match kind {
+                    ListenerKind::Wss => {
+                        Stream::Other(Box::new(websocket::accept(stream, path, max_packet_size).await?))
+                    }
+                    _ => Stream::Other(Box::new(stream)),
+                };
+                (stream, username)
+            }
+        };
+        Ok(Established { stream, peer, certificate_username })
     }
 }

@@ -139,8 +139,8 @@ impl ListenerConfig {
         if self.max_clients == 0 || self.acceptors == 0 {
             return Err("max_clients and acceptors must be at least 1".into());
         }
-        if self.kind.is_websocket() {
-            return Err(format!("{} listeners are not served yet", self.kind.protocol()));
+        if self.kind.is_websocket() && !self.path.starts_with('/') {
+            return Err(format!("path must start with '/': {:?}", self.path));
         }
         if !self.kind.is_tls() && (self.certfile.is_some() || self.keyfile.is_some() || self.verify_peer) {
             return Err("certfile, keyfile and verify_peer are for ssl and wss listeners".into());

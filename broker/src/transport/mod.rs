@@ -6,6 +6,7 @@ mod connection;
 mod handshake;
 mod listener;
 mod tls;
+mod websocket;
 
 pub use connection::{
     split, ByteStream, ConnectionError, PacketReader, PacketWriter, SocketHandle, Stream, Written, WRITE_HIGH_WATER,

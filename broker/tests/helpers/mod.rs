@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use midge_broker::protocol::{self, *};
 use midge_broker::Broker;
 pub mod pki;
+pub mod ws;
 
 pub use midge_broker::Config;
 #[allow(unused_imports)]
