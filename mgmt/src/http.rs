@@ -125,11 +125,13 @@ async fn answer(
     let (parts, body) = request.into_parts();
     let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limits.max_body as u64) {
-        return too_large(limits);
+        return too_large(body, limits).await;
     }
-    let body = match tokio::time::timeout(limits.request_timeout, Limited::new(body, limits.max_body).collect()).await {
-        Ok(Ok(body)) => body.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(limits),
+    let mut body = body;
+    let collected = tokio::time::timeout(limits.request_timeout, Limited::new(&mut body, limits.max_body).collect());
+    let body = match collected.await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(body, limits).await,
         Ok(Err(_)) => return envelope(StatusCode::BAD_REQUEST, "the request body could not be read"),
         Err(_) => return envelope(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time"),
     };
@@ -154,8 +156,23 @@ async fn answer(
         .unwrap_or_else(|_| envelope(StatusCode::INTERNAL_SERVER_ERROR, "the answer could not be sent"))
 }
 
-fn too_large(limits: Limits) -> Response<Full<Bytes>> {
-    envelope(StatusCode::PAYLOAD_TOO_LARGE, &format!("the request body is larger than {} bytes", limits.max_body))
+/// How much of a refused body is read and thrown away before the refusal is sent.
+const DRAIN_MAX: usize = 16 * 1024 * 1024;
+
+/// Refuses a body over the limit, after reading what is left of it (up to `DRAIN_MAX`, within the
+/// request timeout) and then closes the connection. Answering while the client is still sending, and
+/// closing on the bytes it sent, would have the kernel reset the connection, which discards the answer
+/// before the client reads it: the client sees "connection reset" instead of 413.
+async fn too_large(body: Incoming, limits: Limits) -> Response<Full<Bytes>> {
+    let drain = async {
+        let mut body = Limited::new(body, DRAIN_MAX);
+        while let Some(Ok(_)) = body.frame().await {}
+    };
+    let _ = tokio::time::timeout(limits.request_timeout, drain).await;
+    let mut response =
+        envelope(StatusCode::PAYLOAD_TOO_LARGE, &format!("the request body is larger than {} bytes", limits.max_body));
+    response.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// The API's `{code, message}` envelope for errors met before Rocket sees the request.
