@@ -121,7 +121,7 @@ async fn serve_counted(
     // port sees (scanners, health checks, dropped sockets), at info what a client got wrong.
     let first_packet = async {
         tokio::select! {
-            read = timeout(connect_timeout, reader.read_packet()) => Some(read),
+            read = timeout(connect_timeout, reader.read_connect()) => Some(read),
             _ = ctx.shutdown.cancelled() => None,
         }
     };
@@ -132,6 +132,10 @@ async fn serve_counted(
         Ok(Ok((other, size))) => {
             ctx.metrics.packet_received(&other, size);
             tracing::info!(%peer, packet = other.name(), "connection closed: first packet is not CONNECT");
+            return Some("protocol_error");
+        }
+        Ok(Err(ConnectionError::Decode(DecodeError::NotConnect(first)))) => {
+            tracing::info!(%peer, first = format_args!("{first:#04x}"), "connection closed: first packet is not CONNECT");
             return Some("protocol_error");
         }
         Ok(Err(ConnectionError::Decode(DecodeError::UnsupportedProtocol { name, level }))) => {

@@ -400,3 +400,132 @@ async fn secure_websocket_is_tls_then_websocket() {
     assert_eq!(&own.payload[..], b"wss");
     broker.stop().await;
 }
+
+fn proxied(kind: ListenerKind) -> ListenerConfig {
+    ListenerConfig { proxy_protocol: true, ..ListenerConfig::new(kind, loopback()) }
+}
+
+/// A PROXY protocol v2 header (PROXY command, TCP over IPv4 or IPv6) from `source` to `destination`.
+fn proxy_v2(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.push(0x21); // version 2, PROXY
+    let mut addresses = Vec::new();
+    match (source, destination) {
+        (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+            header.push(0x11); // TCP over IPv4
+            addresses.extend(s.ip().octets());
+            addresses.extend(d.ip().octets());
+        }
+        (SocketAddr::V6(s), SocketAddr::V6(d)) => {
+            header.push(0x21); // TCP over IPv6
+            addresses.extend(s.ip().octets());
+            addresses.extend(d.ip().octets());
+        }
+        _ => panic!("one family"),
+    }
+    addresses.extend(source.port().to_be_bytes());
+    addresses.extend(destination.port().to_be_bytes());
+    header.extend((addresses.len() as u16).to_be_bytes());
+    header.extend(addresses);
+    header
+}
+
+/// The v2 header a balancer sends for its own health checks: LOCAL, no addresses.
+fn proxy_v2_local() -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend([0x20, 0x00, 0x00, 0x00]);
+    header
+}
+
+fn connect_bytes(client_id: &str) -> Vec<u8> {
+    ws::bytes_of(&[Packet::Connect(connect_packet(client_id, true))])
+}
+
+/// Behind a balancer speaking the PROXY protocol, the API shows the client's address from the header
+/// (v1 or v2, IPv4 or IPv6), even with CONNECT in the same segment as the header; a header without
+/// addresses leaves the balancer's own. A connection without a header is refused there, and a header
+/// is refused on a listener that does not expect one.
+#[tokio::test]
+async fn proxy_protocol_headers_give_the_clients_address() {
+    let broker = start(Config { listener: vec![tcp(100), proxied(ListenerKind::Tcp)], ..mgmt_config() }).await;
+    let (direct, behind) = (broker.listener(ListenerKind::Tcp, 0), broker.listener(ListenerKind::Tcp, 1));
+    let mut mgmt = Mgmt::connect(direct, NODE).await;
+
+    let headers: [(&str, Vec<u8>); 4] = [
+        ("v1", b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 1883\r\n".to_vec()),
+        ("v1-ipv6", b"PROXY TCP6 2001:db8::7 2001:db8::1 51001 1883\r\n".to_vec()),
+        ("v2", proxy_v2("198.51.100.9:52000".parse().unwrap(), "10.0.0.1:1883".parse().unwrap())),
+        ("v2-local", proxy_v2_local()),
+    ];
+    let mut clients = Vec::new();
+    for (client_id, header) in headers {
+        let mut stream = tokio::net::TcpStream::connect(behind).await.unwrap();
+        let mut bytes = header;
+        bytes.extend(connect_bytes(client_id));
+        stream.write_all(&bytes).await.unwrap();
+        let mut raw = Raw::from_stream(stream);
+        assert!(matches!(raw.recv().await, Some(Packet::Connack(Connack { code: ConnectReturnCode::Accepted, .. }))));
+        clients.push(raw);
+    }
+    // A header split over two segments, its line end the first byte of the second.
+    let mut stream = tokio::net::TcpStream::connect(behind).await.unwrap();
+    stream.write_all(b"PROXY TCP4 192.0.2.44 10.0.0.1 53000 1883\r").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let mut rest = b"\n".to_vec();
+    rest.extend(connect_bytes("v1-split"));
+    stream.write_all(&rest).await.unwrap();
+    let mut split = Raw::from_stream(stream);
+    assert!(matches!(split.recv().await, Some(Packet::Connack(_))));
+
+    let listed: Page<ClientRow> = mgmt.ok(Request::ListClients(PageRequest { page: 1, size: 20 })).await;
+    let address = |id: &str| {
+        let client = listed.objects.iter().find(|c| c.client_id == id).unwrap_or_else(|| panic!("{id} listed"));
+        (client.ipaddress.clone(), client.port)
+    };
+    assert_eq!(address("v1"), ("203.0.113.7".to_string(), 51000));
+    assert_eq!(address("v1-ipv6"), ("2001:db8::7".to_string(), 51001));
+    assert_eq!(address("v2"), ("198.51.100.9".to_string(), 52000));
+    assert_eq!(address("v2-local").0, "127.0.0.1", "no addresses: the balancer's own");
+    assert_eq!(address("v1-split"), ("192.0.2.44".to_string(), 53000));
+
+    // No header where one is expected, a header where none is.
+    let mut bare = Raw::open(behind).await;
+    bare.send(&Packet::Connect(connect_packet("bare", true))).await;
+    bare.expect_closed().await;
+    let mut smuggled = tokio::net::TcpStream::connect(direct).await.unwrap();
+    let mut bytes = b"PROXY TCP4 1.2.3.4 10.0.0.1 1 1883\r\n".to_vec();
+    bytes.extend(connect_bytes("smuggled"));
+    smuggled.write_all(&bytes).await.unwrap();
+    Raw::from_stream(smuggled).expect_closed().await;
+
+    for client in &mut clients {
+        client.ping().await;
+    }
+    let rows = until(&mut mgmt, |rows| row(rows, behind).shutdown_count.0.contains_key("proxy_protocol_error")).await;
+    assert_eq!(row(&rows, behind).shutdown_count.0.get("proxy_protocol_error"), Some(&1), "{rows:?}");
+    assert_eq!(row(&rows, direct).shutdown_count.0.get("protocol_error"), Some(&1), "{rows:?}");
+    broker.stop().await;
+}
+
+/// The header comes before TLS: exactly it is read, and the handshake follows.
+#[tokio::test]
+async fn proxy_protocol_before_tls() {
+    let pki = pki::Pki::new("midge-ca");
+    let server = pki.server("broker");
+    let tls_behind = ListenerConfig { proxy_protocol: true, ..ssl(&server) };
+    let broker = start(Config { listener: vec![tcp(100), tls_behind], ..mgmt_config() }).await;
+    let addr = broker.listener(ListenerKind::Ssl, 0);
+    let mut mgmt = Mgmt::connect(broker.listener(ListenerKind::Tcp, 0), NODE).await;
+
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&proxy_v2("192.0.2.1:40000".parse().unwrap(), "10.0.0.1:8883".parse().unwrap())).await.unwrap();
+    let tls = pki::connector(&pki.ca, None)
+        .connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS after the header");
+    let mut client = Raw::over(tls);
+    assert_eq!(client.connack(connect_packet("behind-tls", true)).await, Some(ConnectReturnCode::Accepted));
+    let listed: Vec<ClientRow> = mgmt.ok(Request::GetClient { client_id: "behind-tls".into() }).await;
+    assert_eq!((listed[0].ipaddress.as_str(), listed[0].port), ("192.0.2.1", 40000));
+    broker.stop().await;
+}

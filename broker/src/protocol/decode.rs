@@ -34,6 +34,8 @@ pub enum DecodeError {
     Truncated,
     #[error("bytes left over after the packet's fields")]
     TrailingBytes,
+    #[error("a connection's first byte is {0:#04x}, which does not begin a CONNECT")]
+    NotConnect(u8),
     #[error("malformed packet: {0}")]
     Malformed(&'static str),
 }

@@ -156,6 +156,29 @@ impl PacketReader {
         }
     }
 
+    /// Waits for the first packet, which must be CONNECT. A first byte that cannot begin one fails at
+    /// once rather than after the length it seems to claim has arrived: an HTTP request, a TLS hello or
+    /// a PROXY header sent to the wrong port is refused as soon as it is seen, not at the timeout.
+    pub async fn read_connect(&mut self) -> Result<(Packet, usize), ConnectionError> {
+        const CONNECT: u8 = 0x10;
+        loop {
+            match self.buf.first() {
+                // Whole, it is named in the log; begun, it is not waited for.
+                Some(&first) if first != CONNECT => match self.next_buffered() {
+                    Ok(Some(packet)) => return Ok(packet),
+                    _ => return Err(DecodeError::NotConnect(first).into()),
+                },
+                Some(_) => {
+                    if let Some(packet) = self.next_buffered()? {
+                        return Ok(packet);
+                    }
+                }
+                None => {}
+            }
+            self.fill().await?;
+        }
+    }
+
     /// Waits for the next whole packet.
     pub async fn read_packet(&mut self) -> Result<(Packet, usize), ConnectionError> {
         loop {

@@ -1,5 +1,6 @@
-//! What happens to a connection between accept and its first MQTT byte: the TLS handshake on ssl and
-//! wss listeners, the WebSocket upgrade on ws and wss ones. Runs in the connection's own task, under
+//! What happens to a connection between accept and its first MQTT byte: the PROXY protocol header
+//! where the listener expects one, the TLS handshake on ssl and wss listeners, the WebSocket upgrade on
+//! ws and wss ones. Runs in the connection's own task, under
 //! the connect timeout, so a slow or broken handshake holds no acceptor.
 
 use std::net::SocketAddr;
@@ -8,6 +9,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 use super::listener::{Listener, ListenerKind};
+use super::proxy::{self, ProxyError};
 use super::{websocket, Stream};
 
 /// A connection ready for MQTT.
@@ -22,6 +24,8 @@ pub struct Established {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     #[error("TLS handshake failed: {0}")]
     Tls(std::io::Error),
     #[error("WebSocket upgrade failed: {0}")]
@@ -32,6 +36,7 @@ impl HandshakeError {
     /// The reason the listener counts it under in `shutdown_count`.
     pub fn reason(&self) -> &'static str {
         match self {
+            HandshakeError::Proxy(_) => "proxy_protocol_error",
             HandshakeError::Tls(_) => "tls_error",
             HandshakeError::WebSocket(_) => "websocket_error",
         }
@@ -42,11 +47,12 @@ impl Listener {
     /// Sets up an accepted connection as the listener's kind says.
     pub async fn handshake(
         &self,
-        tcp: TcpStream,
+        mut tcp: TcpStream,
         peer: SocketAddr,
         max_packet_size: usize,
     ) -> Result<Established, HandshakeError> {
         let _ = tcp.set_nodelay(true);
+        let peer = if self.config.proxy_protocol { proxy::read_header(&mut tcp, peer).await? } else { peer };
         let kind = self.config.kind;
         let path = self.config.path.as_str();
         let (stream, certificate_username) = match (&self.tls, kind) {

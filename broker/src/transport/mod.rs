@@ -5,6 +5,7 @@
 mod connection;
 mod handshake;
 mod listener;
+mod proxy;
 mod tls;
 mod websocket;
 
