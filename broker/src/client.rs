@@ -114,8 +114,8 @@ async fn serve_counted(
     listener: &Arc<ListenerStats>,
     ctx: Arc<Context>,
 ) -> Option<&'static str> {
-    let Established { stream, peer, certificate_username } = established;
-    let (mut reader, mut writer) = transport::split(stream, ctx.config.max_packet_size);
+    let Established { stream, peer, certificate_username, rate_limit } = established;
+    let (mut reader, mut writer) = transport::split(stream, ctx.config.max_packet_size, rate_limit);
     let connect_timeout = Duration::from_secs(ctx.config.connect_timeout);
     // Whatever ends a connection before CONNECT is logged once, with the peer: at debug what any open
     // port sees (scanners, health checks, dropped sockets), at info what a client got wrong.
@@ -400,6 +400,11 @@ impl ClientConnection {
                     }
                 }
                 _ = &mut keepalive, if self.keep_alive > 0 => {
+                    // Held back by the rate limit, the client is not silent: we are not listening. Its
+                    // silence is counted from when we listen again.
+                    if let Some(resume) = self.reader.throttled_until() {
+                        self.last_received = self.last_received.max(resume);
+                    }
                     let deadline = self.last_received + grace;
                     if Instant::now() >= deadline {
                         return Exit::KeepaliveTimeout;
@@ -803,6 +808,7 @@ mod size_tests {
             stream: crate::transport::Stream::Tcp(stream),
             peer: addr,
             certificate_username: None,
+            rate_limit: None,
         };
         let task = super::serve(established, listener, ctx);
         assert!(std::mem::size_of_val(&task) <= 1536, "serve future is {} bytes", std::mem::size_of_val(&task));
@@ -868,8 +874,12 @@ mod stream_tests {
         let (ctx, listener) = broker.parts_for_tests();
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let peer = "127.0.0.9:9".parse().unwrap();
-        let established =
-            crate::transport::Established { stream: Stream::Other(Box::new(server)), peer, certificate_username: None };
+        let established = crate::transport::Established {
+            stream: Stream::Other(Box::new(server)),
+            peer,
+            certificate_username: None,
+            rate_limit: None,
+        };
         tokio::spawn(super::serve(established, listener.clone(), ctx));
         let mut buf = BytesMut::new();
         send(&mut client, &[connect("piped")]).await;

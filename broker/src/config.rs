@@ -413,6 +413,13 @@ mod tests {
 
         let typo = "[[listener]]\nkind = \"tcp\"\nbind = \"0.0.0.0:2883\"\nmax_client = 5\n";
         assert!(Config::deserialize(toml::Value::Table(typo.parse().unwrap())).is_err());
+        let limited = "[[listener]]\nkind = \"tcp\"\nbind = \"0.0.0.0:2883\"\nrate_limit = \"100KB,10KB\"\n";
+        let config = Config::deserialize(toml::Value::Table(limited.parse().unwrap())).unwrap();
+        let limit = config.listeners()[0].rate_limit.expect("a limit");
+        assert_eq!((limit.burst, limit.rate), (100 * 1024, 10 * 1024));
+        let wrong = "[[listener]]\nkind = \"tcp\"\nbind = \"0.0.0.0:2883\"\nrate_limit = \"fast\"\n";
+        let error = Config::deserialize(toml::Value::Table(wrong.parse().unwrap())).unwrap_err();
+        assert!(error.to_string().contains("BURST,RATE"), "{error}");
     }
 
     #[test]

@@ -529,3 +529,55 @@ async fn proxy_protocol_before_tls() {
     assert_eq!((listed[0].ipaddress.as_str(), listed[0].port), ("192.0.2.1", 40000));
     broker.stop().await;
 }
+
+/// A listener's `rate_limit` slows each connection's reads to its rate once the burst is spent: every
+/// message still arrives, in order, only later.
+#[tokio::test]
+async fn rate_limit_slows_the_reader_and_drops_nothing() {
+    let limited = ListenerConfig { rate_limit: Some("1KB,8KB".parse().unwrap()), ..tcp(100) };
+    let broker = start(Config { listener: vec![tcp(100), limited], ..mgmt_config() }).await;
+    let (open, limited) = (broker.listener(ListenerKind::Tcp, 0), broker.listener(ListenerKind::Tcp, 1));
+    let mut subscriber = Raw::connected(open, "sub").await;
+    subscriber.subscribe(1, &[("r/#", QoS::AtMostOnce)]).await;
+    let mut publisher = Raw::connected(limited, "pub").await;
+    let messages = 24;
+    let payload = vec![b'x'; 1024];
+    let mut bytes = Vec::new();
+    for n in 0..messages {
+        bytes.extend(ws::bytes_of(&[publish(&format!("r/{n}"), &payload, QoS::AtMostOnce, 0)]));
+    }
+    let started = tokio::time::Instant::now();
+    publisher.send_bytes(&bytes).await;
+    for n in 0..messages {
+        let message = subscriber.recv_publish().await;
+        assert_eq!((&message.topic[..], message.payload.len()), (format!("r/{n}").as_bytes(), 1024));
+    }
+    let took = started.elapsed();
+    // Some 24.7 KiB past a 1 KiB burst at 8 KiB/s: 2.9 s, less the last read's overdraft (512 bytes).
+    assert!(took >= std::time::Duration::from_millis(2500), "took {took:?}");
+    publisher.ping().await;
+    broker.stop().await;
+}
+
+/// A client the rate limit holds back is not silent, however long the reader waits: its keepalive
+/// counts from when the broker listens again.
+#[tokio::test]
+async fn a_client_held_back_by_the_rate_limit_keeps_its_connection() {
+    let limited = ListenerConfig { rate_limit: Some("1KB,300B".parse().unwrap()), ..tcp(100) };
+    let broker = start(Config { listener: vec![tcp(100), limited], ..mgmt_config() }).await;
+    let (open, limited) = (broker.listener(ListenerKind::Tcp, 0), broker.listener(ListenerKind::Tcp, 1));
+    let mut subscriber = Raw::connected(open, "sub").await;
+    subscriber.subscribe(1, &[("slow", QoS::AtMostOnce)]).await;
+    // Keepalive 1 s: 1.5 s of silence would end it. The burst takes CONNECT and 1000 bytes of the
+    // publish; the next 512 cost 1.7 s at 300 bytes/s before the reader goes on.
+    let mut publisher = Raw::open(limited).await;
+    let connect = Connect { keep_alive: 1, ..connect_packet("pub", true) };
+    assert_eq!(publisher.connack(connect).await, Some(ConnectReturnCode::Accepted));
+    let started = tokio::time::Instant::now();
+    publisher.send(&publish("slow", &[b'x'; 1536], QoS::AtMostOnce, 0)).await;
+    let message = subscriber.recv_publish().await;
+    assert_eq!(message.payload.len(), 1536);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1500), "took {:?}", started.elapsed());
+    publisher.ping().await;
+    broker.stop().await;
+}

@@ -542,7 +542,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (ours, _) = listener.accept().await.unwrap();
-        let (_reader, writer) = crate::transport::split(crate::transport::Stream::Tcp(ours), 1 << 20);
+        let (_reader, writer) = crate::transport::split(crate::transport::Stream::Tcp(ours), 1 << 20, None);
         (writer, peer)
     }
 

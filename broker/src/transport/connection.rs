@@ -12,12 +12,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
+use super::rate_limit::Bucket;
+use super::RateLimit;
 use crate::protocol::{self, DecodeError, Packet, Protocol};
 
 /// Beyond this many unsent bytes a connection stops taking new work until the socket drains.
@@ -72,7 +75,7 @@ enum WriteHalf {
     },
 }
 
-pub fn split(stream: Stream, max_packet_size: usize) -> (PacketReader, PacketWriter) {
+pub fn split(stream: Stream, max_packet_size: usize, rate_limit: Option<RateLimit>) -> (PacketReader, PacketWriter) {
     // Buffers start empty and are released whenever drained, so an idle connection holds none.
     let (reader, writer) = match stream {
         Stream::Tcp(stream) => {
@@ -88,7 +91,8 @@ pub fn split(stream: Stream, max_packet_size: usize) -> (PacketReader, PacketWri
     // Until CONNECT says otherwise: CONNECT names its level itself, and what goes out before (a refusal)
     // is the same in 3.1 and 3.1.1.
     let level = Protocol::V311;
-    let reader = PacketReader { reader, buf: BytesMut::new(), max_packet_size, level };
+    let limiter = rate_limit.map(|limit| Box::new(Bucket::new(limit, Instant::now())));
+    let reader = PacketReader { reader, buf: BytesMut::new(), max_packet_size, level, limiter };
     (reader, PacketWriter { half: writer, buf: BytesMut::new(), level })
 }
 
@@ -97,6 +101,8 @@ pub struct PacketReader {
     buf: BytesMut,
     max_packet_size: usize,
     level: Protocol,
+    /// The listener's `rate_limit`, if it has one (boxed: most connections have none).
+    limiter: Option<Box<Bucket>>,
 }
 
 impl PacketReader {
@@ -107,9 +113,28 @@ impl PacketReader {
         Ok(packet.map(|p| (p, before - self.buf.len())))
     }
 
-    /// Reads more bytes from the stream. Cancel-safe: no bytes are lost if the future is dropped.
-    /// Over TCP the buffer is only grown once the socket is readable, so waiting costs no memory.
+    /// Reads more bytes from the stream, once the rate limit allows. Cancel-safe: no bytes are lost if
+    /// the future is dropped. Over TCP the buffer is only grown once the socket is readable, so waiting
+    /// costs no memory.
     pub async fn fill(&mut self) -> Result<usize, ConnectionError> {
+        if let Some(resume) = self.throttled_until() {
+            tokio::time::sleep_until(resume).await;
+        }
+        let allowance = self.limiter.as_ref().map_or(usize::MAX, |bucket| bucket.allowance());
+        let read = self.read_more(allowance).await?;
+        if let Some(bucket) = &mut self.limiter {
+            bucket.spend(read, Instant::now());
+        }
+        Ok(read)
+    }
+
+    /// While the rate limit holds reads back: until when.
+    pub fn throttled_until(&mut self) -> Option<Instant> {
+        self.limiter.as_mut().and_then(|bucket| bucket.resumes_at(Instant::now()))
+    }
+
+    /// Reads what the stream has, up to `allowance` bytes.
+    async fn read_more(&mut self, allowance: usize) -> Result<usize, ConnectionError> {
         loop {
             let read = match &mut self.reader {
                 ReadHalf::Tcp(reader) => {
@@ -120,11 +145,17 @@ impl PacketReader {
                     // block", a syscall saved per packet at low rates, and one that sat between a publish
                     // and its routing.
                     let buf = &mut self.buf;
-                    std::future::poll_fn(|cx| Poll::Ready(poll_read_buf(Pin::new(&mut *reader), cx, buf))).await
+                    if allowance == usize::MAX {
+                        std::future::poll_fn(|cx| Poll::Ready(poll_read_buf(Pin::new(&mut *reader), cx, buf))).await
+                    } else {
+                        let mut buf = buf.limit(allowance);
+                        std::future::poll_fn(|cx| Poll::Ready(poll_read_buf(Pin::new(&mut *reader), cx, &mut buf)))
+                            .await
+                    }
                 }
                 ReadHalf::Other(reader) => {
                     reserve(&mut self.buf);
-                    Poll::Ready(reader.read_buf(&mut self.buf).await)
+                    Poll::Ready(reader.read_buf(&mut (&mut self.buf).limit(allowance)).await)
                 }
             };
             match read {

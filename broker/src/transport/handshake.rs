@@ -10,6 +10,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 
 use super::listener::{Listener, ListenerKind};
 use super::proxy::{self, ProxyError};
+use super::rate_limit::RateLimit;
 use super::{websocket, Stream};
 
 /// A connection ready for MQTT.
@@ -20,6 +21,8 @@ pub struct Established {
     /// On a listener with `peer_cert_as_username`, the username: the client certificate's, or none
     /// without a certificate (what CONNECT says is never taken there). `None` on other listeners.
     pub certificate_username: Option<Option<String>>,
+    /// The listener's `rate_limit`, for the connection's reader.
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +75,6 @@ impl Listener {
                 (stream, username)
             }
         };
-        Ok(Established { stream, peer, certificate_username })
+        Ok(Established { stream, peer, certificate_username, rate_limit: self.config.rate_limit })
     }
 }

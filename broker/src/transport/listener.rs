@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::rate_limit::RateLimit;
 use super::tls::{Tls, TlsError};
 
 /// What a listener speaks.
@@ -74,10 +75,10 @@ pub struct ListenerConfig {
     /// connection that sends one is refused.
     #[serde(default)]
     pub proxy_protocol: bool,
-    /// EMQ's `rate_limit`, `"BURST,RATE"` in bytes per connection (`"100KB,10KB"`): reads slow down to
-    /// the rate once a burst is spent.
+    /// EMQ's `rate_limit`, `"BURST,RATE"` per connection (`"100KB,10KB"`): reads slow down to the
+    /// rate once a burst is spent.
     #[serde(default)]
-    pub rate_limit: Option<String>,
+    pub rate_limit: Option<RateLimit>,
     /// TLS (ssl, wss): the certificate chain and key, PEM.
     #[serde(default)]
     pub certfile: Option<PathBuf>,

@@ -6,6 +6,7 @@ mod connection;
 mod handshake;
 mod listener;
 mod proxy;
+mod rate_limit;
 mod tls;
 mod websocket;
 
@@ -16,4 +17,5 @@ pub use handshake::{Established, HandshakeError};
 pub use listener::{
     Accepted, Connected, Listener, ListenerConfig, ListenerError, ListenerKind, ListenerStats, PeerCertField,
 };
+pub use rate_limit::RateLimit;
 pub use tls::{Certificates, Tls, TlsError};
