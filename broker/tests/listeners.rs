@@ -581,3 +581,74 @@ async fn a_client_held_back_by_the_rate_limit_keeps_its_connection() {
     publisher.ping().await;
     broker.stop().await;
 }
+
+/// Reads until the broker closes the connection; panics if it has not within `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: std::time::Duration) {
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(limit, async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    });
+    closed.await.expect("closed by the broker in time");
+}
+
+/// A handshake that never finishes (silence where TLS should start, half a WebSocket upgrade, half a
+/// PROXY header) is closed at the connect timeout and counted as `handshake_timeout`, and the slot it
+/// held goes to the next connection. Meanwhile the listener takes no more than its `max_clients`.
+#[tokio::test]
+async fn a_stuck_handshake_times_out_and_gives_its_slot_back() {
+    let pki = pki::Pki::new("midge-ca");
+    let server = pki.server("broker");
+    let one = |config: ListenerConfig| ListenerConfig { max_clients: 1, ..config };
+    let config = Config {
+        connect_timeout: 2,
+        listener: vec![
+            tcp(100),
+            one(ssl(&server)),
+            one(ListenerConfig::new(ListenerKind::Ws, loopback())),
+            one(proxied(ListenerKind::Tcp)),
+        ],
+        ..mgmt_config()
+    };
+    let broker = start(config).await;
+    let tls = broker.listener(ListenerKind::Ssl, 0);
+    let ws = broker.listener(ListenerKind::Ws, 0);
+    let behind = broker.listener(ListenerKind::Tcp, 1);
+    let mut mgmt = Mgmt::connect(broker.listener(ListenerKind::Tcp, 0), NODE).await;
+
+    let started = tokio::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(tls).await.unwrap();
+    let mut half_upgrade = tokio::net::TcpStream::connect(ws).await.unwrap();
+    half_upgrade.write_all(b"GET /mqtt HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
+    let mut half_header = tokio::net::TcpStream::connect(behind).await.unwrap();
+    half_header.write_all(b"PROXY TCP4 192.0.2.1 ").await.unwrap();
+    // Their slots are taken: one more is refused at once.
+    let mut refused = tokio::net::TcpStream::connect(tls).await.unwrap();
+    closed_within(&mut refused, std::time::Duration::from_secs(1)).await;
+
+    for stuck in [&mut silent, &mut half_upgrade, &mut half_header] {
+        closed_within(stuck, WAIT).await;
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1900), "not before the timeout");
+    // The slots are free again.
+    let mut secure = Raw::over(pki::tls_connect(tls, &pki::connector(&pki.ca, None)).await.expect("TLS"));
+    assert_eq!(secure.connack(connect_packet("after-tls", true)).await, Some(ConnectReturnCode::Accepted));
+    let mut upgraded = ws::connect(ws, "/mqtt", "mqtt").await.expect("upgrade");
+    upgraded.frame(&connect_bytes("after-ws")).await;
+    assert!(matches!(upgraded.recv().await, Some(Packet::Connack(_))));
+    let mut proxied_client = tokio::net::TcpStream::connect(behind).await.unwrap();
+    let mut bytes = b"PROXY TCP4 192.0.2.1 10.0.0.1 1000 1883\r\n".to_vec();
+    bytes.extend(connect_bytes("after-proxy"));
+    proxied_client.write_all(&bytes).await.unwrap();
+    assert!(matches!(Raw::from_stream(proxied_client).recv().await, Some(Packet::Connack(_))));
+
+    let rows = listeners(&mut mgmt).await;
+    for addr in [tls, ws, behind] {
+        assert_eq!(row(&rows, addr).shutdown_count.0.get("handshake_timeout"), Some(&1), "{addr}: {rows:?}");
+    }
+    assert_eq!(row(&rows, tls).shutdown_count.0.get("maxlimit"), Some(&1), "{rows:?}");
+    broker.stop().await;
+}
