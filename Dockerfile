@@ -12,10 +12,13 @@ WORKDIR /data
 FROM runtime AS broker
 COPY --from=build /src/target/release/midge-broker /usr/local/bin/midge-broker
 COPY deploy/acl.conf /etc/midge/acl.conf
-ENV MIDGE_LISTEN=0.0.0.0:1883 MIDGE_ACL_FILE=/etc/midge/acl.conf
-EXPOSE 1883
+COPY deploy/broker-entrypoint.sh /usr/local/bin/broker-entrypoint.sh
+# MQTT on 1883 and over WebSocket on 8083 (/mqtt); with server.crt and server.key mounted in
+# /etc/midge/certs, also MQTT/TLS on 8883 and secure WebSocket on 8084 (see broker-entrypoint.sh).
+ENV MIDGE_LISTEN=0.0.0.0:1883 MIDGE_WS_LISTEN=0.0.0.0:8083 MIDGE_ACL_FILE=/etc/midge/acl.conf
+EXPOSE 1883 8083 8883 8084
 HEALTHCHECK --interval=5s --timeout=4s --retries=5 CMD ["midge-broker", "probe"]
-ENTRYPOINT ["midge-broker"]
+ENTRYPOINT ["broker-entrypoint.sh", "midge-broker"]
 
 FROM runtime AS mgmt
 COPY --from=build /src/target/release/midge-mgmt /usr/local/bin/midge-mgmt

@@ -29,7 +29,7 @@ context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 # Wherever cargo put them (CARGO_TARGET_DIR, if set, moves the target directory).
 bin="${CARGO_TARGET_DIR:-target}/$PROFILE"
-cp ".ci/docker/Dockerfile" deploy/acl.conf "$bin/midge-broker" "$bin/midge-mgmt" "$context/"
+cp ".ci/docker/Dockerfile" deploy/acl.conf deploy/broker-entrypoint.sh "$bin/midge-broker" "$bin/midge-mgmt" "$context/"
 docker build -q --target broker -t midge-broker:latest "$context" >/dev/null
 docker build -q --target mgmt -t midge-mgmt:latest "$context" >/dev/null
 echo "built midge-broker:latest and midge-mgmt:latest ($PROFILE binaries on $BASE)"

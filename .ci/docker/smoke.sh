@@ -10,6 +10,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 export COMPOSE_PROJECT_NAME=midge-smoke
 export MIDGE_MGMT_SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export MIDGE_MQTT_PORT=$(free_port) MIDGE_API_PORT=$(free_port)
+export MIDGE_WS_PORT=$(free_port) MIDGE_MQTTS_PORT=$(free_port) MIDGE_WSS_PORT=$(free_port)
 NODE=midge@broker
 API=http://127.0.0.1:$MIDGE_API_PORT/api/v2
 AUTH=admin:public
@@ -42,6 +43,10 @@ wait_for() {
 healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$("${COMPOSE[@]}" ps -q "$1")")" = healthy ]; }
 node_known() { [ "$(code GET "management/nodes/$NODE")" = 0 ]; }
 
+# Certificates as an operator would mount them: TLS comes up because they are there.
+bash scripts/dev-certs.sh "$work/certs" >/dev/null
+export MIDGE_CERTS_DIR=$work/certs
+
 bash .ci/docker/build-images.sh
 "${COMPOSE[@]}" up -d --no-build
 wait_for 90 healthy broker || fail "broker never healthy"
@@ -66,7 +71,24 @@ mosquitto_sub -h 127.0.0.1 -p "$MIDGE_MQTT_PORT" -t '$SYS/brokers/+/uptime' -C 1
 grep -q "^\$SYS/brokers/$NODE/uptime .*seconds" "$work/sys.out" || fail "uptime: $(cat "$work/sys.out")"
 ok "\$SYS/brokers/+/uptime readable from the host"
 
-# (4) an admin user survives a sidecar restart and down/up with the volume kept.
+# (4) the other listeners: MQTT/TLS checked against the CA, WebSocket and secure WebSocket at /mqtt.
+mosquitto_sub -h localhost -p "$MIDGE_MQTTS_PORT" --cafile "$work/certs/ca.crt" -i smoke-tls -t smoke/tls -C 1 -W 30 \
+    > "$work/tls.out" &
+sub=$!
+tls_listed() { curl -s -u "$AUTH" "$API/nodes/$NODE/clients" | grep -q '"client_id":"smoke-tls"'; }
+wait_for 20 tls_listed || fail "no client over TLS on the mounted certificate"
+mosquitto_pub -h 127.0.0.1 -p "$MIDGE_MQTT_PORT" -t smoke/tls -m over-tls -q 1 || fail "publish for TLS"
+wait "$sub" || fail "TLS subscriber got nothing"
+grep -qx over-tls "$work/tls.out" || fail "TLS subscriber got: $(cat "$work/tls.out")"
+ok "mqtt:ssl on $MIDGE_MQTTS_PORT with the mounted certificate"
+transport=broker/tests/interop/paho_transport.py
+out=$(python3 "$transport" "$MIDGE_WS_PORT" --ws /mqtt) || fail "paho over WebSocket: $out"
+[ "$out" = "paho/transport over-ws 1" ] || fail "paho over WebSocket: $out"
+out=$(python3 "$transport" "$MIDGE_WSS_PORT" --ws /mqtt --ca "$work/certs/ca.crt") || fail "paho over wss: $out"
+[ "$out" = "paho/transport over-ws 1" ] || fail "paho over secure WebSocket: $out"
+ok "mqtt:ws and mqtt:wss at /mqtt"
+
+# (5) an admin user survives a sidecar restart and down/up with the volume kept.
 [ "$(code POST users '{"username":"smoke-user","password":"smoke-pass","tags":"ops"}')" = 0 ] || fail "user not created"
 user_works() { [ "$(curl -s -m 5 -X POST "$API/auth" -d '{"username":"smoke-user","password":"smoke-pass"}')" = '{"code":0,"result":[]}' ]; }
 "${COMPOSE[@]}" restart mgmt >/dev/null
@@ -77,7 +99,7 @@ wait_for 90 user_works || fail "user lost on down/up"
 wait_for 30 node_known || fail "sidecar lost the broker after down/up"
 ok "admin user survives restart and down/up"
 
-# (5) broker stopped: 101, quickly; started: back to normal.
+# (6) broker stopped: 101, quickly; started: back to normal.
 "${COMPOSE[@]}" stop broker >/dev/null
 start=$SECONDS
 got=$(code GET "nodes/$NODE/clients")

@@ -151,6 +151,17 @@ impl Config {
     }
 }
 
+/// The listeners that are off unless given an address; an empty one means off.
+const OPTIONAL_LISTENERS: [&str; 3] = ["ssl_listen", "ws_listen", "wss_listen"];
+
+/// A listener's address, or nothing for none.
+fn listen_or_off(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Ok(String::new());
+    }
+    text.parse::<SocketAddr>().map(|_| text.to_string()).map_err(|e| format!("{e} (empty for no listener)"))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -302,18 +313,21 @@ struct Cli {
     /// Address of an MQTT/TLS listener (mqtt:ssl, usually port 8883), with --certfile and --keyfile.
     #[arg(long, env = "MIDGE_SSL_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    ssl_listen: Option<SocketAddr>,
+    #[arg(value_parser = listen_or_off)]
+    ssl_listen: Option<String>,
 
     /// Address of an MQTT over WebSocket listener (mqtt:ws at /mqtt, usually port 8083).
     #[arg(long, env = "MIDGE_WS_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    ws_listen: Option<SocketAddr>,
+    #[arg(value_parser = listen_or_off)]
+    ws_listen: Option<String>,
 
     /// Address of an MQTT over secure WebSocket listener (mqtt:wss at /mqtt, usually port 8084), with
     /// --certfile and --keyfile.
     #[arg(long, env = "MIDGE_WSS_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
-    wss_listen: Option<SocketAddr>,
+    #[arg(value_parser = listen_or_off)]
+    wss_listen: Option<String>,
 
     /// Certificate chain (PEM) of the listeners opened by --*-listen.
     #[arg(long, env = "MIDGE_CERTFILE")]
@@ -355,6 +369,13 @@ impl Cli {
         };
         // Flags and environment (already folded together by clap) override the file key by key.
         table.extend(toml::Table::try_from(&self)?);
+        // An empty address turns that listener off, from the file, the environment (compose files pass
+        // `MIDGE_WS_LISTEN=` for "none") or a flag.
+        for key in OPTIONAL_LISTENERS {
+            if table.get(key).and_then(toml::Value::as_str) == Some("") {
+                table.remove(key);
+            }
+        }
         let config = Config::deserialize(toml::Value::Table(table))?;
         Ok((config, self.command))
     }
@@ -420,6 +441,28 @@ mod tests {
         let wrong = "[[listener]]\nkind = \"tcp\"\nbind = \"0.0.0.0:2883\"\nrate_limit = \"fast\"\n";
         let error = Config::deserialize(toml::Value::Table(wrong.parse().unwrap())).unwrap_err();
         assert!(error.to_string().contains("BURST,RATE"), "{error}");
+    }
+
+    #[test]
+    fn an_empty_address_turns_a_listener_off() {
+        let dir = std::env::temp_dir().join(format!("midge-config-off-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("midge.toml");
+        std::fs::write(&file, "ws_listen = \"127.0.0.1:8083\"\nwss_listen = \"\"\n").unwrap();
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["midge-broker", "--config", file.to_str().unwrap()];
+            argv.extend(args);
+            Cli::try_parse_from(argv)
+                .map_err(|e| e.to_string())
+                .and_then(|cli| cli.into_config().map_err(|e| e.to_string()))
+        };
+        let (config, _) = parse(&[]).unwrap();
+        assert_eq!((config.ws_listen, config.wss_listen), (Some("127.0.0.1:8083".parse().unwrap()), None));
+        let (config, _) = parse(&["--ws-listen", "", "--ssl-listen", "127.0.0.1:8883"]).unwrap();
+        assert_eq!((config.ws_listen, config.ssl_listen), (None, Some("127.0.0.1:8883".parse().unwrap())));
+        let wrong = parse(&["--ws-listen", "8083"]).unwrap_err();
+        assert!(wrong.contains("empty for no listener"), "{wrong}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -59,15 +59,25 @@ async fn run() -> anyhow::Result<()> {
 }
 
 /// Installs the log subscriber; the returned hook changes its filter at runtime (`log.console.level`).
+/// The log filter for a `log_level`. rustls warns about what clients send (an IP address as SNI, as
+/// mosquitto does): noise at the broker's level, so its own logs start at error unless named.
+fn log_filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    if level.contains("rustls") {
+        EnvFilter::try_new(level)
+    } else {
+        EnvFilter::try_new(format!("{level},rustls=error"))
+    }
+}
+
 fn init_logging(filter: &str) -> anyhow::Result<LogReload> {
-    let filter = EnvFilter::try_new(filter).context("invalid log_level")?;
+    let filter = log_filter(filter).context("invalid log_level")?;
     let (filter, handle) = reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
         .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()))
         .init();
     Ok(Box::new(move |level: &str| {
-        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        let filter = log_filter(level).map_err(|e| e.to_string())?;
         handle.reload(filter).map_err(|e| e.to_string())
     }))
 }
