@@ -12,11 +12,10 @@ use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use midge_broker::protocol::{self, Ack, Packet, Protocol, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::mqtt::{drain_in_background, histogram, probe, sent_at, Conn};
+use crate::mqtt::{drain_in_background, histogram, probe, sent_at, Conn, Writer};
 use crate::scenarios::Target;
 
 /// One broker's figures over all rounds.
@@ -49,7 +48,7 @@ pub fn sign_test(a: usize, b: usize) -> f64 {
 
 /// A publisher and a subscriber on one broker, kept for the whole measurement.
 struct Probe {
-    writer: OwnedWriteHalf,
+    writer: Writer,
     wbuf: BytesMut,
     topic: Bytes,
     /// The round the subscriber files its samples under.
@@ -104,9 +103,9 @@ pub async fn interleaved(
 
 impl Probe {
     async fn connect(target: &Target, index: usize, qos: QoS, rounds: usize, epoch: Instant) -> anyhow::Result<Probe> {
-        let mut subscriber = Conn::connect(target.addr, &format!("bench-lat-sub-{index}"), 300).await?;
+        let mut subscriber = Conn::connect(&target.endpoint, &format!("bench-lat-sub-{index}"), 300).await?;
         subscriber.subscribe("bench/latency/+", qos).await?;
-        let publisher = Conn::connect(target.addr, &format!("bench-lat-pub-{index}"), 300).await?;
+        let publisher = Conn::connect(&target.endpoint, &format!("bench-lat-pub-{index}"), 300).await?;
         let Conn { reader, writer, wbuf, .. } = publisher;
         drain_in_background(reader);
         let round = Arc::new(AtomicUsize::new(0));
@@ -119,6 +118,7 @@ impl Probe {
         let sent = epoch.elapsed().as_nanos() as u64;
         protocol::encode(&probe(self.topic.clone(), qos, pkid, sent), Protocol::V311, &mut self.wbuf);
         self.writer.write_all(&self.wbuf).await.context("publish")?;
+        self.writer.flush().await.context("publish")?;
         self.wbuf.clear();
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! `midge-bench all`: starts Mosquitto and Midge on free loopback ports, runs every scenario against
 //! both, stops both, and prints one table. See BENCHMARKS.md for what the numbers mean.
 
+mod certs;
 mod latency;
 mod mqtt;
 mod proc;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use midge_broker::protocol::QoS;
+use mqtt::{Endpoint, Transport};
 use scenarios::{find_max, idle, Load, Step, Target};
 
 #[derive(Parser)]
@@ -31,7 +33,10 @@ struct Cli {
     /// Alternating rounds of the latency scenario (one second each, per broker and QoS).
     #[arg(long, default_value_t = 20)]
     latency_rounds: usize,
-    /// Only these scenarios (fanin0, fanin1, fanout0, latency, idle, overload); all by default.
+    /// Connections opened for the TLS and WebSocket connect rates.
+    #[arg(long, default_value_t = 2_000)]
+    transport_connections: usize,
+    /// Only these scenarios (fanin0, fanin1, fanout0, latency, idle, overload, tls, ws); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Profiling: run each selected throughput scenario on Midge alone at this one rate, step after
@@ -45,12 +50,27 @@ struct Broker {
     name: &'static str,
     child: Child,
     addr: SocketAddr,
+    /// Its other listeners: MQTT/TLS, and WebSocket plain and secure where it has them.
+    tls: SocketAddr,
+    ws: Option<SocketAddr>,
+    wss: Option<SocketAddr>,
     _dir: PathBuf,
 }
 
 impl Broker {
     fn target(&self) -> Target {
-        Target { addr: self.addr, pid: self.child.id() }
+        Target { endpoint: Endpoint::tcp(self.addr), pid: self.child.id() }
+    }
+
+    /// Its listener for `transport`, if it has one.
+    fn target_over(&self, transport: &Transport) -> Option<Target> {
+        let addr = match transport {
+            Transport::Tcp => Some(self.addr),
+            Transport::Tls(_) => Some(self.tls),
+            Transport::Ws => self.ws,
+            Transport::Wss(_) => self.wss,
+        }?;
+        Some(Target { endpoint: Endpoint { addr, transport: transport.clone() }, pid: self.child.id() })
     }
 }
 
@@ -76,9 +96,12 @@ fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_midge(binary: &PathBuf) -> anyhow::Result<Broker> {
-    let port = free_port()?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+fn loopback() -> anyhow::Result<SocketAddr> {
+    Ok(format!("127.0.0.1:{}", free_port()?).parse()?)
+}
+
+fn start_midge(binary: &PathBuf, certs: &certs::Certs) -> anyhow::Result<Broker> {
+    let (addr, tls, ws, wss) = (loopback()?, loopback()?, loopback()?, loopback()?);
     let mut command = Command::new(binary);
     // MIDGE_BENCH_WORKERS sets the broker's worker threads without touching the generator's.
     if let Ok(workers) = std::env::var("MIDGE_BENCH_WORKERS") {
@@ -86,20 +109,34 @@ fn start_midge(binary: &PathBuf) -> anyhow::Result<Broker> {
     }
     let child = command
         .args(["--listen", &addr.to_string(), "--log-level", "warn"])
+        .args(["--ssl-listen", &tls.to_string(), "--ws-listen", &ws.to_string(), "--wss-listen", &wss.to_string()])
+        .arg("--certfile")
+        .arg(&certs.cert)
+        .arg("--keyfile")
+        .arg(&certs.key)
         .stdout(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {}", binary.display()))?;
     wait_listening(addr)?;
-    Ok(Broker { name: "midge", child, addr, _dir: PathBuf::new() })
+    Ok(Broker { name: "midge", child, addr, tls, ws: Some(ws), wss: Some(wss), _dir: PathBuf::new() })
 }
 
-fn start_mosquitto(binary: &str) -> anyhow::Result<Broker> {
-    let port = free_port()?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+/// Mosquitto with the same listeners as Midge but WebSocket: Debian's mosquitto 2.0.11 is built without
+/// libwebsockets, and a `protocol websockets` listener fails to start.
+fn start_mosquitto(binary: &str, certs: &certs::Certs) -> anyhow::Result<Broker> {
+    let (addr, tls) = (loopback()?, loopback()?);
     let dir = std::env::temp_dir().join(format!("midge-bench-mosquitto-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let conf = dir.join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_connections -1\n"))?;
+    let (port, tls_port) = (addr.port(), tls.port());
+    let (cert, key) = (certs.cert.display(), certs.key.display());
+    std::fs::write(
+        &conf,
+        format!(
+            "allow_anonymous true\nlistener {port} 127.0.0.1\nmax_connections -1\n\
+             listener {tls_port} 127.0.0.1\nmax_connections -1\ncertfile {cert}\nkeyfile {key}\n"
+        ),
+    )?;
     let child = Command::new(binary)
         .arg("-c")
         .arg(&conf)
@@ -108,7 +145,8 @@ fn start_mosquitto(binary: &str) -> anyhow::Result<Broker> {
         .spawn()
         .with_context(|| format!("cannot start {binary} (apt-get install mosquitto)"))?;
     wait_listening(addr)?;
-    Ok(Broker { name: "mosquitto", child, addr, _dir: dir })
+    wait_listening(tls)?;
+    Ok(Broker { name: "mosquitto", child, addr, tls, ws: None, wss: None, _dir: dir })
 }
 
 struct Row {
@@ -134,12 +172,25 @@ fn rate_of(step: &Option<Step>) -> f64 {
     step.as_ref().map_or(0.0, |s| s.delivered_rate)
 }
 
+/// Per broker: the best step's p99 and CPU, or that none passed.
+fn step_notes(results: &[Option<Step>], brokers: &[&Broker]) -> String {
+    let notes = results.iter().zip(brokers).map(|(r, b)| match r {
+        Some(s) => format!(
+            "{}: p99 {} µs, broker {:.2} cores, generator {:.2} cores",
+            b.name, s.p99_us, s.broker_cpu, s.generator_cpu
+        ),
+        None => format!("{}: no passing step", b.name),
+    });
+    notes.collect::<Vec<_>>().join("; ")
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let wanted = |name: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == name);
-    let mosquitto = start_mosquitto(&cli.mosquitto)?;
-    let midge = start_midge(&cli.midge)?;
+    let certs = certs::Certs::make()?;
+    let mosquitto = start_mosquitto(&cli.mosquitto, &certs)?;
+    let midge = start_midge(&cli.midge, &certs)?;
     let brokers = [&mosquitto, &midge];
     let budget = Duration::from_secs(55);
     let mut rows = Vec::new();
@@ -174,18 +225,7 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("{name} on {}", broker.name);
             results.push(find_max(&broker.target(), load, start, budget).await?);
         }
-        let note = results
-            .iter()
-            .zip(brokers)
-            .map(|(r, b)| match r {
-                Some(s) => format!(
-                    "{}: p99 {} µs, broker {:.2} cores, generator {:.2} cores",
-                    b.name, s.p99_us, s.broker_cpu, s.generator_cpu
-                ),
-                None => format!("{}: no passing step", b.name),
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
+        let note = step_notes(&results, &brokers);
         rows.push(Row {
             scenario: name.into(),
             unit: "deliveries/s",
@@ -257,6 +297,62 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
+    // The same generator over the other transports: fan-in QoS 0 and the connect rate, each on the
+    // brokers that have such a listener.
+    let connector = certs.connector()?;
+    let transports = [
+        ("tls", "TLS", Transport::Tls(connector.clone())),
+        ("ws", "WebSocket", Transport::Ws),
+        ("wss", "secure WebSocket", Transport::Wss(connector)),
+    ];
+    for (key, label, transport) in transports {
+        if !wanted(key) {
+            continue;
+        }
+        // Per broker: its best fan-in step and its connect rate, or `None` without such a listener.
+        let mut measured: Vec<Option<(Option<Step>, f64)>> = Vec::new();
+        for broker in brokers {
+            let Some(target) = broker.target_over(&transport) else {
+                measured.push(None);
+                continue;
+            };
+            eprintln!("fan-in QoS 0 over {label} on {}", broker.name);
+            let fanin = find_max(&target, fan_in(QoS::AtMostOnce), 40_000.0, budget).await?;
+            eprintln!("{} connections over {label} on {}", cli.transport_connections, broker.name);
+            let connect_rate = idle(&target, cli.transport_connections, 200).await?.connect_rate;
+            measured.push(Some((fanin, connect_rate)));
+        }
+        let (steps, named): (Vec<Option<Step>>, Vec<&Broker>) = measured
+            .iter()
+            .zip(brokers)
+            .filter_map(|(m, broker)| m.as_ref().map(|(step, _)| (step.clone(), broker)))
+            .unzip();
+        let mut note = step_notes(&steps, &named);
+        for (m, broker) in measured.iter().zip(brokers) {
+            if m.is_none() {
+                note.push_str(&format!("; {} has no {label} listener", broker.name));
+            }
+        }
+        let fanin = |i: usize| measured[i].as_ref().map_or(f64::NAN, |(step, _)| rate_of(step));
+        let connects = |i: usize| measured[i].as_ref().map_or(f64::NAN, |(_, rate)| *rate);
+        rows.push(Row {
+            scenario: format!("fan-in QoS 0 over {label} (10 → 1, wildcard)"),
+            unit: "deliveries/s",
+            mosquitto: fanin(0),
+            midge: fanin(1),
+            lower_is_better: false,
+            note,
+        });
+        rows.push(Row {
+            scenario: format!("connect rate over {label} ({} connections, 200 at a time)", cli.transport_connections),
+            unit: "connections/s",
+            mosquitto: connects(0),
+            midge: connects(1),
+            lower_is_better: false,
+            note: String::new(),
+        });
+    }
+
     if wanted("overload") {
         let mut growth = Vec::new();
         for broker in brokers {
@@ -278,11 +374,17 @@ async fn main() -> anyhow::Result<()> {
     println!("| scenario | unit | Mosquitto | Midge | Midge ÷ Mosquitto |");
     println!("|---|---|---:|---:|---:|");
     for row in &rows {
-        let ratio = if row.mosquitto > 0.0 { row.midge / row.mosquitto } else { f64::NAN };
+        let figure = |value: f64| if value.is_nan() { "n/a".to_string() } else { format!("{value:.0}") };
+        let ratio = if row.mosquitto > 0.0 { format!("{:.2}", row.midge / row.mosquitto) } else { "—".into() };
         let better = if row.lower_is_better { " (lower is better)" } else { "" };
         println!(
-            "| {} | {}{} | {:.0} | {:.0} | {:.2} |",
-            row.scenario, row.unit, better, row.mosquitto, row.midge, ratio
+            "| {} | {}{} | {} | {} | {} |",
+            row.scenario,
+            row.unit,
+            better,
+            figure(row.mosquitto),
+            figure(row.midge),
+            ratio
         );
     }
     for row in rows.iter().filter(|r| !r.note.is_empty()) {

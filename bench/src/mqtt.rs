@@ -1,30 +1,103 @@
 //! A bare MQTT client on raw tokio sockets and Midge's codec: just what the load generator needs, with
-//! no per-message allocation beyond the codec's.
+//! no per-message allocation beyond the codec's. It speaks over plain TCP, TLS, WebSocket or both.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use midge_broker::protocol::{self, *};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use midge_broker::transport::WsBytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
+pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// What a connection speaks below MQTT.
+#[derive(Clone)]
+pub enum Transport {
+    Tcp,
+    Tls(TlsConnector),
+    /// WebSocket at `/mqtt`.
+    Ws,
+    Wss(TlsConnector),
+}
+
+/// Where a broker listens, and how to speak to it there.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub transport: Transport,
+}
+
+impl Endpoint {
+    pub fn tcp(addr: SocketAddr) -> Endpoint {
+        Endpoint { addr, transport: Transport::Tcp }
+    }
+
+    /// A connection up to its first MQTT byte: TLS handshake and WebSocket upgrade done.
+    async fn open(&self) -> anyhow::Result<(Reader, Writer)> {
+        let addr = self.addr;
+        let tcp = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
+        tcp.set_nodelay(true)?;
+        let name = || rustls_pki_types::ServerName::try_from("localhost").expect("a valid name");
+        Ok(match &self.transport {
+            Transport::Tcp => {
+                let (reader, writer) = tcp.into_split();
+                (Box::new(reader), Box::new(writer))
+            }
+            Transport::Tls(connector) => split(connector.connect(name(), tcp).await.context("TLS handshake")?),
+            Transport::Ws => split(upgrade(tcp, addr).await?),
+            Transport::Wss(connector) => {
+                split(upgrade(connector.connect(name(), tcp).await.context("TLS handshake")?, addr).await?)
+            }
+        })
+    }
+}
+
+fn split<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> (Reader, Writer) {
+    let (reader, writer) = tokio::io::split(stream);
+    (Box::new(reader), Box::new(writer))
+}
+
+async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(stream: S, addr: SocketAddr) -> anyhow::Result<WsBytes<S>> {
+    let mut request = format!("ws://localhost:{}/mqtt", addr.port()).into_client_request()?;
+    request.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
+    let (ws, _) = tokio_tungstenite::client_async(request, stream).await.context("WebSocket upgrade")?;
+    Ok(WsBytes::new(ws))
+}
+
+/// Reads whatever `reader` has ready without waiting; false once it has closed.
+pub fn read_ready(reader: &mut Reader, sink: &mut [u8]) -> bool {
+    let mut cx = TaskContext::from_waker(Waker::noop());
+    loop {
+        let mut buf = ReadBuf::new(sink);
+        match Pin::new(&mut *reader).poll_read(&mut cx, &mut buf) {
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+            Poll::Ready(_) => return false,
+            Poll::Pending => return true,
+        }
+    }
+}
 
 pub struct Conn {
-    pub reader: OwnedReadHalf,
-    pub writer: OwnedWriteHalf,
+    pub reader: Reader,
+    pub writer: Writer,
     pub rbuf: BytesMut,
     pub wbuf: BytesMut,
 }
 
 impl Conn {
     /// Connects and completes CONNECT/CONNACK.
-    pub async fn connect(addr: SocketAddr, client_id: &str, keep_alive: u16) -> anyhow::Result<Conn> {
-        let stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
-        stream.set_nodelay(true)?;
-        let (reader, writer) = stream.into_split();
+    pub async fn connect(endpoint: &Endpoint, client_id: &str, keep_alive: u16) -> anyhow::Result<Conn> {
+        let (reader, writer) = endpoint.open().await?;
         let mut conn = Conn { reader, writer, rbuf: BytesMut::with_capacity(64 * 1024), wbuf: BytesMut::new() };
         conn.send(&Packet::Connect(Connect {
             protocol: Protocol::V311,
@@ -49,6 +122,8 @@ impl Conn {
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         if !self.wbuf.is_empty() {
             self.writer.write_all(&self.wbuf).await?;
+            // TLS and WebSocket may hold what was written until flushed; TCP's flush does nothing.
+            self.writer.flush().await?;
             self.wbuf.clear();
         }
         Ok(())
@@ -94,7 +169,7 @@ pub fn sent_at(payload: &[u8]) -> Option<u64> {
 }
 
 /// Reads and drops whatever arrives on `reader` (a publisher's acknowledgements) until it closes.
-pub fn drain_in_background(mut reader: OwnedReadHalf) {
+pub fn drain_in_background(mut reader: Reader) {
     tokio::spawn(async move {
         let mut sink = vec![0u8; 64 * 1024];
         while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}

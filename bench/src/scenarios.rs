@@ -1,7 +1,6 @@
 //! The scenarios. Each builds its connections fresh, paces its publishers, and measures delivery and
 //! latency at the subscribers; the throughput scenarios step the rate up until a step fails.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +8,7 @@ use hdrhistogram::Histogram;
 use midge_broker::protocol::{Ack, Packet, Protocol, Publish, QoS};
 use tokio::io::AsyncReadExt;
 
-use crate::mqtt::{drain_in_background, histogram, probe, sent_at, Conn};
+use crate::mqtt::{drain_in_background, histogram, probe, read_ready, sent_at, Conn, Endpoint};
 use crate::proc;
 
 /// What one run at one rate gave.
@@ -48,7 +47,7 @@ impl Step {
 }
 
 pub struct Target {
-    pub addr: SocketAddr,
+    pub endpoint: Endpoint,
     pub pid: u32,
 }
 
@@ -119,7 +118,7 @@ async fn publish_loop(conns: Vec<(Conn, String)>, rate_each: f64, qos: QoS, epoc
         ticker.tick().await;
         let elapsed = start.elapsed().min(duration);
         for (reader, writer, wbuf, topic, sent) in publishers.iter_mut() {
-            while matches!(reader.try_read(&mut sink), Ok(n) if n > 0) {}
+            read_ready(reader, &mut sink);
             let due = (rate_each * elapsed.as_secs_f64()) as u64;
             let now = epoch.elapsed().as_nanos() as u64;
             while *sent < due {
@@ -130,7 +129,7 @@ async fn publish_loop(conns: Vec<(Conn, String)>, rate_each: f64, qos: QoS, epoc
             }
             if !wbuf.is_empty() {
                 use tokio::io::AsyncWriteExt;
-                if writer.write_all(wbuf).await.is_err() {
+                if writer.write_all(wbuf).await.is_err() || writer.flush().await.is_err() {
                     break 'publishing;
                 }
                 wbuf.clear();
@@ -165,13 +164,13 @@ async fn step(target: &Target, load: Load, rate: f64) -> anyhow::Result<Step> {
     let epoch = Instant::now();
     let mut subs = Vec::new();
     for i in 0..subscribers {
-        let mut conn = Conn::connect(target.addr, &format!("bench-sub-{i}"), 300).await?;
+        let mut conn = Conn::connect(&target.endpoint, &format!("bench-sub-{i}"), 300).await?;
         conn.subscribe(filter, qos).await?;
         subs.push(conn);
     }
     let mut pubs = Vec::new();
     for i in 0..publishers {
-        pubs.push((Conn::connect(target.addr, &format!("bench-pub-{i}"), 300).await?, format!("{prefix}/{i}")));
+        pubs.push((Conn::connect(&target.endpoint, &format!("bench-pub-{i}"), 300).await?, format!("{prefix}/{i}")));
     }
     let cpu_before = (proc::cpu_seconds(None), proc::cpu_seconds(Some(target.pid)));
     let wall = Instant::now();
@@ -257,9 +256,9 @@ pub async fn idle(target: &Target, n: usize, concurrency: usize) -> anyhow::Resu
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let permit = semaphore.clone().acquire_owned().await?;
-        let addr = target.addr;
+        let endpoint = target.endpoint.clone();
         tasks.push(tokio::spawn(async move {
-            let conn = Conn::connect(addr, &format!("idle-{i}"), 600).await;
+            let conn = Conn::connect(&endpoint, &format!("idle-{i}"), 600).await;
             drop(permit);
             conn
         }));
@@ -284,9 +283,9 @@ pub async fn idle(target: &Target, n: usize, concurrency: usize) -> anyhow::Resu
 /// broker's memory grow? Bounded queues keep it flat; an unbounded one would hold every message.
 pub async fn overload(target: &Target, rate: f64) -> anyhow::Result<u64> {
     let epoch = Instant::now();
-    let mut sleeper = Conn::connect(target.addr, "bench-slow-sub", 300).await?;
+    let mut sleeper = Conn::connect(&target.endpoint, "bench-slow-sub", 300).await?;
     sleeper.subscribe("bench/overload/+", QoS::AtMostOnce).await?;
-    let publisher = Conn::connect(target.addr, "bench-flood", 300).await?;
+    let publisher = Conn::connect(&target.endpoint, "bench-flood", 300).await?;
     let before = proc::rss_bytes(target.pid);
     publish_loop(vec![(publisher, "bench/overload/0".into())], rate, QoS::AtMostOnce, epoch, Duration::from_secs(5))
         .await;

@@ -19,3 +19,4 @@ pub use listener::{
 };
 pub use rate_limit::RateLimit;
 pub use tls::{Certificates, Tls, TlsError};
+pub use websocket::WsBytes;

@@ -36,7 +36,7 @@ where
         .max_frame_size(Some(max_packet_size + 64 * 1024));
     let negotiate = |request: &Request, response: Response| upgrade(path, request, response);
     let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, negotiate, Some(config)).await?;
-    Ok(WsBytes { ws, read: Bytes::new() })
+    Ok(WsBytes::new(ws))
 }
 
 #[allow(clippy::result_large_err)]
@@ -76,6 +76,13 @@ pub struct WsBytes<S> {
     ws: WebSocketStream<S>,
     /// What is left of the last message read.
     read: Bytes,
+}
+
+impl<S> WsBytes<S> {
+    /// Either end of an upgraded connection: the broker's, or a client's (the load generator's).
+    pub fn new(ws: WebSocketStream<S>) -> WsBytes<S> {
+        WsBytes { ws, read: Bytes::new() }
+    }
 }
 
 fn io_error(e: WsError) -> io::Error {
