@@ -44,6 +44,7 @@ healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$("${COMPOSE[@]}"
 node_known() { [ "$(code GET "management/nodes/$NODE")" = 0 ]; }
 
 # Certificates as an operator would mount them: TLS comes up because they are there.
+command -v openssl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl; }
 bash scripts/dev-certs.sh "$work/certs" >/dev/null
 export MIDGE_CERTS_DIR=$work/certs
 
