@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use midge_shared::control as ctl;
 use midge_shared::sys::{ClientConnected, ClientDisconnected};
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
 use crate::auth::acl::{Access, AclCache, ClientInfo, Decision};
 use crate::auth::Principal;
@@ -100,10 +100,11 @@ impl From<DecodeError> for Exit {
     }
 }
 
-/// Serves one connection, from whichever listener it came through, until it ends. Never panics on
-/// peer input; every error ends only this connection.
-pub async fn serve(established: Established, listener: Arc<ListenerStats>, ctx: Arc<Context>) {
-    if let Some(reason) = Box::pin(serve_counted(established, &listener, ctx)).await {
+/// Serves one connection, from whichever listener it came through, until it ends; its CONNECT must
+/// have come by `connect_by` (the connect timeout counts from accept, handshake included). Never panics
+/// on peer input; every error ends only this connection.
+pub async fn serve(established: Established, connect_by: Instant, listener: Arc<ListenerStats>, ctx: Arc<Context>) {
+    if let Some(reason) = Box::pin(serve_counted(established, connect_by, &listener, ctx)).await {
         listener.shut(reason);
     }
 }
@@ -111,17 +112,17 @@ pub async fn serve(established: Established, listener: Arc<ListenerStats>, ctx: 
 /// Serves the connection; what it ended with, if it was a shutdown that its listener counts.
 async fn serve_counted(
     established: Established,
+    connect_by: Instant,
     listener: &Arc<ListenerStats>,
     ctx: Arc<Context>,
 ) -> Option<&'static str> {
     let Established { stream, peer, certificate_username, rate_limit } = established;
     let (mut reader, mut writer) = transport::split(stream, ctx.config.max_packet_size, rate_limit);
-    let connect_timeout = Duration::from_secs(ctx.config.connect_timeout);
     // Whatever ends a connection before CONNECT is logged once, with the peer: at debug what any open
     // port sees (scanners, health checks, dropped sockets), at info what a client got wrong.
     let first_packet = async {
         tokio::select! {
-            read = timeout(connect_timeout, reader.read_connect()) => Some(read),
+            read = timeout_at(connect_by, reader.read_connect()) => Some(read),
             _ = ctx.shutdown.cancelled() => None,
         }
     };
@@ -810,7 +811,8 @@ mod size_tests {
             certificate_username: None,
             rate_limit: None,
         };
-        let task = super::serve(established, listener, ctx);
+        let task =
+            super::serve(established, tokio::time::Instant::now() + std::time::Duration::from_secs(10), listener, ctx);
         assert!(std::mem::size_of_val(&task) <= 1536, "serve future is {} bytes", std::mem::size_of_val(&task));
         assert!(std::mem::size_of::<crate::router::OutboxItem>() <= 24);
     }
@@ -880,7 +882,12 @@ mod stream_tests {
             certificate_username: None,
             rate_limit: None,
         };
-        tokio::spawn(super::serve(established, listener.clone(), ctx));
+        tokio::spawn(super::serve(
+            established,
+            tokio::time::Instant::now() + Duration::from_secs(10),
+            listener.clone(),
+            ctx,
+        ));
         let mut buf = BytesMut::new();
         send(&mut client, &[connect("piped")]).await;
         assert!(

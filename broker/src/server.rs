@@ -212,9 +212,10 @@ async fn accept_loop(listener: Arc<Listener>, ctx: Arc<Context>, connections: Ta
 /// listener's slot is held throughout.
 async fn connection(listener: Arc<Listener>, accepted: Accepted, ctx: Arc<Context>) {
     let Accepted { tcp, peer, slot } = accepted;
-    let connect_timeout = Duration::from_secs(ctx.config.connect_timeout);
+    // One deadline from accept to CONNECT: the handshake and the CONNECT that follows share it.
+    let connect_by = tokio::time::Instant::now() + Duration::from_secs(ctx.config.connect_timeout);
     let handshake = tokio::select! {
-        handshake = tokio::time::timeout(connect_timeout, listener.handshake(tcp, peer, ctx.config.max_packet_size)) => handshake,
+        handshake = tokio::time::timeout_at(connect_by, listener.handshake(tcp, peer, ctx.config.max_packet_size)) => handshake,
         _ = ctx.shutdown.cancelled() => return,
     };
     let established = match handshake {
@@ -230,6 +231,6 @@ async fn connection(listener: Arc<Listener>, accepted: Accepted, ctx: Arc<Contex
             return;
         }
     };
-    crate::client::serve(established, listener.stats(), ctx).await;
+    crate::client::serve(established, connect_by, listener.stats(), ctx).await;
     drop(slot);
 }
