@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use midge_shared::calls::Call;
 use midge_shared::control::{self, code, NodeInfo, Outcome, ReplyEnvelope, Request, RequestEnvelope};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
@@ -71,7 +71,12 @@ impl Link {
         // Listings are paged, but a page of long client ids is still larger than rumqttc's default.
         options.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
         options.set_credentials(config.mgmt_username.clone(), config.mgmt_secret.clone().unwrap_or_default());
-        let (client, eventloop) = AsyncClient::new(options, 256);
+        let (client, mut eventloop) = AsyncClient::new(options, 256);
+        // Without it a request waits behind the PUBACK of the previous reply until the broker's
+        // delayed ACK comes (Nagle's algorithm): some 40 ms on every call after the first.
+        let mut network = NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let (appeared, announcements) = mpsc::unbounded_channel();
         let link = Arc::new(Link {
             client,
