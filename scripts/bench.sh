@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 command -v mosquitto >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
 # 10,000 idle connections need file descriptors on both sides.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-cargo build --release -p midge-broker -p midge-bench
-exec ./target/release/midge-bench --midge target/release/midge-broker "$@"
+cargo build --release -p midge-broker -p midge-mgmt -p midge-bench
+exec ./target/release/midge-bench --midge target/release/midge-broker --mgmt target/release/midge-mgmt "$@"

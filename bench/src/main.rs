@@ -1,6 +1,7 @@
 //! `midge-bench all`: starts Mosquitto and Midge on free loopback ports, runs every scenario against
 //! both, stops both, and prints one table. See BENCHMARKS.md for what the numbers mean.
 
+mod api;
 mod certs;
 mod latency;
 mod mqtt;
@@ -24,6 +25,15 @@ struct Cli {
     /// The midge-broker binary to measure.
     #[arg(long, default_value = "target/release/midge-broker")]
     midge: PathBuf,
+    /// The midge-mgmt binary, for the API's latency.
+    #[arg(long, default_value = "target/release/midge-mgmt")]
+    mgmt: PathBuf,
+    /// Idle MQTT clients connected while the API is timed.
+    #[arg(long, default_value_t = 10_000)]
+    api_clients: usize,
+    /// Requests timed per API route.
+    #[arg(long, default_value_t = 1_000)]
+    api_requests: usize,
     /// The mosquitto binary to compare with.
     #[arg(long, default_value = "mosquitto")]
     mosquitto: String,
@@ -36,7 +46,8 @@ struct Cli {
     /// Connections opened for the TLS and WebSocket connect rates.
     #[arg(long, default_value_t = 2_000)]
     transport_connections: usize,
-    /// Only these scenarios (fanin0, fanin1, fanout0, latency, idle, overload, tls, ws); all by default.
+    /// Only these scenarios (fanin0, fanin1, fanout0, latency, idle, overload, tls, ws, wss, api); all by
+    /// default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Profiling: run each selected throughput scenario on Midge alone at this one rate, step after
@@ -108,6 +119,7 @@ fn start_midge(binary: &PathBuf, certs: &certs::Certs) -> anyhow::Result<Broker>
         command.env("TOKIO_WORKER_THREADS", workers);
     }
     let child = command
+        .env("MIDGE_MGMT_SECRET", api::MGMT_SECRET)
         .args(["--listen", &addr.to_string(), "--log-level", "warn"])
         .args(["--ssl-listen", &tls.to_string(), "--ws-listen", &ws.to_string(), "--wss-listen", &wss.to_string()])
         .arg("--certfile")
@@ -351,6 +363,23 @@ async fn main() -> anyhow::Result<()> {
             lower_is_better: false,
             note: String::new(),
         });
+    }
+
+    if wanted("api") {
+        eprintln!("API latency on midge, {} idle clients", cli.api_clients);
+        let routes = api::measure(&cli.mgmt, &midge.target(), cli.api_clients, cli.api_requests).await?;
+        for route in routes {
+            for (quantile, value) in [("p50", route.p50_us), ("p99", route.p99_us)] {
+                rows.push(Row {
+                    scenario: format!("API GET {} {quantile} ({} idle clients)", route.route, cli.api_clients),
+                    unit: "µs",
+                    mosquitto: f64::NAN,
+                    midge: value as f64,
+                    lower_is_better: true,
+                    note: String::new(),
+                });
+            }
+        }
     }
 
     if wanted("overload") {

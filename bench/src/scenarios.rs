@@ -252,21 +252,7 @@ pub async fn idle(target: &Target, n: usize, concurrency: usize) -> anyhow::Resu
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = proc::rss_bytes(target.pid);
     let started = Instant::now();
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency));
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let permit = semaphore.clone().acquire_owned().await?;
-        let endpoint = target.endpoint.clone();
-        tasks.push(tokio::spawn(async move {
-            let conn = Conn::connect(&endpoint, &format!("idle-{i}"), 600).await;
-            drop(permit);
-            conn
-        }));
-    }
-    let mut conns = Vec::with_capacity(n);
-    for task in tasks {
-        conns.push(task.await??);
-    }
+    let conns = open_idle(&target.endpoint, n, concurrency).await?;
     let elapsed = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = proc::rss_bytes(target.pid);
@@ -277,6 +263,26 @@ pub async fn idle(target: &Target, n: usize, concurrency: usize) -> anyhow::Resu
         connect_rate: n as f64 / elapsed,
         rss_per_connection: rss_after.saturating_sub(rss_before) as f64 / n as f64,
     })
+}
+
+/// `n` connected clients that do nothing, opened `concurrency` at a time.
+pub async fn open_idle(endpoint: &Endpoint, n: usize, concurrency: usize) -> anyhow::Result<Vec<Conn>> {
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let permit = semaphore.clone().acquire_owned().await?;
+        let endpoint = endpoint.clone();
+        tasks.push(tokio::spawn(async move {
+            let conn = Conn::connect(&endpoint, &format!("idle-{i}"), 600).await;
+            drop(permit);
+            conn
+        }));
+    }
+    let mut conns = Vec::with_capacity(n);
+    for task in tasks {
+        conns.push(task.await??);
+    }
+    Ok(conns)
 }
 
 /// A subscriber that never reads while a publisher floods it for five seconds: how much does the
