@@ -15,6 +15,7 @@ mod error;
 mod http;
 pub mod link;
 mod passwords;
+mod prometheus;
 pub mod startup;
 
 use std::sync::Arc;

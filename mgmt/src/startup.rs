@@ -77,7 +77,7 @@ async fn application(config: Config) -> anyhow::Result<Rocket<Build>> {
     Ok(rocket::custom(figment)
         .manage(App { db, link, desired, passwords })
         .mount("/api/v2", api::routes())
-        .mount("/", routes![api::status])
+        .mount("/", routes![api::status, crate::prometheus::metrics])
         .register("/", catchers![auth::unauthorized, error::catch_all])
         .attach(AdHoc::on_response("log", |request, response| {
             Box::pin(async move {

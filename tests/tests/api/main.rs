@@ -8,4 +8,5 @@ mod http;
 mod link;
 mod logins;
 mod logs;
+mod prometheus;
 mod routes;
