@@ -385,12 +385,19 @@ impl Cli {
 mod tests {
     use super::*;
 
-    #[test]
-    fn flags_override_file_and_defaults_fill_the_rest() {
-        let dir = std::env::temp_dir().join(format!("midge-config-{}", std::process::id()));
+    /// `text` as `midge.toml` in a directory of this process's own: (the directory, the file).
+    fn config_file(tag: &str, text: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("midge.toml");
-        std::fs::write(&file, "node = \"from-file@h\"\nmax_inflight = 7\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        std::fs::write(&file, text).unwrap();
+        (dir, file)
+    }
+
+    #[test]
+    fn flags_override_file_and_defaults_fill_the_rest() {
+        let (dir, file) =
+            config_file("midge-config", "node = \"from-file@h\"\nmax_inflight = 7\nlisten = \"127.0.0.1:1\"\n");
         let cli = Cli::try_parse_from([
             "midge-broker",
             "--config",
@@ -407,6 +414,7 @@ mod tests {
         assert_eq!(config.max_inflight, 7);
         assert!(!config.allow_anonymous);
         assert_eq!(config.max_mqueue_len, Config::default().max_mqueue_len);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -445,10 +453,7 @@ mod tests {
 
     #[test]
     fn an_empty_address_turns_a_listener_off() {
-        let dir = std::env::temp_dir().join(format!("midge-config-off-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("midge.toml");
-        std::fs::write(&file, "ws_listen = \"127.0.0.1:8083\"\nwss_listen = \"\"\n").unwrap();
+        let (dir, file) = config_file("midge-config-off", "ws_listen = \"127.0.0.1:8083\"\nwss_listen = \"\"\n");
         let parse = |args: &[&str]| {
             let mut argv = vec!["midge-broker", "--config", file.to_str().unwrap()];
             argv.extend(args);

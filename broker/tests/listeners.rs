@@ -530,15 +530,22 @@ async fn proxy_protocol_before_tls() {
     broker.stop().await;
 }
 
+/// A broker with an open TCP listener and one limited to `limit`: the limited one's address, and a
+/// subscriber to `filter` on the open one.
+async fn rate_limited(limit: &str, filter: &str) -> (TestBroker, SocketAddr, Raw) {
+    let limited = ListenerConfig { rate_limit: Some(limit.parse().unwrap()), ..tcp(100) };
+    let broker = start(Config { listener: vec![tcp(100), limited], ..mgmt_config() }).await;
+    let (open, limited) = (broker.listener(ListenerKind::Tcp, 0), broker.listener(ListenerKind::Tcp, 1));
+    let mut subscriber = Raw::connected(open, "sub").await;
+    subscriber.subscribe(1, &[(filter, QoS::AtMostOnce)]).await;
+    (broker, limited, subscriber)
+}
+
 /// A listener's `rate_limit` slows each connection's reads to its rate once the burst is spent: every
 /// message still arrives, in order, only later.
 #[tokio::test]
 async fn rate_limit_slows_the_reader_and_drops_nothing() {
-    let limited = ListenerConfig { rate_limit: Some("1KB,8KB".parse().unwrap()), ..tcp(100) };
-    let broker = start(Config { listener: vec![tcp(100), limited], ..mgmt_config() }).await;
-    let (open, limited) = (broker.listener(ListenerKind::Tcp, 0), broker.listener(ListenerKind::Tcp, 1));
-    let mut subscriber = Raw::connected(open, "sub").await;
-    subscriber.subscribe(1, &[("r/#", QoS::AtMostOnce)]).await;
+    let (broker, limited, mut subscriber) = rate_limited("1KB,8KB", "r/#").await;
     let mut publisher = Raw::connected(limited, "pub").await;
     let messages = 24;
     let payload = vec![b'x'; 1024];
@@ -563,11 +570,7 @@ async fn rate_limit_slows_the_reader_and_drops_nothing() {
 /// counts from when the broker listens again.
 #[tokio::test]
 async fn a_client_held_back_by_the_rate_limit_keeps_its_connection() {
-    let limited = ListenerConfig { rate_limit: Some("1KB,300B".parse().unwrap()), ..tcp(100) };
-    let broker = start(Config { listener: vec![tcp(100), limited], ..mgmt_config() }).await;
-    let (open, limited) = (broker.listener(ListenerKind::Tcp, 0), broker.listener(ListenerKind::Tcp, 1));
-    let mut subscriber = Raw::connected(open, "sub").await;
-    subscriber.subscribe(1, &[("slow", QoS::AtMostOnce)]).await;
+    let (broker, limited, mut subscriber) = rate_limited("1KB,300B", "slow").await;
     // Keepalive 1 s: 1.5 s of silence would end it. The burst takes CONNECT and 1000 bytes of the
     // publish; the next 512 cost 1.7 s at 300 bytes/s before the reader goes on.
     let mut publisher = Raw::open(limited).await;

@@ -144,14 +144,8 @@ impl PacketReader {
                     // `fill` then waits for epoll instead of asking the socket again only to hear "would
                     // block", a syscall saved per packet at low rates, and one that sat between a publish
                     // and its routing.
-                    let buf = &mut self.buf;
-                    if allowance == usize::MAX {
-                        std::future::poll_fn(|cx| Poll::Ready(poll_read_buf(Pin::new(&mut *reader), cx, buf))).await
-                    } else {
-                        let mut buf = buf.limit(allowance);
-                        std::future::poll_fn(|cx| Poll::Ready(poll_read_buf(Pin::new(&mut *reader), cx, &mut buf)))
-                            .await
-                    }
+                    let mut buf = (&mut self.buf).limit(allowance);
+                    std::future::poll_fn(|cx| Poll::Ready(poll_read_buf(Pin::new(&mut *reader), cx, &mut buf))).await
                 }
                 ReadHalf::Other(reader) => {
                     reserve(&mut self.buf);
