@@ -107,10 +107,11 @@ impl Conn {
             will: None,
             username: None,
             password: None,
+            properties: Default::default(),
         }))
         .await?;
         match conn.recv().await? {
-            Packet::Connack(Connack { code: ConnectReturnCode::Accepted, .. }) => Ok(conn),
+            Packet::Connack(Connack { reason: ReasonCode::Success, .. }) => Ok(conn),
             other => bail!("{client_id}: expected CONNACK, got {other:?}"),
         }
     }

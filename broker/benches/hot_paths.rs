@@ -98,7 +98,12 @@ fn limits() -> SessionLimits {
 fn fanout_benches(c: &mut Criterion) {
     let limits = limits();
     let mut sessions: Vec<(Session, BytesMut)> = (0..1000)
-        .map(|i| (Session::new(Arc::from(format!("s{i}")), true, limits.clone()), BytesMut::with_capacity(1 << 16)))
+        .map(|i| {
+            (
+                Session::new(Arc::from(format!("s{i}")), Some(std::time::Duration::ZERO), limits.clone()),
+                BytesMut::with_capacity(1 << 16),
+            )
+        })
         .collect();
     let message = qos0_message_64();
     let mut group = c.benchmark_group("fan-out");
@@ -138,6 +143,7 @@ fn routing_benches(c: &mut Criterion) {
             username: None,
             peer: "127.0.0.1:1883".parse().unwrap(),
             clean_session: true,
+            expiry: Some(std::time::Duration::ZERO),
             proto_ver: 4,
             keepalive: 60,
             connected_at: chrono::Local::now(),

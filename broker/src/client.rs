@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use midge_shared::control as ctl;
 use midge_shared::sys::{ClientConnected, ClientDisconnected};
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
@@ -17,6 +18,7 @@ use crate::metrics::Metric;
 use crate::ops::control::ControlJob;
 use crate::ops::sys;
 use crate::protocol::*;
+use crate::router::subscriptions::FastMap;
 use crate::router::Fanout;
 use crate::router::{
     self, Activity, ClientMeta, ConnectOutcome, Direct, Outbox, OutboxItem, OutboxReceiver, Pushed, Ticket,
@@ -32,12 +34,15 @@ use crate::transport::{
 #[derive(Debug)]
 enum Exit {
     Disconnect,
+    /// MQTT 5's DISCONNECT 0x04: a normal end that still publishes the will.
+    DisconnectWithWill,
     Shutdown,
     TakenOver,
     Kicked,
     KeepaliveTimeout,
     Error(ConnectionError),
-    ProtocolViolation(&'static str),
+    /// The client broke a rule: MQTT 5 is told which one, with the reason code.
+    ProtocolViolation(ReasonCode, &'static str),
 }
 
 impl Exit {
@@ -45,31 +50,47 @@ impl Exit {
         !matches!(self, Exit::Disconnect | Exit::Shutdown)
     }
 
+    /// What the broker's DISCONNECT to an MQTT 5 client says, if it sends one: not when the client
+    /// left by itself or the connection is gone.
+    fn disconnect_reason(&self) -> Option<ReasonCode> {
+        match self {
+            Exit::Disconnect
+            | Exit::DisconnectWithWill
+            | Exit::Error(ConnectionError::Closed | ConnectionError::Io(_)) => None,
+            Exit::Shutdown => Some(ReasonCode::ServerShuttingDown),
+            Exit::TakenOver => Some(ReasonCode::SessionTakenOver),
+            Exit::Kicked => Some(ReasonCode::AdministrativeAction),
+            Exit::KeepaliveTimeout => Some(ReasonCode::KeepAliveTimeout),
+            Exit::Error(ConnectionError::Decode(e)) => Some(e.reason_code()),
+            Exit::ProtocolViolation(code, _) => Some(*code),
+        }
+    }
+
     /// What the listener counts it under in `shutdown_count`; a DISCONNECT or a broker shutdown is no
     /// shutdown of the connection's own.
     fn shutdown_reason(&self) -> Option<&'static str> {
         match self {
-            Exit::Disconnect | Exit::Shutdown => None,
+            Exit::Disconnect | Exit::DisconnectWithWill | Exit::Shutdown => None,
             Exit::TakenOver => Some("discarded"),
             Exit::Kicked => Some("kicked"),
             Exit::KeepaliveTimeout => Some("keepalive_timeout"),
             Exit::Error(ConnectionError::Closed) => Some("closed"),
             Exit::Error(ConnectionError::Io(_)) => Some("socket_error"),
-            Exit::Error(ConnectionError::Decode(_)) | Exit::ProtocolViolation(_) => Some("protocol_error"),
+            Exit::Error(ConnectionError::Decode(_)) | Exit::ProtocolViolation(..) => Some("protocol_error"),
         }
     }
 
     /// The `reason` of the disconnected event, in EMQ's words where it has them.
     fn reason(&self) -> String {
         match self {
-            Exit::Disconnect => "normal".into(),
+            Exit::Disconnect | Exit::DisconnectWithWill => "normal".into(),
             Exit::Shutdown => "shutdown".into(),
             Exit::TakenOver => "discarded".into(),
             Exit::Kicked => "kicked".into(),
             Exit::KeepaliveTimeout => "keepalive_timeout".into(),
             Exit::Error(ConnectionError::Closed) => "closed".into(),
             Exit::Error(e) => e.to_string(),
-            Exit::ProtocolViolation(what) => format!("protocol_error: {what}"),
+            Exit::ProtocolViolation(_, what) => format!("protocol_error: {what}"),
         }
     }
 }
@@ -78,12 +99,13 @@ impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Exit::Disconnect => f.write_str("client sent DISCONNECT"),
+            Exit::DisconnectWithWill => f.write_str("client sent DISCONNECT with will"),
             Exit::Shutdown => f.write_str("broker shutting down"),
             Exit::TakenOver => f.write_str("taken over by a new connection"),
             Exit::Kicked => f.write_str("kicked through the management API"),
             Exit::KeepaliveTimeout => f.write_str("keepalive timeout"),
             Exit::Error(e) => write!(f, "{e}"),
-            Exit::ProtocolViolation(what) => write!(f, "protocol violation: {what}"),
+            Exit::ProtocolViolation(_, what) => write!(f, "protocol violation: {what}"),
         }
     }
 }
@@ -141,7 +163,7 @@ async fn serve_counted(
         }
         Ok(Err(ConnectionError::Decode(DecodeError::UnsupportedProtocol { name, level }))) => {
             tracing::info!(%peer, name = %name.escape_debug(), level, "connection refused: unsupported protocol");
-            refuse(&ctx, &mut writer, ConnectReturnCode::UnacceptableProtocol).await;
+            refuse(&ctx, &mut writer, ReasonCode::UnsupportedProtocolVersion).await;
             return Some("protocol_error");
         }
         Ok(Err(ConnectionError::Decode(e))) => {
@@ -175,8 +197,9 @@ async fn serve_counted(
     Box::pin(conn.finish(exit)).await
 }
 
-async fn refuse(ctx: &Context, writer: &mut PacketWriter, code: ConnectReturnCode) {
-    let connack = Packet::Connack(Connack { session_present: false, code });
+/// Refuses a CONNECT with a CONNACK that says why (as its level can) and closes.
+async fn refuse(ctx: &Context, writer: &mut PacketWriter, reason: impl Into<ReasonCode>) {
+    let connack = Packet::Connack(Connack::refused(reason));
     let size = writer.queue(&connack);
     ctx.metrics.packet_sent(&connack, size);
     let _ = timeout(Duration::from_secs(1), writer.flush()).await;
@@ -199,13 +222,22 @@ async fn accept(
     if principal != Ok(Principal::Management) {
         ctx.metrics.connect_received(size);
     }
+    let v5 = connect.protocol == Protocol::V5;
+    if v5 && connect.properties.authentication_method.is_some() {
+        // No enhanced authentication method is configured: every one is unknown (MQTT 5 §4.12).
+        tracing::info!(%peer, "connection refused: unsupported authentication method");
+        refuse(ctx, &mut writer, ReasonCode::BadAuthenticationMethod).await;
+        return Err(Some("refused"));
+    }
+    let mut assigned = false;
     if connect.client_id.is_empty() {
-        // 3.1 requires an id; 3.1.1 lets a clean session have one assigned.
-        if connect.protocol == Protocol::V31 || !connect.clean_session {
+        // 3.1 requires an id; 3.1.1 lets a clean session have one assigned, 5.0 any session.
+        if connect.protocol == Protocol::V31 || (!connect.clean_session && !v5) {
             refuse(ctx, &mut writer, ConnectReturnCode::IdentifierRejected).await;
             return Err(Some("refused"));
         }
         connect.client_id = format!("midge-{:016x}", rand::random::<u64>());
+        assigned = true;
     }
     if connect.client_id.len() > ctx.config.max_clientid_len {
         refuse(ctx, &mut writer, ConnectReturnCode::IdentifierRejected).await;
@@ -245,10 +277,12 @@ async fn accept(
     let client_id: ClientId = Arc::from(connect.client_id.as_str());
     let conn_id = ctx.next_conn_id();
     let (outbox, outbox_rx) = router::outbox(conn_id);
+    let expiry = session_expiry(&connect, ctx);
     let meta = ClientMeta {
         username: connect.username.clone(),
         peer,
         clean_session: connect.clean_session,
+        expiry,
         proto_ver: connect.protocol.level(),
         keepalive: connect.keep_alive,
         connected_at: chrono::Local::now(),
@@ -262,8 +296,18 @@ async fn accept(
     };
     tracing::debug!(%peer, client_id = %client_id.escape_debug(), clean = connect.clean_session, present, "connected");
 
+    let mut session = session;
+    let v5_state = v5.then(|| {
+        session.set_receive_maximum(Some(connect.properties.receive_maximum.unwrap_or(u16::MAX)));
+        Box::new(V5 {
+            aliases: FastMap::default(),
+            max_packet_size: connect.properties.maximum_packet_size,
+            expiry_was_zero: expiry == Some(Duration::ZERO),
+        })
+    });
     let mut conn = ClientConnection {
         ctx: ctx.clone(),
+        v5: v5_state,
         info: ClientInfo { client_id: client_id.clone(), username: connect.username, ip: peer.ip() },
         principal,
         client_id,
@@ -286,13 +330,19 @@ async fn accept(
         conn.counted = Some(listener.client_connected());
         // Written by other tasks, direct deliveries are counted there: not for the hidden connection.
         // Only over plain TCP can another task write to the socket.
-        if let Some(socket) = conn.writer.socket() {
+        // A client with a maximum packet size has each delivery measured first, by its own task.
+        let measured = conn.v5.as_ref().is_some_and(|v5| v5.max_packet_size.is_some());
+        if let (Some(socket), false) = (conn.writer.socket(), measured) {
             conn.outbox.allow_direct(socket, conn.session.stats.clone());
         }
     }
     // 3.1 has no session-present flag.
-    let session_present = present && connect.protocol == Protocol::V311;
-    conn.send(&Packet::Connack(Connack { session_present, code: ConnectReturnCode::Accepted }));
+    let session_present = present && connect.protocol != Protocol::V31;
+    let mut connack = Connack::accepted(session_present);
+    if v5 {
+        connack.properties = Box::new(connack_properties(ctx, assigned.then(|| conn.client_id.to_string())));
+    }
+    conn.send(&Packet::Connack(connack));
     if ctx.plugins.presence_enabled() && !conn.hidden() {
         let event = ClientConnected {
             clientid: conn.info.client_id.to_string(),
@@ -311,8 +361,48 @@ async fn accept(
     Ok(conn)
 }
 
+/// How long a session outlives its connection: MQTT 5 says so in CONNECT (0 by default, `u32::MAX`
+/// for ever); 3.1/3.1.1 has the broker's interval for a persistent session.
+fn session_expiry(connect: &Connect, ctx: &Context) -> Option<Duration> {
+    if connect.protocol != Protocol::V5 {
+        return if connect.clean_session { Some(Duration::ZERO) } else { ctx.config.session_limits().expiry };
+    }
+    expiry_interval(connect.properties.session_expiry_interval.unwrap_or(0))
+}
+
+fn expiry_interval(secs: u32) -> Option<Duration> {
+    (secs != u32::MAX).then(|| Duration::from_secs(secs.into()))
+}
+
+/// What an MQTT 5 client is told of the broker's limits in its CONNACK.
+fn connack_properties(ctx: &Context, assigned_client_identifier: Option<String>) -> ConnackProperties {
+    let config = &ctx.config;
+    ConnackProperties {
+        assigned_client_identifier,
+        topic_alias_maximum: (config.max_topic_alias > 0).then_some(config.max_topic_alias),
+        // Only QoS 2 messages stay in flight from the client (QoS 1 is acknowledged at once), as many
+        // as may await their PUBREL.
+        receive_maximum: (config.max_awaiting_rel > 0).then(|| config.max_awaiting_rel.min(u16::MAX.into()) as u16),
+        maximum_packet_size: u32::try_from(config.max_packet_size).ok(),
+        shared_subscription_available: Some(false),
+        ..ConnackProperties::default()
+    }
+}
+
+/// What an MQTT 5 connection keeps beyond a 3.1.1 one; boxed, so other connections pay 8 bytes.
+struct V5 {
+    /// The topic aliases the client set up, and their topics.
+    aliases: FastMap<u16, Bytes>,
+    /// The client's maximum packet size: a larger delivery is dropped for it alone.
+    max_packet_size: Option<u32>,
+    /// A session that began with expiry 0 may not be given one on DISCONNECT (§3.14.2.2.2).
+    expiry_was_zero: bool,
+}
+
 struct ClientConnection {
     ctx: Arc<Context>,
+    /// Present for an MQTT 5 client.
+    v5: Option<Box<V5>>,
     info: ClientInfo,
     principal: Principal,
     client_id: ClientId,
@@ -479,7 +569,7 @@ impl ClientConnection {
         self.flush_publishes();
         let _ = self.submit_control_jobs().await;
         match &exit {
-            Exit::Disconnect | Exit::Shutdown | Exit::TakenOver => {
+            Exit::Disconnect | Exit::DisconnectWithWill | Exit::Shutdown | Exit::TakenOver => {
                 tracing::debug!(client_id = %self.client_id.escape_debug(), reason = %exit, "disconnected")
             }
             _ => tracing::info!(client_id = %self.client_id.escape_debug(), reason = %exit, "connection closed"),
@@ -487,8 +577,15 @@ impl ClientConnection {
         if exit.publishes_will() {
             if let Some(will) = self.will.take() {
                 if self.check_publish(&will.topic) == Decision::Allow {
-                    let mut message = Message::new(will.topic.into_bytes().into(), will.payload, will.qos, will.retain);
-                    message.origin = self.conn_id;
+                    let topic = will.topic.into_bytes().into();
+                    let message = Message::with_properties(
+                        topic,
+                        will.payload,
+                        will.qos,
+                        will.retain,
+                        will.properties,
+                        self.conn_id,
+                    );
                     self.ctx.router.publish(Arc::new(message));
                 }
             }
@@ -503,8 +600,12 @@ impl ClientConnection {
             let message = sys::disconnected_event(&self.ctx.config.node, &event);
             self.ctx.router.publish(message);
         }
+        if let (Some(_), Some(reason)) = (&self.v5, exit.disconnect_reason()) {
+            self.send(&Packet::Disconnect(Disconnect::new(reason)));
+        }
         let ClientConnection { ctx, principal, client_id, conn_id, session, mut writer, outbox, .. } = self;
-        if writer.pending() > 0 && !matches!(exit, Exit::Error(_)) {
+        let broken = matches!(exit, Exit::Error(ConnectionError::Closed | ConnectionError::Io(_)));
+        if writer.pending() > 0 && !broken {
             let _ = timeout(Duration::from_millis(500), writer.flush()).await;
         }
         writer.shutdown().await;
@@ -520,6 +621,24 @@ impl ClientConnection {
     /// The sidecar's own connection, which users never see: no listing, no metric, no event.
     fn hidden(&self) -> bool {
         self.principal == Principal::Management
+    }
+
+    /// Queues a PUBLISH, unless it is larger than the client's maximum packet size (MQTT 5): then it is
+    /// dropped for this client alone, counted, and its delivery treated as complete (§3.1.2.11.4).
+    fn send_publish(&mut self, publish: Publish) {
+        let max = self.v5.as_ref().and_then(|v5| v5.max_packet_size);
+        if max.is_some_and(|max| publish_len(&publish, Protocol::V5) > max as usize) {
+            tracing::debug!(client_id = %self.client_id.escape_debug(), "message over the client's maximum packet size dropped");
+            self.ctx.metrics.inc(Metric::MessagesDropped);
+            if publish.qos != QoS::AtMostOnce {
+                self.session.discard(publish.pkid);
+                while let Some(next) = self.session.next_queued() {
+                    self.send_publish(next);
+                }
+            }
+            return;
+        }
+        self.send(&Packet::Publish(publish));
     }
 
     /// Queues a packet for the client and counts it, except `$SYS` publishes, which count in nothing.
@@ -615,6 +734,7 @@ impl ClientConnection {
                 self.send(&Packet::Pubcomp(Ack::new(pkid)));
             }
             Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe),
+            Packet::Disconnect(disconnect) => return Err(self.handle_disconnect(disconnect)),
             Packet::Unsubscribe(unsubscribe) => {
                 self.flush_publishes();
                 self.ctx.router.unsubscribe(
@@ -625,10 +745,13 @@ impl ClientConnection {
                 );
             }
             Packet::Pingreq => self.send(&Packet::Pingresp),
-            Packet::Disconnect(_) => return Err(Exit::Disconnect),
-            Packet::Connect(_) => return Err(Exit::ProtocolViolation("second CONNECT")),
+            Packet::Connect(_) => return Err(Exit::ProtocolViolation(ReasonCode::ProtocolError, "second CONNECT")),
+            // No authentication method is configured, so no AUTH exchange was begun (MQTT 5 §4.12).
+            Packet::Auth(_) => {
+                return Err(Exit::ProtocolViolation(ReasonCode::ProtocolError, "AUTH without an authentication method"))
+            }
             Packet::Connack(_) | Packet::Suback(_) | Packet::Unsuback(_) | Packet::Pingresp => {
-                return Err(Exit::ProtocolViolation("server-to-client packet from a client"))
+                return Err(Exit::ProtocolViolation(ReasonCode::ProtocolError, "server-to-client packet from a client"))
             }
         }
         Ok(())
@@ -638,36 +761,58 @@ impl ClientConnection {
         match result {
             AckResult::Done | AckResult::Repeated => {
                 while let Some(publish) = self.session.next_queued() {
-                    self.send(&Packet::Publish(publish));
+                    self.send_publish(publish);
                 }
             }
             AckResult::Missed => self.ctx.metrics.inc(missed),
         }
     }
 
-    fn handle_publish(&mut self, publish: Publish) -> Result<(), Exit> {
+    fn handle_publish(&mut self, mut publish: Publish) -> Result<(), Exit> {
+        if self.v5.is_some() {
+            self.resolve_topic_alias(&mut publish)?;
+        }
         let topic = publish.topic_str();
         if !topic::valid_topic_name(topic) {
-            return Err(Exit::ProtocolViolation("invalid topic name in PUBLISH"));
+            return Err(Exit::ProtocolViolation(ReasonCode::TopicNameInvalid, "invalid topic name in PUBLISH"));
         }
         if topic::broker_owned(topic) {
             self.handle_reserved_publish(publish);
             return Ok(());
         }
-        let allowed = self.check_publish(topic) == Decision::Allow;
-        if !allowed {
+        let refused = if self.check_publish(topic) == Decision::Deny {
             tracing::debug!(client_id = %self.client_id.escape_debug(), topic = %topic.escape_debug(), "publish denied by ACL");
-        }
+            Some(ReasonCode::NotAuthorized)
+        } else if !payload_format_valid(&publish) {
+            Some(ReasonCode::PayloadFormatInvalid)
+        } else {
+            None
+        };
+        let pkid = publish.pkid;
+        // 3.1.1 acknowledges a refused message as any other; 5.0 says why (and a refused QoS 2 flow
+        // ends at its PUBREC).
+        let reason = refused.unwrap_or(ReasonCode::Success);
         let route = match publish.qos {
-            QoS::AtMostOnce => allowed,
+            QoS::AtMostOnce => refused.is_none(),
             QoS::AtLeastOnce => {
-                self.send(&Packet::Puback(Ack::new(publish.pkid)));
-                allowed
+                self.send(&Packet::Puback(Ack { pkid, reason }));
+                refused.is_none()
             }
-            QoS::ExactlyOnce => match self.session.incoming_qos2(publish.pkid) {
+            QoS::ExactlyOnce if refused.is_some() && self.v5.is_some() => {
+                self.send(&Packet::Pubrec(Ack { pkid, reason }));
+                false
+            }
+            QoS::ExactlyOnce => match self.session.incoming_qos2(pkid) {
                 Some(is_new) => {
-                    self.send(&Packet::Pubrec(Ack::new(publish.pkid)));
-                    is_new && allowed
+                    self.send(&Packet::Pubrec(Ack::new(pkid)));
+                    is_new && refused.is_none()
+                }
+                None if self.v5.is_some() => {
+                    // More than the receive maximum in its CONNACK allowed.
+                    return Err(Exit::ProtocolViolation(
+                        ReasonCode::ReceiveMaximumExceeded,
+                        "more QoS 2 messages awaiting PUBREL than the receive maximum",
+                    ));
                 }
                 None => {
                     tracing::warn!(client_id = %self.client_id.escape_debug(), "too many QoS 2 messages awaiting PUBREL; dropped");
@@ -680,6 +825,47 @@ impl ClientConnection {
             self.publishes.push(Arc::new(Message::published(publish, self.conn_id)));
         }
         Ok(())
+    }
+
+    /// MQTT 5 topic aliases (§3.3.2.3.4): an alias with a topic sets it up, an alias alone stands for
+    /// the topic it was set up with.
+    fn resolve_topic_alias(&mut self, publish: &mut Publish) -> Result<(), Exit> {
+        let Some(properties) = &publish.properties else { return Ok(()) };
+        if !properties.subscription_identifiers.is_empty() {
+            return Err(Exit::ProtocolViolation(
+                ReasonCode::ProtocolError,
+                "subscription identifier in a PUBLISH to the server",
+            ));
+        }
+        let Some(alias) = properties.topic_alias else { return Ok(()) };
+        if alias == 0 || alias > self.ctx.config.max_topic_alias {
+            return Err(Exit::ProtocolViolation(ReasonCode::TopicAliasInvalid, "topic alias 0 or over the maximum"));
+        }
+        let Some(v5) = self.v5.as_mut() else { return Ok(()) };
+        if publish.topic.is_empty() {
+            match v5.aliases.get(&alias) {
+                Some(topic) => publish.topic = topic.clone(),
+                None => return Err(Exit::ProtocolViolation(ReasonCode::ProtocolError, "topic alias never set up")),
+            }
+        } else {
+            // A copy: the topic is a slice of the frame, which would keep the whole packet alive.
+            v5.aliases.insert(alias, Bytes::copy_from_slice(&publish.topic));
+        }
+        Ok(())
+    }
+
+    /// DISCONNECT from the client: 0x04 asks for the will, and MQTT 5 may change the session expiry.
+    fn handle_disconnect(&mut self, disconnect: Disconnect) -> Exit {
+        if let (Some(v5), Some(secs)) = (&self.v5, disconnect.session_expiry_interval) {
+            if v5.expiry_was_zero && secs > 0 {
+                return Exit::ProtocolViolation(ReasonCode::ProtocolError, "session expiry set on DISCONNECT after 0");
+            }
+            self.session.expiry = expiry_interval(secs);
+        }
+        if disconnect.reason == ReasonCode::DisconnectWithWill {
+            return Exit::DisconnectWithWill;
+        }
+        Exit::Disconnect
     }
 
     /// Broker-owned topics: `$SYS` is written by the broker alone, and the control topics are the
@@ -745,7 +931,7 @@ impl ClientConnection {
                     self.deliver(delivery);
                 }
             }
-            OutboxItem::Unsubscribed(pkid) => self.send(&Packet::Unsuback(Unsuback::new(pkid))),
+            OutboxItem::Unsubscribed(unsuback) => self.send(&Packet::Unsuback(*unsuback)),
             OutboxItem::TakenOver => return Err(Exit::TakenOver),
             OutboxItem::Kick => return Err(Exit::Kicked),
             OutboxItem::CleanAclCache(topic) => self.acl_cache.remove(&topic),
@@ -758,7 +944,7 @@ impl ClientConnection {
         let mut dropped = false;
         let internal = delivery.message.is_internal();
         if let Some(publish) = self.session.deliver(delivery, &mut dropped) {
-            self.send(&Packet::Publish(publish));
+            self.send_publish(publish);
         }
         if dropped && !internal {
             self.ctx.metrics.inc(Metric::MessagesDropped);
@@ -769,7 +955,7 @@ impl ClientConnection {
     fn write_outgoing(&mut self, out: Vec<Resend>) {
         for outgoing in out {
             match outgoing {
-                Resend::Publish(publish) => self.send(&Packet::Publish(publish)),
+                Resend::Publish(publish) => self.send_publish(publish),
                 Resend::Pubrel(pkid) => self.send(&Packet::Pubrel(Ack::new(pkid))),
             }
         }
@@ -791,6 +977,12 @@ impl ClientConnection {
         self.acl_cache.put(topic, decision);
         decision
     }
+}
+
+/// A payload that says it is UTF-8 (MQTT 5's payload format indicator 1) must be (§3.3.2.3.2).
+fn payload_format_valid(publish: &Publish) -> bool {
+    let says_utf8 = publish.properties.as_ref().is_some_and(|p| p.payload_format_indicator == Some(1));
+    !says_utf8 || std::str::from_utf8(&publish.payload).is_ok()
 }
 
 #[cfg(test)]
@@ -858,6 +1050,7 @@ mod stream_tests {
             will: None,
             username: None,
             password: None,
+            properties: Box::default(),
         })
     }
 
@@ -890,9 +1083,7 @@ mod stream_tests {
         ));
         let mut buf = BytesMut::new();
         send(&mut client, &[connect("piped")]).await;
-        assert!(
-            matches!(recv(&mut client, &mut buf).await, Packet::Connack(c) if c.code == ConnectReturnCode::Accepted)
-        );
+        assert!(matches!(recv(&mut client, &mut buf).await, Packet::Connack(c) if c.reason == ReasonCode::Success));
         assert_eq!(listener.clients(), 1, "counted in its listener");
         let subscribe =
             Subscribe { pkid: 1, filters: vec![("pipe/#".into(), SubscriptionOptions::qos(QoS::AtLeastOnce))] };
@@ -918,7 +1109,7 @@ mod stream_tests {
         }
         got.sort();
         assert_eq!(got, vec!["one", "puback", "zero"]);
-        send(&mut client, &[Packet::Disconnect(ReasonCode::Success)]).await;
+        send(&mut client, &[Packet::Disconnect(Disconnect::new(ReasonCode::Success))]).await;
         let mut rest = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(3), client.read_to_end(&mut rest)).await;
         assert_eq!(listener.clients(), 0, "counted out when it leaves");

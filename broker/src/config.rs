@@ -38,6 +38,8 @@ pub struct Config {
     pub mqueue_store_qos0: bool,
     pub max_awaiting_rel: usize,
     pub await_rel_timeout: u64,
+    /// Topic aliases an MQTT 5 client may set up on its connection (0: none).
+    pub max_topic_alias: u16,
     pub sys_interval: u64,
     pub mgmt_username: String,
     #[serde(skip_serializing)]
@@ -82,6 +84,7 @@ impl Default for Config {
             mqueue_store_qos0: true,
             max_awaiting_rel: 100,
             await_rel_timeout: 20,
+            max_topic_alias: 100,
             sys_interval: 60,
             mgmt_username: "midge-mgmt".into(),
             mgmt_secret: None,
@@ -289,6 +292,11 @@ struct Cli {
     #[arg(long, env = "MIDGE_AWAIT_REL_TIMEOUT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     await_rel_timeout: Option<u64>,
+
+    /// Topic aliases an MQTT 5 client may set up on its connection; 0 allows none [default: 100].
+    #[arg(long, env = "MIDGE_MAX_TOPIC_ALIAS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_topic_alias: Option<u16>,
 
     /// Seconds between $SYS stats/metrics/uptime publishes; 0 turns them off [default: 60].
     #[arg(long, env = "MIDGE_SYS_INTERVAL")]

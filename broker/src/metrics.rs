@@ -87,6 +87,8 @@ impl Metrics {
             Packet::Pubcomp(_) => Metric::PacketsPubcompReceived,
             // Server-to-client packets from a client end the connection; the totals above still count them.
             Packet::Connack(_) | Packet::Suback(_) | Packet::Unsuback(_) | Packet::Pingresp => return,
+            // EMQ 2.x has no AUTH packet and so no metric of its own for it.
+            Packet::Auth(_) => return,
         };
         self.inc(specific);
     }
@@ -124,7 +126,8 @@ impl Metrics {
             | Packet::Subscribe(_)
             | Packet::Unsubscribe(_)
             | Packet::Pingreq
-            | Packet::Disconnect(_) => return,
+            | Packet::Disconnect(_)
+            | Packet::Auth(_) => return,
         };
         self.inc(specific);
     }

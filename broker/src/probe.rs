@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use crate::protocol::{self, Connect, Packet, Protocol, ReasonCode};
+use crate::protocol::{self, Connect, Disconnect, Packet, Protocol, ReasonCode};
 
 /// Connects, sends CONNECT and waits for a CONNACK. Any CONNACK counts: even a refusal proves the
 /// broker is up and speaking MQTT.
@@ -28,6 +28,7 @@ pub fn probe(address: &str, timeout: Duration) -> Result<(), String> {
         will: None,
         username: None,
         password: None,
+        properties: Default::default(),
     };
     let mut out = BytesMut::new();
     protocol::encode(&Packet::Connect(connect), Protocol::V311, &mut out);
@@ -39,7 +40,11 @@ pub fn probe(address: &str, timeout: Duration) -> Result<(), String> {
             return match packet {
                 Packet::Connack(_) => {
                     let mut bye = BytesMut::new();
-                    protocol::encode(&Packet::Disconnect(ReasonCode::Success), Protocol::V311, &mut bye);
+                    protocol::encode(
+                        &Packet::Disconnect(Disconnect::new(ReasonCode::Success)),
+                        Protocol::V311,
+                        &mut bye,
+                    );
                     let _ = stream.write_all(&bye);
                     Ok(())
                 }

@@ -15,15 +15,15 @@ async fn reply_to_bytes(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<Pack
 }
 
 fn refused(code: ConnectReturnCode) -> Option<Packet> {
-    Some(Packet::Connack(Connack { session_present: false, code }))
+    Some(Packet::Connack(Connack::refused(code)))
 }
 
 #[tokio::test]
 async fn unknown_protocol_name_or_level_gets_connack_1() {
     let broker = start_default().await;
-    // MQTT level 5, MQTT level 3, MQIsdp level 4, and a made-up name.
+    // MQTT level 6, MQTT level 3, MQIsdp level 4, and a made-up name.
     for bytes in [
-        &b"\x10\x0d\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x00"[..],
+        &b"\x10\x0d\x00\x04MQTT\x06\x02\x00\x3c\x00\x00\x00"[..],
         &b"\x10\x0c\x00\x04MQTT\x03\x02\x00\x3c\x00\x00"[..],
         &b"\x10\x0e\x00\x06MQIsdp\x04\x02\x00\x3c\x00\x00"[..],
         &b"\x10\x0c\x00\x04MQTX\x04\x02\x00\x3c\x00\x00"[..],
@@ -37,7 +37,7 @@ async fn unknown_protocol_name_or_level_gets_connack_1() {
 async fn mqtt_31_is_accepted() {
     let broker = start_default().await;
     let reply = reply_to_bytes(broker.addr, b"\x10\x12\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x04abcd").await;
-    assert_eq!(reply, Some(Packet::Connack(Connack { session_present: false, code: ConnectReturnCode::Accepted })));
+    assert_eq!(reply, Some(Packet::Connack(Connack::accepted(false))));
     broker.stop().await;
 }
 
@@ -123,7 +123,7 @@ fn pipelined_session(client_id: &str) -> Vec<u8> {
 async fn expect_pipelined_answers(raw: &mut Raw, split: usize) {
     let connack = raw.recv().await;
     assert!(
-        matches!(connack, Some(Packet::Connack(Connack { code: ConnectReturnCode::Accepted, .. }))),
+        matches!(connack, Some(Packet::Connack(Connack { reason: ReasonCode::Success, .. }))),
         "split at {split}: {connack:?}"
     );
     let (mut suback, mut puback, mut pubrec, mut pubcomp) = (false, false, false, false);
@@ -206,12 +206,7 @@ async fn takeover_closes_the_old_connection_and_publishes_its_will() {
     watcher.subscribe(1, &[("will/#", QoS::AtMostOnce)]).await;
 
     let mut c = connect_packet("same-id", true);
-    c.will = Some(LastWill {
-        topic: "will/same-id".into(),
-        payload: Bytes::from_static(b"gone"),
-        qos: QoS::AtMostOnce,
-        retain: false,
-    });
+    c.will = Some(LastWill::new("will/same-id", Bytes::from_static(b"gone"), QoS::AtMostOnce, false));
     let (mut old, _) = Raw::connect(broker.addr, c).await;
     let (mut new, _) = Raw::connect(broker.addr, connect_packet("same-id", true)).await;
     old.expect_closed().await;
@@ -229,12 +224,7 @@ async fn keepalive_timeout_closes_and_publishes_will_but_pings_keep_it_alive() {
 
     let mut c = connect_packet("sleepy", true);
     c.keep_alive = 1;
-    c.will = Some(LastWill {
-        topic: "will/sleepy".into(),
-        payload: Bytes::from_static(b"timeout"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-    });
+    c.will = Some(LastWill::new("will/sleepy", Bytes::from_static(b"timeout"), QoS::AtLeastOnce, false));
     let (mut sleepy, _) = Raw::connect(broker.addr, c).await;
     // Pings every 0.5 s for 2 s keep it open past 1.5 × keepalive.
     for _ in 0..4 {
@@ -258,12 +248,7 @@ async fn will_is_published_on_socket_close_but_not_after_disconnect() {
     watcher.subscribe(1, &[("will/#", QoS::AtMostOnce)]).await;
     let with_will = |id: &str| {
         let mut c = connect_packet(id, true);
-        c.will = Some(LastWill {
-            topic: format!("will/{id}"),
-            payload: Bytes::from_static(b"bye"),
-            qos: QoS::AtMostOnce,
-            retain: false,
-        });
+        c.will = Some(LastWill::new(format!("will/{id}"), Bytes::from_static(b"bye"), QoS::AtMostOnce, false));
         c
     };
     let (polite, _) = Raw::connect(broker.addr, with_will("polite")).await;
@@ -280,12 +265,7 @@ async fn will_is_published_on_socket_close_but_not_after_disconnect() {
 async fn will_on_protocol_error_and_retained_will() {
     let broker = start_default().await;
     let mut c = connect_packet("bad", true);
-    c.will = Some(LastWill {
-        topic: "status/bad".into(),
-        payload: Bytes::from_static(b"offline"),
-        qos: QoS::AtMostOnce,
-        retain: true,
-    });
+    c.will = Some(LastWill::new("status/bad", Bytes::from_static(b"offline"), QoS::AtMostOnce, true));
     let (mut bad, _) = Raw::connect(broker.addr, c).await;
     bad.send_bytes(b"\xf0\x00").await; // reserved packet type
     bad.expect_closed().await;
@@ -350,7 +330,7 @@ mod auth {
         let mut raw = Raw::open_from(source, addr).await;
         raw.send(&connect).await;
         match raw.recv().await {
-            Some(Packet::Connack(c)) => c.code,
+            Some(Packet::Connack(c)) => c.code(),
             other => panic!("expected CONNACK, got {other:?}"),
         }
     }

@@ -27,10 +27,7 @@ async fn control_topics_are_sealed() {
     c.password = Some(Bytes::from_static(b"guess"));
     let mut raw = Raw::open(broker.addr).await;
     raw.send(&Packet::Connect(c)).await;
-    assert_eq!(
-        raw.recv().await,
-        Some(Packet::Connack(Connack { session_present: false, code: ConnectReturnCode::BadUsernameOrPassword }))
-    );
+    assert_eq!(raw.recv().await, Some(Packet::Connack(Connack::refused(ConnectReturnCode::BadUsernameOrPassword))));
 
     // An ordinary client can neither subscribe to nor publish on control topics.
     let mut eve = Raw::connected(broker.addr, "eve").await;
@@ -576,7 +573,7 @@ async fn hot_config_takes_effect_at_once() {
     let _: serde_json::Value = mgmt.ok(set("mqtt.allow_anonymous", "false")).await;
     let mut raw = Raw::open(broker.addr).await;
     raw.send(&Packet::Connect(connect_packet("anon", true))).await;
-    assert!(matches!(raw.recv().await, Some(Packet::Connack(Connack { code: ConnectReturnCode::NotAuthorized, .. }))));
+    assert!(matches!(raw.recv().await, Some(Packet::Connack(Connack { reason: ReasonCode::NotAuthorized, .. }))));
     assert_eq!(mgmt.err(set("mqtt.allow_anonymous", "perhaps")).await, 102);
     let _: serde_json::Value = mgmt.ok(set("mqtt.allow_anonymous", "true")).await;
 
@@ -631,17 +628,12 @@ async fn clients_cannot_write_to_sys_or_control_topics_by_publish_or_will() {
     // Wills on broker-owned topics are refused at CONNECT.
     for topic in [reply_topic("midge-mgmt-test"), format!("$SYS/brokers/{NODE}/version")] {
         let mut c = connect_packet("willful", true);
-        c.will = Some(LastWill {
-            topic: topic.clone(),
-            payload: Bytes::from_static(b"x"),
-            qos: QoS::AtMostOnce,
-            retain: false,
-        });
+        c.will = Some(LastWill::new(topic.clone(), Bytes::from_static(b"x"), QoS::AtMostOnce, false));
         let mut raw = Raw::open(broker.addr).await;
         raw.send(&Packet::Connect(c)).await;
         assert_eq!(
             raw.recv().await,
-            Some(Packet::Connack(Connack { session_present: false, code: ConnectReturnCode::NotAuthorized })),
+            Some(Packet::Connack(Connack::refused(ConnectReturnCode::NotAuthorized))),
             "{topic}"
         );
     }

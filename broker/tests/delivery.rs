@@ -408,7 +408,11 @@ async fn publishes_and_disconnect_in_one_write_are_all_delivered_in_order() {
             &mut bytes,
         );
     }
-    midge_broker::protocol::encode(&Packet::Disconnect(ReasonCode::Success), Protocol::V311, &mut bytes);
+    midge_broker::protocol::encode(
+        &Packet::Disconnect(Disconnect::new(ReasonCode::Success)),
+        Protocol::V311,
+        &mut bytes,
+    );
     publisher.send_bytes(&bytes).await;
     for n in 0..50u8 {
         assert_eq!(&sub.recv_publish().await.payload[..], &[n]);

@@ -315,7 +315,7 @@ async fn websocket_frames_carry_mqtt_however_it_is_split() {
     for part in [a, b, c] {
         client.frame(part).await;
     }
-    assert!(matches!(client.recv().await, Some(Packet::Connack(Connack { code: ConnectReturnCode::Accepted, .. }))));
+    assert!(matches!(client.recv().await, Some(Packet::Connack(Connack { reason: ReasonCode::Success, .. }))));
 
     let both =
         ws::bytes_of(&[subscribe(1, &[("to/ws", QoS::AtLeastOnce)]), publish("to/tcp", b"hello", QoS::AtMostOnce, 0)]);
@@ -391,7 +391,7 @@ async fn secure_websocket_is_tls_then_websocket() {
     let tls = pki::tls_connect(addr, &pki::connector(&pki.ca, None)).await.expect("TLS");
     let mut client = ws::over(tls, addr, "/mqtt", "mqtt").await.expect("upgrade");
     client.frame(&ws::bytes_of(&[Packet::Connect(connect_packet("secure-browser", true))])).await;
-    assert!(matches!(client.recv().await, Some(Packet::Connack(Connack { code: ConnectReturnCode::Accepted, .. }))));
+    assert!(matches!(client.recv().await, Some(Packet::Connack(Connack { reason: ReasonCode::Success, .. }))));
     client
         .frame(&ws::bytes_of(&[subscribe(1, &[("s/#", QoS::AtMostOnce)]), publish("s/1", b"wss", QoS::AtMostOnce, 0)]))
         .await;
@@ -464,7 +464,7 @@ async fn proxy_protocol_headers_give_the_clients_address() {
         bytes.extend(connect_bytes(client_id));
         stream.write_all(&bytes).await.unwrap();
         let mut raw = Raw::from_stream(stream);
-        assert!(matches!(raw.recv().await, Some(Packet::Connack(Connack { code: ConnectReturnCode::Accepted, .. }))));
+        assert!(matches!(raw.recv().await, Some(Packet::Connack(Connack { reason: ReasonCode::Success, .. }))));
         clients.push(raw);
     }
     // A header split over two segments, its line end the first byte of the second.

@@ -255,6 +255,10 @@ pub struct SessionRow {
     pub deliver_msg: u64,
     pub enqueue_msg: u64,
     pub created_at: String,
+    /// Seconds the session outlives its connection (4294967295: for ever); MQTT 5 sessions only, as
+    /// EMQ 2.x, which has no MQTT 5, shows no such field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry_interval: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -188,6 +188,13 @@ fn session_row(id: &Arc<str>, c: &Client, max_inflight: u64) -> SessionRow {
         deliver_msg: get(&s.deliver_msg),
         enqueue_msg: get(&s.enqueue_msg),
         created_at: format_time(&c.created_at),
+        expiry_interval: (c.meta.proto_ver == 5).then(|| {
+            let expiry = match &c.presence {
+                Presence::Online(_) => c.meta.expiry,
+                Presence::Offline(session, _) => session.expiry,
+            };
+            expiry.map_or(u32::MAX.into(), |e| e.as_secs())
+        }),
     }
 }
 

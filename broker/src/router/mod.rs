@@ -182,13 +182,14 @@ impl RouterHandle {
         lock(&self.router).events.follow()
     }
 
-    /// Expires offline sessions and refreshes the stats, a few times per expiry interval, until
-    /// every other handle is dropped.
+    /// Expires offline sessions and refreshes the stats, a few times per expiry interval and at least
+    /// every second (MQTT 5 clients choose their sessions' expiry, in seconds), until every other
+    /// handle is dropped.
     pub async fn sweep(self) {
         let every = lock(&self.router)
             .limits
             .expiry
-            .map_or(Duration::from_secs(3600), |e| (e / 4).clamp(Duration::from_millis(100), Duration::from_secs(60)));
+            .map_or(Duration::from_secs(1), |e| (e / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)));
         let router: Weak<Mutex<Router>> = Arc::downgrade(&self.router);
         drop(self);
         let mut ticks = tokio::time::interval(every);
@@ -237,6 +238,7 @@ mod tests {
             username: None,
             peer: "127.0.0.1:1".parse().unwrap(),
             clean_session,
+            expiry: Some(Duration::ZERO),
             proto_ver: 4,
             keepalive: 60,
             connected_at: chrono::Local::now(),
@@ -247,7 +249,8 @@ mod tests {
     /// Connects `id`; its session and the connection's end of its outbox.
     async fn connect(router: &RouterHandle, id: &str, conn_id: u64, clean: bool) -> (Box<Session>, OutboxReceiver) {
         let (outbox, receiver) = outbox(conn_id);
-        match router.connect(id.into(), meta(clean), outbox).await.unwrap() {
+        let expiry = if clean { Some(Duration::ZERO) } else { lock(&router.router).limits.expiry };
+        match router.connect(id.into(), ClientMeta { expiry, ..meta(clean) }, outbox).await.unwrap() {
             ConnectOutcome::Accepted { session, .. } => (session, receiver),
             ConnectOutcome::Superseded => panic!("superseded"),
         }

@@ -35,7 +35,7 @@ use std::task::{Context, Poll, Waker};
 
 use atomic_waker::AtomicWaker;
 
-use crate::protocol::{Packet, Suback};
+use crate::protocol::{Packet, Suback, Unsuback};
 use crate::session::{Delivery, SessionStats};
 use crate::transport::{SocketHandle, Written};
 
@@ -46,7 +46,8 @@ pub enum OutboxItem {
     /// A SUBACK to write, then retained messages for the new subscriptions. Boxed, like every rare
     /// variant, to keep the common one (and so each connection's channel block) small.
     Subscribed(Box<(Suback, Vec<Delivery>)>),
-    Unsubscribed(u16),
+    /// An UNSUBACK to write.
+    Unsubscribed(Box<Unsuback>),
     /// Another connection took this client id over: end without a DISCONNECT (the will is published).
     TakenOver,
     /// The management API kicked this client.
@@ -401,13 +402,15 @@ mod tests {
     #[tokio::test]
     async fn order_bound_and_gone() {
         let (tx, rx) = outbox(1);
-        tx.push_bounded(OutboxItem::Unsubscribed(1), 2).unwrap();
-        tx.push_bounded(OutboxItem::Unsubscribed(2), 2).unwrap();
-        assert_eq!(tx.push_bounded(OutboxItem::Unsubscribed(3), 2), Err(Refused::Full));
+        tx.push_bounded(OutboxItem::Unsubscribed(Box::new(Unsuback::new(1))), 2).unwrap();
+        tx.push_bounded(OutboxItem::Unsubscribed(Box::new(Unsuback::new(2))), 2).unwrap();
+        assert_eq!(tx.push_bounded(OutboxItem::Unsubscribed(Box::new(Unsuback::new(3))), 2), Err(Refused::Full));
         tx.push(OutboxItem::Kick, None).unwrap();
         rx.ready().await;
         let all: Vec<_> = rx.take_all().into_iter().collect();
-        assert!(matches!(all[..], [OutboxItem::Unsubscribed(1), OutboxItem::Unsubscribed(2), OutboxItem::Kick]));
+        assert!(
+            matches!(&all[..], [OutboxItem::Unsubscribed(a), OutboxItem::Unsubscribed(b), OutboxItem::Kick] if a.pkid == 1 && b.pkid == 2)
+        );
         let waiter = tokio::spawn(async move {
             rx.ready().await;
             rx.take_all().len()

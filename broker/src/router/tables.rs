@@ -2,10 +2,11 @@
 //! retained messages, and the operations on them. Only `RouterHandle` (in `mod.rs`) reaches them, under
 //! its lock; the listings for the management API are in `admin.rs`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Local};
 use tokio::sync::oneshot;
@@ -14,8 +15,28 @@ use super::events::{Events, RouterEvent};
 use super::outbox::{Outbox, OutboxItem, OutboxReceiver, Pushed, Refused, Ticket};
 use super::subscriptions::{FastMap, SubscriptionTree};
 use crate::metrics::{Metric, Metrics, Stat, Stats};
-use crate::protocol::{topic, QoS, ReasonCode, Suback, SubscriptionOptions};
+use crate::protocol::{topic, QoS, ReasonCode, Suback, SubscriptionOptions, Unsuback};
 use crate::session::{ClientId, Delivery, Message, Session, SessionLimits, SessionStats};
+
+/// A routed message as one subscriber gets it: at the QoS it was granted, with the retain flag only if
+/// it asked for it as published (MQTT 5), and with its subscription identifiers (`more_ids` holds those
+/// of its other matching subscriptions).
+fn live_delivery(
+    message: &Arc<Message>,
+    granted: &SubscriptionOptions,
+    more_ids: &[(ClientId, u32)],
+    client_id: &ClientId,
+) -> Delivery {
+    let qos = message.qos.min(granted.qos);
+    let retain = granted.retain_as_published && message.retain;
+    let Some(id) = granted.id else {
+        return Delivery { message: message.clone(), qos, retain };
+    };
+    let mut ids = vec![id.get()];
+    ids.extend(more_ids.iter().filter(|(c, _)| c == client_id).map(|(_, id)| *id));
+    ids.sort_unstable();
+    Delivery { message: message.for_subscriptions(&ids), qos, retain }
+}
 
 /// Deliveries waiting for one connection to take them. The router fills an outbox in bursts (a batch
 /// of publishes at a time), so this is larger than a session's queue; past it, messages for that
@@ -27,7 +48,10 @@ const OUTBOX_LIMIT: usize = 8 * 1024;
 pub struct ClientMeta {
     pub username: Option<String>,
     pub peer: SocketAddr,
+    /// "Clean start" in MQTT 5: the connection began without its old session.
     pub clean_session: bool,
+    /// How long the session outlives the connection (see [`Session::expiry`]).
+    pub expiry: Option<Duration>,
     pub proto_ver: u8,
     pub keepalive: u16,
     pub connected_at: DateTime<Local>,
@@ -59,7 +83,7 @@ pub struct Fanout {
 pub(super) enum Presence {
     Online(Outbox),
     /// Kept since the given moment, until the session expiry interval has passed.
-    Offline(Box<Session>, std::time::Instant),
+    Offline(Box<Session>, Instant),
 }
 
 struct PendingConnect {
@@ -100,6 +124,9 @@ pub(super) struct Router {
     /// Distinct filters and how many clients hold each (EMQ's routes on this node).
     pub(super) routes: BTreeMap<String, usize>,
     pub(super) retained: BTreeMap<String, Arc<Message>>,
+    /// When each parked session that expires does, soonest first: expiry looks at these alone, not
+    /// at every session.
+    expiries: BTreeSet<(Instant, ClientId)>,
     pub(super) limits: SessionLimits,
     pub(super) shared: Wiring,
     pub(super) online: u64,
@@ -118,6 +145,7 @@ impl Router {
             subscriptions: SubscriptionTree::new(),
             routes: BTreeMap::new(),
             retained: BTreeMap::new(),
+            expiries: BTreeSet::new(),
             limits,
             shared,
             online: 0,
@@ -127,16 +155,24 @@ impl Router {
         }
     }
 
-    /// Drops offline sessions kept longer than the expiry interval, with their subscriptions.
+    /// Drops offline sessions kept longer than their expiry interval, with their subscriptions.
     pub(super) fn expire_sessions(&mut self) {
-        let Some(expiry) = self.limits.expiry else { return };
-        let expired: Vec<ClientId> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| matches!(c.presence, Presence::Offline(_, since) if since.elapsed() >= expiry))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for client_id in expired {
+        let now = Instant::now();
+        while let Some((deadline, client_id)) = self.expiries.first().cloned() {
+            if deadline > now {
+                break;
+            }
+            self.expiries.pop_first();
+            // A session resumed since it was parked left its deadline behind.
+            let parked = self.clients.get(&client_id).is_some_and(|c| match &c.presence {
+                Presence::Offline(session, since) => {
+                    session.expiry.and_then(|e| since.checked_add(e)) == Some(deadline)
+                }
+                Presence::Online(_) => false,
+            });
+            if !parked {
+                continue;
+            }
             tracing::debug!(client = %client_id.escape_debug(), "offline session expired");
             self.drop_subscriptions(&client_id);
             self.remove_client(&client_id);
@@ -176,8 +212,8 @@ impl Router {
         }
     }
 
-    fn new_session(&self, client_id: ClientId, clean: bool) -> Box<Session> {
-        Box::new(Session::new(client_id, clean, self.limits.clone()))
+    fn new_session(&self, client_id: ClientId, expiry: Option<Duration>) -> Box<Session> {
+        Box::new(Session::new(client_id, expiry, self.limits.clone()))
     }
 
     pub(super) fn connect(
@@ -189,7 +225,7 @@ impl Router {
     ) {
         let clean = meta.clean_session;
         let Some(client) = self.clients.get_mut(&client_id) else {
-            let session = self.new_session(client_id.clone(), clean);
+            let session = self.new_session(client_id.clone(), meta.expiry);
             let client = Client {
                 presence: Presence::Online(outbox),
                 meta,
@@ -211,7 +247,7 @@ impl Router {
                     tracing::warn!(client = %client_id.escape_debug(), "previous connection vanished; session lost");
                     client.presence = Presence::Online(outbox);
                     // A clean stand-in makes `resume` discard the lost session's subscriptions too.
-                    let lost = self.new_session(client_id.clone(), true);
+                    let lost = self.new_session(client_id.clone(), Some(Duration::ZERO));
                     self.resume(client_id, lost, meta, reply);
                     return;
                 }
@@ -221,10 +257,14 @@ impl Router {
                 }
             }
             Presence::Offline(..) => {
-                let Presence::Offline(session, _) = std::mem::replace(&mut client.presence, Presence::Online(outbox))
+                let Presence::Offline(session, since) =
+                    std::mem::replace(&mut client.presence, Presence::Online(outbox))
                 else {
                     unreachable!("matched Offline above")
                 };
+                if let Some(deadline) = session.expiry.and_then(|e| since.checked_add(e)) {
+                    self.expiries.remove(&(deadline, client_id.clone()));
+                }
                 if !client.meta.hidden {
                     self.online += 1;
                 }
@@ -242,14 +282,17 @@ impl Router {
         reply: oneshot::Sender<ConnectOutcome>,
     ) {
         let clean = meta.clean_session;
-        let (session, present) = if clean || old.clean_session {
+        let (session, present) = if clean || !old.persistent() {
             self.drop_subscriptions(&client_id);
-            if !old.clean_session {
+            if old.persistent() {
                 self.events.emit(|| RouterEvent::SessionDiscarded(client_id.clone()));
             }
-            (self.new_session(client_id.clone(), clean), false)
+            (self.new_session(client_id.clone(), meta.expiry), false)
         } else {
             self.events.emit(|| RouterEvent::SessionResumed(client_id.clone()));
+            let mut old = old;
+            // The new connection says how long the session outlives it.
+            old.expiry = meta.expiry;
             (old, true)
         };
         if let Some(client) = self.clients.get_mut(&client_id) {
@@ -289,11 +332,15 @@ impl Router {
         if !client.meta.hidden {
             self.online = self.online.saturating_sub(1);
         }
-        if session.clean_session {
+        if !session.persistent() {
             self.drop_subscriptions(&client_id);
             self.remove_client(&client_id);
         } else {
-            client.presence = Presence::Offline(session, std::time::Instant::now());
+            let now = Instant::now();
+            if let Some(deadline) = session.expiry.and_then(|e| now.checked_add(e)) {
+                self.expiries.insert((deadline, client_id.clone()));
+            }
+            client.presence = Presence::Offline(session, now);
             self.events.emit(|| RouterEvent::SessionParked(client_id.clone()));
         }
     }
@@ -311,19 +358,27 @@ impl Router {
     }
 
     /// Adds one subscription to the trie and (unless the client is hidden) the route table. The caller
-    /// keeps `Client::filters`.
-    fn add_subscription(&mut self, filter: &str, client_id: &ClientId, options: SubscriptionOptions, hidden: bool) {
-        if self.subscriptions.subscribe(filter, client_id, options) {
-            if hidden {
-                self.hidden_subscriptions += 1;
-                return;
-            }
-            let holders = self.routes.entry(filter.to_string()).or_default();
-            *holders += 1;
-            if *holders == 1 {
-                self.events.emit(|| RouterEvent::RouteAdded(filter.into()));
-            }
+    /// keeps `Client::filters`. Returns whether it is new (not a change to an existing one).
+    fn add_subscription(
+        &mut self,
+        filter: &str,
+        client_id: &ClientId,
+        options: SubscriptionOptions,
+        hidden: bool,
+    ) -> bool {
+        if !self.subscriptions.subscribe(filter, client_id, options) {
+            return false;
         }
+        if hidden {
+            self.hidden_subscriptions += 1;
+            return true;
+        }
+        let holders = self.routes.entry(filter.to_string()).or_default();
+        *holders += 1;
+        if *holders == 1 {
+            self.events.emit(|| RouterEvent::RouteAdded(filter.into()));
+        }
+        true
     }
 
     fn remove_subscription(&mut self, filter: &str, client_id: &ClientId, hidden: bool) {
@@ -352,16 +407,33 @@ impl Router {
         let mut matched = std::mem::take(&mut self.matched);
         matched.clear();
         self.subscriptions.matches(message.topic_str(), &mut matched);
-        // A client with overlapping filters gets the message once, at its highest granted QoS.
+        // MQTT 5's "no local": not back to the connection that published it.
+        if matched.iter().any(|(_, options)| options.no_local) {
+            matched.retain(|(client_id, options)| !options.no_local || !self.is_origin(client_id, message.origin));
+        }
+        // A client with overlapping filters gets the message once, at its highest granted QoS, naming
+        // every subscription identifier that matched (MQTT 5 §3.3.4).
         matched.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.qos.cmp(&a.1.qos)));
-        matched.dedup_by(|later, first| later.0 == first.0);
+        let mut more_ids = Vec::new();
+        matched.dedup_by(|later, first| {
+            let same = later.0 == first.0;
+            if same {
+                first.1.retain_as_published |= later.1.retain_as_published;
+                match (first.1.id, later.1.id) {
+                    (None, id) => first.1.id = id,
+                    (Some(_), Some(id)) => more_ids.push((later.0.clone(), id.get())),
+                    (Some(_), None) => {}
+                }
+            }
+            same
+        });
         if matched.is_empty() && !internal {
             self.shared.metrics.inc(Metric::MessagesDropped);
         }
         if let ([(client_id, granted)], true, false) = (&matched[..], lone, internal) {
             if message.qos.min(granted.qos) == QoS::AtMostOnce {
                 if let Some(outbox) = self.drained_outbox(client_id) {
-                    let delivery = Delivery { message, qos: QoS::AtMostOnce, retain: false };
+                    let delivery = live_delivery(&message, granted, &more_ids, client_id);
                     fanout.direct = Some((outbox, delivery));
                     self.matched = matched;
                     return;
@@ -369,10 +441,15 @@ impl Router {
             }
         }
         for (client_id, granted) in &matched {
-            let qos = message.qos.min(granted.qos);
-            self.deliver(client_id, Delivery { message: message.clone(), qos, retain: false }, fanout);
+            let delivery = live_delivery(&message, granted, &more_ids, client_id);
+            self.deliver(client_id, delivery, fanout);
         }
         self.matched = matched;
+    }
+
+    /// Whether `origin` is the connection `client_id` is online through.
+    fn is_origin(&self, client_id: &ClientId, origin: u64) -> bool {
+        self.clients.get(client_id).is_some_and(|c| matches!(&c.presence, Presence::Online(o) if o.conn_id == origin))
     }
 
     fn retain(&mut self, message: &Arc<Message>) {
@@ -431,14 +508,17 @@ impl Router {
         }
     }
 
-    /// The retained messages a new subscription to `filter` receives.
-    fn retained_for(&self, filter: &str, granted: QoS, out: &mut Vec<Delivery>) {
+    /// The retained messages a subscription to `filter` receives (expired ones are left out).
+    fn retained_for(&self, filter: &str, granted: &SubscriptionOptions, out: &mut Vec<Delivery>) {
         if !self.shared.retaining.load(Ordering::Relaxed) {
             return;
         }
+        let now = Instant::now();
+        let ids: Vec<u32> = granted.id.map(|id| id.get()).into_iter().collect();
         for (topic, message) in &self.retained {
-            if topic::matches(filter, topic) {
-                out.push(Delivery { message: message.clone(), qos: message.qos.min(granted), retain: true });
+            if topic::matches(filter, topic) && !message.expired(now) {
+                let qos = message.qos.min(granted.qos);
+                out.push(Delivery { message: message.for_subscriptions(&ids), qos, retain: true });
             }
         }
     }
@@ -459,25 +539,28 @@ impl Router {
             client.filters.insert(filter.clone(), *options);
         }
         for (filter, options) in filters {
-            self.add_subscription(filter, client_id, *options, hidden);
-            self.retained_for(filter, options.qos, &mut retained);
+            let is_new = self.add_subscription(filter, client_id, *options, hidden);
+            // MQTT 5's retain handling: 0 always, 1 for a new subscription only, 2 never.
+            if options.retain_handling == 0 || (options.retain_handling == 1 && is_new) {
+                self.retained_for(filter, options, &mut retained);
+            }
         }
         retained
     }
 
-    /// Removes subscriptions of a client; returns how many it had.
-    pub(super) fn unsubscribe_client(&mut self, client_id: &ClientId, filters: &[String]) -> usize {
-        let Some(client) = self.clients.get_mut(client_id) else { return 0 };
+    /// Removes subscriptions of a client; returns, for each filter, whether it had it.
+    pub(super) fn unsubscribe_client(&mut self, client_id: &ClientId, filters: &[String]) -> Vec<bool> {
+        let Some(client) = self.clients.get_mut(client_id) else { return vec![false; filters.len()] };
         let hidden = client.meta.hidden;
         let had_any = !client.filters.is_empty();
-        let removed: Vec<&String> = filters.iter().filter(|f| client.filters.remove(*f).is_some()).collect();
+        let found: Vec<bool> = filters.iter().map(|f| client.filters.remove(f).is_some()).collect();
         if had_any && client.filters.is_empty() && !hidden {
             self.subscribers = self.subscribers.saturating_sub(1);
         }
-        for filter in &removed {
+        for (filter, _) in filters.iter().zip(&found).filter(|(_, found)| **found) {
             self.remove_subscription(filter, client_id, hidden);
         }
-        removed.len()
+        found
     }
 
     fn online_outbox(&self, client_id: &str, conn_id: u64) -> Option<Outbox> {
@@ -505,7 +588,11 @@ impl Router {
 
     pub(super) fn unsubscribe(&mut self, client_id: ClientId, conn_id: u64, pkid: u16, filters: Vec<String>) {
         let Some(outbox) = self.online_outbox(&client_id, conn_id) else { return };
-        self.unsubscribe_client(&client_id, &filters);
-        let _ = outbox.push(OutboxItem::Unsubscribed(pkid), None);
+        let found = self.unsubscribe_client(&client_id, &filters);
+        let reasons = found
+            .into_iter()
+            .map(|found| if found { ReasonCode::Success } else { ReasonCode::NoSubscriptionExisted })
+            .collect();
+        let _ = outbox.push(OutboxItem::Unsubscribed(Box::new(Unsuback { pkid, reasons })), None);
     }
 }

@@ -1,6 +1,7 @@
 //! What travels through the broker: a message, and one delivery of it to one client.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -17,8 +18,11 @@ pub struct Message {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
-    /// MQTT 5's properties, passed on as they came (none from 3.1/3.1.1 publishers).
+    /// MQTT 5's properties, passed on as they came (none from 3.1/3.1.1 publishers), but for the topic
+    /// alias, which was the publisher's connection's alone.
     pub properties: Option<Arc<PublishProperties>>,
+    /// When its message expiry interval runs out (MQTT 5): not delivered after that.
+    pub expires_at: Option<Instant>,
     /// The connection that published it (its id, unique for the broker's life); 0 for the broker's
     /// own messages (`$SYS`, control replies, publishes through the API).
     pub origin: u64,
@@ -27,13 +31,60 @@ pub struct Message {
 impl Message {
     /// One of the broker's own messages.
     pub fn new(topic: Bytes, payload: Bytes, qos: QoS, retain: bool) -> Message {
-        Message { topic, payload, qos, retain, properties: None, origin: 0 }
+        Message { topic, payload, qos, retain, properties: None, expires_at: None, origin: 0 }
     }
 
     /// What a client published, as the connection `origin` read it.
     pub fn published(publish: Publish, origin: u64) -> Message {
         let Publish { topic, payload, qos, retain, properties, .. } = publish;
-        Message { topic, payload, qos, retain, properties, origin }
+        Message::with_properties(topic, payload, qos, retain, properties, origin)
+    }
+
+    /// A message with MQTT 5 properties; its expiry counts from now.
+    pub fn with_properties(
+        topic: Bytes,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        mut properties: Option<Arc<PublishProperties>>,
+        origin: u64,
+    ) -> Message {
+        if let Some(p) = properties.as_mut() {
+            if p.topic_alias.is_some() {
+                Arc::make_mut(p).topic_alias = None;
+            }
+            if **p == PublishProperties::default() {
+                properties = None;
+            }
+        }
+        let expires_at = properties
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval)
+            .map(|secs| Instant::now() + Duration::from_secs(secs.into()));
+        Message { topic, payload, qos, retain, properties, expires_at, origin }
+    }
+
+    /// The same message, as delivered through subscriptions with these identifiers (MQTT 5: each
+    /// delivery names the subscriptions that matched).
+    pub fn for_subscriptions(self: &Arc<Message>, ids: &[u32]) -> Arc<Message> {
+        if ids.is_empty() {
+            return self.clone();
+        }
+        let mut properties = self.properties.as_deref().cloned().unwrap_or_default();
+        properties.subscription_identifiers = ids.to_vec();
+        Arc::new(Message {
+            topic: self.topic.clone(),
+            payload: self.payload.clone(),
+            qos: self.qos,
+            retain: self.retain,
+            properties: Some(Arc::new(properties)),
+            expires_at: self.expires_at,
+            origin: self.origin,
+        })
+    }
+
+    pub fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
     }
 
     pub fn topic_str(&self) -> &str {
@@ -56,8 +107,14 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// The PUBLISH that carries this delivery (`pkid` 0 for QoS 0).
+    /// The PUBLISH that carries this delivery (`pkid` 0 for QoS 0). A message that expires carries the
+    /// time it has left (MQTT 5 §3.3.2.3.3).
     pub fn publish(&self, pkid: u16, dup: bool) -> Publish {
+        let mut properties = self.message.properties.clone();
+        if let (Some(at), Some(p)) = (self.message.expires_at, properties.as_mut()) {
+            let left = at.saturating_duration_since(Instant::now()).as_secs_f64().ceil() as u32;
+            Arc::make_mut(p).message_expiry_interval = Some(left.max(1));
+        }
         Publish {
             dup,
             qos: self.qos,
@@ -65,7 +122,11 @@ impl Delivery {
             topic: self.message.topic.clone(),
             pkid,
             payload: self.message.payload.clone(),
-            properties: self.message.properties.clone(),
+            properties,
         }
+    }
+
+    pub fn expired(&self, now: Instant) -> bool {
+        self.message.expired(now)
     }
 }

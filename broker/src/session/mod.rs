@@ -90,9 +90,13 @@ impl SessionStats {
 #[derive(Debug)]
 pub struct Session {
     pub client_id: ClientId,
-    pub clean_session: bool,
+    /// How long the session outlives its connection: `Some(ZERO)` not at all (a clean session),
+    /// `None` until the broker stops. MQTT 5 clients choose it; 3.1/3.1.1 ones get the broker's.
+    pub expiry: Option<Duration>,
     pub stats: Arc<SessionStats>,
     limits: SessionLimits,
+    /// The connected client's receive maximum (MQTT 5): never more in flight than it allows.
+    receive_maximum: Option<u16>,
     /// In send order, so redelivery after reconnect keeps the original order.
     inflight: VecDeque<Inflight>,
     mqueue: VecDeque<Delivery>,
@@ -101,12 +105,13 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(client_id: ClientId, clean_session: bool, limits: SessionLimits) -> Self {
+    pub fn new(client_id: ClientId, expiry: Option<Duration>, limits: SessionLimits) -> Self {
         Session {
             client_id,
-            clean_session,
+            expiry,
             stats: Arc::default(),
             limits,
+            receive_maximum: None,
             inflight: VecDeque::new(),
             mqueue: VecDeque::new(),
             awaiting_rel: HashMap::new(),
@@ -116,6 +121,25 @@ impl Session {
 
     pub fn max_inflight(&self) -> usize {
         self.limits.max_inflight
+    }
+
+    /// Whether the session is kept when its connection ends.
+    pub fn persistent(&self) -> bool {
+        self.expiry != Some(Duration::ZERO)
+    }
+
+    /// The receive maximum of the client now connected (`None` for 3.1/3.1.1: the broker's window).
+    pub fn set_receive_maximum(&mut self, receive_maximum: Option<u16>) {
+        self.receive_maximum = receive_maximum;
+    }
+
+    /// How many QoS 1/2 deliveries may be in flight at once; 0 is no limit.
+    fn window(&self) -> usize {
+        match (self.limits.max_inflight, self.receive_maximum) {
+            (broker, None) => broker,
+            (0, Some(client)) => client as usize,
+            (broker, Some(client)) => broker.min(client as usize),
+        }
     }
 
     pub fn max_mqueue_len(&self) -> usize {
@@ -178,6 +202,10 @@ impl Session {
     /// Takes a message for an online client: returns the PUBLISH to write now, or queues it behind a
     /// full inflight window. Returns whether anything was dropped through `dropped`.
     pub fn deliver(&mut self, delivery: Delivery, dropped: &mut bool) -> Option<Publish> {
+        if delivery.expired(Instant::now()) {
+            *dropped = true;
+            return None;
+        }
         if delivery.qos == QoS::AtMostOnce {
             self.stats.count_delivered();
             return Some(delivery.publish(0, false));
@@ -199,12 +227,20 @@ impl Session {
         }
     }
 
-    /// Moves the next queued message into the window if it has room: the PUBLISH to write.
+    /// Moves the next queued message into the window if it has room: the PUBLISH to write. Messages
+    /// that expired while they waited are dropped on the way (MQTT 5's message expiry).
     pub fn next_queued(&mut self) -> Option<Publish> {
         if self.window_full() {
             return None;
         }
-        let delivery = self.mqueue.pop_front()?;
+        let now = Instant::now();
+        let delivery = loop {
+            let delivery = self.mqueue.pop_front()?;
+            if !delivery.expired(now) {
+                break delivery;
+            }
+            Self::count(&self.stats.mqueue_dropped);
+        };
         let publish = if delivery.qos == QoS::AtMostOnce {
             self.stats.count_delivered();
             delivery.publish(0, false)
@@ -287,6 +323,14 @@ impl Session {
         before - self.awaiting_rel.len()
     }
 
+    /// Forgets a delivery in flight that could not be sent (too large for the client): as if acknowledged.
+    pub fn discard(&mut self, pkid: u16) {
+        if let Some(i) = self.inflight.iter().position(|e| e.pkid == pkid) {
+            self.inflight.remove(i);
+            self.sync_stats();
+        }
+    }
+
     fn finish(&mut self, pkid: u16, expected: InflightState) -> AckResult {
         match self.inflight.iter().position(|e| e.pkid == pkid && e.state == expected) {
             Some(i) => {
@@ -300,7 +344,8 @@ impl Session {
 
     /// Whether the inflight window is full, so a QoS 1 or 2 delivery would only be queued.
     pub fn window_full(&self) -> bool {
-        self.limits.max_inflight > 0 && self.inflight.len() >= self.limits.max_inflight
+        let window = self.window();
+        window > 0 && self.inflight.len() >= window
     }
 
     fn send_inflight(&mut self, delivery: Delivery) -> Publish {
@@ -353,7 +398,7 @@ mod tests {
 
     #[test]
     fn window_queue_and_acks() {
-        let mut s = Session::new("c".into(), false, limits(2, 2));
+        let mut s = Session::new("c".into(), None, limits(2, 2));
         let mut dropped = false;
         let p1 = s.deliver(delivery(1, QoS::AtLeastOnce), &mut dropped).unwrap();
         let p2 = s.deliver(delivery(2, QoS::ExactlyOnce), &mut dropped).unwrap();
@@ -390,7 +435,7 @@ mod tests {
 
     #[test]
     fn awaiting_rel_limit_and_timeout() {
-        let mut s = Session::new("c".into(), false, limits(2, 2));
+        let mut s = Session::new("c".into(), None, limits(2, 2));
         assert_eq!(s.incoming_qos2(1), Some(true));
         assert_eq!(s.incoming_qos2(1), Some(false));
         assert_eq!(s.incoming_qos2(2), Some(true));
@@ -403,7 +448,7 @@ mod tests {
 
     #[test]
     fn packet_ids_skip_those_in_flight() {
-        let mut s = Session::new("c".into(), false, limits(3, 10));
+        let mut s = Session::new("c".into(), None, limits(3, 10));
         s.next_pkid = u16::MAX;
         let mut d = false;
         let a = s.deliver(delivery(1, QoS::AtLeastOnce), &mut d).unwrap().pkid;

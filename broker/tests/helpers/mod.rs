@@ -76,6 +76,7 @@ pub fn connect_packet(client_id: &str, clean_session: bool) -> Connect {
         will: None,
         username: None,
         password: None,
+        properties: Default::default(),
     }
 }
 
@@ -84,7 +85,7 @@ pub async fn connack_code(addr: SocketAddr, connect: Packet) -> ConnectReturnCod
     let mut raw = Raw::open(addr).await;
     raw.send(&connect).await;
     match raw.recv().await {
-        Some(Packet::Connack(c)) => c.code,
+        Some(Packet::Connack(c)) => c.code(),
         other => panic!("expected CONNACK, got {other:?}"),
     }
 }
@@ -117,6 +118,8 @@ pub fn subscribe(pkid: u16, filters: &[(&str, QoS)]) -> Packet {
 pub struct Raw<S = TcpStream> {
     stream: S,
     buf: BytesMut,
+    /// The protocol level packets are written and read at: that of the last CONNECT sent.
+    level: Protocol,
 }
 
 impl Raw {
@@ -134,7 +137,7 @@ impl Raw {
     pub fn from_stream(stream: TcpStream) -> Raw {
         // A packet written right after a large one would otherwise wait for the broker's delayed ACK.
         stream.set_nodelay(true).expect("nodelay");
-        Raw { stream, buf: BytesMut::new() }
+        Raw { stream, buf: BytesMut::new(), level: Protocol::V311 }
     }
 
     /// Opens a connection and completes CONNECT/CONNACK, asserting acceptance.
@@ -142,7 +145,7 @@ impl Raw {
         let mut raw = Raw::open(addr).await;
         raw.send(&Packet::Connect(connect)).await;
         match raw.recv().await {
-            Some(Packet::Connack(Connack { code: ConnectReturnCode::Accepted, session_present })) => {
+            Some(Packet::Connack(Connack { reason: ReasonCode::Success, session_present, .. })) => {
                 (raw, session_present)
             }
             other => panic!("expected an accepting CONNACK, got {other:?}"),
@@ -161,22 +164,25 @@ impl Raw {
 
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Raw<S> {
     pub fn over(stream: S) -> Raw<S> {
-        Raw { stream, buf: BytesMut::new() }
+        Raw { stream, buf: BytesMut::new(), level: Protocol::V311 }
     }
 
     /// Sends `connect` and returns the CONNACK's return code (or `None` if the connection closed).
     pub async fn connack(&mut self, connect: Connect) -> Option<ConnectReturnCode> {
         self.send(&Packet::Connect(connect)).await;
         match self.recv().await {
-            Some(Packet::Connack(c)) => Some(c.code),
+            Some(Packet::Connack(c)) => Some(c.code()),
             None => None,
             other => panic!("expected CONNACK, got {other:?}"),
         }
     }
 
     pub async fn send(&mut self, packet: &Packet) {
+        if let Packet::Connect(connect) = packet {
+            self.level = connect.protocol;
+        }
         let mut buf = BytesMut::new();
-        protocol::encode(packet, Protocol::V311, &mut buf);
+        protocol::encode(packet, self.level, &mut buf);
         self.send_bytes(&buf).await;
     }
 
@@ -195,7 +201,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Raw<S> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Some(packet) =
-                protocol::decode(&mut self.buf, Protocol::V311, usize::MAX).expect("broker sends valid packets")
+                protocol::decode(&mut self.buf, self.level, usize::MAX).expect("broker sends valid packets")
             {
                 return Ok(Some(packet));
             }
@@ -266,7 +272,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Raw<S> {
     }
 
     pub async fn disconnect(mut self) {
-        self.send(&Packet::Disconnect(ReasonCode::Success)).await;
+        self.send(&Packet::Disconnect(Disconnect::new(ReasonCode::Success))).await;
         let _ = self.stream.shutdown().await;
     }
 }

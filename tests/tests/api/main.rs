@@ -8,5 +8,6 @@ mod http;
 mod link;
 mod logins;
 mod logs;
+mod mqtt5;
 mod prometheus;
 mod routes;
