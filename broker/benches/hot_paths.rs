@@ -67,7 +67,7 @@ fn matching_benches(c: &mut Criterion) {
         group.bench_function(format!("10k filters: {topic}"), |b| {
             b.iter(|| {
                 out.clear();
-                tree.matches(black_box(topic), &mut out);
+                tree.matches(black_box(topic), &mut out, &mut Vec::new());
                 black_box(out.len())
             })
         });
@@ -112,7 +112,7 @@ fn fanout_benches(c: &mut Criterion) {
         b.iter(|| {
             for (session, buf) in sessions.iter_mut() {
                 let mut dropped = false;
-                let delivery = Delivery { message: message.clone(), qos: QoS::AtMostOnce, retain: false };
+                let delivery = Delivery::new(message.clone(), QoS::AtMostOnce, false);
                 if let Some(publish) = session.deliver(delivery, &mut dropped) {
                     protocol::encode(&Packet::Publish(publish), Protocol::V311, buf);
                 }
@@ -133,6 +133,7 @@ fn routing_benches(c: &mut Criterion) {
         metrics: Arc::new(Metrics::default()),
         stats: Arc::new(Stats::default()),
         node: "bench@127.0.0.1".into(),
+        shared_strategy: Default::default(),
     };
     let router = RouterHandle::new(limits(), wiring);
     let mut receivers = Vec::new();

@@ -384,7 +384,6 @@ fn connack_properties(ctx: &Context, assigned_client_identifier: Option<String>)
         // as may await their PUBREL.
         receive_maximum: (config.max_awaiting_rel > 0).then(|| config.max_awaiting_rel.min(u16::MAX.into()) as u16),
         maximum_packet_size: u32::try_from(config.max_packet_size).ok(),
-        shared_subscription_available: Some(false),
         ..ConnackProperties::default()
     }
 }
@@ -733,7 +732,7 @@ impl ClientConnection {
                 // Always completed, so a client that lost our PUBCOMP can finish.
                 self.send(&Packet::Pubcomp(Ack::new(pkid)));
             }
-            Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe),
+            Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe)?,
             Packet::Disconnect(disconnect) => return Err(self.handle_disconnect(disconnect)),
             Packet::Unsubscribe(unsubscribe) => {
                 self.flush_publishes();
@@ -896,29 +895,38 @@ impl ClientConnection {
         }
     }
 
-    fn handle_subscribe(&mut self, subscribe: Subscribe) {
+    fn handle_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Exit> {
         self.flush_publishes();
-        let filters = subscribe
-            .filters
-            .into_iter()
-            .map(|(filter, options)| {
-                let granted = if !topic::valid_topic_filter(&filter) {
-                    Err(ReasonCode::TopicFilterInvalid)
-                } else if self.principal == Principal::Management {
-                    Ok(options)
-                } else if filter.starts_with("$midge") {
-                    tracing::warn!(client_id = %self.client_id.escape_debug(), filter = %filter.escape_debug(), "subscription to control topics refused");
-                    Err(ReasonCode::NotAuthorized)
-                } else if self.ctx.settings.acl().check(&self.info, Access::Subscribe, &filter) == Decision::Deny {
-                    tracing::debug!(client_id = %self.client_id.escape_debug(), filter = %filter.escape_debug(), "subscribe denied by ACL");
-                    Err(ReasonCode::NotAuthorized)
-                } else {
-                    Ok(options)
-                };
-                (filter, granted)
-            })
-            .collect();
+        let mut filters = Vec::with_capacity(subscribe.filters.len());
+        for (written, options) in subscribe.filters {
+            let granted = match topic::parse_subscription(&written) {
+                None => Err(ReasonCode::TopicFilterInvalid),
+                Some(parsed) if parsed.is_shared() && options.no_local => {
+                    return Err(Exit::ProtocolViolation(
+                        ReasonCode::ProtocolError,
+                        "no local on a shared subscription",
+                    ));
+                }
+                Some(_) if self.principal == Principal::Management => Ok(options),
+                // Access is to the filter matched, whatever group it is shared in.
+                Some(parsed) => self.may_subscribe(parsed.filter()).map(|()| options),
+            };
+            filters.push((written, granted));
+        }
         self.ctx.router.subscribe(self.client_id.clone(), self.conn_id, subscribe.pkid, filters);
+        Ok(())
+    }
+
+    fn may_subscribe(&self, filter: &str) -> Result<(), ReasonCode> {
+        if filter.starts_with("$midge") {
+            tracing::warn!(client_id = %self.client_id.escape_debug(), filter = %filter.escape_debug(), "subscription to control topics refused");
+            return Err(ReasonCode::NotAuthorized);
+        }
+        if self.ctx.settings.acl().check(&self.info, Access::Subscribe, filter) == Decision::Deny {
+            tracing::debug!(client_id = %self.client_id.escape_debug(), filter = %filter.escape_debug(), "subscribe denied by ACL");
+            return Err(ReasonCode::NotAuthorized);
+        }
+        Ok(())
     }
 
     fn handle_item(&mut self, item: OutboxItem) -> Result<(), Exit> {

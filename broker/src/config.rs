@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::acl::Nomatch;
 pub use crate::auth::Secret;
+pub use crate::router::shared::SharedStrategy;
 use crate::session::SessionLimits;
 use crate::transport::{ListenerConfig, ListenerKind};
 
@@ -40,6 +41,8 @@ pub struct Config {
     pub await_rel_timeout: u64,
     /// Topic aliases an MQTT 5 client may set up on its connection (0: none).
     pub max_topic_alias: u16,
+    /// Which member of a shared subscription gets each message.
+    pub shared_subscription_strategy: SharedStrategy,
     pub sys_interval: u64,
     pub mgmt_username: String,
     #[serde(skip_serializing)]
@@ -85,6 +88,7 @@ impl Default for Config {
             max_awaiting_rel: 100,
             await_rel_timeout: 20,
             max_topic_alias: 100,
+            shared_subscription_strategy: SharedStrategy::RoundRobin,
             sys_interval: 60,
             mgmt_username: "midge-mgmt".into(),
             mgmt_secret: None,
@@ -297,6 +301,12 @@ struct Cli {
     #[arg(long, env = "MIDGE_MAX_TOPIC_ALIAS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_topic_alias: Option<u16>,
+
+    /// Which member of a shared subscription ($share/{group}/..., $queue/...) gets each message
+    /// [default: round_robin].
+    #[arg(long, env = "MIDGE_SHARED_SUBSCRIPTION_STRATEGY", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared_subscription_strategy: Option<SharedStrategy>,
 
     /// Seconds between $SYS stats/metrics/uptime publishes; 0 turns them off [default: 60].
     #[arg(long, env = "MIDGE_SYS_INTERVAL")]

@@ -106,6 +106,7 @@ impl Broker {
             metrics: metrics.clone(),
             stats: stats.clone(),
             node: config.node.clone(),
+            shared_strategy: config.shared_subscription_strategy,
         };
         let router = RouterHandle::new(config.session_limits(), wiring);
         let settings = Arc::new(Settings::new(&config, acl, log_reload));

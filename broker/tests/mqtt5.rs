@@ -89,7 +89,8 @@ async fn connack_tells_the_limits_and_assigns_an_identifier() {
     assert_eq!(p.topic_alias_maximum, Some(7));
     assert_eq!(p.receive_maximum, Some(3));
     assert_eq!(p.maximum_packet_size, Some(1024 * 1024));
-    assert_eq!(p.shared_subscription_available, Some(false));
+    // Shared subscriptions, wildcards and subscription identifiers: available, as the defaults say.
+    assert_eq!(p.shared_subscription_available, None);
 
     // A 3.1.1 client still gets its 3.1.1 CONNACK.
     let (_old, present) = Raw::connect(broker.addr, connect_packet("old", true)).await;

@@ -26,6 +26,45 @@ pub fn valid_topic_filter(filter: &str) -> bool {
     true
 }
 
+/// A subscription's filter as a client wrote it: a plain filter, or a shared subscription's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscription<'a> {
+    /// A filter. EMQ's `$local/` prefix (keep the subscription on this node) is taken off: with one
+    /// node, every subscription is local.
+    Plain(&'a str),
+    /// `$share/{group}/{filter}` (MQTT 5 §4.8.2, and EMQ for 3.1.1 alike), or EMQ's `$queue/{filter}`,
+    /// which is the one group `$queue`: each message goes to one member of the group.
+    Shared { group: &'a str, filter: &'a str },
+}
+
+impl<'a> Subscription<'a> {
+    /// The filter messages are matched against.
+    pub fn filter(&self) -> &'a str {
+        match self {
+            Subscription::Plain(filter) | Subscription::Shared { filter, .. } => filter,
+        }
+    }
+
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Subscription::Shared { .. })
+    }
+}
+
+/// Reads what a client subscribes to; `None` if it is no valid filter (a share name must be a non-empty
+/// level without wildcards, followed by a filter).
+pub fn parse_subscription(written: &str) -> Option<Subscription<'_>> {
+    if let Some(rest) = written.strip_prefix("$share/") {
+        let (group, filter) = rest.split_once('/')?;
+        let valid = !group.is_empty() && !group.contains(['+', '#']) && valid_topic_filter(filter);
+        return valid.then_some(Subscription::Shared { group, filter });
+    }
+    if let Some(filter) = written.strip_prefix("$queue/") {
+        return valid_topic_filter(filter).then_some(Subscription::Shared { group: "$queue", filter });
+    }
+    let filter = written.strip_prefix("$local/").unwrap_or(written);
+    valid_topic_filter(filter).then_some(Subscription::Plain(filter))
+}
+
 /// Topics only the broker (`$SYS`) or the management principal (control topics) may publish to.
 pub fn broker_owned(topic: &str) -> bool {
     midge_shared::control::is_control_topic(topic) || topic == "$SYS" || topic.starts_with("$SYS/")
@@ -67,6 +106,27 @@ mod tests {
         }
         for bad in ["", "a/+", "#", "a/#/b", "a\0b", "a+b"] {
             assert!(!valid_topic_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn shared_and_local_subscriptions() {
+        use Subscription::*;
+        let cases = [
+            ("a/+", Some(Plain("a/+"))),
+            ("$local/a/#", Some(Plain("a/#"))),
+            ("$share/g/a/+", Some(Shared { group: "g", filter: "a/+" })),
+            ("$share/g/#", Some(Shared { group: "g", filter: "#" })),
+            ("$queue/a", Some(Shared { group: "$queue", filter: "a" })),
+            ("$share/g", None),
+            ("$share//a", None),
+            ("$share/g+/a", None),
+            ("$share/g/a/#/b", None),
+            ("$queue/", None),
+            ("$local/", None),
+        ];
+        for (written, expected) in cases {
+            assert_eq!(parse_subscription(written), expected, "{written}");
         }
     }
 

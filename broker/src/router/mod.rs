@@ -13,6 +13,7 @@
 mod admin;
 mod events;
 mod outbox;
+pub mod shared;
 pub mod subscriptions;
 mod tables;
 
@@ -229,6 +230,7 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             stats: Arc::new(Stats::default()),
             node: "test@127.0.0.1".into(),
+            shared_strategy: Default::default(),
         };
         RouterHandle::new(limits, wiring)
     }

@@ -506,7 +506,7 @@ mod tests {
     fn delivery(qos: crate::protocol::QoS) -> OutboxItem {
         let message =
             crate::session::Message::new(bytes::Bytes::from_static(b"t"), bytes::Bytes::from_static(b"p"), qos, false);
-        OutboxItem::Deliver(Delivery { message: Arc::new(message), qos, retain: false })
+        OutboxItem::Deliver(Delivery::new(Arc::new(message), qos, false))
     }
 
     #[test]
@@ -556,7 +556,7 @@ mod tests {
             crate::protocol::QoS::AtMostOnce,
             false,
         );
-        Delivery { message: Arc::new(message), qos: crate::protocol::QoS::AtMostOnce, retain: false }
+        Delivery::new(Arc::new(message), crate::protocol::QoS::AtMostOnce, false)
     }
 
     fn is_deliver(item: &OutboxItem) -> bool {

@@ -7,12 +7,14 @@
 //! is split as it is walked rather than into a vector first, and the maps hash with foldhash, which is
 //! several times faster than std's SipHash on short keys and still seeded at random per map.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
 use crate::protocol::SubscriptionOptions;
-use crate::session::ClientId;
+use crate::session::{ClientId, SharedKey};
 
 /// The hash maps on the routing path.
 pub type FastMap<K, V> = HashMap<K, V, RandomState>;
@@ -26,11 +28,29 @@ struct Node {
     /// The `#` child: this level's parent and everything below it.
     hash: Option<Box<Node>>,
     subscribers: FastMap<ClientId, SubscriptionOptions>,
+    /// Shared subscriptions' groups on the filter that ends here, by name; boxed, as most filters have
+    /// none.
+    shared: Option<Box<FastMap<Box<str>, SharedGroup>>>,
+}
+
+/// The members of one shared subscription (a group on a filter): each message goes to one of them.
+#[derive(Debug)]
+pub struct SharedGroup {
+    pub key: Arc<SharedKey>,
+    /// In the order they joined.
+    pub members: Vec<(ClientId, SubscriptionOptions)>,
+    /// Where the next round-robin pick starts, or the sticky member: matching takes `&self`, so the
+    /// choice is kept in a cell (the router's lock makes it the only writer).
+    pub next: Cell<usize>,
 }
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.plus.is_none() && self.hash.is_none() && self.subscribers.is_empty()
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_none()
+            && self.subscribers.is_empty()
+            && self.shared.is_none()
     }
 
     /// The child for `level`, made if it is missing.
@@ -64,9 +84,10 @@ impl Node {
 #[derive(Default)]
 pub struct SubscriptionTree {
     root: Node,
-    /// Number of (client, filter) pairs.
+    /// Number of (client, filter) pairs, shared subscriptions' memberships included.
     subscriptions: usize,
-    /// Number of distinct filters with at least one subscriber (EMQ's "routes" on one node).
+    /// Number of distinct filters with at least one subscriber (EMQ's "routes" on one node), each
+    /// shared subscription's group counted apart.
     filters: usize,
 }
 
@@ -99,10 +120,47 @@ impl SubscriptionTree {
         is_new
     }
 
+    /// Adds or replaces `client`'s membership of the shared subscription `group` on `filter`. Returns
+    /// true when it is new.
+    pub fn subscribe_shared(
+        &mut self,
+        group: &str,
+        filter: &str,
+        client: &ClientId,
+        options: SubscriptionOptions,
+    ) -> bool {
+        let mut node = &mut self.root;
+        for level in filter.split('/') {
+            node = node.child_or_insert(level);
+        }
+        let groups = node.shared.get_or_insert_with(Box::default);
+        let shared = groups.entry(group.into()).or_insert_with(|| {
+            self.filters += 1;
+            let key = Arc::new(SharedKey { group: group.into(), filter: filter.into() });
+            SharedGroup { key, members: Vec::new(), next: Cell::new(0) }
+        });
+        if let Some(member) = shared.members.iter_mut().find(|(c, _)| c == client) {
+            member.1 = options;
+            return false;
+        }
+        shared.members.push((client.clone(), options));
+        self.subscriptions += 1;
+        true
+    }
+
     /// Removes `client`'s subscription to `filter`, pruning empty branches. Returns true if it existed.
     pub fn unsubscribe(&mut self, filter: &str, client: &str) -> bool {
+        self.remove(filter, client, None)
+    }
+
+    /// Removes `client` from the shared subscription `group` on `filter`. Returns true if it was in.
+    pub fn unsubscribe_shared(&mut self, group: &str, filter: &str, client: &str) -> bool {
+        self.remove(filter, client, Some(group))
+    }
+
+    fn remove(&mut self, filter: &str, client: &str, group: Option<&str>) -> bool {
         let levels: Vec<&str> = filter.split('/').collect();
-        let (removed, emptied) = remove(&mut self.root, &levels, client);
+        let (removed, emptied) = remove(&mut self.root, &levels, client, group);
         if removed {
             self.subscriptions -= 1;
         }
@@ -112,11 +170,30 @@ impl SubscriptionTree {
         removed
     }
 
-    /// Appends every (client, its options) whose filter matches `topic`. A client with several
-    /// matching filters appears once per filter; callers fold those to the highest granted QoS.
-    pub fn matches(&self, topic: &str, out: &mut Vec<(ClientId, SubscriptionOptions)>) {
+    /// Appends every (client, its options) whose filter matches `topic`, and every shared
+    /// subscription's group that does. A client with several matching filters appears once per
+    /// filter; callers fold those to the highest granted QoS.
+    pub fn matches<'a>(
+        &'a self,
+        topic: &str,
+        out: &mut Vec<(ClientId, SubscriptionOptions)>,
+        groups: &mut Vec<&'a SharedGroup>,
+    ) {
         // Wildcards at the root never match `$` topics.
-        walk(&self.root, Some(topic), !topic.starts_with('$'), out);
+        walk(&self.root, Some(topic), !topic.starts_with('$'), out, groups);
+    }
+
+    /// The shared subscription `group` on `filter`, if it has members.
+    pub fn shared_group(&self, group: &str, filter: &str) -> Option<&SharedGroup> {
+        let mut node = &self.root;
+        for level in filter.split('/') {
+            node = match level {
+                "+" => node.plus.as_deref()?,
+                "#" => node.hash.as_deref()?,
+                _ => node.children.get(level)?,
+            };
+        }
+        node.shared.as_ref()?.get(group)
     }
 }
 
@@ -128,47 +205,74 @@ fn split_level(topic: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn collect(node: &Node, out: &mut Vec<(ClientId, SubscriptionOptions)>) {
+fn collect<'a>(node: &'a Node, out: &mut Vec<(ClientId, SubscriptionOptions)>, groups: &mut Vec<&'a SharedGroup>) {
     out.extend(node.subscribers.iter().map(|(c, q)| (c.clone(), *q)));
+    if let Some(shared) = &node.shared {
+        groups.extend(shared.values());
+    }
 }
 
 /// Matches the levels in `rest` (none left: `None`) below `node`, which matched the levels before;
 /// `wildcards` is false for the first level of a `$` topic.
-fn walk(node: &Node, rest: Option<&str>, wildcards: bool, out: &mut Vec<(ClientId, SubscriptionOptions)>) {
+fn walk<'a>(
+    node: &'a Node,
+    rest: Option<&str>,
+    wildcards: bool,
+    out: &mut Vec<(ClientId, SubscriptionOptions)>,
+    groups: &mut Vec<&'a SharedGroup>,
+) {
     if let (Some(hash), true) = (&node.hash, wildcards) {
-        collect(hash, out);
+        collect(hash, out, groups);
     }
     let Some(rest) = rest else {
-        collect(node, out);
+        collect(node, out, groups);
         return;
     };
     let (level, rest) = split_level(rest);
     if let (Some(plus), true) = (&node.plus, wildcards) {
-        walk(plus, rest, true, out);
+        walk(plus, rest, true, out, groups);
     }
     if let Some(child) = node.children.get(level) {
-        walk(child, rest, true, out);
+        walk(child, rest, true, out, groups);
     }
 }
 
-/// `(removed, filter now has no subscribers)`.
-fn remove(node: &mut Node, levels: &[&str], client: &str) -> (bool, bool) {
+/// `(removed, filter or group now has no subscribers)`.
+fn remove(node: &mut Node, levels: &[&str], client: &str, group: Option<&str>) -> (bool, bool) {
     match levels.split_first() {
-        None => {
-            let removed = node.subscribers.remove(client).is_some();
-            (removed, removed && node.subscribers.is_empty())
-        }
+        None => match group {
+            None => {
+                let removed = node.subscribers.remove(client).is_some();
+                (removed, removed && node.subscribers.is_empty())
+            }
+            Some(group) => remove_member(node, group, client),
+        },
         Some((level, rest)) => {
             let Some(child) = node.child_mut(level) else {
                 return (false, false);
             };
-            let result = remove(child, rest, client);
+            let result = remove(child, rest, client, group);
             if child.is_empty() {
                 node.remove_child(level);
             }
             result
         }
     }
+}
+
+fn remove_member(node: &mut Node, group: &str, client: &str) -> (bool, bool) {
+    let Some(groups) = node.shared.as_mut() else { return (false, false) };
+    let Some(shared) = groups.get_mut(group) else { return (false, false) };
+    let Some(i) = shared.members.iter().position(|(c, _)| &**c == client) else { return (false, false) };
+    shared.members.remove(i);
+    let emptied = shared.members.is_empty();
+    if emptied {
+        groups.remove(group);
+        if groups.is_empty() {
+            node.shared = None;
+        }
+    }
+    (true, emptied)
 }
 
 #[cfg(test)]
@@ -184,7 +288,7 @@ mod tests {
 
     fn matched(tree: &SubscriptionTree, topic: &str) -> BTreeMap<String, Vec<QoS>> {
         let mut out = Vec::new();
-        tree.matches(topic, &mut out);
+        tree.matches(topic, &mut out, &mut Vec::new());
         let mut map: BTreeMap<String, Vec<QoS>> = BTreeMap::new();
         for (c, options) in out {
             map.entry(c.to_string()).or_default().push(options.qos);
@@ -209,6 +313,34 @@ mod tests {
         assert_eq!((tree.subscription_count(), tree.filter_count()), (2, 2));
         assert!(tree.unsubscribe("a/+", "c2"));
         assert!(tree.unsubscribe("#", "c1"));
+        assert_eq!((tree.subscription_count(), tree.filter_count()), (0, 0));
+        assert!(tree.root.is_empty());
+    }
+
+    #[test]
+    fn shared_groups_are_matched_counted_and_pruned() {
+        let mut tree = SubscriptionTree::new();
+        let options = SubscriptionOptions::qos(QoS::AtMostOnce);
+        assert!(tree.subscribe_shared("g", "a/+", &id("c1"), options));
+        assert!(!tree.subscribe_shared("g", "a/+", &id("c1"), options));
+        assert!(tree.subscribe_shared("g", "a/+", &id("c2"), options));
+        assert!(tree.subscribe_shared("h", "a/+", &id("c1"), options));
+        assert!(tree.subscribe("a/+", &id("c1"), options));
+        // Two groups and the plain filter: three routes; three memberships and one subscription.
+        assert_eq!((tree.subscription_count(), tree.filter_count()), (4, 3));
+        let (mut out, mut groups) = (Vec::new(), Vec::new());
+        tree.matches("a/x", &mut out, &mut groups);
+        assert_eq!(out.len(), 1);
+        let mut names: Vec<(&str, usize)> = groups.iter().map(|g| (&*g.key.group, g.members.len())).collect();
+        names.sort();
+        assert_eq!(names, vec![("g", 2), ("h", 1)]);
+        assert_eq!(tree.shared_group("g", "a/+").map(|g| g.members.len()), Some(2));
+        assert!(tree.shared_group("g", "a/#").is_none());
+        assert!(tree.unsubscribe_shared("g", "a/+", "c1"));
+        assert!(!tree.unsubscribe_shared("g", "a/+", "c1"));
+        assert!(tree.unsubscribe_shared("g", "a/+", "c2"));
+        assert!(tree.unsubscribe_shared("h", "a/+", "c1"));
+        assert!(tree.unsubscribe("a/+", "c1"));
         assert_eq!((tree.subscription_count(), tree.filter_count()), (0, 0));
         assert!(tree.root.is_empty());
     }

@@ -13,10 +13,12 @@ use tokio::sync::oneshot;
 
 use super::events::{Events, RouterEvent};
 use super::outbox::{Outbox, OutboxItem, OutboxReceiver, Pushed, Refused, Ticket};
+use super::shared::{self, SharedStrategy};
 use super::subscriptions::{FastMap, SubscriptionTree};
 use crate::metrics::{Metric, Metrics, Stat, Stats};
-use crate::protocol::{topic, QoS, ReasonCode, Suback, SubscriptionOptions, Unsuback};
-use crate::session::{ClientId, Delivery, Message, Session, SessionLimits, SessionStats};
+use crate::protocol::topic::{self, Subscription};
+use crate::protocol::{QoS, ReasonCode, Suback, SubscriptionOptions, Unsuback};
+use crate::session::{ClientId, Delivery, Message, Session, SessionLimits, SessionStats, SharedKey};
 
 /// A routed message as one subscriber gets it: at the QoS it was granted, with the retain flag only if
 /// it asked for it as published (MQTT 5), and with its subscription identifiers (`more_ids` holds those
@@ -30,12 +32,23 @@ fn live_delivery(
     let qos = message.qos.min(granted.qos);
     let retain = granted.retain_as_published && message.retain;
     let Some(id) = granted.id else {
-        return Delivery { message: message.clone(), qos, retain };
+        return Delivery::new(message.clone(), qos, retain);
     };
     let mut ids = vec![id.get()];
     ids.extend(more_ids.iter().filter(|(c, _)| c == client_id).map(|(_, id)| *id));
     ids.sort_unstable();
-    Delivery { message: message.for_subscriptions(&ids), qos, retain }
+    Delivery::new(message.for_subscriptions(&ids), qos, retain)
+}
+
+/// A routed message as the member of a shared subscription (`key`) picked for it gets it.
+fn shared_delivery(message: &Arc<Message>, granted: &SubscriptionOptions, key: &Arc<SharedKey>) -> Delivery {
+    let ids: Vec<u32> = granted.id.map(|id| id.get()).into_iter().collect();
+    Delivery {
+        message: message.for_subscriptions(&ids),
+        qos: message.qos.min(granted.qos),
+        retain: granted.retain_as_published && message.retain,
+        shared: Some(key.clone()),
+    }
 }
 
 /// Deliveries waiting for one connection to take them. The router fills an outbox in bursts (a batch
@@ -113,6 +126,8 @@ pub struct Wiring {
     pub metrics: Arc<Metrics>,
     pub stats: Arc<Stats>,
     pub node: String,
+    /// Which member of a shared subscription gets a message.
+    pub shared_strategy: SharedStrategy,
 }
 
 pub(super) struct Router {
@@ -332,10 +347,17 @@ impl Router {
         if !client.meta.hidden {
             self.online = self.online.saturating_sub(1);
         }
+        // What came through shared subscriptions and this member did not take goes to another member
+        // that is online; the rest stays with the session.
+        for delivery in session.take_shared(!session.persistent()) {
+            if let Err(delivery) = self.redispatch(delivery, &client_id) {
+                session.enqueue_offline(delivery);
+            }
+        }
         if !session.persistent() {
             self.drop_subscriptions(&client_id);
             self.remove_client(&client_id);
-        } else {
+        } else if let Some(client) = self.clients.get_mut(&client_id) {
             let now = Instant::now();
             if let Some(deadline) = session.expiry.and_then(|e| now.checked_add(e)) {
                 self.expiries.insert((deadline, client_id.clone()));
@@ -366,7 +388,15 @@ impl Router {
         options: SubscriptionOptions,
         hidden: bool,
     ) -> bool {
-        if !self.subscriptions.subscribe(filter, client_id, options) {
+        let is_new = match topic::parse_subscription(filter) {
+            Some(Subscription::Plain(plain)) => self.subscriptions.subscribe(plain, client_id, options),
+            Some(Subscription::Shared { group, filter }) => {
+                self.subscriptions.subscribe_shared(group, filter, client_id, options)
+            }
+            // Filters are checked before they get here.
+            None => false,
+        };
+        if !is_new {
             return false;
         }
         if hidden {
@@ -382,7 +412,14 @@ impl Router {
     }
 
     fn remove_subscription(&mut self, filter: &str, client_id: &ClientId, hidden: bool) {
-        if self.subscriptions.unsubscribe(filter, client_id) {
+        let removed = match topic::parse_subscription(filter) {
+            Some(Subscription::Plain(plain)) => self.subscriptions.unsubscribe(plain, client_id),
+            Some(Subscription::Shared { group, filter }) => {
+                self.subscriptions.unsubscribe_shared(group, filter, client_id)
+            }
+            None => false,
+        };
+        if removed {
             if hidden {
                 self.hidden_subscriptions -= 1;
                 return;
@@ -406,7 +443,18 @@ impl Router {
         }
         let mut matched = std::mem::take(&mut self.matched);
         matched.clear();
-        self.subscriptions.matches(message.topic_str(), &mut matched);
+        let mut groups = Vec::new();
+        self.subscriptions.matches(message.topic_str(), &mut matched, &mut groups);
+        // Each shared subscription that matches gives the message to one of its members.
+        let picks: Vec<(ClientId, SubscriptionOptions, Arc<SharedKey>)> = groups
+            .into_iter()
+            .filter_map(|group| {
+                let online = |c: &ClientId| self.is_online(c);
+                let (i, _) = shared::pick(group, self.shared.shared_strategy, message.origin, online)?;
+                let (client_id, options) = &group.members[i];
+                Some((client_id.clone(), *options, group.key.clone()))
+            })
+            .collect();
         // MQTT 5's "no local": not back to the connection that published it.
         if matched.iter().any(|(_, options)| options.no_local) {
             matched.retain(|(client_id, options)| !options.no_local || !self.is_origin(client_id, message.origin));
@@ -427,10 +475,13 @@ impl Router {
             }
             same
         });
-        if matched.is_empty() && !internal {
+        if matched.is_empty() && picks.is_empty() && !internal {
             self.shared.metrics.inc(Metric::MessagesDropped);
         }
-        if let ([(client_id, granted)], true, false) = (&matched[..], lone, internal) {
+        for (client_id, granted, key) in &picks {
+            self.deliver(client_id, shared_delivery(&message, granted, key), fanout);
+        }
+        if let ([(client_id, granted)], true, false, true) = (&matched[..], lone, internal, picks.is_empty()) {
             if message.qos.min(granted.qos) == QoS::AtMostOnce {
                 if let Some(outbox) = self.drained_outbox(client_id) {
                     let delivery = live_delivery(&message, granted, &more_ids, client_id);
@@ -445,6 +496,28 @@ impl Router {
             self.deliver(client_id, delivery, fanout);
         }
         self.matched = matched;
+    }
+
+    fn is_online(&self, client_id: &ClientId) -> bool {
+        self.clients.get(client_id).is_some_and(|c| matches!(c.presence, Presence::Online(_)))
+    }
+
+    /// Hands a shared subscription's delivery that `leaving` will not take to another online member of
+    /// the group; gives it back if there is none.
+    fn redispatch(&mut self, delivery: Delivery, leaving: &ClientId) -> Result<(), Delivery> {
+        let Some(key) = delivery.shared.clone() else { return Err(delivery) };
+        let Some(shared_group) = self.subscriptions.shared_group(&key.group, &key.filter) else {
+            return Err(delivery);
+        };
+        let online = |c: &ClientId| c != leaving && self.is_online(c);
+        let Some((i, true)) = shared::pick(shared_group, self.shared.shared_strategy, delivery.message.origin, online)
+        else {
+            return Err(delivery);
+        };
+        let (target, options) = shared_group.members[i].clone();
+        let delivery = Delivery { qos: delivery.message.qos.min(options.qos), ..delivery };
+        self.deliver(&target, delivery, &mut Fanout::default());
+        Ok(())
     }
 
     /// Whether `origin` is the connection `client_id` is online through.
@@ -518,7 +591,7 @@ impl Router {
         for (topic, message) in &self.retained {
             if topic::matches(filter, topic) && !message.expired(now) {
                 let qos = message.qos.min(granted.qos);
-                out.push(Delivery { message: message.for_subscriptions(&ids), qos, retain: true });
+                out.push(Delivery::new(message.for_subscriptions(&ids), qos, true));
             }
         }
     }
@@ -540,9 +613,11 @@ impl Router {
         }
         for (filter, options) in filters {
             let is_new = self.add_subscription(filter, client_id, *options, hidden);
-            // MQTT 5's retain handling: 0 always, 1 for a new subscription only, 2 never.
+            // MQTT 5's retain handling: 0 always, 1 for a new subscription only, 2 never; and never for
+            // a shared subscription (§4.8.2).
+            let Some(Subscription::Plain(plain)) = topic::parse_subscription(filter) else { continue };
             if options.retain_handling == 0 || (options.retain_handling == 1 && is_new) {
-                self.retained_for(filter, options, &mut retained);
+                self.retained_for(plain, options, &mut retained);
             }
         }
         retained

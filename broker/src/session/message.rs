@@ -97,16 +97,33 @@ impl Message {
     }
 }
 
+/// A shared subscription's name: its group and its filter. Its deliveries carry it, so a message whose
+/// member left can find the group again.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SharedKey {
+    pub group: Box<str>,
+    pub filter: Box<str>,
+}
+
 /// One message on its way to one subscriber, at the QoS that subscriber gets.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub message: Arc<Message>,
     pub qos: QoS,
-    /// Set only when the message is sent because of a new subscription to a retained topic.
+    /// The retain flag of the PUBLISH: set for a retained message sent on subscribe, and kept as
+    /// published for a subscription that asks for that (MQTT 5).
     pub retain: bool,
+    /// The shared subscription it was routed through, if any: should this member leave before taking
+    /// it, it goes to another.
+    pub shared: Option<Arc<SharedKey>>,
 }
 
 impl Delivery {
+    /// A delivery through an ordinary subscription.
+    pub fn new(message: Arc<Message>, qos: QoS, retain: bool) -> Delivery {
+        Delivery { message, qos, retain, shared: None }
+    }
+
     /// The PUBLISH that carries this delivery (`pkid` 0 for QoS 0). A message that expires carries the
     /// time it has left (MQTT 5 §3.3.2.3.3).
     pub fn publish(&self, pkid: u16, dup: bool) -> Publish {

@@ -14,7 +14,7 @@ use crate::protocol::{Publish, QoS};
 
 mod message;
 
-pub use message::{ClientId, Delivery, Message};
+pub use message::{ClientId, Delivery, Message, SharedKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(clippy::enum_variant_names)] // "awaiting X" is what each state is.
@@ -220,6 +220,29 @@ impl Session {
         sent
     }
 
+    /// Takes the messages that came through shared subscriptions and were not sent, for other members
+    /// to have; with `unacknowledged`, also the QoS 1 ones sent and not acknowledged (at least once
+    /// allows sending those again: a session about to end would only lose them). QoS 2 ones in flight
+    /// stay, as the member may have them and exactly once allows no second copy.
+    pub fn take_shared(&mut self, unacknowledged: bool) -> Vec<Delivery> {
+        let mut taken = Vec::new();
+        if unacknowledged && self.inflight.iter().any(|e| e.delivery.shared.is_some()) {
+            let (shared, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.inflight)
+                .into_iter()
+                .partition(|e| e.delivery.shared.is_some() && e.state == InflightState::AwaitAck);
+            self.inflight = rest;
+            taken.extend(shared.into_iter().map(|e| e.delivery));
+        }
+        if self.mqueue.iter().any(|d| d.shared.is_some()) {
+            let (shared, rest): (VecDeque<_>, VecDeque<_>) =
+                std::mem::take(&mut self.mqueue).into_iter().partition(|d| d.shared.is_some());
+            self.mqueue = rest;
+            taken.extend(shared);
+        }
+        self.sync_stats();
+        taken
+    }
+
     /// Moves queued messages into the window while it has room.
     pub fn drain_queue(&mut self, out: &mut Vec<Resend>) {
         while let Some(publish) = self.next_queued() {
@@ -389,11 +412,8 @@ mod tests {
     }
 
     fn delivery(n: u8, qos: QoS) -> Delivery {
-        Delivery {
-            message: Arc::new(Message::new(Bytes::from_static(b"t"), Bytes::from(vec![n]), qos, false)),
-            qos,
-            retain: false,
-        }
+        let message = Arc::new(Message::new(Bytes::from_static(b"t"), Bytes::from(vec![n]), qos, false));
+        Delivery::new(message, qos, false)
     }
 
     #[test]
