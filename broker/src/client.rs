@@ -278,6 +278,10 @@ async fn accept(
     let conn_id = ctx.next_conn_id();
     let (outbox, outbox_rx) = router::outbox(conn_id);
     let expiry = session_expiry(&connect, ctx);
+    // MQTT 5 lets the server choose the keep-alive (and says so in CONNACK).
+    if v5 && ctx.config.server_keepalive > 0 {
+        connect.keep_alive = ctx.config.server_keepalive;
+    }
     let meta = ClientMeta {
         username: connect.username.clone(),
         peer,
@@ -299,8 +303,11 @@ async fn accept(
     let mut session = session;
     let v5_state = v5.then(|| {
         session.set_receive_maximum(Some(connect.properties.receive_maximum.unwrap_or(u16::MAX)));
+        let alias_out_max = ctx.config.max_topic_alias_out.min(connect.properties.topic_alias_maximum.unwrap_or(0));
         Box::new(V5 {
             aliases: FastMap::default(),
+            aliases_out: FastMap::default(),
+            alias_out_max,
             max_packet_size: connect.properties.maximum_packet_size,
             expiry_was_zero: expiry == Some(Duration::ZERO),
         })
@@ -330,8 +337,9 @@ async fn accept(
         conn.counted = Some(listener.client_connected());
         // Written by other tasks, direct deliveries are counted there: not for the hidden connection.
         // Only over plain TCP can another task write to the socket.
-        // A client with a maximum packet size has each delivery measured first, by its own task.
-        let measured = conn.v5.as_ref().is_some_and(|v5| v5.max_packet_size.is_some());
+        // A client with a maximum packet size has each delivery measured first, and one with topic
+        // aliases has each given its alias, by its own task.
+        let measured = conn.v5.as_ref().is_some_and(|v5| v5.max_packet_size.is_some() || v5.alias_out_max > 0);
         if let (Some(socket), false) = (conn.writer.socket(), measured) {
             conn.outbox.allow_direct(socket, conn.session.stats.clone());
         }
@@ -340,7 +348,8 @@ async fn accept(
     let session_present = present && connect.protocol != Protocol::V31;
     let mut connack = Connack::accepted(session_present);
     if v5 {
-        connack.properties = Box::new(connack_properties(ctx, assigned.then(|| conn.client_id.to_string())));
+        let assigned = assigned.then(|| conn.client_id.to_string());
+        connack.properties = Box::new(connack_properties(ctx, &connect.properties, assigned));
     }
     conn.send(&Packet::Connack(connack));
     if ctx.plugins.presence_enabled() && !conn.hidden() {
@@ -375,10 +384,18 @@ fn expiry_interval(secs: u32) -> Option<Duration> {
 }
 
 /// What an MQTT 5 client is told of the broker's limits in its CONNACK.
-fn connack_properties(ctx: &Context, assigned_client_identifier: Option<String>) -> ConnackProperties {
+fn connack_properties(
+    ctx: &Context,
+    asked_by: &ConnectProperties,
+    assigned_client_identifier: Option<String>,
+) -> ConnackProperties {
     let config = &ctx.config;
+    let asked = asked_by.request_response_information == Some(true);
     ConnackProperties {
         assigned_client_identifier,
+        server_keep_alive: (config.server_keepalive > 0).then_some(config.server_keepalive),
+        response_information: (asked && !config.response_information.is_empty())
+            .then(|| config.response_information.clone()),
         topic_alias_maximum: (config.max_topic_alias > 0).then_some(config.max_topic_alias),
         // Only QoS 2 messages stay in flight from the client (QoS 1 is acknowledged at once), as many
         // as may await their PUBREL.
@@ -392,6 +409,10 @@ fn connack_properties(ctx: &Context, assigned_client_identifier: Option<String>)
 struct V5 {
     /// The topic aliases the client set up, and their topics.
     aliases: FastMap<u16, Bytes>,
+    /// The topic aliases the broker set up on its way to the client, by topic; at most
+    /// `alias_out_max`, the smaller of `max_topic_alias_out` and what the client accepts.
+    aliases_out: FastMap<Bytes, u16>,
+    alias_out_max: u16,
     /// The client's maximum packet size: a larger delivery is dropped for it alone.
     max_packet_size: Option<u32>,
     /// A session that began with expiry 0 may not be given one on DISCONNECT (§3.14.2.2.2).
@@ -585,7 +606,16 @@ impl ClientConnection {
                         will.properties,
                         self.conn_id,
                     );
-                    self.ctx.router.publish(Arc::new(message));
+                    match will.delay_interval {
+                        0 => self.ctx.router.publish(Arc::new(message)),
+                        // The router holds it until the delay passes or the session ends, and drops it
+                        // if the client resumes the session first.
+                        delay => self.ctx.router.will_after(
+                            self.client_id.clone(),
+                            Arc::new(message),
+                            Duration::from_secs(delay.into()),
+                        ),
+                    }
                 }
             }
         }
@@ -624,7 +654,8 @@ impl ClientConnection {
 
     /// Queues a PUBLISH, unless it is larger than the client's maximum packet size (MQTT 5): then it is
     /// dropped for this client alone, counted, and its delivery treated as complete (§3.1.2.11.4).
-    fn send_publish(&mut self, publish: Publish) {
+    fn send_publish(&mut self, mut publish: Publish) {
+        self.alias_topic(&mut publish);
         let max = self.v5.as_ref().and_then(|v5| v5.max_packet_size);
         if max.is_some_and(|max| publish_len(&publish, Protocol::V5) > max as usize) {
             tracing::debug!(client_id = %self.client_id.escape_debug(), "message over the client's maximum packet size dropped");
@@ -638,6 +669,26 @@ impl ClientConnection {
             return;
         }
         self.send(&Packet::Publish(publish));
+    }
+
+    /// Sends a topic the client has an alias for as the alias alone, and sets up aliases while there is
+    /// room (MQTT 5 §3.3.2.3.4). First come, first aliased: the topics a client hears first are, in
+    /// practice, the ones it keeps hearing.
+    fn alias_topic(&mut self, publish: &mut Publish) {
+        let Some(v5) = self.v5.as_mut().filter(|v5| v5.alias_out_max > 0) else { return };
+        let (alias, known) = match v5.aliases_out.get(&publish.topic) {
+            Some(alias) => (*alias, true),
+            None if v5.aliases_out.len() < v5.alias_out_max as usize => {
+                let alias = v5.aliases_out.len() as u16 + 1;
+                v5.aliases_out.insert(publish.topic.clone(), alias);
+                (alias, false)
+            }
+            None => return,
+        };
+        Arc::make_mut(publish.properties.get_or_insert_with(Default::default)).topic_alias = Some(alias);
+        if known {
+            publish.topic = Bytes::new();
+        }
     }
 
     /// Queues a packet for the client and counts it, except `$SYS` publishes, which count in nothing.

@@ -43,6 +43,13 @@ pub struct Config {
     pub max_topic_alias: u16,
     /// Which member of a shared subscription gets each message.
     pub shared_subscription_strategy: SharedStrategy,
+    /// The keep-alive MQTT 5 clients are told to use instead of their own (0: theirs).
+    pub server_keepalive: u16,
+    /// Given to MQTT 5 clients that ask for response information (empty: none given).
+    pub response_information: String,
+    /// Topic aliases the broker uses on its way to one MQTT 5 client, at most as many as the client
+    /// accepts (0: none).
+    pub max_topic_alias_out: u16,
     pub sys_interval: u64,
     pub mgmt_username: String,
     #[serde(skip_serializing)]
@@ -89,6 +96,9 @@ impl Default for Config {
             await_rel_timeout: 20,
             max_topic_alias: 100,
             shared_subscription_strategy: SharedStrategy::RoundRobin,
+            server_keepalive: 0,
+            response_information: String::new(),
+            max_topic_alias_out: 0,
             sys_interval: 60,
             mgmt_username: "midge-mgmt".into(),
             mgmt_secret: None,
@@ -307,6 +317,24 @@ struct Cli {
     #[arg(long, env = "MIDGE_SHARED_SUBSCRIPTION_STRATEGY", value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     shared_subscription_strategy: Option<SharedStrategy>,
+
+    /// Keep-alive in seconds that MQTT 5 clients are told to use instead of their own; 0 leaves them
+    /// theirs [default: 0].
+    #[arg(long, env = "MIDGE_SERVER_KEEPALIVE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_keepalive: Option<u16>,
+
+    /// Response information for MQTT 5 clients that ask for it (a topic prefix for their replies, by
+    /// convention); empty gives none [default: empty].
+    #[arg(long, env = "MIDGE_RESPONSE_INFORMATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_information: Option<String>,
+
+    /// Topic aliases the broker uses on its way to one MQTT 5 client, within what the client accepts;
+    /// 0 uses none [default: 0].
+    #[arg(long, env = "MIDGE_MAX_TOPIC_ALIAS_OUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_topic_alias_out: Option<u16>,
 
     /// Seconds between $SYS stats/metrics/uptime publishes; 0 turns them off [default: 60].
     #[arg(long, env = "MIDGE_SYS_INTERVAL")]

@@ -491,3 +491,94 @@ async fn wills_keep_their_properties_and_disconnect_with_will_sends_them() {
     assert_eq!(p.user_properties, vec![("why".to_string(), "asked".to_string())]);
     broker.stop().await;
 }
+
+/// A will with a delay waits for it, or for the end of its session if that comes first, and is dropped
+/// if the client resumes its session meanwhile.
+#[tokio::test]
+async fn will_delay() {
+    let broker = start_default().await;
+    let mut watcher = connected5(&broker, "watcher").await;
+    subscribe5(&mut watcher, 1, &[("delayed/#", options(QoS::AtMostOnce))]).await;
+    let willing = |id: &str, delay: u32, expiry: u32| Connect {
+        clean_session: false,
+        will: Some(LastWill {
+            delay_interval: delay,
+            ..LastWill::new(format!("delayed/{id}"), Bytes::from_static(b"gone"), QoS::AtMostOnce, false)
+        }),
+        properties: Box::new(ConnectProperties { session_expiry_interval: Some(expiry), ..Default::default() }),
+        ..v5(id)
+    };
+    let dropped = |raw: Raw| drop(raw.into_parts());
+
+    // Delay 1 s, session 60 s: after the delay.
+    let (raw, _) = connect5(&broker, willing("late", 1, 60)).await;
+    let started = tokio::time::Instant::now();
+    dropped(raw);
+    let got = watcher.recv_publish().await;
+    assert_eq!(got.topic_str(), "delayed/late");
+    assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+
+    // Delay 60 s, session 1 s: when the session ends.
+    let (raw, _) = connect5(&broker, willing("short", 60, 1)).await;
+    dropped(raw);
+    match watcher.recv_within(Duration::from_secs(4)).await {
+        Ok(Some(Packet::Publish(p))) => assert_eq!(p.topic_str(), "delayed/short"),
+        other => panic!("expected the will, got {other:?}"),
+    }
+
+    // Delay 2 s, and back within it: never.
+    let (raw, _) = connect5(&broker, willing("back", 2, 60)).await;
+    dropped(raw);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_back, connack) = connect5(&broker, Connect { will: None, ..willing("back", 2, 60) }).await;
+    assert!(connack.session_present);
+    watcher.expect_silence(Duration::from_millis(2500)).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn server_keep_alive_and_response_information() {
+    let config = Config { server_keepalive: 1, response_information: "replies/".into(), ..config() };
+    let broker = start(config).await;
+    let asking = Box::new(ConnectProperties { request_response_information: Some(true), ..Default::default() });
+    let (mut raw, connack) = connect5(&broker, Connect { keep_alive: 600, properties: asking, ..v5("asks") }).await;
+    assert_eq!(connack.properties.server_keep_alive, Some(1));
+    assert_eq!(connack.properties.response_information.as_deref(), Some("replies/"));
+    // Held to the server's keep-alive, not its own 600 s.
+    match raw.recv_within(Duration::from_secs(4)).await {
+        Ok(Some(Packet::Disconnect(d))) => assert_eq!(d.reason, ReasonCode::KeepAliveTimeout),
+        other => panic!("expected DISCONNECT 0x8d, got {other:?}"),
+    }
+    // Not asked, not given.
+    let (_raw, connack) = connect5(&broker, v5("quiet")).await;
+    assert_eq!(connack.properties.response_information, None);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn topic_aliases_to_the_client() {
+    let broker = start(Config { max_topic_alias_out: 2, ..config() }).await;
+    let accepts = Box::new(ConnectProperties { topic_alias_maximum: Some(5), ..Default::default() });
+    let (mut client, _) = connect5(&broker, Connect { properties: accepts, ..v5("aliased") }).await;
+    subscribe5(&mut client, 1, &[("to/#", options(QoS::AtMostOnce))]).await;
+    let mut publisher = Raw::connected(broker.addr, "publisher").await;
+    for topic in ["to/a", "to/b", "to/a", "to/c", "to/b", "to/c"] {
+        publisher.send(&publish(topic, b"x", QoS::AtMostOnce, 0)).await;
+    }
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let p = client.recv_publish().await;
+        seen.push((p.topic_str().to_string(), properties(&p).topic_alias));
+    }
+    // Two aliases (the broker's limit, under the client's 5): set up with the topic, then used alone;
+    // a third topic goes without.
+    let expected = [("to/a", Some(1)), ("to/b", Some(2)), ("", Some(1)), ("to/c", None), ("", Some(2)), ("to/c", None)];
+    assert_eq!(seen, expected.map(|(t, a)| (t.to_string(), a)));
+    // A client that accepts none gets none.
+    let (mut plain, _) = connect5(&broker, v5("plain")).await;
+    subscribe5(&mut plain, 1, &[("to/#", options(QoS::AtMostOnce))]).await;
+    publisher.send(&publish("to/a", b"x", QoS::AtMostOnce, 0)).await;
+    let p = plain.recv_publish().await;
+    assert_eq!((p.topic_str(), properties(&p).topic_alias), ("to/a", None));
+    broker.stop().await;
+}

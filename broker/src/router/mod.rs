@@ -112,6 +112,12 @@ impl RouterHandle {
         router.update_stats();
     }
 
+    /// The connection ending now leaves a will to be published after `delay` (MQTT 5), unless the
+    /// client resumes its session before; called just before [`RouterHandle::disconnected`].
+    pub fn will_after(&self, client_id: ClientId, will: Arc<Message>, delay: Duration) {
+        lock(&self.router).will_after(client_id, will, delay);
+    }
+
     /// The connection has ended; its session comes back with whatever is still in its outbox.
     pub fn disconnected(&self, client_id: ClientId, conn_id: u64, session: Box<Session>, rest: OutboxReceiver) {
         let mut router = lock(&self.router);
@@ -200,6 +206,7 @@ impl RouterHandle {
             let Some(router) = router.upgrade() else { break };
             let mut router = lock(&router);
             router.expire_sessions();
+            router.publish_due_wills();
             router.update_stats();
         }
         tracing::debug!("router stopped");

@@ -142,6 +142,9 @@ pub(super) struct Router {
     /// When each parked session that expires does, soonest first: expiry looks at these alone, not
     /// at every session.
     expiries: BTreeSet<(Instant, ClientId)>,
+    /// MQTT 5 wills waiting out their delay: published when it has passed or their session ends,
+    /// dropped if the client resumes its session first.
+    wills: FastMap<ClientId, (Instant, Arc<Message>)>,
     pub(super) limits: SessionLimits,
     pub(super) shared: Wiring,
     pub(super) online: u64,
@@ -161,6 +164,7 @@ impl Router {
             routes: BTreeMap::new(),
             retained: BTreeMap::new(),
             expiries: BTreeSet::new(),
+            wills: FastMap::default(),
             limits,
             shared,
             online: 0,
@@ -191,6 +195,7 @@ impl Router {
             tracing::debug!(client = %client_id.escape_debug(), "offline session expired");
             self.drop_subscriptions(&client_id);
             self.remove_client(&client_id);
+            self.publish_will_now(&client_id);
             self.events.emit(|| RouterEvent::SessionExpired(client_id.clone()));
         }
     }
@@ -239,6 +244,13 @@ impl Router {
         reply: oneshot::Sender<ConnectOutcome>,
     ) {
         let clean = meta.clean_session;
+        // A will waiting out its delay is dropped when the session is resumed, and published when a
+        // clean start ends that session.
+        if clean {
+            self.publish_will_now(&client_id);
+        } else {
+            self.wills.remove(&client_id);
+        }
         let Some(client) = self.clients.get_mut(&client_id) else {
             let session = self.new_session(client_id.clone(), meta.expiry);
             let client = Client {
@@ -331,7 +343,11 @@ impl Router {
         let Some(client) = self.clients.get_mut(&client_id) else { return };
         match &client.presence {
             Presence::Online(outbox) if outbox.conn_id == conn_id => {}
-            _ => return, // A stale connection; the client has moved on.
+            _ => {
+                // A stale connection: the client has moved on, and a will it left is void.
+                self.wills.remove(&client_id);
+                return;
+            }
         }
         // Deliveries the connection never read stay with the session.
         for item in rest.take_all() {
@@ -340,6 +356,16 @@ impl Router {
             }
         }
         if let Some(pending) = client.pending.take() {
+            // The connection taking over resumes the session (the will is void) or starts afresh (the
+            // old session ends, and its will goes).
+            if pending.meta.clean_session {
+                if let Some((_, will)) = self.wills.remove(&client_id) {
+                    self.publish(will, false, &mut Fanout::default());
+                }
+            } else {
+                self.wills.remove(&client_id);
+            }
+            let Some(client) = self.clients.get_mut(&client_id) else { return };
             client.presence = Presence::Online(pending.outbox);
             self.resume(client_id, session, pending.meta, pending.reply);
             return;
@@ -357,6 +383,7 @@ impl Router {
         if !session.persistent() {
             self.drop_subscriptions(&client_id);
             self.remove_client(&client_id);
+            self.publish_will_now(&client_id);
         } else if let Some(client) = self.clients.get_mut(&client_id) {
             let now = Instant::now();
             if let Some(deadline) = session.expiry.and_then(|e| now.checked_add(e)) {
@@ -364,6 +391,40 @@ impl Router {
             }
             client.presence = Presence::Offline(session, now);
             self.events.emit(|| RouterEvent::SessionParked(client_id.clone()));
+        }
+    }
+
+    /// Keeps a will until `delay` has passed (MQTT 5's will delay), unless the session ends first.
+    pub(super) fn will_after(&mut self, client_id: ClientId, will: Arc<Message>, delay: Duration) {
+        let due = Instant::now().checked_add(delay);
+        match due {
+            Some(due) => {
+                self.wills.insert(client_id, (due, will));
+            }
+            // A delay past the end of time is one that never passes.
+            None => {
+                self.wills.insert(client_id, (Instant::now() + Duration::from_secs(u32::MAX.into()), will));
+            }
+        }
+    }
+
+    /// Publishes the wills whose delay has passed.
+    pub(super) fn publish_due_wills(&mut self) {
+        if self.wills.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<ClientId> = self.wills.iter().filter(|(_, (at, _))| *at <= now).map(|(c, _)| c.clone()).collect();
+        for client_id in due {
+            self.publish_will_now(&client_id);
+        }
+    }
+
+    /// The session of `client_id` ended: a will still waiting out its delay goes now.
+    fn publish_will_now(&mut self, client_id: &ClientId) {
+        if let Some((_, will)) = self.wills.remove(client_id) {
+            tracing::debug!(client = %client_id.escape_debug(), "delayed will published");
+            self.publish(will, false, &mut Fanout::default());
         }
     }
 
