@@ -46,8 +46,8 @@ struct Cli {
     /// Connections opened for the TLS and WebSocket connect rates.
     #[arg(long, default_value_t = 2_000)]
     transport_connections: usize,
-    /// Only these scenarios (fanin0, fanin1, fanout0, latency, idle, overload, tls, ws, wss, api); all by
-    /// default.
+    /// Only these scenarios (fanin0, fanin1, fanout0, latency, idle, overload, tls, ws, wss, api, and
+    /// fanin0-v5, fanin1-v5, fanout0-v5, or mqtt5 for those three); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Profiling: run each selected throughput scenario on Midge alone at this one rate, step after
@@ -81,7 +81,8 @@ impl Broker {
             Transport::Ws => self.ws,
             Transport::Wss(_) => self.wss,
         }?;
-        Some(Target { endpoint: Endpoint { addr, transport: transport.clone() }, pid: self.child.id() })
+        let endpoint = Endpoint { transport: transport.clone(), ..Endpoint::tcp(addr) };
+        Some(Target { endpoint, pid: self.child.id() })
     }
 }
 
@@ -207,35 +208,44 @@ async fn main() -> anyhow::Result<()> {
     let budget = Duration::from_secs(55);
     let mut rows = Vec::new();
 
+    let fan_out = Load {
+        subscribers: 100,
+        filter: "bench/fanout/+",
+        publishers: 1,
+        prefix: "bench/fanout",
+        qos: QoS::AtMostOnce,
+    };
     let throughput = [
         ("fanin0", "fan-in QoS 0 (10 → 1, wildcard)", fan_in(QoS::AtMostOnce), 40_000.0),
         ("fanin1", "fan-in QoS 1 (10 → 1, wildcard)", fan_in(QoS::AtLeastOnce), 10_000.0),
-        (
-            "fanout0",
-            "fan-out QoS 0 (1 → 100)",
-            Load {
-                subscribers: 100,
-                filter: "bench/fanout/+",
-                publishers: 1,
-                prefix: "bench/fanout",
-                qos: QoS::AtMostOnce,
-            },
-            300.0,
-        ),
+        ("fanout0", "fan-out QoS 0 (1 → 100)", fan_out, 300.0),
+        // The same with MQTT 5 clients on both brokers.
+        ("fanin0-v5", "MQTT 5 fan-in QoS 0 (10 → 1, wildcard)", fan_in(QoS::AtMostOnce), 40_000.0),
+        ("fanin1-v5", "MQTT 5 fan-in QoS 1 (10 → 1, wildcard)", fan_in(QoS::AtLeastOnce), 10_000.0),
+        ("fanout0-v5", "MQTT 5 fan-out QoS 0 (1 → 100)", fan_out, 300.0),
     ];
     for (key, name, load, start) in throughput {
-        if !wanted(key) {
+        let v5 = key.ends_with("-v5");
+        if !wanted(key) && !(v5 && cli.only.iter().any(|o| o == "mqtt5")) {
             continue;
         }
+        let target = |broker: &Broker| {
+            let target = broker.target();
+            if v5 {
+                Target { endpoint: target.endpoint.mqtt5(), ..target }
+            } else {
+                target
+            }
+        };
         if let Some(rate) = cli.at {
             eprintln!("{name} on midge at {rate}/s");
-            scenarios::hold(&midge.target(), load, rate, budget).await?;
+            scenarios::hold(&target(&midge), load, rate, budget).await?;
             continue;
         }
         let mut results = Vec::new();
         for broker in brokers {
             eprintln!("{name} on {}", broker.name);
-            results.push(find_max(&broker.target(), load, start, budget).await?);
+            results.push(find_max(&target(broker), load, start, budget).await?);
         }
         let note = step_notes(&results, &brokers);
         rows.push(Row {

@@ -35,11 +35,18 @@ pub enum Transport {
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub transport: Transport,
+    /// The MQTT level the generator's clients speak.
+    pub protocol: Protocol,
 }
 
 impl Endpoint {
     pub fn tcp(addr: SocketAddr) -> Endpoint {
-        Endpoint { addr, transport: Transport::Tcp }
+        Endpoint { addr, transport: Transport::Tcp, protocol: Protocol::V311 }
+    }
+
+    /// The same listener, spoken to at MQTT 5.
+    pub fn mqtt5(self) -> Endpoint {
+        Endpoint { protocol: Protocol::V5, ..self }
     }
 
     /// A connection up to its first MQTT byte: TLS handshake and WebSocket upgrade done.
@@ -92,15 +99,17 @@ pub struct Conn {
     pub writer: Writer,
     pub rbuf: BytesMut,
     pub wbuf: BytesMut,
+    pub level: Protocol,
 }
 
 impl Conn {
     /// Connects and completes CONNECT/CONNACK.
     pub async fn connect(endpoint: &Endpoint, client_id: &str, keep_alive: u16) -> anyhow::Result<Conn> {
         let (reader, writer) = endpoint.open().await?;
-        let mut conn = Conn { reader, writer, rbuf: BytesMut::with_capacity(64 * 1024), wbuf: BytesMut::new() };
+        let level = endpoint.protocol;
+        let mut conn = Conn { reader, writer, rbuf: BytesMut::with_capacity(64 * 1024), wbuf: BytesMut::new(), level };
         conn.send(&Packet::Connect(Connect {
-            protocol: Protocol::V311,
+            protocol: level,
             clean_session: true,
             keep_alive,
             client_id: client_id.into(),
@@ -117,7 +126,7 @@ impl Conn {
     }
 
     pub fn queue(&mut self, packet: &Packet) {
-        protocol::encode(packet, Protocol::V311, &mut self.wbuf);
+        protocol::encode(packet, self.level, &mut self.wbuf);
     }
 
     pub async fn flush(&mut self) -> anyhow::Result<()> {
@@ -138,7 +147,7 @@ impl Conn {
     /// The next packet (waits for bytes).
     pub async fn recv(&mut self) -> anyhow::Result<Packet> {
         loop {
-            if let Some(packet) = protocol::decode(&mut self.rbuf, Protocol::V311, usize::MAX)? {
+            if let Some(packet) = protocol::decode(&mut self.rbuf, self.level, usize::MAX)? {
                 return Ok(packet);
             }
             if self.reader.read_buf(&mut self.rbuf).await? == 0 {

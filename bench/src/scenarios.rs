@@ -64,7 +64,7 @@ async fn subscribe_loop(mut conn: Conn, epoch: Instant, deadline: tokio::time::I
     tokio::pin!(end);
     loop {
         loop {
-            match midge_broker::protocol::decode(&mut conn.rbuf, Protocol::V311, usize::MAX) {
+            match midge_broker::protocol::decode(&mut conn.rbuf, conn.level, usize::MAX) {
                 Ok(Some(Packet::Publish(p))) => {
                     count += 1;
                     record(&mut hist, epoch, &p);
@@ -104,8 +104,10 @@ fn record(hist: &mut Histogram<u64>, epoch: Instant, p: &Publish) {
 /// ends, the readers drain in the background until the broker closes.
 async fn publish_loop(conns: Vec<(Conn, String)>, rate_each: f64, qos: QoS, epoch: Instant, duration: Duration) -> u64 {
     let mut publishers = Vec::new();
+    let mut level = Protocol::V311;
     for (conn, topic) in conns {
-        let Conn { reader, writer, wbuf, .. } = conn;
+        let Conn { reader, writer, wbuf, level: conn_level, .. } = conn;
+        level = conn_level;
         publishers.push((reader, writer, wbuf, bytes::Bytes::from(topic), 0u64));
     }
     let mut sink = vec![0u8; 64 * 1024];
@@ -123,7 +125,7 @@ async fn publish_loop(conns: Vec<(Conn, String)>, rate_each: f64, qos: QoS, epoc
             let now = epoch.elapsed().as_nanos() as u64;
             while *sent < due {
                 pkid = pkid.checked_add(1).unwrap_or(1);
-                midge_broker::protocol::encode(&probe(topic.clone(), qos, pkid, now), Protocol::V311, wbuf);
+                midge_broker::protocol::encode(&probe(topic.clone(), qos, pkid, now), level, wbuf);
                 *sent += 1;
                 total += 1;
             }

@@ -12,6 +12,7 @@ use midge_shared::sys::{ClientConnected, ClientDisconnected};
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
 use crate::auth::acl::{Access, AclCache, ClientInfo, Decision};
+use crate::auth::enhanced::{Method, Step};
 use crate::auth::Principal;
 use crate::context::Context;
 use crate::metrics::Metric;
@@ -214,20 +215,39 @@ async fn accept(
     peer: SocketAddr,
     listener: &Arc<ListenerStats>,
     ctx: &Arc<Context>,
-    reader: PacketReader,
+    mut reader: PacketReader,
     mut writer: PacketWriter,
 ) -> Result<ClientConnection, Option<&'static str>> {
-    let principal = ctx.auth.authenticate(&connect, peer.ip(), ctx.settings.allow_anonymous()).await;
-    // The management connection's traffic counts in no metric: users see their own traffic only.
-    if principal != Ok(Principal::Management) {
-        ctx.metrics.connect_received(size);
-    }
     let v5 = connect.protocol == Protocol::V5;
-    if v5 && connect.properties.authentication_method.is_some() {
-        // No enhanced authentication method is configured: every one is unknown (MQTT 5 §4.12).
-        tracing::info!(%peer, "connection refused: unsupported authentication method");
-        refuse(ctx, &mut writer, ReasonCode::BadAuthenticationMethod).await;
-        return Err(Some("refused"));
+    let method = connect.properties.authentication_method.clone().filter(|_| v5);
+    // MQTT 5's enhanced authentication, if the client names a method, instead of the password checks.
+    let (principal, authenticated) = match method {
+        None => (ctx.auth.authenticate(&connect, peer.ip(), ctx.settings.allow_anonymous()).await, None),
+        Some(name) => {
+            ctx.metrics.connect_received(size);
+            let Some(method) = ctx.auth.methods.find(&name) else {
+                tracing::info!(%peer, method = %name.escape_debug(), "connection refused: unknown authentication method");
+                refuse(ctx, &mut writer, ReasonCode::BadAuthenticationMethod).await;
+                return Err(Some("refused"));
+            };
+            match Box::pin(authenticate_enhanced(ctx, &*method, &connect, &mut reader, &mut writer)).await {
+                Ok((username, data)) => {
+                    if username.is_some() {
+                        connect.username = username;
+                    }
+                    (Ok(Principal::Client), Some((name, data)))
+                }
+                Err(reason) => {
+                    tracing::info!(%peer, method = %name.escape_debug(), "connection refused: {reason:?}");
+                    refuse(ctx, &mut writer, reason).await;
+                    return Err(Some("refused"));
+                }
+            }
+        }
+    };
+    // The management connection's traffic counts in no metric: users see their own traffic only.
+    if principal != Ok(Principal::Management) && authenticated.is_none() {
+        ctx.metrics.connect_received(size);
     }
     let mut assigned = false;
     if connect.client_id.is_empty() {
@@ -349,7 +369,12 @@ async fn accept(
     let mut connack = Connack::accepted(session_present);
     if v5 {
         let assigned = assigned.then(|| conn.client_id.to_string());
-        connack.properties = Box::new(connack_properties(ctx, &connect.properties, assigned));
+        let mut properties = connack_properties(ctx, &connect.properties, assigned);
+        if let Some((method, data)) = authenticated {
+            properties.authentication_method = Some(method);
+            properties.authentication_data = data;
+        }
+        connack.properties = Box::new(properties);
     }
     conn.send(&Packet::Connack(connack));
     if ctx.plugins.presence_enabled() && !conn.hidden() {
@@ -368,6 +393,62 @@ async fn accept(
     conn.session.resume(&mut resend);
     conn.write_outgoing(resend);
     Ok(conn)
+}
+
+/// Runs an enhanced authentication exchange (MQTT 5 §4.12) before CONNACK: the method's challenges go
+/// out in AUTH packets (0x18) and the client's answers come back in AUTH packets, all within the
+/// connect timeout. The username the method names, if any, and the data for the CONNACK; or the reason
+/// to refuse.
+async fn authenticate_enhanced(
+    ctx: &Context,
+    method: &dyn Method,
+    connect: &Connect,
+    reader: &mut PacketReader,
+    writer: &mut PacketWriter,
+) -> Result<(Option<String>, Option<Bytes>), ReasonCode> {
+    let deadline = Instant::now() + Duration::from_secs(ctx.config.connect_timeout);
+    let mut exchange = method.start();
+    let mut data = connect.properties.authentication_data.clone();
+    loop {
+        let challenge = match exchange.step(data.as_deref()) {
+            Step::Done { username, data } => return Ok((username, data)),
+            Step::Refused => return Err(ReasonCode::NotAuthorized),
+            Step::Continue(challenge) => challenge,
+        };
+        let auth = Packet::Auth(Auth {
+            reason: ReasonCode::ContinueAuthentication,
+            authentication_method: Some(method.name().to_string()),
+            authentication_data: Some(challenge),
+            reason_string: None,
+        });
+        let size = writer.queue(&auth);
+        ctx.metrics.packet_sent(&auth, size);
+        writer.flush().await.map_err(|_| ReasonCode::UnspecifiedError)?;
+        let answer = timeout_at(deadline, next_packet(reader)).await.map_err(|_| ReasonCode::NotAuthorized)?;
+        match answer {
+            Ok((Packet::Auth(auth), size)) => {
+                ctx.metrics.packet_received(&Packet::Auth(auth.clone()), size);
+                let same_method = auth.authentication_method.as_deref() == Some(method.name());
+                if auth.reason != ReasonCode::ContinueAuthentication || !same_method {
+                    return Err(ReasonCode::ProtocolError);
+                }
+                data = auth.authentication_data;
+            }
+            Ok(_) => return Err(ReasonCode::ProtocolError),
+            Err(ConnectionError::Decode(e)) => return Err(e.reason_code()),
+            Err(_) => return Err(ReasonCode::UnspecifiedError),
+        }
+    }
+}
+
+/// The next whole packet from the client, and its size.
+async fn next_packet(reader: &mut PacketReader) -> Result<(Packet, usize), ConnectionError> {
+    loop {
+        if let Some(packet) = reader.next_buffered()? {
+            return Ok(packet);
+        }
+        reader.fill().await?;
+    }
 }
 
 /// How long a session outlives its connection: MQTT 5 says so in CONNECT (0 by default, `u32::MAX`
@@ -630,7 +711,13 @@ impl ClientConnection {
             self.ctx.router.publish(message);
         }
         if let (Some(_), Some(reason)) = (&self.v5, exit.disconnect_reason()) {
-            self.send(&Packet::Disconnect(Disconnect::new(reason)));
+            // A reason string where the code alone would leave the client guessing what it got wrong.
+            let reason_string = match &exit {
+                Exit::ProtocolViolation(_, what) => Some(what.to_string()),
+                Exit::Error(ConnectionError::Decode(e)) => Some(e.to_string()),
+                _ => None,
+            };
+            self.send(&Packet::Disconnect(Disconnect { reason_string, ..Disconnect::new(reason) }));
         }
         let ClientConnection { ctx, principal, client_id, conn_id, session, mut writer, outbox, .. } = self;
         let broken = matches!(exit, Exit::Error(ConnectionError::Closed | ConnectionError::Io(_)));

@@ -118,6 +118,7 @@ impl Broker {
             plugins: credentials,
             hasher: hasher.clone(),
             throttle: Throttle::new(Limits { burst: config.auth_fail_burst }),
+            methods: Default::default(),
         };
         let node = Arc::new(Node {
             name: config.node.clone(),
@@ -150,6 +151,11 @@ impl Broker {
     /// Every listener's kind and address, in configuration order.
     pub fn listen_addrs(&self) -> Vec<(ListenerKind, SocketAddr)> {
         self.listeners.iter().map(|listener| (listener.config.kind, listener.local_addr())).collect()
+    }
+
+    /// MQTT 5's enhanced authentication methods, for whoever brings one to register it.
+    pub fn auth_methods(&self) -> &crate::auth::enhanced::Methods {
+        &self.ctx.auth.methods
     }
 
     #[cfg(test)]

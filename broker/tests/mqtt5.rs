@@ -437,10 +437,16 @@ async fn the_broker_says_why_it_disconnects() {
     let mut rude = connected5(&broker, "rude").await;
     rude.send_bytes(b"\x30\x09\x00\x01t\x04\x01\x00\x01\x00x").await;
     expect_disconnect(&mut rude, ReasonCode::ProtocolError).await;
-    // A property that PUBLISH may not carry.
+    // A property that PUBLISH may not carry; the reason string says which.
     let mut rude = connected5(&broker, "rude").await;
     rude.send_bytes(b"\x30\x0a\x00\x01t\x05\x11\x00\x00\x00\x01x").await;
-    expect_disconnect(&mut rude, ReasonCode::MalformedPacket).await;
+    match rude.recv().await {
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason, ReasonCode::MalformedPacket);
+            assert_eq!(d.reason_string.as_deref(), Some("property 0x11 is not allowed in this packet"));
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
 
     // AUTH without a method in CONNECT.
     let mut auth = connected5(&broker, "auth").await;
@@ -580,5 +586,90 @@ async fn topic_aliases_to_the_client() {
     publisher.send(&publish("to/a", b"x", QoS::AtMostOnce, 0)).await;
     let p = plain.recv_publish().await;
     assert_eq!((p.topic_str(), properties(&p).topic_alias), ("to/a", None));
+    broker.stop().await;
+}
+
+/// A toy method for the exchange: the client says "hello", is challenged with a word, and must send it
+/// back reversed.
+struct Reverse;
+
+struct ReverseExchange {
+    challenged: bool,
+}
+
+impl midge_broker::auth::enhanced::Method for Reverse {
+    fn name(&self) -> &str {
+        "REVERSE"
+    }
+
+    fn start(&self) -> Box<dyn midge_broker::auth::enhanced::Exchange> {
+        Box::new(ReverseExchange { challenged: false })
+    }
+}
+
+impl midge_broker::auth::enhanced::Exchange for ReverseExchange {
+    fn step(&mut self, data: Option<&[u8]>) -> midge_broker::auth::enhanced::Step {
+        use midge_broker::auth::enhanced::Step;
+        match (self.challenged, data) {
+            (false, Some(b"hello")) => {
+                self.challenged = true;
+                Step::Continue(Bytes::from_static(b"midge"))
+            }
+            (true, Some(b"egdim")) => {
+                Step::Done { username: Some("reverser".into()), data: Some(Bytes::from_static(b"welcome")) }
+            }
+            _ => Step::Refused,
+        }
+    }
+}
+
+fn auth(reason: ReasonCode, data: &'static [u8]) -> Packet {
+    Packet::Auth(Auth {
+        reason,
+        authentication_method: Some("REVERSE".into()),
+        authentication_data: Some(Bytes::from_static(data)),
+        reason_string: None,
+    })
+}
+
+#[tokio::test]
+async fn an_enhanced_authentication_exchange() {
+    let broker = start_prepared(config(), |b| b.auth_methods().register(Arc::new(Reverse))).await;
+    let hello = || {
+        let properties = ConnectProperties {
+            authentication_method: Some("REVERSE".into()),
+            authentication_data: Some(Bytes::from_static(b"hello")),
+            ..Default::default()
+        };
+        Connect { properties: Box::new(properties), ..v5("reverser") }
+    };
+
+    // Challenge, answer, CONNACK with the method's last word.
+    let mut raw = Raw::open(broker.addr).await;
+    raw.send(&Packet::Connect(hello())).await;
+    assert_eq!(raw.recv().await, Some(auth(ReasonCode::ContinueAuthentication, b"midge")));
+    raw.send(&auth(ReasonCode::ContinueAuthentication, b"egdim")).await;
+    match raw.recv().await {
+        Some(Packet::Connack(c)) => {
+            assert_eq!(c.reason, ReasonCode::Success);
+            assert_eq!(c.properties.authentication_method.as_deref(), Some("REVERSE"));
+            assert_eq!(c.properties.authentication_data.as_deref(), Some(&b"welcome"[..]));
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    raw.ping().await;
+
+    // A wrong answer is refused; so is anything but AUTH in its place.
+    let mut raw = Raw::open(broker.addr).await;
+    raw.send(&Packet::Connect(hello())).await;
+    raw.recv().await;
+    raw.send(&auth(ReasonCode::ContinueAuthentication, b"midge")).await;
+    assert!(matches!(raw.recv().await, Some(Packet::Connack(c)) if c.reason == ReasonCode::NotAuthorized));
+    raw.expect_closed().await;
+    let mut raw = Raw::open(broker.addr).await;
+    raw.send(&Packet::Connect(hello())).await;
+    raw.recv().await;
+    raw.send(&Packet::Pingreq).await;
+    assert!(matches!(raw.recv().await, Some(Packet::Connack(c)) if c.reason == ReasonCode::ProtocolError));
     broker.stop().await;
 }

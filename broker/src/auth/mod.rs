@@ -15,6 +15,7 @@ use crate::protocol::{Connect, ConnectReturnCode};
 
 pub mod acl;
 mod credentials;
+pub mod enhanced;
 mod secret;
 mod users;
 
@@ -49,6 +50,8 @@ pub struct Authenticator {
     pub plugins: Arc<PluginCredentials>,
     pub hasher: Hasher,
     pub throttle: Throttle,
+    /// MQTT 5's enhanced authentication methods (none by default).
+    pub methods: enhanced::Methods,
 }
 
 impl Authenticator {

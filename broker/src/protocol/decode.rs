@@ -293,7 +293,10 @@ fn publish(flags: u8, body: &mut Bytes, v5: bool) -> Result<Publish, DecodeError
     let topic = utf8_bytes(body)?;
     let pkid = if qos == QoS::AtMostOnce { 0 } else { packet_id(body)? };
     let mut properties = None;
-    if v5 {
+    // Most publishes carry no properties: an empty block is one zero byte, taken without more ado.
+    if v5 && body.first() == Some(&0) {
+        body.advance(1);
+    } else if v5 {
         let mut p = PublishProperties::default();
         properties::read(body, properties::PUBLISH, |property| {
             publish_property(&mut p, property);

@@ -144,13 +144,17 @@ pub fn publish_len(p: &Publish, level: Protocol) -> usize {
     1 + varint_len(remaining) + remaining
 }
 
-/// A PUBLISH's properties as written, empty if it has none (or the level has no properties).
+/// A PUBLISH's properties as written, empty if it has none (or the level has no properties): then
+/// nothing is allocated.
 fn publish_block(p: &Publish, v5: bool) -> BytesMut {
-    let mut block = BytesMut::new();
-    if let (Some(props), true) = (&p.properties, v5) {
-        publish_properties(props, &mut block);
+    match (&p.properties, v5) {
+        (Some(props), true) => {
+            let mut block = BytesMut::new();
+            publish_properties(props, &mut block);
+            block
+        }
+        _ => BytesMut::new(),
     }
-    block
 }
 
 fn publish_remaining(p: &Publish, block: &[u8], v5: bool) -> usize {

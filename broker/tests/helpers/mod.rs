@@ -47,8 +47,14 @@ pub fn config() -> Config {
 }
 
 pub async fn start(config: Config) -> TestBroker {
+    start_prepared(config, |_| {}).await
+}
+
+/// Starts a broker after `prepare` has had it, bound and not yet running.
+pub async fn start_prepared(config: Config, prepare: impl FnOnce(&Broker)) -> TestBroker {
     let shutdown = CancellationToken::new();
     let broker = Broker::bind(config, shutdown.clone(), None).await.expect("broker binds");
+    prepare(&broker);
     let addr = broker.local_addr();
     let listeners = broker.listen_addrs();
     let task = tokio::spawn(broker.run());
