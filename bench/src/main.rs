@@ -226,7 +226,8 @@ async fn main() -> anyhow::Result<()> {
     ];
     for (key, name, load, start) in throughput {
         let v5 = key.ends_with("-v5");
-        if !wanted(key) && !(v5 && cli.only.iter().any(|o| o == "mqtt5")) {
+        let selected = wanted(key) || (v5 && cli.only.iter().any(|o| o == "mqtt5"));
+        if !selected {
             continue;
         }
         let target = |broker: &Broker| {
