@@ -61,6 +61,8 @@ pub struct Config {
     pub ws_listen: Option<SocketAddr>,
     /// An `mqtt:wss` listener here, at `/mqtt`, with `certfile` and `keyfile`.
     pub wss_listen: Option<SocketAddr>,
+    /// Serve this node's metrics and stats for Prometheus at `http://{metrics_listen}/metrics`.
+    pub metrics_listen: Option<SocketAddr>,
     /// The certificate chain and key (PEM) of the listeners opened by `*_listen`.
     pub certfile: Option<PathBuf>,
     pub keyfile: Option<PathBuf>,
@@ -106,6 +108,7 @@ impl Default for Config {
             ssl_listen: None,
             ws_listen: None,
             wss_listen: None,
+            metrics_listen: None,
             certfile: None,
             keyfile: None,
             cacertfile: None,
@@ -169,7 +172,7 @@ impl Config {
 }
 
 /// The listeners that are off unless given an address; an empty one means off.
-const OPTIONAL_LISTENERS: [&str; 3] = ["ssl_listen", "ws_listen", "wss_listen"];
+const OPTIONAL_LISTENERS: [&str; 4] = ["ssl_listen", "ws_listen", "wss_listen", "metrics_listen"];
 
 /// A listener's address, or nothing for none.
 fn listen_or_off(text: &str) -> Result<String, String> {
@@ -361,6 +364,13 @@ struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[arg(value_parser = listen_or_off)]
     ssl_listen: Option<String>,
+
+    /// Address to serve this node's metrics and stats for Prometheus at (GET /metrics, no
+    /// authentication: bind it to a private address); off by default.
+    #[arg(long, env = "MIDGE_METRICS_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[arg(value_parser = listen_or_off)]
+    metrics_listen: Option<String>,
 
     /// Address of an MQTT over WebSocket listener (mqtt:ws at /mqtt, usually port 8083).
     #[arg(long, env = "MIDGE_WS_LISTEN")]

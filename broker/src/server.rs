@@ -18,7 +18,7 @@ use crate::context::Context;
 use crate::metrics::{Metrics, Stats};
 use crate::ops::control::{self, ControlJob};
 use crate::ops::plugins::{Plugin, Plugins};
-use crate::ops::{sys, Node};
+use crate::ops::{metrics_http, sys, Node};
 use crate::router::{RouterHandle, Wiring};
 use crate::settings::{LogReload, Settings};
 use crate::transport::{Accepted, Certificates, Listener, ListenerError, ListenerKind};
@@ -44,6 +44,8 @@ pub enum StartError {
     Acl(#[from] AclError),
     #[error(transparent)]
     Users(#[from] AuthError),
+    #[error("metrics listener {addr}: {source}")]
+    MetricsListener { addr: SocketAddr, source: std::io::Error },
 }
 
 /// The management secret if it is one: an empty or short secret closes the control channel, loudly, rather
@@ -73,6 +75,8 @@ pub struct Broker {
     control: mpsc::Receiver<ControlJob>,
     node: Arc<Node>,
     ctx: Arc<Context>,
+    /// `--metrics-listen`, if set.
+    metrics_listener: Option<tokio::net::TcpListener>,
 }
 
 impl Broker {
@@ -95,6 +99,9 @@ impl Broker {
             }
             listeners.push(Arc::new(listener));
         }
+        let metrics_listener = metrics_http::bind(config.metrics_listen).await.map_err(|source| {
+            StartError::MetricsListener { addr: config.metrics_listen.expect("bound only when set"), source }
+        })?;
         let mut config = config;
         config.mgmt_secret = usable_secret(config.mgmt_secret.take());
         let metrics = Arc::new(Metrics::default());
@@ -135,7 +142,7 @@ impl Broker {
             shutdown: shutdown.clone(),
         });
         let ctx = Arc::new(Context::new(config, router, auth, settings, plugins, metrics, control_tx, shutdown));
-        Ok(Broker { listeners, control: control_rx, node, ctx })
+        Ok(Broker { listeners, control: control_rx, node, ctx, metrics_listener })
     }
 
     /// The first listener's address (the TCP one, unless configured otherwise).
@@ -153,6 +160,11 @@ impl Broker {
         self.listeners.iter().map(|listener| (listener.config.kind, listener.local_addr())).collect()
     }
 
+    /// Where this node's metrics are served for Prometheus, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// MQTT 5's enhanced authentication methods, for whoever brings one to register it.
     pub fn auth_methods(&self) -> &crate::auth::enhanced::Methods {
         &self.ctx.auth.methods
@@ -165,7 +177,13 @@ impl Broker {
 
     /// Serves until the shutdown token fires, then closes every connection and returns.
     pub async fn run(self) {
-        let Broker { listeners, control, node, ctx } = self;
+        let Broker { listeners, control, node, ctx, metrics_listener } = self;
+        if let Some(listener) = metrics_listener {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(listen = %addr, "metrics for Prometheus at /metrics");
+            }
+            tokio::spawn(metrics_http::serve(listener, node.clone()));
+        }
         tokio::spawn(ctx.router.clone().sweep());
         tokio::spawn(sys::run(node.clone()));
         tokio::spawn(control::run(node, control));

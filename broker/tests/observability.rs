@@ -294,3 +294,39 @@ async fn sys_is_for_localhost_and_the_management_principal_by_default() {
     assert_eq!(mgmt.raw.subscribe(7, &[("$SYS/#", QoS::AtMostOnce)]).await, vec![Some(QoS::AtMostOnce)]);
     broker.stop().await;
 }
+
+/// `--metrics-listen`: a Prometheus scrape of this node alone, in the sidecar's names.
+#[tokio::test]
+async fn metrics_listen_serves_prometheus() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut metrics_addr = None;
+    let config = Config { metrics_listen: Some("127.0.0.1:0".parse().unwrap()), ..config() };
+    let broker = start_prepared(config, |b| metrics_addr = b.metrics_addr()).await;
+    let metrics_addr = metrics_addr.expect("a metrics listener");
+    let _client = Raw::connected(broker.addr, "scraped").await;
+    let get = |request: &'static str| async move {
+        let mut stream = tokio::net::TcpStream::connect(metrics_addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await.unwrap();
+        reply
+    };
+
+    let reply = get("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("the text format");
+    let sample = |name: &str| {
+        let found = scrape.samples.iter().find(|s| s.metric == name && s.labels.get("node") == Some(NODE));
+        found.unwrap_or_else(|| panic!("no {name} in\n{body}")).value.clone()
+    };
+    assert_eq!(sample("midge_packets_connect_total"), prometheus_parse::Value::Counter(1.0));
+    assert_eq!(sample("midge_clients_count"), prometheus_parse::Value::Gauge(1.0));
+    assert_eq!(scrape.samples.len(), Metric::ALL.len() + 2 * Stat::ALL.len(), "{body}");
+
+    assert!(get("GET /other HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 404"));
+    assert!(get("POST /metrics HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 405"));
+    broker.stop().await;
+}

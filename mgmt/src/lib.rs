@@ -16,6 +16,7 @@ mod http;
 pub mod link;
 mod passwords;
 mod prometheus;
+mod request_metrics;
 pub mod startup;
 
 use std::sync::Arc;

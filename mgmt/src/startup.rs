@@ -2,6 +2,7 @@
 //! listener, bound and ready to serve.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -16,6 +17,7 @@ use crate::config::Config;
 use crate::desired::Desired;
 use crate::link::Link;
 use crate::passwords::Passwords;
+use crate::request_metrics::{self, RequestMetrics};
 use crate::{api, auth, db, error, http, App};
 use midge_passwords::Limits;
 
@@ -74,8 +76,11 @@ async fn application(config: Config) -> anyhow::Result<Rocket<Build>> {
         // failed logins are throttled by.
         .merge(("ip_header", false))
         .merge(("limits.string", MAX_BODY));
+    let requests = Arc::new(RequestMetrics::default());
     Ok(rocket::custom(figment)
         .manage(App { db, link, desired, passwords })
+        .manage(requests.clone())
+        .attach(request_metrics::Recorder(requests))
         .mount("/api/v2", api::routes())
         .mount("/", routes![api::status, crate::prometheus::metrics])
         .register("/", catchers![auth::unauthorized, error::catch_all])

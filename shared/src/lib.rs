@@ -5,5 +5,6 @@
 
 pub mod calls;
 pub mod control;
+pub mod prometheus;
 pub mod sys;
 pub mod topics;

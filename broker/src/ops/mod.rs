@@ -3,6 +3,7 @@
 //! connection.
 
 pub mod control;
+pub mod metrics_http;
 mod node;
 pub mod plugins;
 pub mod sys;

@@ -31,6 +31,8 @@ async fn metrics_are_served_in_the_prometheus_text_format() {
     let (status, _, _) = scrape(api, false).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
+    // A request of the API's own, to be counted in the sidecar's figures.
+    api.get("users").await;
     let (status, content_type, text) = scrape(api, true).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
@@ -44,8 +46,36 @@ async fn metrics_are_served_in_the_prometheus_text_format() {
         Value::Gauge(value) => assert_eq!(value, 1.0),
         other => panic!("not a gauge: {other:?}"),
     }
-    let counters = parsed.samples.iter().filter(|s| matches!(s.value, Value::Counter(_))).count();
-    let gauges = parsed.samples.iter().filter(|s| matches!(s.value, Value::Gauge(_))).count();
+    let node_samples = || parsed.samples.iter().filter(|s| s.labels.get("node").is_some());
+    let counters = node_samples().filter(|s| matches!(s.value, Value::Counter(_))).count();
+    let gauges = node_samples().filter(|s| matches!(s.value, Value::Gauge(_))).count();
     // As many as monitoring/metrics and monitoring/stats list, each once for the one node.
     assert_eq!((counters, gauges), (38, 14), "{text}");
+
+    // The sidecar's own requests: counted by route template and status, timed in a histogram.
+    let requests = |route: &str, status: &str| {
+        let found = parsed.samples.iter().find(|s| {
+            s.metric == "midge_mgmt_http_requests_total"
+                && s.labels.get("method") == Some("GET")
+                && s.labels.get("route") == Some(route)
+                && s.labels.get("status") == Some(status)
+        });
+        match found.map(|s| &s.value) {
+            Some(Value::Counter(n)) => *n,
+            other => panic!("no request counter for {route} {status}: {other:?}\n{text}"),
+        }
+    };
+    assert_eq!(requests("/api/v2/users", "200"), 1.0);
+    // The unauthenticated scrape above.
+    assert_eq!(requests("/metrics", "401"), 1.0);
+    let histogram = parsed.samples.iter().find(|s| {
+        s.metric == "midge_mgmt_http_request_duration_seconds" && s.labels.get("route") == Some("/api/v2/users")
+    });
+    match histogram.map(|s| &s.value) {
+        Some(Value::Histogram(buckets)) => {
+            let last = buckets.last().expect("buckets");
+            assert!(last.less_than.is_infinite() && last.count >= 1.0, "{buckets:?}");
+        }
+        other => panic!("no latency histogram: {other:?}\n{text}"),
+    }
 }
