@@ -2,7 +2,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p midge-broker -p midge-mgmt
+RUN cargo build --release --locked -p midge-broker -p midge-mgmt -p midge-ctl
 
 FROM debian:bookworm-slim AS runtime
 RUN useradd --system --uid 10001 --home-dir /data --create-home midge
@@ -22,7 +22,9 @@ ENTRYPOINT ["broker-entrypoint.sh", "midge-broker"]
 
 FROM runtime AS mgmt
 COPY --from=build /src/target/release/midge-mgmt /usr/local/bin/midge-mgmt
-ENV MIDGE_MGMT_LISTEN=0.0.0.0:8080 MIDGE_MGMT_DB=/data/midge-mgmt.db
+COPY --from=build /src/target/release/midge-ctl /usr/local/bin/midge-ctl
+# `docker compose exec mgmt midge-ctl ...` reaches the sidecar it runs beside.
+ENV MIDGE_MGMT_LISTEN=0.0.0.0:8080 MIDGE_MGMT_DB=/data/midge-mgmt.db MIDGE_CTL_URL=http://127.0.0.1:8080
 VOLUME /data
 EXPOSE 8080
 HEALTHCHECK --interval=5s --timeout=4s --retries=5 CMD ["midge-mgmt", "healthcheck"]

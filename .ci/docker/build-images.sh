@@ -20,16 +20,16 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
 fi
 
 if [ "$PROFILE" = release ]; then
-    cargo build --release --locked -p midge-broker -p midge-mgmt
+    cargo build --release --locked -p midge-broker -p midge-mgmt -p midge-ctl
 else
-    cargo build --locked -p midge-broker -p midge-mgmt
+    cargo build --locked -p midge-broker -p midge-mgmt -p midge-ctl
 fi
 
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 # Wherever cargo put them (CARGO_TARGET_DIR, if set, moves the target directory).
 bin="${CARGO_TARGET_DIR:-target}/$PROFILE"
-cp ".ci/docker/Dockerfile" deploy/acl.conf deploy/broker-entrypoint.sh "$bin/midge-broker" "$bin/midge-mgmt" "$context/"
+cp ".ci/docker/Dockerfile" deploy/acl.conf deploy/broker-entrypoint.sh "$bin/midge-broker" "$bin/midge-mgmt" "$bin/midge-ctl" "$context/"
 docker build -q --target broker -t midge-broker:latest "$context" >/dev/null
 docker build -q --target mgmt -t midge-mgmt:latest "$context" >/dev/null
 echo "built midge-broker:latest and midge-mgmt:latest ($PROFILE binaries on $BASE)"

@@ -61,6 +61,9 @@ sub=$!
 listed() { curl -s -u "$AUTH" "$API/nodes/$NODE/clients" | grep -q '"client_id":"smoke-sub"'; }
 wait_for 20 listed || fail "GET nodes/$NODE/clients does not list the subscriber"
 ok "nodes/{node}/clients lists the subscriber"
+"${COMPOSE[@]}" exec -T -e MIDGE_CTL_USER="${AUTH%%:*}" -e MIDGE_CTL_PASSWORD="${AUTH#*:}" mgmt midge-ctl clients list \
+    | grep -q '^smoke-sub ' || fail "midge-ctl in the sidecar's container does not list the subscriber"
+ok "midge-ctl clients list, inside the sidecar's container"
 [ "$(code POST mqtt/publish '{"topic":"smoke/topic","payload":"through-the-sidecar","qos":1}')" = 0 ] || fail "publish refused"
 wait "$sub" || fail "subscriber got nothing"
 grep -qx "through-the-sidecar" "$work/sub.out" || fail "subscriber got: $(cat "$work/sub.out")"

@@ -2,6 +2,7 @@
 //! test binary, a module per concern; `helpers` starts the processes, each test on its own ports and
 //! database.
 
+mod ctl;
 mod desired;
 mod helpers;
 mod http;
