@@ -448,6 +448,11 @@ async fn the_broker_says_why_it_disconnects() {
         other => panic!("expected DISCONNECT, got {other:?}"),
     }
 
+    // A property block longer than its packet: malformed.
+    let mut rude = connected5(&broker, "rude").await;
+    rude.send_bytes(b"\x30\x05\x00\x01t\x09x").await;
+    expect_disconnect(&mut rude, ReasonCode::MalformedPacket).await;
+
     // AUTH without a method in CONNECT.
     let mut auth = connected5(&broker, "auth").await;
     auth.send_bytes(b"\xf0\x00").await;
