@@ -18,7 +18,7 @@ use crate::context::Context;
 use crate::metrics::{Metrics, Stats};
 use crate::ops::control::{self, ControlJob};
 use crate::ops::plugins::{Plugin, Plugins};
-use crate::ops::{metrics_http, sys, Node};
+use crate::ops::{metrics_http, sys, Node, Reloader};
 use crate::router::{RouterHandle, Wiring};
 use crate::settings::{LogReload, Settings};
 use crate::transport::{Accepted, Certificates, Listener, ListenerError, ListenerKind};
@@ -121,7 +121,7 @@ impl Broker {
         let (control_tx, control_rx) = control::channel();
         let auth = Authenticator {
             management: Management { username: config.mgmt_username.clone(), secret: config.mgmt_secret.clone() },
-            users,
+            users: Arc::new(arc_swap::ArcSwapOption::from(users.map(Arc::new))),
             plugins: credentials,
             hasher: hasher.clone(),
             throttle: Throttle::new(Limits { burst: config.auth_fail_burst }),
@@ -184,6 +184,13 @@ impl Broker {
             }
             tokio::spawn(metrics_http::serve(listener, node.clone()));
         }
+        let reloader = Reloader {
+            node: node.clone(),
+            switch: node.plugins.switch(Plugin::Reloader),
+            users_file: ctx.config.users_file.clone(),
+            users: ctx.auth.users.clone(),
+        };
+        tokio::spawn(reloader.run());
         tokio::spawn(ctx.router.clone().sweep());
         tokio::spawn(sys::run(node.clone()));
         tokio::spawn(control::run(node, control));

@@ -128,6 +128,16 @@ impl Settings {
         Ok(())
     }
 
+    /// The ACL file in use, if any.
+    pub fn acl_file(&self) -> Option<PathBuf> {
+        self.acl_source.lock().map(|s| s.0.clone()).unwrap_or(None)
+    }
+
+    /// Reads the ACL file again; on any error the running ACL stays.
+    pub fn reload_acl(&self) -> Result<(), SettingError> {
+        self.rebuild_acl(|_| {})
+    }
+
     /// Loads the ACL from the changed source; on any error the old ACL and source stay.
     fn rebuild_acl(&self, change: impl FnOnce(&mut (Option<PathBuf>, Nomatch))) -> Result<(), SettingError> {
         // A panic while holding this leaves a path and a rule that are still valid.

@@ -460,7 +460,7 @@ async fn plugins_switch_off_and_on() {
     let mut mgmt = Mgmt::connect(broker.addr, NODE).await;
     let plugins: Vec<PluginRow> = mgmt.ok(Request::ListPlugins).await;
     let names: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, vec!["emq_auth_clientid", "emq_auth_username", "emq_modules", "emq_retainer"]);
+    assert_eq!(names, vec!["emq_auth_clientid", "emq_auth_username", "emq_modules", "emq_retainer", "emq_reloader"]);
     assert!(plugins.iter().all(|p| !p.description.is_empty() && !p.version.is_empty()));
 
     let set = |name: &str, active: bool| Request::SetPlugin { name: name.into(), active };
@@ -640,5 +640,78 @@ async fn clients_cannot_write_to_sys_or_control_topics_by_publish_or_will() {
     // The management client is undisturbed.
     let info: NodeInfo = mgmt.ok(Request::NodeInfo).await;
     assert_eq!(info.name, NODE);
+    broker.stop().await;
+}
+
+/// `emq_reloader`: while on, an edited users file or ACL file takes effect without a request; a file
+/// that does not load leaves the running one; switched off, edits wait.
+#[tokio::test]
+async fn the_reloader_follows_the_files() {
+    use midge_passwords::hash_now;
+
+    let dir = tempdir();
+    let (users, acl) = (dir.join("users"), dir.join("acl.conf"));
+    std::fs::write(&users, format!("alice:{}\n", hash_now(b"a-pass").unwrap())).unwrap();
+    std::fs::write(&acl, "{allow, all}.\n").unwrap();
+    let config = Config { users_file: Some(users.clone()), acl_file: Some(acl.clone()), ..mgmt_config() };
+    let broker = start(config).await;
+    let mut mgmt = Mgmt::connect(broker.addr, NODE).await;
+    let login = |user: &str, password: &str| {
+        let mut c = connect_packet(user, true);
+        c.username = Some(user.into());
+        c.password = Some(bytes::Bytes::copy_from_slice(password.as_bytes()));
+        Packet::Connect(c)
+    };
+    // Polls until `check` holds, within a few of the reloader's one-second rounds.
+    async fn eventually<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) -> bool {
+        for _ in 0..40 {
+            if check().await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+    let bob_line = format!("bob:{}\n", hash_now(b"b-pass").unwrap());
+
+    // Off (the default): an edit waits.
+    std::fs::write(&users, format!("alice:{}\n{bob_line}", hash_now(b"a-pass").unwrap())).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(connack_code(broker.addr, login("bob", "b-pass")).await, ConnectReturnCode::BadUsernameOrPassword);
+
+    // On: changes from now on are followed.
+    let _: serde_json::Value = mgmt.ok(Request::SetPlugin { name: "emq_reloader".into(), active: true }).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    std::fs::write(&users, bob_line.clone()).unwrap();
+    let bob_in =
+        eventually(|| async { connack_code(broker.addr, login("bob", "b-pass")).await == ConnectReturnCode::Accepted });
+    assert!(bob_in.await, "bob can log in once the users file is read again");
+    assert_eq!(connack_code(broker.addr, login("alice", "a-pass")).await, ConnectReturnCode::BadUsernameOrPassword);
+
+    // A broken users file leaves the running users.
+    std::fs::write(&users, "bob:not-a-hash\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(connack_code(broker.addr, login("bob", "b-pass")).await, ConnectReturnCode::Accepted);
+
+    // The ACL file likewise: bob may no longer subscribe to secret/#.
+    let (mut client, _) = Raw::connect(
+        broker.addr,
+        match login("bob", "b-pass") {
+            Packet::Connect(c) => c,
+            _ => unreachable!(),
+        },
+    )
+    .await;
+    assert_eq!(client.subscribe(1, &[("secret/#", QoS::AtMostOnce)]).await, vec![Some(QoS::AtMostOnce)]);
+    std::fs::write(&acl, "{deny, {user, \"bob\"}, subscribe, [\"secret/#\"]}.\n{allow, all}.\n").unwrap();
+    let mut denied = false;
+    for pkid in 2..42 {
+        if client.subscribe(pkid, &[("secret/#", QoS::AtMostOnce)]).await == vec![None] {
+            denied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(denied, "the edited ACL applies");
     broker.stop().await;
 }

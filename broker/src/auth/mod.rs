@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use midge_passwords::{HashError, Hasher, Throttle};
 use subtle::ConstantTimeEq;
 
@@ -44,8 +45,8 @@ pub struct Management {
 /// Everything that decides who a client is.
 pub struct Authenticator {
     pub management: Management,
-    /// The users file.
-    pub users: Option<Users>,
+    /// The users file, replaced whole when the reloader reads it again.
+    pub users: Arc<ArcSwapOption<Users>>,
     /// The auth plugins' credentials, as the plugins set them.
     pub plugins: Arc<PluginCredentials>,
     pub hasher: Hasher,
@@ -81,7 +82,8 @@ impl Authenticator {
                     _ => Err(self.failed(source, None)),
                 };
             }
-            if let Some(users) = self.users.as_ref().filter(|u| u.contains(username)) {
+            let from_file = self.users.load();
+            if let Some(users) = from_file.as_deref().filter(|u| u.contains(username)) {
                 return self.check(source, username, users.hash_of(username), password).await;
             }
             if let Some(users) = by_username.as_ref().filter(|u| u.contains(username)) {
@@ -92,7 +94,7 @@ impl Authenticator {
             return self.check(source, &connect.client_id, users.hash_of(&connect.client_id), password).await;
         }
         if let Some(username) = connect.username.as_deref() {
-            if self.users.is_some() || by_username.is_some() {
+            if self.users.load().is_some() || by_username.is_some() {
                 // Spend a verification's time so that unknown names cannot be told from wrong passwords.
                 self.check(source, username, None, password).await?;
                 return Err(BadUsernameOrPassword);

@@ -6,6 +6,8 @@ pub mod control;
 pub mod metrics_http;
 mod node;
 pub mod plugins;
+mod reloader;
 pub mod sys;
 
 pub use node::Node;
+pub use reloader::Reloader;

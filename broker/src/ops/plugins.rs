@@ -33,10 +33,12 @@ pub enum Plugin {
     AuthUsername,
     Modules,
     Retainer,
+    Reloader,
 }
 
 impl Plugin {
-    pub const ALL: [Plugin; 4] = [Plugin::AuthClientid, Plugin::AuthUsername, Plugin::Modules, Plugin::Retainer];
+    pub const ALL: [Plugin; 5] =
+        [Plugin::AuthClientid, Plugin::AuthUsername, Plugin::Modules, Plugin::Retainer, Plugin::Reloader];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -44,6 +46,7 @@ impl Plugin {
             Plugin::AuthUsername => "emq_auth_username",
             Plugin::Modules => "emq_modules",
             Plugin::Retainer => "emq_retainer",
+            Plugin::Reloader => "emq_reloader",
         }
     }
 
@@ -53,6 +56,7 @@ impl Plugin {
             Plugin::AuthUsername => "Authentication with Username/Password",
             Plugin::Modules => "EMQ Modules",
             Plugin::Retainer => "EMQ Retainer",
+            Plugin::Reloader => "Reloads the ACL file, users file and TLS certificates when they change on disk",
         }
     }
 
@@ -79,7 +83,7 @@ impl Plugin {
                 ("auth.user.{n}.password", "password (stored as an argon2id hash)", false),
             ],
             Plugin::Modules => &[("module.presence", "publish client connected/disconnected events: on | off", true)],
-            Plugin::Retainer => &[],
+            Plugin::Retainer | Plugin::Reloader => &[],
         }
     }
 
@@ -88,7 +92,7 @@ impl Plugin {
             Plugin::AuthClientid => &[("auth.client.password_hash", "argon2id")],
             Plugin::AuthUsername => &[("auth.user.password_hash", "argon2id")],
             Plugin::Modules => &[("module.presence", "on")],
-            Plugin::Retainer => &[],
+            Plugin::Retainer | Plugin::Reloader => &[],
         };
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
@@ -107,7 +111,7 @@ fn key_matches(pattern: &str, key: &str) -> bool {
 
 pub struct Plugins {
     /// Shared with whoever acts on a switch without asking here (the router, for the retainer).
-    active: [Arc<AtomicBool>; 4],
+    active: [Arc<AtomicBool>; Plugin::ALL.len()],
     version: String,
     configs: Mutex<BTreeMap<Plugin, BTreeMap<String, String>>>,
     /// Where the auth plugins' credentials go, for authentication to read: set while the plugin is on.
@@ -144,7 +148,7 @@ impl Plugins {
         match plugin {
             Plugin::AuthUsername => self.credentials.set_by_username(built("auth.user.", "username")),
             Plugin::AuthClientid => self.credentials.set_by_clientid(built("auth.client.", "clientid")),
-            Plugin::Modules | Plugin::Retainer => {}
+            Plugin::Modules | Plugin::Retainer | Plugin::Reloader => {}
         }
     }
 

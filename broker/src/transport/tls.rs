@@ -105,6 +105,19 @@ impl Certificates {
         self.0.push((addr, tls));
     }
 
+    /// Every file the TLS listeners read: certificate chains, keys, CAs.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for (_, tls) in &self.0 {
+            let f = &tls.files;
+            files.extend([f.certfile.clone(), f.keyfile.clone()]);
+            files.extend(f.cacertfile.clone());
+        }
+        files.sort();
+        files.dedup();
+        files
+    }
+
     /// Reloads every TLS listener's files. Each that loads is in use at once; the error names those
     /// that did not (and keep their running certificates).
     pub fn reload(&self) -> Result<usize, String> {
