@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use crate::auth::acl::{Access, AclCache, ClientInfo, Decision};
 use crate::auth::enhanced::{Method, Step};
 use crate::auth::Principal;
 use crate::context::Context;
-use crate::metrics::Metric;
+use crate::metrics::{Metric, CONNECTION_TASK_BYTES};
 use crate::ops::control::ControlJob;
 use crate::ops::sys;
 use crate::protocol::*;
@@ -127,7 +128,10 @@ impl From<DecodeError> for Exit {
 /// have come by `connect_by` (the connect timeout counts from accept, handshake included). Never panics
 /// on peer input; every error ends only this connection.
 pub async fn serve(established: Established, connect_by: Instant, listener: Arc<ListenerStats>, ctx: Arc<Context>) {
-    if let Some(reason) = Box::pin(serve_counted(established, connect_by, &listener, ctx)).await {
+    let served = Box::pin(serve_counted(established, connect_by, &listener, ctx));
+    // The box's contents, plus this future's own few bytes, are the task's size.
+    CONNECTION_TASK_BYTES.store(std::mem::size_of_val(&*served) + 64, Ordering::Relaxed);
+    if let Some(reason) = served.await {
         listener.shut(reason);
     }
 }

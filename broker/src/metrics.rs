@@ -11,6 +11,10 @@ pub use midge_shared::sys::{Metric, Stat};
 
 use crate::protocol::{Packet, QoS};
 
+/// The size of one connection's task (its `serve` future), noted at each connection for `emq_recon`:
+/// fixed when the broker is built, but only known once one exists.
+pub static CONNECTION_TASK_BYTES: AtomicUsize = AtomicUsize::new(0);
+
 /// More than a 2-core machine's worker threads and the few others that count; threads beyond this
 /// share shards, which is still correct, only slower.
 const SHARDS: usize = 8;

@@ -140,6 +140,7 @@ impl Broker {
             certificates,
             max_connections: config.max_connections,
             shutdown: shutdown.clone(),
+            baseline_rss: crate::ops::recon::process_memory().0,
         });
         let ctx = Arc::new(Context::new(config, router, auth, settings, plugins, metrics, control_tx, shutdown));
         Ok(Broker { listeners, control: control_rx, node, ctx, metrics_listener })

@@ -460,7 +460,9 @@ async fn plugins_switch_off_and_on() {
     let mut mgmt = Mgmt::connect(broker.addr, NODE).await;
     let plugins: Vec<PluginRow> = mgmt.ok(Request::ListPlugins).await;
     let names: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, vec!["emq_auth_clientid", "emq_auth_username", "emq_modules", "emq_retainer", "emq_reloader"]);
+    let expected =
+        ["emq_auth_clientid", "emq_auth_username", "emq_modules", "emq_retainer", "emq_reloader", "emq_recon"];
+    assert_eq!(names, expected);
     assert!(plugins.iter().all(|p| !p.description.is_empty() && !p.version.is_empty()));
 
     let set = |name: &str, active: bool| Request::SetPlugin { name: name.into(), active };

@@ -330,3 +330,37 @@ async fn metrics_listen_serves_prometheus() {
     assert!(get("POST /metrics HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 405"));
     broker.stop().await;
 }
+
+/// `emq_recon`: memory, tasks, queue depths and the longest queues, on request; 111 while it is off.
+#[tokio::test]
+async fn recon_reports_where_the_messages_wait() {
+    let broker = start(mgmt_config()).await;
+    let mut mgmt = Mgmt::connect(broker.addr, NODE).await;
+    // Two persistent subscribers go away and messages queue for them: five for one, two for the other.
+    for id in ["five", "two"] {
+        let (mut sub, _) = Raw::connect(broker.addr, connect_packet(id, false)).await;
+        sub.subscribe(1, &[(&format!("recon/{id}"), QoS::AtLeastOnce)]).await;
+        sub.disconnect().await;
+    }
+    let mut publisher = Raw::connected(broker.addr, "publisher").await;
+    publisher.publish_acked("recon/five", 1..=5).await;
+    publisher.publish_acked("recon/two", 1..=2).await;
+
+    let recon: midge_shared::control::Recon = mgmt.ok(Request::Recon { top: 1 }).await;
+    assert_eq!(recon.queues.mqueue, 7);
+    let top: Vec<(&str, u64, bool)> =
+        recon.top_queues.iter().map(|q| (q.client_id.as_str(), q.mqueue_len, q.online)).collect();
+    assert_eq!(top, vec![("five", 5, false)], "the longest queue only, as asked");
+    assert_eq!(recon.connections.count, 1, "the publisher (the sidecar is not counted)");
+    assert!(recon.connections.task_bytes > 0 && recon.connections.task_bytes < 4096, "{:?}", recon.connections);
+    assert!(recon.memory.rss_bytes > 0 && recon.memory.virtual_bytes >= recon.memory.rss_bytes);
+    assert!(recon.runtime.workers >= 1 && recon.runtime.tasks >= 2);
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        let (used, total) = (recon.memory.heap_in_use_bytes.unwrap(), recon.memory.heap_total_bytes.unwrap());
+        assert!(used > 0 && used <= total);
+    }
+
+    let _: serde_json::Value = mgmt.ok(Request::SetPlugin { name: "emq_recon".into(), active: false }).await;
+    assert_eq!(mgmt.err(Request::Recon { top: 1 }).await, 111);
+    broker.stop().await;
+}

@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use crate::api::{segment, Api, ApiError};
-use crate::output::Render;
+use crate::output::{table, Render};
 use crate::{AdminsCommand, BrokerCommand, ClientsCommand, ClusterCommand, Command, ListOrShow};
 use crate::{PluginsCommand, SubscriptionsCommand};
 
@@ -66,7 +66,33 @@ pub async fn run(api: &Api, command: Command) -> Result<(Value, Render), ApiErro
             Ok((by_node.clone(), Render::Rows(columns, Value::Array(rows_by_node(&by_node)))))
         }
         Command::Admins { what } => admins(api, what).await,
+        Command::Recon { top } => recon(api, top).await,
     }
+}
+
+/// Each node's diagnostics: its figures as `section.name  value` lines, then its longest queues.
+async fn recon(api: &Api, top: u64) -> Result<(Value, Render), ApiError> {
+    let mut by_node = Map::new();
+    let mut text = String::new();
+    for node in api.nodes().await? {
+        let report = api.get(&format!("nodes/{}/recon?top={top}", segment(&node))).await?;
+        text.push_str(&format!("node {node}\n"));
+        let mut figures = Vec::new();
+        for section in ["memory", "runtime", "connections", "queues"] {
+            for (name, value) in report[section].as_object().into_iter().flatten() {
+                figures.push(json!({ "figure": format!("{section}.{name}"), "value": value }));
+            }
+        }
+        text.push_str(&table(&["figure", "value"], &figures));
+        let queues = report["top_queues"].as_array().cloned().unwrap_or_default();
+        if !queues.is_empty() {
+            text.push('\n');
+            let columns = ["client_id", "online", "mqueue_len", "inflight_len", "deferred_len", "awaiting_rel_len"];
+            text.push_str(&table(&columns, &queues));
+        }
+        by_node.insert(node, report);
+    }
+    Ok((Value::Object(by_node), Render::Message(text.trim_end().to_string())))
 }
 
 /// Every node's figures from `{route}/{node}`: one row per figure in the table, `{node: {name: value}}`

@@ -75,6 +75,12 @@ pub enum Command {
     },
     /// Every node's listeners and their connections.
     Listeners,
+    /// Every node's runtime diagnostics (emq_recon): memory, tasks, queues, the longest queues.
+    Recon {
+        /// How many clients with the longest queues to show.
+        #[arg(long, default_value_t = 10)]
+        top: u64,
+    },
     /// The API's admin users.
     Admins {
         #[command(subcommand)]

@@ -138,6 +138,8 @@ calls! {
     stats() -> BTreeMap<String, u64> = [Request::Stats] since 1;
     /// Reads every TLS listener's certificate files again; connections already up keep theirs.
     reload_certificates() -> u64 = [Request::ReloadCertificates] since 2;
+    /// Runtime diagnostics, with the `top` clients by queue; 111 while `emq_recon` is off.
+    recon(top: u64) -> Recon = [Request::Recon { top }] since 3;
 }
 
 #[cfg(test)]
@@ -227,6 +229,10 @@ mod tests {
         async fn metrics(&self) -> Result<BTreeMap<String, u64>, ControlError> {
             Ok(BTreeMap::from([("messages/sent".to_string(), 3)]))
         }
+        async fn recon(&self, _: u64) -> Result<Recon, ControlError> {
+            Err(ControlError::new(code::PLUGIN_INACTIVE, "off"))
+        }
+
         async fn stats(&self) -> Result<BTreeMap<String, u64>, ControlError> {
             Ok(BTreeMap::new())
         }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// written in; a node answers every version from [`OLDEST_VERSION`] to its own `VERSION`, and tells its
 /// own in its node info (`control_version`), so a newer sidecar asks an older node only what that node
 /// knows (each request has the version that introduced it: `Request::since`).
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The oldest version of this contract that this build still answers.
 pub const OLDEST_VERSION: u32 = 1;
@@ -106,6 +106,8 @@ pub enum Request {
     ListRoutes(PageRequest),
     /// → `Vec<RouteRow>`
     GetRoute { topic: String },
+    /// → `Recon`, or 111 while `emq_recon` is off
+    Recon { top: u64 },
     /// → `()`, or 112
     Kick { client_id: String },
     /// → `()`, or 112
@@ -259,6 +261,70 @@ pub struct SessionRow {
     /// EMQ 2.x, which has no MQTT 5, shows no such field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiry_interval: Option<u64>,
+}
+
+/// A node's runtime diagnostics (`emq_recon`): where its memory is and which queues are long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recon {
+    pub memory: ReconMemory,
+    pub runtime: ReconRuntime,
+    pub connections: ReconConnections,
+    pub queues: ReconQueues,
+    /// The clients with the most messages waiting, longest first.
+    pub top_queues: Vec<ClientQueue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReconMemory {
+    /// Resident set of the process.
+    pub rss_bytes: u64,
+    pub virtual_bytes: u64,
+    /// The allocator's view (glibc's `mallinfo2`): in use by the program, held but free, and taken
+    /// from the system in all; absent where the allocator does not tell.
+    pub heap_in_use_bytes: Option<u64>,
+    pub heap_free_bytes: Option<u64>,
+    pub heap_total_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReconRuntime {
+    pub workers: u64,
+    /// Tasks alive now: roughly one per connection, plus the broker's own.
+    pub tasks: u64,
+    /// Tasks waiting in the runtime's shared queue to be run.
+    pub global_queue_depth: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReconConnections {
+    pub count: u64,
+    /// What one connection's task takes before its buffers (its future, fixed at build time).
+    pub task_bytes: u64,
+    /// The process's memory beyond what it held with no connection, divided by the connections: an
+    /// estimate of a connection's whole cost; absent without connections.
+    pub estimated_bytes_each: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReconQueues {
+    /// Messages queued in sessions, online or parked.
+    pub mqueue: u64,
+    /// Messages sent and not yet acknowledged.
+    pub inflight: u64,
+    /// Messages waiting in connections' outboxes for a full window to open.
+    pub deferred: u64,
+    /// Incoming QoS 2 messages awaiting PUBREL.
+    pub awaiting_rel: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientQueue {
+    pub client_id: String,
+    pub online: bool,
+    pub mqueue_len: u64,
+    pub inflight_len: u64,
+    pub deferred_len: u64,
+    pub awaiting_rel_len: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

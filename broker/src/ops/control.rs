@@ -16,7 +16,7 @@ use midge_shared::control::{
 use tokio::sync::mpsc;
 
 use super::node::Node;
-use super::plugins::PluginError;
+use super::plugins::{Plugin, PluginError};
 use super::sys;
 use crate::metrics::Metric;
 use crate::protocol::{topic, QoS};
@@ -272,6 +272,13 @@ impl Handler for Service<'_> {
 
     async fn metrics(&self) -> Result<BTreeMap<String, u64>, ControlError> {
         Ok(self.node.metrics.snapshot().into_iter().map(|(m, v)| (m.name().to_string(), v)).collect())
+    }
+
+    async fn recon(&self, top: u64) -> Result<midge_shared::control::Recon, ControlError> {
+        if !self.node.plugins.is_active(Plugin::Recon) {
+            return Err(ControlError::new(code::PLUGIN_INACTIVE, "emq_recon is not loaded"));
+        }
+        Ok(super::recon::report(self.node, top.min(1000) as usize))
     }
 
     async fn stats(&self) -> Result<BTreeMap<String, u64>, ControlError> {

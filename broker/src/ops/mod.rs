@@ -6,6 +6,7 @@ pub mod control;
 pub mod metrics_http;
 mod node;
 pub mod plugins;
+pub mod recon;
 mod reloader;
 pub mod sys;
 

@@ -29,4 +29,7 @@ pub struct Node {
     /// The most client connections served at once, over every listener.
     pub max_connections: usize,
     pub shutdown: CancellationToken,
+    /// The process's resident memory before any connection: what each connection adds is measured from
+    /// here (`emq_recon`).
+    pub baseline_rss: u64,
 }

@@ -34,11 +34,18 @@ pub enum Plugin {
     Modules,
     Retainer,
     Reloader,
+    Recon,
 }
 
 impl Plugin {
-    pub const ALL: [Plugin; 5] =
-        [Plugin::AuthClientid, Plugin::AuthUsername, Plugin::Modules, Plugin::Retainer, Plugin::Reloader];
+    pub const ALL: [Plugin; 6] = [
+        Plugin::AuthClientid,
+        Plugin::AuthUsername,
+        Plugin::Modules,
+        Plugin::Retainer,
+        Plugin::Reloader,
+        Plugin::Recon,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -47,6 +54,7 @@ impl Plugin {
             Plugin::Modules => "emq_modules",
             Plugin::Retainer => "emq_retainer",
             Plugin::Reloader => "emq_reloader",
+            Plugin::Recon => "emq_recon",
         }
     }
 
@@ -57,6 +65,7 @@ impl Plugin {
             Plugin::Modules => "EMQ Modules",
             Plugin::Retainer => "EMQ Retainer",
             Plugin::Reloader => "Reloads the ACL file, users file and TLS certificates when they change on disk",
+            Plugin::Recon => "Runtime diagnostics: memory, tasks, queue depths, the clients with the longest queues",
         }
     }
 
@@ -65,7 +74,7 @@ impl Plugin {
     }
 
     fn active_by_default(self) -> bool {
-        matches!(self, Plugin::Modules | Plugin::Retainer)
+        matches!(self, Plugin::Modules | Plugin::Retainer | Plugin::Recon)
     }
 
     /// The keys this plugin's config takes, with a description and whether EMQ marks them required.
@@ -83,7 +92,7 @@ impl Plugin {
                 ("auth.user.{n}.password", "password (stored as an argon2id hash)", false),
             ],
             Plugin::Modules => &[("module.presence", "publish client connected/disconnected events: on | off", true)],
-            Plugin::Retainer | Plugin::Reloader => &[],
+            Plugin::Retainer | Plugin::Reloader | Plugin::Recon => &[],
         }
     }
 
@@ -92,7 +101,7 @@ impl Plugin {
             Plugin::AuthClientid => &[("auth.client.password_hash", "argon2id")],
             Plugin::AuthUsername => &[("auth.user.password_hash", "argon2id")],
             Plugin::Modules => &[("module.presence", "on")],
-            Plugin::Retainer | Plugin::Reloader => &[],
+            Plugin::Retainer | Plugin::Reloader | Plugin::Recon => &[],
         };
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
@@ -148,7 +157,7 @@ impl Plugins {
         match plugin {
             Plugin::AuthUsername => self.credentials.set_by_username(built("auth.user.", "username")),
             Plugin::AuthClientid => self.credentials.set_by_clientid(built("auth.client.", "clientid")),
-            Plugin::Modules | Plugin::Retainer | Plugin::Reloader => {}
+            Plugin::Modules | Plugin::Retainer | Plugin::Reloader | Plugin::Recon => {}
         }
     }
 

@@ -6,7 +6,9 @@ use std::cmp::Ordering;
 use std::ops::Range;
 use std::sync::Arc;
 
-use midge_shared::control::{ClientRow, Page, PageRequest, RouteRow, SessionRow, SubscriptionRow};
+use midge_shared::control::{
+    ClientQueue, ClientRow, Page, PageRequest, ReconQueues, RouteRow, SessionRow, SubscriptionRow,
+};
 
 use super::outbox::OutboxItem;
 use super::tables::{Client, Fanout, Presence, Router};
@@ -154,6 +156,39 @@ fn select_window<T>(items: &mut [T], window: Range<usize>, order: impl Fn(&T, &T
     let page = &mut rest[..window.len()];
     page.sort_unstable_by(order);
     page
+}
+
+impl Router {
+    /// Every session's queues summed, and the `top` clients by messages waiting (queued, deferred and
+    /// in flight), longest first. Walks every client under the lock: for the occasional diagnostic.
+    pub(super) fn queue_report(&self, top: usize) -> (ReconQueues, Vec<ClientQueue>) {
+        let get = SessionStats::get;
+        let mut totals = ReconQueues { mqueue: 0, inflight: 0, deferred: 0, awaiting_rel: 0 };
+        let mut rows: Vec<ClientQueue> = self
+            .visible_clients()
+            .map(|(id, c)| {
+                let s = &c.session_stats;
+                let row = ClientQueue {
+                    client_id: id.to_string(),
+                    online: is_online(c),
+                    mqueue_len: get(&s.mqueue_len),
+                    inflight_len: get(&s.inflight_len),
+                    deferred_len: deferred_len(c),
+                    awaiting_rel_len: get(&s.awaiting_rel_len),
+                };
+                totals.mqueue += row.mqueue_len;
+                totals.inflight += row.inflight_len;
+                totals.deferred += row.deferred_len;
+                totals.awaiting_rel += row.awaiting_rel_len;
+                row
+            })
+            .filter(|row| row.mqueue_len + row.deferred_len + row.inflight_len > 0)
+            .collect();
+        let waiting = |r: &ClientQueue| r.mqueue_len + r.deferred_len + r.inflight_len;
+        rows.sort_unstable_by(|a, b| waiting(b).cmp(&waiting(a)).then_with(|| a.client_id.cmp(&b.client_id)));
+        rows.truncate(top);
+        (totals, rows)
+    }
 }
 
 fn is_online(client: &Client) -> bool {

@@ -184,6 +184,14 @@ impl RouterHandle {
         found
     }
 
+    /// Queue depths summed, and the `top` clients by messages waiting.
+    pub fn queue_report(
+        &self,
+        top: usize,
+    ) -> (midge_shared::control::ReconQueues, Vec<midge_shared::control::ClientQueue>) {
+        lock(&self.router).queue_report(top)
+    }
+
     /// Every change to the tables from now on (see [`RouterEvent`]).
     pub fn follow(&self) -> broadcast::Receiver<RouterEvent> {
         lock(&self.router).events.follow()

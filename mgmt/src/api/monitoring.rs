@@ -11,7 +11,7 @@ use crate::error::{done, ApiResult};
 use crate::App;
 
 pub fn routes() -> Vec<Route> {
-    routes![listeners, node_listeners, metrics, node_metrics, stats, node_stats]
+    routes![listeners, node_listeners, metrics, node_metrics, stats, node_stats, node_recon]
 }
 
 type Figures = BTreeMap<String, u64>;
@@ -53,4 +53,11 @@ async fn stats(_admin: Admin, app: &State<App>) -> ApiResult {
 #[get("/monitoring/stats/<node>")]
 async fn node_stats(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
     done(app.link.call(node, Request::stats()).await?)
+}
+
+/// **(Ours)** the node's runtime diagnostics (`emq_recon`): memory, tasks, queue depths and the `top`
+/// clients by queue (default 10, at most 1000); 111 while the plugin is off.
+#[get("/nodes/<node>/recon?<top>")]
+async fn node_recon(_admin: Admin, app: &State<App>, node: &str, top: Option<u64>) -> ApiResult {
+    done(app.link.call(node, Request::recon(top.unwrap_or(10))).await?)
 }

@@ -86,6 +86,15 @@ async fn midge_ctl_drives_the_api() {
     ctl.table(&["plugins", "load", "emq_retainer"]);
     assert!(ctl.table(&["listeners"]).contains("mqtt:tcp"));
 
+    // Recon, through the API's own route and through midge-ctl.
+    let recon = stack.api.get(&format!("nodes/{NODE}/recon?top=1")).await;
+    assert_eq!(recon["connections"]["count"], 1, "{recon}");
+    assert!(recon["memory"]["rss_bytes"].as_u64().unwrap() > 0, "{recon}");
+    let text = ctl.table(&["recon", "--top", "3"]);
+    assert!(text.starts_with(&format!("node {NODE}")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("memory.rss_bytes ")), "{text}");
+    assert_eq!(ctl.json(&["recon"])[NODE]["connections"]["count"], 1);
+
     // Kick: done, then refused (112, exit 1) once the client is gone.
     assert!(ctl.table(&["clients", "kick", "ctl-client"]).contains("kicked"));
     let (code, _, err) = ctl.run(&["clients", "kick", "ctl-client"]);
