@@ -12,6 +12,7 @@
 
 mod admin;
 mod events;
+pub mod growing_map;
 mod outbox;
 pub mod shared;
 pub mod subscriptions;

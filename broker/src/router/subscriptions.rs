@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
+use super::growing_map::GrowingMap;
 use crate::protocol::SubscriptionOptions;
 use crate::session::{ClientId, SharedKey};
 
@@ -21,13 +22,14 @@ pub type FastMap<K, V> = HashMap<K, V, RandomState>;
 
 #[derive(Default)]
 struct Node {
-    /// Children by a literal level.
-    children: FastMap<Box<str>, Node>,
+    /// Children by a literal level (a level under which a million device ids sit grows without a
+    /// pause: see `growing_map.rs`).
+    children: GrowingMap<Box<str>, Node>,
     /// The `+` child: any one level.
     plus: Option<Box<Node>>,
     /// The `#` child: this level's parent and everything below it.
     hash: Option<Box<Node>>,
-    subscribers: FastMap<ClientId, SubscriptionOptions>,
+    subscribers: GrowingMap<ClientId, SubscriptionOptions>,
     /// Shared subscriptions' groups on the filter that ends here, by name; boxed, as most filters have
     /// none.
     shared: Option<Box<FastMap<Box<str>, SharedGroup>>>,
@@ -58,7 +60,7 @@ impl Node {
         match level {
             "+" => self.plus.get_or_insert_with(Box::default),
             "#" => self.hash.get_or_insert_with(Box::default),
-            _ => self.children.entry(level.into()).or_default(),
+            _ => self.children.get_or_insert_with(level.into(), Node::default),
         }
     }
 

@@ -12,6 +12,7 @@ use chrono::{DateTime, Local};
 use tokio::sync::oneshot;
 
 use super::events::{Events, RouterEvent};
+use super::growing_map::GrowingMap;
 use super::outbox::{Outbox, OutboxItem, OutboxReceiver, Pushed, Refused, Ticket};
 use super::shared::{self, SharedStrategy};
 use super::subscriptions::{FastMap, SubscriptionTree};
@@ -131,7 +132,8 @@ pub struct Wiring {
 }
 
 pub(super) struct Router {
-    pub(super) clients: FastMap<ClientId, Client>,
+    /// Every client, online or parked; a map that grows without a long pause (see `growing_map.rs`).
+    pub(super) clients: GrowingMap<ClientId, Client>,
     /// Of `clients`, those hidden from users (see [`ClientMeta::hidden`]), and their subscriptions.
     pub(super) hidden_clients: usize,
     pub(super) hidden_subscriptions: usize,
@@ -157,7 +159,7 @@ pub(super) struct Router {
 impl Router {
     pub(super) fn new(limits: SessionLimits, shared: Wiring) -> Router {
         Router {
-            clients: FastMap::default(),
+            clients: GrowingMap::default(),
             hidden_clients: 0,
             hidden_subscriptions: 0,
             subscriptions: SubscriptionTree::new(),
