@@ -140,42 +140,52 @@ fn publish_properties(p: &PublishProperties, b: &mut BytesMut) {
 
 /// The length a PUBLISH will take on the wire at `level`, fixed header included.
 pub fn publish_len(p: &Publish, level: Protocol) -> usize {
-    let remaining = publish_remaining(p, &publish_block(p, level == Protocol::V5), level == Protocol::V5);
+    let block = publish_block(p, level == Protocol::V5);
+    let remaining = publish_remaining(p, block.as_deref(), level == Protocol::V5);
     1 + varint_len(remaining) + remaining
 }
 
-/// A PUBLISH's properties as written, empty if it has none (or the level has no properties): then
-/// nothing is allocated.
-fn publish_block(p: &Publish, v5: bool) -> BytesMut {
+/// A PUBLISH's properties as written, if it has any and the level has properties at all. Most
+/// publishes have none: they take the path with nothing built.
+fn publish_block(p: &Publish, v5: bool) -> Option<BytesMut> {
     match (&p.properties, v5) {
         (Some(props), true) => {
             let mut block = BytesMut::new();
             publish_properties(props, &mut block);
-            block
+            Some(block)
         }
-        _ => BytesMut::new(),
+        _ => None,
     }
 }
 
-fn publish_remaining(p: &Publish, block: &[u8], v5: bool) -> usize {
-    let properties = if v5 { properties::block_len(block.len()) } else { 0 };
+/// Its remaining length; in 5.0 a missing property block is one zero byte.
+fn publish_remaining(p: &Publish, block: Option<&[u8]>, v5: bool) -> usize {
+    let properties = match (block, v5) {
+        (_, false) => 0,
+        (None, true) => 1,
+        (Some(block), true) => properties::block_len(block.len()),
+    };
     2 + p.topic.len() + if p.qos == QoS::AtMostOnce { 0 } else { 2 } + properties + p.payload.len()
 }
 
 fn publish(p: &Publish, v5: bool, buf: &mut BytesMut) {
     let first = 0x30 | (p.dup as u8) << 3 | (p.qos as u8) << 1 | p.retain as u8;
-    // Properties are written aside once, so their length is known before the header.
+    // Properties are written aside first, so their length is known before the header.
     let block = publish_block(p, v5);
-    let remaining = publish_remaining(p, &block, v5);
+    let remaining = publish_remaining(p, block.as_deref(), v5);
     buf.reserve(1 + varint_len(remaining) + remaining);
     header(first, remaining, buf);
     put_string(&p.topic, buf);
     if p.qos != QoS::AtMostOnce {
         buf.put_u16(p.pkid);
     }
-    if v5 {
-        put_varint(block.len(), buf);
-        buf.put_slice(&block);
+    match (block, v5) {
+        (_, false) => {}
+        (None, true) => buf.put_u8(0),
+        (Some(block), true) => {
+            put_varint(block.len(), buf);
+            buf.put_slice(&block);
+        }
     }
     buf.put_slice(&p.payload);
 }

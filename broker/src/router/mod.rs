@@ -17,6 +17,7 @@ mod outbox;
 pub mod shared;
 pub mod subscriptions;
 mod tables;
+mod tiny_map;
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
-use super::growing_map::GrowingMap;
+use super::tiny_map::TinyMap;
 use crate::protocol::SubscriptionOptions;
 use crate::session::{ClientId, SharedKey};
 
@@ -22,14 +22,14 @@ pub type FastMap<K, V> = HashMap<K, V, RandomState>;
 
 #[derive(Default)]
 struct Node {
-    /// Children by a literal level (a level under which a million device ids sit grows without a
-    /// pause: see `growing_map.rs`).
-    children: GrowingMap<Box<str>, Node>,
+    /// Children by a literal level: most nodes have one, kept inline; a level under which a million
+    /// device ids sit grows without a pause (see `tiny_map.rs`, `growing_map.rs`).
+    children: TinyMap<Box<str>, Box<Node>>,
     /// The `+` child: any one level.
     plus: Option<Box<Node>>,
     /// The `#` child: this level's parent and everything below it.
     hash: Option<Box<Node>>,
-    subscribers: GrowingMap<ClientId, SubscriptionOptions>,
+    subscribers: TinyMap<ClientId, SubscriptionOptions>,
     /// Shared subscriptions' groups on the filter that ends here, by name; boxed, as most filters have
     /// none.
     shared: Option<Box<FastMap<Box<str>, SharedGroup>>>,
@@ -60,7 +60,7 @@ impl Node {
         match level {
             "+" => self.plus.get_or_insert_with(Box::default),
             "#" => self.hash.get_or_insert_with(Box::default),
-            _ => self.children.get_or_insert_with(level.into(), Node::default),
+            _ => self.children.get_or_insert_with(level.into(), Box::default),
         }
     }
 
@@ -68,7 +68,7 @@ impl Node {
         match level {
             "+" => self.plus.as_deref_mut(),
             "#" => self.hash.as_deref_mut(),
-            _ => self.children.get_mut(level),
+            _ => self.children.get_mut(level).map(|child| &mut **child),
         }
     }
 

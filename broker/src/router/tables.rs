@@ -649,10 +649,9 @@ impl Router {
         if !self.shared.retaining.load(Ordering::Relaxed) {
             return;
         }
-        let now = Instant::now();
         let ids: Vec<u32> = granted.id.map(|id| id.get()).into_iter().collect();
         for (topic, message) in &self.retained {
-            if topic::matches(filter, topic) && !message.expired(now) {
+            if topic::matches(filter, topic) && !message.expired() {
                 let qos = message.qos.min(granted.qos);
                 out.push(Delivery::new(message.for_subscriptions(&ids), qos, true));
             }

@@ -83,8 +83,9 @@ impl Message {
         })
     }
 
-    pub fn expired(&self, now: Instant) -> bool {
-        self.expires_at.is_some_and(|at| at <= now)
+    /// Whether its expiry interval has run out; the clock is read only for a message that has one.
+    pub fn expired(&self) -> bool {
+        self.expires_at.is_some_and(|at| at <= Instant::now())
     }
 
     pub fn topic_str(&self) -> &str {
@@ -143,7 +144,7 @@ impl Delivery {
         }
     }
 
-    pub fn expired(&self, now: Instant) -> bool {
-        self.message.expired(now)
+    pub fn expired(&self) -> bool {
+        self.message.expired()
     }
 }

@@ -202,7 +202,7 @@ impl Session {
     /// Takes a message for an online client: returns the PUBLISH to write now, or queues it behind a
     /// full inflight window. Returns whether anything was dropped through `dropped`.
     pub fn deliver(&mut self, delivery: Delivery, dropped: &mut bool) -> Option<Publish> {
-        if delivery.expired(Instant::now()) {
+        if delivery.expired() {
             *dropped = true;
             return None;
         }
@@ -256,10 +256,9 @@ impl Session {
         if self.window_full() {
             return None;
         }
-        let now = Instant::now();
         let delivery = loop {
             let delivery = self.mqueue.pop_front()?;
-            if !delivery.expired(now) {
+            if !delivery.expired() {
                 break delivery;
             }
             Self::count(&self.stats.mqueue_dropped);
