@@ -683,7 +683,8 @@ async fn the_reloader_follows_the_files() {
 
     // On: changes from now on are followed.
     let _: serde_json::Value = mgmt.ok(Request::SetPlugin { name: "emq_reloader".into(), active: true }).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Past the reloader's next round, which takes the files as they are now as its starting point.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     std::fs::write(&users, bob_line.clone()).unwrap();
     let bob_in =
         eventually(|| async { connack_code(broker.addr, login("bob", "b-pass")).await == ConnectReturnCode::Accepted });
