@@ -13,7 +13,7 @@ use midge_broker::metrics::{Metrics, Stats};
 use midge_broker::protocol::{QoS, SubscriptionOptions};
 use midge_broker::router::subscriptions::SubscriptionTree;
 use midge_broker::router::{self, ClientMeta, OutboxItem, RouterHandle, Wiring};
-use midge_broker::session::{Message, SessionLimits};
+use midge_broker::session::Message;
 
 const TOPICS: usize = 1_000_000;
 const WILDCARDS: usize = 100_000;
@@ -72,15 +72,7 @@ fn retained() {
         node: "bench@127.0.0.1".into(),
         shared_strategy: Default::default(),
     };
-    let limits = SessionLimits {
-        expiry: None,
-        max_inflight: 32,
-        max_mqueue_len: 1000,
-        mqueue_store_qos0: true,
-        max_awaiting_rel: 100,
-        await_rel_timeout: Duration::from_secs(20),
-    };
-    let router = RouterHandle::new(limits, wiring);
+    let router = RouterHandle::new(midge_broker::Config::default().session_limits(), wiring);
     let payload = Bytes::from(vec![7u8; 64]);
     let topics: Vec<Bytes> = (0..RETAINED).map(|i| Bytes::from(format!("state/{i:07}/last"))).collect();
     let before = heap_in_use();

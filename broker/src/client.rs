@@ -428,7 +428,7 @@ async fn authenticate_enhanced(
         let size = writer.queue(&auth);
         ctx.metrics.packet_sent(&auth, size);
         writer.flush().await.map_err(|_| ReasonCode::UnspecifiedError)?;
-        let answer = timeout_at(deadline, next_packet(reader)).await.map_err(|_| ReasonCode::NotAuthorized)?;
+        let answer = timeout_at(deadline, reader.read_packet()).await.map_err(|_| ReasonCode::NotAuthorized)?;
         match answer {
             Ok((Packet::Auth(auth), size)) => {
                 ctx.metrics.packet_received(&Packet::Auth(auth.clone()), size);
@@ -445,21 +445,11 @@ async fn authenticate_enhanced(
     }
 }
 
-/// The next whole packet from the client, and its size.
-async fn next_packet(reader: &mut PacketReader) -> Result<(Packet, usize), ConnectionError> {
-    loop {
-        if let Some(packet) = reader.next_buffered()? {
-            return Ok(packet);
-        }
-        reader.fill().await?;
-    }
-}
-
 /// How long a session outlives its connection: MQTT 5 says so in CONNECT (0 by default, `u32::MAX`
 /// for ever); 3.1/3.1.1 has the broker's interval for a persistent session.
 fn session_expiry(connect: &Connect, ctx: &Context) -> Option<Duration> {
     if connect.protocol != Protocol::V5 {
-        return if connect.clean_session { Some(Duration::ZERO) } else { ctx.config.session_limits().expiry };
+        return if connect.clean_session { Some(Duration::ZERO) } else { ctx.config.session_expiry() };
     }
     expiry_interval(connect.properties.session_expiry_interval.unwrap_or(0))
 }

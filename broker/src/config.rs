@@ -154,9 +154,14 @@ impl Config {
         }
     }
 
+    /// How long an offline persistent 3.1/3.1.1 session is kept; `None`: until the broker stops.
+    pub fn session_expiry(&self) -> Option<Duration> {
+        (self.session_expiry_interval > 0).then(|| Duration::from_secs(self.session_expiry_interval))
+    }
+
     pub fn session_limits(&self) -> SessionLimits {
         SessionLimits {
-            expiry: (self.session_expiry_interval > 0).then(|| Duration::from_secs(self.session_expiry_interval)),
+            expiry: self.session_expiry(),
             max_inflight: self.max_inflight,
             max_mqueue_len: self.max_mqueue_len,
             mqueue_store_qos0: self.mqueue_store_qos0,

@@ -47,15 +47,10 @@ async fn subscribe5(raw: &mut Raw, pkid: u16, filters: &[(&str, SubscriptionOpti
 }
 
 fn publish5(topic: &str, payload: &[u8], qos: QoS, pkid: u16, properties: PublishProperties) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: Bytes::copy_from_slice(topic.as_bytes()),
-        pkid,
-        payload: Bytes::copy_from_slice(payload),
-        properties: Some(Arc::new(properties)),
-    })
+    match publish(topic, payload, qos, pkid) {
+        Packet::Publish(p) => Packet::Publish(Publish { properties: Some(Arc::new(properties)), ..p }),
+        _ => unreachable!("publish builds a PUBLISH"),
+    }
 }
 
 /// Expects the broker's DISCONNECT with `reason`, then the close.

@@ -26,12 +26,12 @@ pub fn format_time(t: &chrono::DateTime<chrono::Local>) -> String {
 
 impl Router {
     pub(super) fn list_clients(&self, page: PageRequest) -> Page<ClientRow> {
-        let online = self.visible_clients().filter(|(_, c)| is_online(c)).collect();
+        let online = self.visible_clients().filter(|(_, c)| c.is_online()).collect();
         page_of(online, page, |(id, c)| client_row(id, c))
     }
 
     pub(super) fn get_client(&self, id: &str) -> Vec<ClientRow> {
-        let row = self.visible_client(id).filter(|(_, c)| is_online(c));
+        let row = self.visible_client(id).filter(|(_, c)| c.is_online());
         row.map(|(id, c)| client_row(id, c)).into_iter().collect()
     }
 
@@ -170,7 +170,7 @@ impl Router {
                 let s = &c.session_stats;
                 let row = ClientQueue {
                     client_id: id.to_string(),
-                    online: is_online(c),
+                    online: c.is_online(),
                     mqueue_len: get(&s.mqueue_len),
                     inflight_len: get(&s.inflight_len),
                     deferred_len: deferred_len(c),
@@ -189,10 +189,6 @@ impl Router {
         rows.truncate(top);
         (totals, rows)
     }
-}
-
-fn is_online(client: &Client) -> bool {
-    matches!(client.presence, Presence::Online(_))
 }
 
 fn client_row(id: &Arc<str>, c: &Client) -> ClientRow {

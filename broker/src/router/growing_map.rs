@@ -9,6 +9,7 @@
 //! one plain map and pay nothing.
 
 use std::borrow::Borrow;
+use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, Hash};
 
 use foldhash::fast::RandomState;
@@ -112,11 +113,13 @@ impl<K: Hash + Eq, V> GrowingMap<K, V> {
             Inner::One(map) => map.entry(key).or_insert_with(make),
             Inner::Sharded(sharded) => {
                 let shard = sharded.shard_of(&key);
-                let map = &mut sharded.shards[shard];
-                if !map.contains_key(&key) {
-                    sharded.len += 1;
+                match sharded.shards[shard].entry(key) {
+                    Entry::Occupied(entry) => entry.into_mut(),
+                    Entry::Vacant(entry) => {
+                        sharded.len += 1;
+                        entry.insert(make())
+                    }
                 }
-                map.entry(key).or_insert_with(make)
             }
         }
     }

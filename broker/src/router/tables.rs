@@ -42,14 +42,13 @@ fn live_delivery(
 }
 
 /// A routed message as the member of a shared subscription (`key`) picked for it gets it.
-fn shared_delivery(message: &Arc<Message>, granted: &SubscriptionOptions, key: &Arc<SharedKey>) -> Delivery {
-    let ids: Vec<u32> = granted.id.map(|id| id.get()).into_iter().collect();
-    Delivery {
-        message: message.for_subscriptions(&ids),
-        qos: message.qos.min(granted.qos),
-        retain: granted.retain_as_published && message.retain,
-        shared: Some(key.clone()),
-    }
+fn shared_delivery(
+    message: &Arc<Message>,
+    granted: &SubscriptionOptions,
+    key: &Arc<SharedKey>,
+    client_id: &ClientId,
+) -> Delivery {
+    Delivery { shared: Some(key.clone()), ..live_delivery(message, granted, &[], client_id) }
 }
 
 /// Deliveries waiting for one connection to take them. The router fills an outbox in bursts (a batch
@@ -118,6 +117,12 @@ pub(super) struct Client {
     pub(super) session_stats: Arc<SessionStats>,
     pub(super) session_clean: bool,
     pub(super) created_at: DateTime<Local>,
+}
+
+impl Client {
+    pub(super) fn is_online(&self) -> bool {
+        matches!(self.presence, Presence::Online(_))
+    }
 }
 
 /// What the router shares with the rest of the broker.
@@ -246,13 +251,7 @@ impl Router {
         reply: oneshot::Sender<ConnectOutcome>,
     ) {
         let clean = meta.clean_session;
-        // A will waiting out its delay is dropped when the session is resumed, and published when a
-        // clean start ends that session.
-        if clean {
-            self.publish_will_now(&client_id);
-        } else {
-            self.wills.remove(&client_id);
-        }
+        self.settle_will(&client_id, clean);
         let Some(client) = self.clients.get_mut(&client_id) else {
             let session = self.new_session(client_id.clone(), meta.expiry);
             let client = Client {
@@ -358,15 +357,8 @@ impl Router {
             }
         }
         if let Some(pending) = client.pending.take() {
-            // The connection taking over resumes the session (the will is void) or starts afresh (the
-            // old session ends, and its will goes).
-            if pending.meta.clean_session {
-                if let Some((_, will)) = self.wills.remove(&client_id) {
-                    self.publish(will, false, &mut Fanout::default());
-                }
-            } else {
-                self.wills.remove(&client_id);
-            }
+            // The old connection left its will after the new one came: settled now.
+            self.settle_will(&client_id, pending.meta.clean_session);
             let Some(client) = self.clients.get_mut(&client_id) else { return };
             client.presence = Presence::Online(pending.outbox);
             self.resume(client_id, session, pending.meta, pending.reply);
@@ -419,6 +411,16 @@ impl Router {
         let due: Vec<ClientId> = self.wills.iter().filter(|(_, (at, _))| *at <= now).map(|(c, _)| c.clone()).collect();
         for client_id in due {
             self.publish_will_now(&client_id);
+        }
+    }
+
+    /// A new connection of `client_id`: a will waiting out its delay is dropped when the session is
+    /// resumed, and published when a clean start ends that session.
+    fn settle_will(&mut self, client_id: &ClientId, clean_start: bool) {
+        if clean_start {
+            self.publish_will_now(client_id);
+        } else {
+            self.wills.remove(client_id);
         }
     }
 
@@ -542,7 +544,7 @@ impl Router {
             self.shared.metrics.inc(Metric::MessagesDropped);
         }
         for (client_id, granted, key) in &picks {
-            self.deliver(client_id, shared_delivery(&message, granted, key), fanout);
+            self.deliver(client_id, shared_delivery(&message, granted, key, client_id), fanout);
         }
         if let ([(client_id, granted)], true, false, true) = (&matched[..], lone, internal, picks.is_empty()) {
             if message.qos.min(granted.qos) == QoS::AtMostOnce {
@@ -562,7 +564,7 @@ impl Router {
     }
 
     fn is_online(&self, client_id: &ClientId) -> bool {
-        self.clients.get(client_id).is_some_and(|c| matches!(c.presence, Presence::Online(_)))
+        self.clients.get(client_id).is_some_and(Client::is_online)
     }
 
     /// Hands a shared subscription's delivery that `leaving` will not take to another online member of
