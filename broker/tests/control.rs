@@ -460,8 +460,15 @@ async fn plugins_switch_off_and_on() {
     let mut mgmt = Mgmt::connect(broker.addr, NODE).await;
     let plugins: Vec<PluginRow> = mgmt.ok(Request::ListPlugins).await;
     let names: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
-    let expected =
-        ["emq_auth_clientid", "emq_auth_username", "emq_modules", "emq_retainer", "emq_reloader", "emq_recon"];
+    let expected = [
+        "emq_auth_clientid",
+        "emq_auth_username",
+        "emq_modules",
+        "emq_retainer",
+        "emq_reloader",
+        "emq_recon",
+        "emq_dashboard",
+    ];
     assert_eq!(names, expected);
     assert!(plugins.iter().all(|p| !p.description.is_empty() && !p.version.is_empty()));
 

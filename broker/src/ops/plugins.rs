@@ -35,16 +35,20 @@ pub enum Plugin {
     Retainer,
     Reloader,
     Recon,
+    /// Served by the sidecar, which follows this switch: the broker only keeps its state, so that it is
+    /// listed, switched and restored per node like every other plugin.
+    Dashboard,
 }
 
 impl Plugin {
-    pub const ALL: [Plugin; 6] = [
+    pub const ALL: [Plugin; 7] = [
         Plugin::AuthClientid,
         Plugin::AuthUsername,
         Plugin::Modules,
         Plugin::Retainer,
         Plugin::Reloader,
         Plugin::Recon,
+        Plugin::Dashboard,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +59,7 @@ impl Plugin {
             Plugin::Retainer => "emq_retainer",
             Plugin::Reloader => "emq_reloader",
             Plugin::Recon => "emq_recon",
+            Plugin::Dashboard => "emq_dashboard",
         }
     }
 
@@ -66,6 +71,7 @@ impl Plugin {
             Plugin::Retainer => "EMQ Retainer",
             Plugin::Reloader => "Reloads the ACL file, users file and TLS certificates when they change on disk",
             Plugin::Recon => "Runtime diagnostics: memory, tasks, queue depths, the clients with the longest queues",
+            Plugin::Dashboard => "EMQ Web Dashboard (served by the management sidecar)",
         }
     }
 
@@ -74,7 +80,7 @@ impl Plugin {
     }
 
     fn active_by_default(self) -> bool {
-        matches!(self, Plugin::Modules | Plugin::Retainer | Plugin::Recon)
+        matches!(self, Plugin::Modules | Plugin::Retainer | Plugin::Recon | Plugin::Dashboard)
     }
 
     /// The keys this plugin's config takes, with a description and whether EMQ marks them required.
@@ -92,7 +98,7 @@ impl Plugin {
                 ("auth.user.{n}.password", "password (stored as an argon2id hash)", false),
             ],
             Plugin::Modules => &[("module.presence", "publish client connected/disconnected events: on | off", true)],
-            Plugin::Retainer | Plugin::Reloader | Plugin::Recon => &[],
+            Plugin::Retainer | Plugin::Reloader | Plugin::Recon | Plugin::Dashboard => &[],
         }
     }
 
@@ -101,7 +107,7 @@ impl Plugin {
             Plugin::AuthClientid => &[("auth.client.password_hash", "argon2id")],
             Plugin::AuthUsername => &[("auth.user.password_hash", "argon2id")],
             Plugin::Modules => &[("module.presence", "on")],
-            Plugin::Retainer | Plugin::Reloader | Plugin::Recon => &[],
+            Plugin::Retainer | Plugin::Reloader | Plugin::Recon | Plugin::Dashboard => &[],
         };
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
@@ -157,7 +163,7 @@ impl Plugins {
         match plugin {
             Plugin::AuthUsername => self.credentials.set_by_username(built("auth.user.", "username")),
             Plugin::AuthClientid => self.credentials.set_by_clientid(built("auth.client.", "clientid")),
-            Plugin::Modules | Plugin::Retainer | Plugin::Reloader | Plugin::Recon => {}
+            Plugin::Modules | Plugin::Retainer | Plugin::Reloader | Plugin::Recon | Plugin::Dashboard => {}
         }
     }
 
