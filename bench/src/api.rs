@@ -50,6 +50,7 @@ pub async fn measure(
     std::fs::create_dir_all(&dir)?;
     let child = Command::new(mgmt)
         .args(["--listen", &listen.to_string(), "--broker", &broker.endpoint.addr.to_string()])
+        .args(["--dashboard-listen", "off"])
         .arg("--db")
         .arg(dir.join("midge-mgmt.db"))
         .env("MIDGE_MGMT_SECRET", MGMT_SECRET)

@@ -58,6 +58,14 @@ pub struct Config {
     #[arg(long, env = "MIDGE_MGMT_HEARTBEAT_MS", default_value_t = 5000)]
     pub heartbeat_ms: u64,
 
+    /// The dashboard's own port (emq_dashboard; it is also served at / of --listen), or `off`.
+    #[arg(long, env = "MIDGE_DASHBOARD_LISTEN", default_value = "0.0.0.0:18083", value_parser = listen_or_off)]
+    pub dashboard_listen: Listen,
+
+    /// Milliseconds between two samples of each node's figures for the dashboard's charts (120 are kept).
+    #[arg(long, env = "MIDGE_MGMT_HISTORY_INTERVAL_MS", default_value_t = 5000)]
+    pub history_interval_ms: u64,
+
     /// Log filter, e.g. info or debug.
     #[arg(long, env = "MIDGE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -77,7 +85,21 @@ pub enum Command {
     },
 }
 
+/// An address to listen on, or none (`off`).
+pub type Listen = Option<SocketAddr>;
+
+fn listen_or_off(value: &str) -> Result<Listen, String> {
+    match value {
+        "off" | "" => Ok(None),
+        _ => value.parse().map(Some).map_err(|e| format!("{value}: {e} (an address such as 0.0.0.0:18083, or off)")),
+    }
+}
+
 impl Config {
+    pub fn history_interval(&self) -> Duration {
+        Duration::from_millis(self.history_interval_ms.max(100))
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }

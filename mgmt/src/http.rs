@@ -48,8 +48,7 @@ pub struct Limits {
 const GRACE: Duration = Duration::from_secs(5);
 
 /// Serves until `shutdown` fires, then lets requests in progress finish (for a few seconds).
-pub async fn serve(listener: TcpListener, app: Client, limits: Limits, shutdown: CancellationToken) {
-    let app = Arc::new(app);
+pub async fn serve(listener: TcpListener, app: Arc<Client>, limits: Limits, shutdown: CancellationToken) {
     let connections = Arc::new(Connections::new(limits.max_connections));
     let tasks = TaskTracker::new();
     loop {

@@ -9,9 +9,11 @@ mod auth;
 mod body;
 pub mod config;
 mod credentials;
+mod dashboard;
 pub mod db;
 pub mod desired;
 mod error;
+mod history;
 mod http;
 pub mod link;
 mod passwords;
@@ -26,5 +28,7 @@ pub struct App {
     pub db: db::Db,
     pub link: Arc<link::Link>,
     pub desired: Arc<desired::Desired>,
+    pub dashboard: Arc<dashboard::Dashboard>,
+    pub history: Arc<history::History>,
     passwords: passwords::Passwords,
 }

@@ -14,7 +14,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::dashboard::{self, Dashboard};
 use crate::desired::Desired;
+use crate::history::{self, History};
 use crate::link::Link;
 use crate::passwords::Passwords;
 use crate::request_metrics::{self, RequestMetrics};
@@ -24,7 +26,9 @@ use midge_passwords::Limits;
 /// The sidecar, bound to its port (0 picks one), not yet serving.
 pub struct Sidecar {
     listener: TcpListener,
-    app: Client,
+    /// The dashboard's own port, while `emq_dashboard` is on.
+    dashboard_listener: Option<TcpListener>,
+    app: Arc<Client>,
     limits: http::Limits,
 }
 
@@ -33,10 +37,25 @@ impl Sidecar {
         self.listener.local_addr()
     }
 
+    pub fn dashboard_addr(&self) -> Option<SocketAddr> {
+        self.dashboard_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(listen = %self.local_addr()?, "midge-mgmt listening");
-        http::serve(self.listener, self.app, self.limits, shutdown).await;
+        let state = self.app.rocket().state::<App>().context("the application has its state")?;
+        let link = Arc::downgrade(&state.link);
+        tokio::spawn(history::record(state.history.clone(), link.clone(), shutdown.clone()));
+        tokio::spawn(dashboard::follow(state.dashboard.clone(), link, shutdown.clone()));
+        let dashboard = self.dashboard_listener.map(|listener| {
+            let (app, dashboard) = (self.app.clone(), state.dashboard.clone());
+            tokio::spawn(dashboard::serve(listener, app, self.limits, dashboard, shutdown.clone()))
+        });
+        http::serve(self.listener, self.app.clone(), self.limits, shutdown).await;
+        if let Some(dashboard) = dashboard {
+            let _ = dashboard.await;
+        }
         Ok(())
     }
 }
@@ -52,7 +71,13 @@ pub async fn build(config: Config) -> anyhow::Result<Sidecar> {
     let app = Client::untracked(rocket).await.context("cannot start the application")?;
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
-    Ok(Sidecar { listener, app, limits })
+    let dashboard_listener = match config.dashboard_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot open the dashboard's port {addr} (--dashboard-listen off disables it)")
+        })?),
+        None => None,
+    };
+    Ok(Sidecar { listener, dashboard_listener, app: Arc::new(app), limits })
 }
 
 /// The largest request body: larger ones get 413 with the API's JSON envelope.
@@ -77,12 +102,16 @@ async fn application(config: Config) -> anyhow::Result<Rocket<Build>> {
         .merge(("ip_header", false))
         .merge(("limits.string", MAX_BODY));
     let requests = Arc::new(RequestMetrics::default());
+    let dashboard = Arc::new(Dashboard::default());
+    let history = Arc::new(History::new(config.history_interval()));
     Ok(rocket::custom(figment)
-        .manage(App { db, link, desired, passwords })
+        .manage(App { db, link, desired, passwords, dashboard: dashboard.clone(), history })
+        .manage(dashboard)
         .manage(requests.clone())
         .attach(request_metrics::Recorder(requests))
         .mount("/api/v2", api::routes())
         .mount("/", routes![api::status, crate::prometheus::metrics])
+        .mount("/", dashboard::routes())
         .register("/", catchers![auth::unauthorized, error::catch_all])
         .attach(AdHoc::on_response("log", |request, response| {
             Box::pin(async move {

@@ -11,7 +11,7 @@ use crate::error::{done, ApiResult};
 use crate::App;
 
 pub fn routes() -> Vec<Route> {
-    routes![listeners, node_listeners, metrics, node_metrics, stats, node_stats, node_recon]
+    routes![listeners, node_listeners, metrics, node_metrics, stats, node_stats, node_recon, history]
 }
 
 type Figures = BTreeMap<String, u64>;
@@ -60,4 +60,12 @@ async fn node_stats(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
 #[get("/nodes/<node>/recon?<top>")]
 async fn node_recon(_admin: Admin, app: &State<App>, node: &str, top: Option<u64>) -> ApiResult {
     done(app.link.call(node, Request::recon(top.unwrap_or(10))).await?)
+}
+
+/// **(Ours)** each node's headline figures over the last minutes, sampled by the sidecar (for the
+/// dashboard's charts): `{node: [{ts, received, sent, connections, subscriptions, retained}]}`, oldest
+/// first; `received` and `sent` are counters, the rest gauges.
+#[get("/monitoring/history")]
+async fn history(_admin: Admin, app: &State<App>) -> ApiResult {
+    done(app.history.snapshot())
 }

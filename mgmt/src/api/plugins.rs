@@ -24,6 +24,9 @@ async fn list(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
 async fn switch(_admin: Admin, app: &State<App>, node: &str, name: &str, body: String) -> ApiResult {
     let active = Body::parse(&body)?.bool("active")?;
     app.desired.set_plugin(node, name, active).await?;
+    if name == crate::dashboard::PLUGIN {
+        app.dashboard.refresh(&app.link).await;
+    }
     ok()
 }
 
