@@ -26,6 +26,6 @@ COPY --from=build /src/target/release/midge-ctl /usr/local/bin/midge-ctl
 # `docker compose exec mgmt midge-ctl ...` reaches the sidecar it runs beside.
 ENV MIDGE_MGMT_LISTEN=0.0.0.0:8080 MIDGE_MGMT_DB=/data/midge-mgmt.db MIDGE_CTL_URL=http://127.0.0.1:8080
 VOLUME /data
-EXPOSE 8080
+EXPOSE 8080 18083
 HEALTHCHECK --interval=5s --timeout=4s --retries=5 CMD ["midge-mgmt", "healthcheck"]
 ENTRYPOINT ["midge-mgmt"]

@@ -9,7 +9,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 export COMPOSE_PROJECT_NAME=midge-smoke
 export MIDGE_MGMT_SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-export MIDGE_MQTT_PORT=$(free_port) MIDGE_API_PORT=$(free_port)
+export MIDGE_MQTT_PORT=$(free_port) MIDGE_API_PORT=$(free_port) MIDGE_DASHBOARD_PORT=$(free_port)
 export MIDGE_WS_PORT=$(free_port) MIDGE_MQTTS_PORT=$(free_port) MIDGE_WSS_PORT=$(free_port)
 NODE=midge@broker
 API=http://127.0.0.1:$MIDGE_API_PORT/api/v2
@@ -68,6 +68,13 @@ ok "midge-ctl clients list, inside the sidecar's container"
 wait "$sub" || fail "subscriber got nothing"
 grep -qx "through-the-sidecar" "$work/sub.out" || fail "subscriber got: $(cat "$work/sub.out")"
 ok "POST mqtt/publish reaches a subscriber on the broker's port"
+
+# The dashboard on its published port, and its API behind it.
+page() { curl -s -m 5 "http://127.0.0.1:$MIDGE_DASHBOARD_PORT/" | grep -q 'dashboard/app.js'; }
+wait_for 20 page || fail "no dashboard on port $MIDGE_DASHBOARD_PORT"
+curl -s -m 5 -u "$AUTH" "http://127.0.0.1:$MIDGE_DASHBOARD_PORT/api/v2/management/nodes" | grep -q "$NODE" \
+    || fail "the dashboard's port does not serve the API"
+ok "dashboard on its published port"
 
 # (3) ops read $SYS from the host.
 mosquitto_sub -h 127.0.0.1 -p "$MIDGE_MQTT_PORT" -t '$SYS/brokers/+/uptime' -C 1 -W 15 -v > "$work/sys.out" \

@@ -110,8 +110,13 @@ pub fn start_broker(listen: &str) -> Process {
 }
 
 pub fn start_broker_as(listen: &str, node: &str) -> Process {
+    start_broker_with(listen, node, &[])
+}
+
+/// The broker with further flags.
+pub fn start_broker_with(listen: &str, node: &str, args: &[&str]) -> Process {
     let mut command = Command::new(bin("midge-broker"));
-    command.args(["--listen", listen, "--node", node]).env("MIDGE_MGMT_SECRET", SECRET);
+    command.args(["--listen", listen, "--node", node]).args(args).env("MIDGE_MGMT_SECRET", SECRET);
     Process::start(command, "midge broker listening")
 }
 
@@ -129,6 +134,8 @@ pub fn start_mgmt_with(
     let mut command = Command::new(bin("midge-mgmt"));
     command
         .args(["--listen", "127.0.0.1:0", "--broker", &broker.to_string()])
+        // Each test's own dashboard port, found in the log ("dashboard listening").
+        .args(["--dashboard-listen", "127.0.0.1:0"])
         .arg("--db")
         .arg(db)
         .args(args)
@@ -166,8 +173,13 @@ impl Stack {
 
     /// A stack whose sidecar gets these flags too.
     pub async fn start_with(mgmt_args: &[&str]) -> Stack {
+        Stack::start_full(&[], mgmt_args).await
+    }
+
+    /// A stack whose broker and sidecar get these flags too.
+    pub async fn start_full(broker_args: &[&str], mgmt_args: &[&str]) -> Stack {
         let dir = tempdir();
-        let broker = start_broker("127.0.0.1:0");
+        let broker = start_broker_with("127.0.0.1:0", NODE, broker_args);
         let mgmt = start_mgmt_with(broker.addr, &dir.join("mgmt.db"), None, mgmt_args);
         let api = Api::new(mgmt.addr);
         api.wait_for_node().await;
@@ -190,6 +202,17 @@ impl Stack {
 
     pub fn mqtt_port(&self) -> u16 {
         self.broker.addr.port()
+    }
+
+    /// Where the sidecar last said its dashboard listens.
+    pub fn dashboard_addr(&self) -> SocketAddr {
+        let logs = self.mgmt.logs();
+        let line = logs.iter().rev().find(|l| l.contains("dashboard listening")).expect("the dashboard is listening");
+        line.split("listen=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .expect("its address")
     }
 }
 

@@ -2,7 +2,9 @@
 //! test binary, a module per concern; `helpers` starts the processes, each test on its own ports and
 //! database.
 
+mod browser;
 mod ctl;
+mod dashboard;
 mod desired;
 mod helpers;
 mod http;
