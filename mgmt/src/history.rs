@@ -15,7 +15,7 @@ use crate::link::Link;
 const KEPT: usize = 120;
 
 /// One node's figures at one moment: counters as they stood (rates are their differences) and gauges.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct Sample {
     /// Milliseconds since the Unix epoch.
     pub ts: i64,

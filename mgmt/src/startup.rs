@@ -112,6 +112,7 @@ async fn application(config: Config) -> anyhow::Result<Rocket<Build>> {
         .mount("/api/v2", api::routes())
         .mount("/", routes![api::status, crate::prometheus::metrics])
         .mount("/", dashboard::routes())
+        .mount("/", api::docs_routes())
         .register("/", catchers![auth::unauthorized, error::catch_all])
         .attach(AdHoc::on_response("log", |request, response| {
             Box::pin(async move {

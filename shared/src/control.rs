@@ -169,6 +169,7 @@ impl ControlError {
 
 /// A page of a listing, in the API's shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Page<T> {
     pub current_page: u64,
     pub page_size: u64,
@@ -233,6 +234,7 @@ fn first_version() -> u32 {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClientRow {
     pub client_id: String,
     pub username: String,
@@ -245,6 +247,7 @@ pub struct ClientRow {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionRow {
     pub client_id: String,
     pub clean_sess: bool,
@@ -265,6 +268,7 @@ pub struct SessionRow {
 
 /// A node's runtime diagnostics (`emq_recon`): where its memory is and which queues are long.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Recon {
     pub memory: ReconMemory,
     pub runtime: ReconRuntime,
@@ -275,6 +279,7 @@ pub struct Recon {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReconMemory {
     /// Resident set of the process.
     pub rss_bytes: u64,
@@ -287,6 +292,7 @@ pub struct ReconMemory {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReconRuntime {
     pub workers: u64,
     /// Tasks alive now: roughly one per connection, plus the broker's own.
@@ -296,6 +302,7 @@ pub struct ReconRuntime {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReconConnections {
     pub count: u64,
     /// What one connection's task takes before its buffers (its future, fixed at build time).
@@ -306,6 +313,7 @@ pub struct ReconConnections {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReconQueues {
     /// Messages queued in sessions, online or parked.
     pub mqueue: u64,
@@ -318,6 +326,7 @@ pub struct ReconQueues {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClientQueue {
     pub client_id: String,
     pub online: bool,
@@ -328,6 +337,7 @@ pub struct ClientQueue {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SubscriptionRow {
     pub client_id: String,
     pub topic: String,
@@ -335,12 +345,14 @@ pub struct SubscriptionRow {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RouteRow {
     pub topic: String,
     pub node: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PluginRow {
     pub name: String,
     pub version: String,
@@ -349,6 +361,7 @@ pub struct PluginRow {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConfigRow {
     pub key: String,
     pub value: String,
@@ -358,6 +371,7 @@ pub struct ConfigRow {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PluginConfigRow {
     pub key: String,
     pub value: String,
@@ -366,6 +380,7 @@ pub struct PluginConfigRow {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ListenerRow {
     pub protocol: String,
     pub listen: String,
@@ -379,6 +394,21 @@ pub struct ListenerRow {
 /// and so does this, so scripts that test for an empty list keep working; either shape is read back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShutdownCounts(pub BTreeMap<String, u64>);
+
+/// `[]` when none, else an object of counts by reason.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for ShutdownCounts {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let none = ArrayBuilder::new().items(ObjectBuilder::new()).max_items(Some(0));
+        let counts = ObjectBuilder::new()
+            .additional_properties(Some(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0))));
+        OneOfBuilder::new().item(none).item(counts).into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for ShutdownCounts {}
 
 impl Serialize for ShutdownCounts {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

@@ -1,13 +1,14 @@
 //! Clients, sessions, subscriptions and routes: paged per node, looked up by key across all nodes.
 
 use midge_shared::calls::Call;
-use midge_shared::control::{Page, PageRequest, Request, RouteRow};
+use midge_shared::control::{ClientRow, Page, PageRequest, Request, RouteRow, SessionRow, SubscriptionRow};
 use rocket::http::uri::Origin;
 use rocket::{delete, get, put, routes, Route, State};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 
+use super::docs::{AclCacheBody, ClientIdParam, NodeParam, Nothing, Objects, Paging, Reply};
 use super::{on_any_node, tail};
 use crate::auth::Admin;
 use crate::body::{paging, Body};
@@ -64,7 +65,10 @@ async fn page<T: DeserializeOwned + Serialize>(
 /// path.
 macro_rules! by_client {
     ($page:ident = $page_path:literal, $node_one:ident = $node_one_path:literal, $anywhere:ident = $anywhere_path:literal;
-     $list:path, $get:path) => {
+     $list:path, $get:path;
+     $row:ty, $tag:literal, $doc_page:literal, $doc_node_one:literal, $doc_anywhere:literal) => {
+        #[utoipa::path(get, path = $doc_page, tag = $tag, params(NodeParam, Paging),
+            responses((status = 200, description = "A page of the node's rows, by client id", body = Reply<Page<$row>>)))]
         #[get($page_path)]
         async fn $page(
             _admin: Admin,
@@ -76,12 +80,16 @@ macro_rules! by_client {
             page(app, node, curr_page, page_size, $list).await
         }
 
+        #[utoipa::path(get, path = $doc_node_one, tag = $tag, params(NodeParam, ClientIdParam),
+            responses((status = 200, description = "The client's rows on the node", body = Reply<Objects<$row>>)))]
         #[get($node_one_path)]
         async fn $node_one(_admin: Admin, app: &State<App>, node: &str, uri: &Origin<'_>) -> ApiResult {
             let client_id = tail(uri, 5)?;
             objects(app.link.call(node, $get(client_id)).await?)
         }
 
+        #[utoipa::path(get, path = $doc_anywhere, tag = $tag, params(ClientIdParam),
+            responses((status = 200, description = "The client's rows on every node", body = Reply<Objects<$row>>)))]
         #[get($anywhere_path)]
         async fn $anywhere(_admin: Admin, app: &State<App>, uri: &Origin<'_>) -> ApiResult {
             let client_id = tail(uri, 3)?;
@@ -94,21 +102,26 @@ by_client!(
     node_clients = "/nodes/<node>/clients?<curr_page>&<page_size>",
     node_client = "/nodes/<node>/clients/<_..>",
     client = "/clients/<_..>";
-    Request::list_clients, Request::get_client
+    Request::list_clients, Request::get_client;
+    ClientRow, "clients", "/nodes/{node}/clients", "/nodes/{node}/clients/{clientid}", "/clients/{clientid}"
 );
 by_client!(
     node_sessions = "/nodes/<node>/sessions?<curr_page>&<page_size>",
     node_session = "/nodes/<node>/sessions/<_..>",
     session = "/sessions/<_..>";
-    Request::list_sessions, Request::get_session
+    Request::list_sessions, Request::get_session;
+    SessionRow, "sessions", "/nodes/{node}/sessions", "/nodes/{node}/sessions/{clientid}", "/sessions/{clientid}"
 );
 by_client!(
     node_subscriptions = "/nodes/<node>/subscriptions?<curr_page>&<page_size>",
     node_subscription = "/nodes/<node>/subscriptions/<_..>",
     subscription = "/subscriptions/<_..>";
-    Request::list_subscriptions, Request::get_subscriptions
+    Request::list_subscriptions, Request::get_subscriptions;
+    SubscriptionRow, "subscriptions", "/nodes/{node}/subscriptions", "/nodes/{node}/subscriptions/{clientid}",
+    "/subscriptions/{clientid}"
 );
 
+#[utoipa::path(delete, path = "/clients/{clientid}", tag = "clients", summary = "Kick a client", params(ClientIdParam), responses((status = 200, description = "Disconnected; 112 if it is online nowhere", body = Reply<Nothing>)))]
 #[delete("/clients/<_..>")]
 async fn kick(_admin: Admin, app: &State<App>, uri: &Origin<'_>) -> ApiResult {
     let client_id = tail(uri, 3)?;
@@ -116,6 +129,7 @@ async fn kick(_admin: Admin, app: &State<App>, uri: &Origin<'_>) -> ApiResult {
 }
 
 /// `PUT clients/{clientid}/clean_acl_cache`; the client id may itself contain `/`.
+#[utoipa::path(put, path = "/clients/{clientid}/clean_acl_cache", tag = "clients", summary = "Clean a client's ACL cache for a topic", params(ClientIdParam), request_body = AclCacheBody, responses((status = 200, description = "Cleaned; 112 if it is online nowhere", body = Reply<Nothing>)))]
 #[put("/clients/<_..>", data = "<body>")]
 async fn clean_acl_cache(_admin: Admin, app: &State<App>, uri: &Origin<'_>, body: String) -> ApiResult {
     let path = tail(uri, 3)?;
@@ -127,6 +141,7 @@ async fn clean_acl_cache(_admin: Admin, app: &State<App>, uri: &Origin<'_>, body
 
 /// Routes are cluster-wide, ordered by (topic, node). Each node is asked for the first
 /// `page × size` of its own routes, which is all a merged page can need.
+#[utoipa::path(get, path = "/routes", tag = "routes", params(Paging), responses((status = 200, description = "A page of every node's routes, by (topic, node)", body = Reply<Page<RouteRow>>)))]
 #[get("/routes?<curr_page>&<page_size>")]
 async fn routes_page(_admin: Admin, app: &State<App>, curr_page: Option<&str>, page_size: Option<&str>) -> ApiResult {
     let paging = paging(curr_page, page_size)?;
@@ -150,6 +165,7 @@ async fn routes_page(_admin: Admin, app: &State<App>, curr_page: Option<&str>, p
     })
 }
 
+#[utoipa::path(get, path = "/routes/{topic}", tag = "routes", params(("topic" = String, Path, description = "A topic filter; it may contain `/`, while `#`, `?` and `%` must be percent-encoded")), responses((status = 200, description = "The routes of exactly this filter", body = Reply<Objects<RouteRow>>)))]
 #[get("/routes/<_..>")]
 async fn route(_admin: Admin, app: &State<App>, uri: &Origin<'_>) -> ApiResult {
     let topic = tail(uri, 3)?;

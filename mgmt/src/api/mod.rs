@@ -2,6 +2,7 @@
 
 mod clients;
 mod configs;
+mod docs;
 mod monitoring;
 mod mqtt;
 mod nodes;
@@ -33,6 +34,7 @@ pub fn routes() -> Vec<Route> {
     .concat()
 }
 
+pub use docs::routes as docs_routes;
 pub use nodes::status;
 
 /// The percent-decoded rest of the request path after its first `skip` segments.

@@ -3,6 +3,7 @@
 use midge_shared::control::Request;
 use rocket::{post, routes, Route, State};
 
+use super::docs::{Nothing, PublishBody, Reply, SubscribeBody, UnsubscribeBody};
 use super::on_any_node;
 use crate::auth::Admin;
 use crate::body::Body;
@@ -14,6 +15,7 @@ pub fn routes() -> Vec<Route> {
 }
 
 /// Publishes through the first known node; the broker routes it to subscribers everywhere it can.
+#[utoipa::path(post, path = "/mqtt/publish", tag = "mqtt", request_body = PublishBody, responses((status = 200, description = "Published; 102 for a topic that is not a valid topic name", body = Reply<Nothing>)))]
 #[post("/mqtt/publish", data = "<body>")]
 async fn publish(_admin: Admin, app: &State<App>, body: String) -> ApiResult {
     let body = Body::parse(&body)?;
@@ -29,6 +31,7 @@ async fn publish(_admin: Admin, app: &State<App>, body: String) -> ApiResult {
     ok()
 }
 
+#[utoipa::path(post, path = "/mqtt/subscribe", tag = "mqtt", request_body = SubscribeBody, responses((status = 200, description = "Subscribed; 112 if the client is online nowhere", body = Reply<Nothing>)))]
 #[post("/mqtt/subscribe", data = "<body>")]
 async fn subscribe(_admin: Admin, app: &State<App>, body: String) -> ApiResult {
     let body = Body::parse(&body)?;
@@ -38,6 +41,7 @@ async fn subscribe(_admin: Admin, app: &State<App>, body: String) -> ApiResult {
     on_any_node(app, || Request::subscribe(client_id.clone(), topic.clone(), qos)).await
 }
 
+#[utoipa::path(post, path = "/mqtt/unsubscribe", tag = "mqtt", request_body = UnsubscribeBody, responses((status = 200, description = "Unsubscribed", body = Reply<Nothing>)))]
 #[post("/mqtt/unsubscribe", data = "<body>")]
 async fn unsubscribe(_admin: Admin, app: &State<App>, body: String) -> ApiResult {
     let body = Body::parse(&body)?;

@@ -3,6 +3,9 @@
 use midge_shared::control::{NodeInfo, Request};
 use rocket::{get, routes, Route, State};
 use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::docs::{NodeParam, Nothing, Reply};
 
 use super::per_node;
 use crate::auth::Admin;
@@ -13,7 +16,8 @@ pub fn routes() -> Vec<Route> {
     routes![management_nodes, management_node, monitoring_nodes, monitoring_node, alarms]
 }
 
-#[derive(Serialize)]
+/// A node as `management/nodes` shows it.
+#[derive(Serialize, ToSchema)]
 struct ManagementNode {
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
@@ -39,7 +43,8 @@ impl ManagementNode {
     }
 }
 
-#[derive(Serialize)]
+/// A node as `monitoring/nodes` shows it.
+#[derive(Serialize, ToSchema)]
 struct MonitoringNode {
     name: String,
     otp_release: String,
@@ -78,27 +83,32 @@ async fn infos(app: &App) -> Result<Vec<NodeInfo>, crate::error::ApiError> {
     Ok(per_node(app, Request::node_info).await?.into_values().collect())
 }
 
+#[utoipa::path(get, path = "/management/nodes", tag = "nodes", responses((status = 200, description = "Every answering node", body = Reply<Vec<ManagementNode>>)))]
 #[get("/management/nodes")]
 async fn management_nodes(_admin: Admin, app: &State<App>) -> ApiResult {
     done(infos(app).await?.into_iter().map(|i| ManagementNode::new(i, true)).collect::<Vec<_>>())
 }
 
+#[utoipa::path(get, path = "/management/nodes/{node}", tag = "nodes", params(NodeParam), responses((status = 200, description = "The node (without its name)", body = Reply<ManagementNode>)))]
 #[get("/management/nodes/<node>")]
 async fn management_node(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
     done(ManagementNode::new(app.link.call(node, Request::node_info()).await?, false))
 }
 
+#[utoipa::path(get, path = "/monitoring/nodes", tag = "nodes", responses((status = 200, description = "Every answering node, with its load and memory", body = Reply<Vec<MonitoringNode>>)))]
 #[get("/monitoring/nodes")]
 async fn monitoring_nodes(_admin: Admin, app: &State<App>) -> ApiResult {
     done(infos(app).await?.into_iter().map(MonitoringNode::from).collect::<Vec<_>>())
 }
 
+#[utoipa::path(get, path = "/monitoring/nodes/{node}", tag = "nodes", params(NodeParam), responses((status = 200, description = "The node, with its load and memory", body = Reply<MonitoringNode>)))]
 #[get("/monitoring/nodes/<node>")]
 async fn monitoring_node(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
     done(MonitoringNode::from(app.link.call(node, Request::node_info()).await?))
 }
 
 /// Midge raises no alarms yet; the node must still be there to say so.
+#[utoipa::path(get, path = "/nodes/{node}/alarms", tag = "nodes", params(NodeParam), responses((status = 200, description = "The node's alarms (Midge raises none yet)", body = Reply<Nothing>)))]
 #[get("/nodes/<node>/alarms")]
 async fn alarms(_admin: Admin, app: &State<App>, node: &str) -> ApiResult {
     app.link.call(node, Request::node_info()).await?;

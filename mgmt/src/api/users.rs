@@ -1,10 +1,10 @@
 //! Admin users of the API, stored in SQLite with argon2id hashes.
 
 use rocket::{delete, get, post, put, routes, Route, State};
-use serde::Serialize;
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use super::docs::{Credentials, NewUser, Nothing, PasswordChange, Reply, UserChange, UserRow};
 use crate::auth::Admin;
 use crate::body::Body;
 use crate::db;
@@ -19,18 +19,14 @@ pub fn routes() -> Vec<Route> {
 /// The user that cannot be deleted.
 const ADMIN: &str = "admin";
 
-#[derive(Serialize)]
-struct UserRow {
-    username: String,
-    tags: String,
-}
-
+#[utoipa::path(get, path = "/users", tag = "users", responses((status = 200, description = "Every admin user", body = Reply<Vec<UserRow>>)))]
 #[get("/users")]
 async fn list(_admin: Admin, app: &State<App>) -> ApiResult {
     let users = db::users(&app.db).await?;
     done(users.into_iter().map(|u| UserRow { username: u.username, tags: u.tags }).collect::<Vec<_>>())
 }
 
+#[utoipa::path(get, path = "/users/{username}", tag = "users", params(("username" = String, Path, description = "An admin user")), responses((status = 200, description = "The user; 105 if there is none", body = Reply<UserRow>)))]
 #[get("/users/<username>")]
 async fn get_user(_admin: Admin, app: &State<App>, username: &str) -> ApiResult {
     let user = db::user(&app.db, username).await?.ok_or_else(no_such_user)?;
@@ -64,6 +60,7 @@ fn non_empty(value: String) -> Result<String, ApiError> {
     }
 }
 
+#[utoipa::path(post, path = "/users", tag = "users", request_body = NewUser, responses((status = 200, description = "Created; 104 empty username or password, 113 exists", body = Reply<Nothing>)))]
 #[post("/users", data = "<body>")]
 async fn create(_admin: Admin, app: &State<App>, body: String) -> ApiResult {
     let body = Body::parse(&body)?;
@@ -82,6 +79,7 @@ async fn create(_admin: Admin, app: &State<App>, body: String) -> ApiResult {
 }
 
 /// Changes a user's tags, password, or both (a password given here is never ignored).
+#[utoipa::path(put, path = "/users/{username}", tag = "users", params(("username" = String, Path, description = "An admin user")), request_body = UserChange, responses((status = 200, description = "Changed; 105 no such user", body = Reply<Nothing>)))]
 #[put("/users/<username>", data = "<body>")]
 async fn update(_admin: Admin, app: &State<App>, username: &str, body: String) -> ApiResult {
     let body = Body::parse(&body)?;
@@ -109,6 +107,7 @@ async fn update(_admin: Admin, app: &State<App>, username: &str, body: String) -
     ok()
 }
 
+#[utoipa::path(delete, path = "/users/{username}", tag = "users", params(("username" = String, Path, description = "An admin user")), responses((status = 200, description = "Deleted; 105 no such user, 106 for admin", body = Reply<Nothing>)))]
 #[delete("/users/<username>")]
 async fn remove(_admin: Admin, app: &State<App>, username: &str) -> ApiResult {
     if username == ADMIN {
@@ -123,6 +122,7 @@ async fn remove(_admin: Admin, app: &State<App>, username: &str) -> ApiResult {
 }
 
 /// Checks a username and password; needs no Basic auth (and is throttled as Basic auth is).
+#[utoipa::path(post, path = "/auth", tag = "users", summary = "Check a username and password (no Basic auth)", request_body = Credentials, responses((status = 200, description = "Accepted; 103 wrong username or password (throttled like Basic auth)", body = Reply<Nothing>)), security(()))]
 #[post("/auth", data = "<body>")]
 async fn authenticate(app: &State<App>, source: Option<IpAddr>, body: String) -> ApiResult {
     let body = Body::parse(&body)?;
@@ -136,6 +136,7 @@ async fn authenticate(app: &State<App>, source: Option<IpAddr>, body: String) ->
     }
 }
 
+#[utoipa::path(put, path = "/change_pwd/{username}", tag = "users", params(("username" = String, Path, description = "An admin user")), request_body = PasswordChange, responses((status = 200, description = "Changed; 105 no such user, 114 old password wrong", body = Reply<Nothing>)))]
 #[put("/change_pwd/<username>", data = "<body>")]
 async fn change_password(_admin: Admin, app: &State<App>, username: &str, body: String) -> ApiResult {
     let body = Body::parse(&body)?;

@@ -177,6 +177,14 @@ async fn an_operator_uses_the_dashboard_in_a_browser() {
 
     let errors: Vec<_> = browser.console().await.into_iter().filter(|(level, _)| level == "SEVERE").collect();
     assert!(errors.is_empty(), "console errors: {errors:?}");
+
+    // The API's own documentation renders too, with its operations, under the same strict policy.
+    browser.client.set_window_size(1280, 900).await.expect("a desktop-sized window");
+    browser.goto(&format!("http://{}/api-docs", stack.mgmt.addr)).await;
+    browser.until("Swagger UI shows the document", "document.querySelectorAll('.opblock').length >= 40").await;
+    browser.screenshot("09-api-docs").await;
+    let errors: Vec<_> = browser.console().await.into_iter().filter(|(level, _)| level == "SEVERE").collect();
+    assert!(errors.is_empty(), "console errors on /api-docs: {errors:?}");
     browser.close().await;
 }
 

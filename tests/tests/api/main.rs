@@ -12,5 +12,6 @@ mod link;
 mod logins;
 mod logs;
 mod mqtt5;
+mod openapi;
 mod prometheus;
 mod routes;
