@@ -16,6 +16,9 @@ COPY deploy/broker-entrypoint.sh /usr/local/bin/broker-entrypoint.sh
 # MQTT on 1883 and over WebSocket on 8083 (/mqtt); with server.crt and server.key mounted in
 # /etc/midge/certs, also MQTT/TLS on 8883 and secure WebSocket on 8084 (see broker-entrypoint.sh).
 ENV MIDGE_LISTEN=0.0.0.0:1883 MIDGE_WS_LISTEN=0.0.0.0:8083 MIDGE_ACL_FILE=/etc/midge/acl.conf
+# Retained messages are kept in /data/store (a volume: they outlive the container).
+ENV MIDGE_DATA_DIR=/data
+VOLUME /data
 EXPOSE 1883 8083 8883 8084
 HEALTHCHECK --interval=5s --timeout=4s --retries=5 CMD ["midge-broker", "probe"]
 ENTRYPOINT ["broker-entrypoint.sh", "midge-broker"]

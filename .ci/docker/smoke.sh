@@ -110,6 +110,15 @@ wait_for 90 user_works || fail "user lost on down/up"
 wait_for 30 node_known || fail "sidecar lost the broker after down/up"
 ok "admin user survives restart and down/up"
 
+# (5b) a retained message survives a SIGKILL of the broker's container (its store is on a volume).
+mosquitto_pub -h 127.0.0.1 -p "$MIDGE_MQTT_PORT" -t smoke/kept -m survives-kill -r -q 1 || fail "retained publish"
+"${COMPOSE[@]}" kill -s KILL broker >/dev/null
+"${COMPOSE[@]}" start broker >/dev/null
+wait_for 60 healthy broker || fail "broker never healthy after SIGKILL"
+got=$(mosquitto_sub -h 127.0.0.1 -p "$MIDGE_MQTT_PORT" -t smoke/kept -C 1 -W 10) || fail "no retained message after SIGKILL"
+[ "$got" = survives-kill ] || fail "retained after SIGKILL: $got"
+ok "a retained message survives SIGKILL of the broker"
+
 # (6) broker stopped: 101, quickly; started: back to normal.
 "${COMPOSE[@]}" stop broker >/dev/null
 start=$SECONDS

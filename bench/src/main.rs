@@ -122,6 +122,8 @@ fn start_midge(binary: &PathBuf, certs: &certs::Certs) -> anyhow::Result<Broker>
     let child = command
         .env("MIDGE_MGMT_SECRET", api::MGMT_SECRET)
         .args(["--listen", &addr.to_string(), "--log-level", "warn"])
+        // Like for like: the Mosquitto it runs against keeps nothing on disk either.
+        .args(["--persistence", "false"])
         .args(["--ssl-listen", &tls.to_string(), "--ws-listen", &ws.to_string(), "--wss-listen", &wss.to_string()])
         .arg("--certfile")
         .arg(&certs.cert)

@@ -134,6 +134,7 @@ fn routing_benches(c: &mut Criterion) {
         stats: Arc::new(Stats::default()),
         node: "bench@127.0.0.1".into(),
         shared_strategy: Default::default(),
+        journal: None,
     };
     let router = RouterHandle::new(limits(), wiring);
     let mut receivers = Vec::new();

@@ -71,6 +71,7 @@ fn retained() {
         stats: Arc::new(Stats::default()),
         node: "bench@127.0.0.1".into(),
         shared_strategy: Default::default(),
+        journal: None,
     };
     let router = RouterHandle::new(midge_broker::Config::default().session_limits(), wiring);
     let payload = Bytes::from(vec![7u8; 64]);

@@ -45,6 +45,9 @@ enum Exit {
     Error(ConnectionError),
     /// The client broke a rule: MQTT 5 is told which one, with the reason code.
     ProtocolViolation(ReasonCode, &'static str),
+    /// The store could not keep what this read's acknowledgements promise: they are never sent, and
+    /// the connection closes, so the client sends those messages again.
+    StoreFailed,
 }
 
 impl Exit {
@@ -58,6 +61,7 @@ impl Exit {
         match self {
             Exit::Disconnect
             | Exit::DisconnectWithWill
+            | Exit::StoreFailed
             | Exit::Error(ConnectionError::Closed | ConnectionError::Io(_)) => None,
             Exit::Shutdown => Some(ReasonCode::ServerShuttingDown),
             Exit::TakenOver => Some(ReasonCode::SessionTakenOver),
@@ -79,6 +83,7 @@ impl Exit {
             Exit::Error(ConnectionError::Closed) => Some("closed"),
             Exit::Error(ConnectionError::Io(_)) => Some("socket_error"),
             Exit::Error(ConnectionError::Decode(_)) | Exit::ProtocolViolation(..) => Some("protocol_error"),
+            Exit::StoreFailed => Some("store_failed"),
         }
     }
 
@@ -93,6 +98,7 @@ impl Exit {
             Exit::Error(ConnectionError::Closed) => "closed".into(),
             Exit::Error(e) => e.to_string(),
             Exit::ProtocolViolation(_, what) => format!("protocol_error: {what}"),
+            Exit::StoreFailed => "store_failed".into(),
         }
     }
 }
@@ -108,6 +114,7 @@ impl std::fmt::Display for Exit {
             Exit::KeepaliveTimeout => f.write_str("keepalive timeout"),
             Exit::Error(e) => write!(f, "{e}"),
             Exit::ProtocolViolation(_, what) => write!(f, "protocol violation: {what}"),
+            Exit::StoreFailed => f.write_str("the store could not write its messages"),
         }
     }
 }
@@ -352,6 +359,7 @@ async fn accept(
         outbox: outbox_rx,
         last_received: Instant::now(),
         publishes: Vec::new(),
+        durable: 0,
         control_jobs: Vec::new(),
         batch: VecDeque::new(),
         stalled: None,
@@ -512,6 +520,8 @@ struct ClientConnection {
     last_received: Instant,
     /// Publishes read in this batch, routed in one call.
     publishes: Vec<Arc<Message>>,
+    /// How far the store must be on disk before this read's acknowledgements go (0: no need to wait).
+    durable: u64,
     /// Control requests read in this batch, for the control service.
     control_jobs: Vec<ControlJob>,
     /// What was taken from the outbox, being handled; swapped with the outbox's queue at each take.
@@ -626,6 +636,13 @@ impl ClientConnection {
             Handoff::Wait(subscriber, ticket) => subscriber.wait_turn(ticket).await,
             Handoff::Yield => tokio::task::yield_now().await,
         }
+        // What this read acknowledges is kept before the client is told so.
+        let seq = std::mem::take(&mut self.durable);
+        if let (Some(durable), true) = (&self.ctx.durable, seq > 0) {
+            if durable.wait(seq).await.is_err() {
+                return Err(Exit::StoreFailed);
+            }
+        }
         Ok(self.writer.try_flush()?)
     }
 
@@ -714,7 +731,8 @@ impl ClientConnection {
             self.send(&Packet::Disconnect(Disconnect { reason_string, ..Disconnect::new(reason) }));
         }
         let ClientConnection { ctx, principal, client_id, conn_id, session, mut writer, outbox, .. } = self;
-        let broken = matches!(exit, Exit::Error(ConnectionError::Closed | ConnectionError::Io(_)));
+        // After a store failure the buffer holds acknowledgements of what was not kept: never sent.
+        let broken = matches!(exit, Exit::Error(ConnectionError::Closed | ConnectionError::Io(_)) | Exit::StoreFailed);
         if writer.pending() > 0 && !broken {
             let _ = timeout(Duration::from_millis(500), writer.flush()).await;
         }
@@ -814,7 +832,9 @@ impl ClientConnection {
         if self.publishes.is_empty() {
             return Handoff::Nothing;
         }
-        match self.ctx.router.publish_batch(&mut self.publishes) {
+        let fanout = self.ctx.router.publish_batch(&mut self.publishes);
+        self.durable = self.durable.max(fanout.durable);
+        match fanout {
             Fanout { direct: Some((subscriber, delivery)), .. } => self.write_direct(subscriber, delivery),
             Fanout { woke: Some((subscriber, ticket)), .. } => Handoff::Wait(subscriber, ticket),
             Fanout { pushed: true, .. } => Handoff::Yield,

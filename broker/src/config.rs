@@ -14,6 +14,8 @@ use crate::auth::acl::Nomatch;
 pub use crate::auth::Secret;
 pub use crate::router::shared::SharedStrategy;
 use crate::session::SessionLimits;
+use crate::store::StoreConfig;
+pub use crate::store::SyncPolicy;
 use crate::transport::{ListenerConfig, ListenerKind};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +70,15 @@ pub struct Config {
     pub keyfile: Option<PathBuf>,
     /// With it, those listeners take only clients with a certificate from this CA (PEM).
     pub cacertfile: Option<PathBuf>,
+    /// Keep retained messages on disk in `data_dir`, so they survive a restart or a crash. Off in
+    /// `Config::default()` (an in-memory broker, as tests and embedders want); the `midge-broker`
+    /// binary turns it on unless told otherwise.
+    pub persistence: bool,
+    pub data_dir: PathBuf,
+    /// When the store's commits reach the disk, and so when what they hold is acknowledged.
+    pub sync: SyncPolicy,
+    /// Under `sync = interval`, how long changes gather before one commit.
+    pub sync_interval_ms: u64,
     /// Listeners beyond the TCP one at `listen` (`[[listener]]` tables; a `tcp` one replaces it).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub listener: Vec<ListenerConfig>,
@@ -112,6 +123,10 @@ impl Default for Config {
             certfile: None,
             keyfile: None,
             cacertfile: None,
+            persistence: false,
+            data_dir: PathBuf::from("data"),
+            sync: SyncPolicy::Interval,
+            sync_interval_ms: 10,
             listener: Vec::new(),
         }
     }
@@ -157,6 +172,15 @@ impl Config {
     /// How long an offline persistent 3.1/3.1.1 session is kept; `None`: until the broker stops.
     pub fn session_expiry(&self) -> Option<Duration> {
         (self.session_expiry_interval > 0).then(|| Duration::from_secs(self.session_expiry_interval))
+    }
+
+    /// Where and how to persist, if at all.
+    pub fn store(&self) -> Option<StoreConfig> {
+        self.persistence.then(|| StoreConfig {
+            dir: self.data_dir.clone(),
+            sync: self.sync,
+            interval: Duration::from_millis(self.sync_interval_ms.max(1)),
+        })
     }
 
     pub fn session_limits(&self) -> SessionLimits {
@@ -344,6 +368,29 @@ struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_topic_alias_out: Option<u16>,
 
+    /// Keep retained messages on disk in --data-dir, across restarts and crashes; false runs the broker
+    /// in memory only [default: true].
+    #[arg(long, env = "MIDGE_PERSISTENCE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    persistence: Option<bool>,
+
+    /// Directory that holds the store (in its `store` subdirectory) [default: data].
+    #[arg(long, env = "MIDGE_DATA_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+
+    /// When the store's writes reach the disk: every_message (each acknowledged publish is synced
+    /// first), interval (synced together every --sync-interval-ms, acknowledged after), none (synced
+    /// once a second; a crash loses up to that) [default: interval].
+    #[arg(long, env = "MIDGE_SYNC", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sync: Option<SyncPolicy>,
+
+    /// Milliseconds changes gather before one synced commit, under --sync interval [default: 10].
+    #[arg(long, env = "MIDGE_SYNC_INTERVAL_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sync_interval_ms: Option<u64>,
+
     /// Seconds between $SYS stats/metrics/uptime publishes; 0 turns them off [default: 60].
     #[arg(long, env = "MIDGE_SYS_INTERVAL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -437,6 +484,8 @@ impl Cli {
                 table.remove(key);
             }
         }
+        // The binary keeps its state on disk unless told not to (the library's default is in memory).
+        table.entry("persistence").or_insert(toml::Value::Boolean(true));
         let config = Config::deserialize(toml::Value::Table(table))?;
         Ok((config, self.command))
     }

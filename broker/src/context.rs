@@ -14,6 +14,7 @@ use crate::ops::control::ControlJob;
 use crate::ops::plugins::Plugins;
 use crate::router::RouterHandle;
 use crate::settings::Settings;
+use crate::store::Durable;
 
 pub struct Context {
     pub config: Config,
@@ -25,6 +26,8 @@ pub struct Context {
     /// The management principal's control requests go here.
     pub control: mpsc::Sender<ControlJob>,
     pub shutdown: CancellationToken,
+    /// How far the store is on disk, for acknowledgements that must wait for it (none in memory).
+    pub durable: Option<Durable>,
     next_conn_id: AtomicU64,
 }
 
@@ -40,7 +43,18 @@ impl Context {
         control: mpsc::Sender<ControlJob>,
         shutdown: CancellationToken,
     ) -> Context {
-        Context { config, router, auth, settings, plugins, metrics, control, shutdown, next_conn_id: AtomicU64::new(1) }
+        Context {
+            config,
+            router,
+            auth,
+            settings,
+            plugins,
+            metrics,
+            control,
+            shutdown,
+            durable: None,
+            next_conn_id: AtomicU64::new(1),
+        }
     }
 
     /// A number for a new connection, unique for the broker's life.

@@ -5,7 +5,7 @@
 //! [`client`]; the [`router`] owns subscriptions, offline [`session`]s and retained messages; [`auth`]
 //! decides who may do what; [`config`] gathers settings and [`settings`] holds those that change at
 //! runtime; [`ops`] publishes the `$SYS` tree from [`metrics`], answers the management sidecar and
-//! switches plugins. See docs/architecture.md for why it is shaped this way.
+//! switches plugins; [`store`] keeps what must survive a restart on disk. See docs/architecture.md for why it is shaped this way.
 
 pub mod auth;
 pub mod client;
@@ -19,6 +19,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod settings;
+pub mod store;
 pub mod transport;
 
 pub use config::Config;

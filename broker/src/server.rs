@@ -21,6 +21,7 @@ use crate::ops::plugins::{Plugin, Plugins};
 use crate::ops::{metrics_http, sys, Node, Reloader};
 use crate::router::{RouterHandle, Wiring};
 use crate::settings::{LogReload, Settings};
+use crate::store::{Store, StoreError};
 use crate::transport::{Accepted, Certificates, Listener, ListenerError, ListenerKind};
 
 /// Scheduler ticks (task polls) between two looks at socket readiness while every worker is busy.
@@ -46,6 +47,8 @@ pub enum StartError {
     Users(#[from] AuthError),
     #[error("metrics listener {addr}: {source}")]
     MetricsListener { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The management secret if it is one: an empty or short secret closes the control channel, loudly, rather
@@ -77,6 +80,7 @@ pub struct Broker {
     ctx: Arc<Context>,
     /// `--metrics-listen`, if set.
     metrics_listener: Option<tokio::net::TcpListener>,
+    store: Option<Store>,
 }
 
 impl Broker {
@@ -102,6 +106,15 @@ impl Broker {
         let metrics_listener = metrics_http::bind(config.metrics_listen).await.map_err(|source| {
             StartError::MetricsListener { addr: config.metrics_listen.expect("bound only when set"), source }
         })?;
+        // Last of the configuration's checks, before anything is served: a store that cannot be read
+        // stops the broker here.
+        let (store, restored) = match config.store() {
+            Some(store_config) => {
+                let (store, restored) = Store::open(&store_config)?;
+                (Some(store), restored)
+            }
+            None => (None, Default::default()),
+        };
         let mut config = config;
         config.mgmt_secret = usable_secret(config.mgmt_secret.take());
         let metrics = Arc::new(Metrics::default());
@@ -114,8 +127,10 @@ impl Broker {
             stats: stats.clone(),
             node: config.node.clone(),
             shared_strategy: config.shared_subscription_strategy,
+            journal: store.as_ref().map(Store::journal),
         };
         let router = RouterHandle::new(config.session_limits(), wiring);
+        router.restore(restored);
         let settings = Arc::new(Settings::new(&config, acl, log_reload));
         let hasher = Hasher::default();
         let (control_tx, control_rx) = control::channel();
@@ -142,8 +157,9 @@ impl Broker {
             shutdown: shutdown.clone(),
             baseline_rss: crate::ops::recon::process_memory().0,
         });
-        let ctx = Arc::new(Context::new(config, router, auth, settings, plugins, metrics, control_tx, shutdown));
-        Ok(Broker { listeners, control: control_rx, node, ctx, metrics_listener })
+        let mut ctx = Context::new(config, router, auth, settings, plugins, metrics, control_tx, shutdown);
+        ctx.durable = store.as_ref().map(Store::durable);
+        Ok(Broker { listeners, control: control_rx, node, ctx: Arc::new(ctx), metrics_listener, store })
     }
 
     /// The first listener's address (the TCP one, unless configured otherwise).
@@ -178,7 +194,7 @@ impl Broker {
 
     /// Serves until the shutdown token fires, then closes every connection and returns.
     pub async fn run(self) {
-        let Broker { listeners, control, node, ctx, metrics_listener } = self;
+        let Broker { listeners, control, node, ctx, metrics_listener, store } = self;
         if let Some(listener) = metrics_listener {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(listen = %addr, "metrics for Prometheus at /metrics");
@@ -215,6 +231,12 @@ impl Broker {
         connections.close();
         if tokio::time::timeout(Duration::from_secs(5), connections.wait()).await.is_err() {
             tracing::warn!("connections still open after 5 s; exiting anyway");
+        }
+        if let Some(store) = store {
+            match store.flush().await {
+                Ok(()) => tracing::info!(path = %store.path().display(), "store synced"),
+                Err(e) => tracing::error!(path = %store.path().display(), error = %e, "store not synced at shutdown"),
+            }
         }
         tracing::info!("midge broker stopped");
     }

@@ -23,6 +23,10 @@ struct Running {
 /// Starts the binary as `command` says and waits until it logs where it listens; the rest of its log is
 /// read (and dropped) in the background.
 async fn run_broker(mut command: Command) -> Running {
+    // Each broker its own store, unless the test chose one.
+    if !command.as_std().get_envs().any(|(key, _)| key == "MIDGE_DATA_DIR") {
+        command.env("MIDGE_DATA_DIR", tempdir());
+    }
     let mut child = command.env("NO_COLOR", "1").stdout(Stdio::piped()).kill_on_drop(true).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (start_log, addr) = tokio::time::timeout(WAIT, async {

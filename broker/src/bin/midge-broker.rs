@@ -60,13 +60,16 @@ async fn run() -> anyhow::Result<()> {
 
 /// Installs the log subscriber; the returned hook changes its filter at runtime (`log.console.level`).
 /// The log filter for a `log_level`. rustls warns about what clients send (an IP address as SNI, as
-/// mosquitto does): noise at the broker's level, so its own logs start at error unless named.
+/// mosquitto does): noise at the broker's level, so its own logs start at error unless named. The
+/// store's engine (fjall, on lsm_tree) narrates its recovery at info: warnings only, unless named.
 fn log_filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
-    if level.contains("rustls") {
-        EnvFilter::try_new(level)
-    } else {
-        EnvFilter::try_new(format!("{level},rustls=error"))
+    let mut filter = level.to_string();
+    for (target, floor) in [("rustls", "error"), ("fjall", "warn"), ("lsm_tree", "warn")] {
+        if !level.contains(target) {
+            filter.push_str(&format!(",{target}={floor}"));
+        }
     }
+    EnvFilter::try_new(filter)
 }
 
 fn init_logging(filter: &str) -> anyhow::Result<LogReload> {

@@ -88,6 +88,11 @@ impl RouterHandle {
         fanout
     }
 
+    /// Puts back what the store kept, before any client connects.
+    pub fn restore(&self, restored: crate::store::Restored) {
+        lock(&self.router).restore_retained(restored.retained);
+    }
+
     /// Routes one message of the broker's own (`$SYS`, a control reply, a will, a publish through the
     /// API), whose sender does not wait for its subscribers.
     pub fn publish(&self, message: Arc<Message>) {
@@ -248,6 +253,7 @@ mod tests {
             stats: Arc::new(Stats::default()),
             node: "test@127.0.0.1".into(),
             shared_strategy: Default::default(),
+            journal: None,
         };
         RouterHandle::new(limits, wiring)
     }

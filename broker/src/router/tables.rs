@@ -20,6 +20,7 @@ use crate::metrics::{Metric, Metrics, Stat, Stats};
 use crate::protocol::topic::{self, Subscription};
 use crate::protocol::{QoS, ReasonCode, Suback, SubscriptionOptions, Unsuback};
 use crate::session::{ClientId, Delivery, Message, Session, SessionLimits, SessionStats, SharedKey};
+use crate::store::{Change, Journal};
 
 /// A routed message as one subscriber gets it: at the QoS it was granted, with the retain flag only if
 /// it asked for it as published (MQTT 5), and with its subscription identifiers (`more_ids` holds those
@@ -91,6 +92,8 @@ pub struct Fanout {
     /// A lone QoS 0 delivery for a connection with nothing to do: the publisher writes it straight to
     /// that connection's socket (see `outbox.rs`), after letting go of the router.
     pub direct: Option<(Outbox, Delivery)>,
+    /// How far the store must be durable before the publisher acknowledges (0: nothing to wait for).
+    pub durable: u64,
 }
 
 pub(super) enum Presence {
@@ -134,6 +137,8 @@ pub struct Wiring {
     pub node: String,
     /// Which member of a shared subscription gets a message.
     pub shared_strategy: SharedStrategy,
+    /// Where changes that must survive a restart are recorded (none for an in-memory broker).
+    pub journal: Option<Journal>,
 }
 
 pub(super) struct Router {
@@ -504,7 +509,7 @@ impl Router {
     pub(super) fn publish(&mut self, message: Arc<Message>, lone: bool, fanout: &mut Fanout) {
         let internal = message.is_internal();
         if message.retain && self.shared.retaining.load(Ordering::Relaxed) {
-            self.retain(&message);
+            fanout.durable = fanout.durable.max(self.retain(&message));
         }
         let mut matched = std::mem::take(&mut self.matched);
         matched.clear();
@@ -590,15 +595,33 @@ impl Router {
         self.clients.get(client_id).is_some_and(|c| matches!(&c.presence, Presence::Online(o) if o.conn_id == origin))
     }
 
-    fn retain(&mut self, message: &Arc<Message>) {
+    /// Keeps (or, for an empty payload, clears) the retained message of its topic; what the store must
+    /// have written before the publisher is told (0: nothing).
+    fn retain(&mut self, message: &Arc<Message>) -> u64 {
         let topic = message.topic_str().to_string();
-        if message.payload.is_empty() {
-            if self.retained.remove(&topic).is_some() {
-                self.events.emit(|| RouterEvent::RetainedCleared(topic.as_str().into()));
+        let change = if message.payload.is_empty() {
+            if self.retained.remove(&topic).is_none() {
+                return 0;
             }
+            self.events.emit(|| RouterEvent::RetainedCleared(topic.as_str().into()));
+            Change::RetainedCleared(topic.into())
         } else {
             self.retained.insert(topic, message.clone());
             self.events.emit(|| RouterEvent::RetainedSet(message.clone()));
+            Change::RetainedSet(message.clone())
+        };
+        self.update_retained_stats();
+        // The broker's own retained messages (`$SYS`) are published afresh at every start.
+        match self.shared.journal.as_mut() {
+            Some(journal) if !message.is_internal() => journal.record(change),
+            _ => 0,
+        }
+    }
+
+    /// Puts back the retained messages the store kept (not recorded again: they are there already).
+    pub(super) fn restore_retained(&mut self, messages: Vec<Arc<Message>>) {
+        for message in messages {
+            self.retained.insert(message.topic_str().to_string(), message);
         }
         self.update_retained_stats();
     }

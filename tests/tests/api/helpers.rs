@@ -117,6 +117,8 @@ pub fn start_broker_as(listen: &str, node: &str) -> Process {
 pub fn start_broker_with(listen: &str, node: &str, args: &[&str]) -> Process {
     let mut command = Command::new(bin("midge-broker"));
     command.args(["--listen", listen, "--node", node]).args(args).env("MIDGE_MGMT_SECRET", SECRET);
+    // Each broker its own store.
+    command.arg("--data-dir").arg(tempdir());
     Process::start(command, "midge broker listening")
 }
 

@@ -1,0 +1,136 @@
+//! The task that commits: it takes the changes that have gathered, writes them in one batch on a
+//! blocking thread, and then moves the durable mark past them, as the sync policy says.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use super::engine::Engine;
+use super::{confirmed, Change, Entry, Progress, SyncPolicy};
+
+/// Most changes in one batch: a huge backlog is committed in steps, and acknowledged as it goes.
+const MAX_BATCH: usize = 10_000;
+
+/// Under `sync = none`, how often the disk is synced anyway.
+const LAZY_SYNC: Duration = Duration::from_secs(1);
+
+pub struct Writer {
+    pub engine: Engine,
+    /// The data directory, where the confirmed mark is kept.
+    pub dir: PathBuf,
+    pub sync: SyncPolicy,
+    pub interval: Duration,
+}
+
+/// The store cannot write; nothing more may be acknowledged as kept.
+struct Failed;
+
+impl Writer {
+    pub async fn run(self, mut entries: mpsc::UnboundedReceiver<Entry>, progress: watch::Sender<Progress>) {
+        let sync = self.sync;
+        let interval = self.interval;
+        let mut state = State { writer: Arc::new(self), written: progress.borrow().seq, unsynced_since: None };
+        loop {
+            let first = match state.unsynced_since {
+                // Under `sync = none`: wait for more, but sync what is there within a second.
+                Some(since) => {
+                    match tokio::time::timeout(LAZY_SYNC.saturating_sub(since.elapsed()), entries.recv()).await {
+                        Ok(first) => first,
+                        Err(_) => {
+                            if state.commit(Vec::new(), true, &progress).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                None => entries.recv().await,
+            };
+            let Some(first) = first else {
+                // Every journal is gone: the broker is stopping.
+                let _ = state.commit(Vec::new(), true, &progress).await;
+                return;
+            };
+            if sync == SyncPolicy::Interval {
+                tokio::time::sleep(interval).await;
+            }
+            let mut changes = Vec::new();
+            let mut flushes = Vec::new();
+            let mut next = Some(first);
+            while let Some(entry) = next {
+                match entry {
+                    Entry::Change(seq, change) => {
+                        changes.push(change);
+                        state.written = seq;
+                    }
+                    Entry::Flush(done) => flushes.push(done),
+                }
+                next = if changes.len() < MAX_BATCH { entries.try_recv().ok() } else { None };
+            }
+            let durable = sync != SyncPolicy::None || !flushes.is_empty();
+            if state.commit(changes, durable, &progress).await.is_err() {
+                return;
+            }
+            for done in flushes {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+struct State {
+    writer: Arc<Writer>,
+    /// The number of the last change handed to the engine.
+    written: u64,
+    /// Since when changes have been written without a sync (`sync = none`).
+    unsynced_since: Option<Instant>,
+}
+
+impl State {
+    /// Writes `changes` (up to `self.written`) and moves the mark; once synced, also the confirmed
+    /// mark beside the store. On failure the store is marked failed (waiters are told) and the writer
+    /// stops.
+    async fn commit(
+        &mut self,
+        changes: Vec<Change>,
+        sync: bool,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<(), Failed> {
+        if changes.is_empty() && (!sync || self.unsynced_since.is_none()) {
+            return Ok(());
+        }
+        let (writer, seq) = (self.writer.clone(), self.written);
+        let written = tokio::task::spawn_blocking(move || {
+            writer.engine.apply(&changes, seq, sync)?;
+            if sync {
+                confirmed::write(&writer.dir, seq).map_err(|e| super::StoreError::Write(e.to_string()))?;
+            }
+            Ok::<_, super::StoreError>(())
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {
+                progress.send_modify(|p| p.seq = p.seq.max(seq));
+                self.unsynced_since = match (sync, self.unsynced_since) {
+                    (true, _) => None,
+                    (false, since) => Some(since.unwrap_or_else(Instant::now)),
+                };
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the store cannot write: nothing more is acknowledged as kept");
+                progress.send_modify(|p| p.failed = true);
+                Err(Failed)
+            }
+            // The runtime is stopping under us: what was synced is synced.
+            Err(e) if e.is_cancelled() => Err(Failed),
+            Err(e) => {
+                tracing::error!(error = %e, "the store's writer panicked");
+                progress.send_modify(|p| p.failed = true);
+                Err(Failed)
+            }
+        }
+    }
+}
