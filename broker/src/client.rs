@@ -520,7 +520,8 @@ struct ClientConnection {
     last_received: Instant,
     /// Publishes read in this batch, routed in one call.
     publishes: Vec<Arc<Message>>,
-    /// How far the store must be on disk before this read's acknowledgements go (0: no need to wait).
+    /// How far the store must be on disk before this read's acknowledgements (PUBACK, PUBREC, SUBACK,
+    /// UNSUBACK) go (0: no need to wait).
     durable: u64,
     /// Control requests read in this batch, for the control service.
     control_jobs: Vec<ControlJob>,
@@ -888,12 +889,13 @@ impl ClientConnection {
             Packet::Disconnect(disconnect) => return Err(self.handle_disconnect(disconnect)),
             Packet::Unsubscribe(unsubscribe) => {
                 self.flush_publishes();
-                self.ctx.router.unsubscribe(
+                let durable = self.ctx.router.unsubscribe(
                     self.client_id.clone(),
                     self.conn_id,
                     unsubscribe.pkid,
                     unsubscribe.filters,
                 );
+                self.durable = self.durable.max(durable);
             }
             Packet::Pingreq => self.send(&Packet::Pingresp),
             Packet::Connect(_) => return Err(Exit::ProtocolViolation(ReasonCode::ProtocolError, "second CONNECT")),
@@ -1065,7 +1067,9 @@ impl ClientConnection {
             };
             filters.push((written, granted));
         }
-        self.ctx.router.subscribe(self.client_id.clone(), self.conn_id, subscribe.pkid, filters);
+        // The SUBACK, in the outbox, is written after this read's wait for the store (`on_read`).
+        let durable = self.ctx.router.subscribe(self.client_id.clone(), self.conn_id, subscribe.pkid, filters);
+        self.durable = self.durable.max(durable);
         Ok(())
     }
 

@@ -70,7 +70,8 @@ pub struct Config {
     pub keyfile: Option<PathBuf>,
     /// With it, those listeners take only clients with a certificate from this CA (PEM).
     pub cacertfile: Option<PathBuf>,
-    /// Keep retained messages on disk in `data_dir`, so they survive a restart or a crash. Off in
+    /// Keep retained messages and persistent sessions on disk in `data_dir`, so they survive a
+    /// restart or a crash. Off in
     /// `Config::default()` (an in-memory broker, as tests and embedders want); the `midge-broker`
     /// binary turns it on unless told otherwise.
     pub persistence: bool,
@@ -368,8 +369,8 @@ struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_topic_alias_out: Option<u16>,
 
-    /// Keep retained messages on disk in --data-dir, across restarts and crashes; false runs the broker
-    /// in memory only [default: true].
+    /// Keep retained messages and persistent sessions on disk in --data-dir, across restarts and
+    /// crashes; false runs the broker in memory only [default: true].
     #[arg(long, env = "MIDGE_PERSISTENCE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     persistence: Option<bool>,

@@ -245,3 +245,92 @@ async fn an_in_memory_broker_writes_nothing() {
     broker.stop().await;
     assert!(files(&dir).is_empty(), "{:?}", files(&dir));
 }
+
+fn persistent_connect(client_id: &str) -> Connect {
+    connect_packet(client_id, false)
+}
+
+/// Persistent sessions come back parked, with their subscriptions: what is published for them while
+/// they are away is queued and delivered when they resume (session present). A clean session is not
+/// kept, and an MQTT 5 session whose expiry passed while the broker was down is gone.
+#[tokio::test]
+async fn persistent_sessions_and_their_subscriptions_survive_a_restart() {
+    let dir = tempdir();
+    let broker = start(persistent(&dir)).await;
+    let (mut away, _) = Raw::connect(broker.addr, persistent_connect("away")).await;
+    away.subscribe(1, &[("s/+", QoS::AtLeastOnce), ("gone/#", QoS::AtLeastOnce)]).await;
+    away.send(&unsubscribe(2, &["gone/#"])).await;
+    assert!(matches!(away.recv().await, Some(Packet::Unsuback(_))));
+    away.disconnect().await;
+    let (mut online, _) = Raw::connect(broker.addr, persistent_connect("online")).await;
+    online.subscribe(1, &[("o/1", QoS::AtLeastOnce)]).await;
+    let mut clean = Raw::connected(broker.addr, "clean").await;
+    clean.subscribe(1, &[("c/1", QoS::AtLeastOnce)]).await;
+    let mut brief = Raw::open(broker.addr).await;
+    let mut connect = Connect { protocol: Protocol::V5, ..persistent_connect("brief") };
+    connect.properties.session_expiry_interval = Some(1);
+    assert_eq!(brief.connack(connect).await, Some(ConnectReturnCode::Accepted));
+    brief.subscribe(1, &[("b/1", QoS::AtLeastOnce)]).await;
+    brief.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // "online" is still connected when the broker stops.
+    broker.stop().await;
+    drop((online, clean));
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let broker = start(persistent(&dir)).await;
+    let mut publisher = Raw::connected(broker.addr, "publisher").await;
+    for topic in ["s/1", "gone/1", "o/1", "c/1", "b/1"] {
+        publisher.send(&publish(topic, topic.as_bytes(), QoS::AtLeastOnce, 1)).await;
+        assert!(matches!(publisher.recv().await, Some(Packet::Puback(_))));
+    }
+    let (mut away, present) = Raw::connect(broker.addr, persistent_connect("away")).await;
+    assert!(present, "the parked session came back");
+    let p = away.recv_publish().await;
+    assert_eq!(&p.payload[..], b"s/1", "queued for the kept subscription, and only that");
+    away.send(&Packet::Puback(Ack::new(p.pkid))).await;
+    away.expect_silence(Duration::from_millis(200)).await;
+    let (mut online, present) = Raw::connect(broker.addr, persistent_connect("online")).await;
+    assert!(present, "a session online when the broker stopped is kept too");
+    assert_eq!(&online.recv_publish().await.payload[..], b"o/1");
+    let (_, present) = Raw::connect(broker.addr, persistent_connect("clean")).await;
+    assert!(!present, "a clean session is not kept");
+    let mut brief = Raw::open(broker.addr).await;
+    let connect = Connect { protocol: Protocol::V5, ..persistent_connect("brief") };
+    brief.send(&Packet::Connect(connect)).await;
+    match brief.recv().await {
+        Some(Packet::Connack(c)) => assert!(!c.session_present, "expired while the broker was down"),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+
+    // A clean start ends the kept session, in the store too.
+    let (_, _) = Raw::connect(broker.addr, connect_packet("away", true)).await;
+    broker.stop().await;
+    let broker = start(persistent(&dir)).await;
+    let (_, present) = Raw::connect(broker.addr, persistent_connect("away")).await;
+    assert!(!present, "the clean start's discard was kept");
+    broker.stop().await;
+}
+
+/// SIGKILL right after a SUBACK: the subscription is there after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_acknowledged_survives_sigkill() {
+    let dir = tempdir();
+    for (round, sync) in ["interval", "every_message", "interval", "every_message"].iter().enumerate() {
+        let (mut child, addr) = spawn(&dir, sync).await;
+        let id = format!("sub-{round}");
+        let (mut subscriber, _) = Raw::connect(addr, persistent_connect(&id)).await;
+        let topic = format!("k/{round}");
+        subscriber.subscribe(1, &[(topic.as_str(), QoS::AtLeastOnce)]).await;
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+
+        let (_child, addr) = spawn(&dir, sync).await;
+        let mut publisher = Raw::connected(addr, "publisher").await;
+        publisher.send(&publish(&topic, b"after the kill", QoS::AtLeastOnce, 1)).await;
+        assert!(matches!(publisher.recv().await, Some(Packet::Puback(_))));
+        let (mut subscriber, present) = Raw::connect(addr, persistent_connect(&id)).await;
+        assert!(present, "round {round} ({sync}): the session was lost");
+        assert_eq!(&subscriber.recv_publish().await.payload[..], b"after the kill", "round {round}");
+    }
+}

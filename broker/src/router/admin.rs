@@ -93,7 +93,7 @@ impl Router {
     pub(super) fn subscribe_for(&mut self, client_id: &str, filter: String, qos: QoS) -> bool {
         let Some((id, _)) = self.visible_client(client_id) else { return false };
         let id = id.clone();
-        let retained = self.subscribe_client(&id, &[(filter, SubscriptionOptions::qos(qos))]);
+        let (retained, _) = self.subscribe_client(&id, &[(filter, SubscriptionOptions::qos(qos))]);
         let mut fanout = Fanout::default();
         for delivery in retained {
             self.deliver(&id, delivery, &mut fanout);

@@ -90,7 +90,10 @@ impl RouterHandle {
 
     /// Puts back what the store kept, before any client connects.
     pub fn restore(&self, restored: crate::store::Restored) {
-        lock(&self.router).restore_retained(restored.retained);
+        let mut router = lock(&self.router);
+        router.restore_retained(restored.retained);
+        router.restore_sessions(restored.sessions);
+        router.update_stats();
     }
 
     /// Routes one message of the broker's own (`$SYS`, a control reply, a will, a publish through the
@@ -107,16 +110,19 @@ impl RouterHandle {
         conn_id: u64,
         pkid: u16,
         filters: Vec<(String, Result<SubscriptionOptions, ReasonCode>)>,
-    ) {
+    ) -> u64 {
         let mut router = lock(&self.router);
-        router.subscribe(client_id, conn_id, pkid, filters);
+        let durable = router.subscribe(client_id, conn_id, pkid, filters);
         router.update_stats();
+        durable
     }
 
-    pub fn unsubscribe(&self, client_id: ClientId, conn_id: u64, pkid: u16, filters: Vec<String>) {
+    /// Like `subscribe`: what the UNSUBACK must wait for in the store.
+    pub fn unsubscribe(&self, client_id: ClientId, conn_id: u64, pkid: u16, filters: Vec<String>) -> u64 {
         let mut router = lock(&self.router);
-        router.unsubscribe(client_id, conn_id, pkid, filters);
+        let durable = router.unsubscribe(client_id, conn_id, pkid, filters);
         router.update_stats();
+        durable
     }
 
     /// The connection ending now leaves a will to be published after `delay` (MQTT 5), unless the

@@ -20,7 +20,7 @@ use crate::metrics::{Metric, Metrics, Stat, Stats};
 use crate::protocol::topic::{self, Subscription};
 use crate::protocol::{QoS, ReasonCode, Suback, SubscriptionOptions, Unsuback};
 use crate::session::{ClientId, Delivery, Message, Session, SessionLimits, SessionStats, SharedKey};
-use crate::store::{Change, Journal};
+use crate::store::{now_wall_ms, Change, Journal, SessionRecord};
 
 /// A routed message as one subscriber gets it: at the QoS it was granted, with the retain flag only if
 /// it asked for it as published (MQTT 5), and with its subscription identifiers (`more_ids` holds those
@@ -120,6 +120,8 @@ pub(super) struct Client {
     pub(super) session_stats: Arc<SessionStats>,
     pub(super) session_clean: bool,
     pub(super) created_at: DateTime<Local>,
+    /// Whether the store holds this session (a persistent one, with a store).
+    stored: bool,
 }
 
 impl Client {
@@ -241,6 +243,111 @@ impl Router {
     fn remove_client(&mut self, client_id: &ClientId) {
         if let Some(client) = self.clients.remove(client_id) {
             self.hidden_clients -= usize::from(client.meta.hidden);
+            if client.stored {
+                if let Some(journal) = self.shared.journal.as_mut() {
+                    journal.record(Change::SessionDropped(client_id.clone()));
+                }
+            }
+        }
+    }
+
+    /// The session of `client_id` as the store keeps it, if it is one the store keeps: persistent, and
+    /// not the management principal's.
+    fn session_record(&self, client_id: &ClientId) -> Option<SessionRecord> {
+        let client = self.clients.get(client_id)?;
+        let (expiry, parked_at_ms) = match &client.presence {
+            Presence::Online(_) => (client.meta.expiry, None),
+            Presence::Offline(session, since) => {
+                (session.expiry, Some(now_wall_ms().saturating_sub(since.elapsed().as_millis() as u64).max(1)))
+            }
+        };
+        if client.meta.hidden || expiry == Some(Duration::ZERO) {
+            return None;
+        }
+        Some(SessionRecord {
+            client_id: client_id.clone(),
+            expiry,
+            parked_at_ms,
+            created_at_ms: client.created_at.timestamp_millis(),
+            username: client.meta.username.clone(),
+            proto_ver: client.meta.proto_ver,
+            peer: client.meta.peer.to_string(),
+            filters: client.filters.iter().map(|(filter, options)| (filter.clone(), *options)).collect(),
+        })
+    }
+
+    /// Tells the store how the session of `client_id` now is: kept as it is, or, no longer
+    /// persistent, dropped. What a reply about it must wait for (0: nothing).
+    fn save_session(&mut self, client_id: &ClientId) -> u64 {
+        if self.shared.journal.is_none() {
+            return 0;
+        }
+        let record = self.session_record(client_id);
+        let Some(client) = self.clients.get_mut(client_id) else { return 0 };
+        let change = match record {
+            Some(record) => Change::SessionSaved(Box::new(record)),
+            None if client.stored => Change::SessionDropped(client_id.clone()),
+            None => return 0,
+        };
+        client.stored = matches!(change, Change::SessionSaved(_));
+        self.shared.journal.as_mut().map_or(0, |journal| journal.record(change))
+    }
+
+    /// Puts back the persistent sessions the store kept, parked, with their subscriptions; those whose
+    /// expiry passed while the broker was down are dropped from the store instead. A session that was
+    /// online when the broker stopped is parked from now.
+    pub(super) fn restore_sessions(&mut self, records: Vec<SessionRecord>) {
+        let now_ms = now_wall_ms();
+        let now = Instant::now();
+        for record in records {
+            let away = Duration::from_millis(record.parked_at_ms.map_or(0, |at| now_ms.saturating_sub(at)));
+            if record.expiry.is_some_and(|expiry| away >= expiry) {
+                if let Some(journal) = self.shared.journal.as_mut() {
+                    journal.record(Change::SessionDropped(record.client_id.clone()));
+                }
+                continue;
+            }
+            let since = now.checked_sub(away).unwrap_or(now);
+            let session = self.new_session(record.client_id.clone(), record.expiry);
+            let created_at = DateTime::from_timestamp_millis(record.created_at_ms)
+                .map(|at| at.with_timezone(&Local))
+                .unwrap_or_else(Local::now);
+            let meta = ClientMeta {
+                username: record.username,
+                peer: record.peer.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+                clean_session: false,
+                expiry: record.expiry,
+                proto_ver: record.proto_ver,
+                keepalive: 0,
+                connected_at: created_at,
+                hidden: false,
+            };
+            if let Some(deadline) = record.expiry.and_then(|e| since.checked_add(e)) {
+                self.expiries.insert((deadline, record.client_id.clone()));
+            }
+            let client = Client {
+                session_stats: session.stats.clone(),
+                presence: Presence::Offline(session, since),
+                meta,
+                filters: BTreeMap::new(),
+                pending: None,
+                session_clean: false,
+                created_at,
+                stored: true,
+            };
+            self.clients.insert(record.client_id.clone(), client);
+            if !record.filters.is_empty() {
+                self.subscribers += 1;
+            }
+            for (filter, options) in record.filters {
+                if topic::parse_subscription(&filter).is_none() {
+                    continue;
+                }
+                self.add_subscription(&filter, &record.client_id, options, false);
+                if let Some(client) = self.clients.get_mut(&record.client_id) {
+                    client.filters.insert(filter, options);
+                }
+            }
         }
     }
 
@@ -267,8 +374,10 @@ impl Router {
                 session_stats: session.stats.clone(),
                 session_clean: clean,
                 created_at: Local::now(),
+                stored: false,
             };
-            self.insert_client(client_id, client);
+            self.insert_client(client_id.clone(), client);
+            self.save_session(&client_id);
             let _ = reply.send(ConnectOutcome::Accepted { session, present: false });
             return;
         };
@@ -336,6 +445,7 @@ impl Router {
                 client.created_at = Local::now();
             }
         }
+        self.save_session(&client_id);
         let _ = reply.send(ConnectOutcome::Accepted { session, present });
     }
 
@@ -390,6 +500,7 @@ impl Router {
             }
             client.presence = Presence::Offline(session, now);
             self.events.emit(|| RouterEvent::SessionParked(client_id.clone()));
+            self.save_session(&client_id);
         }
     }
 
@@ -683,14 +794,15 @@ impl Router {
         }
     }
 
-    /// Records subscriptions for a client; returns the retained messages they bring.
+    /// Records subscriptions for a client; returns the retained messages they bring, and what the
+    /// SUBACK must wait for in the store.
     pub(super) fn subscribe_client(
         &mut self,
         client_id: &ClientId,
         filters: &[(String, SubscriptionOptions)],
-    ) -> Vec<Delivery> {
+    ) -> (Vec<Delivery>, u64) {
         let mut retained = Vec::new();
-        let Some(client) = self.clients.get_mut(client_id) else { return retained };
+        let Some(client) = self.clients.get_mut(client_id) else { return (retained, 0) };
         let hidden = client.meta.hidden;
         if client.filters.is_empty() && !filters.is_empty() && !hidden {
             self.subscribers += 1;
@@ -707,12 +819,14 @@ impl Router {
                 self.retained_for(plain, options, &mut retained);
             }
         }
-        retained
+        let durable = if filters.is_empty() { 0 } else { self.save_session(client_id) };
+        (retained, durable)
     }
 
-    /// Removes subscriptions of a client; returns, for each filter, whether it had it.
-    pub(super) fn unsubscribe_client(&mut self, client_id: &ClientId, filters: &[String]) -> Vec<bool> {
-        let Some(client) = self.clients.get_mut(client_id) else { return vec![false; filters.len()] };
+    /// Removes subscriptions of a client; returns, for each filter, whether it had it, and what the
+    /// UNSUBACK must wait for in the store.
+    pub(super) fn unsubscribe_client(&mut self, client_id: &ClientId, filters: &[String]) -> (Vec<bool>, u64) {
+        let Some(client) = self.clients.get_mut(client_id) else { return (vec![false; filters.len()], 0) };
         let hidden = client.meta.hidden;
         let had_any = !client.filters.is_empty();
         let found: Vec<bool> = filters.iter().map(|f| client.filters.remove(f).is_some()).collect();
@@ -722,7 +836,8 @@ impl Router {
         for (filter, _) in filters.iter().zip(&found).filter(|(_, found)| **found) {
             self.remove_subscription(filter, client_id, hidden);
         }
-        found
+        let durable = if found.iter().any(|f| *f) { self.save_session(client_id) } else { 0 };
+        (found, durable)
     }
 
     fn online_outbox(&self, client_id: &str, conn_id: u64) -> Option<Outbox> {
@@ -739,22 +854,24 @@ impl Router {
         conn_id: u64,
         pkid: u16,
         filters: Vec<(String, Result<SubscriptionOptions, ReasonCode>)>,
-    ) {
-        let Some(outbox) = self.online_outbox(&client_id, conn_id) else { return };
+    ) -> u64 {
+        let Some(outbox) = self.online_outbox(&client_id, conn_id) else { return 0 };
         let granted: Vec<(String, SubscriptionOptions)> =
             filters.iter().filter_map(|(f, granted)| granted.ok().map(|o| (f.clone(), o))).collect();
-        let retained = self.subscribe_client(&client_id, &granted);
+        let (retained, durable) = self.subscribe_client(&client_id, &granted);
         let suback = Suback { pkid, codes: filters.into_iter().map(|(_, granted)| granted.map(|o| o.qos)).collect() };
         let _ = outbox.push(OutboxItem::Subscribed(Box::new((suback, retained))), None);
+        durable
     }
 
-    pub(super) fn unsubscribe(&mut self, client_id: ClientId, conn_id: u64, pkid: u16, filters: Vec<String>) {
-        let Some(outbox) = self.online_outbox(&client_id, conn_id) else { return };
-        let found = self.unsubscribe_client(&client_id, &filters);
+    pub(super) fn unsubscribe(&mut self, client_id: ClientId, conn_id: u64, pkid: u16, filters: Vec<String>) -> u64 {
+        let Some(outbox) = self.online_outbox(&client_id, conn_id) else { return 0 };
+        let (found, durable) = self.unsubscribe_client(&client_id, &filters);
         let reasons = found
             .into_iter()
             .map(|found| if found { ReasonCode::Success } else { ReasonCode::NoSubscriptionExisted })
             .collect();
         let _ = outbox.push(OutboxItem::Unsubscribed(Box::new(Unsuback { pkid, reasons })), None);
+        durable
     }
 }

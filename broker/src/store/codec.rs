@@ -7,8 +7,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, BytesMut};
 
-use crate::protocol::{decode, encode, Packet, Protocol, Publish};
-use crate::session::Message;
+use std::num::NonZeroU32;
+
+use crate::protocol::{decode, encode, Packet, Protocol, Publish, QoS, SubscriptionOptions};
+use crate::session::{ClientId, Message};
 
 const VERSION: u8 = 1;
 
@@ -69,11 +71,170 @@ pub fn decode_retained(topic: &str, bytes: &[u8]) -> Result<Option<Arc<Message>>
     Ok(Some(Arc::new(Message { topic, payload, qos, retain: true, properties, expires_at, origin: 0 })))
 }
 
+/// A persistent session as kept: enough to list it, resume it and expire it on time after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub client_id: ClientId,
+    /// How long it outlives its connection (`None`: until the broker forgets it).
+    pub expiry: Option<Duration>,
+    /// When its client went away (ms since the epoch); `None` while it was online.
+    pub parked_at_ms: Option<u64>,
+    pub created_at_ms: i64,
+    pub username: Option<String>,
+    pub proto_ver: u8,
+    pub peer: String,
+    pub filters: Vec<(String, SubscriptionOptions)>,
+}
+
+const NO_EXPIRY: u64 = u64::MAX;
+
+fn put_str(buf: &mut BytesMut, s: &str) {
+    buf.put_u32(s.len() as u32);
+    buf.put_slice(s.as_bytes());
+}
+
+fn get_str(bytes: &mut &[u8]) -> Result<String, String> {
+    if bytes.len() < 4 {
+        return Err("truncated".into());
+    }
+    let len = bytes.get_u32() as usize;
+    if bytes.len() < len {
+        return Err("truncated".into());
+    }
+    let (text, rest) = bytes.split_at(len);
+    *bytes = rest;
+    String::from_utf8(text.to_vec()).map_err(|_| "text that is not UTF-8".into())
+}
+
+fn need(bytes: &[u8], n: usize) -> Result<(), String> {
+    if bytes.len() < n {
+        Err("truncated".into())
+    } else {
+        Ok(())
+    }
+}
+
+pub fn encode_session(record: &SessionRecord) -> Vec<u8> {
+    let mut buf = BytesMut::with_capacity(64 + record.filters.len() * 32);
+    buf.put_u8(VERSION);
+    buf.put_u64(record.expiry.map(|e| e.as_secs()).unwrap_or(NO_EXPIRY));
+    buf.put_u64(record.parked_at_ms.unwrap_or(0));
+    buf.put_i64(record.created_at_ms);
+    buf.put_u8(record.proto_ver);
+    match &record.username {
+        Some(username) => {
+            buf.put_u8(1);
+            put_str(&mut buf, username);
+        }
+        None => buf.put_u8(0),
+    }
+    put_str(&mut buf, &record.peer);
+    buf.put_u32(record.filters.len() as u32);
+    for (filter, options) in &record.filters {
+        put_str(&mut buf, filter);
+        buf.put_u8(options.qos as u8);
+        buf.put_u8(
+            u8::from(options.no_local) | u8::from(options.retain_as_published) << 1 | options.retain_handling << 2,
+        );
+        buf.put_u32(options.id.map(|id| id.get()).unwrap_or(0));
+    }
+    buf.to_vec()
+}
+
+pub fn decode_session(client_id: &str, bytes: &[u8]) -> Result<SessionRecord, String> {
+    let mut bytes = bytes;
+    need(bytes, 1 + 8 + 8 + 8 + 1 + 1)?;
+    let version = bytes.get_u8();
+    if version != VERSION {
+        return Err(format!("record version {version}"));
+    }
+    let expiry = match bytes.get_u64() {
+        NO_EXPIRY => None,
+        secs => Some(Duration::from_secs(secs)),
+    };
+    let parked_at_ms = Some(bytes.get_u64()).filter(|ms| *ms > 0);
+    let created_at_ms = bytes.get_i64();
+    let proto_ver = bytes.get_u8();
+    let username = match bytes.get_u8() {
+        0 => None,
+        _ => Some(get_str(&mut bytes)?),
+    };
+    let peer = get_str(&mut bytes)?;
+    need(bytes, 4)?;
+    let count = bytes.get_u32() as usize;
+    let mut filters = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let filter = get_str(&mut bytes)?;
+        need(bytes, 6)?;
+        let qos = QoS::from_u8(bytes.get_u8()).ok_or_else(|| "a QoS over 2".to_string())?;
+        let flags = bytes.get_u8();
+        let id = NonZeroU32::new(bytes.get_u32());
+        let options = SubscriptionOptions {
+            qos,
+            no_local: flags & 1 != 0,
+            retain_as_published: flags & 2 != 0,
+            retain_handling: (flags >> 2) & 3,
+            id,
+        };
+        filters.push((filter, options));
+    }
+    if !bytes.is_empty() {
+        return Err(format!("{} bytes past its end", bytes.len()));
+    }
+    Ok(SessionRecord {
+        client_id: client_id.into(),
+        expiry,
+        parked_at_ms,
+        created_at_ms,
+        username,
+        proto_ver,
+        peer,
+        filters,
+    })
+}
+
+pub fn now_wall_ms() -> u64 {
+    now_ms()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{PublishProperties, QoS};
+    use crate::protocol::PublishProperties;
     use bytes::Bytes;
+
+    #[test]
+    fn a_session_round_trips() {
+        let record = SessionRecord {
+            client_id: "c/1".into(),
+            expiry: Some(Duration::from_secs(3600)),
+            parked_at_ms: Some(1_700_000_000_000),
+            created_at_ms: 1_699_999_000_000,
+            username: Some("ü".into()),
+            proto_ver: 5,
+            peer: "127.0.0.1:5555".into(),
+            filters: vec![
+                ("a/+".into(), SubscriptionOptions::qos(QoS::AtLeastOnce)),
+                (
+                    "$share/g/b/#".into(),
+                    SubscriptionOptions {
+                        qos: QoS::ExactlyOnce,
+                        no_local: true,
+                        retain_as_published: true,
+                        retain_handling: 2,
+                        id: NonZeroU32::new(7),
+                    },
+                ),
+            ],
+        };
+        let bytes = encode_session(&record);
+        assert_eq!(decode_session("c/1", &bytes).unwrap(), record);
+        let forever = SessionRecord { expiry: None, parked_at_ms: None, username: None, filters: vec![], ..record };
+        assert_eq!(decode_session("c/1", &encode_session(&forever)).unwrap(), forever);
+        for cut in [1, 10, bytes.len() - 1] {
+            assert!(decode_session("c/1", &bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
 
     #[test]
     fn a_retained_message_round_trips_with_its_properties() {

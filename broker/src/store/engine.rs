@@ -23,6 +23,8 @@ pub struct Engine {
     meta: Keyspace,
     /// Retained messages by topic.
     retained: Keyspace,
+    /// Persistent sessions by client id.
+    sessions: Keyspace,
     path: PathBuf,
 }
 
@@ -43,7 +45,8 @@ impl Engine {
             }
         }
         let retained = db.keyspace("retained", KeyspaceCreateOptions::default).map_err(|e| failed(&e))?;
-        Ok(Engine { db, meta, retained, path: path.to_path_buf() })
+        let sessions = db.keyspace("sessions", KeyspaceCreateOptions::default).map_err(|e| failed(&e))?;
+        Ok(Engine { db, meta, retained, sessions, path: path.to_path_buf() })
     }
 
     /// Everything kept, read back, and the number of the last change in it.
@@ -68,6 +71,14 @@ impl Engine {
                 Err(reason) => return Err(corrupt(format!("the retained message on {topic:?}"), reason)),
             }
         }
+        for entry in self.sessions.iter() {
+            let (client_id, value) = entry.into_inner().map_err(|e| corrupt("the sessions".into(), e.to_string()))?;
+            let client_id = std::str::from_utf8(&client_id)
+                .map_err(|_| corrupt("the sessions".into(), "a client id that is not UTF-8".into()))?;
+            let record = codec::decode_session(client_id, &value)
+                .map_err(|reason| corrupt(format!("the session of {client_id:?}"), reason))?;
+            restored.sessions.push(record);
+        }
         Ok((restored, seq))
     }
 
@@ -87,6 +98,10 @@ impl Engine {
                     batch.insert(&self.retained, message.topic_str(), codec::encode_retained(message));
                 }
                 Change::RetainedCleared(topic) => batch.remove(&self.retained, &**topic),
+                Change::SessionSaved(record) => {
+                    batch.insert(&self.sessions, &*record.client_id, codec::encode_session(record));
+                }
+                Change::SessionDropped(client_id) => batch.remove(&self.sessions, &**client_id),
             }
         }
         batch.commit().map_err(failed)

@@ -1,5 +1,6 @@
 //! Persistence: what the broker keeps on its own disk, so that a restart, or a crash, loses nothing
-//! it has acknowledged. Today that is the retained messages.
+//! it has acknowledged. Today that is the retained messages and the persistent sessions with their
+//! subscriptions and expiry (not yet their queued messages).
 //!
 //! The router records each change in a [`Journal`] as it makes it, under its lock and without waiting:
 //! a numbered entry into a channel. The [`writer`] task takes what has gathered, writes it in one
@@ -23,7 +24,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::session::Message;
+use crate::session::{ClientId, Message};
+
+pub use codec::{now_wall_ms, SessionRecord};
 
 /// When a commit reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -76,6 +79,10 @@ pub enum StoreError {
 pub enum Change {
     RetainedSet(Arc<Message>),
     RetainedCleared(Box<str>),
+    /// A persistent session as it now is (created, subscribed, parked, resumed).
+    SessionSaved(Box<SessionRecord>),
+    /// A persistent session ended (expired, discarded by a clean start, or no longer persistent).
+    SessionDropped(ClientId),
 }
 
 enum Entry {
@@ -88,6 +95,7 @@ enum Entry {
 #[derive(Debug, Default)]
 pub struct Restored {
     pub retained: Vec<Arc<Message>>,
+    pub sessions: Vec<SessionRecord>,
 }
 
 /// The store, open: the router's journal, the connections' view of durability, and the writer's end.
@@ -126,7 +134,12 @@ impl Store {
         // Numbers go on from where the store left off.
         let journal = Journal { sender, next: seq, recorded: recorded.clone(), waits };
         let durable = Durable { progress: watched, recorded };
-        tracing::info!(path = %path.display(), retained = restored.retained.len(), "store opened");
+        tracing::info!(
+            path = %path.display(),
+            retained = restored.retained.len(),
+            sessions = restored.sessions.len(),
+            "store opened"
+        );
         Ok((Store { journal, durable, path }, restored))
     }
 

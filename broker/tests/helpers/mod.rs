@@ -120,6 +120,10 @@ pub fn subscribe(pkid: u16, filters: &[(&str, QoS)]) -> Packet {
     Packet::Subscribe(Subscribe { pkid, filters })
 }
 
+pub fn unsubscribe(pkid: u16, filters: &[&str]) -> Packet {
+    Packet::Unsubscribe(Unsubscribe { pkid, filters: filters.iter().map(|f| f.to_string()).collect() })
+}
+
 /// A byte-level MQTT client, over TCP unless made `over` another stream (TLS, WebSocket).
 pub struct Raw<S = TcpStream> {
     stream: S,
