@@ -14,7 +14,7 @@ use crate::ops::control::ControlJob;
 use crate::ops::plugins::Plugins;
 use crate::router::RouterHandle;
 use crate::settings::Settings;
-use crate::store::Durable;
+use crate::store::{Durable, Journal};
 
 pub struct Context {
     pub config: Config,
@@ -28,6 +28,8 @@ pub struct Context {
     pub shutdown: CancellationToken,
     /// How far the store is on disk, for acknowledgements that must wait for it (none in memory).
     pub durable: Option<Durable>,
+    /// Where connections tell the store which kept deliveries their clients acknowledged.
+    pub journal: Option<Journal>,
     next_conn_id: AtomicU64,
 }
 
@@ -53,6 +55,7 @@ impl Context {
             control,
             shutdown,
             durable: None,
+            journal: None,
             next_conn_id: AtomicU64::new(1),
         }
     }

@@ -159,6 +159,7 @@ impl Broker {
         });
         let mut ctx = Context::new(config, router, auth, settings, plugins, metrics, control_tx, shutdown);
         ctx.durable = store.as_ref().map(Store::durable);
+        ctx.journal = store.as_ref().map(Store::journal);
         Ok(Broker { listeners, control: control_rx, node, ctx: Arc::new(ctx), metrics_listener, store })
     }
 

@@ -101,8 +101,13 @@ async fn retained_messages_survive_a_restart() {
 
 /// The binary, with the sync policy given, on `dir`; its address and the child.
 async fn spawn(dir: &Path, sync: &str) -> (tokio::process::Child, std::net::SocketAddr) {
+    spawn_with(dir, sync, &[]).await
+}
+
+async fn spawn_with(dir: &Path, sync: &str, args: &[&str]) -> (tokio::process::Child, std::net::SocketAddr) {
     let mut child = Command::new(BIN)
         .args(["--listen", "127.0.0.1:0", "--sync", sync])
+        .args(args)
         .arg("--data-dir")
         .arg(dir)
         .env("NO_COLOR", "1")
@@ -332,5 +337,91 @@ async fn a_subscription_acknowledged_survives_sigkill() {
         let (mut subscriber, present) = Raw::connect(addr, persistent_connect(&id)).await;
         assert!(present, "round {round} ({sync}): the session was lost");
         assert_eq!(&subscriber.recv_publish().await.payload[..], b"after the kill", "round {round}");
+    }
+}
+
+/// Reads publishes until `quiet` passes without one, acknowledging each; their payloads as numbers.
+async fn drain_numbers(client: &mut Raw, quiet: Duration) -> Vec<u32> {
+    let mut got = Vec::new();
+    while let Ok(Some(packet)) = client.recv_within(quiet).await {
+        match packet {
+            Packet::Publish(p) => {
+                got.push(std::str::from_utf8(&p.payload).unwrap().parse().unwrap());
+                match p.qos {
+                    QoS::AtLeastOnce => client.send(&Packet::Puback(Ack::new(p.pkid))).await,
+                    QoS::ExactlyOnce => client.send(&Packet::Pubrec(Ack::new(p.pkid))).await,
+                    QoS::AtMostOnce => {}
+                }
+            }
+            Packet::Pubrel(ack) => client.send(&Packet::Pubcomp(Ack::new(ack.pkid))).await,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    got
+}
+
+/// The issue's own case: messages acknowledged to their publisher while their persistent subscriber is
+/// away survive SIGKILL at random moments and arrive when it comes back, in order, QoS 1 and 2; once it
+/// has acknowledged them they are not sent again after the next kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_queued_for_an_away_session_survive_sigkill() {
+    let dir = tempdir();
+    // A queue long enough for everything: what its length drops is not what this is about.
+    let queue = ["--max-mqueue-len", "100000"];
+    let (mut child, mut addr) = spawn_with(&dir, "interval", &queue).await;
+    let (mut subscriber, _) = Raw::connect(addr, persistent_connect("away-sub")).await;
+    subscriber.subscribe(1, &[("q/#", QoS::ExactlyOnce)]).await;
+    subscriber.disconnect().await;
+    let mut next = 0u32;
+    for (kill, sync) in ["interval", "every_message", "interval", "every_message", "interval"].iter().enumerate() {
+        // Publish until killed, a few milliseconds in: every number acknowledged must come back.
+        let mut publisher = Raw::connected(addr, "queued-publisher").await;
+        let deadline = Instant::now() + Duration::from_millis(100 + kill as u64 * 53);
+        let first = next;
+        let mut acked = Vec::new();
+        // Twenty at a time, as a client with a window would: the acknowledgements wait for the store.
+        while Instant::now() < deadline {
+            let batch: Vec<u32> = (next..next + 20).collect();
+            for n in &batch {
+                let qos = if n % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+                publisher.send(&publish("q/n", n.to_string().as_bytes(), qos, (n % 60_000 + 1) as u16)).await;
+            }
+            let mut completions = 0;
+            let mut acks = 0;
+            while acks < batch.len() || completions < batch.len() / 2 {
+                match publisher.recv_within(Duration::from_secs(2)).await {
+                    Ok(Some(Packet::Puback(_))) => acks += 1,
+                    Ok(Some(Packet::Pubrec(ack))) => {
+                        acks += 1;
+                        publisher.send(&Packet::Pubrel(Ack::new(ack.pkid))).await;
+                    }
+                    Ok(Some(Packet::Pubcomp(_))) => completions += 1,
+                    other => panic!("no acknowledgement: {other:?}"),
+                }
+            }
+            acked.extend(batch);
+            next += 20;
+        }
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+
+        (child, addr) = spawn_with(&dir, sync, &queue).await;
+        let (mut subscriber, present) = Raw::connect(addr, persistent_connect("away-sub")).await;
+        assert!(present, "kill {kill}: the session was lost");
+        let got = drain_numbers(&mut subscriber, Duration::from_millis(500)).await;
+        for n in &acked {
+            assert!(
+                got.contains(n),
+                "kill {kill}: acknowledged message {n} lost ({} of {} back)",
+                got.len(),
+                acked.len()
+            );
+        }
+        assert!(got.iter().all(|n| *n >= first), "kill {kill}: delivered and acknowledged before, sent again: {got:?}");
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "kill {kill}: out of order: {got:?}");
+        assert!(acked.len() >= 10, "kill {kill}: only {} published", acked.len());
+        subscriber.disconnect().await;
+        // Let the acknowledgements reach the store before the next kill (they are not waited for).
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -92,7 +92,10 @@ impl RouterHandle {
     pub fn restore(&self, restored: crate::store::Restored) {
         let mut router = lock(&self.router);
         router.restore_retained(restored.retained);
-        router.restore_sessions(restored.sessions);
+        router.restore_sessions(restored.sessions, restored.queued);
+        if let Some(journal) = &router.shared.journal {
+            journal.forget(restored.expired);
+        }
         router.update_stats();
     }
 

@@ -243,11 +243,19 @@ impl Router {
     fn remove_client(&mut self, client_id: &ClientId) {
         if let Some(client) = self.clients.remove(client_id) {
             self.hidden_clients -= usize::from(client.meta.hidden);
-            if client.stored {
-                if let Some(journal) = self.shared.journal.as_mut() {
-                    journal.record(Change::SessionDropped(client_id.clone()));
+            if let (true, Some(journal)) = (client.stored, &self.shared.journal) {
+                journal.record(Change::SessionDropped(client_id.clone()));
+                if let Presence::Offline(session, _) = &client.presence {
+                    journal.forget(session.stored_ids());
                 }
             }
+        }
+    }
+
+    /// A session that ends lets the store forget what it kept for it.
+    fn forget_kept(&self, session: &Session) {
+        if let Some(journal) = &self.shared.journal {
+            journal.forget(session.stored_ids());
         }
     }
 
@@ -296,7 +304,11 @@ impl Router {
     /// Puts back the persistent sessions the store kept, parked, with their subscriptions; those whose
     /// expiry passed while the broker was down are dropped from the store instead. A session that was
     /// online when the broker stopped is parked from now.
-    pub(super) fn restore_sessions(&mut self, records: Vec<SessionRecord>) {
+    pub(super) fn restore_sessions(&mut self, records: Vec<SessionRecord>, queued: Vec<(ClientId, Delivery)>) {
+        let mut queues: FastMap<ClientId, Vec<Delivery>> = FastMap::default();
+        for (client_id, delivery) in queued {
+            queues.entry(client_id).or_default().push(delivery);
+        }
         let now_ms = now_wall_ms();
         let now = Instant::now();
         for record in records {
@@ -308,7 +320,14 @@ impl Router {
                 continue;
             }
             let since = now.checked_sub(away).unwrap_or(now);
-            let session = self.new_session(record.client_id.clone(), record.expiry);
+            let mut session = self.new_session(record.client_id.clone(), record.expiry);
+            for delivery in queues.remove(&record.client_id).unwrap_or_default() {
+                session.enqueue_offline(delivery);
+            }
+            if let Some(journal) = &self.shared.journal {
+                // Past the queue's length now (a smaller max_mqueue_len), the oldest go.
+                journal.forget(session.take_forgotten());
+            }
             let created_at = DateTime::from_timestamp_millis(record.created_at_ms)
                 .map(|at| at.with_timezone(&Local))
                 .unwrap_or_else(Local::now);
@@ -348,6 +367,10 @@ impl Router {
                     client.filters.insert(filter, options);
                 }
             }
+        }
+        // What was kept for sessions that are gone (expired meanwhile) goes with them.
+        if let Some(journal) = &self.shared.journal {
+            journal.forget(queues.into_values().flatten().map(|d| d.store_id).collect());
         }
     }
 
@@ -425,6 +448,7 @@ impl Router {
     ) {
         let clean = meta.clean_session;
         let (session, present) = if clean || !old.persistent() {
+            self.forget_kept(&old);
             self.drop_subscriptions(&client_id);
             if old.persistent() {
                 self.events.emit(|| RouterEvent::SessionDiscarded(client_id.clone()));
@@ -456,6 +480,9 @@ impl Router {
         mut session: Box<Session>,
         rest: OutboxReceiver,
     ) {
+        if let Some(journal) = &self.shared.journal {
+            journal.forget(session.take_forgotten());
+        }
         let Some(client) = self.clients.get_mut(&client_id) else { return };
         match &client.presence {
             Presence::Online(outbox) if outbox.conn_id == conn_id => {}
@@ -490,6 +517,7 @@ impl Router {
             }
         }
         if !session.persistent() {
+            self.forget_kept(&session);
             self.drop_subscriptions(&client_id);
             self.remove_client(&client_id);
             self.publish_will_now(&client_id);
@@ -773,7 +801,21 @@ impl Router {
                     Err(Refused::Gone) => false,
                 }
             }
-            Presence::Offline(session, _) => session.enqueue_offline(delivery),
+            Presence::Offline(session, _) => {
+                let mut delivery = delivery;
+                // A kept session keeps what it is sent while away, before the publisher is told.
+                if let (true, Some(journal)) = (client.stored && delivery.qos != QoS::AtMostOnce, &self.shared.journal)
+                {
+                    let (id, wait) = journal.record_delivery(client_id, &delivery);
+                    delivery.store_id = id;
+                    fanout.durable = fanout.durable.max(wait);
+                }
+                let kept = session.enqueue_offline(delivery);
+                if let Some(journal) = &self.shared.journal {
+                    journal.forget(session.take_forgotten());
+                }
+                kept
+            }
         };
         if !kept && !internal {
             self.shared.metrics.inc(Metric::MessagesDropped);

@@ -117,12 +117,14 @@ pub struct Delivery {
     /// The shared subscription it was routed through, if any: should this member leave before taking
     /// it, it goes to another.
     pub shared: Option<Arc<SharedKey>>,
+    /// Its number in the store, which keeps it until it is acknowledged or dropped (0: not kept).
+    pub store_id: u64,
 }
 
 impl Delivery {
     /// A delivery through an ordinary subscription.
     pub fn new(message: Arc<Message>, qos: QoS, retain: bool) -> Delivery {
-        Delivery { message, qos, retain, shared: None }
+        Delivery { message, qos, retain, shared: None, store_id: 0 }
     }
 
     /// The PUBLISH that carries this delivery (`pkid` 0 for QoS 0). A message that expires carries the

@@ -102,6 +102,9 @@ pub struct Session {
     mqueue: VecDeque<Delivery>,
     awaiting_rel: HashMap<u16, Instant>,
     next_pkid: u16,
+    /// The store numbers of kept deliveries this session has finished with (acknowledged, dropped,
+    /// expired), for its owner to tell the store.
+    forgotten: Vec<u64>,
 }
 
 impl Session {
@@ -116,6 +119,7 @@ impl Session {
             mqueue: VecDeque::new(),
             awaiting_rel: HashMap::new(),
             next_pkid: 1,
+            forgotten: Vec::new(),
         }
     }
 
@@ -191,7 +195,9 @@ impl Session {
         }
         let mut kept = true;
         if self.mqueue.len() >= self.limits.max_mqueue_len {
-            self.mqueue.pop_front();
+            if let Some(oldest) = self.mqueue.pop_front() {
+                self.forget(&oldest);
+            }
             Self::count(&self.stats.mqueue_dropped);
             kept = false;
         }
@@ -203,6 +209,7 @@ impl Session {
     /// full inflight window. Returns whether anything was dropped through `dropped`.
     pub fn deliver(&mut self, delivery: Delivery, dropped: &mut bool) -> Option<Publish> {
         if delivery.expired() {
+            self.forget(&delivery);
             *dropped = true;
             return None;
         }
@@ -261,6 +268,7 @@ impl Session {
             if !delivery.expired() {
                 break delivery;
             }
+            self.forget(&delivery);
             Self::count(&self.stats.mqueue_dropped);
         };
         let publish = if delivery.qos == QoS::AtMostOnce {
@@ -356,12 +364,33 @@ impl Session {
     fn finish(&mut self, pkid: u16, expected: InflightState) -> AckResult {
         match self.inflight.iter().position(|e| e.pkid == pkid && e.state == expected) {
             Some(i) => {
-                self.inflight.remove(i);
+                if let Some(done) = self.inflight.remove(i) {
+                    self.forget(&done.delivery);
+                }
                 self.sync_stats();
                 AckResult::Done
             }
             None => AckResult::Missed,
         }
+    }
+
+    fn forget(&mut self, delivery: &Delivery) {
+        if delivery.store_id != 0 {
+            self.forgotten.push(delivery.store_id);
+        }
+    }
+
+    /// The store numbers of every kept delivery the session still holds, queued or in flight (for a
+    /// session that ends: the store lets them go with it).
+    pub fn stored_ids(&self) -> Vec<u64> {
+        let queued = self.mqueue.iter().map(|d| d.store_id);
+        let inflight = self.inflight.iter().map(|e| e.delivery.store_id);
+        queued.chain(inflight).chain(self.forgotten.iter().copied()).filter(|id| *id != 0).collect()
+    }
+
+    /// The store numbers of kept deliveries finished with since the last call.
+    pub fn take_forgotten(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.forgotten)
     }
 
     /// Whether the inflight window is full, so a QoS 1 or 2 delivery would only be queued.

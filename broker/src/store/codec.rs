@@ -10,7 +10,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use std::num::NonZeroU32;
 
 use crate::protocol::{decode, encode, Packet, Protocol, Publish, QoS, SubscriptionOptions};
-use crate::session::{ClientId, Message};
+use crate::session::{ClientId, Delivery, Message};
 
 const VERSION: u8 = 1;
 
@@ -19,6 +19,13 @@ fn now_ms() -> u64 {
 }
 
 pub fn encode_retained(message: &Message) -> Vec<u8> {
+    let mut buf = BytesMut::with_capacity(16 + message.topic.len() + message.payload.len());
+    put_message(&mut buf, message, true);
+    buf.to_vec()
+}
+
+/// A message as its MQTT 5 PUBLISH, behind the version and the wall-clock end of its expiry.
+fn put_message(buf: &mut BytesMut, message: &Message, retain: bool) {
     let expires_ms = message
         .expires_at
         .map(|at| now_ms().saturating_add(at.saturating_duration_since(Instant::now()).as_millis() as u64).max(1))
@@ -26,21 +33,42 @@ pub fn encode_retained(message: &Message) -> Vec<u8> {
     let publish = Publish {
         dup: false,
         qos: message.qos,
-        retain: true,
+        retain,
         topic: message.topic.clone(),
         pkid: if message.qos == crate::protocol::QoS::AtMostOnce { 0 } else { 1 },
         payload: message.payload.clone(),
         properties: message.properties.clone(),
     };
-    let mut buf = BytesMut::with_capacity(16 + message.topic.len() + message.payload.len());
     buf.put_u8(VERSION);
     buf.put_u64(expires_ms);
-    encode(&Packet::Publish(publish), Protocol::V5, &mut buf);
+    encode(&Packet::Publish(publish), Protocol::V5, buf);
+}
+
+/// A delivery kept for a session: whose it is, at what QoS and retain flag, and its message.
+pub fn encode_queued(client_id: &str, delivery: &Delivery) -> Vec<u8> {
+    let message = &delivery.message;
+    let mut buf = BytesMut::with_capacity(32 + client_id.len() + message.topic.len() + message.payload.len());
+    put_str(&mut buf, client_id);
+    buf.put_u8(delivery.qos as u8);
+    buf.put_u8(u8::from(delivery.retain));
+    put_message(&mut buf, message, message.retain);
     buf.to_vec()
 }
 
-/// The message kept under `topic`, or `None` if it expired meanwhile.
-pub fn decode_retained(topic: &str, bytes: &[u8]) -> Result<Option<Arc<Message>>, String> {
+/// The client and delivery kept under `id`, or `None` for the delivery if its message expired meanwhile.
+pub fn decode_queued(id: u64, bytes: &[u8]) -> Result<(ClientId, Option<Delivery>), String> {
+    let mut bytes = bytes;
+    let client_id: ClientId = get_str(&mut bytes)?.into();
+    need(bytes, 2)?;
+    let qos = QoS::from_u8(bytes.get_u8()).ok_or_else(|| "a QoS over 2".to_string())?;
+    let retain = bytes.get_u8() != 0;
+    let Some((message, _)) = get_message(bytes)? else { return Ok((client_id, None)) };
+    let delivery = Delivery { store_id: id, ..Delivery::new(message, qos, retain) };
+    Ok((client_id, Some(delivery)))
+}
+
+/// A message written by `put_message`, with its retain flag, or `None` if it expired meanwhile.
+fn get_message(bytes: &[u8]) -> Result<Option<(Arc<Message>, bool)>, String> {
     let mut bytes = bytes;
     if bytes.len() < 9 {
         return Err(format!("{} bytes, too short", bytes.len()));
@@ -57,8 +85,8 @@ pub fn decode_retained(topic: &str, bytes: &[u8]) -> Result<Option<Arc<Message>>
         Ok(None) => return Err("a truncated PUBLISH".into()),
         Err(e) => return Err(e.to_string()),
     };
-    if publish.topic != topic.as_bytes() {
-        return Err("its PUBLISH names another topic".into());
+    if !frame.is_empty() {
+        return Err(format!("{} bytes past its end", frame.len()));
     }
     let expires_at = match expires_ms {
         0 => None,
@@ -67,8 +95,17 @@ pub fn decode_retained(topic: &str, bytes: &[u8]) -> Result<Option<Arc<Message>>
             _ => return Ok(None),
         },
     };
-    let Publish { topic, payload, qos, properties, .. } = publish;
-    Ok(Some(Arc::new(Message { topic, payload, qos, retain: true, properties, expires_at, origin: 0 })))
+    let Publish { topic, payload, qos, retain, properties, .. } = publish;
+    Ok(Some((Arc::new(Message { topic, payload, qos, retain, properties, expires_at, origin: 0 }), retain)))
+}
+
+/// The message kept under `topic`, or `None` if it expired meanwhile.
+pub fn decode_retained(topic: &str, bytes: &[u8]) -> Result<Option<Arc<Message>>, String> {
+    let Some((message, _)) = get_message(bytes)? else { return Ok(None) };
+    if message.topic != topic.as_bytes() {
+        return Err("its PUBLISH names another topic".into());
+    }
+    Ok(Some(message))
 }
 
 /// A persistent session as kept: enough to list it, resume it and expire it on time after a restart.

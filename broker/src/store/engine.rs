@@ -25,6 +25,8 @@ pub struct Engine {
     retained: Keyspace,
     /// Persistent sessions by client id.
     sessions: Keyspace,
+    /// Deliveries kept for persistent sessions, by number (big-endian, so in the order kept).
+    queued: Keyspace,
     path: PathBuf,
 }
 
@@ -46,7 +48,8 @@ impl Engine {
         }
         let retained = db.keyspace("retained", KeyspaceCreateOptions::default).map_err(|e| failed(&e))?;
         let sessions = db.keyspace("sessions", KeyspaceCreateOptions::default).map_err(|e| failed(&e))?;
-        Ok(Engine { db, meta, retained, sessions, path: path.to_path_buf() })
+        let queued = db.keyspace("queued", KeyspaceCreateOptions::default).map_err(|e| failed(&e))?;
+        Ok(Engine { db, meta, retained, sessions, queued, path: path.to_path_buf() })
     }
 
     /// Everything kept, read back, and the number of the last change in it.
@@ -79,6 +82,17 @@ impl Engine {
                 .map_err(|reason| corrupt(format!("the session of {client_id:?}"), reason))?;
             restored.sessions.push(record);
         }
+        for entry in self.queued.iter() {
+            let (key, value) = entry.into_inner().map_err(|e| corrupt("the queued messages".into(), e.to_string()))?;
+            let id = <[u8; 8]>::try_from(&*key)
+                .map(u64::from_be_bytes)
+                .map_err(|_| corrupt("the queued messages".into(), format!("a key of {} bytes", key.len())))?;
+            match codec::decode_queued(id, &value) {
+                Ok((client_id, Some(delivery))) => restored.queued.push((client_id, delivery)),
+                Ok((_, None)) => restored.expired.push(id),
+                Err(reason) => return Err(corrupt(format!("queued message {id}"), reason)),
+            }
+        }
         Ok((restored, seq))
     }
 
@@ -102,6 +116,14 @@ impl Engine {
                     batch.insert(&self.sessions, &*record.client_id, codec::encode_session(record));
                 }
                 Change::SessionDropped(client_id) => batch.remove(&self.sessions, &**client_id),
+                Change::QueuedAdd { client_id, id, delivery } => {
+                    batch.insert(&self.queued, id.to_be_bytes(), codec::encode_queued(client_id, delivery));
+                }
+                Change::QueuedRemove(ids) => {
+                    for id in ids {
+                        batch.remove(&self.queued, id.to_be_bytes());
+                    }
+                }
             }
         }
         batch.commit().map_err(failed)

@@ -1,6 +1,7 @@
 //! Persistence: what the broker keeps on its own disk, so that a restart, or a crash, loses nothing
-//! it has acknowledged. Today that is the retained messages and the persistent sessions with their
-//! subscriptions and expiry (not yet their queued messages).
+//! it has acknowledged. Today that is the retained messages, and the persistent sessions with their
+//! subscriptions, expiry and the QoS 1/2 messages queued for them while they are away; not yet what is
+//! routed to a session while its client is online, nor packet ids in flight.
 //!
 //! The router records each change in a [`Journal`] as it makes it, under its lock and without waiting:
 //! a numbered entry into a channel. The [`writer`] task takes what has gathered, writes it in one
@@ -24,7 +25,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::session::{ClientId, Message};
+use crate::session::{ClientId, Delivery, Message};
 
 pub use codec::{now_wall_ms, SessionRecord};
 
@@ -83,6 +84,14 @@ pub enum Change {
     SessionSaved(Box<SessionRecord>),
     /// A persistent session ended (expired, discarded by a clean start, or no longer persistent).
     SessionDropped(ClientId),
+    /// A delivery kept for a persistent session, under its number `id`, until acknowledged.
+    QueuedAdd {
+        client_id: ClientId,
+        id: u64,
+        delivery: Delivery,
+    },
+    /// Kept deliveries done with.
+    QueuedRemove(Vec<u64>),
 }
 
 enum Entry {
@@ -96,6 +105,10 @@ enum Entry {
 pub struct Restored {
     pub retained: Vec<Arc<Message>>,
     pub sessions: Vec<SessionRecord>,
+    /// Kept deliveries by session, in the order they were kept.
+    pub queued: Vec<(ClientId, Delivery)>,
+    /// Kept deliveries that expired while the broker was down.
+    pub expired: Vec<u64>,
 }
 
 /// The store, open: the router's journal, the connections' view of durability, and the writer's end.
@@ -132,12 +145,17 @@ impl Store {
         let recorded = Arc::new(AtomicU64::new(seq));
         let waits = config.sync != SyncPolicy::None;
         // Numbers go on from where the store left off.
-        let journal = Journal { sender, next: seq, recorded: recorded.clone(), waits };
+        let journal = Journal {
+            inner: Arc::new(std::sync::Mutex::new(Numbering { sender, next: seq })),
+            recorded: recorded.clone(),
+            waits,
+        };
         let durable = Durable { progress: watched, recorded };
         tracing::info!(
             path = %path.display(),
             retained = restored.retained.len(),
             sessions = restored.sessions.len(),
+            queued = restored.queued.len(),
             "store opened"
         );
         Ok((Store { journal, durable, path }, restored))
@@ -157,35 +175,66 @@ impl Store {
     }
 }
 
-/// Records changes for the writer, in order; never waits.
+/// Records changes for the writer, in order; never waits. Shared by the router (under its lock) and
+/// the connections (which tell the store what their clients acknowledged): a short lock of its own
+/// keeps the numbers in the order the writer receives them, which the durable mark relies on.
 #[derive(Clone)]
 pub struct Journal {
-    sender: mpsc::UnboundedSender<Entry>,
-    next: u64,
+    inner: Arc<std::sync::Mutex<Numbering>>,
     recorded: Arc<AtomicU64>,
     /// Whether an acknowledgement waits for the commit (not under `sync = none`).
     waits: bool,
 }
 
+struct Numbering {
+    sender: mpsc::UnboundedSender<Entry>,
+    next: u64,
+}
+
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Journal").field("next", &self.next).finish()
+        f.debug_struct("Journal").field("recorded", &self.recorded).finish()
     }
 }
 
 impl Journal {
     /// Numbers `change` and hands it to the writer. What to wait for before acknowledging what caused
     /// it: its number, or 0 for nothing.
-    pub fn record(&mut self, change: Change) -> u64 {
-        self.next += 1;
-        self.recorded.store(self.next, Ordering::Release);
+    pub fn record(&self, change: Change) -> u64 {
+        self.record_with(|_| change)
+    }
+
+    /// Like `record`, for a change that carries its own number (a kept delivery's key).
+    pub fn record_with(&self, change: impl FnOnce(u64) -> Change) -> u64 {
+        let mut numbering = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        numbering.next += 1;
+        let seq = numbering.next;
+        self.recorded.store(seq, Ordering::Release);
         // The writer only ends when every journal is gone, or when the store failed (and then the
         // waiters are told).
-        let _ = self.sender.send(Entry::Change(self.next, change));
+        let _ = numbering.sender.send(Entry::Change(seq, change(seq)));
         if self.waits {
-            self.next
+            seq
         } else {
             0
+        }
+    }
+
+    /// Keeps `delivery` for the session of `client_id`: its number (the key it is kept under, and
+    /// what an acknowledgement of the publish that caused it waits for).
+    pub fn record_delivery(&self, client_id: &ClientId, delivery: &Delivery) -> (u64, u64) {
+        let mut id = 0;
+        let wait = self.record_with(|seq| {
+            id = seq;
+            Change::QueuedAdd { client_id: client_id.clone(), id: seq, delivery: delivery.clone() }
+        });
+        (id, wait)
+    }
+
+    /// The kept deliveries `ids` are done with: acknowledged, dropped or expired.
+    pub fn forget(&self, ids: Vec<u64>) {
+        if !ids.is_empty() {
+            self.record(Change::QueuedRemove(ids));
         }
     }
 }
@@ -227,7 +276,8 @@ impl Store {
     /// Commits and syncs everything recorded, whatever the policy (at shutdown).
     pub async fn flush(&self) -> Result<(), NotDurable> {
         let (done, flushed) = oneshot::channel();
-        self.journal.sender.send(Entry::Flush(done)).map_err(|_| NotDurable)?;
+        let sent = self.journal.inner.lock().unwrap_or_else(|e| e.into_inner()).sender.send(Entry::Flush(done));
+        sent.map_err(|_| NotDurable)?;
         flushed.await.map_err(|_| NotDurable)?;
         self.durable.flush().await
     }
