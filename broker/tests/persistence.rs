@@ -425,3 +425,39 @@ async fn messages_queued_for_an_away_session_survive_sigkill() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Messages sent to an online persistent subscriber that has not acknowledged them when the broker is
+/// killed come back to it after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_in_flight_to_an_online_session_survive_sigkill() {
+    let dir = tempdir();
+    let (mut child, addr) = spawn(&dir, "interval").await;
+    let (mut subscriber, _) = Raw::connect(addr, persistent_connect("slow-sub")).await;
+    subscriber.subscribe(1, &[("f/#", QoS::AtLeastOnce)]).await;
+    let mut publisher = Raw::connected(addr, "p").await;
+    for n in 0..50u32 {
+        publisher.send(&publish("f/n", n.to_string().as_bytes(), QoS::AtLeastOnce, (n + 1) as u16)).await;
+        assert!(matches!(publisher.recv().await, Some(Packet::Puback(_))));
+    }
+    // It acknowledges the first ten; the window (32) then sends ten more, which it leaves, as it
+    // leaves the rest, in flight or queued behind the window.
+    let mut read = 0;
+    while let Ok(Some(Packet::Publish(p))) = subscriber.recv_within(Duration::from_millis(300)).await {
+        assert_eq!(std::str::from_utf8(&p.payload).unwrap(), read.to_string());
+        if read < 10 {
+            subscriber.send(&Packet::Puback(Ack::new(p.pkid))).await;
+        }
+        read += 1;
+    }
+    assert_eq!(read, 42, "32 in flight, then ten more as ten were acknowledged");
+    subscriber.ping().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    let (_child, addr) = spawn(&dir, "interval").await;
+    let (mut subscriber, present) = Raw::connect(addr, persistent_connect("slow-sub")).await;
+    assert!(present);
+    let got = drain_numbers(&mut subscriber, Duration::from_millis(500)).await;
+    assert_eq!(got, (10..50).collect::<Vec<u32>>(), "the unacknowledged forty, in order, and only those");
+}

@@ -724,7 +724,11 @@ impl Router {
             return Err(delivery);
         };
         let (target, options) = shared_group.members[i].clone();
-        let delivery = Delivery { qos: delivery.message.qos.min(options.qos), ..delivery };
+        // Kept for the member that left, it is the new member's now (and kept for it if it is kept).
+        if let (true, Some(journal)) = (delivery.store_id != 0, &self.shared.journal) {
+            journal.forget(vec![delivery.store_id]);
+        }
+        let delivery = Delivery { qos: delivery.message.qos.min(options.qos), store_id: 0, ..delivery };
         self.deliver(&target, delivery, &mut Fanout::default());
         Ok(())
     }
@@ -783,6 +787,15 @@ impl Router {
         let limit = self.outbox_limit();
         let Some(client) = self.clients.get_mut(client_id) else { return };
         let internal = delivery.message.is_internal();
+        // A kept session keeps what it is sent, online or away, before the publisher is told; until its
+        // client acknowledges it.
+        let mut delivery = delivery;
+        if let (true, Some(journal)) = (client.stored && delivery.qos != QoS::AtMostOnce, &self.shared.journal) {
+            let (id, wait) = journal.record_delivery(client_id, &delivery);
+            delivery.store_id = id;
+            fanout.durable = fanout.durable.max(wait);
+        }
+        let store_id = delivery.store_id;
         let kept = match &mut client.presence {
             Presence::Online(outbox) => {
                 match outbox.push_bounded(OutboxItem::Deliver(delivery), limit) {
@@ -802,14 +815,6 @@ impl Router {
                 }
             }
             Presence::Offline(session, _) => {
-                let mut delivery = delivery;
-                // A kept session keeps what it is sent while away, before the publisher is told.
-                if let (true, Some(journal)) = (client.stored && delivery.qos != QoS::AtMostOnce, &self.shared.journal)
-                {
-                    let (id, wait) = journal.record_delivery(client_id, &delivery);
-                    delivery.store_id = id;
-                    fanout.durable = fanout.durable.max(wait);
-                }
                 let kept = session.enqueue_offline(delivery);
                 if let Some(journal) = &self.shared.journal {
                     journal.forget(session.take_forgotten());
@@ -819,6 +824,12 @@ impl Router {
         };
         if !kept && !internal {
             self.shared.metrics.inc(Metric::MessagesDropped);
+        }
+        if let (false, true, Some(Presence::Online(_)), Some(journal)) =
+            (kept, store_id != 0, self.clients.get(client_id).map(|c| &c.presence), &self.shared.journal)
+        {
+            // Refused by a full outbox: dropped, and so let go of by the store too.
+            journal.forget(vec![store_id]);
         }
     }
 

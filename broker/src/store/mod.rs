@@ -1,7 +1,7 @@
 //! Persistence: what the broker keeps on its own disk, so that a restart, or a crash, loses nothing
-//! it has acknowledged. Today that is the retained messages, and the persistent sessions with their
-//! subscriptions, expiry and the QoS 1/2 messages queued for them while they are away; not yet what is
-//! routed to a session while its client is online, nor packet ids in flight.
+//! it has acknowledged: the retained messages, and the persistent sessions with their subscriptions,
+//! expiry and every QoS 1/2 message routed to them until their client acknowledges it. Not yet: the
+//! packet ids of messages in flight, nor incoming QoS 2 awaiting PUBREL.
 //!
 //! The router records each change in a [`Journal`] as it makes it, under its lock and without waiting:
 //! a numbered entry into a channel. The [`writer`] task takes what has gathered, writes it in one
