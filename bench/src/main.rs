@@ -46,8 +46,8 @@ struct Cli {
     /// Connections opened for the TLS and WebSocket connect rates.
     #[arg(long, default_value_t = 2_000)]
     transport_connections: usize,
-    /// Only these scenarios (fanin0, fanin1, fanout0, latency, idle, overload, tls, ws, wss, api, and
-    /// fanin0-v5, fanin1-v5, fanout0-v5, or mqtt5 for those three); all by default.
+    /// Only these scenarios (fanin0, fanin1, fanout0, fanin1-persistent, latency, idle, overload, tls,
+    /// ws, wss, api, and fanin0-v5, fanin1-v5, fanout0-v5, or mqtt5 for those three); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Profiling: run each selected throughput scenario on Midge alone at this one rate, step after
@@ -112,18 +112,22 @@ fn loopback() -> anyhow::Result<SocketAddr> {
     Ok(format!("127.0.0.1:{}", free_port()?).parse()?)
 }
 
-fn start_midge(binary: &PathBuf, certs: &certs::Certs) -> anyhow::Result<Broker> {
+/// Midge, keeping nothing on disk unless given a directory for its store (default sync policy).
+fn start_midge(binary: &PathBuf, certs: &certs::Certs, store: Option<&std::path::Path>) -> anyhow::Result<Broker> {
     let (addr, tls, ws, wss) = (loopback()?, loopback()?, loopback()?, loopback()?);
     let mut command = Command::new(binary);
     // MIDGE_BENCH_WORKERS sets the broker's worker threads without touching the generator's.
     if let Ok(workers) = std::env::var("MIDGE_BENCH_WORKERS") {
         command.env("TOKIO_WORKER_THREADS", workers);
     }
+    match store {
+        Some(dir) => command.args(["--persistence", "true"]).arg("--data-dir").arg(dir),
+        // Like for like: the Mosquitto it runs against keeps nothing on disk either.
+        None => command.args(["--persistence", "false"]),
+    };
     let child = command
         .env("MIDGE_MGMT_SECRET", api::MGMT_SECRET)
         .args(["--listen", &addr.to_string(), "--log-level", "warn"])
-        // Like for like: the Mosquitto it runs against keeps nothing on disk either.
-        .args(["--persistence", "false"])
         .args(["--ssl-listen", &tls.to_string(), "--ws-listen", &ws.to_string(), "--wss-listen", &wss.to_string()])
         .arg("--certfile")
         .arg(&certs.cert)
@@ -138,18 +142,25 @@ fn start_midge(binary: &PathBuf, certs: &certs::Certs) -> anyhow::Result<Broker>
 
 /// Mosquitto with the same listeners as Midge but WebSocket: Debian's mosquitto 2.0.11 is built without
 /// libwebsockets, and a `protocol websockets` listener fails to start.
-fn start_mosquitto(binary: &str, certs: &certs::Certs) -> anyhow::Result<Broker> {
+/// With `persistence`, its own (`persistence true`, the default `autosave_interval` of 30 minutes and
+/// a save at exit).
+fn start_mosquitto(binary: &str, certs: &certs::Certs, persistence: bool) -> anyhow::Result<Broker> {
     let (addr, tls) = (loopback()?, loopback()?);
-    let dir = std::env::temp_dir().join(format!("midge-bench-mosquitto-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("midge-bench-mosquitto-{}-{persistence}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let conf = dir.join("mosquitto.conf");
     let (port, tls_port) = (addr.port(), tls.port());
     let (cert, key) = (certs.cert.display(), certs.key.display());
+    let persist = if persistence {
+        format!("persistence true\npersistence_location {}/\n", dir.display())
+    } else {
+        String::new()
+    };
     std::fs::write(
         &conf,
         format!(
             "allow_anonymous true\nlistener {port} 127.0.0.1\nmax_connections -1\n\
-             listener {tls_port} 127.0.0.1\nmax_connections -1\ncertfile {cert}\nkeyfile {key}\n"
+             listener {tls_port} 127.0.0.1\nmax_connections -1\ncertfile {cert}\nkeyfile {key}\n{persist}"
         ),
     )?;
     let child = Command::new(binary)
@@ -176,7 +187,7 @@ struct Row {
 
 /// Ten publishers on `bench/fanin/{i}`, one subscriber on the wildcard.
 fn fan_in(qos: QoS) -> Load {
-    Load { subscribers: 1, filter: "bench/fanin/+", publishers: 10, prefix: "bench/fanin", qos }
+    Load { subscribers: 1, filter: "bench/fanin/+", publishers: 10, prefix: "bench/fanin", qos, persistent: false }
 }
 
 /// The latency probes' rate: low, and evenly spaced with tokio's 1 ms timer (at 1000/s, half a period
@@ -204,8 +215,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let wanted = |name: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == name);
     let certs = certs::Certs::make()?;
-    let mosquitto = start_mosquitto(&cli.mosquitto, &certs)?;
-    let midge = start_midge(&cli.midge, &certs)?;
+    let mosquitto = start_mosquitto(&cli.mosquitto, &certs, false)?;
+    let midge = start_midge(&cli.midge, &certs, None)?;
     let brokers = [&mosquitto, &midge];
     let budget = Duration::from_secs(55);
     let mut rows = Vec::new();
@@ -216,6 +227,7 @@ async fn main() -> anyhow::Result<()> {
         publishers: 1,
         prefix: "bench/fanout",
         qos: QoS::AtMostOnce,
+        persistent: false,
     };
     let throughput = [
         ("fanin0", "fan-in QoS 0 (10 → 1, wildcard)", fan_in(QoS::AtMostOnce), 40_000.0),
@@ -296,6 +308,39 @@ async fn main() -> anyhow::Result<()> {
                 });
             }
         }
+    }
+
+    if wanted("fanin1-persistent") {
+        // A persistent subscriber, on brokers that persist: Mosquitto with its persistence, Midge with
+        // its store (default sync: PUBACKs wait for the next commit); Midge without a store beside.
+        let store = std::env::temp_dir().join(format!("midge-bench-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&store);
+        let persisting =
+            [start_mosquitto(&cli.mosquitto, &certs, true)?, start_midge(&cli.midge, &certs, Some(&store))?];
+        let load = Load { persistent: true, ..fan_in(QoS::AtLeastOnce) };
+        let mut results = Vec::new();
+        for broker in &persisting {
+            eprintln!("fan-in QoS 1 to a persistent subscriber on {} (persisting)", broker.name);
+            results.push(find_max(&broker.target(), load, 10_000.0, budget).await?);
+        }
+        eprintln!("fan-in QoS 1 to a persistent subscriber on midge (in memory)");
+        let in_memory = find_max(&midge.target(), load, 10_000.0, budget).await?;
+        let note = format!(
+            "{}; Midge in memory {:.0}/s, so persistence costs {:.0} %",
+            step_notes(&results, &[&persisting[0], &persisting[1]]),
+            rate_of(&in_memory),
+            100.0 * (1.0 - rate_of(&results[1]) / rate_of(&in_memory))
+        );
+        rows.push(Row {
+            scenario: "fan-in QoS 1 to a persistent subscriber, both persisting (10 → 1)".into(),
+            unit: "deliveries/s",
+            mosquitto: rate_of(&results[0]),
+            midge: rate_of(&results[1]),
+            lower_is_better: false,
+            note,
+        });
+        drop(persisting);
+        let _ = std::fs::remove_dir_all(&store);
     }
 
     if wanted("idle") {

@@ -103,14 +103,24 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects and completes CONNECT/CONNACK.
+    /// Connects with a clean session and completes CONNECT/CONNACK.
     pub async fn connect(endpoint: &Endpoint, client_id: &str, keep_alive: u16) -> anyhow::Result<Conn> {
+        Conn::connect_session(endpoint, client_id, keep_alive, true).await
+    }
+
+    /// Connects with a clean session or a persistent one (`clean` false), completing CONNECT/CONNACK.
+    pub async fn connect_session(
+        endpoint: &Endpoint,
+        client_id: &str,
+        keep_alive: u16,
+        clean: bool,
+    ) -> anyhow::Result<Conn> {
         let (reader, writer) = endpoint.open().await?;
         let level = endpoint.protocol;
         let mut conn = Conn { reader, writer, rbuf: BytesMut::with_capacity(64 * 1024), wbuf: BytesMut::new(), level };
         conn.send(&Packet::Connect(Connect {
             protocol: level,
-            clean_session: true,
+            clean_session: clean,
             keep_alive,
             client_id: client_id.into(),
             will: None,

@@ -158,15 +158,18 @@ pub struct Load {
     pub publishers: usize,
     pub prefix: &'static str,
     pub qos: QoS,
+    /// Subscribers with persistent sessions (clean session 0), which a broker that persists keeps on
+    /// disk; each step ends their sessions, so the next starts afresh.
+    pub persistent: bool,
 }
 
 /// One step of `load` at `rate` messages/s in all.
 async fn step(target: &Target, load: Load, rate: f64) -> anyhow::Result<Step> {
-    let Load { subscribers, filter, publishers, prefix, qos } = load;
+    let Load { subscribers, filter, publishers, prefix, qos, persistent } = load;
     let epoch = Instant::now();
     let mut subs = Vec::new();
     for i in 0..subscribers {
-        let mut conn = Conn::connect(&target.endpoint, &format!("bench-sub-{i}"), 300).await?;
+        let mut conn = Conn::connect_session(&target.endpoint, &format!("bench-sub-{i}"), 300, !persistent).await?;
         conn.subscribe(filter, qos).await?;
         subs.push(conn);
     }
@@ -188,6 +191,12 @@ async fn step(target: &Target, load: Load, rate: f64) -> anyhow::Result<Step> {
     }
     let elapsed = wall.elapsed().as_secs_f64();
     let cpu_after = (proc::cpu_seconds(None), proc::cpu_seconds(Some(target.pid)));
+    if persistent {
+        // A clean start ends each kept session, with whatever it still held.
+        for i in 0..subscribers {
+            Conn::connect(&target.endpoint, &format!("bench-sub-{i}"), 300).await?;
+        }
+    }
     // Let the broker forget these clients before the next step.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let expected = (sent * subscribers as u64).max(1);

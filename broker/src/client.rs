@@ -103,6 +103,14 @@ impl Exit {
     }
 }
 
+/// How far the store is once it reaches `seq`.
+async fn store_reached(ctx: &Context, seq: Option<u64>) -> Result<u64, crate::store::NotDurable> {
+    match (&ctx.durable, seq) {
+        (Some(durable), Some(seq)) => durable.reached(seq).await,
+        _ => Ok(u64::MAX),
+    }
+}
+
 impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -576,6 +584,7 @@ impl ClientConnection {
                 _ if backlog < WRITE_HIGH_WATER => Activity::Idle,
                 _ => Activity::Busy,
             });
+            let (can_write, held) = (self.writer.can_write(), self.writer.held_until());
             tokio::select! {
                 _ = &mut cancelled => return Exit::Shutdown,
                 read = self.reader.fill(), if backlog < 2 * WRITE_HIGH_WATER => {
@@ -591,9 +600,20 @@ impl ClientConnection {
                         return exit;
                     }
                 }
-                written = self.writer.write_some(), if backlog > 0 => {
+                written = self.writer.write_some(), if can_write => {
                     if let Err(e) = written {
                         return e.into();
+                    }
+                }
+                reached = Box::pin(store_reached(&self.ctx, held)), if held.is_some() => {
+                    match reached {
+                        Ok(durable) => {
+                            self.writer.release(durable);
+                            if let Err(e) = self.writer.try_flush() {
+                                return e.into();
+                            }
+                        }
+                        Err(_) => return Exit::StoreFailed,
                     }
                 }
                 _ = &mut keepalive, if self.keep_alive > 0 => {
@@ -623,6 +643,7 @@ impl ClientConnection {
             // read and go behind what the session queued, before acknowledgements make room.
             self.take_outbox()?;
         }
+        let start = self.writer.queued();
         let routed = self.handle_buffered()?;
         if !self.control_jobs.is_empty() {
             Box::pin(self.submit_control_jobs()).await?;
@@ -637,12 +658,11 @@ impl ClientConnection {
             Handoff::Wait(subscriber, ticket) => subscriber.wait_turn(ticket).await,
             Handoff::Yield => tokio::task::yield_now().await,
         }
-        // What this read acknowledges is kept before the client is told so.
+        // What this read acknowledges is kept before the client is told so: its replies (and what is
+        // queued behind them) wait in the write buffer for the store, while the connection reads on.
         let seq = std::mem::take(&mut self.durable);
-        if let (Some(durable), true) = (&self.ctx.durable, seq > 0) {
-            if durable.wait(seq).await.is_err() {
-                return Err(Exit::StoreFailed);
-            }
+        if self.ctx.durable.is_some() && seq > 0 {
+            self.writer.hold_from(start, seq);
         }
         Ok(self.writer.try_flush()?)
     }
@@ -735,6 +755,13 @@ impl ClientConnection {
         let ClientConnection { ctx, principal, client_id, conn_id, session, mut writer, outbox, .. } = self;
         // After a store failure the buffer holds acknowledgements of what was not kept: never sent.
         let broken = matches!(exit, Exit::Error(ConnectionError::Closed | ConnectionError::Io(_)) | Exit::StoreFailed);
+        // Replies still waiting for the store go once it is there, or never.
+        if let (Some(seq), Some(durable), false) = (writer.held_through(), &ctx.durable, broken) {
+            match timeout(Duration::from_millis(500), durable.reached(seq)).await {
+                Ok(Ok(reached)) => writer.release(reached),
+                _ => writer.drop_held(),
+            }
+        }
         if writer.pending() > 0 && !broken {
             let _ = timeout(Duration::from_millis(500), writer.flush()).await;
         }

@@ -266,6 +266,17 @@ impl Durable {
         }
     }
 
+    /// Waits until every change numbered up to `seq` is on disk; how far the store is by then.
+    pub async fn reached(&self, seq: u64) -> Result<u64, NotDurable> {
+        let mut progress = self.progress.clone();
+        let reached = progress.wait_for(|p| p.seq >= seq || p.failed).await.map_err(|_| NotDurable)?;
+        if reached.seq >= seq {
+            Ok(reached.seq)
+        } else {
+            Err(NotDurable)
+        }
+    }
+
     /// Waits until everything recorded so far is on disk (at shutdown).
     pub async fn flush(&self) -> Result<(), NotDurable> {
         self.wait(self.recorded.load(Ordering::Acquire)).await

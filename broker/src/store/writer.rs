@@ -70,6 +70,7 @@ impl Writer {
                 next = if changes.len() < MAX_BATCH { entries.try_recv().ok() } else { None };
             }
             let durable = sync != SyncPolicy::None || !flushes.is_empty();
+            cancel_out(&mut changes);
             if state.commit(changes, durable, &progress).await.is_err() {
                 return;
             }
@@ -78,6 +79,38 @@ impl Writer {
             }
         }
     }
+}
+
+/// A delivery kept and acknowledged within one batch need not be written at all: the batch is one
+/// atomic write, and its net effect on that delivery is nothing. With a subscriber that acknowledges
+/// within a commit interval, that is most of them.
+fn cancel_out(changes: &mut Vec<Change>) {
+    let removed: std::collections::HashSet<u64> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::QueuedRemove(ids) => Some(ids.iter().copied()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    if removed.is_empty() {
+        return;
+    }
+    let mut added = std::collections::HashSet::new();
+    changes.retain(|c| match c {
+        Change::QueuedAdd { id, .. } if removed.contains(id) => {
+            added.insert(*id);
+            false
+        }
+        _ => true,
+    });
+    changes.retain_mut(|c| match c {
+        Change::QueuedRemove(ids) => {
+            ids.retain(|id| !added.contains(id));
+            !ids.is_empty()
+        }
+        _ => true,
+    });
 }
 
 struct State {
@@ -132,5 +165,35 @@ impl State {
                 Err(Failed)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::QoS;
+    use crate::session::{Delivery, Message};
+    use bytes::Bytes;
+
+    fn add(id: u64) -> Change {
+        let message =
+            std::sync::Arc::new(Message::new(Bytes::from_static(b"t"), Bytes::new(), QoS::AtLeastOnce, false));
+        Change::QueuedAdd { client_id: "c".into(), id, delivery: Delivery::new(message, QoS::AtLeastOnce, false) }
+    }
+
+    #[test]
+    fn a_delivery_kept_and_acknowledged_in_one_batch_is_not_written() {
+        let mut changes = vec![add(1), add(2), Change::QueuedRemove(vec![1, 7]), add(3), Change::QueuedRemove(vec![3])];
+        cancel_out(&mut changes);
+        let left: Vec<String> = changes
+            .iter()
+            .map(|c| match c {
+                Change::QueuedAdd { id, .. } => format!("add {id}"),
+                Change::QueuedRemove(ids) => format!("remove {ids:?}"),
+                _ => "other".into(),
+            })
+            .collect();
+        // 2 stays kept; 7 was kept by an earlier batch, so its removal stays.
+        assert_eq!(left, ["add 2", "remove [7]"]);
     }
 }

@@ -93,7 +93,7 @@ pub fn split(stream: Stream, max_packet_size: usize, rate_limit: Option<RateLimi
     let level = Protocol::V311;
     let limiter = rate_limit.map(|limit| Box::new(Bucket::new(limit, Instant::now())));
     let reader = PacketReader { reader, buf: BytesMut::new(), max_packet_size, level, limiter };
-    (reader, PacketWriter { half: writer, buf: BytesMut::new(), level })
+    (reader, PacketWriter { half: writer, buf: BytesMut::new(), level, holds: Vec::new() })
 }
 
 pub struct PacketReader {
@@ -229,6 +229,15 @@ pub struct PacketWriter {
     half: WriteHalf,
     buf: BytesMut,
     level: Protocol,
+    /// Queued bytes that may not leave yet: from `from` on, they wait until the store is durable up to
+    /// `seq` (acknowledgements of what the store keeps). In order of `from` and of `seq`.
+    holds: Vec<Hold>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    from: usize,
+    seq: u64,
 }
 
 impl PacketWriter {
@@ -250,7 +259,66 @@ impl PacketWriter {
         self.level = level;
     }
 
-    /// Bytes still to go out (over a stream that buffers, one more until it is flushed).
+    /// Bytes queued so far: where a hold taken now would begin.
+    pub fn queued(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Holds the bytes queued from `from` on (and everything queued after them) until the store is
+    /// durable up to `seq`.
+    pub fn hold_from(&mut self, from: usize, seq: u64) {
+        let from = from.min(self.buf.len());
+        match self.holds.last_mut() {
+            // A later hold begins no earlier and waits no less: the two are one.
+            Some(last) if last.from <= from => last.seq = last.seq.max(seq),
+            _ => self.holds.push(Hold { from, seq }),
+        }
+    }
+
+    /// What the first hold waits for, if anything is held.
+    pub fn held_until(&self) -> Option<u64> {
+        self.holds.first().map(|h| h.seq)
+    }
+
+    /// What the last hold waits for: once the store is there, nothing is held.
+    pub fn held_through(&self) -> Option<u64> {
+        self.holds.last().map(|h| h.seq)
+    }
+
+    /// The store is durable up to `durable`: what waited for no more than that may go.
+    pub fn release(&mut self, durable: u64) {
+        let released = self.holds.iter().take_while(|h| h.seq <= durable).count();
+        self.holds.drain(..released);
+    }
+
+    /// Forgets everything held: bytes that must never be sent (the store could not keep what they
+    /// acknowledge).
+    pub fn drop_held(&mut self) {
+        if let Some(first) = self.holds.first() {
+            self.buf.truncate(first.from);
+        }
+        self.holds.clear();
+    }
+
+    /// Bytes that may be written now.
+    fn writable(&self) -> usize {
+        self.holds.first().map_or(self.buf.len(), |h| h.from)
+    }
+
+    /// Whether a write now would send anything (or flush a stream that buffers).
+    pub fn can_write(&self) -> bool {
+        self.writable() > 0 || matches!(self.half, WriteHalf::Other { unflushed: true, .. })
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.buf.advance(n);
+        for hold in &mut self.holds {
+            hold.from -= n;
+        }
+    }
+
+    /// Bytes still to go out, held ones included (over a stream that buffers, one more until it is
+    /// flushed).
     pub fn pending(&self) -> usize {
         let unflushed = matches!(self.half, WriteHalf::Other { unflushed: true, .. });
         self.buf.len() + usize::from(unflushed)
@@ -273,7 +341,7 @@ impl PacketWriter {
                 // Readiness through `poll_write_ready` rather than a `writable()` future: the latter is a
                 // waiter node of its own, and this future sits in every connection's task.
                 let stream: &TcpStream = socket.socket.as_ref().as_ref();
-                let buf = &mut self.buf;
+                let buf = &self.buf[..self.holds.first().map_or(self.buf.len(), |h| h.from)];
                 std::future::poll_fn(|cx| loop {
                     std::task::ready!(stream.poll_write_ready(cx))?;
                     match stream.try_write(buf) {
@@ -284,12 +352,13 @@ impl PacketWriter {
                 .await?
             }
             WriteHalf::Other { half, unflushed } => {
-                if self.buf.is_empty() {
+                let writable = self.holds.first().map_or(self.buf.len(), |h| h.from);
+                if writable == 0 {
                     half.flush().await?;
                     *unflushed = false;
                     return Ok(());
                 }
-                let n = half.write(&self.buf).await?;
+                let n = half.write(&self.buf[..writable]).await?;
                 *unflushed = true;
                 n
             }
@@ -297,7 +366,7 @@ impl PacketWriter {
         if n == 0 {
             return Err(ConnectionError::Closed);
         }
-        self.buf.advance(n);
+        self.advance(n);
         if self.buf.is_empty() {
             self.release_if_large();
         }
@@ -309,25 +378,39 @@ impl PacketWriter {
     /// leaves on the spot rather than after another turn of the connection's loop.
     pub fn try_flush(&mut self) -> Result<(), ConnectionError> {
         match &mut self.half {
-            WriteHalf::Tcp(socket) => {
-                while !self.buf.is_empty() {
-                    match socket.socket.try_write(&self.buf) {
-                        Ok(0) => return Err(ConnectionError::Closed),
-                        Ok(n) => self.buf.advance(n),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-                        Err(e) => return Err(e.into()),
-                    }
+            WriteHalf::Tcp(socket) => loop {
+                let writable = self.holds.first().map_or(self.buf.len(), |h| h.from);
+                if writable == 0 {
+                    break;
                 }
-            }
+                match socket.socket.try_write(&self.buf[..writable]) {
+                    Ok(0) => return Err(ConnectionError::Closed),
+                    Ok(n) => {
+                        self.buf.advance(n);
+                        for hold in &mut self.holds {
+                            hold.from -= n;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
+            },
             WriteHalf::Other { half, unflushed } => {
                 // One poll each, with a waker that does nothing: what would wait is left to
                 // `write_some`, which the connection's loop polls with its own waker.
                 let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                while !self.buf.is_empty() {
-                    match Pin::new(&mut *half).poll_write(&mut cx, &self.buf) {
+                loop {
+                    let writable = self.holds.first().map_or(self.buf.len(), |h| h.from);
+                    if writable == 0 {
+                        break;
+                    }
+                    match Pin::new(&mut *half).poll_write(&mut cx, &self.buf[..writable]) {
                         Poll::Ready(Ok(0)) => return Err(ConnectionError::Closed),
                         Poll::Ready(Ok(n)) => {
                             self.buf.advance(n);
+                            for hold in &mut self.holds {
+                                hold.from -= n;
+                            }
                             *unflushed = true;
                         }
                         Poll::Ready(Err(e)) => return Err(e.into()),
@@ -355,9 +438,9 @@ impl PacketWriter {
         }
     }
 
-    /// Writes everything queued.
+    /// Writes everything queued but what is held.
     pub async fn flush(&mut self) -> Result<(), ConnectionError> {
-        while self.pending() > 0 {
+        while self.can_write() {
             self.write_some().await?;
         }
         Ok(())
