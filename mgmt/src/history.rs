@@ -79,14 +79,10 @@ impl History {
 
 /// Samples every interval until the sidecar stops.
 pub async fn record(history: std::sync::Arc<History>, link: Weak<Link>, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(history.interval);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        let Some(link) = link.upgrade() else { return };
-        history.sample(&link).await;
-    }
+    let period = history.interval;
+    crate::link::every(link, period, shutdown, move |link| {
+        let history = history.clone();
+        Box::pin(async move { history.sample(&link).await })
+    })
+    .await;
 }

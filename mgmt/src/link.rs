@@ -254,6 +254,26 @@ impl Link {
 }
 
 /// A panic elsewhere while holding one of these leaves plain data that is still valid.
+/// Runs `task` with the link every `period` (a late tick is not made up for), until `shutdown` fires
+/// or the link is gone: the sidecar's background followers of the nodes.
+pub async fn every(
+    link: Weak<Link>,
+    period: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+    mut task: impl FnMut(Arc<Link>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let Some(link) = link.upgrade() else { return };
+        task(link).await;
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -14,7 +14,8 @@ use crate::session::{ClientId, Delivery, Message};
 
 const VERSION: u8 = 1;
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch, by the wall clock (what outlives a restart).
+pub fn now_wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -28,7 +29,7 @@ pub fn encode_retained(message: &Message) -> Vec<u8> {
 fn put_message(buf: &mut BytesMut, message: &Message, retain: bool) {
     let expires_ms = message
         .expires_at
-        .map(|at| now_ms().saturating_add(at.saturating_duration_since(Instant::now()).as_millis() as u64).max(1))
+        .map(|at| now_wall_ms().saturating_add(at.saturating_duration_since(Instant::now()).as_millis() as u64).max(1))
         .unwrap_or(0);
     let publish = Publish {
         dup: false,
@@ -90,7 +91,7 @@ fn get_message(bytes: &[u8]) -> Result<Option<(Arc<Message>, bool)>, String> {
     }
     let expires_at = match expires_ms {
         0 => None,
-        at => match at.checked_sub(now_ms()) {
+        at => match at.checked_sub(now_wall_ms()) {
             Some(left) if left > 0 => Some(Instant::now() + Duration::from_millis(left)),
             _ => return Ok(None),
         },
@@ -230,10 +231,6 @@ pub fn decode_session(client_id: &str, bytes: &[u8]) -> Result<SessionRecord, St
     })
 }
 
-pub fn now_wall_ms() -> u64 {
-    now_ms()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,7 +300,7 @@ mod tests {
         assert!(left > Duration::from_secs(98) && left <= Duration::from_secs(100), "{left:?}");
 
         let mut bytes = encode_retained(&message);
-        bytes[1..9].copy_from_slice(&(now_ms() - 1).to_be_bytes());
+        bytes[1..9].copy_from_slice(&(now_wall_ms() - 1).to_be_bytes());
         assert!(decode_retained("t", &bytes).unwrap().is_none());
     }
 

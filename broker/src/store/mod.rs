@@ -7,7 +7,7 @@
 //! a numbered entry into a channel. The [`writer`] task takes what has gathered, writes it in one
 //! transaction and commits it (group commit), then says how far the store is durable. A connection
 //! whose publishes made changes holds their acknowledgements until the store is durable that far
-//! ([`Durable::wait`]): after a crash, whatever a publisher was told is kept, is.
+//! ([`Durable::reached`]): after a crash, whatever a publisher was told is kept, is.
 //!
 //! - `engine.rs`: the files (fjall) and what is in them; `codec.rs`: how a record is written as bytes;
 //! - `writer.rs`: the task that commits, as the sync policy says.
@@ -252,20 +252,6 @@ pub struct Durable {
 pub struct NotDurable;
 
 impl Durable {
-    /// Waits until every change numbered up to `seq` is on disk.
-    pub async fn wait(&self, seq: u64) -> Result<(), NotDurable> {
-        if seq == 0 {
-            return Ok(());
-        }
-        let mut progress = self.progress.clone();
-        let reached = progress.wait_for(|p| p.seq >= seq || p.failed).await.map_err(|_| NotDurable)?;
-        if reached.seq >= seq {
-            Ok(())
-        } else {
-            Err(NotDurable)
-        }
-    }
-
     /// Waits until every change numbered up to `seq` is on disk; how far the store is by then.
     pub async fn reached(&self, seq: u64) -> Result<u64, NotDurable> {
         let mut progress = self.progress.clone();
@@ -279,7 +265,7 @@ impl Durable {
 
     /// Waits until everything recorded so far is on disk (at shutdown).
     pub async fn flush(&self) -> Result<(), NotDurable> {
-        self.wait(self.recorded.load(Ordering::Acquire)).await
+        self.reached(self.recorded.load(Ordering::Acquire)).await.map(|_| ())
     }
 }
 

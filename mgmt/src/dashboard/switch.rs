@@ -60,15 +60,11 @@ impl Dashboard {
 
 /// Keeps `dashboard` in step with the nodes until the link goes away.
 pub async fn follow(dashboard: Arc<Dashboard>, link: std::sync::Weak<Link>, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(FOLLOW_EVERY);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        let Some(link) = link.upgrade() else { return };
-        dashboard.refresh(&link).await;
-    }
+    crate::link::every(link, FOLLOW_EVERY, shutdown, move |link| {
+        let dashboard = dashboard.clone();
+        Box::pin(async move { dashboard.refresh(&link).await })
+    })
+    .await;
 }
 
 /// Serves the application on the dashboard's own port while the dashboard is on; closes the port while
