@@ -27,6 +27,7 @@ use crate::router::{
 };
 use crate::session::ClientId;
 use crate::session::{AckResult, Delivery, Message, Resend, Session};
+use crate::store::Change;
 use crate::transport::{
     self, Connected, ConnectionError, Established, ListenerStats, PacketReader, PacketWriter, WRITE_HIGH_WATER,
 };
@@ -848,10 +849,23 @@ impl ClientConnection {
         Ok(routed)
     }
 
-    /// Tells the store which kept deliveries the session is done with (acknowledged, dropped, expired).
+    /// Tells the store which kept deliveries the session is done with (acknowledged, dropped, expired),
+    /// and which incoming QoS 2 ids it gave up on.
     fn forget_kept(&mut self) {
         if let Some(journal) = &self.ctx.journal {
             journal.forget(self.session.take_forgotten());
+            for pkid in self.session.take_rel_given_up() {
+                journal.record(Change::RelCompleted { client_id: self.client_id.clone(), pkid });
+            }
+        }
+    }
+
+    /// Records a change to this client's kept session, if the store keeps it; this read's replies
+    /// wait for it.
+    fn record_kept(&mut self, change: impl FnOnce(ClientId) -> Change) {
+        let kept = self.session.persistent() && !self.hidden();
+        if let (true, Some(journal)) = (kept, &self.ctx.journal) {
+            self.durable = self.durable.max(journal.record(change(self.client_id.clone())));
         }
     }
 
@@ -907,7 +921,15 @@ impl ClientConnection {
                 self.acked(result, Metric::PacketsPubackMissed);
             }
             Packet::Pubrec(Ack { pkid, .. }) => match self.session.pubrec(pkid) {
-                AckResult::Done | AckResult::Repeated => self.send(&Packet::Pubrel(Ack::new(pkid))),
+                AckResult::Done | AckResult::Repeated => {
+                    // A kept delivery's PUBREL goes once the store knows it is past PUBREC: should the
+                    // broker restart, it sends the PUBREL again, never the PUBLISH.
+                    let id = self.session.kept_id(pkid);
+                    if let (true, Some(journal)) = (id != 0, &self.ctx.journal) {
+                        self.durable = self.durable.max(journal.record(Change::Released(id)));
+                    }
+                    self.send(&Packet::Pubrel(Ack::new(pkid)));
+                }
                 AckResult::Missed => self.ctx.metrics.inc(Metric::PacketsPubrecMissed),
             },
             Packet::Pubcomp(Ack { pkid, .. }) => {
@@ -917,6 +939,10 @@ impl ClientConnection {
             Packet::Pubrel(Ack { pkid, .. }) => {
                 if self.session.pubrel(pkid) == AckResult::Missed {
                     self.ctx.metrics.inc(Metric::PacketsPubrelMissed);
+                } else {
+                    // Once the client has our PUBCOMP it may use the id for a new message: the store
+                    // must not remember it as awaiting by then.
+                    self.record_kept(|client_id| Change::RelCompleted { client_id, pkid });
                 }
                 // Always completed, so a client that lost our PUBCOMP can finish.
                 self.send(&Packet::Pubcomp(Ack::new(pkid)));
@@ -993,6 +1019,11 @@ impl ClientConnection {
             }
             QoS::ExactlyOnce => match self.session.incoming_qos2(pkid) {
                 Some(is_new) => {
+                    if is_new {
+                        // Recorded before the message is routed, so a store that has its deliveries
+                        // knows the id too, and a PUBLISH sent again after a restart is not routed twice.
+                        self.record_kept(|client_id| Change::AwaitingRel { client_id, pkid });
+                    }
                     self.send(&Packet::Pubrec(Ack::new(pkid)));
                     is_new && refused.is_none()
                 }

@@ -1,5 +1,6 @@
 //! Persistence: retained messages kept on disk survive a restart and a SIGKILL of the real binary, an
-//! acknowledged one always; a store that cannot be read stops the broker with its path.
+//! acknowledged one always; sessions keep their queues, and QoS 2 flows both ways stay exactly once;
+//! a store that cannot be read stops the broker with its path.
 
 mod helpers;
 
@@ -460,4 +461,126 @@ async fn messages_in_flight_to_an_online_session_survive_sigkill() {
     assert!(present);
     let got = drain_numbers(&mut subscriber, Duration::from_millis(500)).await;
     assert_eq!(got, (10..50).collect::<Vec<u32>>(), "the unacknowledged forty, in order, and only those");
+}
+
+/// Restarts the broker on `dir` after a SIGKILL.
+async fn kill_and_restart(child: &mut tokio::process::Child, dir: &Path) -> std::net::SocketAddr {
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let (restarted, addr) = spawn(dir, "interval").await;
+    *child = restarted;
+    addr
+}
+
+/// Exactly once to a subscriber across SIGKILL: a QoS 2 delivery the subscriber has received comes back
+/// under the packet id it came under, with DUP set (so the client knows it), and one past PUBREC comes
+/// back as its PUBREL, never as a PUBLISH the client would take for a new message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_deliveries_resume_where_they_were_after_sigkill() {
+    let dir = tempdir();
+    let (mut child, addr) = spawn(&dir, "interval").await;
+    let (mut subscriber, _) = Raw::connect(addr, persistent_connect("q2-sub")).await;
+    subscriber.subscribe(1, &[("x/#", QoS::ExactlyOnce)]).await;
+    let mut publisher = Raw::connected(addr, "q2-pub").await;
+    for n in 0..30u16 {
+        publisher.send(&publish("x/n", n.to_string().as_bytes(), QoS::ExactlyOnce, n + 1)).await;
+        assert!(matches!(publisher.recv().await, Some(Packet::Pubrec(_))));
+        publisher.send(&Packet::Pubrel(Ack::new(n + 1))).await;
+        assert!(matches!(publisher.recv().await, Some(Packet::Pubcomp(_))));
+    }
+    let mut pkids = Vec::new();
+    for n in 0..30 {
+        let p = subscriber.recv_publish().await;
+        assert_eq!((std::str::from_utf8(&p.payload).unwrap(), p.dup), (n.to_string().as_str(), false));
+        pkids.push(p.pkid);
+    }
+    // The first ten it completes; the next ten it takes past PUBREC and leaves there; the rest it leaves.
+    for pkid in &pkids[..20] {
+        subscriber.send(&Packet::Pubrec(Ack::new(*pkid))).await;
+    }
+    for pkid in &pkids[..20] {
+        match subscriber.recv().await {
+            Some(Packet::Pubrel(ack)) => assert_eq!(ack.pkid, *pkid),
+            other => panic!("expected PUBREL {pkid}, got {other:?}"),
+        }
+    }
+    for pkid in &pkids[..10] {
+        subscriber.send(&Packet::Pubcomp(Ack::new(*pkid))).await;
+    }
+    subscriber.ping().await;
+    // The completions are not waited for by anyone: give them a commit.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let addr = kill_and_restart(&mut child, &dir).await;
+
+    let (mut subscriber, present) = Raw::connect(addr, persistent_connect("q2-sub")).await;
+    assert!(present);
+    let mut resent = Vec::new();
+    while let Ok(Some(packet)) = subscriber.recv_within(Duration::from_millis(500)).await {
+        resent.push(match packet {
+            Packet::Pubrel(ack) => format!("PUBREL {}", ack.pkid),
+            Packet::Publish(p) => {
+                format!("PUBLISH {} dup={} {}", p.pkid, p.dup, std::str::from_utf8(&p.payload).unwrap())
+            }
+            other => panic!("unexpected {other:?}"),
+        });
+    }
+    let expected: Vec<String> = (10..20)
+        .map(|i| format!("PUBREL {}", pkids[i]))
+        .chain((20..30).map(|i| format!("PUBLISH {} dup=true {i}", pkids[i])))
+        .collect();
+    assert_eq!(resent, expected);
+}
+
+/// Exactly once from a publisher across SIGKILL: an incoming QoS 2 message acknowledged with PUBREC and
+/// awaiting its PUBREL is not routed again when the publisher, after the restart, sends it again; and
+/// once its PUBCOMP is sent, the packet id is free for a new message even right after a kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_qos2_awaiting_pubrel_survives_sigkill() {
+    let dir = tempdir();
+    let (mut child, addr) = spawn(&dir, "interval").await;
+    let (mut subscriber, _) = Raw::connect(addr, persistent_connect("in-sub")).await;
+    subscriber.subscribe(1, &[("y/#", QoS::AtLeastOnce)]).await;
+    let (mut publisher, _) = Raw::connect(addr, persistent_connect("in-pub")).await;
+    let once = publish("y/1", b"once", QoS::ExactlyOnce, 7);
+    publisher.send(&once).await;
+    assert!(matches!(publisher.recv().await, Some(Packet::Pubrec(ack)) if ack.pkid == 7));
+    let p = subscriber.recv_publish().await;
+    assert_eq!(&p.payload[..], b"once");
+    subscriber.send(&Packet::Puback(Ack::new(p.pkid))).await;
+    subscriber.ping().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let addr = kill_and_restart(&mut child, &dir).await;
+
+    // The publisher never saw the PUBREC (as far as it knows): it sends the PUBLISH again.
+    let (mut publisher, present) = Raw::connect(addr, persistent_connect("in-pub")).await;
+    assert!(present);
+    let Packet::Publish(again) = &once else { unreachable!() };
+    publisher.send(&Packet::Publish(Publish { dup: true, ..again.clone() })).await;
+    assert!(matches!(publisher.recv().await, Some(Packet::Pubrec(ack)) if ack.pkid == 7));
+    publisher.send(&Packet::Pubrel(Ack::new(7))).await;
+    assert!(matches!(publisher.recv().await, Some(Packet::Pubcomp(ack)) if ack.pkid == 7));
+    // Killed right after the PUBCOMP: the id must be free after the restart.
+    let addr = kill_and_restart(&mut child, &dir).await;
+
+    let (mut publisher, _) = Raw::connect(addr, persistent_connect("in-pub")).await;
+    publisher.send(&publish("y/1", b"second", QoS::ExactlyOnce, 7)).await;
+    assert!(matches!(publisher.recv().await, Some(Packet::Pubrec(ack)) if ack.pkid == 7));
+    publisher.send(&Packet::Pubrel(Ack::new(7))).await;
+    assert!(matches!(publisher.recv().await, Some(Packet::Pubcomp(_))));
+    let (mut subscriber, present) = Raw::connect(addr, persistent_connect("in-sub")).await;
+    assert!(present);
+    let got = drain_numbers_or_text(&mut subscriber).await;
+    assert_eq!(got, ["second"], "the resent PUBLISH routed twice, or the new one taken for it");
+}
+
+/// Every payload a subscriber gets until things go quiet, acknowledging each.
+async fn drain_numbers_or_text(client: &mut Raw) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Ok(Some(Packet::Publish(p))) = client.recv_within(Duration::from_millis(500)).await {
+        got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+        if p.qos == QoS::AtLeastOnce {
+            client.send(&Packet::Puback(Ack::new(p.pkid))).await;
+        }
+    }
+    got
 }

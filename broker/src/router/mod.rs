@@ -89,12 +89,13 @@ impl RouterHandle {
     }
 
     /// Puts back what the store kept, before any client connects.
-    pub fn restore(&self, restored: crate::store::Restored) {
+    pub fn restore(&self, mut restored: crate::store::Restored) {
         let mut router = lock(&self.router);
-        router.restore_retained(restored.retained);
-        router.restore_sessions(restored.sessions, restored.queued);
+        router.restore_retained(std::mem::take(&mut restored.retained));
+        let expired = std::mem::take(&mut restored.expired);
+        router.restore_sessions(restored);
         if let Some(journal) = &router.shared.journal {
-            journal.forget(restored.expired);
+            journal.forget(expired);
         }
         router.update_stats();
     }

@@ -304,10 +304,15 @@ impl Router {
     /// Puts back the persistent sessions the store kept, parked, with their subscriptions; those whose
     /// expiry passed while the broker was down are dropped from the store instead. A session that was
     /// online when the broker stopped is parked from now.
-    pub(super) fn restore_sessions(&mut self, records: Vec<SessionRecord>, queued: Vec<(ClientId, Delivery)>) {
+    pub(super) fn restore_sessions(&mut self, restored: crate::store::Restored) {
+        let crate::store::Restored { sessions: records, queued, released, awaiting_rel, .. } = restored;
         let mut queues: FastMap<ClientId, Vec<Delivery>> = FastMap::default();
         for (client_id, delivery) in queued {
             queues.entry(client_id).or_default().push(delivery);
+        }
+        let mut awaiting: FastMap<ClientId, Vec<u16>> = FastMap::default();
+        for (client_id, pkid) in awaiting_rel {
+            awaiting.entry(client_id).or_default().push(pkid);
         }
         let now_ms = now_wall_ms();
         let now = Instant::now();
@@ -322,7 +327,11 @@ impl Router {
             let since = now.checked_sub(away).unwrap_or(now);
             let mut session = self.new_session(record.client_id.clone(), record.expiry);
             for delivery in queues.remove(&record.client_id).unwrap_or_default() {
-                session.enqueue_offline(delivery);
+                let was_released = released.contains(&delivery.store_id);
+                session.restore(delivery, was_released);
+            }
+            for pkid in awaiting.remove(&record.client_id).unwrap_or_default() {
+                session.restore_awaiting_rel(pkid);
             }
             if let Some(journal) = &self.shared.journal {
                 // Past the queue's length now (a smaller max_mqueue_len), the oldest go.
@@ -371,6 +380,11 @@ impl Router {
         // What was kept for sessions that are gone (expired meanwhile) goes with them.
         if let Some(journal) = &self.shared.journal {
             journal.forget(queues.into_values().flatten().map(|d| d.store_id).collect());
+            for (client_id, pkid) in
+                awaiting.into_iter().flat_map(|(c, ids)| ids.into_iter().map(move |p| (c.clone(), p)))
+            {
+                journal.record(Change::RelCompleted { client_id, pkid });
+            }
         }
     }
 

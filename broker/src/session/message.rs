@@ -119,12 +119,14 @@ pub struct Delivery {
     pub shared: Option<Arc<SharedKey>>,
     /// Its number in the store, which keeps it until it is acknowledged or dropped (0: not kept).
     pub store_id: u64,
+    /// Perhaps sent before (restored from the store after a restart): its PUBLISH carries DUP.
+    pub dup: bool,
 }
 
 impl Delivery {
     /// A delivery through an ordinary subscription.
     pub fn new(message: Arc<Message>, qos: QoS, retain: bool) -> Delivery {
-        Delivery { message, qos, retain, shared: None, store_id: 0 }
+        Delivery { message, qos, retain, shared: None, store_id: 0, dup: false }
     }
 
     /// The PUBLISH that carries this delivery (`pkid` 0 for QoS 0). A message that expires carries the

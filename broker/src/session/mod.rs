@@ -105,6 +105,16 @@ pub struct Session {
     /// The store numbers of kept deliveries this session has finished with (acknowledged, dropped,
     /// expired), for its owner to tell the store.
     forgotten: Vec<u64>,
+    /// Incoming QoS 2 packet ids whose PUBREL was given up on, for its owner to tell the store.
+    rel_given_up: Vec<u16>,
+}
+
+/// The packet id of a kept delivery: its store number, folded into 1..=65535. Derived, not chosen, so
+/// after a restart it goes out under the id it may have gone out under before, which is what lets the
+/// client recognise a QoS 2 message it has already received. (Two kept deliveries 65,535 numbers
+/// apart would share one: the later waits until the earlier is acknowledged.)
+pub fn kept_packet_id(store_id: u64) -> u16 {
+    (store_id % u16::MAX as u64) as u16 + 1
 }
 
 impl Session {
@@ -120,6 +130,7 @@ impl Session {
             awaiting_rel: HashMap::new(),
             next_pkid: 1,
             forgotten: Vec::new(),
+            rel_given_up: Vec::new(),
         }
     }
 
@@ -217,7 +228,7 @@ impl Session {
             self.stats.count_delivered();
             return Some(delivery.publish(0, false));
         }
-        let sent = if self.window_full() || !self.mqueue.is_empty() {
+        let sent = if self.window_full() || !self.mqueue.is_empty() || self.packet_id_taken(&delivery) {
             *dropped |= !self.enqueue(delivery);
             None
         } else {
@@ -264,12 +275,18 @@ impl Session {
             return None;
         }
         let delivery = loop {
-            let delivery = self.mqueue.pop_front()?;
-            if !delivery.expired() {
-                break delivery;
+            let front = self.mqueue.front()?;
+            if front.expired() {
+                if let Some(expired) = self.mqueue.pop_front() {
+                    self.forget(&expired);
+                }
+                Self::count(&self.stats.mqueue_dropped);
+                continue;
             }
-            self.forget(&delivery);
-            Self::count(&self.stats.mqueue_dropped);
+            if front.qos != QoS::AtMostOnce && self.packet_id_taken(front) {
+                return None;
+            }
+            break self.mqueue.pop_front()?;
         };
         let publish = if delivery.qos == QoS::AtMostOnce {
             self.stats.count_delivered();
@@ -291,6 +308,29 @@ impl Session {
             });
         }
         self.drain_queue(out);
+    }
+
+    /// Puts back a delivery the store kept, as it was: past PUBREC (`released`), in flight awaiting
+    /// PUBCOMP, else queued, to be sent with DUP set as it may have been sent before.
+    pub fn restore(&mut self, delivery: Delivery, released: bool) {
+        if released && delivery.qos == QoS::ExactlyOnce && !self.packet_id_taken(&delivery) {
+            let pkid = kept_packet_id(delivery.store_id);
+            self.inflight.push_back(Inflight { pkid, delivery, state: InflightState::AwaitComp });
+            self.sync_stats();
+        } else {
+            self.enqueue_offline(Delivery { dup: true, ..delivery });
+        }
+    }
+
+    /// Puts back an incoming QoS 2 packet id the store kept as awaiting PUBREL.
+    pub fn restore_awaiting_rel(&mut self, pkid: u16) {
+        self.awaiting_rel.insert(pkid, Instant::now());
+        self.sync_stats();
+    }
+
+    /// The store number of the delivery in flight under `pkid` (0: none, or not kept).
+    pub fn kept_id(&self, pkid: u16) -> u64 {
+        self.inflight.iter().find(|e| e.pkid == pkid).map_or(0, |e| e.delivery.store_id)
     }
 
     pub fn puback(&mut self, pkid: u16) -> AckResult {
@@ -349,8 +389,20 @@ impl Session {
     pub fn expire_awaiting_rel(&mut self, now: Instant) -> usize {
         let timeout = self.limits.await_rel_timeout;
         let before = self.awaiting_rel.len();
-        self.awaiting_rel.retain(|_, since| now.duration_since(*since) < timeout);
+        let given_up = &mut self.rel_given_up;
+        self.awaiting_rel.retain(|pkid, since| {
+            let keep = now.duration_since(*since) < timeout;
+            if !keep {
+                given_up.push(*pkid);
+            }
+            keep
+        });
         before - self.awaiting_rel.len()
+    }
+
+    /// Incoming packet ids whose PUBREL was given up on since the last call (for the store to free).
+    pub fn take_rel_given_up(&mut self) -> Vec<u16> {
+        std::mem::take(&mut self.rel_given_up)
     }
 
     /// Forgets a delivery in flight that could not be sent (too large for the client): as if acknowledged.
@@ -399,9 +451,20 @@ impl Session {
         window > 0 && self.inflight.len() >= window
     }
 
+    /// Whether the packet id a kept delivery must go under is in flight already: it waits for it.
+    fn packet_id_taken(&self, delivery: &Delivery) -> bool {
+        delivery.store_id != 0 && {
+            let pkid = kept_packet_id(delivery.store_id);
+            self.inflight.iter().any(|e| e.pkid == pkid)
+        }
+    }
+
     fn send_inflight(&mut self, delivery: Delivery) -> Publish {
-        let pkid = self.next_packet_id();
-        let publish = delivery.publish(pkid, false);
+        let pkid = match delivery.store_id {
+            0 => self.next_packet_id(),
+            id => kept_packet_id(id),
+        };
+        let publish = delivery.publish(pkid, delivery.dup);
         let state = match delivery.qos {
             QoS::ExactlyOnce => InflightState::AwaitRec,
             _ => InflightState::AwaitAck,
@@ -492,6 +555,49 @@ mod tests {
         assert_eq!(s.pubrel(1), AckResult::Missed);
         assert_eq!(s.expire_awaiting_rel(Instant::now() + Duration::from_secs(21)), 1);
         assert_eq!(s.awaiting_rel_len(), 0);
+        assert_eq!(s.take_rel_given_up(), vec![2]);
+    }
+
+    fn kept(n: u8, qos: QoS, store_id: u64) -> Delivery {
+        Delivery { store_id, ..delivery(n, qos) }
+    }
+
+    #[test]
+    fn kept_deliveries_go_under_packet_ids_their_numbers_give() {
+        let mut s = Session::new("c".into(), None, limits(4, 10));
+        let mut d = false;
+        let a = s.deliver(kept(1, QoS::AtLeastOnce, 41), &mut d).unwrap();
+        assert_eq!((a.pkid, a.dup), (kept_packet_id(41), false));
+        // 65,535 numbers on, the same id: it waits for the first, and so does what follows it.
+        assert!(s.deliver(kept(2, QoS::ExactlyOnce, 41 + 65_535), &mut d).is_none());
+        assert!(s.deliver(kept(3, QoS::AtLeastOnce, 70_000), &mut d).is_none());
+        assert_eq!((s.inflight_len(), s.mqueue_len()), (1, 2));
+        assert_eq!(s.puback(a.pkid), AckResult::Done);
+        let b = s.next_queued().unwrap();
+        assert_eq!((b.pkid, &b.payload[..]), (kept_packet_id(41), &[2u8][..]));
+        assert_eq!(s.kept_id(b.pkid), 41 + 65_535);
+        assert_eq!(s.next_queued().unwrap().pkid, kept_packet_id(70_000));
+    }
+
+    #[test]
+    fn restored_deliveries_resume_as_they_were() {
+        let mut s = Session::new("c".into(), None, limits(4, 10));
+        s.restore(kept(1, QoS::ExactlyOnce, 7), true);
+        s.restore(kept(2, QoS::ExactlyOnce, 9), false);
+        s.restore(kept(3, QoS::AtLeastOnce, 12), false);
+        s.restore_awaiting_rel(300);
+        let mut out = Vec::new();
+        s.resume(&mut out);
+        let Resend::Publish(second) = &out[1] else { panic!("{out:?}") };
+        let Resend::Publish(third) = &out[2] else { panic!("{out:?}") };
+        assert_eq!(out[0], Resend::Pubrel(kept_packet_id(7)));
+        assert_eq!(
+            (second.pkid, second.dup, third.pkid, third.dup),
+            (kept_packet_id(9), true, kept_packet_id(12), true)
+        );
+        assert_eq!(s.incoming_qos2(300), Some(false), "a PUBLISH sent again is not routed again");
+        assert_eq!(s.pubcomp(kept_packet_id(7)), AckResult::Done);
+        assert_eq!(s.take_forgotten(), vec![7]);
     }
 
     #[test]

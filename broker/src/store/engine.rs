@@ -27,7 +27,26 @@ pub struct Engine {
     sessions: Keyspace,
     /// Deliveries kept for persistent sessions, by number (big-endian, so in the order kept).
     queued: Keyspace,
+    /// The numbers of kept QoS 2 deliveries past PUBREC (no value).
+    released: Keyspace,
+    /// Incoming QoS 2 packet ids awaiting PUBREL, keyed by [`incoming_key`] (no value).
+    incoming: Keyspace,
     path: PathBuf,
+}
+
+/// An incoming packet id's key: the client id, a byte no UTF-8 string holds, and the id, so that a
+/// session's ids share a prefix and go with it.
+fn incoming_key(client_id: &str, pkid: u16) -> Vec<u8> {
+    let mut key = incoming_prefix(client_id);
+    key.extend_from_slice(&pkid.to_be_bytes());
+    key
+}
+
+fn incoming_prefix(client_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(client_id.len() + 3);
+    key.extend_from_slice(client_id.as_bytes());
+    key.push(0xFF);
+    key
 }
 
 impl Engine {
@@ -49,7 +68,9 @@ impl Engine {
         let retained = db.keyspace("retained", KeyspaceCreateOptions::default).map_err(|e| failed(&e))?;
         let sessions = db.keyspace("sessions", KeyspaceCreateOptions::default).map_err(|e| failed(&e))?;
         let queued = db.keyspace("queued", KeyspaceCreateOptions::default).map_err(|e| failed(&e))?;
-        Ok(Engine { db, meta, retained, sessions, queued, path: path.to_path_buf() })
+        let released = db.keyspace("released", KeyspaceCreateOptions::default).map_err(|e| failed(&e))?;
+        let incoming = db.keyspace("incoming", KeyspaceCreateOptions::default).map_err(|e| failed(&e))?;
+        Ok(Engine { db, meta, retained, sessions, queued, released, incoming, path: path.to_path_buf() })
     }
 
     /// Everything kept, read back, and the number of the last change in it.
@@ -93,6 +114,23 @@ impl Engine {
                 Err(reason) => return Err(corrupt(format!("queued message {id}"), reason)),
             }
         }
+        for entry in self.released.iter() {
+            let key = entry.key().map_err(|e| corrupt("the released deliveries".into(), e.to_string()))?;
+            let id = <[u8; 8]>::try_from(&*key)
+                .map(u64::from_be_bytes)
+                .map_err(|_| corrupt("the released deliveries".into(), format!("a key of {} bytes", key.len())))?;
+            restored.released.insert(id);
+        }
+        for entry in self.incoming.iter() {
+            let key = entry.key().map_err(|e| corrupt("the incoming QoS 2 packet ids".into(), e.to_string()))?;
+            let bad = || corrupt("the incoming QoS 2 packet ids".into(), format!("a key of {} bytes", key.len()));
+            let (client_id, pkid) = match key.len().checked_sub(3).map(|n| key.split_at(n)) {
+                Some((client_id, [0xFF, hi, lo])) => (client_id, u16::from_be_bytes([*hi, *lo])),
+                _ => return Err(bad()),
+            };
+            let client_id = std::str::from_utf8(client_id).map_err(|_| bad())?;
+            restored.awaiting_rel.push((client_id.into(), pkid));
+        }
         Ok((restored, seq))
     }
 
@@ -106,6 +144,9 @@ impl Engine {
         }
         let mut batch = self.db.batch().durability(Some(mode));
         batch.insert(&self.meta, "seq", seq.to_be_bytes());
+        // Incoming ids set in this batch: a session dropped later in it takes them too, though a read
+        // of the keyspace does not see them yet.
+        let mut awaiting: Vec<Vec<u8>> = Vec::new();
         for change in changes {
             match change {
                 Change::RetainedSet(message) => {
@@ -115,7 +156,16 @@ impl Engine {
                 Change::SessionSaved(record) => {
                     batch.insert(&self.sessions, &*record.client_id, codec::encode_session(record));
                 }
-                Change::SessionDropped(client_id) => batch.remove(&self.sessions, &**client_id),
+                Change::SessionDropped(client_id) => {
+                    batch.remove(&self.sessions, &**client_id);
+                    let prefix = incoming_prefix(client_id);
+                    for key in self.incoming.prefix(&prefix) {
+                        batch.remove(&self.incoming, key.key().map_err(failed)?);
+                    }
+                    for key in awaiting.iter().filter(|key| key.starts_with(&prefix)) {
+                        batch.remove(&self.incoming, key.clone());
+                    }
+                }
                 Change::QueuedAdd { client_id, id, delivery } => {
                     batch.insert(&self.queued, id.to_be_bytes(), codec::encode_queued(client_id, delivery));
                 }
@@ -123,6 +173,20 @@ impl Engine {
                     for id in ids {
                         batch.remove(&self.queued, id.to_be_bytes());
                     }
+                }
+                Change::Released(id) => batch.insert(&self.released, id.to_be_bytes(), []),
+                Change::ReleasedRemove(ids) => {
+                    for id in ids {
+                        batch.remove(&self.released, id.to_be_bytes());
+                    }
+                }
+                Change::AwaitingRel { client_id, pkid } => {
+                    let key = incoming_key(client_id, *pkid);
+                    batch.insert(&self.incoming, &key, []);
+                    awaiting.push(key);
+                }
+                Change::RelCompleted { client_id, pkid } => {
+                    batch.remove(&self.incoming, incoming_key(client_id, *pkid))
                 }
             }
         }

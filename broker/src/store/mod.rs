@@ -1,7 +1,10 @@
 //! Persistence: what the broker keeps on its own disk, so that a restart, or a crash, loses nothing
 //! it has acknowledged: the retained messages, and the persistent sessions with their subscriptions,
-//! expiry and every QoS 1/2 message routed to them until their client acknowledges it. Not yet: the
-//! packet ids of messages in flight, nor incoming QoS 2 awaiting PUBREL.
+//! expiry and every QoS 1/2 message routed to them until their client acknowledges it, with what
+//! exactly once needs of their QoS 2 flows: which deliveries are past PUBREC (their PUBREL is sent
+//! again, not their PUBLISH) and which incoming packet ids await a PUBREL (a resent PUBLISH is not
+//! routed twice). A kept delivery's packet id follows from its store number, so it is the same after a
+//! restart without being written.
 //!
 //! The router records each change in a [`Journal`] as it makes it, under its lock and without waiting:
 //! a numbered entry into a channel. The [`writer`] task takes what has gathered, writes it in one
@@ -92,6 +95,21 @@ pub enum Change {
     },
     /// Kept deliveries done with.
     QueuedRemove(Vec<u64>),
+    /// A kept QoS 2 delivery past PUBREC, under its number: after a restart its PUBREL is sent again.
+    Released(u64),
+    /// Released deliveries since done with (the writer adds this, knowing which were released).
+    ReleasedRemove(Vec<u64>),
+    /// An incoming QoS 2 message of a kept session, routed, awaiting its PUBREL: should its PUBLISH
+    /// come again, even after a restart, it is acknowledged and not routed twice.
+    AwaitingRel {
+        client_id: ClientId,
+        pkid: u16,
+    },
+    /// Its PUBREL came (or it was given up): the packet id is free for a new message.
+    RelCompleted {
+        client_id: ClientId,
+        pkid: u16,
+    },
 }
 
 enum Entry {
@@ -109,6 +127,10 @@ pub struct Restored {
     pub queued: Vec<(ClientId, Delivery)>,
     /// Kept deliveries that expired while the broker was down.
     pub expired: Vec<u64>,
+    /// Kept QoS 2 deliveries past PUBREC.
+    pub released: std::collections::HashSet<u64>,
+    /// Incoming QoS 2 packet ids awaiting PUBREL, by session.
+    pub awaiting_rel: Vec<(ClientId, u16)>,
 }
 
 /// The store, open: the router's journal, the connections' view of durability, and the writer's end.
@@ -140,7 +162,13 @@ impl Store {
         }
         let (sender, receiver) = mpsc::unbounded_channel();
         let (progress, watched) = watch::channel(Progress { seq, failed: false });
-        let writer = writer::Writer { engine, dir: config.dir.clone(), sync: config.sync, interval: config.interval };
+        let writer = writer::Writer {
+            engine,
+            dir: config.dir.clone(),
+            sync: config.sync,
+            interval: config.interval,
+            released: restored.released.clone(),
+        };
         tokio::spawn(writer.run(receiver, progress));
         let recorded = Arc::new(AtomicU64::new(seq));
         let waits = config.sync != SyncPolicy::None;
@@ -156,6 +184,7 @@ impl Store {
             retained = restored.retained.len(),
             sessions = restored.sessions.len(),
             queued = restored.queued.len(),
+            awaiting_rel = restored.awaiting_rel.len(),
             "store opened"
         );
         Ok((Store { journal, durable, path }, restored))

@@ -1,6 +1,7 @@
 //! The task that commits: it takes the changes that have gathered, writes them in one batch on a
 //! blocking thread, and then moves the durable mark past them, as the sync policy says.
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,15 +23,18 @@ pub struct Writer {
     pub dir: PathBuf,
     pub sync: SyncPolicy,
     pub interval: Duration,
+    /// The kept deliveries past PUBREC, as on disk: their marks go with them.
+    pub released: HashSet<u64>,
 }
 
 /// The store cannot write; nothing more may be acknowledged as kept.
 struct Failed;
 
 impl Writer {
-    pub async fn run(self, mut entries: mpsc::UnboundedReceiver<Entry>, progress: watch::Sender<Progress>) {
+    pub async fn run(mut self, mut entries: mpsc::UnboundedReceiver<Entry>, progress: watch::Sender<Progress>) {
         let sync = self.sync;
         let interval = self.interval;
+        let mut released = std::mem::take(&mut self.released);
         let mut state = State { writer: Arc::new(self), written: progress.borrow().seq, unsynced_since: None };
         loop {
             let first = match state.unsynced_since {
@@ -71,6 +75,7 @@ impl Writer {
             }
             let durable = sync != SyncPolicy::None || !flushes.is_empty();
             cancel_out(&mut changes);
+            settle_released(&mut changes, &mut released);
             if state.commit(changes, durable, &progress).await.is_err() {
                 return;
             }
@@ -93,15 +98,18 @@ fn cancel_out(changes: &mut Vec<Change>) {
         })
         .flatten()
         .collect();
+    cancel_awaiting(changes);
     if removed.is_empty() {
         return;
     }
-    let mut added = std::collections::HashSet::new();
+    let mut added = HashSet::new();
     changes.retain(|c| match c {
         Change::QueuedAdd { id, .. } if removed.contains(id) => {
             added.insert(*id);
             false
         }
+        // Its removal takes it off the disk (it was kept in an earlier batch) or it never gets there.
+        Change::Released(id) => !removed.contains(id),
         _ => true,
     });
     changes.retain_mut(|c| match c {
@@ -111,6 +119,58 @@ fn cancel_out(changes: &mut Vec<Change>) {
         }
         _ => true,
     });
+}
+
+/// An incoming QoS 2 packet id set and completed within one batch need not be written either. A packet
+/// id alternates between awaiting and completed, so if its first change in the batch sets it, it was
+/// free before the batch, and its last change says what it is after.
+fn cancel_awaiting(changes: &mut Vec<Change>) {
+    let key = |c: &Change| match c {
+        Change::AwaitingRel { client_id, pkid } | Change::RelCompleted { client_id, pkid } => {
+            Some((client_id.clone(), *pkid))
+        }
+        _ => None,
+    };
+    // Per packet id: whether its first change sets it, the index of its last change and whether that sets it.
+    let mut seen: HashMap<(crate::session::ClientId, u16), (bool, usize, bool)> = HashMap::new();
+    for (i, change) in changes.iter().enumerate() {
+        if let Some(k) = key(change) {
+            let sets = matches!(change, Change::AwaitingRel { .. });
+            seen.entry(k).and_modify(|(_, last, last_sets)| (*last, *last_sets) = (i, sets)).or_insert((sets, i, sets));
+        }
+    }
+    if seen.is_empty() {
+        return;
+    }
+    let mut i = 0;
+    changes.retain(|change| {
+        let keep = key(change).is_none_or(|k| {
+            let (first_sets, last, last_sets) = seen[&k];
+            // Set and completed within the batch: nothing to write.
+            let net_nothing = first_sets && !last_sets;
+            i == last && !net_nothing
+        });
+        i += 1;
+        keep
+    });
+}
+
+/// Marks the deliveries released in this batch, and adds the removal of the marks of released ones it
+/// lets go of.
+fn settle_released(changes: &mut Vec<Change>, released: &mut HashSet<u64>) {
+    let mut unreleased = Vec::new();
+    for change in changes.iter() {
+        match change {
+            Change::Released(id) => {
+                released.insert(*id);
+            }
+            Change::QueuedRemove(ids) => unreleased.extend(ids.iter().filter(|id| released.remove(id))),
+            _ => {}
+        }
+    }
+    if !unreleased.is_empty() {
+        changes.push(Change::ReleasedRemove(unreleased));
+    }
 }
 
 struct State {
@@ -195,5 +255,50 @@ mod tests {
             .collect();
         // 2 stays kept; 7 was kept by an earlier batch, so its removal stays.
         assert_eq!(left, ["add 2", "remove [7]"]);
+    }
+
+    fn describe(changes: &[Change]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|c| match c {
+                Change::AwaitingRel { client_id, pkid } => format!("await {client_id}/{pkid}"),
+                Change::RelCompleted { client_id, pkid } => format!("complete {client_id}/{pkid}"),
+                Change::Released(id) => format!("released {id}"),
+                Change::ReleasedRemove(ids) => format!("unreleased {ids:?}"),
+                Change::QueuedRemove(ids) => format!("remove {ids:?}"),
+                Change::QueuedAdd { id, .. } => format!("add {id}"),
+                _ => "other".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_incoming_id_awaited_and_completed_in_one_batch_is_not_written() {
+        let awaiting = |c: &str, pkid| Change::AwaitingRel { client_id: c.into(), pkid };
+        let completed = |c: &str, pkid| Change::RelCompleted { client_id: c.into(), pkid };
+        let mut changes = vec![
+            awaiting("a", 1),
+            completed("a", 1),
+            // Reused within the batch: awaiting after it.
+            awaiting("b", 1),
+            completed("b", 1),
+            awaiting("b", 1),
+            // Awaited since an earlier batch.
+            completed("c", 1),
+            awaiting("a", 2),
+        ];
+        cancel_out(&mut changes);
+        assert_eq!(describe(&changes), ["await b/1", "complete c/1", "await a/2"]);
+    }
+
+    #[test]
+    fn a_released_mark_goes_with_its_delivery() {
+        let mut released = HashSet::from([5]);
+        // 6 released and let go of in one batch: neither is written; 5's mark, from before, is removed.
+        let mut changes = vec![add(6), Change::Released(6), Change::Released(8), Change::QueuedRemove(vec![5, 6])];
+        cancel_out(&mut changes);
+        settle_released(&mut changes, &mut released);
+        assert_eq!(describe(&changes), ["released 8", "remove [5]", "unreleased [5]"]);
+        assert_eq!(released, HashSet::from([8]));
     }
 }
