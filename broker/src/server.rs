@@ -17,11 +17,11 @@ use crate::config::Config;
 use crate::context::Context;
 use crate::metrics::{Metrics, Stats};
 use crate::ops::control::{self, ControlJob};
-use crate::ops::plugins::{Plugin, Plugins};
+use crate::ops::plugins::{Plugin, PluginError, Plugins};
 use crate::ops::{metrics_http, sys, Node, Reloader};
 use crate::router::{RouterHandle, Wiring};
 use crate::settings::{LogReload, Settings};
-use crate::store::{Store, StoreError};
+use crate::store::{HotSetting, Store, StoreError};
 use crate::transport::{Accepted, Certificates, Listener, ListenerError, ListenerKind};
 
 /// Scheduler ticks (task polls) between two looks at socket readiness while every worker is busy.
@@ -49,6 +49,27 @@ pub enum StartError {
     MetricsListener { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Puts back what the management API had changed before the restart, over the configuration's values
+/// (as the sidecar would push them again). One that no longer applies (an ACL file gone) is logged and
+/// left at the configuration's value.
+fn restore_hot_settings(kept: Vec<HotSetting>, settings: &Settings, plugins: &Plugins) {
+    for setting in kept {
+        let restored = match &setting {
+            HotSetting::Config { app, key, value } => settings.set(app, key, value).map_err(|e| e.to_string()),
+            HotSetting::PluginConfig { name, config } => {
+                plugins.restore_config(name, config.clone()).map_err(|e| e.to_string())
+            }
+            HotSetting::PluginActive { name, active } => match plugins.set_active(name, *active) {
+                Ok(()) | Err(PluginError::AlreadyActive | PluginError::AlreadyInactive) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        if let Err(error) = restored {
+            tracing::warn!(?setting, %error, "a kept setting could not be put back");
+        }
+    }
 }
 
 /// The management secret if it is one: an empty or short secret closes the control channel, loudly, rather
@@ -108,7 +129,7 @@ impl Broker {
         })?;
         // Last of the configuration's checks, before anything is served: a store that cannot be read
         // stops the broker here.
-        let (store, restored) = match config.store() {
+        let (store, mut restored) = match config.store() {
             Some(store_config) => {
                 let (store, restored) = Store::open(&store_config)?;
                 (Some(store), restored)
@@ -130,8 +151,10 @@ impl Broker {
             journal: store.as_ref().map(Store::journal),
         };
         let router = RouterHandle::new(config.session_limits(), wiring);
+        let hot_settings = std::mem::take(&mut restored.hot_settings);
         router.restore(restored);
         let settings = Arc::new(Settings::new(&config, acl, log_reload));
+        restore_hot_settings(hot_settings, &settings, &plugins);
         let hasher = Hasher::default();
         let (control_tx, control_rx) = control::channel();
         let auth = Authenticator {
@@ -156,6 +179,7 @@ impl Broker {
             max_connections: config.max_connections,
             shutdown: shutdown.clone(),
             baseline_rss: crate::ops::recon::process_memory().0,
+            store: store.as_ref().map(|store| (store.journal(), store.durable())),
         });
         let mut ctx = Context::new(config, router, auth, settings, plugins, metrics, control_tx, shutdown);
         ctx.durable = store.as_ref().map(Store::durable);

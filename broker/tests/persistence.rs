@@ -584,3 +584,52 @@ async fn drain_numbers_or_text(client: &mut Raw) -> Vec<String> {
     }
     got
 }
+
+/// What the management API changes is kept by the broker itself: after a SIGKILL, and with no sidecar
+/// to push it again, configs, plugin configs (passwords still hashed) and plugin switches are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_settings_and_plugin_states_survive_sigkill() {
+    use midge_shared::control::{ConfigRow, PluginConfigRow, PluginRow, Request};
+    const NODE: &str = "kept@127.0.0.1";
+    let args = ["--node", NODE, "--mgmt-secret", SECRET];
+    let dir = tempdir();
+    let (mut child, addr) = spawn_with(&dir, "interval", &args).await;
+    let mut mgmt = Mgmt::connect(addr, NODE).await;
+    let set =
+        |key: &str, value: &str| Request::SetConfig { app: "emqttd".into(), key: key.into(), value: value.into() };
+    let _: serde_json::Value = mgmt.ok(set("mqtt.broker.sys_interval", "7")).await;
+    let _: serde_json::Value = mgmt.ok(set("mqtt.allow_anonymous", "false")).await;
+    let values = std::collections::BTreeMap::from([
+        ("auth.user.1.username".to_string(), "alice".to_string()),
+        ("auth.user.1.password".to_string(), "s3cret".to_string()),
+    ]);
+    let _: serde_json::Value = mgmt.ok(Request::SetPluginConfig { name: "emq_auth_username".into(), values }).await;
+    let _: serde_json::Value = mgmt.ok(Request::SetPlugin { name: "emq_auth_username".into(), active: true }).await;
+    let _: serde_json::Value = mgmt.ok(Request::SetPlugin { name: "emq_retainer".into(), active: false }).await;
+    // Each reply came once its change was on disk: killed at once, nothing may be missing.
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    let (_child, addr) = spawn_with(&dir, "interval", &args).await;
+    let mut mgmt = Mgmt::connect(addr, NODE).await;
+    let configs: Vec<ConfigRow> = mgmt.ok(Request::ListConfigs).await;
+    let value = |key: &str| configs.iter().find(|row| row.key == key).map(|row| row.value.clone());
+    assert_eq!(value("mqtt.broker.sys_interval").as_deref(), Some("7"));
+    assert_eq!(value("mqtt.allow_anonymous").as_deref(), Some("false"));
+    let plugins: Vec<PluginRow> = mgmt.ok(Request::ListPlugins).await;
+    let active = |name: &str| plugins.iter().find(|p| p.name == name).map(|p| p.active);
+    assert_eq!((active("emq_auth_username"), active("emq_retainer")), (Some(true), Some(false)));
+    let rows: Vec<PluginConfigRow> = mgmt.ok(Request::GetPluginConfig { name: "emq_auth_username".into() }).await;
+    let password = rows.iter().find(|r| r.key == "auth.user.1.password").unwrap();
+    assert!(password.value.starts_with("$argon2id$"), "kept hashed: {}", password.value);
+    // And they act: alice gets in with her password, nobody anonymously.
+    let login = |user: Option<&str>, password: &str| {
+        let mut c = connect_packet("kept-login", true);
+        c.username = user.map(Into::into);
+        c.password = user.map(|_| Bytes::copy_from_slice(password.as_bytes()));
+        Packet::Connect(c)
+    };
+    assert_eq!(connack_code(addr, login(Some("alice"), "s3cret")).await, ConnectReturnCode::Accepted);
+    assert_eq!(connack_code(addr, login(Some("alice"), "nope")).await, ConnectReturnCode::BadUsernameOrPassword);
+    assert_eq!(connack_code(addr, login(None, "")).await, ConnectReturnCode::NotAuthorized);
+}

@@ -21,6 +21,7 @@ use super::sys;
 use crate::metrics::Metric;
 use crate::protocol::{topic, QoS};
 use crate::session::Message;
+use crate::store::HotSetting;
 
 /// Requests waiting for the control service; more than this and the management client waits.
 pub const QUEUE: usize = 256;
@@ -117,6 +118,13 @@ struct Service<'a> {
 }
 
 /// The API's codes for what the plugins refuse.
+/// Keeps what a request changed; it is answered once that is on disk.
+async fn keep(node: &Node, setting: HotSetting) -> Result<Done, ControlError> {
+    node.keep(setting).await.map(|_| Done).map_err(|_| {
+        ControlError::new(code::UNKNOWN, "changed, but the store could not keep the change: it is lost at restart")
+    })
+}
+
 fn plugin_error(error: PluginError) -> ControlError {
     let code = match error {
         PluginError::AlreadyActive => code::PLUGIN_ACTIVE,
@@ -221,7 +229,8 @@ impl Handler for Service<'_> {
     }
 
     async fn set_plugin(&self, name: String, active: bool) -> Result<Done, ControlError> {
-        self.node.plugins.set_active(&name, active).map(|_| Done).map_err(plugin_error)
+        self.node.plugins.set_active(&name, active).map_err(plugin_error)?;
+        keep(self.node, HotSetting::PluginActive { name, active }).await
     }
 
     async fn list_configs(&self) -> Result<Vec<ConfigRow>, ControlError> {
@@ -229,11 +238,8 @@ impl Handler for Service<'_> {
     }
 
     async fn set_config(&self, app: String, key: String, value: String) -> Result<Done, ControlError> {
-        self.node
-            .settings
-            .set(&app, &key, &value)
-            .map(|_| Done)
-            .map_err(|e| ControlError::new(code::UNKNOWN, e.to_string()))
+        self.node.settings.set(&app, &key, &value).map_err(|e| ControlError::new(code::UNKNOWN, e.to_string()))?;
+        keep(self.node, HotSetting::Config { app, key, value }).await
     }
 
     async fn get_plugin_config(&self, name: String) -> Result<Vec<PluginConfigRow>, ControlError> {
@@ -241,7 +247,9 @@ impl Handler for Service<'_> {
     }
 
     async fn set_plugin_config(&self, name: String, values: BTreeMap<String, String>) -> Result<Done, ControlError> {
-        self.node.plugins.set_config(&self.node.hasher, &name, values).await.map(|_| Done).map_err(plugin_error)
+        self.node.plugins.set_config(&self.node.hasher, &name, values).await.map_err(plugin_error)?;
+        let config = self.node.plugins.config_map(&name).unwrap_or_default();
+        keep(self.node, HotSetting::PluginConfig { name, config }).await
     }
 
     async fn list_listeners(&self) -> Result<Vec<ListenerRow>, ControlError> {

@@ -11,6 +11,7 @@ use super::plugins::Plugins;
 use crate::metrics::{Metrics, Stats};
 use crate::router::RouterHandle;
 use crate::settings::Settings;
+use crate::store::{Durable, HotSetting, Journal, NotDurable};
 use crate::transport::{Certificates, ListenerStats};
 
 pub struct Node {
@@ -32,4 +33,17 @@ pub struct Node {
     /// The process's resident memory before any connection: what each connection adds is measured from
     /// here (`emq_recon`).
     pub baseline_rss: u64,
+    /// Where what the management API changes is kept, with persistence on.
+    pub store: Option<(Journal, Durable)>,
+}
+
+impl Node {
+    /// Keeps a change the management API made, and waits until it is on disk: a broker restarted
+    /// without its sidecar comes back with it.
+    pub async fn keep(&self, setting: HotSetting) -> Result<(), NotDurable> {
+        match &self.store {
+            Some((journal, durable)) => durable.reached(journal.record(setting.change())).await.map(|_| ()),
+            None => Ok(()),
+        }
+    }
 }

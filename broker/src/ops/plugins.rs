@@ -212,6 +212,19 @@ impl Plugins {
         self.configs().get(&plugin)?.get(key).cloned()
     }
 
+    /// A plugin's configuration as it is (passwords hashed), to keep.
+    pub fn config_map(&self, name: &str) -> Option<BTreeMap<String, String>> {
+        self.configs().get(&Plugin::from_name(name)?).cloned()
+    }
+
+    /// Puts back a plugin's configuration as it was kept, whole.
+    pub fn restore_config(&self, name: &str, config: BTreeMap<String, String>) -> Result<(), PluginError> {
+        let plugin = Plugin::from_name(name).ok_or_else(|| PluginError::Unknown(name.to_string()))?;
+        self.configs().insert(plugin, config);
+        self.publish_credentials(plugin);
+        Ok(())
+    }
+
     pub fn config(&self, name: &str) -> Result<Vec<PluginConfigRow>, PluginError> {
         let plugin = Plugin::from_name(name).ok_or_else(|| PluginError::Unknown(name.to_string()))?;
         let values = self.configs().get(&plugin).cloned().unwrap_or_default();

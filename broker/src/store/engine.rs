@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::codec;
-use super::{Change, Restored, StoreError};
+use super::{Change, HotSetting, Restored, StoreError};
 
 /// The directory under `data_dir` that holds the database.
 pub const DIR: &str = "store";
@@ -31,6 +31,8 @@ pub struct Engine {
     released: Keyspace,
     /// Incoming QoS 2 packet ids awaiting PUBREL, keyed by [`incoming_key`] (no value).
     incoming: Keyspace,
+    /// Hot settings and plugin states (see [`HotSetting`]).
+    settings: Keyspace,
     path: PathBuf,
 }
 
@@ -70,7 +72,9 @@ impl Engine {
         let queued = db.keyspace("queued", KeyspaceCreateOptions::default).map_err(|e| failed(&e))?;
         let released = db.keyspace("released", KeyspaceCreateOptions::default).map_err(|e| failed(&e))?;
         let incoming = db.keyspace("incoming", KeyspaceCreateOptions::default).map_err(|e| failed(&e))?;
-        Ok(Engine { db, meta, retained, sessions, queued, released, incoming, path: path.to_path_buf() })
+        let settings = db.keyspace("settings", KeyspaceCreateOptions::default).map_err(|e| failed(&e))?;
+        let path = path.to_path_buf();
+        Ok(Engine { db, meta, retained, sessions, queued, released, incoming, settings, path })
     }
 
     /// Everything kept, read back, and the number of the last change in it.
@@ -131,6 +135,19 @@ impl Engine {
             let client_id = std::str::from_utf8(client_id).map_err(|_| bad())?;
             restored.awaiting_rel.push((client_id.into(), pkid));
         }
+        for entry in self.settings.iter() {
+            let (key, value) = entry.into_inner().map_err(|e| corrupt("the hot settings".into(), e.to_string()))?;
+            let (key, value) = (String::from_utf8_lossy(&key), String::from_utf8_lossy(&value));
+            match HotSetting::parse(&key, &value) {
+                Some(setting) => restored.hot_settings.push(setting),
+                None => tracing::warn!(%key, "a kept setting this broker does not know; left alone"),
+            }
+        }
+        restored.hot_settings.sort_by_key(|setting| match setting {
+            HotSetting::Config { .. } => 0,
+            HotSetting::PluginConfig { .. } => 1,
+            HotSetting::PluginActive { .. } => 2,
+        });
         Ok((restored, seq))
     }
 
@@ -188,6 +205,7 @@ impl Engine {
                 Change::RelCompleted { client_id, pkid } => {
                     batch.remove(&self.incoming, incoming_key(client_id, *pkid))
                 }
+                Change::HotSetting { key, value } => batch.insert(&self.settings, key.as_str(), value.as_str()),
             }
         }
         batch.commit().map_err(failed)

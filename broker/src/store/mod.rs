@@ -4,7 +4,7 @@
 //! exactly once needs of their QoS 2 flows: which deliveries are past PUBREC (their PUBREL is sent
 //! again, not their PUBLISH) and which incoming packet ids await a PUBREL (a resent PUBLISH is not
 //! routed twice). A kept delivery's packet id follows from its store number, so it is the same after a
-//! restart without being written.
+//! restart without being written. And what the management API changed ([`HotSetting`]).
 //!
 //! The router records each change in a [`Journal`] as it makes it, under its lock and without waiting:
 //! a numbered entry into a channel. The [`writer`] task takes what has gathered, writes it in one
@@ -110,6 +110,53 @@ pub enum Change {
         client_id: ClientId,
         pkid: u16,
     },
+    /// A hot setting or plugin state changed through the management API, as [`HotSetting`] names it,
+    /// so that a broker restarted without its sidecar comes back as it was.
+    HotSetting {
+        key: String,
+        value: String,
+    },
+}
+
+/// What the broker keeps of what the management API changed, by key in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HotSetting {
+    /// A key of `configs` (`app`, `key`) and its value.
+    Config { app: String, key: String, value: String },
+    /// A plugin's configuration, whole (passwords hashed), as JSON.
+    PluginConfig { name: String, config: std::collections::BTreeMap<String, String> },
+    /// Whether a plugin is on.
+    PluginActive { name: String, active: bool },
+}
+
+impl HotSetting {
+    /// As a change to record.
+    pub fn change(&self) -> Change {
+        let (key, value) = match self {
+            HotSetting::Config { app, key, value } => (format!("config/{app}/{key}"), value.clone()),
+            HotSetting::PluginConfig { name, config } => {
+                (format!("plugin_config/{name}"), serde_json::to_string(config).unwrap_or_default())
+            }
+            HotSetting::PluginActive { name, active } => (format!("plugin/{name}"), active.to_string()),
+        };
+        Change::HotSetting { key, value }
+    }
+
+    /// Read back from the store: `None` for a key this broker does not know.
+    pub(super) fn parse(key: &str, value: &str) -> Option<HotSetting> {
+        let (kind, rest) = key.split_once('/')?;
+        match kind {
+            "config" => {
+                let (app, key) = rest.split_once('/')?;
+                Some(HotSetting::Config { app: app.into(), key: key.into(), value: value.into() })
+            }
+            "plugin_config" => {
+                Some(HotSetting::PluginConfig { name: rest.into(), config: serde_json::from_str(value).ok()? })
+            }
+            "plugin" => Some(HotSetting::PluginActive { name: rest.into(), active: value.parse().ok()? }),
+            _ => None,
+        }
+    }
 }
 
 enum Entry {
@@ -131,6 +178,9 @@ pub struct Restored {
     pub released: std::collections::HashSet<u64>,
     /// Incoming QoS 2 packet ids awaiting PUBREL, by session.
     pub awaiting_rel: Vec<(ClientId, u16)>,
+    /// What the management API changed: configs first, then plugin configs, then plugin switches (so
+    /// an auth plugin comes on with its users).
+    pub hot_settings: Vec<HotSetting>,
 }
 
 /// The store, open: the router's journal, the connections' view of durability, and the writer's end.
