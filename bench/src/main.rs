@@ -6,6 +6,7 @@ mod certs;
 mod latency;
 mod mqtt;
 mod proc;
+mod restart;
 mod scenarios;
 
 use std::net::{SocketAddr, TcpListener};
@@ -46,7 +47,13 @@ struct Cli {
     /// Connections opened for the TLS and WebSocket connect rates.
     #[arg(long, default_value_t = 2_000)]
     transport_connections: usize,
-    /// Only these scenarios (fanin0, fanin1, fanout0, fanin1-persistent, latency, idle, overload, tls,
+    /// Retained messages for the restart scenario.
+    #[arg(long, default_value_t = 100_000)]
+    restart_retained: usize,
+    /// Persistent sessions for the restart scenario, each with 100 messages queued.
+    #[arg(long, default_value_t = 10_000)]
+    restart_sessions: usize,
+    /// Only these scenarios (fanin0, fanin1, fanout0, fanin1-persistent, restart, latency, idle, overload, tls,
     /// ws, wss, api, and fanin0-v5, fanin1-v5, fanout0-v5, or mqtt5 for those three); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -66,9 +73,56 @@ struct Broker {
     ws: Option<SocketAddr>,
     wss: Option<SocketAddr>,
     _dir: PathBuf,
+    /// How it was started, to start it again on the same ports and files.
+    launch: Launch,
+}
+
+/// A broker's command line.
+struct Launch {
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
+    envs: Vec<(String, String)>,
+    /// Mosquitto's stderr says nothing we read; Midge's warnings are worth seeing.
+    quiet: bool,
+}
+
+impl Launch {
+    fn new(program: impl Into<std::ffi::OsString>, quiet: bool) -> Launch {
+        Launch { program: program.into(), args: Vec::new(), envs: Vec::new(), quiet }
+    }
+
+    fn arg(&mut self, arg: impl Into<std::ffi::OsString>) -> &mut Launch {
+        self.args.push(arg.into());
+        self
+    }
+
+    fn env(&mut self, key: &str, value: &str) -> &mut Launch {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    fn spawn(&self) -> std::io::Result<Child> {
+        let mut command = Command::new(&self.program);
+        command.args(&self.args).envs(self.envs.iter().map(|(k, v)| (k, v))).stdout(Stdio::null());
+        if self.quiet {
+            command.stderr(Stdio::null());
+        }
+        command.spawn()
+    }
 }
 
 impl Broker {
+    /// Stops it with SIGTERM (it saves what it keeps) and starts it again: how long the stop took.
+    fn restart(&mut self) -> anyhow::Result<Duration> {
+        let stopping = Instant::now();
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM {} failed", self.child.id());
+        self.child.wait()?;
+        let stopped = stopping.elapsed();
+        self.child = self.launch.spawn().with_context(|| format!("cannot start {} again", self.name))?;
+        Ok(stopped)
+    }
+
     fn target(&self) -> Target {
         Target { endpoint: Endpoint::tcp(self.addr), pid: self.child.id() }
     }
@@ -115,29 +169,27 @@ fn loopback() -> anyhow::Result<SocketAddr> {
 /// Midge, keeping nothing on disk unless given a directory for its store (default sync policy).
 fn start_midge(binary: &PathBuf, certs: &certs::Certs, store: Option<&std::path::Path>) -> anyhow::Result<Broker> {
     let (addr, tls, ws, wss) = (loopback()?, loopback()?, loopback()?, loopback()?);
-    let mut command = Command::new(binary);
+    let mut launch = Launch::new(binary, false);
     // MIDGE_BENCH_WORKERS sets the broker's worker threads without touching the generator's.
     if let Ok(workers) = std::env::var("MIDGE_BENCH_WORKERS") {
-        command.env("TOKIO_WORKER_THREADS", workers);
+        launch.env("TOKIO_WORKER_THREADS", &workers);
     }
     match store {
-        Some(dir) => command.args(["--persistence", "true"]).arg("--data-dir").arg(dir),
+        Some(dir) => launch.arg("--persistence").arg("true").arg("--data-dir").arg(dir),
         // Like for like: the Mosquitto it runs against keeps nothing on disk either.
-        None => command.args(["--persistence", "false"]),
+        None => launch.arg("--persistence").arg("false"),
     };
-    let child = command
-        .env("MIDGE_MGMT_SECRET", api::MGMT_SECRET)
-        .args(["--listen", &addr.to_string(), "--log-level", "warn"])
-        .args(["--ssl-listen", &tls.to_string(), "--ws-listen", &ws.to_string(), "--wss-listen", &wss.to_string()])
-        .arg("--certfile")
-        .arg(&certs.cert)
-        .arg("--keyfile")
-        .arg(&certs.key)
-        .stdout(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))?;
+    launch.env("MIDGE_MGMT_SECRET", api::MGMT_SECRET);
+    for arg in ["--listen", &addr.to_string(), "--log-level", "warn", "--ssl-listen", &tls.to_string()] {
+        launch.arg(arg);
+    }
+    for arg in ["--ws-listen", &ws.to_string(), "--wss-listen", &wss.to_string()] {
+        launch.arg(arg);
+    }
+    launch.arg("--certfile").arg(&certs.cert).arg("--keyfile").arg(&certs.key);
+    let child = launch.spawn().with_context(|| format!("cannot start {}", binary.display()))?;
     wait_listening(addr)?;
-    Ok(Broker { name: "midge", child, addr, tls, ws: Some(ws), wss: Some(wss), _dir: PathBuf::new() })
+    Ok(Broker { name: "midge", child, addr, tls, ws: Some(ws), wss: Some(wss), _dir: PathBuf::new(), launch })
 }
 
 /// Mosquitto with the same listeners as Midge but WebSocket: Debian's mosquitto 2.0.11 is built without
@@ -163,16 +215,12 @@ fn start_mosquitto(binary: &str, certs: &certs::Certs, persistence: bool) -> any
              listener {tls_port} 127.0.0.1\nmax_connections -1\ncertfile {cert}\nkeyfile {key}\n{persist}"
         ),
     )?;
-    let child = Command::new(binary)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {binary} (apt-get install mosquitto)"))?;
+    let mut launch = Launch::new(binary, true);
+    launch.arg("-c").arg(&conf);
+    let child = launch.spawn().with_context(|| format!("cannot start {binary} (apt-get install mosquitto)"))?;
     wait_listening(addr)?;
     wait_listening(tls)?;
-    Ok(Broker { name: "mosquitto", child, addr, tls, ws: None, wss: None, _dir: dir })
+    Ok(Broker { name: "mosquitto", child, addr, tls, ws: None, wss: None, _dir: dir, launch })
 }
 
 struct Row {
@@ -338,6 +386,71 @@ async fn main() -> anyhow::Result<()> {
             midge: rate_of(&results[1]),
             lower_is_better: false,
             note,
+        });
+        drop(persisting);
+        let _ = std::fs::remove_dir_all(&store);
+    }
+
+    if wanted("restart") {
+        // Both persisting, filled alike, stopped with SIGTERM (each saves what it keeps) and started
+        // again: how long until a client is served, and everything is checked back.
+        let fill = restart::Fill { retained: cli.restart_retained, sessions: cli.restart_sessions, per_session: 100 };
+        let store = std::env::temp_dir().join(format!("midge-bench-restart-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&store);
+        let mut persisting =
+            [start_mosquitto(&cli.mosquitto, &certs, true)?, start_midge(&cli.midge, &certs, Some(&store))?];
+        let mut figures = Vec::new();
+        for broker in &mut persisting {
+            let endpoint = broker.target().endpoint;
+            eprintln!(
+                "restart of {}: filling with {} retained, {} sessions, {} queued",
+                broker.name,
+                fill.retained,
+                fill.sessions,
+                fill.queued()
+            );
+            let filling = Instant::now();
+            restart::fill(&endpoint, fill).await?;
+            let filled = filling.elapsed();
+            let rss_before = proc::rss_bytes(broker.child.id());
+            let stopped = broker.restart()?;
+            let started = Instant::now();
+            let ready = restart::ready(&endpoint, started).await?;
+            let rss = proc::rss_bytes(broker.child.id());
+            let retained_rate = restart::check(&endpoint, fill).await?;
+            eprintln!(
+                "    filled in {filled:.1?}, stopped in {stopped:.2?}, serving again in {ready:.2?}, RSS {} MB (before: {} MB), \
+                 retained back at {retained_rate:.0}/s",
+                rss >> 20,
+                rss_before >> 20
+            );
+            figures.push((stopped, ready, rss, retained_rate));
+        }
+        let label = format!("{} retained, {} sessions, {} queued", fill.retained, fill.sessions, fill.queued());
+        let (theirs, ours) = (figures[0], figures[1]);
+        rows.push(Row {
+            scenario: format!("restart: SIGTERM to serving again ({label})"),
+            unit: "s",
+            mosquitto: (theirs.0 + theirs.1).as_secs_f64(),
+            midge: (ours.0 + ours.1).as_secs_f64(),
+            lower_is_better: true,
+            note: format!(
+                "stop {:.2} s / start {:.2} s against {:.2} s / {:.2} s; RSS after start {} MB against {} MB",
+                ours.0.as_secs_f64(),
+                ours.1.as_secs_f64(),
+                theirs.0.as_secs_f64(),
+                theirs.1.as_secs_f64(),
+                ours.2 >> 20,
+                theirs.2 >> 20
+            ),
+        });
+        rows.push(Row {
+            scenario: format!("restart: retained messages to a `ret/#` subscriber after it ({label})"),
+            unit: "msg/s",
+            mosquitto: theirs.3,
+            midge: ours.3,
+            lower_is_better: false,
+            note: String::new(),
         });
         drop(persisting);
         let _ = std::fs::remove_dir_all(&store);
