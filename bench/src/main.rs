@@ -200,6 +200,8 @@ fn start_mosquitto(binary: &str, certs: &certs::Certs, persistence: bool) -> any
     let (addr, tls) = (loopback()?, loopback()?);
     let dir = std::env::temp_dir().join(format!("midge-bench-mosquitto-{}-{persistence}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    // Started as root, Mosquitto drops to its own user, which must be able to write its database here.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
     let conf = dir.join("mosquitto.conf");
     let (port, tls_port) = (addr.port(), tls.port());
     let (cert, key) = (certs.cert.display(), certs.key.display());

@@ -62,8 +62,9 @@ impl Exit {
         match self {
             Exit::Disconnect
             | Exit::DisconnectWithWill
-            | Exit::StoreFailed
             | Exit::Error(ConnectionError::Closed | ConnectionError::Io(_)) => None,
+            // What it sent was not kept (a full disk): it may send it again elsewhere or later.
+            Exit::StoreFailed => Some(ReasonCode::QuotaExceeded),
             Exit::Shutdown => Some(ReasonCode::ServerShuttingDown),
             Exit::TakenOver => Some(ReasonCode::SessionTakenOver),
             Exit::Kicked => Some(ReasonCode::AdministrativeAction),
@@ -318,6 +319,13 @@ async fn accept(
     let conn_id = ctx.next_conn_id();
     let (outbox, outbox_rx) = router::outbox(conn_id);
     let expiry = session_expiry(&connect, ctx);
+    let persistent = expiry != Some(Duration::ZERO) && principal != Principal::Management;
+    if persistent && ctx.durable.as_ref().is_some_and(|durable| durable.failed()) {
+        // Nothing it is sent could be kept: better refused, clearly, than kept in name only.
+        tracing::warn!(%peer, client_id = %connect.client_id.escape_debug(), "persistent session refused: the store cannot write");
+        refuse(ctx, &mut writer, ReasonCode::QuotaExceeded).await;
+        return Err(Some("refused"));
+    }
     // MQTT 5 lets the server choose the keep-alive (and says so in CONNACK).
     if v5 && ctx.config.server_keepalive > 0 {
         connect.keep_alive = ctx.config.server_keepalive;
@@ -744,18 +752,22 @@ impl ClientConnection {
             let message = sys::disconnected_event(&self.ctx.config.node, &event);
             self.ctx.router.publish(message);
         }
+        if matches!(exit, Exit::StoreFailed) {
+            // The buffer holds acknowledgements of what was not kept: never sent.
+            self.writer.drop_held();
+        }
         if let (Some(_), Some(reason)) = (&self.v5, exit.disconnect_reason()) {
             // A reason string where the code alone would leave the client guessing what it got wrong.
             let reason_string = match &exit {
                 Exit::ProtocolViolation(_, what) => Some(what.to_string()),
                 Exit::Error(ConnectionError::Decode(e)) => Some(e.to_string()),
+                Exit::StoreFailed => Some("the broker could not keep what this connection sent".to_string()),
                 _ => None,
             };
             self.send(&Packet::Disconnect(Disconnect { reason_string, ..Disconnect::new(reason) }));
         }
         let ClientConnection { ctx, principal, client_id, conn_id, session, mut writer, outbox, .. } = self;
-        // After a store failure the buffer holds acknowledgements of what was not kept: never sent.
-        let broken = matches!(exit, Exit::Error(ConnectionError::Closed | ConnectionError::Io(_)) | Exit::StoreFailed);
+        let broken = matches!(exit, Exit::Error(ConnectionError::Closed | ConnectionError::Io(_)));
         // Replies still waiting for the store go once it is there, or never.
         if let (Some(seq), Some(durable), false) = (writer.held_through(), &ctx.durable, broken) {
             match timeout(Duration::from_millis(500), durable.reached(seq)).await {

@@ -384,7 +384,7 @@ async fn messages_queued_for_an_away_session_survive_sigkill() {
         while Instant::now() < deadline {
             let batch: Vec<u32> = (next..next + 20).collect();
             for n in &batch {
-                let qos = if n % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+                let qos = if n.is_multiple_of(2) { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
                 publisher.send(&publish("q/n", n.to_string().as_bytes(), qos, (n % 60_000 + 1) as u16)).await;
             }
             let mut completions = 0;
@@ -670,7 +670,7 @@ impl CarefulPublisher {
             while self.pending.len() < Self::WINDOW && self.next < last {
                 let n = self.next;
                 self.next += 1;
-                let qos = if n % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+                let qos = if n.is_multiple_of(2) { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
                 let pkid = loop {
                     self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
                     if !self.pending.contains_key(&self.next_pkid) {
@@ -837,4 +837,87 @@ async fn twenty_kills_under_qos1_and_qos2_traffic_lose_nothing_and_duplicate_no_
         online.delivered.len(),
         away.delivered.len()
     );
+}
+
+/// A small filesystem of its own for the store (tmpfs), or `None` where this process may not mount one
+/// (not root): the full-disk test then says it did not run.
+fn small_filesystem(dir: &Path, size: &str) -> Option<PathBuf> {
+    let mount = dir.join("small");
+    std::fs::create_dir_all(&mount).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(&mount)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    mounted.then_some(mount)
+}
+
+/// Unmounts the small filesystem when the test ends, however it ends.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk: the broker sends no acknowledgement for what it could not keep and closes that
+/// publisher with reason Quota exceeded (MQTT 5), refuses new persistent sessions with the same code,
+/// goes on serving clean sessions, and what it had acknowledged is intact after a restart with room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_persistent_work_and_corrupts_nothing() {
+    let dir = tempdir();
+    let Some(small) = small_filesystem(&dir, "6m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root); the full-disk test did not run");
+        return;
+    };
+    let _unmount = Unmount(small.clone());
+    let (mut child, addr) = spawn(&small, "every_message").await;
+    let v5 = |client_id: &str, expiry: u32| Connect {
+        protocol: Protocol::V5,
+        properties: Box::new(ConnectProperties { session_expiry_interval: Some(expiry), ..Default::default() }),
+        ..connect_packet(client_id, expiry == 0)
+    };
+    let (mut publisher, _) = Raw::connect(addr, v5("filler", 0)).await;
+    // Random, so that no compression makes it small.
+    let big: Vec<u8> = (0..256 * 1024).map(|_| rand::random::<u8>()).collect();
+    let mut acknowledged = Vec::new();
+    let ended = loop {
+        let n = acknowledged.len() as u16;
+        let Packet::Publish(p) = retained(&format!("full/{n}"), &big, QoS::AtLeastOnce, n + 1) else { unreachable!() };
+        publisher.send(&Packet::Publish(p)).await;
+        match publisher.recv_within(Duration::from_secs(10)).await {
+            Ok(Some(Packet::Puback(ack))) if ack.reason == ReasonCode::Success => acknowledged.push(n),
+            other => break other,
+        }
+        assert!(acknowledged.len() < 100, "6 MB never filled");
+    };
+    match ended {
+        Ok(Some(Packet::Disconnect(d))) => assert_eq!(d.reason, ReasonCode::QuotaExceeded),
+        other => panic!("expected DISCONNECT (quota exceeded), got {other:?}"),
+    }
+    assert!(!acknowledged.is_empty());
+    eprintln!("{} messages of 256 KiB acknowledged before the disk was full", acknowledged.len());
+    // New persistent work is refused, clearly; a clean session still gets in and is served.
+    let mut refused = Raw::open(addr).await;
+    refused.send(&Packet::Connect(v5("wants-a-session", 300))).await;
+    match refused.recv().await {
+        Some(Packet::Connack(c)) => assert_eq!(c.reason, ReasonCode::QuotaExceeded),
+        other => panic!("expected a refusing CONNACK, got {other:?}"),
+    }
+    let mut clean = Raw::connected(addr, "clean-one").await;
+    clean.ping().await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    // With room again, everything acknowledged is there.
+    let grown = std::process::Command::new("mount").args(["-o", "remount,size=64m"]).arg(&small).status().unwrap();
+    assert!(grown.success());
+    let (_child, addr) = spawn(&small, "every_message").await;
+    let kept = retained_now(addr, "full/#").await;
+    for n in &acknowledged {
+        let message = kept.get(&format!("full/{n}")).unwrap_or_else(|| panic!("acknowledged full/{n} lost"));
+        assert_eq!(message.payload.len(), big.len());
+    }
 }

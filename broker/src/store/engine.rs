@@ -10,6 +10,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::codec;
 use super::{Change, HotSetting, Restored, StoreError};
+use crate::session::Message;
 
 /// The directory under `data_dir` that holds the database.
 pub const DIR: &str = "store";
@@ -34,6 +35,43 @@ pub struct Engine {
     /// Hot settings and plugin states (see [`HotSetting`]).
     settings: Keyspace,
     path: PathBuf,
+}
+
+/// The messages read back so far, by a hash of their content, to share among the deliveries that
+/// carry the same one.
+#[derive(Default)]
+struct Interned(std::collections::HashMap<u64, Vec<std::sync::Arc<Message>>>);
+
+impl Interned {
+    fn share(&mut self, message: std::sync::Arc<Message>) -> std::sync::Arc<Message> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&message.topic, &message.payload, message.qos, message.retain).hash(&mut hasher);
+        let same = self.0.entry(hasher.finish()).or_default();
+        let equal = |kept: &&std::sync::Arc<Message>| {
+            kept.topic == message.topic
+                && kept.payload == message.payload
+                && (kept.qos, kept.retain) == (message.qos, message.retain)
+                && kept.properties == message.properties
+                && same_deadline(kept.expires_at, message.expires_at)
+        };
+        match same.iter().find(equal) {
+            Some(kept) => kept.clone(),
+            None => {
+                same.push(message.clone());
+                message
+            }
+        }
+    }
+}
+
+/// Deadlines read back from one kept instant: each read takes its own clock, microseconds apart.
+fn same_deadline(a: Option<std::time::Instant>, b: Option<std::time::Instant>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.max(b).duration_since(a.min(b)) < std::time::Duration::from_secs(1),
+        _ => false,
+    }
 }
 
 /// An incoming packet id's key: the client id, a byte no UTF-8 string holds, and the id, so that a
@@ -107,13 +145,20 @@ impl Engine {
                 .map_err(|reason| corrupt(format!("the session of {client_id:?}"), reason))?;
             restored.sessions.push(record);
         }
+        // A message routed to many kept sessions is kept once per session; read back, they share it
+        // again, as they did before the restart (a million queued copies of ten thousand messages
+        // would otherwise take a million allocations).
+        let mut interned = Interned::default();
         for entry in self.queued.iter() {
             let (key, value) = entry.into_inner().map_err(|e| corrupt("the queued messages".into(), e.to_string()))?;
             let id = <[u8; 8]>::try_from(&*key)
                 .map(u64::from_be_bytes)
                 .map_err(|_| corrupt("the queued messages".into(), format!("a key of {} bytes", key.len())))?;
             match codec::decode_queued(id, &value) {
-                Ok((client_id, Some(delivery))) => restored.queued.push((client_id, delivery)),
+                Ok((client_id, Some(mut delivery))) => {
+                    delivery.message = interned.share(delivery.message);
+                    restored.queued.push((client_id, delivery));
+                }
                 Ok((_, None)) => restored.expired.push(id),
                 Err(reason) => return Err(corrupt(format!("queued message {id}"), reason)),
             }

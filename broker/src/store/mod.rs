@@ -342,6 +342,12 @@ impl Durable {
         }
     }
 
+    /// Whether the store has failed (a full disk, an I/O error): nothing more will be kept until the
+    /// broker restarts.
+    pub fn failed(&self) -> bool {
+        self.progress.borrow().failed
+    }
+
     /// Waits until everything recorded so far is on disk (at shutdown).
     pub async fn flush(&self) -> Result<(), NotDurable> {
         self.reached(self.recorded.load(Ordering::Acquire)).await.map(|_| ())
