@@ -799,16 +799,13 @@ impl Router {
     /// Hands one delivery to its target: the client's connection, or its parked session.
     pub(super) fn deliver(&mut self, client_id: &ClientId, delivery: Delivery, fanout: &mut Fanout) {
         let limit = self.outbox_limit();
-        let Some(client) = self.clients.get_mut(client_id) else { return };
-        let internal = delivery.message.is_internal();
         // A kept session keeps what it is sent, online or away, before the publisher is told; until its
         // client acknowledges it.
-        let mut delivery = delivery;
-        if let (true, Some(journal)) = (client.stored && delivery.qos != QoS::AtMostOnce, &self.shared.journal) {
-            let (id, wait) = journal.record_delivery(client_id, &delivery);
-            delivery.store_id = id;
-            fanout.durable = fanout.durable.max(wait);
-        }
+        let mut delivery = [delivery];
+        fanout.durable = fanout.durable.max(self.keep(client_id, &mut delivery));
+        let [delivery] = delivery;
+        let Some(client) = self.clients.get_mut(client_id) else { return };
+        let internal = delivery.message.is_internal();
         let store_id = delivery.store_id;
         let kept = match &mut client.presence {
             Presence::Online(outbox) => {
@@ -887,7 +884,26 @@ impl Router {
             }
         }
         let durable = if filters.is_empty() { 0 } else { self.save_session(client_id) };
+        // Retained messages sent on subscribe are deliveries like any other: a kept session keeps them.
+        let durable = durable.max(self.keep(client_id, &mut retained));
         (retained, durable)
+    }
+
+    /// Keeps the QoS 1/2 `deliveries` for `client_id` if the store keeps its session, each under its
+    /// number, until its client acknowledges it. What an acknowledgement of their cause waits for.
+    fn keep(&self, client_id: &ClientId, deliveries: &mut [Delivery]) -> u64 {
+        // The journal first: without a store, this costs the message path nothing.
+        let Some(journal) = &self.shared.journal else { return 0 };
+        if !self.clients.get(client_id).is_some_and(|c| c.stored) {
+            return 0;
+        }
+        let mut durable = 0;
+        for delivery in deliveries.iter_mut().filter(|d| d.qos != QoS::AtMostOnce) {
+            let (id, wait) = journal.record_delivery(client_id, delivery);
+            delivery.store_id = id;
+            durable = durable.max(wait);
+        }
+        durable
     }
 
     /// Removes subscriptions of a client; returns, for each filter, whether it had it, and what the

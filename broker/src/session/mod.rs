@@ -408,7 +408,9 @@ impl Session {
     /// Forgets a delivery in flight that could not be sent (too large for the client): as if acknowledged.
     pub fn discard(&mut self, pkid: u16) {
         if let Some(i) = self.inflight.iter().position(|e| e.pkid == pkid) {
-            self.inflight.remove(i);
+            if let Some(dropped) = self.inflight.remove(i) {
+                self.forget(&dropped.delivery);
+            }
             self.sync_stats();
         }
     }
