@@ -92,6 +92,7 @@ fn limits() -> SessionLimits {
         mqueue_store_qos0: true,
         max_awaiting_rel: 100,
         await_rel_timeout: Duration::from_secs(20),
+        spill: None,
     }
 }
 

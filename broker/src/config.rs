@@ -38,6 +38,8 @@ pub struct Config {
     pub session_expiry_interval: u64,
     pub max_inflight: usize,
     pub max_mqueue_len: usize,
+    /// With persistence: queued messages of a kept session held in memory; the rest wait in the store.
+    pub max_mqueue_in_memory: usize,
     pub mqueue_store_qos0: bool,
     pub max_awaiting_rel: usize,
     pub await_rel_timeout: u64,
@@ -105,6 +107,7 @@ impl Default for Config {
             session_expiry_interval: 7200,
             max_inflight: 32,
             max_mqueue_len: 1000,
+            max_mqueue_in_memory: 1000,
             mqueue_store_qos0: true,
             max_awaiting_rel: 100,
             await_rel_timeout: 20,
@@ -192,6 +195,8 @@ impl Config {
             mqueue_store_qos0: self.mqueue_store_qos0,
             max_awaiting_rel: self.max_awaiting_rel,
             await_rel_timeout: Duration::from_secs(self.await_rel_timeout),
+            // The server gives it the store, if there is one.
+            spill: None,
         }
     }
 
@@ -324,6 +329,12 @@ struct Cli {
     #[arg(long, env = "MIDGE_MAX_MQUEUE_LEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_mqueue_len: Option<usize>,
+
+    /// With persistence, queued messages of a kept session held in memory; beyond it they wait in the
+    /// store and are read back as the queue drains [default: 1000].
+    #[arg(long, env = "MIDGE_MAX_MQUEUE_IN_MEMORY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_mqueue_in_memory: Option<usize>,
 
     /// Queue QoS 0 messages for offline persistent sessions [default: true].
     #[arg(long, env = "MIDGE_MQUEUE_STORE_QOS0")]

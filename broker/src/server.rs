@@ -150,7 +150,11 @@ impl Broker {
             shared_strategy: config.shared_subscription_strategy,
             journal: store.as_ref().map(Store::journal),
         };
-        let router = RouterHandle::new(config.session_limits(), wiring);
+        let mut limits = config.session_limits();
+        if let Some(store) = &store {
+            limits.spill = Some((store.spill(), config.max_mqueue_in_memory.max(1)));
+        }
+        let router = RouterHandle::new(limits, wiring);
         let hot_settings = std::mem::take(&mut restored.hot_settings);
         router.restore(restored);
         let settings = Arc::new(Settings::new(&config, acl, log_reload));

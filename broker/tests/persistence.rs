@@ -787,7 +787,8 @@ async fn twenty_kills_under_qos1_and_qos2_traffic_lose_nothing_and_duplicate_no_
     let dir = tempdir();
     // Commits every 2 ms rather than 10: each QoS 2 delivery waits for two of them, so this keeps the
     // test short without changing what is promised.
-    let queue = ["--max-mqueue-len", "100000", "--sync-interval-ms", "2"];
+    // And most of the away session's queue waits in the store, read back as it drains.
+    let queue = ["--max-mqueue-len", "100000", "--sync-interval-ms", "2", "--max-mqueue-in-memory", "200"];
     let (mut child, addr) = spawn_with(&dir, "interval", &queue).await;
     for client_id in ["online-sub", "away-sub"] {
         let (mut subscriber, _) = Raw::connect(addr, persistent_connect(client_id)).await;
@@ -920,4 +921,52 @@ async fn a_full_disk_refuses_new_persistent_work_and_corrupts_nothing() {
         let message = kept.get(&format!("full/{n}")).unwrap_or_else(|| panic!("acknowledged full/{n} lost"));
         assert_eq!(message.payload.len(), big.len());
     }
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok());
+    kb.unwrap_or(0u64) * 1024
+}
+
+/// A long queue waits in the store, not in memory: 4,000 messages of 100 KiB (400 MiB) for an away
+/// session grow the broker by far less than that, and all come back, in order, when it resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_queue_waits_in_the_store_not_in_memory() {
+    const MESSAGES: u32 = 4_000;
+    let dir = tempdir();
+    // (With the threshold above the queue's length, so that it is all held in memory, this broker
+    // grew by 521 MiB; with it at 50, by 139, most of it the engine's write buffer.)
+    let args = ["--max-mqueue-len", "100000", "--max-mqueue-in-memory", "50"];
+    let (child, addr) = spawn_with(&dir, "interval", &args).await;
+    let pid = child.id().unwrap();
+    let (mut subscriber, _) = Raw::connect(addr, persistent_connect("long-sub")).await;
+    subscriber.subscribe(1, &[("long/#", QoS::AtLeastOnce)]).await;
+    subscriber.disconnect().await;
+    let before = rss_bytes(pid);
+    // Random, so that no compression shrinks it; numbered in its first bytes.
+    let body: Vec<u8> = (0..100 * 1024).map(|_| rand::random::<u8>()).collect();
+    let mut publisher = Raw::connected(addr, "long-pub").await;
+    for batch in (0..MESSAGES).collect::<Vec<_>>().chunks(20) {
+        for n in batch {
+            let mut payload = format!("{n:08}").into_bytes();
+            payload.extend_from_slice(&body[8..]);
+            publisher.send(&publish("long/n", &payload, QoS::AtLeastOnce, (n % 60_000 + 1) as u16)).await;
+        }
+        for _ in batch {
+            assert!(matches!(publisher.recv().await, Some(Packet::Puback(_))));
+        }
+    }
+    let grown = rss_bytes(pid).saturating_sub(before);
+    eprintln!("{MESSAGES} queued messages of 100 KiB grew the broker by {} MiB", grown >> 20);
+    assert!(grown < 200 << 20, "the queue is held in memory: the broker grew by {} MiB", grown >> 20);
+
+    let (mut subscriber, present) = Raw::connect(addr, persistent_connect("long-sub")).await;
+    assert!(present);
+    for n in 0..MESSAGES {
+        let p = subscriber.recv_publish().await;
+        assert_eq!((&p.payload[..8], p.payload.len()), (format!("{n:08}").as_bytes(), body.len()));
+        subscriber.send(&Packet::Puback(Ack::new(p.pkid))).await;
+    }
+    subscriber.expect_silence(Duration::from_millis(200)).await;
 }

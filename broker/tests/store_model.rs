@@ -112,6 +112,8 @@ fn persistent_config(dir: &Path) -> Config {
         node: NODE.into(),
         // Not a delivery is dropped for a full queue: that is not what is compared here.
         max_mqueue_len: 10_000,
+        // Queues longer than two wait in the store: read back, they must still count the same.
+        max_mqueue_in_memory: 2,
         ..mgmt_config()
     }
 }

@@ -256,6 +256,7 @@ mod tests {
             mqueue_store_qos0: true,
             max_awaiting_rel: 100,
             await_rel_timeout: Duration::from_secs(20),
+            spill: None,
         };
         let wiring = Wiring {
             retaining: Arc::new(AtomicBool::new(true)),

@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 use crate::protocol::{Publish, QoS};
 
 mod message;
+mod queue;
 
 pub use message::{ClientId, Delivery, Message, SharedKey};
+use queue::Queue;
+pub use queue::Spill;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(clippy::enum_variant_names)] // "awaiting X" is what each state is.
@@ -44,6 +47,8 @@ pub struct SessionLimits {
     pub mqueue_store_qos0: bool,
     pub max_awaiting_rel: usize,
     pub await_rel_timeout: Duration,
+    /// With a store: where a kept session's long queue goes, and how much of it stays in memory.
+    pub spill: Option<(Arc<dyn Spill>, usize)>,
 }
 
 /// What the session wants written to the client.
@@ -99,7 +104,7 @@ pub struct Session {
     receive_maximum: Option<u16>,
     /// In send order, so redelivery after reconnect keeps the original order.
     inflight: VecDeque<Inflight>,
-    mqueue: VecDeque<Delivery>,
+    queue: Queue,
     awaiting_rel: HashMap<u16, Instant>,
     next_pkid: u16,
     /// The store numbers of kept deliveries this session has finished with (acknowledged, dropped,
@@ -119,6 +124,7 @@ pub fn kept_packet_id(store_id: u64) -> u16 {
 
 impl Session {
     pub fn new(client_id: ClientId, expiry: Option<Duration>, limits: SessionLimits) -> Self {
+        let queue = Queue::new(limits.spill.clone());
         Session {
             client_id,
             expiry,
@@ -126,7 +132,7 @@ impl Session {
             limits,
             receive_maximum: None,
             inflight: VecDeque::new(),
-            mqueue: VecDeque::new(),
+            queue,
             awaiting_rel: HashMap::new(),
             next_pkid: 1,
             forgotten: Vec::new(),
@@ -165,7 +171,7 @@ impl Session {
     fn sync_stats(&self) {
         let s = &self.stats;
         s.inflight_len.store(self.inflight.len() as u64, Ordering::Relaxed);
-        s.mqueue_len.store(self.mqueue.len() as u64, Ordering::Relaxed);
+        s.mqueue_len.store(self.queue.len() as u64, Ordering::Relaxed);
         s.awaiting_rel_len.store(self.awaiting_rel.len() as u64, Ordering::Relaxed);
     }
 
@@ -178,7 +184,12 @@ impl Session {
     }
 
     pub fn mqueue_len(&self) -> usize {
-        self.mqueue.len()
+        self.queue.len()
+    }
+
+    /// How many queued deliveries are held in memory (the rest wait in the store).
+    pub fn mqueue_in_memory(&self) -> usize {
+        self.queue.in_memory()
     }
 
     pub fn awaiting_rel_len(&self) -> usize {
@@ -205,14 +216,14 @@ impl Session {
             return false;
         }
         let mut kept = true;
-        if self.mqueue.len() >= self.limits.max_mqueue_len {
-            if let Some(oldest) = self.mqueue.pop_front() {
-                self.forget(&oldest);
+        if self.queue.len() >= self.limits.max_mqueue_len {
+            if let Some(oldest) = self.queue.drop_oldest().filter(|id| *id != 0) {
+                self.forgotten.push(oldest);
             }
             Self::count(&self.stats.mqueue_dropped);
             kept = false;
         }
-        self.mqueue.push_back(delivery);
+        self.queue.push_back(delivery);
         kept
     }
 
@@ -228,7 +239,7 @@ impl Session {
             self.stats.count_delivered();
             return Some(delivery.publish(0, false));
         }
-        let sent = if self.window_full() || !self.mqueue.is_empty() || self.packet_id_taken(&delivery) {
+        let sent = if self.window_full() || !self.queue.is_empty() || self.packet_id_taken(delivery.store_id) {
             *dropped |= !self.enqueue(delivery);
             None
         } else {
@@ -251,12 +262,7 @@ impl Session {
             self.inflight = rest;
             taken.extend(shared.into_iter().map(|e| e.delivery));
         }
-        if self.mqueue.iter().any(|d| d.shared.is_some()) {
-            let (shared, rest): (VecDeque<_>, VecDeque<_>) =
-                std::mem::take(&mut self.mqueue).into_iter().partition(|d| d.shared.is_some());
-            self.mqueue = rest;
-            taken.extend(shared);
-        }
+        taken.extend(self.queue.take_shared());
         self.sync_stats();
         taken
     }
@@ -275,18 +281,24 @@ impl Session {
             return None;
         }
         let delivery = loop {
-            let front = self.mqueue.front()?;
-            if front.expired() {
-                if let Some(expired) = self.mqueue.pop_front() {
+            // Read back from the store if it waited there; what expired meanwhile is dropped on the way.
+            let gone = self.forgotten.len();
+            let front = self.queue.front(&mut self.forgotten).map(|d| (d.expired(), d.qos, d.store_id));
+            for _ in gone..self.forgotten.len() {
+                Self::count(&self.stats.mqueue_dropped);
+            }
+            let (expired, qos, store_id) = front?;
+            if expired {
+                if let Some(expired) = self.queue.pop_front(&mut self.forgotten) {
                     self.forget(&expired);
                 }
                 Self::count(&self.stats.mqueue_dropped);
                 continue;
             }
-            if front.qos != QoS::AtMostOnce && self.packet_id_taken(front) {
+            if qos != QoS::AtMostOnce && self.packet_id_taken(store_id) {
                 return None;
             }
-            break self.mqueue.pop_front()?;
+            break self.queue.pop_front(&mut self.forgotten)?;
         };
         let publish = if delivery.qos == QoS::AtMostOnce {
             self.stats.count_delivered();
@@ -313,7 +325,7 @@ impl Session {
     /// Puts back a delivery the store kept, as it was: past PUBREC (`released`), in flight awaiting
     /// PUBCOMP, else queued, to be sent with DUP set as it may have been sent before.
     pub fn restore(&mut self, delivery: Delivery, released: bool) {
-        if released && delivery.qos == QoS::ExactlyOnce && !self.packet_id_taken(&delivery) {
+        if released && delivery.qos == QoS::ExactlyOnce && !self.packet_id_taken(delivery.store_id) {
             let pkid = kept_packet_id(delivery.store_id);
             self.inflight.push_back(Inflight { pkid, delivery, state: InflightState::AwaitComp });
             self.sync_stats();
@@ -437,7 +449,7 @@ impl Session {
     /// The store numbers of every kept delivery the session still holds, queued or in flight (for a
     /// session that ends: the store lets them go with it).
     pub fn stored_ids(&self) -> Vec<u64> {
-        let queued = self.mqueue.iter().map(|d| d.store_id);
+        let queued = self.queue.store_ids();
         let inflight = self.inflight.iter().map(|e| e.delivery.store_id);
         queued.chain(inflight).chain(self.forgotten.iter().copied()).filter(|id| *id != 0).collect()
     }
@@ -454,9 +466,9 @@ impl Session {
     }
 
     /// Whether the packet id a kept delivery must go under is in flight already: it waits for it.
-    fn packet_id_taken(&self, delivery: &Delivery) -> bool {
-        delivery.store_id != 0 && {
-            let pkid = kept_packet_id(delivery.store_id);
+    fn packet_id_taken(&self, store_id: u64) -> bool {
+        store_id != 0 && {
+            let pkid = kept_packet_id(store_id);
             self.inflight.iter().any(|e| e.pkid == pkid)
         }
     }
@@ -501,6 +513,7 @@ mod tests {
             mqueue_store_qos0: true,
             max_awaiting_rel: 2,
             await_rel_timeout: Duration::from_secs(20),
+            spill: None,
         }
     }
 

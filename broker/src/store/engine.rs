@@ -37,6 +37,32 @@ pub struct Engine {
     path: PathBuf,
 }
 
+/// Reads kept deliveries by number.
+pub struct QueuedReader {
+    queued: Keyspace,
+}
+
+impl QueuedReader {
+    /// The delivery kept under `id`, or `None` if it is not there (let go of) or its message expired.
+    /// A record that cannot be read is logged and treated as gone: the rest of the queue goes on.
+    pub fn load(&self, id: u64) -> Option<crate::session::Delivery> {
+        let value = match self.queued.get(id.to_be_bytes()) {
+            Ok(value) => value?,
+            Err(e) => {
+                tracing::error!(id, error = %e, "a queued message could not be read back from the store");
+                return None;
+            }
+        };
+        match codec::decode_queued(id, &value) {
+            Ok((_, delivery)) => delivery,
+            Err(reason) => {
+                tracing::error!(id, %reason, "a queued message in the store cannot be read");
+                None
+            }
+        }
+    }
+}
+
 /// The messages read back so far, by a hash of their content, to share among the deliveries that
 /// carry the same one.
 #[derive(Default)]
@@ -194,6 +220,11 @@ impl Engine {
             HotSetting::PluginActive { .. } => 2,
         });
         Ok((restored, seq))
+    }
+
+    /// What reads kept deliveries back, for sessions whose long queues wait in the store.
+    pub fn queued_reader(&self) -> QueuedReader {
+        QueuedReader { queued: self.queued.clone() }
     }
 
     /// Writes `changes`, the last of which is numbered `seq`, as one atomic batch: synced to disk if

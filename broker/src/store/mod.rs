@@ -187,7 +187,30 @@ pub struct Restored {
 pub struct Store {
     journal: Journal,
     durable: Durable,
+    spill: Arc<SpillReader>,
     path: PathBuf,
+}
+
+/// Where kept sessions' long queues wait: deliveries are read back by number once committed.
+struct SpillReader {
+    reader: engine::QueuedReader,
+    durable: Durable,
+}
+
+impl std::fmt::Debug for SpillReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpillReader")
+    }
+}
+
+impl crate::session::Spill for SpillReader {
+    fn committed(&self) -> u64 {
+        self.durable.progress.borrow().seq
+    }
+
+    fn load(&self, ids: &[u64]) -> Vec<Option<Delivery>> {
+        ids.iter().map(|id| self.reader.load(*id)).collect()
+    }
 }
 
 /// Where the writer has got to: every change numbered up to `seq` is on disk, unless the store has
@@ -210,6 +233,7 @@ impl Store {
         if let Some(confirmed) = confirmed.filter(|confirmed| *confirmed > seq) {
             return Err(StoreError::Short { path, found: seq, confirmed });
         }
+        let reader = engine.queued_reader();
         let (sender, receiver) = mpsc::unbounded_channel();
         let (progress, watched) = watch::channel(Progress { seq, failed: false });
         let writer = writer::Writer {
@@ -229,6 +253,7 @@ impl Store {
             waits,
         };
         let durable = Durable { progress: watched, recorded };
+        let spill = Arc::new(SpillReader { reader, durable: durable.clone() });
         tracing::info!(
             path = %path.display(),
             retained = restored.retained.len(),
@@ -237,7 +262,7 @@ impl Store {
             awaiting_rel = restored.awaiting_rel.len(),
             "store opened"
         );
-        Ok((Store { journal, durable, path }, restored))
+        Ok((Store { journal, durable, spill, path }, restored))
     }
 
     pub fn path(&self) -> &Path {
@@ -251,6 +276,11 @@ impl Store {
 
     pub fn durable(&self) -> Durable {
         self.durable.clone()
+    }
+
+    /// Where kept sessions' long queues wait.
+    pub fn spill(&self) -> Arc<dyn crate::session::Spill> {
+        self.spill.clone()
     }
 }
 
