@@ -206,6 +206,24 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 /// the broker refuses to start, naming the store, rather than start without what it confirmed.
 #[tokio::test]
 async fn a_damaged_store_stops_the_broker_with_its_path() {
+    refused_after(|bytes, written| {
+        let middle = written / 2;
+        for b in &mut bytes[middle..middle + 64] {
+            *b = !*b;
+        }
+    })
+    .await;
+}
+
+/// The store's journal cut short (a copy or a restore that stopped half-way): the same.
+#[tokio::test]
+async fn a_truncated_store_stops_the_broker_with_its_path() {
+    refused_after(|bytes, written| bytes.truncate(written / 2)).await;
+}
+
+/// Writes 200 retained messages, stops the broker, does `harm` to its journal (given the bytes and how
+/// many were written), and expects the broker to refuse the store, naming it.
+async fn refused_after(harm: impl FnOnce(&mut Vec<u8>, usize)) {
     let dir = tempdir();
     let (mut child, addr) = spawn(&dir, "interval").await;
     let mut publisher = Raw::connected(addr, "p").await;
@@ -221,10 +239,7 @@ async fn a_damaged_store_stops_the_broker_with_its_path() {
     let journal = files(&dir).into_iter().find(|f| f.extension().is_some_and(|e| e == "jnl")).expect("a journal");
     let mut bytes = std::fs::read(&journal).unwrap();
     let written = bytes.iter().rposition(|b| *b != 0).expect("something written");
-    let middle = written / 2;
-    for b in &mut bytes[middle..middle + 64] {
-        *b = !*b;
-    }
+    harm(&mut bytes, written);
     std::fs::write(&journal, bytes).unwrap();
 
     let run = Command::new(BIN)
