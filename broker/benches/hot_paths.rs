@@ -97,7 +97,7 @@ fn limits() -> SessionLimits {
 }
 
 fn fanout_benches(c: &mut Criterion) {
-    let limits = limits();
+    let limits = Arc::new(limits());
     let mut sessions: Vec<(Session, BytesMut)> = (0..1000)
         .map(|i| {
             (

@@ -159,7 +159,7 @@ pub(super) struct Router {
     /// MQTT 5 wills waiting out their delay: published when it has passed or their session ends,
     /// dropped if the client resumes its session first.
     wills: FastMap<ClientId, (Instant, Arc<Message>)>,
-    pub(super) limits: SessionLimits,
+    pub(super) limits: Arc<SessionLimits>,
     pub(super) shared: Wiring,
     pub(super) online: u64,
     pub(super) subscribers: u64,
@@ -179,7 +179,7 @@ impl Router {
             retained: BTreeMap::new(),
             expiries: BTreeSet::new(),
             wills: FastMap::default(),
-            limits,
+            limits: Arc::new(limits),
             shared,
             online: 0,
             subscribers: 0,

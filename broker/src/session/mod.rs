@@ -17,7 +17,7 @@ mod queue;
 
 pub use message::{ClientId, Delivery, Message, SharedKey};
 use queue::Queue;
-pub use queue::Spill;
+pub use queue::{Spill, SpillTo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(clippy::enum_variant_names)] // "awaiting X" is what each state is.
@@ -48,7 +48,7 @@ pub struct SessionLimits {
     pub max_awaiting_rel: usize,
     pub await_rel_timeout: Duration,
     /// With a store: where a kept session's long queue goes, and how much of it stays in memory.
-    pub spill: Option<(Arc<dyn Spill>, usize)>,
+    pub spill: SpillTo,
 }
 
 /// What the session wants written to the client.
@@ -99,7 +99,8 @@ pub struct Session {
     /// `None` until the broker stops. MQTT 5 clients choose it; 3.1/3.1.1 ones get the broker's.
     pub expiry: Option<Duration>,
     pub stats: Arc<SessionStats>,
-    limits: SessionLimits,
+    /// Shared by every session of the broker.
+    limits: Arc<SessionLimits>,
     /// The connected client's receive maximum (MQTT 5): never more in flight than it allows.
     receive_maximum: Option<u16>,
     /// In send order, so redelivery after reconnect keeps the original order.
@@ -123,8 +124,7 @@ pub fn kept_packet_id(store_id: u64) -> u16 {
 }
 
 impl Session {
-    pub fn new(client_id: ClientId, expiry: Option<Duration>, limits: SessionLimits) -> Self {
-        let queue = Queue::new(limits.spill.clone());
+    pub fn new(client_id: ClientId, expiry: Option<Duration>, limits: Arc<SessionLimits>) -> Self {
         Session {
             client_id,
             expiry,
@@ -132,7 +132,7 @@ impl Session {
             limits,
             receive_maximum: None,
             inflight: VecDeque::new(),
-            queue,
+            queue: Queue::default(),
             awaiting_rel: HashMap::new(),
             next_pkid: 1,
             forgotten: Vec::new(),
@@ -223,7 +223,7 @@ impl Session {
             Self::count(&self.stats.mqueue_dropped);
             kept = false;
         }
-        self.queue.push_back(delivery);
+        self.queue.push_back(delivery, &self.limits.spill);
         kept
     }
 
@@ -283,13 +283,14 @@ impl Session {
         let delivery = loop {
             // Read back from the store if it waited there; what expired meanwhile is dropped on the way.
             let gone = self.forgotten.len();
-            let front = self.queue.front(&mut self.forgotten).map(|d| (d.expired(), d.qos, d.store_id));
+            let front =
+                self.queue.front(&mut self.forgotten, &self.limits.spill).map(|d| (d.expired(), d.qos, d.store_id));
             for _ in gone..self.forgotten.len() {
                 Self::count(&self.stats.mqueue_dropped);
             }
             let (expired, qos, store_id) = front?;
             if expired {
-                if let Some(expired) = self.queue.pop_front(&mut self.forgotten) {
+                if let Some(expired) = self.queue.pop_front(&mut self.forgotten, &self.limits.spill) {
                     self.forget(&expired);
                 }
                 Self::count(&self.stats.mqueue_dropped);
@@ -298,7 +299,7 @@ impl Session {
             if qos != QoS::AtMostOnce && self.packet_id_taken(store_id) {
                 return None;
             }
-            break self.queue.pop_front(&mut self.forgotten)?;
+            break self.queue.pop_front(&mut self.forgotten, &self.limits.spill)?;
         };
         let publish = if delivery.qos == QoS::AtMostOnce {
             self.stats.count_delivered();
@@ -505,8 +506,8 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn limits(max_inflight: usize, max_mqueue_len: usize) -> SessionLimits {
-        SessionLimits {
+    fn limits(max_inflight: usize, max_mqueue_len: usize) -> Arc<SessionLimits> {
+        Arc::new(SessionLimits {
             expiry: None,
             max_inflight,
             max_mqueue_len,
@@ -514,7 +515,7 @@ mod tests {
             max_awaiting_rel: 2,
             await_rel_timeout: Duration::from_secs(20),
             spill: None,
-        }
+        })
     }
 
     fn delivery(n: u8, qos: QoS) -> Delivery {
@@ -613,6 +614,14 @@ mod tests {
         assert_eq!(s.incoming_qos2(300), Some(false), "a PUBLISH sent again is not routed again");
         assert_eq!(s.pubcomp(kept_packet_id(7)), AckResult::Done);
         assert_eq!(s.take_forgotten(), vec![7]);
+    }
+
+    /// Every connection and every kept session has one: its limits are shared, and the runs of a long
+    /// queue that waits in the store are allocated only while it does.
+    #[test]
+    fn a_session_stays_small() {
+        let size = std::mem::size_of::<Session>();
+        assert!(size <= 224, "a session is {size} bytes");
     }
 
     #[test]
