@@ -38,6 +38,10 @@ struct Cli {
     /// The mosquitto binary to compare with.
     #[arg(long, default_value = "mosquitto")]
     mosquitto: String,
+    /// A rumqttd binary to compare with too, on the throughput and idle scenarios (`scripts/bench.sh`
+    /// installs one).
+    #[arg(long)]
+    rumqttd: Option<PathBuf>,
     /// Idle connections to open.
     #[arg(long, default_value_t = 10_000)]
     idle_connections: usize,
@@ -166,6 +170,30 @@ fn loopback() -> anyhow::Result<SocketAddr> {
     Ok(format!("127.0.0.1:{}", free_port()?).parse()?)
 }
 
+/// rumqttd with its own default configuration but for its addresses, no metrics endpoint, and room
+/// for the idle scenario's connections: MQTT 3.1.1 only (its MQTT 5 server is not complete).
+fn start_rumqttd(binary: &PathBuf) -> anyhow::Result<Broker> {
+    let addr = loopback()?;
+    let dir = std::env::temp_dir().join(format!("midge-bench-rumqttd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let conf = dir.join("rumqttd.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "id = 0\n\n[router]\nid = 0\nmax_connections = 100010\nmax_outgoing_packet_count = 200\n\
+             max_segment_size = 104857600\nmax_segment_count = 10\n\n[v4.1]\nname = \"v4-1\"\n\
+             listen = \"{addr}\"\nnext_connection_delay_ms = 1\n\n[v4.1.connections]\n\
+             connection_timeout_ms = 60000\nmax_payload_size = 20480\nmax_inflight_count = 100\n\
+             dynamic_filters = true\n"
+        ),
+    )?;
+    let mut launch = Launch::new(binary, true);
+    launch.arg("-c").arg(&conf);
+    let child = launch.spawn().with_context(|| format!("cannot start {}", binary.display()))?;
+    wait_listening(addr)?;
+    Ok(Broker { name: "rumqttd", child, addr, tls: addr, ws: None, wss: None, _dir: dir, launch })
+}
+
 /// Midge, keeping nothing on disk unless given a directory for its store (default sync policy).
 fn start_midge(binary: &PathBuf, certs: &certs::Certs, store: Option<&std::path::Path>) -> anyhow::Result<Broker> {
     let (addr, tls, ws, wss) = (loopback()?, loopback()?, loopback()?, loopback()?);
@@ -267,7 +295,10 @@ async fn main() -> anyhow::Result<()> {
     let certs = certs::Certs::make()?;
     let mosquitto = start_mosquitto(&cli.mosquitto, &certs, false)?;
     let midge = start_midge(&cli.midge, &certs, None)?;
+    let rumqttd = cli.rumqttd.as_ref().map(start_rumqttd).transpose()?;
     let brokers = [&mosquitto, &midge];
+    // rumqttd's figures, by scenario, for the rows that have one.
+    let mut peer: std::collections::HashMap<String, f64> = std::collections::HashMap::new();
     let budget = Duration::from_secs(55);
     let mut rows = Vec::new();
 
@@ -312,7 +343,13 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("{name} on {}", broker.name);
             results.push(find_max(&target(broker), load, start, budget).await?);
         }
-        let note = step_notes(&results, &brokers);
+        let mut note = step_notes(&results, &brokers);
+        if let (Some(rumqttd), false) = (&rumqttd, v5) {
+            eprintln!("{name} on rumqttd");
+            let result = find_max(&rumqttd.target(), load, start, budget).await?;
+            note = format!("{note}; {}", step_notes(std::slice::from_ref(&result), &[rumqttd]));
+            peer.insert(name.to_string(), rate_of(&result));
+        }
         rows.push(Row {
             scenario: name.into(),
             unit: "deliveries/s",
@@ -464,6 +501,12 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("{} idle connections on {}", cli.idle_connections, broker.name);
             results.push(idle(&broker.target(), cli.idle_connections, 200).await?);
         }
+        if let Some(rumqttd) = &rumqttd {
+            eprintln!("{} idle connections on rumqttd", cli.idle_connections);
+            let theirs = idle(&rumqttd.target(), cli.idle_connections, 200).await?;
+            peer.insert(format!("connect rate ({} idle connections)", results[0].connections), theirs.connect_rate);
+            peer.insert("broker RSS per idle connection".into(), theirs.rss_per_connection);
+        }
         rows.push(Row {
             scenario: format!("connect rate ({} idle connections)", results[0].connections),
             unit: "connections/s",
@@ -573,21 +616,30 @@ async fn main() -> anyhow::Result<()> {
 
     drop(midge);
     drop(mosquitto);
-    println!("| scenario | unit | Mosquitto | Midge | Midge ÷ Mosquitto |");
-    println!("|---|---|---:|---:|---:|");
+    drop(rumqttd);
+    let figure = |value: f64| if value.is_nan() { "n/a".to_string() } else { format!("{value:.0}") };
+    let ratio = |ours: f64, theirs: f64| if theirs > 0.0 { format!("{:.2}", ours / theirs) } else { "—".into() };
+    if peer.is_empty() {
+        println!("| scenario | unit | Mosquitto | Midge | Midge ÷ Mosquitto |");
+        println!("|---|---|---:|---:|---:|");
+    } else {
+        println!("| scenario | unit | Mosquitto | rumqttd | Midge | Midge ÷ Mosquitto | Midge ÷ rumqttd |");
+        println!("|---|---|---:|---:|---:|---:|---:|");
+    }
     for row in &rows {
-        let figure = |value: f64| if value.is_nan() { "n/a".to_string() } else { format!("{value:.0}") };
-        let ratio = if row.mosquitto > 0.0 { format!("{:.2}", row.midge / row.mosquitto) } else { "—".into() };
         let better = if row.lower_is_better { " (lower is better)" } else { "" };
-        println!(
-            "| {} | {}{} | {} | {} | {} |",
-            row.scenario,
-            row.unit,
-            better,
-            figure(row.mosquitto),
-            figure(row.midge),
-            ratio
-        );
+        let (mosquitto, midge) = (figure(row.mosquitto), figure(row.midge));
+        let against_mosquitto = ratio(row.midge, row.mosquitto);
+        let scenario = format!("{} | {}{}", row.scenario, row.unit, better);
+        match (peer.is_empty(), peer.get(&row.scenario)) {
+            (true, _) => println!("| {scenario} | {mosquitto} | {midge} | {against_mosquitto} |"),
+            (false, Some(theirs)) => println!(
+                "| {scenario} | {mosquitto} | {} | {midge} | {against_mosquitto} | {} |",
+                figure(*theirs),
+                ratio(row.midge, *theirs)
+            ),
+            (false, None) => println!("| {scenario} | {mosquitto} | — | {midge} | {against_mosquitto} | — |"),
+        }
     }
     for row in rows.iter().filter(|r| !r.note.is_empty()) {
         println!("\n- {}: {}", row.scenario, row.note);
