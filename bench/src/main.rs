@@ -57,7 +57,7 @@ struct Cli {
     /// Persistent sessions for the restart scenario, each with 100 messages queued.
     #[arg(long, default_value_t = 10_000)]
     restart_sessions: usize,
-    /// Only these scenarios (fanin0, fanin1, fanout0, fanin1-persistent, restart, latency, idle, overload, tls,
+    /// Only these scenarios (fanin0, fanin1, fanout0, fanin1-persistent, restart, sessions, latency, idle, overload, tls,
     /// ws, wss, api, and fanin0-v5, fanin1-v5, fanout0-v5, or mqtt5 for those three); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -490,6 +490,33 @@ async fn main() -> anyhow::Result<()> {
             midge: ours.3,
             lower_is_better: false,
             note: String::new(),
+        });
+        drop(persisting);
+        let _ = std::fs::remove_dir_all(&store);
+    }
+
+    if wanted("sessions") {
+        // Kept sessions, away, one subscription each: what each costs the broker in memory. Midge in
+        // memory against Mosquitto at its defaults (in memory until it saves); Midge keeping them in
+        // its store beside.
+        let n = cli.idle_connections;
+        let store = std::env::temp_dir().join(format!("midge-bench-sessions-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&store);
+        let persisting = start_midge(&cli.midge, &certs, Some(&store))?;
+        let mut figures = Vec::new();
+        let measured = [("mosquitto", &mosquitto), ("midge", &midge), ("midge, persisting", &persisting)];
+        // (Not rumqttd: it closes connections of this scenario part-way, "connection closed".)
+        for (label, broker) in measured {
+            eprintln!("{n} kept sessions on {label}");
+            figures.push(restart::session_memory(&broker.target().endpoint, broker.child.id(), n).await?);
+        }
+        rows.push(Row {
+            scenario: format!("broker RSS per kept session ({n} away, one subscription each)"),
+            unit: "bytes",
+            mosquitto: figures[0],
+            midge: figures[1],
+            lower_is_better: true,
+            note: format!("Midge keeping them in its store: {:.0} bytes each", figures[2]),
         });
         drop(persisting);
         let _ = std::fs::remove_dir_all(&store);

@@ -137,3 +137,27 @@ pub async fn check(endpoint: &Endpoint, fill: Fill) -> anyhow::Result<f64> {
     }
     Ok(retained as f64 / started.elapsed().as_secs_f64())
 }
+
+/// Memory per kept session: `n` persistent sessions, each subscribed to a topic of its own, then away.
+pub async fn session_memory(endpoint: &Endpoint, pid: u32, n: usize) -> anyhow::Result<f64> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = crate::proc::rss_bytes(pid);
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let endpoint = endpoint.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (worker..n).step_by(16) {
+                let mut conn = Conn::connect_session(&endpoint, &format!("away-{i}"), 0, false).await?;
+                conn.subscribe(&format!("away/{i}"), QoS::AtLeastOnce).await?;
+                conn.send(&Packet::Disconnect(Disconnect::new(ReasonCode::Success))).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = crate::proc::rss_bytes(pid);
+    Ok(after.saturating_sub(before) as f64 / n as f64)
+}

@@ -12,6 +12,7 @@
 
 mod admin;
 mod events;
+mod filters;
 pub mod growing_map;
 mod outbox;
 pub mod shared;

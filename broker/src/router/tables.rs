@@ -12,6 +12,7 @@ use chrono::{DateTime, Local};
 use tokio::sync::oneshot;
 
 use super::events::{Events, RouterEvent};
+use super::filters::Filters;
 use super::growing_map::GrowingMap;
 use super::outbox::{Outbox, OutboxItem, OutboxReceiver, Pushed, Refused, Ticket};
 use super::shared::{self, SharedStrategy};
@@ -113,7 +114,7 @@ pub(super) struct Client {
     pub(super) meta: ClientMeta,
     /// The client's filters and what each was granted, in order, so a discarded session can leave the
     /// trie.
-    pub(super) filters: BTreeMap<String, SubscriptionOptions>,
+    pub(super) filters: Filters,
     /// A connection waiting for this one to hand its session over (takeover).
     pending: Option<Box<PendingConnect>>,
     /// Shared with the session, wherever it is.
@@ -280,7 +281,7 @@ impl Router {
             username: client.meta.username.clone(),
             proto_ver: client.meta.proto_ver,
             peer: client.meta.peer.to_string(),
-            filters: client.filters.iter().map(|(filter, options)| (filter.clone(), *options)).collect(),
+            filters: client.filters.iter().map(|(filter, options)| (filter.to_string(), *options)).collect(),
         })
     }
 
@@ -357,7 +358,7 @@ impl Router {
                 session_stats: session.stats.clone(),
                 presence: Presence::Offline(session, since),
                 meta,
-                filters: BTreeMap::new(),
+                filters: Filters::default(),
                 pending: None,
                 session_clean: false,
                 created_at,
@@ -373,7 +374,7 @@ impl Router {
                 }
                 self.add_subscription(&filter, &record.client_id, options, false);
                 if let Some(client) = self.clients.get_mut(&record.client_id) {
-                    client.filters.insert(filter, options);
+                    client.filters.insert(&filter, options);
                 }
             }
         }
@@ -406,7 +407,7 @@ impl Router {
             let client = Client {
                 presence: Presence::Online(outbox),
                 meta,
-                filters: BTreeMap::new(),
+                filters: Filters::default(),
                 pending: None,
                 session_stats: session.stats.clone(),
                 session_clean: clean,
@@ -597,7 +598,7 @@ impl Router {
         if !filters.is_empty() && !hidden {
             self.subscribers = self.subscribers.saturating_sub(1);
         }
-        for filter in filters.into_keys() {
+        for filter in filters.into_filters() {
             self.remove_subscription(&filter, client_id, hidden);
         }
     }
@@ -872,7 +873,7 @@ impl Router {
             self.subscribers += 1;
         }
         for (filter, options) in filters {
-            client.filters.insert(filter.clone(), *options);
+            client.filters.insert(filter, *options);
         }
         for (filter, options) in filters {
             let is_new = self.add_subscription(filter, client_id, *options, hidden);
@@ -912,7 +913,7 @@ impl Router {
         let Some(client) = self.clients.get_mut(client_id) else { return (vec![false; filters.len()], 0) };
         let hidden = client.meta.hidden;
         let had_any = !client.filters.is_empty();
-        let found: Vec<bool> = filters.iter().map(|f| client.filters.remove(f).is_some()).collect();
+        let found: Vec<bool> = filters.iter().map(|f| client.filters.remove(f)).collect();
         if had_any && client.filters.is_empty() && !hidden {
             self.subscribers = self.subscribers.saturating_sub(1);
         }
