@@ -1,6 +1,6 @@
 //! The trie's maps: most of its nodes have one child or one subscriber, and a hash map of one entry
 //! still allocates room for four. A `TinyMap` holds one entry inline and becomes a [`GrowingMap`] at the
-//! second (and stays one).
+//! second (and stays one), boxed, so that the map of one entry, the common case, is no larger than it.
 
 use std::borrow::Borrow;
 use std::hash::Hash;
@@ -12,7 +12,7 @@ pub enum TinyMap<K, V> {
     #[default]
     Empty,
     One(K, V),
-    Many(GrowingMap<K, V>),
+    Many(Box<GrowingMap<K, V>>),
 }
 
 impl<K: Hash + Eq, V> TinyMap<K, V> {
@@ -108,7 +108,7 @@ impl<K: Hash + Eq, V> TinyMap<K, V> {
     /// The one entry becomes a map's first.
     fn grow(&mut self) {
         if let TinyMap::One(k, v) = std::mem::take(self) {
-            let mut map = GrowingMap::default();
+            let mut map = Box::<GrowingMap<K, V>>::default();
             map.insert(k, v);
             *self = TinyMap::Many(map);
         }
