@@ -136,6 +136,7 @@ fn routing_benches(c: &mut Criterion) {
         node: "bench@127.0.0.1".into(),
         shared_strategy: Default::default(),
         journal: None,
+        uplink: None,
     };
     let router = RouterHandle::new(limits(), wiring);
     let mut receivers = Vec::new();

@@ -72,6 +72,7 @@ fn retained() {
         node: "bench@127.0.0.1".into(),
         shared_strategy: Default::default(),
         journal: None,
+        uplink: None,
     };
     let router = RouterHandle::new(midge_broker::Config::default().session_limits(), wiring);
     let payload = Bytes::from(vec![7u8; 64]);

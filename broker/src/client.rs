@@ -380,6 +380,7 @@ async fn accept(
         control_jobs: Vec::new(),
         batch: VecDeque::new(),
         stalled: None,
+        routes_added: false,
         counted: None,
     };
     if !conn.hidden() {
@@ -546,6 +547,9 @@ struct ClientConnection {
     batch: VecDeque<OutboxItem>,
     /// What the outbox was last told of a full inflight window (see [`OutboxReceiver::stall`]).
     stalled: Option<usize>,
+    /// A subscription in this read may have added a route the other nodes of a cluster must learn of
+    /// before its SUBACK goes.
+    routes_added: bool,
     /// This client in its listener's figures, while it is connected.
     counted: Option<Connected>,
 }
@@ -656,6 +660,10 @@ impl ClientConnection {
         let routed = self.handle_buffered()?;
         if !self.control_jobs.is_empty() {
             Box::pin(self.submit_control_jobs()).await?;
+        }
+        // The SUBACKs wait in the outbox, untaken until this returns.
+        if std::mem::take(&mut self.routes_added) {
+            Box::pin(self.ctx.cluster.routes_known()).await;
         }
         // Let the subscribers' connections write what this read routed before this one writes its own
         // acknowledgements or reads more, as a single-threaded broker would. Acknowledgements first
@@ -1149,6 +1157,7 @@ impl ClientConnection {
         // The SUBACK, in the outbox, is written after this read's wait for the store (`on_read`).
         let durable = self.ctx.router.subscribe(self.client_id.clone(), self.conn_id, subscribe.pkid, filters);
         self.durable = self.durable.max(durable);
+        self.routes_added = self.ctx.cluster.is_clustered();
         Ok(())
     }
 

@@ -85,6 +85,9 @@ pub struct Config {
     /// Listeners beyond the TCP one at `listen` (`[[listener]]` tables; a `tcp` one replaces it).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub listener: Vec<ListenerConfig>,
+    /// NATS servers (`nats://host:port`) through which this node joins the others as one cluster;
+    /// none: a single node.
+    pub cluster: Vec<String>,
 }
 
 impl Default for Config {
@@ -132,6 +135,7 @@ impl Default for Config {
             sync: SyncPolicy::Interval,
             sync_interval_ms: 10,
             listener: Vec::new(),
+            cluster: Vec::new(),
         }
     }
 }
@@ -385,6 +389,12 @@ struct Cli {
     #[arg(long, env = "MIDGE_PERSISTENCE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     persistence: Option<bool>,
+
+    /// NATS servers to cluster through, comma-separated (nats://127.0.0.1:4222) [default: none, a
+    /// single node].
+    #[arg(long, env = "MIDGE_CLUSTER", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<Vec<String>>,
 
     /// Directory that holds the store (in its `store` subdirectory) [default: data].
     #[arg(long, env = "MIDGE_DATA_DIR")]

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::ops::control::ControlJob;
@@ -30,6 +31,8 @@ pub struct Context {
     pub durable: Option<Durable>,
     /// Where connections tell the store which kept deliveries their clients acknowledged.
     pub journal: Option<Journal>,
+    /// The other nodes, if this one is clustered.
+    pub cluster: Cluster,
     next_conn_id: AtomicU64,
 }
 
@@ -56,6 +59,7 @@ impl Context {
             shutdown,
             durable: None,
             journal: None,
+            cluster: Cluster::Standalone,
             next_conn_id: AtomicU64::new(1),
         }
     }

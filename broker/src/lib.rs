@@ -5,10 +5,12 @@
 //! [`client`]; the [`router`] owns subscriptions, offline [`session`]s and retained messages; [`auth`]
 //! decides who may do what; [`config`] gathers settings and [`settings`] holds those that change at
 //! runtime; [`ops`] publishes the `$SYS` tree from [`metrics`], answers the management sidecar and
-//! switches plugins; [`store`] keeps what must survive a restart on disk. See docs/architecture.md for why it is shaped this way.
+//! switches plugins; [`store`] keeps what must survive a restart on disk; [`cluster`] joins other nodes
+//! through NATS. See docs/architecture.md for why it is shaped this way.
 
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod metrics;

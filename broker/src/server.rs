@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::acl::{Acl, AclError};
 use crate::auth::{AuthError, Authenticator, Management, PluginCredentials, Secret, Users};
+use crate::cluster::{ClusterError, Joining};
 use crate::config::Config;
 use crate::context::Context;
 use crate::metrics::{Metrics, Stats};
@@ -49,6 +50,8 @@ pub enum StartError {
     MetricsListener { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// Puts back what the management API had changed before the restart, over the configuration's values
@@ -140,6 +143,7 @@ impl Broker {
         config.mgmt_secret = usable_secret(config.mgmt_secret.take());
         let metrics = Arc::new(Metrics::default());
         let stats = Arc::new(Stats::default());
+        let joining = Joining::new(&config.cluster, metrics.clone())?;
         let credentials = Arc::new(PluginCredentials::default());
         let plugins = Arc::new(Plugins::new(sys::VERSION, credentials.clone()));
         let wiring = Wiring {
@@ -149,6 +153,7 @@ impl Broker {
             node: config.node.clone(),
             shared_strategy: config.shared_subscription_strategy,
             journal: store.as_ref().map(Store::journal),
+            uplink: joining.as_ref().map(Joining::uplink),
         };
         let mut limits = config.session_limits();
         if let Some(store) = &store {
@@ -188,6 +193,9 @@ impl Broker {
         let mut ctx = Context::new(config, router, auth, settings, plugins, metrics, control_tx, shutdown);
         ctx.durable = store.as_ref().map(Store::durable);
         ctx.journal = store.as_ref().map(Store::journal);
+        if let Some(joining) = joining {
+            ctx.cluster = joining.start(&ctx.config.node, ctx.router.clone(), ctx.shutdown.clone()).await?;
+        }
         Ok(Broker { listeners, control: control_rx, node, ctx: Arc::new(ctx), metrics_listener, store })
     }
 

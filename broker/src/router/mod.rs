@@ -34,6 +34,15 @@ use crate::protocol::{QoS, ReasonCode, SubscriptionOptions};
 use crate::session::{ClientId, Message, Session, SessionLimits};
 use tables::Router;
 
+/// The router's way to the other nodes of a cluster (`cluster/` implements it). It is called under the
+/// router's lock, in the order things happen, so nothing here may block or wait.
+pub trait Uplink: Send + Sync {
+    /// A message published on this node, for the nodes whose clients want it.
+    fn forward(&self, message: &Arc<Message>);
+    /// The first client on this node subscribed to `filter` (`added`), or the last one left it.
+    fn route(&self, filter: &str, added: bool);
+}
+
 /// A cheap, cloneable way to reach the router.
 #[derive(Clone)]
 pub struct RouterHandle {
@@ -87,6 +96,19 @@ impl RouterHandle {
             router.publish(message, lone, &mut fanout);
         }
         fanout
+    }
+
+    /// Hands messages published on other nodes to this node's subscribers (and keeps those that are
+    /// retained), leaving `messages` empty. They go nowhere else: their node sent them to every other.
+    pub fn publish_remote(&self, messages: &mut Vec<Arc<Message>>) {
+        let mut fanout = Fanout::default();
+        let mut router = lock(&self.router);
+        for message in messages.drain(..) {
+            if message.retain && router.shared.retaining.load(std::sync::atomic::Ordering::Relaxed) {
+                router.retain(&message);
+            }
+            router.fan_out(message, false, &mut fanout, true);
+        }
     }
 
     /// Puts back what the store kept, before any client connects.
@@ -266,6 +288,7 @@ mod tests {
             node: "test@127.0.0.1".into(),
             shared_strategy: Default::default(),
             journal: None,
+            uplink: None,
         };
         RouterHandle::new(limits, wiring)
     }

@@ -17,6 +17,7 @@ use super::growing_map::GrowingMap;
 use super::outbox::{Outbox, OutboxItem, OutboxReceiver, Pushed, Refused, Ticket};
 use super::shared::{self, SharedStrategy};
 use super::subscriptions::{FastMap, SubscriptionTree};
+use super::Uplink;
 use crate::metrics::{Metric, Metrics, Stat, Stats};
 use crate::protocol::topic::{self, Subscription};
 use crate::protocol::{QoS, ReasonCode, Suback, SubscriptionOptions, Unsuback};
@@ -142,6 +143,8 @@ pub struct Wiring {
     pub shared_strategy: SharedStrategy,
     /// Where changes that must survive a restart are recorded (none for an in-memory broker).
     pub journal: Option<Journal>,
+    /// The way to the other nodes of a cluster (none for a single node).
+    pub uplink: Option<Arc<dyn Uplink>>,
 }
 
 pub(super) struct Router {
@@ -630,6 +633,9 @@ impl Router {
         let holders = self.routes.entry(filter.to_string()).or_default();
         *holders += 1;
         if *holders == 1 {
+            if let Some(uplink) = &self.shared.uplink {
+                uplink.route(filter, true);
+            }
             self.events.emit(|| RouterEvent::RouteAdded(filter.into()));
         }
         true
@@ -652,6 +658,9 @@ impl Router {
                 *count -= 1;
                 if *count == 0 {
                     self.routes.remove(filter);
+                    if let Some(uplink) = &self.shared.uplink {
+                        uplink.route(filter, false);
+                    }
                     self.events.emit(|| RouterEvent::RouteRemoved(filter.into()));
                 }
             }
@@ -661,6 +670,18 @@ impl Router {
     /// Routes one message; `lone` if it is the only one its publisher read at once. What it did for
     /// the publisher to act on goes into `fanout`.
     pub(super) fn publish(&mut self, message: Arc<Message>, lone: bool, fanout: &mut Fanout) {
+        let internal = message.is_internal();
+        let mut forwarded = false;
+        if let (Some(uplink), false) = (&self.shared.uplink, internal) {
+            uplink.forward(&message);
+            forwarded = true;
+        }
+        self.fan_out(message, lone, fanout, internal || forwarded);
+    }
+
+    /// Hands a message to this node's subscribers; one that none of them wants is counted as dropped
+    /// unless `uncounted` (the broker's own, or gone on to other nodes, which know better).
+    pub(super) fn fan_out(&mut self, message: Arc<Message>, lone: bool, fanout: &mut Fanout, uncounted: bool) {
         let internal = message.is_internal();
         if message.retain && self.shared.retaining.load(Ordering::Relaxed) {
             fanout.durable = fanout.durable.max(self.retain(&message));
@@ -699,7 +720,7 @@ impl Router {
             }
             same
         });
-        if matched.is_empty() && picks.is_empty() && !internal {
+        if matched.is_empty() && picks.is_empty() && !uncounted {
             self.shared.metrics.inc(Metric::MessagesDropped);
         }
         for (client_id, granted, key) in &picks {
@@ -755,7 +776,7 @@ impl Router {
 
     /// Keeps (or, for an empty payload, clears) the retained message of its topic; what the store must
     /// have written before the publisher is told (0: nothing).
-    fn retain(&mut self, message: &Arc<Message>) -> u64 {
+    pub(super) fn retain(&mut self, message: &Arc<Message>) -> u64 {
         let topic = message.topic_str().to_string();
         let change = if message.payload.is_empty() {
             if self.retained.remove(&topic).is_none() {

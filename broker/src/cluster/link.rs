@@ -1,0 +1,315 @@
+//! This node's link to the others, through NATS: what its clients publish goes out, what the others'
+//! clients publish for its subscribers comes in, and its filters are NATS subscriptions (one or two
+//! subjects each, see `subject.rs`), so that NATS sends it only what it wants.
+//!
+//! Four tasks, so that the router, which calls [`Link`] under its lock, never waits on the network:
+//! - `forward`: publishes each message the router hands over, in the order it was routed, with this
+//!   node's origin and a sequence number in its headers. The hand-over is bounded: while NATS is slow
+//!   or away, what does not fit is dropped and counted, and local traffic goes on.
+//! - `interest`: follows the router's route changes, subscribing and unsubscribing, and confirms
+//!   each batch of new routes by a round trip through the NATS server (a request this node's control
+//!   connection answers, sent after the subscriptions on the same connection): then the server has
+//!   them, and a SUBACK held for them can go.
+//! - one pump per subscription, into one channel, and `inbound`: drops the copies of a message that
+//!   several of this node's subscriptions matched, and routes the rest to local subscribers only.
+//!
+//! Messages go on the data connection, which does not hear its own publishes (`no_echo`); the control
+//! connection answers the round trips.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::{Client, ConnectOptions, HeaderMap, ServerAddr};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::dedupe::Dedupe;
+use super::{subject, wire, ClusterError};
+use crate::metrics::{Metric, Metrics};
+use crate::protocol::topic;
+use crate::router::{RouterHandle, Uplink};
+use crate::session::Message;
+
+/// Messages waiting to go out; past this, while NATS is slow or away, they are dropped and counted.
+const FORWARD_QUEUE: usize = 65_536;
+/// Messages come in from all subscriptions through one channel of this size.
+const INBOUND_QUEUE: usize = 65_536;
+/// Retained messages go to every node (each keeps them all), besides their topic's subject.
+const RETAINED_SUBJECT: &str = "midge.retained";
+const ORIGIN: &str = "Midge-Origin";
+const SEQ: &str = "Midge-Seq";
+/// How long a SUBACK waits for NATS to confirm a new route: past it (NATS away), it goes anyway.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a starting node waits for NATS before it serves its clients alone.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+enum RouteChange {
+    /// A route, and its number among those added.
+    Added(Box<str>, u64),
+    Removed(Box<str>),
+}
+
+/// The router's side of the link: cheap, non-blocking hand-overs.
+pub struct Link {
+    messages: mpsc::Sender<Arc<Message>>,
+    routes: mpsc::UnboundedSender<RouteChange>,
+    /// Routes added so far.
+    added: AtomicU64,
+    /// How many of those the NATS server is known to have.
+    known: watch::Receiver<u64>,
+    metrics: Arc<Metrics>,
+}
+
+/// The other ends of the link's channels, until the tasks take them.
+pub struct Pending {
+    messages: mpsc::Receiver<Arc<Message>>,
+    routes: mpsc::UnboundedReceiver<RouteChange>,
+    known: watch::Sender<u64>,
+    servers: Vec<ServerAddr>,
+}
+
+impl Link {
+    pub fn new(servers: &[String], metrics: Arc<Metrics>) -> Result<(Arc<Link>, Pending), ClusterError> {
+        let servers = servers
+            .iter()
+            .map(|url| url.parse().map_err(|e| ClusterError::Url { url: url.clone(), reason: format!("{e}") }))
+            .collect::<Result<Vec<ServerAddr>, _>>()?;
+        let (messages_tx, messages) = mpsc::channel(FORWARD_QUEUE);
+        let (routes_tx, routes) = mpsc::unbounded_channel();
+        let (known_tx, known) = watch::channel(0);
+        let link = Link { messages: messages_tx, routes: routes_tx, added: AtomicU64::new(0), known, metrics };
+        Ok((Arc::new(link), Pending { messages, routes, known: known_tx, servers }))
+    }
+
+    /// Returns once the NATS server has every route added before the call (or NATS is too slow to
+    /// say so: a client's SUBACK is not held past [`CONFIRM_TIMEOUT`]).
+    pub async fn routes_known(&self) {
+        let wanted = self.added.load(Ordering::Acquire);
+        let mut known = self.known.clone();
+        let _ = tokio::time::timeout(CONFIRM_TIMEOUT, known.wait_for(|known| *known >= wanted)).await;
+    }
+}
+
+impl Uplink for Link {
+    fn forward(&self, message: &Arc<Message>) {
+        if self.messages.try_send(message.clone()).is_err() {
+            self.metrics.inc(Metric::MessagesDropped);
+        }
+    }
+
+    fn route(&self, filter: &str, added: bool) {
+        let change = if added {
+            RouteChange::Added(filter.into(), self.added.fetch_add(1, Ordering::AcqRel) + 1)
+        } else {
+            RouteChange::Removed(filter.into())
+        };
+        let _ = self.routes.send(change);
+    }
+}
+
+impl Pending {
+    /// Connects to NATS (in the background: a node starts, and serves its own clients, while NATS is
+    /// away) and starts the link's tasks, until `shutdown`.
+    pub async fn start(
+        self,
+        node: &str,
+        router: RouterHandle,
+        shutdown: CancellationToken,
+    ) -> Result<(), ClusterError> {
+        let incarnation: u64 = rand::random();
+        let origin = format!("{node}#{incarnation:016x}");
+        let data = connect(&self.servers, format!("{node} data"), true).await?;
+        let control = connect(&self.servers, format!("{node} control"), false).await?;
+        // A node joins before it serves, unless NATS is away: then it serves its own clients and joins
+        // when NATS comes.
+        let joined = tokio::time::timeout(JOIN_TIMEOUT, async {
+            while [&data, &control].iter().any(|c| c.connection_state() != State::Connected) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        if joined.await.is_err() {
+            tracing::warn!(servers = ?self.servers, "NATS not reached: serving this node's clients alone until it is");
+        }
+        let echo = format!("midge.echo.{incarnation:016x}");
+        let answers = control.subscribe(echo.clone()).await.map_err(|e| ClusterError::Nats(e.to_string()))?;
+        let (inbound_tx, arrivals) = mpsc::channel(INBOUND_QUEUE);
+        let pumps = Pumps { data: data.clone(), inbound: inbound_tx };
+        // Every node hears retained messages and long topics, whatever its filters.
+        for always in [RETAINED_SUBJECT, subject::LONG_SUBJECT] {
+            pumps.subscribe(always.to_string()).await?;
+        }
+        let tasks = [
+            tokio::spawn(answer(control, answers)),
+            tokio::spawn(forward(data.clone(), self.messages, origin.clone())),
+            tokio::spawn(interest(pumps, self.routes, self.known, echo)),
+            tokio::spawn(inbound(arrivals, origin, router)),
+        ];
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            for task in tasks {
+                task.abort();
+            }
+        });
+        Ok(())
+    }
+}
+
+async fn connect(servers: &[ServerAddr], name: String, no_echo: bool) -> Result<Client, ClusterError> {
+    let mut options = ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(|event| async move { tracing::info!(%event, "cluster link") });
+    if no_echo {
+        options = options.no_echo();
+    }
+    options.connect(servers.to_vec()).await.map_err(|e| ClusterError::Nats(e.to_string()))
+}
+
+/// Answers the round trips that confirm new routes.
+async fn answer(control: Client, mut requests: async_nats::Subscriber) {
+    while let Some(request) = requests.next().await {
+        if let Some(reply) = request.reply {
+            let _ = control.publish(reply, Bytes::new()).await;
+        }
+    }
+}
+
+async fn forward(data: Client, mut messages: mpsc::Receiver<Arc<Message>>, origin: String) {
+    let mut seq = 0u64;
+    let mut batch = Vec::with_capacity(256);
+    while messages.recv_many(&mut batch, 256).await > 0 {
+        for message in batch.drain(..) {
+            seq += 1;
+            let mut headers = HeaderMap::new();
+            headers.insert(ORIGIN, origin.as_str());
+            headers.insert(SEQ, seq.to_string());
+            let body = wire::encode_message(&message);
+            if message.retain {
+                if let Err(e) = data.publish_with_headers(RETAINED_SUBJECT, headers.clone(), body.clone()).await {
+                    tracing::debug!(error = %e, "retained message not forwarded");
+                }
+            }
+            if let Err(e) = data.publish_with_headers(subject::for_topic(message.topic_str()), headers, body).await {
+                tracing::debug!(error = %e, "message not forwarded");
+            }
+        }
+    }
+}
+
+/// Starts subscriptions whose messages all go into one channel.
+struct Pumps {
+    data: Client,
+    inbound: mpsc::Sender<async_nats::Message>,
+}
+
+impl Pumps {
+    /// Subscribes to `subject`; dropping the handle's task (abort) unsubscribes.
+    async fn subscribe(&self, subject: String) -> Result<AbortHandle, ClusterError> {
+        let mut subscriber = self.data.subscribe(subject).await.map_err(|e| ClusterError::Nats(e.to_string()))?;
+        let inbound = self.inbound.clone();
+        let pump = tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                if inbound.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(pump.abort_handle())
+    }
+}
+
+/// Which filters become NATS subscriptions: those of clients on this node, but `$local/` ones and
+/// those of the broker's own topics, which stay on their node.
+fn clustered(filter: &str) -> bool {
+    !filter.starts_with("$local/")
+        && topic::parse_subscription(filter).is_some_and(|s| !topic::reaches_broker_owned(s.filter()))
+}
+
+async fn interest(
+    pumps: Pumps,
+    mut changes: mpsc::UnboundedReceiver<RouteChange>,
+    known: watch::Sender<u64>,
+    echo: String,
+) {
+    let mut subscriptions: HashMap<Box<str>, Vec<AbortHandle>> = HashMap::new();
+    let mut batch = Vec::new();
+    while changes.recv_many(&mut batch, 1024).await > 0 {
+        // The last route added in this batch, and whether any of them became a NATS subscription.
+        let (mut last_added, mut subscribed) = (None, false);
+        for change in batch.drain(..) {
+            match change {
+                RouteChange::Added(filter, number) => {
+                    last_added = Some(number);
+                    if !clustered(&filter) {
+                        continue;
+                    }
+                    let Some(parsed) = topic::parse_subscription(&filter) else { continue };
+                    let mut handles = Vec::new();
+                    for subject in subject::for_filter(parsed.filter()) {
+                        match pumps.subscribe(subject).await {
+                            Ok(handle) => {
+                                handles.push(handle);
+                                subscribed = true;
+                            }
+                            Err(e) => {
+                                tracing::warn!(filter = %filter.escape_debug(), error = %e, "route not subscribed in NATS")
+                            }
+                        }
+                    }
+                    for old in subscriptions.insert(filter, handles).into_iter().flatten() {
+                        old.abort();
+                    }
+                }
+                RouteChange::Removed(filter) => {
+                    for handle in subscriptions.remove(&filter).into_iter().flatten() {
+                        handle.abort();
+                    }
+                }
+            }
+        }
+        let Some(number) = last_added else { continue };
+        // Away from NATS, a SUBACK has nothing to wait for: the subscriptions are made again on
+        // reconnecting, and nothing crosses meanwhile.
+        if subscribed && pumps.data.connection_state() == State::Connected {
+            // Sent after the SUBs on the same connection: the answer means the server has them.
+            match tokio::time::timeout(CONFIRM_TIMEOUT, pumps.data.request(echo.clone(), Bytes::new())).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "new routes not confirmed by NATS"),
+                Err(_) => tracing::warn!("new routes not confirmed by NATS in time"),
+            }
+        }
+        known.send_replace(number);
+    }
+}
+
+/// Routes what other nodes sent to this node's subscribers, each message once.
+async fn inbound(mut messages: mpsc::Receiver<async_nats::Message>, origin: String, router: RouterHandle) {
+    let mut dedupe = Dedupe::default();
+    let mut batch = Vec::with_capacity(256);
+    let mut routed = Vec::with_capacity(256);
+    while messages.recv_many(&mut batch, 256).await > 0 {
+        for message in batch.drain(..) {
+            let Some(headers) = &message.headers else { continue };
+            let (Some(from), Some(seq)) = (headers.get(ORIGIN), headers.get(SEQ)) else { continue };
+            let Ok(seq) = seq.as_str().parse::<u64>() else { continue };
+            if from.as_str() == origin || !dedupe.first_time(from.as_str(), seq) {
+                continue;
+            }
+            match wire::decode_message(&message.payload) {
+                Ok(decoded) => routed.push(Arc::new(decoded)),
+                Err(e) => {
+                    tracing::warn!(from = %from.as_str(), error = %e, "a message from another node could not be read")
+                }
+            }
+        }
+        router.publish_remote(&mut routed);
+    }
+}

@@ -1,0 +1,255 @@
+//! Several brokers as one through a real nats-server (Debian's `nats-server`, on a port of its own per
+//! test): a publish on any node reaches the subscribers of every node, once; a SUBACK means the other
+//! nodes already send; topics of any bytes cross whole; retained messages reach every node; `$local/`
+//! stays home; a node whose NATS is away still serves its own clients.
+
+mod helpers;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use helpers::*;
+use midge_broker::protocol::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A nats-server of the test's own, on free ports (client and monitoring), killed when dropped.
+struct Nats {
+    _child: Child,
+    url: String,
+    monitor: SocketAddr,
+}
+
+async fn nats() -> Nats {
+    let mut child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", "-1", "-m", "-1"])
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nats-server installed (Debian's nats-server package; .ci/run installs it)");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut url, mut monitor) = (None, None);
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let port = || line.rsplit(':').next().unwrap().trim().parse::<u16>().unwrap();
+            if line.contains("Listening for client connections on") {
+                url = Some(format!("nats://127.0.0.1:{}", port()));
+            } else if line.contains("Starting http monitor on") {
+                monitor = Some(SocketAddr::from(([127, 0, 0, 1], port())));
+            }
+            if url.is_some() && monitor.is_some() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "nats-server did not say where it listens");
+    // Keep reading its log, so that it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Nats { _child: child, url: url.unwrap(), monitor: monitor.unwrap() }
+}
+
+impl Nats {
+    /// The subjects this server's clients are subscribed to, from its monitoring endpoint.
+    async fn subjects(&self) -> Vec<String> {
+        let mut stream = tokio::net::TcpStream::connect(self.monitor).await.unwrap();
+        stream.write_all(b"GET /connz?subs=1 HTTP/1.0\r\nHost: nats\r\n\r\n").await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let body = response.split_once("\r\n\r\n").unwrap().1;
+        let connz: serde_json::Value = serde_json::from_str(body).unwrap();
+        let mut subjects: Vec<String> = connz["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c["subscriptions_list"].as_array().cloned().unwrap_or_default())
+            .filter_map(|s| s.as_str().map(str::to_string))
+            // A client's inbox for the answers to its requests.
+            .filter(|s| !s.starts_with("_INBOX."))
+            .collect();
+        subjects.sort();
+        subjects
+    }
+}
+
+async fn node(nats: &Nats, name: &str) -> TestBroker {
+    start(Config { node: format!("{name}@127.0.0.1"), cluster: vec![nats.url.clone()], ..config() }).await
+}
+
+/// Every message that arrives within a short silence, as (topic, payload), acknowledging QoS 1.
+async fn drain(client: &mut Raw) -> Vec<(String, Vec<u8>)> {
+    let mut got = Vec::new();
+    while let Ok(Some(Packet::Publish(p))) = client.recv_within(Duration::from_millis(400)).await {
+        if p.qos == QoS::AtLeastOnce {
+            client.send(&Packet::Puback(Ack::new(p.pkid))).await;
+        }
+        got.push((p.topic_str().to_string(), p.payload.to_vec()));
+    }
+    got.sort();
+    got
+}
+
+/// Three nodes, a subscriber on each with overlapping filters (each of which is a NATS subscription,
+/// so a node hears a message more than once) and a publisher on each: every subscriber gets every
+/// message exactly once.
+#[tokio::test]
+async fn a_publish_on_each_node_reaches_every_subscriber_once() {
+    let nats = nats().await;
+    let nodes = [node(&nats, "a").await, node(&nats, "b").await, node(&nats, "c").await];
+    let mut subscribers = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut client = Raw::connected(node.addr, &format!("sub-{i}")).await;
+        let filters = [("t/#", QoS::AtLeastOnce), ("t/+", QoS::AtMostOnce), ("+/+", QoS::AtLeastOnce)];
+        assert_eq!(client.subscribe(1, &filters).await.len(), 3);
+        subscribers.push(client);
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        let mut publisher = Raw::connected(node.addr, &format!("pub-{i}")).await;
+        publisher.send(&publish(&format!("t/{i}"), b"m", QoS::AtLeastOnce, 1)).await;
+        assert_eq!(publisher.recv().await, Some(Packet::Puback(Ack::new(1))));
+    }
+    let want: Vec<(String, Vec<u8>)> = (0..3).map(|i| (format!("t/{i}"), b"m".to_vec())).collect();
+    for (i, subscriber) in subscribers.iter_mut().enumerate() {
+        assert_eq!(drain(subscriber).await, want, "subscriber on node {i}");
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// A publish on one node right after a SUBACK on another is delivered: the SUBACK waits until the
+/// NATS server has the new subscription. Fifty fresh filters, each published to at once.
+#[tokio::test]
+async fn a_suback_means_other_nodes_already_send() {
+    let nats = nats().await;
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let mut subscriber = Raw::connected(b.addr, "sub").await;
+    let mut publisher = Raw::connected(a.addr, "pub").await;
+    for n in 1..=50u16 {
+        let topic = format!("fresh/{n}");
+        subscriber.subscribe(n, &[(topic.as_str(), QoS::AtMostOnce)]).await;
+        publisher.send(&publish(&topic, b"now", QoS::AtMostOnce, 0)).await;
+        let got = subscriber.recv_publish().await;
+        assert_eq!(got.topic_str(), topic);
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Topic levels NATS gives meaning to, or cannot carry as they are, arrive as they were published;
+/// so does a topic too long for a subject of its own.
+#[tokio::test]
+async fn topics_of_any_bytes_cross_whole() {
+    let nats = nats().await;
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let long = format!("long/{}", "level.with spaces/".repeat(200));
+    let topics = ["a.b/c d", "*/>", "x//y/", "/", "ünï/日本/€", "~7E/~", long.as_str()];
+    let mut everything = Raw::connected(b.addr, "everything").await;
+    everything.subscribe(1, &[("#", QoS::AtMostOnce)]).await;
+    let mut exact = Raw::connected(b.addr, "exact").await;
+    let filters: Vec<(&str, QoS)> = topics.iter().map(|t| (*t, QoS::AtMostOnce)).collect();
+    exact.subscribe(1, &filters).await;
+    let mut wild = Raw::connected(b.addr, "wild").await;
+    wild.subscribe(1, &[("+/>", QoS::AtMostOnce), ("x/+/y/#", QoS::AtMostOnce)]).await;
+
+    let mut publisher = Raw::connected(a.addr, "pub").await;
+    for topic in topics {
+        publisher.send(&publish(topic, topic.as_bytes(), QoS::AtMostOnce, 0)).await;
+    }
+    let mut want: Vec<(String, Vec<u8>)> = topics.iter().map(|t| (t.to_string(), t.as_bytes().to_vec())).collect();
+    want.sort();
+    assert_eq!(drain(&mut everything).await, want);
+    assert_eq!(drain(&mut exact).await, want);
+    let wild_got: Vec<String> = drain(&mut wild).await.into_iter().map(|(t, _)| t).collect();
+    assert_eq!(wild_got, ["*/>", "x//y/"], "`+/>` matches the literal level `>`, `x/+/y/#` an empty level");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A retained message published on one node is there for a subscriber arriving later on any node,
+/// though nobody subscribed when it was published; clearing it clears it everywhere.
+#[tokio::test]
+async fn retained_messages_reach_every_node() {
+    let nats = nats().await;
+    let nodes = [node(&nats, "a").await, node(&nats, "b").await, node(&nats, "c").await];
+    let mut publisher = Raw::connected(nodes[0].addr, "pub").await;
+    publisher.send(&retained("kept/1", b"v1", QoS::AtLeastOnce, 1)).await;
+    assert!(matches!(publisher.recv().await, Some(Packet::Puback(_))));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for node in &nodes[1..] {
+        let mut late = Raw::connected(node.addr, "late").await;
+        late.subscribe(1, &[("kept/#", QoS::AtLeastOnce)]).await;
+        let got = late.recv_publish().await;
+        assert_eq!((got.topic_str(), &got.payload[..], got.retain), ("kept/1", &b"v1"[..], true));
+        late.disconnect().await;
+    }
+    publisher.send(&retained("kept/1", b"", QoS::AtLeastOnce, 2)).await;
+    assert!(matches!(publisher.recv().await, Some(Packet::Puback(_))));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut late = Raw::connected(nodes[2].addr, "later").await;
+    late.subscribe(1, &[("kept/#", QoS::AtLeastOnce)]).await;
+    late.expect_silence(Duration::from_millis(300)).await;
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// `$local/` subscriptions and the broker's own topics never become NATS subscriptions; a route's
+/// subscriptions go when its last subscriber leaves.
+#[tokio::test]
+async fn local_filters_stay_home_and_routes_go_with_their_last_subscriber() {
+    let nats = nats().await;
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let always = ["midge.long", "midge.retained", "midge.echo"];
+    let baseline = nats.subjects().await;
+    for subject in always {
+        let count = baseline.iter().filter(|s| s.starts_with(subject)).count();
+        assert_eq!(count, 2, "{subject} once for each node: {baseline:?}");
+    }
+
+    let mut home = Raw::connected(b.addr, "home").await;
+    home.subscribe(1, &[("$local/x/#", QoS::AtMostOnce), ("$SYS/#", QoS::AtMostOnce)]).await;
+    let mut remote = Raw::connected(a.addr, "remote").await;
+    remote.send(&publish("x/1", b"from a", QoS::AtMostOnce, 0)).await;
+    let mut neighbour = Raw::connected(b.addr, "neighbour").await;
+    neighbour.send(&publish("x/2", b"from b", QoS::AtMostOnce, 0)).await;
+    let (sys, user): (Vec<_>, Vec<_>) = drain(&mut home).await.into_iter().partition(|(t, _)| t.starts_with("$SYS"));
+    assert_eq!(user, [("x/2".to_string(), b"from b".to_vec())]);
+    assert!(!sys.is_empty() && sys.iter().all(|(t, _)| !t.contains("a@")), "b's own $SYS only: {sys:?}");
+    assert_eq!(nats.subjects().await, baseline, "no NATS subscription for $local or $SYS");
+
+    let mut one = Raw::connected(b.addr, "one").await;
+    let mut two = Raw::connected(b.addr, "two").await;
+    one.subscribe(1, &[("r/#", QoS::AtMostOnce)]).await;
+    two.subscribe(1, &[("r/#", QoS::AtMostOnce)]).await;
+    let with_route = nats.subjects().await;
+    assert_eq!(with_route.len(), baseline.len() + 2, "r/# is two subjects, once per node: {with_route:?}");
+    assert!(with_route.contains(&"midge.m.r.>".to_string()) && with_route.contains(&"midge.m.r".to_string()));
+    one.send(&unsubscribe(2, &["r/#"])).await;
+    assert!(matches!(one.recv().await, Some(Packet::Unsuback(_))));
+    assert_eq!(nats.subjects().await, with_route, "two still holds it");
+    two.disconnect().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while nats.subjects().await != baseline {
+        assert!(tokio::time::Instant::now() < deadline, "r/# still subscribed: {:?}", nats.subjects().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// With its NATS server unreachable a node starts, and its own clients publish and subscribe as ever.
+#[tokio::test]
+async fn a_node_without_its_nats_serves_its_own_clients() {
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", unused.local_addr().unwrap());
+    drop(unused);
+    let alone = start(Config { cluster: vec![url], ..config() }).await;
+    let mut subscriber = Raw::connected(alone.addr, "sub").await;
+    subscriber.subscribe(1, &[("t", QoS::AtLeastOnce)]).await;
+    let mut publisher = Raw::connected(alone.addr, "pub").await;
+    publisher.publish_acked("t", 1..=3).await;
+    subscriber.expect_acking(1..=3).await;
+    alone.stop().await;
+}
