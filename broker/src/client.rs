@@ -15,6 +15,7 @@ use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use crate::auth::acl::{Access, AclCache, ClientInfo, Decision};
 use crate::auth::enhanced::{Method, Step};
 use crate::auth::Principal;
+use crate::cluster::Claim;
 use crate::context::Context;
 use crate::metrics::{Metric, CONNECTION_TASK_BYTES};
 use crate::ops::control::ControlJob;
@@ -326,6 +327,25 @@ async fn accept(
         refuse(ctx, &mut writer, ReasonCode::QuotaExceeded).await;
         return Err(Some("refused"));
     }
+    // In a cluster the client id is this node's before the session is looked for: whichever node had
+    // it ends its connection there. A persistent session must be found where it is, so without the
+    // registry it is refused; a clean one starts here regardless.
+    let claim = if principal == Principal::Management {
+        Claim::default()
+    } else {
+        match Box::pin(ctx.cluster.claim(&client_id)).await {
+            Ok(claim) => claim,
+            Err(error) if persistent => {
+                tracing::warn!(%peer, client_id = %client_id.escape_debug(), %error, "persistent session refused: the cluster's registry cannot be reached");
+                refuse(ctx, &mut writer, ConnectReturnCode::ServerUnavailable).await;
+                return Err(Some("refused"));
+            }
+            Err(error) => {
+                tracing::debug!(%peer, client_id = %client_id.escape_debug(), %error, "client id not claimed cluster-wide");
+                Claim::default()
+            }
+        }
+    };
     // MQTT 5 lets the server choose the keep-alive (and says so in CONNACK).
     if v5 && ctx.config.server_keepalive > 0 {
         connect.keep_alive = ctx.config.server_keepalive;
@@ -346,6 +366,10 @@ async fn accept(
         ConnectOutcome::Accepted { session, present } => (session, present),
         ConnectOutcome::Superseded => return Err(Some("discarded")),
     };
+    if !ctx.cluster.holds(&client_id, claim) {
+        // Another node took the id while this connect was under way: it ends as taken over.
+        ctx.router.taken_over_elsewhere(&client_id);
+    }
     tracing::debug!(%peer, client_id = %client_id.escape_debug(), clean = connect.clean_session, present, "connected");
 
     let mut session = session;
@@ -381,6 +405,7 @@ async fn accept(
         batch: VecDeque::new(),
         stalled: None,
         routes_added: false,
+        claim,
         counted: None,
     };
     if !conn.hidden() {
@@ -550,6 +575,8 @@ struct ClientConnection {
     /// A subscription in this read may have added a route the other nodes of a cluster must learn of
     /// before its SUBACK goes.
     routes_added: bool,
+    /// The client id as this node holds it in a cluster, given back when the session ends here.
+    claim: Claim,
     /// This client in its listener's figures, while it is connected.
     counted: Option<Connected>,
 }
@@ -774,7 +801,10 @@ impl ClientConnection {
             };
             self.send(&Packet::Disconnect(Disconnect { reason_string, ..Disconnect::new(reason) }));
         }
-        let ClientConnection { ctx, principal, client_id, conn_id, session, mut writer, outbox, .. } = self;
+        let ClientConnection { ctx, principal, client_id, conn_id, session, mut writer, outbox, claim, .. } = self;
+        // A session that ends with its connection gives its client id back to the cluster; a kept one
+        // holds it here, and one taken over is another node's already.
+        let ended = session.expiry == Some(Duration::ZERO) && !matches!(exit, Exit::TakenOver);
         let broken = matches!(exit, Exit::Error(ConnectionError::Closed | ConnectionError::Io(_)));
         // Replies still waiting for the store go once it is there, or never.
         if let (Some(seq), Some(durable), false) = (writer.held_through(), &ctx.durable, broken) {
@@ -788,7 +818,10 @@ impl ClientConnection {
         }
         writer.shutdown().await;
         let counted = if principal == Principal::Management { None } else { exit.shutdown_reason() };
-        ctx.router.disconnected(client_id, conn_id, session, outbox);
+        ctx.router.disconnected(client_id.clone(), conn_id, session, outbox);
+        if ended {
+            Box::pin(ctx.cluster.release(&client_id, claim)).await;
+        }
         counted
     }
 

@@ -1,7 +1,8 @@
 //! Several brokers as one through a real nats-server (Debian's `nats-server`, on a port of its own per
 //! test): a publish on any node reaches the subscribers of every node, once; a SUBACK means the other
 //! nodes already send; topics of any bytes cross whole; retained messages reach every node; `$local/`
-//! stays home; a node whose NATS is away still serves its own clients.
+//! stays home; a client id is held by one node at a time (a connect elsewhere takes it over, two at
+//! once leave one, a dead node's go at once); a node whose NATS is away still serves its own clients.
 
 mod helpers;
 
@@ -14,16 +15,20 @@ use midge_broker::protocol::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// A nats-server of the test's own, on free ports (client and monitoring), killed when dropped.
+/// A nats-server of the test's own, with JetStream, on free ports (client and monitoring), killed
+/// when dropped.
 struct Nats {
     _child: Child,
+    _store: TempDir,
     url: String,
     monitor: SocketAddr,
 }
 
 async fn nats() -> Nats {
+    let store = TempDir(tempdir());
     let mut child = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", "-1", "-m", "-1"])
+        .args(["-a", "127.0.0.1", "-p", "-1", "-m", "-1", "-js", "-sd"])
+        .arg(&store.0)
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -47,7 +52,15 @@ async fn nats() -> Nats {
     assert!(found.is_ok(), "nats-server did not say where it listens");
     // Keep reading its log, so that it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Nats { _child: child, url: url.unwrap(), monitor: monitor.unwrap() }
+    Nats { _child: child, _store: store, url: url.unwrap(), monitor: monitor.unwrap() }
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Nats {
@@ -251,5 +264,67 @@ async fn a_node_without_its_nats_serves_its_own_clients() {
     let mut publisher = Raw::connected(alone.addr, "pub").await;
     publisher.publish_acked("t", 1..=3).await;
     subscriber.expect_acking(1..=3).await;
+    // A persistent session lives where the registry says; without it, it is refused, plainly.
+    let code = connack_code(alone.addr, Packet::Connect(connect_packet("kept", false))).await;
+    assert_eq!(code, ConnectReturnCode::ServerUnavailable);
     alone.stop().await;
+}
+
+/// Whether the connection is still open: it answers a PINGREQ.
+async fn alive(client: &mut Raw) -> bool {
+    client.send(&Packet::Pingreq).await;
+    matches!(client.recv_within(Duration::from_millis(500)).await, Ok(Some(Packet::Pingresp)))
+}
+
+/// A client id connecting on another node takes the id over: its connection on the first node ends,
+/// as it would on one node, and back again.
+#[tokio::test]
+async fn a_client_id_is_held_by_one_node_at_a_time() {
+    let nats = nats().await;
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let mut on_a = Raw::connected(a.addr, "roamer").await;
+    let mut on_b = Raw::connected(b.addr, "roamer").await;
+    on_a.expect_closed().await;
+    assert!(alive(&mut on_b).await);
+    let mut again_on_a = Raw::connected(a.addr, "roamer").await;
+    on_b.expect_closed().await;
+    assert!(alive(&mut again_on_a).await);
+    // A clean session gives the id back when it ends: the next connect elsewhere finds it free.
+    again_on_a.disconnect().await;
+    let mut bystander = Raw::connected(a.addr, "bystander").await;
+    let _on_b = Raw::connected(b.addr, "roamer").await;
+    assert!(alive(&mut bystander).await);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Two connects of one client id on two nodes at once: once both have settled, exactly one is
+/// connected. Ten ids, each raced.
+#[tokio::test]
+async fn simultaneous_connects_on_two_nodes_leave_one() {
+    let nats = nats().await;
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    for n in 0..10 {
+        let id = format!("twin-{n}");
+        let (mut first, mut second) = tokio::join!(Raw::connected(a.addr, &id), Raw::connected(b.addr, &id));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (first_alive, second_alive) = (alive(&mut first).await, alive(&mut second).await);
+        assert!(first_alive != second_alive, "{id}: on a {first_alive}, on b {second_alive}");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A node that is gone holds no client id: a connect elsewhere takes it at once.
+#[tokio::test]
+async fn a_gone_nodes_client_ids_are_taken_at_once() {
+    let nats = nats().await;
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let _held = Raw::connected(a.addr, "orphan").await;
+    a.stop().await;
+    let started = std::time::Instant::now();
+    let mut moved = Raw::connected(b.addr, "orphan").await;
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    assert!(alive(&mut moved).await);
+    b.stop().await;
 }

@@ -30,6 +30,7 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::dedupe::Dedupe;
+use super::registry::Registry;
 use super::{subject, wire, ClusterError};
 use crate::metrics::{Metric, Metrics};
 use crate::protocol::topic;
@@ -122,7 +123,7 @@ impl Pending {
         node: &str,
         router: RouterHandle,
         shutdown: CancellationToken,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<Arc<Registry>, ClusterError> {
         let incarnation: u64 = rand::random();
         let origin = format!("{node}#{incarnation:016x}");
         let data = connect(&self.servers, format!("{node} data"), true).await?;
@@ -139,6 +140,8 @@ impl Pending {
         }
         let echo = format!("midge.echo.{incarnation:016x}");
         let answers = control.subscribe(echo.clone()).await.map_err(|e| ClusterError::Nats(e.to_string()))?;
+        let registry = Arc::new(Registry::new(data.clone(), control.clone(), node));
+        let releases = registry.clone().answer_releases(router.clone()).await?;
         let (inbound_tx, arrivals) = mpsc::channel(INBOUND_QUEUE);
         let pumps = Pumps { data: data.clone(), inbound: inbound_tx };
         // Every node hears retained messages and long topics, whatever its filters.
@@ -146,6 +149,7 @@ impl Pending {
             pumps.subscribe(always.to_string()).await?;
         }
         let tasks = [
+            releases,
             tokio::spawn(answer(control, answers)),
             tokio::spawn(forward(data.clone(), self.messages, origin.clone())),
             tokio::spawn(interest(pumps, self.routes, self.known, echo)),
@@ -157,7 +161,7 @@ impl Pending {
                 task.abort();
             }
         });
-        Ok(())
+        Ok(registry)
     }
 }
 

@@ -1,13 +1,16 @@
-//! Several brokers as one, on NATS: a client on any node reaches subscribers on every node. The nodes
-//! are NATS clients, never a consensus group of their own; NATS's interest graph is the route table
-//! (see `link.rs`). A node configured without NATS servers is [`Cluster::Standalone`], and none of
-//! this runs: the router's uplink is `None`.
+//! Several brokers as one, on NATS: a client on any node reaches subscribers on every node, and a
+//! client id is held by one node at a time. The nodes are NATS clients, never a consensus group of
+//! their own: NATS's interest graph is the route table (see `link.rs`), and JetStream's key-value
+//! store the registry of client ids (`registry.rs`). A node configured without NATS servers is
+//! [`Cluster::Standalone`], and none of this runs: the router's uplink is `None`.
 //!
 //! - `subject.rs`: topics and filters as NATS subjects; `wire.rs`: a message between nodes;
-//! - `dedupe.rs`: each message once per node; `link.rs`: the connections and their tasks.
+//! - `dedupe.rs`: each message once per node; `link.rs`: the connections and their tasks;
+//! - `registry.rs`: which node holds which client id.
 
 mod dedupe;
 mod link;
+mod registry;
 pub mod subject;
 mod wire;
 
@@ -16,9 +19,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub use link::Link;
+use registry::Registry;
 
 use crate::metrics::Metrics;
 use crate::router::{RouterHandle, Uplink};
+use crate::session::ClientId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -31,8 +36,12 @@ pub enum ClusterError {
 /// This node alone, or one of several.
 pub enum Cluster {
     Standalone,
-    Nats(Arc<Link>),
+    Nats { link: Arc<Link>, registry: Arc<Registry> },
 }
+
+/// A client id this node holds cluster-wide, as a connection keeps it to give it back (0: none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Claim(u64);
 
 /// A cluster being set up: the router is built with its uplink, then the link starts with the router.
 pub struct Joining {
@@ -61,21 +70,45 @@ impl Joining {
         router: RouterHandle,
         shutdown: CancellationToken,
     ) -> Result<Cluster, ClusterError> {
-        self.pending.start(node, router, shutdown).await?;
-        Ok(Cluster::Nats(self.link))
+        let registry = self.pending.start(node, router, shutdown).await?;
+        Ok(Cluster::Nats { link: self.link, registry })
     }
 }
 
 impl Cluster {
     pub fn is_clustered(&self) -> bool {
-        matches!(self, Cluster::Nats(_))
+        matches!(self, Cluster::Nats { .. })
     }
 
     /// Returns once the routes this node added so far are known cluster-wide, so that a message
     /// published on another node after a SUBACK reaches its subscriber. At once for a single node.
     pub async fn routes_known(&self) {
-        if let Cluster::Nats(link) = self {
+        if let Cluster::Nats { link, .. } = self {
             link.routes_known().await;
+        }
+    }
+
+    /// Takes `client_id` for a connecting client: any other node that held it ends its connection
+    /// there (taken over). A single node has nothing to claim.
+    pub async fn claim(&self, client_id: &ClientId) -> Result<Claim, ClusterError> {
+        match self {
+            Cluster::Standalone => Ok(Claim::default()),
+            Cluster::Nats { registry, .. } => registry.claim(client_id).await.map(Claim),
+        }
+    }
+
+    /// Whether `claim` still stands: asked to let go while the connect was under way, this node lost it.
+    pub fn holds(&self, client_id: &str, claim: Claim) -> bool {
+        match self {
+            Cluster::Nats { registry, .. } if claim.0 > 0 => registry.holds(client_id, claim.0),
+            _ => true,
+        }
+    }
+
+    /// Gives `client_id` up: its session has ended on this node.
+    pub async fn release(&self, client_id: &str, claim: Claim) {
+        if let (Cluster::Nats { registry, .. }, true) = (self, claim.0 > 0) {
+            registry.release(client_id, claim.0).await;
         }
     }
 }

@@ -59,6 +59,13 @@ pub fn for_filter(filter: &str) -> Vec<String> {
     [Some(subject), parent].into_iter().flatten().filter(|s| s.len() <= LONG).collect()
 }
 
+/// `text` as one subject token, by the rule for topic levels.
+pub fn token(text: &str) -> String {
+    let mut token = String::with_capacity(text.len());
+    push_level(&mut token, text);
+    token
+}
+
 fn push_level(subject: &mut String, level: &str) {
     if level.is_empty() {
         subject.push('~');

@@ -83,6 +83,11 @@ impl Router {
         self.tell(id, OutboxItem::Kick)
     }
 
+    /// Ends the client's connection as a takeover (another node has the client now).
+    pub(super) fn take_over(&self, id: &str) -> bool {
+        self.tell(id, OutboxItem::TakenOver)
+    }
+
     /// Has the client forget its cached ACL decision for `topic`; false if it is not online.
     pub(super) fn clean_acl_cache(&self, id: &str, topic: &str) -> bool {
         self.tell(id, OutboxItem::CleanAclCache(topic.into()))

@@ -203,6 +203,12 @@ impl RouterHandle {
         lock(&self.router).kick(client_id)
     }
 
+    /// Another node of the cluster has the client now: its connection here ends as taken over; false
+    /// if it is not online here.
+    pub fn taken_over_elsewhere(&self, client_id: &str) -> bool {
+        lock(&self.router).take_over(client_id)
+    }
+
     /// Has the client forget its cached ACL decision for `topic`; false if it is not online.
     pub fn clean_acl_cache(&self, client_id: &str, topic: &str) -> bool {
         lock(&self.router).clean_acl_cache(client_id, topic)

@@ -1,0 +1,244 @@
+//! Who has which client id, cluster-wide: a JetStream key-value bucket, `midge-sessions`, from client
+//! id to the node that holds its connection or parked session. A connect claims its id by
+//! compare-and-set; when another node has it, that node is asked to let go (its client is told the
+//! session was taken over) before the claim takes the key from the revision it saw. Two connects of one
+//! id on two nodes at once race on that revision, and the loser tries again against the winner: in the
+//! end one holds it, as with two connects on one node. A dead node answers nothing (NATS says "no
+//! responders" at once) and loses its keys to whoever asks.
+//!
+//! A node remembers the revision of each id it claimed. Asked to let go, it forgets the claim before it
+//! looks for the client, and a connect checks its claim again once its client is registered: so a
+//! request that comes while a connect is half-way is not missed.
+//!
+//! The bucket is made as JetStream's key-value convention has it (a stream `KV_midge-sessions` on
+//! `$KV.midge-sessions.>`, one message per key), by this code rather than the client's
+//! `create_key_value`, which first reads the account's info in a shape Debian's nats-server 2.9 does not
+//! send. Three replicas where the NATS cluster has three servers, else one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use async_nats::jetstream::{self, stream};
+use async_nats::Client;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::OnceCell;
+
+use super::{subject, ClusterError};
+use crate::router::RouterHandle;
+use crate::session::ClientId;
+
+const BUCKET: &str = "midge-sessions";
+/// How long a claim may take in all before the connect is told the cluster cannot answer.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the holder of an id has to let it go.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Claims that lose the race for a revision try again, this many times in all.
+const ATTEMPTS: usize = 5;
+
+pub struct Registry {
+    /// The data connection, and JetStream through it.
+    data: Client,
+    js: jetstream::Context,
+    store: OnceCell<kv::Store>,
+    /// The node's name, the value of its keys.
+    node: String,
+    /// The control connection, which asks other nodes to let go.
+    control: Client,
+    /// The revision of each key this node claimed.
+    claims: Mutex<HashMap<ClientId, u64>>,
+}
+
+/// The subject on which `node` is asked to let client ids go.
+fn release_subject(node: &str) -> String {
+    format!("midge.release.{}", subject::token(node))
+}
+
+/// A client id as a key: letters, digits, `-` and `_` as they are, every other byte `=` and two hex
+/// digits (keys allow `-/_=.` and alphanumerics, and `.` and `/` mean something to NATS).
+fn key(client_id: &str) -> String {
+    let mut key = String::with_capacity(client_id.len() + 1);
+    for byte in client_id.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
+            key.push(byte as char);
+        } else {
+            key.push_str(&format!("={byte:02X}"));
+        }
+    }
+    if key.is_empty() {
+        key.push('=');
+    }
+    key
+}
+
+impl Registry {
+    pub fn new(data: Client, control: Client, node: &str) -> Registry {
+        Registry {
+            js: jetstream::new(data.clone()),
+            data,
+            store: OnceCell::new(),
+            node: node.to_string(),
+            control,
+            claims: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The bucket, made on first use (NATS may not have been there when the node started).
+    async fn store(&self) -> Result<&kv::Store, ClusterError> {
+        self.store
+            .get_or_try_init(|| async {
+                let mut config = stream::Config {
+                    name: format!("KV_{BUCKET}"),
+                    subjects: vec![format!("$KV.{BUCKET}.>")],
+                    max_messages_per_subject: 1,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: stream::DiscardPolicy::New,
+                    num_replicas: 3,
+                    ..Default::default()
+                };
+                if let Err(e) = self.js.get_or_create_stream(config.clone()).await {
+                    tracing::info!(error = %e, "session registry with 3 replicas refused; trying 1");
+                    config.num_replicas = 1;
+                    self.js.get_or_create_stream(config).await.map_err(nats)?;
+                }
+                self.js.get_key_value(BUCKET).await.map_err(nats)
+            })
+            .await
+    }
+
+    /// Makes this node the holder of `client_id`, asking the node that had it to let go; the
+    /// revision of the claim.
+    pub async fn claim(&self, client_id: &ClientId) -> Result<u64, ClusterError> {
+        // Away from NATS, say so at once rather than make every connect wait out the timeout.
+        if self.data.connection_state() != State::Connected {
+            return Err(ClusterError::Nats("not connected".into()));
+        }
+        let claimed = tokio::time::timeout(CLAIM_TIMEOUT, self.try_claim(client_id)).await;
+        let revision =
+            claimed.map_err(|_| ClusterError::Nats("the session registry did not answer in time".into()))??;
+        self.lock().insert(client_id.clone(), revision);
+        Ok(revision)
+    }
+
+    async fn try_claim(&self, client_id: &ClientId) -> Result<u64, ClusterError> {
+        let store = self.store().await?;
+        let key = key(client_id);
+        for _ in 0..ATTEMPTS {
+            match store.create(&key, Bytes::from(self.node.clone())).await {
+                Ok(revision) => return Ok(revision),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(nats(e)),
+            }
+            let Some(entry) = store.entry(&key).await.map_err(nats)? else { continue };
+            let holder = String::from_utf8_lossy(&entry.value);
+            if entry.operation != Operation::Put {
+                // Deleted meanwhile: `create` takes it next time round.
+                continue;
+            }
+            if holder == self.node {
+                return Ok(entry.revision);
+            }
+            self.ask_release(&holder, client_id, entry.revision).await;
+            match store.update(&key, Bytes::from(self.node.clone()), entry.revision).await {
+                Ok(revision) => return Ok(revision),
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(nats(e)),
+            }
+        }
+        Err(ClusterError::Nats(format!("client id still contended after {ATTEMPTS} claims")))
+    }
+
+    /// Asks `holder` to let the id go; a dead or silent holder loses it anyway.
+    async fn ask_release(&self, holder: &str, client_id: &str, revision: u64) {
+        let body = Bytes::from(format!("{revision}\n{client_id}"));
+        let asked = tokio::time::timeout(RELEASE_TIMEOUT, self.control.request(release_subject(holder), body)).await;
+        if !matches!(asked, Ok(Ok(_))) {
+            tracing::info!(holder, client_id = %client_id.escape_debug(), "holder of a client id did not answer: taking it");
+        }
+    }
+
+    /// Whether the claim of `revision` still stands (no other node took the id since).
+    pub fn holds(&self, client_id: &str, revision: u64) -> bool {
+        self.lock().get(client_id) == Some(&revision)
+    }
+
+    /// Gives the id up (its session ended here), unless another node took it meanwhile.
+    pub async fn release(&self, client_id: &str, revision: u64) {
+        {
+            let mut claims = self.lock();
+            if claims.get(client_id) != Some(&revision) {
+                return;
+            }
+            claims.remove(client_id);
+        }
+        if let Ok(store) = self.store().await {
+            if let Err(e) = store.delete_expect_revision(key(client_id), Some(revision)).await {
+                tracing::debug!(client_id = %client_id.escape_debug(), error = %e, "client id not released");
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, u64>> {
+        self.claims.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Answers other nodes' requests to let ids go: forgets the claim, then tells the client, if it is
+    /// here, that its session was taken over.
+    pub async fn answer_releases(
+        self: Arc<Self>,
+        router: RouterHandle,
+    ) -> Result<tokio::task::JoinHandle<()>, ClusterError> {
+        let mut requests = self.control.subscribe(release_subject(&self.node)).await.map_err(nats)?;
+        let registry = self.clone();
+        Ok(tokio::spawn(async move {
+            while let Some(request) = requests.next().await {
+                let text = String::from_utf8_lossy(&request.payload);
+                let Some((revision, client_id)) = text.split_once('\n') else { continue };
+                let Ok(revision) = revision.parse::<u64>() else { continue };
+                // A claim newer than the one the asker saw is this node's again: its client stays.
+                let newer = {
+                    let mut claims = registry.lock();
+                    match claims.get(client_id) {
+                        Some(held) if *held > revision => true,
+                        Some(_) => claims.remove(client_id).is_none(),
+                        None => false,
+                    }
+                };
+                if !newer {
+                    router.taken_over_elsewhere(client_id);
+                }
+                if let Some(reply) = request.reply {
+                    let _ = registry.control.publish(reply, Bytes::new()).await;
+                }
+            }
+        }))
+    }
+}
+
+fn nats(error: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Nats(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_client_id_is_a_valid_distinct_key() {
+        let valid = |k: &str| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=".contains(&b));
+        let ids = ["", "a", "a.b", "a/b", "a=2E", "日本", " ", "=", "A"];
+        let keys: Vec<String> = ids.iter().map(|id| key(id)).collect();
+        for (id, k) in ids.iter().zip(&keys) {
+            assert!(valid(k), "{id:?} gave {k:?}");
+        }
+        let mut distinct = keys.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), keys.len(), "{keys:?}");
+    }
+}
