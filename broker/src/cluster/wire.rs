@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::protocol::{decode, encode, Packet, Protocol, Publish};
+use crate::protocol::{decode_stored_publish, encode, Packet, Protocol, Publish};
 use crate::session::{Delivery, Message};
 
 pub fn encode_message(message: &Arc<Message>) -> Bytes {
@@ -17,17 +17,7 @@ pub fn encode_message(message: &Arc<Message>) -> Bytes {
 
 /// The message in `body`, as published on another node; its expiry counts from now.
 pub fn decode_message(body: &[u8]) -> Result<Message, String> {
-    let mut frame = BytesMut::from(body);
-    let publish = match decode(&mut frame, Protocol::V5, usize::MAX) {
-        Ok(Some(Packet::Publish(publish))) => publish,
-        Ok(Some(other)) => return Err(format!("a {other:?} instead of a PUBLISH")),
-        Ok(None) => return Err("a truncated PUBLISH".into()),
-        Err(e) => return Err(e.to_string()),
-    };
-    if !frame.is_empty() {
-        return Err(format!("{} bytes past its end", frame.len()));
-    }
-    let Publish { topic, payload, qos, retain, properties, .. } = publish;
+    let Publish { topic, payload, qos, retain, properties, .. } = decode_stored_publish(body)?;
     Ok(Message::with_properties(topic, payload, qos, retain, properties, 0))
 }
 

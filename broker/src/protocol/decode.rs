@@ -70,6 +70,22 @@ impl DecodeError {
 /// Takes one whole packet off the front of `buf`, as the protocol `level` writes it, or returns
 /// `Ok(None)` when more bytes are needed. The size limit is checked from the fixed header, before the
 /// body has arrived. (A connection's first packet, CONNECT, names the level itself.)
+/// The one PUBLISH that `bytes` holds, nothing before or after it: a message as our own codec wrote it
+/// for keeping (the store) or carrying (the cluster), read back at MQTT 5.
+pub fn decode_stored_publish(bytes: &[u8]) -> Result<Publish, String> {
+    let mut frame = BytesMut::from(bytes);
+    let publish = match decode(&mut frame, Protocol::V5, usize::MAX) {
+        Ok(Some(Packet::Publish(publish))) => publish,
+        Ok(Some(other)) => return Err(format!("a {other:?} instead of a PUBLISH")),
+        Ok(None) => return Err("a truncated PUBLISH".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    if !frame.is_empty() {
+        return Err(format!("{} bytes past its end", frame.len()));
+    }
+    Ok(publish)
+}
+
 pub fn decode(buf: &mut BytesMut, level: Protocol, max_packet_size: usize) -> Result<Option<Packet>, DecodeError> {
     let Some((header_len, remaining)) = read_fixed_header(buf)? else {
         return Ok(None);

@@ -7,7 +7,7 @@ mod packet;
 pub mod properties;
 pub mod topic;
 
-pub use decode::{decode, DecodeError, MAX_REMAINING_LENGTH};
+pub use decode::{decode, decode_stored_publish, DecodeError, MAX_REMAINING_LENGTH};
 pub use encode::{encode, publish_len};
 pub use packet::*;
 

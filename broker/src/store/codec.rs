@@ -9,7 +9,7 @@ use bytes::{Buf, BufMut, BytesMut};
 
 use std::num::NonZeroU32;
 
-use crate::protocol::{decode, encode, Packet, Protocol, Publish, QoS, SubscriptionOptions};
+use crate::protocol::{decode_stored_publish, encode, Packet, Protocol, Publish, QoS, SubscriptionOptions};
 use crate::session::{ClientId, Delivery, Message};
 
 const VERSION: u8 = 1;
@@ -79,16 +79,7 @@ fn get_message(bytes: &[u8]) -> Result<Option<(Arc<Message>, bool)>, String> {
         return Err(format!("record version {version}"));
     }
     let expires_ms = bytes.get_u64();
-    let mut frame = BytesMut::from(bytes);
-    let publish = match decode(&mut frame, Protocol::V5, usize::MAX) {
-        Ok(Some(Packet::Publish(publish))) => publish,
-        Ok(Some(other)) => return Err(format!("a {other:?} instead of a PUBLISH")),
-        Ok(None) => return Err("a truncated PUBLISH".into()),
-        Err(e) => return Err(e.to_string()),
-    };
-    if !frame.is_empty() {
-        return Err(format!("{} bytes past its end", frame.len()));
-    }
+    let publish = decode_stored_publish(bytes)?;
     let expires_at = match expires_ms {
         0 => None,
         at => match at.checked_sub(now_wall_ms()) {
