@@ -821,6 +821,9 @@ impl ClientConnection {
         ctx.router.disconnected(client_id.clone(), conn_id, session, outbox);
         if ended {
             Box::pin(ctx.cluster.release(&client_id, claim)).await;
+        } else if matches!(exit, Exit::TakenOver) && !ctx.cluster.holds(&client_id, claim) {
+            // Taken over by another node: the session it parked here goes on there.
+            ctx.router.taken_over_elsewhere(&client_id);
         }
         counted
     }

@@ -328,3 +328,29 @@ async fn a_gone_nodes_client_ids_are_taken_at_once() {
     assert!(alive(&mut moved).await);
     b.stop().await;
 }
+
+/// A persistent session taken over by another node does not linger on the first, parked with its
+/// routes: whether its client was online or away there, its filters leave NATS when the id moves.
+#[tokio::test]
+async fn a_session_taken_over_by_another_node_leaves_the_first() {
+    let nats = nats().await;
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let baseline = nats.subjects().await;
+    for (n, online) in [(1, true), (2, false)] {
+        let id = format!("kept-{n}");
+        let (mut on_a, _) = Raw::connect(a.addr, connect_packet(&id, false)).await;
+        on_a.subscribe(1, &[("kept/topic", QoS::AtLeastOnce)]).await;
+        assert!(nats.subjects().await.contains(&"midge.m.kept.topic".to_string()));
+        if !online {
+            on_a.disconnect().await;
+        }
+        let (_on_b, _) = Raw::connect(b.addr, connect_packet(&id, true)).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while nats.subjects().await != baseline {
+            assert!(tokio::time::Instant::now() < deadline, "{id} still routed on a: {:?}", nats.subjects().await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -203,10 +203,13 @@ impl RouterHandle {
         lock(&self.router).kick(client_id)
     }
 
-    /// Another node of the cluster has the client now: its connection here ends as taken over; false
-    /// if it is not online here.
+    /// Another node of the cluster has the client now: its connection here ends as taken over, or its
+    /// parked session is dropped; false if it has neither here.
     pub fn taken_over_elsewhere(&self, client_id: &str) -> bool {
-        lock(&self.router).take_over(client_id)
+        let mut router = lock(&self.router);
+        let found = router.take_over(client_id) || router.discard_parked(client_id);
+        router.update_stats();
+        found
     }
 
     /// Has the client forget its cached ACL decision for `topic`; false if it is not online.

@@ -218,6 +218,25 @@ impl Router {
         }
     }
 
+    /// Drops the parked session of a client that another node of the cluster has now (its session goes
+    /// on there), with its delayed will; false if none is parked here.
+    pub(super) fn discard_parked(&mut self, client_id: &str) -> bool {
+        let Some((id, client)) = self.clients.get_key_value(client_id) else { return false };
+        let Presence::Offline(session, since) = &client.presence else { return false };
+        if client.meta.hidden {
+            return false;
+        }
+        let id = id.clone();
+        if let Some(deadline) = session.expiry.and_then(|e| since.checked_add(e)) {
+            self.expiries.remove(&(deadline, id.clone()));
+        }
+        self.wills.remove(&id);
+        self.drop_subscriptions(&id);
+        self.remove_client(&id);
+        self.events.emit(|| RouterEvent::SessionDiscarded(id.clone()));
+        true
+    }
+
     pub(super) fn update_stats(&self) {
         let stats = &self.shared.stats;
         stats.set(Stat::Clients, self.online);
