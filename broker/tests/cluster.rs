@@ -64,6 +64,19 @@ impl Drop for TempDir {
 }
 
 impl Nats {
+    /// Waits (a few seconds at most) until the server's subjects are `want`.
+    async fn wait_for_subjects(&self, want: &[String], what: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let subjects = self.subjects().await;
+            if subjects == want {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{what}: still {subjects:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The subjects this server's clients are subscribed to, from its monitoring endpoint.
     async fn subjects(&self) -> Vec<String> {
         let mut stream = tokio::net::TcpStream::connect(self.monitor).await.unwrap();
@@ -243,11 +256,7 @@ async fn local_filters_stay_home_and_routes_go_with_their_last_subscriber() {
     assert!(matches!(one.recv().await, Some(Packet::Unsuback(_))));
     assert_eq!(nats.subjects().await, with_route, "two still holds it");
     two.disconnect().await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while nats.subjects().await != baseline {
-        assert!(tokio::time::Instant::now() < deadline, "r/# still subscribed: {:?}", nats.subjects().await);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    nats.wait_for_subjects(&baseline, "r/# unsubscribed").await;
     a.stop().await;
     b.stop().await;
 }
@@ -345,11 +354,7 @@ async fn a_session_taken_over_by_another_node_leaves_the_first() {
             on_a.disconnect().await;
         }
         let (_on_b, _) = Raw::connect(b.addr, connect_packet(&id, true)).await;
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while nats.subjects().await != baseline {
-            assert!(tokio::time::Instant::now() < deadline, "{id} still routed on a: {:?}", nats.subjects().await);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        nats.wait_for_subjects(&baseline, &format!("{id} no longer routed on a")).await;
     }
     a.stop().await;
     b.stop().await;
