@@ -104,9 +104,6 @@ impl RouterHandle {
         let mut fanout = Fanout::default();
         let mut router = lock(&self.router);
         for message in messages.drain(..) {
-            if message.retain && router.shared.retaining.load(std::sync::atomic::Ordering::Relaxed) {
-                router.retain(&message);
-            }
             router.fan_out(message, false, &mut fanout, true);
         }
     }

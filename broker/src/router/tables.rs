@@ -698,8 +698,9 @@ impl Router {
         self.fan_out(message, lone, fanout, internal || forwarded);
     }
 
-    /// Hands a message to this node's subscribers; one that none of them wants is counted as dropped
-    /// unless `uncounted` (the broker's own, or gone on to other nodes, which know better).
+    /// Keeps a retained message and hands a message to this node's subscribers; one that none of them
+    /// wants is counted as dropped unless `uncounted` (the broker's own, or gone on to other nodes,
+    /// which know better).
     pub(super) fn fan_out(&mut self, message: Arc<Message>, lone: bool, fanout: &mut Fanout, uncounted: bool) {
         let internal = message.is_internal();
         if message.retain && self.shared.retaining.load(Ordering::Relaxed) {
@@ -795,7 +796,7 @@ impl Router {
 
     /// Keeps (or, for an empty payload, clears) the retained message of its topic; what the store must
     /// have written before the publisher is told (0: nothing).
-    pub(super) fn retain(&mut self, message: &Arc<Message>) -> u64 {
+    fn retain(&mut self, message: &Arc<Message>) -> u64 {
         let topic = message.topic_str().to_string();
         let change = if message.payload.is_empty() {
             if self.retained.remove(&topic).is_none() {
