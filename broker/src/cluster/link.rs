@@ -150,9 +150,9 @@ impl Pending {
         }
         let tasks = [
             releases,
-            tokio::spawn(answer(control, answers)),
+            tokio::spawn(answer(control.clone(), answers)),
             tokio::spawn(forward(data.clone(), self.messages, origin.clone())),
-            tokio::spawn(interest(pumps, self.routes, self.known, echo)),
+            tokio::spawn(interest(pumps, self.routes, self.known, echo.clone())),
             tokio::spawn(inbound(arrivals, origin, router)),
         ];
         tokio::spawn(async move {
@@ -161,6 +161,11 @@ impl Pending {
                 task.abort();
             }
         });
+        // Until the server has this node's own subscriptions, another node would find no one to ask
+        // for a client id held here, and retained messages would pass it by.
+        for client in [&data, &control] {
+            confirm(client, &echo, "this node's subscriptions").await;
+        }
         Ok(registry)
     }
 }
@@ -282,15 +287,24 @@ async fn interest(
         let Some(number) = last_added else { continue };
         // Away from NATS, a SUBACK has nothing to wait for: the subscriptions are made again on
         // reconnecting, and nothing crosses meanwhile.
-        if subscribed && pumps.data.connection_state() == State::Connected {
-            // Sent after the SUBs on the same connection: the answer means the server has them.
-            match tokio::time::timeout(CONFIRM_TIMEOUT, pumps.data.request(echo.clone(), Bytes::new())).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "new routes not confirmed by NATS"),
-                Err(_) => tracing::warn!("new routes not confirmed by NATS in time"),
-            }
+        if subscribed {
+            confirm(&pumps.data, &echo, "new routes").await;
         }
         known.send_replace(number);
+    }
+}
+
+/// Returns once the NATS server has processed what `client` sent before (its SUBs): a request sent
+/// after them on the same connection, answered by this node's control connection. At once while
+/// NATS is away (subscriptions are made again on reconnecting), and at most after `CONFIRM_TIMEOUT`.
+async fn confirm(client: &Client, echo: &str, what: &str) {
+    if client.connection_state() != State::Connected {
+        return;
+    }
+    match tokio::time::timeout(CONFIRM_TIMEOUT, client.request(echo.to_string(), Bytes::new())).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "{what} not confirmed by NATS"),
+        Err(_) => tracing::warn!("{what} not confirmed by NATS in time"),
     }
 }
 
