@@ -432,6 +432,12 @@ async fn accept(
         connack.properties = Box::new(properties);
     }
     conn.send(&Packet::Connack(connack));
+    if let (true, Some(will)) = (ctx.cluster.is_clustered(), conn.will.clone()) {
+        // Should this node die, another fires it.
+        if let Some(message) = conn.will_message(&will) {
+            ctx.cluster.keep_will(&conn.client_id, conn.conn_id, &message);
+        }
+    }
     if ctx.plugins.presence_enabled() && !conn.hidden() {
         let event = ClientConnected {
             clientid: conn.info.client_id.to_string(),
@@ -752,27 +758,19 @@ impl ClientConnection {
             }
             _ => tracing::info!(client_id = %self.client_id.escape_debug(), reason = %exit, "connection closed"),
         }
-        if exit.publishes_will() {
-            if let Some(will) = self.will.take() {
-                if self.check_publish(&will.topic) == Decision::Allow {
-                    let topic = will.topic.into_bytes().into();
-                    let message = Message::with_properties(
-                        topic,
-                        will.payload,
-                        will.qos,
-                        will.retain,
-                        will.properties,
-                        self.conn_id,
-                    );
-                    match will.delay_interval {
-                        0 => self.ctx.router.publish(Arc::new(message)),
-                        // The router holds it until the delay passes or the session ends, and drops it
-                        // if the client resumes the session first.
-                        delay => self.ctx.router.will_after(
-                            self.client_id.clone(),
-                            Arc::new(message),
-                            Duration::from_secs(delay.into()),
-                        ),
+        if let Some(will) = self.will.take() {
+            let message = if exit.publishes_will() { self.will_message(&will) } else { None };
+            let cluster = &self.ctx.cluster;
+            match (message, will.delay_interval) {
+                // The router holds it until the delay passes or the session ends, and drops it if the
+                // client resumes the session first; other nodes have no copy to fire meanwhile.
+                (Some(message), delay) if delay > 0 => {
+                    cluster.end_will(&self.client_id, self.conn_id, None);
+                    self.ctx.router.will_after(self.client_id.clone(), message, Duration::from_secs(delay.into()))
+                }
+                (message, _) => {
+                    if let Some(message) = cluster.end_will(&self.client_id, self.conn_id, message) {
+                        self.ctx.router.publish(message);
                     }
                 }
             }
@@ -833,6 +831,16 @@ impl ClientConnection {
     }
 
     /// The sidecar's own connection, which users never see: no listing, no metric, no event.
+    /// The will as it is published, if the ACL lets this client publish on its topic.
+    fn will_message(&mut self, will: &LastWill) -> Option<Arc<Message>> {
+        if self.check_publish(&will.topic) != Decision::Allow {
+            return None;
+        }
+        let topic = will.topic.clone().into_bytes().into();
+        let (payload, properties) = (will.payload.clone(), will.properties.clone());
+        Some(Arc::new(Message::with_properties(topic, payload, will.qos, will.retain, properties, self.conn_id)))
+    }
+
     fn hidden(&self) -> bool {
         self.principal == Principal::Management
     }

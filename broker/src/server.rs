@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::acl::{Acl, AclError};
 use crate::auth::{AuthError, Authenticator, Management, PluginCredentials, Secret, Users};
-use crate::cluster::{ClusterError, Joining};
+use crate::cluster::{Cluster, ClusterError, Joining};
 use crate::config::Config;
 use crate::context::Context;
 use crate::metrics::{Metrics, Stats};
@@ -174,6 +174,10 @@ impl Broker {
             throttle: Throttle::new(Limits { burst: config.auth_fail_burst }),
             methods: Default::default(),
         };
+        let cluster = match joining {
+            Some(joining) => joining.start(&config.node, router.clone(), shutdown.clone()).await?,
+            None => Cluster::Standalone,
+        };
         let node = Arc::new(Node {
             name: config.node.clone(),
             started: Instant::now(),
@@ -189,13 +193,12 @@ impl Broker {
             shutdown: shutdown.clone(),
             baseline_rss: crate::ops::recon::process_memory().0,
             store: store.as_ref().map(|store| (store.journal(), store.durable())),
+            cluster: cluster.clone(),
         });
         let mut ctx = Context::new(config, router, auth, settings, plugins, metrics, control_tx, shutdown);
         ctx.durable = store.as_ref().map(Store::durable);
         ctx.journal = store.as_ref().map(Store::journal);
-        if let Some(joining) = joining {
-            ctx.cluster = joining.start(&ctx.config.node, ctx.router.clone(), ctx.shutdown.clone()).await?;
-        }
+        ctx.cluster = cluster;
         Ok(Broker { listeners, control: control_rx, node, ctx: Arc::new(ctx), metrics_listener, store })
     }
 
@@ -269,6 +272,7 @@ impl Broker {
         if tokio::time::timeout(Duration::from_secs(5), connections.wait()).await.is_err() {
             tracing::warn!("connections still open after 5 s; exiting anyway");
         }
+        ctx.cluster.leave().await;
         if let Some(store) = store {
             match store.flush().await {
                 Ok(()) => tracing::info!(path = %store.path().display(), "store synced"),

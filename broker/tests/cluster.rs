@@ -64,17 +64,22 @@ impl Drop for TempDir {
 }
 
 impl Nats {
-    /// Waits (a few seconds at most) until the server's subjects are `want`.
-    async fn wait_for_subjects(&self, want: &[String], what: &str) {
+    /// Waits (a few seconds at most) until the server's subjects for routes are `want`.
+    async fn wait_for_routes(&self, want: &[&str], what: &str) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let subjects = self.subjects().await;
-            if subjects == want {
+            let routes = self.routes().await;
+            if routes == want {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{what}: still {subjects:?}");
+            assert!(tokio::time::Instant::now() < deadline, "{what}: still {routes:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The subjects of routes (MQTT filters) among `subjects`.
+    async fn routes(&self) -> Vec<String> {
+        self.subjects().await.into_iter().filter(|s| s.starts_with("midge.m.")).collect()
     }
 
     /// The subjects this server's clients are subscribed to, from its monitoring endpoint.
@@ -243,20 +248,18 @@ async fn local_filters_stay_home_and_routes_go_with_their_last_subscriber() {
     let (sys, user): (Vec<_>, Vec<_>) = drain(&mut home).await.into_iter().partition(|(t, _)| t.starts_with("$SYS"));
     assert_eq!(user, [("x/2".to_string(), b"from b".to_vec())]);
     assert!(!sys.is_empty() && sys.iter().all(|(t, _)| !t.contains("a@")), "b's own $SYS only: {sys:?}");
-    assert_eq!(nats.subjects().await, baseline, "no NATS subscription for $local or $SYS");
+    assert!(nats.routes().await.is_empty(), "no NATS subscription for $local or $SYS");
 
     let mut one = Raw::connected(b.addr, "one").await;
     let mut two = Raw::connected(b.addr, "two").await;
     one.subscribe(1, &[("r/#", QoS::AtMostOnce)]).await;
     two.subscribe(1, &[("r/#", QoS::AtMostOnce)]).await;
-    let with_route = nats.subjects().await;
-    assert_eq!(with_route.len(), baseline.len() + 2, "r/# is two subjects, once per node: {with_route:?}");
-    assert!(with_route.contains(&"midge.m.r.>".to_string()) && with_route.contains(&"midge.m.r".to_string()));
+    assert_eq!(nats.routes().await, ["midge.m.r", "midge.m.r.>"], "r/# is two subjects, once per node");
     one.send(&unsubscribe(2, &["r/#"])).await;
     assert!(matches!(one.recv().await, Some(Packet::Unsuback(_))));
-    assert_eq!(nats.subjects().await, with_route, "two still holds it");
+    assert_eq!(nats.routes().await, ["midge.m.r", "midge.m.r.>"], "two still holds it");
     two.disconnect().await;
-    nats.wait_for_subjects(&baseline, "r/# unsubscribed").await;
+    nats.wait_for_routes(&[], "r/# unsubscribed").await;
     a.stop().await;
     b.stop().await;
 }
@@ -344,18 +347,152 @@ async fn a_gone_nodes_client_ids_are_taken_at_once() {
 async fn a_session_taken_over_by_another_node_leaves_the_first() {
     let nats = nats().await;
     let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
-    let baseline = nats.subjects().await;
     for (n, online) in [(1, true), (2, false)] {
         let id = format!("kept-{n}");
         let (mut on_a, _) = Raw::connect(a.addr, connect_packet(&id, false)).await;
         on_a.subscribe(1, &[("kept/topic", QoS::AtLeastOnce)]).await;
-        assert!(nats.subjects().await.contains(&"midge.m.kept.topic".to_string()));
+        assert_eq!(nats.routes().await, ["midge.m.kept.topic"]);
         if !online {
             on_a.disconnect().await;
         }
         let (_on_b, _) = Raw::connect(b.addr, connect_packet(&id, true)).await;
-        nats.wait_for_subjects(&baseline, &format!("{id} no longer routed on a")).await;
+        nats.wait_for_routes(&[], &format!("{id} no longer routed on a")).await;
     }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Reads `$SYS/brokers` from `client` (subscribed to it) until it lists `want`; how long that took.
+async fn wait_for_brokers(client: &mut Raw, want: &[&str], within: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    let want: Vec<String> = want.iter().map(|name| format!("{name}@127.0.0.1")).collect();
+    let mut last = String::new();
+    while started.elapsed() < within {
+        let Ok(Some(Packet::Publish(p))) = client.recv_within(within - started.elapsed()).await else { break };
+        if p.topic_str() == "$SYS/brokers" {
+            last = String::from_utf8_lossy(&p.payload).into_owned();
+            if last == want.join(",") {
+                return started.elapsed();
+            }
+        }
+    }
+    panic!("$SYS/brokers still {last:?} after {within:?}, not {want:?}");
+}
+
+async fn watching_brokers(addr: SocketAddr, id: &str) -> Raw {
+    let mut client = Raw::connected(addr, id).await;
+    client.subscribe(1, &[("$SYS/brokers", QoS::AtMostOnce)]).await;
+    client
+}
+
+fn with_will(client_id: &str, topic: &str) -> Connect {
+    let mut connect = connect_packet(client_id, true);
+    connect.will = Some(LastWill::new(topic, bytes::Bytes::from(format!("{client_id} gone")), QoS::AtLeastOnce, false));
+    connect
+}
+
+/// Every node lists the live nodes in `$SYS/brokers`, as EMQ does (names, comma-separated); a node
+/// stopped in good order leaves the list at once and its clients' wills stay unpublished, as on a
+/// single node.
+#[tokio::test]
+async fn sys_brokers_lists_the_live_nodes_on_every_node() {
+    let nats = nats().await;
+    let (a, b, c) = (node(&nats, "a").await, node(&nats, "b").await, node(&nats, "c").await);
+    let mut on_a = watching_brokers(a.addr, "watch-a").await;
+    let mut on_c = watching_brokers(c.addr, "watch-c").await;
+    wait_for_brokers(&mut on_a, &["a", "b", "c"], Duration::from_secs(3)).await;
+    wait_for_brokers(&mut on_c, &["a", "b", "c"], Duration::from_secs(3)).await;
+
+    let mut wills = Raw::connected(a.addr, "will-watcher").await;
+    wills.subscribe(1, &[("wills/#", QoS::AtLeastOnce)]).await;
+    let (_leaving_with_b, _) = Raw::connect(b.addr, with_will("on-b", "wills/on-b")).await;
+    b.stop().await;
+    let seen = wait_for_brokers(&mut on_a, &["a", "c"], Duration::from_secs(3)).await;
+    assert!(seen < Duration::from_secs(1), "a node that says it leaves is gone at once, not after {seen:?}");
+    wait_for_brokers(&mut on_c, &["a", "c"], Duration::from_secs(1)).await;
+    // Past the time a silent node is taken for dead: still no will.
+    wills.expect_silence(Duration::from_secs(3)).await;
+    a.stop().await;
+    c.stop().await;
+}
+
+/// A client whose connection breaks on one node has its will published once, cluster-wide: every
+/// subscriber on every node gets it once.
+#[tokio::test]
+async fn a_broken_connections_will_reaches_every_node_once() {
+    let nats = nats().await;
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let mut on_a = Raw::connected(a.addr, "sub-a").await;
+    on_a.subscribe(1, &[("wills/#", QoS::AtLeastOnce), ("wills/+", QoS::AtLeastOnce)]).await;
+    let mut on_b = Raw::connected(b.addr, "sub-b").await;
+    on_b.subscribe(1, &[("wills/#", QoS::AtLeastOnce)]).await;
+    let (broken, _) = Raw::connect(b.addr, with_will("fragile", "wills/fragile")).await;
+    drop(broken);
+    let once = vec![("wills/fragile".to_string(), b"fragile gone".to_vec())];
+    assert_eq!(drain(&mut on_a).await, once);
+    assert_eq!(drain(&mut on_b).await, once);
+    a.stop().await;
+    b.stop().await;
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_midge-broker");
+
+/// The broker binary as node `name` of the cluster on `nats`, in memory; its child process and
+/// address.
+async fn node_process(nats: &Nats, name: &str) -> (Child, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--persistence", "false", "--cluster", &nats.url])
+        .args(["--node", &format!("{name}@127.0.0.1")])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("listen=").nth(1) {
+                return rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        }
+        panic!("broker exited before listening");
+    })
+    .await
+    .expect("broker listens in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+/// SIGKILL of a node: within 3 s every other node lists it gone, and the wills of its clients are
+/// published once cluster-wide (not once per survivor); the will of a client that left in good
+/// order is not.
+#[tokio::test]
+async fn a_killed_nodes_wills_fire_once_and_it_leaves_the_list() {
+    let nats = nats().await;
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let (mut killed, c) = node_process(&nats, "c").await;
+    let mut watch = watching_brokers(a.addr, "watch-a").await;
+    wait_for_brokers(&mut watch, &["a", "b", "c"], Duration::from_secs(3)).await;
+    let mut on_a = Raw::connected(a.addr, "sub-a").await;
+    on_a.subscribe(1, &[("wills/#", QoS::AtLeastOnce)]).await;
+    let mut on_b = Raw::connected(b.addr, "sub-b").await;
+    on_b.subscribe(1, &[("wills/#", QoS::AtLeastOnce)]).await;
+    let mut held = Vec::new();
+    for id in ["w1", "w2", "w3"] {
+        held.push(Raw::connect(c, with_will(id, &format!("wills/{id}"))).await.0);
+    }
+    let (polite, _) = Raw::connect(c, with_will("polite", "wills/polite")).await;
+    polite.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    killed.start_kill().unwrap();
+    let _ = killed.wait().await;
+    let seen = wait_for_brokers(&mut watch, &["a", "b"], Duration::from_secs(4)).await;
+    assert!(seen <= Duration::from_secs(3), "dead node seen after {seen:?}");
+    let want: Vec<(String, Vec<u8>)> =
+        ["w1", "w2", "w3"].iter().map(|id| (format!("wills/{id}"), format!("{id} gone").into_bytes())).collect();
+    assert_eq!(drain(&mut on_a).await, want);
+    assert_eq!(drain(&mut on_b).await, want);
     a.stop().await;
     b.stop().await;
 }

@@ -123,7 +123,7 @@ impl Pending {
         node: &str,
         router: RouterHandle,
         shutdown: CancellationToken,
-    ) -> Result<Arc<Registry>, ClusterError> {
+    ) -> Result<Joined, ClusterError> {
         let incarnation: u64 = rand::random();
         let origin = format!("{node}#{incarnation:016x}");
         let data = connect(&self.servers, format!("{node} data"), true).await?;
@@ -166,8 +166,17 @@ impl Pending {
         for client in [&data, &control] {
             confirm(client, &echo, "this node's subscriptions").await;
         }
-        Ok(registry)
+        Ok(Joined { data, control, incarnation, registry })
     }
+}
+
+/// A node's connections to NATS, once its link runs.
+pub struct Joined {
+    pub data: Client,
+    pub control: Client,
+    /// This run of the node: a node restarted under its old name is told apart by it.
+    pub incarnation: u64,
+    pub registry: Arc<Registry>,
 }
 
 async fn connect(servers: &[ServerAddr], name: String, no_echo: bool) -> Result<Client, ClusterError> {

@@ -6,24 +6,32 @@
 //!
 //! - `subject.rs`: topics and filters as NATS subjects; `wire.rs`: a message between nodes;
 //! - `dedupe.rs`: each message once per node; `link.rs`: the connections and their tasks;
-//! - `registry.rs`: which node holds which client id.
+//! - `registry.rs`: which node holds which client id;
+//! - `members.rs`: which nodes are alive; `wills.rs`: the wills a dead node leaves, fired once;
+//! - `bucket.rs`: JetStream key-value buckets.
 
+mod bucket;
 mod dedupe;
 mod link;
+mod members;
 mod registry;
 pub mod subject;
+mod wills;
 mod wire;
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use link::Link;
+use members::Members;
 use registry::Registry;
+use wills::Wills;
 
 use crate::metrics::Metrics;
 use crate::router::{RouterHandle, Uplink};
-use crate::session::ClientId;
+use crate::session::{ClientId, Message};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -34,9 +42,10 @@ pub enum ClusterError {
 }
 
 /// This node alone, or one of several.
+#[derive(Clone)]
 pub enum Cluster {
     Standalone,
-    Nats { link: Arc<Link>, registry: Arc<Registry> },
+    Nats { link: Arc<Link>, registry: Arc<Registry>, members: Arc<Members>, wills: Arc<Wills> },
 }
 
 /// A client id this node holds cluster-wide, as a connection keeps it to give it back (0: none).
@@ -70,8 +79,13 @@ impl Joining {
         router: RouterHandle,
         shutdown: CancellationToken,
     ) -> Result<Cluster, ClusterError> {
-        let registry = self.pending.start(node, router, shutdown).await?;
-        Ok(Cluster::Nats { link: self.link, registry })
+        let joined = self.pending.start(node, router.clone(), shutdown).await?;
+        let wills = Wills::start(joined.data, node, joined.incarnation, router);
+        let members = Members::start(joined.control, node, joined.incarnation, wills.clone()).await?;
+        // Restarted under its old name, this node fires what its clients of before left behind.
+        let own = wills.clone();
+        tokio::spawn(async move { own.fire_own_left_behind().await });
+        Ok(Cluster::Nats { link: self.link, registry: joined.registry, members, wills })
     }
 }
 
@@ -102,6 +116,44 @@ impl Cluster {
         match self {
             Cluster::Nats { registry, .. } if claim.0 > 0 => registry.holds(client_id, claim.0),
             _ => true,
+        }
+    }
+
+    /// The live nodes' names, as they change; `None` for a single node.
+    pub fn nodes(&self) -> Option<watch::Receiver<Vec<String>>> {
+        match self {
+            Cluster::Standalone => None,
+            Cluster::Nats { members, .. } => Some(members.watch()),
+        }
+    }
+
+    /// Keeps the will of a client connected on connection `conn` where the other nodes find it if
+    /// this one dies.
+    pub fn keep_will(&self, client_id: &ClientId, conn: u64, will: &Arc<Message>) {
+        if let Cluster::Nats { wills, .. } = self {
+            wills.keep(client_id.clone(), conn, will.clone());
+        }
+    }
+
+    /// The connection `conn` ended, and with it its will's copy on the other nodes. The will to
+    /// publish at once, if any, is handed back to publish on a single node; clustered, it is
+    /// published once its copy is known not to have fired elsewhere.
+    pub fn end_will(&self, client_id: &ClientId, conn: u64, will: Option<Arc<Message>>) -> Option<Arc<Message>> {
+        match self {
+            Cluster::Standalone => will,
+            Cluster::Nats { wills, .. } => {
+                wills.end(client_id.clone(), conn, will);
+                None
+            }
+        }
+    }
+
+    /// Leaves the cluster in good order, once every connection is closed: the wills kept for this
+    /// node's clients are cleared, and the others are told at once rather than left to notice.
+    pub async fn leave(&self) {
+        if let Cluster::Nats { wills, members, .. } = self {
+            wills.flush().await;
+            members.leave().await;
         }
     }
 

@@ -9,24 +9,20 @@
 //! A node remembers the revision of each id it claimed. Asked to let go, it forgets the claim before it
 //! looks for the client, and a connect checks its claim again once its client is registered: so a
 //! request that comes while a connect is half-way is not missed.
-//!
-//! The bucket is made as JetStream's key-value convention has it (a stream `KV_midge-sessions` on
-//! `$KV.midge-sessions.>`, one message per key), by this code rather than the client's
-//! `create_key_value`, which first reads the account's info in a shape Debian's nats-server 2.9 does not
-//! send. Three replicas where the NATS cluster has three servers, else one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::connection::State;
+use async_nats::jetstream;
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
-use async_nats::jetstream::{self, stream};
 use async_nats::Client;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
+use super::bucket::{self, key, nats};
 use super::{subject, ClusterError};
 use crate::router::RouterHandle;
 use crate::session::ClientId;
@@ -57,23 +53,6 @@ fn release_subject(node: &str) -> String {
     format!("midge.release.{}", subject::token(node))
 }
 
-/// A client id as a key: letters, digits, `-` and `_` as they are, every other byte `=` and two hex
-/// digits (keys allow `-/_=.` and alphanumerics, and `.` and `/` mean something to NATS).
-fn key(client_id: &str) -> String {
-    let mut key = String::with_capacity(client_id.len() + 1);
-    for byte in client_id.bytes() {
-        if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
-            key.push(byte as char);
-        } else {
-            key.push_str(&format!("={byte:02X}"));
-        }
-    }
-    if key.is_empty() {
-        key.push('=');
-    }
-    key
-}
-
 impl Registry {
     pub fn new(data: Client, control: Client, node: &str) -> Registry {
         Registry {
@@ -88,27 +67,7 @@ impl Registry {
 
     /// The bucket, made on first use (NATS may not have been there when the node started).
     async fn store(&self) -> Result<&kv::Store, ClusterError> {
-        self.store
-            .get_or_try_init(|| async {
-                let mut config = stream::Config {
-                    name: format!("KV_{BUCKET}"),
-                    subjects: vec![format!("$KV.{BUCKET}.>")],
-                    max_messages_per_subject: 1,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    discard: stream::DiscardPolicy::New,
-                    num_replicas: 3,
-                    ..Default::default()
-                };
-                if let Err(e) = self.js.get_or_create_stream(config.clone()).await {
-                    tracing::info!(error = %e, "session registry with 3 replicas refused; trying 1");
-                    config.num_replicas = 1;
-                    self.js.get_or_create_stream(config).await.map_err(nats)?;
-                }
-                self.js.get_key_value(BUCKET).await.map_err(nats)
-            })
-            .await
+        self.store.get_or_try_init(|| bucket::open(&self.js, BUCKET)).await
     }
 
     /// Makes this node the holder of `client_id`, asking the node that had it to let go; the
@@ -217,28 +176,5 @@ impl Registry {
                 }
             }
         }))
-    }
-}
-
-fn nats(error: impl std::fmt::Display) -> ClusterError {
-    ClusterError::Nats(error.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn any_client_id_is_a_valid_distinct_key() {
-        let valid = |k: &str| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=".contains(&b));
-        let ids = ["", "a", "a.b", "a/b", "a=2E", "日本", " ", "=", "A"];
-        let keys: Vec<String> = ids.iter().map(|id| key(id)).collect();
-        for (id, k) in ids.iter().zip(&keys) {
-            assert!(valid(k), "{id:?} gave {k:?}");
-        }
-        let mut distinct = keys.clone();
-        distinct.sort();
-        distinct.dedup();
-        assert_eq!(distinct.len(), keys.len(), "{keys:?}");
     }
 }

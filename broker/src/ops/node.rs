@@ -8,6 +8,7 @@ use midge_passwords::Hasher;
 use tokio_util::sync::CancellationToken;
 
 use super::plugins::Plugins;
+use crate::cluster::Cluster;
 use crate::metrics::{Metrics, Stats};
 use crate::router::RouterHandle;
 use crate::settings::Settings;
@@ -35,6 +36,8 @@ pub struct Node {
     pub baseline_rss: u64,
     /// Where what the management API changes is kept, with persistence on.
     pub store: Option<(Journal, Durable)>,
+    /// The other nodes, if this one is clustered.
+    pub cluster: Cluster,
 }
 
 impl Node {

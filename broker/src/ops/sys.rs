@@ -25,11 +25,22 @@ pub fn message(topic: String, payload: impl Into<Bytes>, retain: bool) -> Arc<Me
 pub async fn run(node: Arc<Node>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut nodes = node.cluster.nodes();
     publish_identity(&node);
     let mut since_full = 0u64;
     loop {
+        let nodes_changed = async {
+            match &mut nodes {
+                Some(nodes) => nodes.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = node.shutdown.cancelled() => return,
+            true = nodes_changed => {
+                publish_brokers(&node);
+                continue;
+            }
             _ = ticker.tick() => {}
         }
         let interval = node.settings.sys_interval();
@@ -50,9 +61,18 @@ fn send(node: &Node, message: Arc<Message>) {
     node.router.publish(message);
 }
 
+/// `$SYS/brokers`: the live nodes' names, comma-separated, as EMQ has them.
+fn publish_brokers(node: &Node) {
+    let nodes = match node.cluster.nodes() {
+        Some(nodes) => nodes.borrow().join(","),
+        None => node.name.clone(),
+    };
+    send(node, message(topics::SYS_BROKERS.into(), nodes, true));
+}
+
 fn publish_identity(node: &Node) {
     let name = &node.name;
-    send(node, message(topics::SYS_BROKERS.into(), name.clone(), true));
+    publish_brokers(node);
     send(node, message(topics::node_topic(name, "version"), VERSION, true));
     send(node, message(topics::node_topic(name, "sysdescr"), SYSDESCR, true));
 }

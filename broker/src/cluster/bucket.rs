@@ -1,0 +1,70 @@
+//! JetStream key-value buckets, made as the key-value convention has it (a stream `KV_<name>` on
+//! `$KV.<name>.>`, one message per key) by this code rather than the client's `create_key_value`,
+//! which first reads the account's info in a shape Debian's nats-server 2.9 does not send. Three
+//! replicas where the NATS cluster has three servers, else one.
+
+use async_nats::jetstream::{self, kv, stream};
+
+use super::ClusterError;
+
+/// The bucket `name`, made if it is not there yet.
+pub async fn open(js: &jetstream::Context, name: &str) -> Result<kv::Store, ClusterError> {
+    let mut config = stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: 3,
+        ..Default::default()
+    };
+    if let Err(e) = js.get_or_create_stream(config.clone()).await {
+        tracing::info!(bucket = name, error = %e, "bucket with 3 replicas refused; trying 1");
+        config.num_replicas = 1;
+        js.get_or_create_stream(config).await.map_err(nats)?;
+    }
+    js.get_key_value(name).await.map_err(nats)
+}
+
+/// Any text as a key: letters, digits, `-` and `_` as they are, every other byte `=` and two hex
+/// digits (keys allow `-/_=.` and alphanumerics, and `.` and `/` mean something to NATS). `.` is left
+/// to join such keys into a path.
+pub fn key(text: &str) -> String {
+    let mut key = String::with_capacity(text.len() + 1);
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
+            key.push(byte as char);
+        } else {
+            key.push_str(&format!("={byte:02X}"));
+        }
+    }
+    if key.is_empty() {
+        key.push('=');
+    }
+    key
+}
+
+pub fn nats(error: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Nats(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_text_is_a_valid_distinct_key() {
+        let valid = |k: &str| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=".contains(&b));
+        let texts = ["", "a", "a.b", "a/b", "a=2E", "日本", " ", "=", "A"];
+        let keys: Vec<String> = texts.iter().map(|text| key(text)).collect();
+        for (text, k) in texts.iter().zip(&keys) {
+            assert!(valid(k), "{text:?} gave {k:?}");
+        }
+        let mut distinct = keys.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), keys.len(), "{keys:?}");
+    }
+}
