@@ -18,7 +18,7 @@ use crate::auth::Principal;
 use crate::cluster::Claim;
 use crate::context::Context;
 use crate::metrics::{Metric, CONNECTION_TASK_BYTES};
-use crate::ops::control::ControlJob;
+use crate::ops::control::{ControlJob, Target};
 use crate::ops::sys;
 use crate::protocol::*;
 use crate::router::subscriptions::FastMap;
@@ -1175,9 +1175,13 @@ impl ClientConnection {
             }
             return;
         }
-        if topic == ctl::DISCOVERY_TOPIC || ctl::request_node(topic) == Some(self.ctx.config.node.as_str()) {
-            self.control_jobs.push(ControlJob { payload: publish.payload });
-        }
+        let to = match ctl::request_node(topic) {
+            _ if topic == ctl::DISCOVERY_TOPIC => Target::Every,
+            Some(node) if node == self.ctx.config.node => Target::This,
+            Some(node) if self.ctx.cluster.is_clustered() => Target::Other(node.to_string()),
+            _ => return,
+        };
+        self.control_jobs.push(ControlJob { payload: publish.payload, to });
     }
 
     fn handle_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Exit> {

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use midge_passwords::{Hasher, Limits, Throttle};
 use midge_shared::control::MIN_SECRET_LEN;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -17,7 +16,7 @@ use crate::cluster::{Cluster, ClusterError, Joining};
 use crate::config::Config;
 use crate::context::Context;
 use crate::metrics::{Metrics, Stats};
-use crate::ops::control::{self, ControlJob};
+use crate::ops::control;
 use crate::ops::plugins::{Plugin, PluginError, Plugins};
 use crate::ops::{metrics_http, sys, Node, Reloader};
 use crate::router::{RouterHandle, Wiring};
@@ -99,7 +98,7 @@ fn usable_secret(secret: Option<Secret>) -> Option<Secret> {
 /// A broker bound to its port, not yet serving.
 pub struct Broker {
     listeners: Vec<Arc<Listener>>,
-    control: mpsc::Receiver<ControlJob>,
+    control: control::Inbox,
     node: Arc<Node>,
     ctx: Arc<Context>,
     /// `--metrics-listen`, if set.
@@ -165,7 +164,7 @@ impl Broker {
         let settings = Arc::new(Settings::new(&config, acl, log_reload));
         restore_hot_settings(hot_settings, &settings, &plugins);
         let hasher = Hasher::default();
-        let (control_tx, control_rx) = control::channel();
+        let (control_tx, asked_tx, control_rx) = control::channel();
         let auth = Authenticator {
             management: Management { username: config.mgmt_username.clone(), secret: config.mgmt_secret.clone() },
             users: Arc::new(arc_swap::ArcSwapOption::from(users.map(Arc::new))),
@@ -175,7 +174,7 @@ impl Broker {
             methods: Default::default(),
         };
         let cluster = match joining {
-            Some(joining) => joining.start(&config.node, router.clone(), shutdown.clone()).await?,
+            Some(joining) => joining.start(&config.node, router.clone(), asked_tx, shutdown.clone()).await?,
             None => Cluster::Standalone,
         };
         let node = Arc::new(Node {

@@ -496,3 +496,62 @@ async fn a_killed_nodes_wills_fire_once_and_it_leaves_the_list() {
     a.stop().await;
     b.stop().await;
 }
+
+async fn managed_node(nats: &Nats, name: &str) -> TestBroker {
+    start(Config { node: format!("{name}@127.0.0.1"), cluster: vec![nats.url.clone()], ..mgmt_config() }).await
+}
+
+/// The sidecar is a client of one node, and through it every node answers: the discovery brings each
+/// node's facts, a request for another node is answered by that node (about its own clients), and one
+/// for a node that has left gets 101 at once rather than after a timeout.
+#[tokio::test]
+async fn control_requests_reach_every_node_through_one() {
+    use midge_shared::control::{
+        code, reply_topic, ClientRow, NodeInfo, Outcome, Request, RequestEnvelope, DISCOVERY_TOPIC, VERSION,
+    };
+    let nats = nats().await;
+    let (a, b, c) = (managed_node(&nats, "a").await, managed_node(&nats, "b").await, managed_node(&nats, "c").await);
+    let mut watch = watching_brokers(a.addr, "watch-a").await;
+    wait_for_brokers(&mut watch, &["a", "b", "c"], Duration::from_secs(3)).await;
+
+    // Discovery: one request on `a`, an answer from each node.
+    let mut sidecar = Mgmt::connect_as(a.addr, "a@127.0.0.1", "midge-mgmt-a").await;
+    let envelope = RequestEnvelope {
+        v: VERSION,
+        id: "discover-1".into(),
+        reply_to: reply_topic("midge-mgmt-a"),
+        request: Request::NodeInfo,
+    };
+    sidecar.raw.send(&publish(DISCOVERY_TOPIC, &serde_json::to_vec(&envelope).unwrap(), QoS::AtLeastOnce, 1)).await;
+    let mut answered = Vec::new();
+    while let Ok(Some(packet)) = sidecar.raw.recv_within(Duration::from_millis(500)).await {
+        if let Packet::Publish(p) = packet {
+            sidecar.raw.send(&Packet::Puback(Ack::new(p.pkid))).await;
+            let reply: midge_shared::control::ReplyEnvelope = serde_json::from_slice(&p.payload).unwrap();
+            assert_eq!(reply.id, "discover-1");
+            let Outcome::Ok(info) = reply.outcome else { panic!("{:?}", reply.outcome) };
+            answered.push(serde_json::from_value::<NodeInfo>(info).unwrap().name);
+        }
+    }
+    answered.sort();
+    assert_eq!(answered, ["a@127.0.0.1", "b@127.0.0.1", "c@127.0.0.1"]);
+
+    // A request for `c`, sent to `a`, is about `c`'s clients.
+    let _on_c = Raw::connected(c.addr, "lives-on-c").await;
+    let mut for_c = Mgmt::connect_as(a.addr, "c@127.0.0.1", "midge-mgmt-c").await;
+    let info: NodeInfo = for_c.ok(Request::NodeInfo).await;
+    assert_eq!(info.name, "c@127.0.0.1");
+    let rows: Vec<ClientRow> = for_c.ok(Request::GetClient { client_id: "lives-on-c".into() }).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let mut for_b = Mgmt::connect_as(a.addr, "b@127.0.0.1", "midge-mgmt-b").await;
+    let rows: Vec<ClientRow> = for_b.ok(Request::GetClient { client_id: "lives-on-c".into() }).await;
+    assert!(rows.is_empty(), "b does not have c's client: {rows:?}");
+
+    c.stop().await;
+    wait_for_brokers(&mut watch, &["a", "b"], Duration::from_secs(3)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(for_c.err(Request::NodeInfo).await, code::BADRPC);
+    assert!(started.elapsed() < Duration::from_millis(500), "101 after {:?}", started.elapsed());
+    a.stop().await;
+    b.stop().await;
+}

@@ -81,6 +81,15 @@ impl Members {
         self.live.subscribe()
     }
 
+    /// The other live nodes' names.
+    pub fn others(&self) -> Vec<String> {
+        self.live.borrow().iter().filter(|name| **name != self.node).cloned().collect()
+    }
+
+    pub fn is_alive(&self, node: &str) -> bool {
+        self.live.borrow().iter().any(|name| name == node)
+    }
+
     /// Says this node is leaving, so that the others drop it at once, without firing wills.
     pub async fn leave(&self) {
         if let Some(beating) = self.beating.lock().unwrap_or_else(|e| e.into_inner()).take() {

@@ -8,6 +8,7 @@
 //! - `dedupe.rs`: each message once per node; `link.rs`: the connections and their tasks;
 //! - `registry.rs`: which node holds which client id;
 //! - `members.rs`: which nodes are alive; `wills.rs`: the wills a dead node leaves, fired once;
+//! - `relay.rs`: control requests for other nodes;
 //! - `bucket.rs`: JetStream key-value buckets.
 
 mod bucket;
@@ -15,18 +16,22 @@ mod dedupe;
 mod link;
 mod members;
 mod registry;
+mod relay;
 pub mod subject;
 mod wills;
 mod wire;
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use async_nats::Client;
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use link::Link;
 use members::Members;
 use registry::Registry;
+pub use relay::Asked;
 use wills::Wills;
 
 use crate::metrics::Metrics;
@@ -45,7 +50,7 @@ pub enum ClusterError {
 #[derive(Clone)]
 pub enum Cluster {
     Standalone,
-    Nats { link: Arc<Link>, registry: Arc<Registry>, members: Arc<Members>, wills: Arc<Wills> },
+    Nats { link: Arc<Link>, registry: Arc<Registry>, members: Arc<Members>, wills: Arc<Wills>, control: Client },
 }
 
 /// A client id this node holds cluster-wide, as a connection keeps it to give it back (0: none).
@@ -73,19 +78,27 @@ impl Joining {
         self.link.clone()
     }
 
+    /// Joins: from here on, other nodes' control requests for this one come through `asked`.
     pub async fn start(
         self,
         node: &str,
         router: RouterHandle,
+        asked: mpsc::Sender<Asked>,
         shutdown: CancellationToken,
     ) -> Result<Cluster, ClusterError> {
-        let joined = self.pending.start(node, router.clone(), shutdown).await?;
+        let joined = self.pending.start(node, router.clone(), shutdown.clone()).await?;
+        let answering = relay::answer_asks(joined.control.clone(), node, asked).await?.abort_handle();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            answering.abort();
+        });
         let wills = Wills::start(joined.data, node, joined.incarnation, router);
+        let control = joined.control.clone();
         let members = Members::start(joined.control, node, joined.incarnation, wills.clone()).await?;
         // Restarted under its old name, this node fires what its clients of before left behind.
         let own = wills.clone();
         tokio::spawn(async move { own.fire_own_left_behind().await });
-        Ok(Cluster::Nats { link: self.link, registry: joined.registry, members, wills })
+        Ok(Cluster::Nats { link: self.link, registry: joined.registry, members, wills, control })
     }
 }
 
@@ -124,6 +137,26 @@ impl Cluster {
         match self {
             Cluster::Standalone => None,
             Cluster::Nats { members, .. } => Some(members.watch()),
+        }
+    }
+
+    /// The other live nodes' names.
+    pub fn others(&self) -> Vec<String> {
+        match self {
+            Cluster::Standalone => Vec::new(),
+            Cluster::Nats { members, .. } => members.others(),
+        }
+    }
+
+    /// Sends a control request to `node`'s control service and returns its reply; at once an error
+    /// for a node that is not alive.
+    pub async fn ask(&self, node: &str, payload: Bytes) -> Result<Bytes, ClusterError> {
+        match self {
+            Cluster::Standalone => Err(ClusterError::Nats("this node is not clustered".into())),
+            Cluster::Nats { members, .. } if !members.is_alive(node) => {
+                Err(ClusterError::Nats(format!("node {node} is not in the cluster")))
+            }
+            Cluster::Nats { control, .. } => relay::ask(control, node, payload).await,
         }
     }
 

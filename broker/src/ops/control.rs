@@ -13,11 +13,12 @@ use midge_shared::control::{
     self, code, ClientRow, ConfigRow, ControlError, ListenerRow, NodeInfo, Outcome, Page, PageRequest, PluginConfigRow,
     PluginRow, ReplyEnvelope, RequestEnvelope, RouteRow, SessionRow, ShutdownCounts, SubscriptionRow,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::node::Node;
 use super::plugins::{Plugin, PluginError};
 use super::sys;
+use crate::cluster::Asked;
 use crate::metrics::Metric;
 use crate::protocol::{topic, QoS};
 use crate::session::Message;
@@ -26,31 +27,93 @@ use crate::store::HotSetting;
 /// Requests waiting for the control service; more than this and the management client waits.
 pub const QUEUE: usize = 256;
 
+/// A request from the management client on this node.
 #[derive(Debug)]
 pub struct ControlJob {
     pub payload: Bytes,
+    pub to: Target,
 }
 
-pub fn channel() -> (mpsc::Sender<ControlJob>, mpsc::Receiver<ControlJob>) {
-    mpsc::channel(QUEUE)
+/// Which node a request is for, by the topic it came on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target {
+    This,
+    /// Every node: this one answers, and asks the others in the cluster.
+    Every,
+    /// Another node of the cluster, asked over NATS.
+    Other(String),
+}
+
+/// Where the requests come in: from this node's management client, and from other nodes.
+pub struct Inbox {
+    jobs: mpsc::Receiver<ControlJob>,
+    asked: mpsc::Receiver<Asked>,
+}
+
+pub fn channel() -> (mpsc::Sender<ControlJob>, mpsc::Sender<Asked>, Inbox) {
+    let (jobs_tx, jobs) = mpsc::channel(QUEUE);
+    let (asked_tx, asked) = mpsc::channel(QUEUE);
+    (jobs_tx, asked_tx, Inbox { jobs, asked })
+}
+
+/// Where a reply goes: published to the reply topic the request names, or handed back to the node
+/// that asked on its management client's behalf.
+enum Answer {
+    Topic,
+    Node(oneshot::Sender<Bytes>),
 }
 
 /// Serves control requests until shutdown. Each request runs in its own task, so a slow one (hashing
 /// passwords for a plugin config) does not hold up the others.
-pub async fn run(node: Arc<Node>, mut jobs: mpsc::Receiver<ControlJob>) {
+pub async fn run(node: Arc<Node>, inbox: Inbox) {
+    let Inbox { mut jobs, mut asked } = inbox;
     loop {
-        let job = tokio::select! {
+        tokio::select! {
             _ = node.shutdown.cancelled() => return,
-            job = jobs.recv() => match job { Some(job) => job, None => return },
-        };
-        tokio::spawn(handle(node.clone(), job));
+            job = jobs.recv() => match job {
+                Some(ControlJob { payload, to: Target::This }) => {
+                    tokio::spawn(handle(node.clone(), payload, Answer::Topic));
+                }
+                Some(ControlJob { payload, to: Target::Every }) => {
+                    for other in node.cluster.others() {
+                        tokio::spawn(relay(node.clone(), other, payload.clone(), true));
+                    }
+                    tokio::spawn(handle(node.clone(), payload, Answer::Topic));
+                }
+                Some(ControlJob { payload, to: Target::Other(other) }) => {
+                    tokio::spawn(relay(node.clone(), other, payload, false));
+                }
+                None => return,
+            },
+            Some(Asked { payload, answer }) = asked.recv() => {
+                tokio::spawn(handle(node.clone(), payload, Answer::Node(answer)));
+            }
+        }
     }
 }
 
-async fn handle(node: Arc<Node>, job: ControlJob) {
-    let envelope: RequestEnvelope = match serde_json::from_slice(&job.payload) {
+/// Asks `other` for the management client and publishes its reply to the client's reply topic. A node
+/// that cannot be asked gets 101 at once, but in a discovery, where silence is the answer.
+async fn relay(node: Arc<Node>, other: String, payload: Bytes, discovery: bool) {
+    let loose: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();
+    let (Some(id), Some(reply_to)) = (loose["id"].as_str(), loose["reply_to"].as_str()) else {
+        tracing::warn!(node = %other, "control request for another node without id or reply topic dropped");
+        return;
+    };
+    match node.cluster.ask(&other, payload.clone()).await {
+        Ok(answer) => publish_reply(&node, reply_to, answer),
+        Err(_) if discovery => {}
+        Err(e) => {
+            let outcome = Err(ControlError::new(code::BADRPC, e.to_string()));
+            reply(&node, reply_to, Answer::Topic, id.to_string(), control::VERSION, outcome).await;
+        }
+    }
+}
+
+async fn handle(node: Arc<Node>, payload: Bytes, answer: Answer) {
+    let envelope: RequestEnvelope = match serde_json::from_slice(&payload) {
         Ok(envelope) => envelope,
-        Err(e) => return malformed(&node, &job.payload, e).await,
+        Err(e) => return malformed(&node, &payload, e, answer).await,
     };
     let (outcome, v) = if !(control::OLDEST_VERSION..=control::VERSION).contains(&envelope.v) {
         let message = format!(
@@ -64,11 +127,11 @@ async fn handle(node: Arc<Node>, job: ControlJob) {
         tracing::debug!(id = %envelope.id, request = ?envelope.request, "control request");
         (calls::dispatch(&Service { node: &node }, envelope.request).await, envelope.v)
     };
-    reply(&node, &envelope.reply_to, envelope.id, v, outcome).await;
+    reply(&node, &envelope.reply_to, answer, envelope.id, v, outcome).await;
 }
 
 /// A request that does not parse: answer if it says where, else log it.
-async fn malformed(node: &Node, payload: &[u8], error: serde_json::Error) {
+async fn malformed(node: &Node, payload: &[u8], error: serde_json::Error, answer: Answer) {
     let loose: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
     let id = loose.get("id").and_then(|v| v.as_str());
     let reply_to = loose.get("reply_to").and_then(|v| v.as_str());
@@ -76,26 +139,42 @@ async fn malformed(node: &Node, payload: &[u8], error: serde_json::Error) {
         (Some(id), Some(reply_to)) => {
             let code = if error.is_data() { code::WRONG_TYPE } else { code::UNKNOWN };
             let outcome = Err(ControlError::new(code, format!("bad control request: {error}")));
-            reply(node, reply_to, id.to_string(), control::VERSION, outcome).await;
+            reply(node, reply_to, answer, id.to_string(), control::VERSION, outcome).await;
         }
         _ => tracing::warn!(error = %error, "unanswerable control request dropped"),
     }
 }
 
-/// Publishes a reply, in protocol version `v`, to the requester's reply topic.
-async fn reply(node: &Node, reply_to: &str, id: String, v: u32, outcome: Result<serde_json::Value, ControlError>) {
-    // Replies only ever go to control topics, which only the management principal can read.
-    if !control::is_control_topic(reply_to) || !topic::valid_topic_name(reply_to) {
-        tracing::warn!(reply_to = %reply_to.escape_debug(), "control reply topic refused");
-        return;
-    }
+/// Sends a reply, in protocol version `v`, to the requester's reply topic (or the node that asked).
+async fn reply(
+    node: &Node,
+    reply_to: &str,
+    answer: Answer,
+    id: String,
+    v: u32,
+    outcome: Result<serde_json::Value, ControlError>,
+) {
     let outcome = match outcome {
         Ok(value) => Outcome::Ok(value),
         Err(error) => Outcome::Err(error),
     };
     let envelope = ReplyEnvelope { v, id, outcome };
     let Ok(payload) = serde_json::to_vec(&envelope) else { return };
-    let message = Message::new(Bytes::copy_from_slice(reply_to.as_bytes()), payload.into(), QoS::AtLeastOnce, false);
+    match answer {
+        Answer::Topic => publish_reply(node, reply_to, payload.into()),
+        Answer::Node(asker) => {
+            let _ = asker.send(payload.into());
+        }
+    }
+}
+
+fn publish_reply(node: &Node, reply_to: &str, payload: Bytes) {
+    // Replies only ever go to control topics, which only the management principal can read.
+    if !control::is_control_topic(reply_to) || !topic::valid_topic_name(reply_to) {
+        tracing::warn!(reply_to = %reply_to.escape_debug(), "control reply topic refused");
+        return;
+    }
+    let message = Message::new(Bytes::copy_from_slice(reply_to.as_bytes()), payload, QoS::AtLeastOnce, false);
     node.router.publish(Arc::new(message));
 }
 

@@ -3,6 +3,7 @@
 //! database.
 
 mod browser;
+mod cluster;
 mod ctl;
 mod dashboard;
 mod desired;
