@@ -333,7 +333,8 @@ async fn accept(
     let claim = if principal == Principal::Management {
         Claim::default()
     } else {
-        match Box::pin(ctx.cluster.claim(&client_id)).await {
+        let resume = persistent && !connect.clean_session;
+        match Box::pin(ctx.cluster.claim(&client_id, resume, &ctx.router)).await {
             Ok(claim) => claim,
             Err(error) if persistent => {
                 tracing::warn!(%peer, client_id = %client_id.escape_debug(), %error, "persistent session refused: the cluster's registry cannot be reached");
@@ -821,7 +822,7 @@ impl ClientConnection {
             Box::pin(ctx.cluster.release(&client_id, claim)).await;
         } else if matches!(exit, Exit::TakenOver) && !ctx.cluster.holds(&client_id, claim) {
             // Taken over by another node: the session it parked here goes on there.
-            ctx.router.taken_over_elsewhere(&client_id);
+            ctx.cluster.taken_over(&ctx.router, &client_id);
         }
         counted
     }

@@ -555,3 +555,98 @@ async fn control_requests_reach_every_node_through_one() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A persistent session follows its client to another node: parked on `a` with queued messages, it is
+/// handed over when its client connects to `b` (session present, the messages in order, its
+/// subscriptions now routed from `b` alone); online on `a` with a message unacknowledged, that message
+/// comes again on `b`, DUP set, under the same packet id.
+#[tokio::test]
+async fn a_persistent_session_follows_its_client_to_another_node() {
+    use midge_shared::control::{Request, SessionRow};
+    let nats = nats().await;
+    let (a, b) = (managed_node(&nats, "a").await, managed_node(&nats, "b").await);
+    let mut publisher = Raw::connected(b.addr, "publisher").await;
+
+    let (mut mover, _) = Raw::connect(a.addr, connect_packet("mover", false)).await;
+    mover.subscribe(1, &[("moving/#", QoS::AtLeastOnce)]).await;
+    mover.disconnect().await;
+    publisher.publish_acked("moving/x", 1..=3).await;
+    let mut on_a = Mgmt::connect(a.addr, "a@127.0.0.1").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let rows: Vec<SessionRow> = on_a.ok(Request::GetSession { client_id: "mover".into() }).await;
+        if rows.first().is_some_and(|row| row.mqueue_len == 3) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not queued on a: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut mover, present) = Raw::connect(b.addr, connect_packet("mover", false)).await;
+    assert!(present, "the session came with its client");
+    mover.expect_acking(1..=3).await;
+    let rows: Vec<SessionRow> = on_a.ok(Request::GetSession { client_id: "mover".into() }).await;
+    assert!(rows.is_empty(), "gone from a: {rows:?}");
+    nats.wait_for_routes(&["midge.m.moving", "midge.m.moving.>"], "moving/# routed from b alone").await;
+    let mut on_a_publisher = Raw::connected(a.addr, "publisher-a").await;
+    on_a_publisher.publish_acked("moving/x", 4..=4).await;
+    mover.expect_acking(4..=4).await;
+
+    let (mut online, _) = Raw::connect(a.addr, connect_packet("online-mover", false)).await;
+    online.subscribe(1, &[("inflight/#", QoS::AtLeastOnce)]).await;
+    publisher.send(&publish("inflight/1", b"unacked", QoS::AtLeastOnce, 9)).await;
+    let first = online.recv_publish().await;
+    assert!(!first.dup);
+    let (mut moved, present) = Raw::connect(b.addr, connect_packet("online-mover", false)).await;
+    assert!(present);
+    let again = moved.recv_publish().await;
+    assert_eq!((again.pkid, again.dup, &again.payload[..]), (first.pkid, true, &b"unacked"[..]));
+    online.expect_closed().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// With persistence on, a session handed over is kept on the disk of the node that took it, and
+/// forgotten on the disk of the one that gave it: after both restart, it is on the new node, with
+/// the messages its client had not acknowledged, and nowhere else.
+#[tokio::test]
+async fn a_handed_over_session_is_kept_by_the_node_that_took_it() {
+    use midge_shared::control::{Request, SessionRow};
+    let nats = nats().await;
+    let (dir_a, dir_b) = (TempDir(tempdir()), TempDir(tempdir()));
+    let kept = |name: &str, dir: &TempDir| Config {
+        node: format!("{name}@127.0.0.1"),
+        cluster: vec![nats.url.clone()],
+        persistence: true,
+        data_dir: dir.0.clone(),
+        ..mgmt_config()
+    };
+    let (a, b) = (start(kept("a", &dir_a)).await, start(kept("b", &dir_b)).await);
+    let (mut keeper, _) = Raw::connect(a.addr, connect_packet("keeper", false)).await;
+    keeper.subscribe(1, &[("kept/#", QoS::AtLeastOnce)]).await;
+    keeper.disconnect().await;
+    Raw::connected(a.addr, "publisher").await.publish_acked("kept/x", 1..=2).await;
+    // Taken over on b, the two messages sent but not acknowledged.
+    let (mut keeper, present) = Raw::connect(b.addr, connect_packet("keeper", false)).await;
+    assert!(present);
+    for n in 1..=2u8 {
+        assert_eq!(&keeper.recv_publish().await.payload[..], &[n]);
+    }
+    drop(keeper);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.stop().await;
+    b.stop().await;
+
+    let (a, b) = (start(kept("a", &dir_a)).await, start(kept("b", &dir_b)).await);
+    let rows: Vec<SessionRow> =
+        Mgmt::connect(a.addr, "a@127.0.0.1").await.ok(Request::GetSession { client_id: "keeper".into() }).await;
+    assert!(rows.is_empty(), "a forgot it: {rows:?}");
+    let (mut keeper, present) = Raw::connect(b.addr, connect_packet("keeper", false)).await;
+    assert!(present, "b kept it");
+    for n in 1..=2u8 {
+        let again = keeper.recv_publish().await;
+        assert_eq!((&again.payload[..], again.dup), (&[n][..], true));
+        keeper.send(&Packet::Puback(Ack::new(again.pkid))).await;
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -9,10 +9,12 @@
 //! - `registry.rs`: which node holds which client id;
 //! - `members.rs`: which nodes are alive; `wills.rs`: the wills a dead node leaves, fired once;
 //! - `relay.rs`: control requests for other nodes;
+//! - `handover.rs`: a persistent session on its way to another node;
 //! - `bucket.rs`: JetStream key-value buckets.
 
 mod bucket;
 mod dedupe;
+mod handover;
 mod link;
 mod members;
 mod registry;
@@ -116,11 +118,31 @@ impl Cluster {
     }
 
     /// Takes `client_id` for a connecting client: any other node that held it ends its connection
-    /// there (taken over). A single node has nothing to claim.
-    pub async fn claim(&self, client_id: &ClientId) -> Result<Claim, ClusterError> {
-        match self {
-            Cluster::Standalone => Ok(Claim::default()),
-            Cluster::Nats { registry, .. } => registry.claim(client_id).await.map(Claim),
+    /// there (taken over). With `resume`, that node hands its kept session over, and it is parked in
+    /// `router` for the client to resume. A single node has nothing to claim.
+    pub async fn claim(
+        &self,
+        client_id: &ClientId,
+        resume: bool,
+        router: &RouterHandle,
+    ) -> Result<Claim, ClusterError> {
+        let Cluster::Nats { registry, .. } = self else { return Ok(Claim::default()) };
+        let claimed = registry.claim(client_id, resume).await?;
+        if let Some(session) = claimed.session {
+            match handover::decode(client_id, &session) {
+                Ok((record, session)) => router.adopt(record, session),
+                Err(e) => {
+                    tracing::warn!(client_id = %client_id.escape_debug(), error = %e, "session handed over unreadable")
+                }
+            }
+        }
+        Ok(Claim(claimed.revision))
+    }
+
+    /// A connection here ended as taken over by another node: its parked session goes there.
+    pub fn taken_over(&self, router: &RouterHandle, client_id: &str) {
+        if let Cluster::Nats { registry, .. } = self {
+            registry.taken_over(router, client_id);
         }
     }
 

@@ -20,10 +20,10 @@ use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKin
 use async_nats::Client;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::OnceCell;
+use tokio::sync::{oneshot, OnceCell};
 
 use super::bucket::{self, key, nats};
-use super::{subject, ClusterError};
+use super::{handover, subject, ClusterError};
 use crate::router::RouterHandle;
 use crate::session::ClientId;
 
@@ -32,6 +32,9 @@ const BUCKET: &str = "midge-sessions";
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the holder of an id has to let it go.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the holder waits for its client's connection to end before it hands the session over.
+/// Shorter than `RELEASE_TIMEOUT`, so that the answer is still awaited.
+const HANDOVER_WAIT: Duration = Duration::from_millis(800);
 /// Claims that lose the race for a revision try again, this many times in all.
 const ATTEMPTS: usize = 5;
 
@@ -46,6 +49,16 @@ pub struct Registry {
     control: Client,
     /// The revision of each key this node claimed.
     claims: Mutex<HashMap<ClientId, u64>>,
+    /// Sessions another node asked for whose connection is ending here: each is handed over once it
+    /// has parked.
+    handing: Mutex<HashMap<ClientId, oneshot::Sender<Option<Bytes>>>>,
+}
+
+/// What a claim brings: its revision, and the session the previous holder handed over, if it was
+/// asked for and there was one.
+pub struct Claimed {
+    pub revision: u64,
+    pub session: Option<Bytes>,
 }
 
 /// The subject on which `node` is asked to let client ids go.
@@ -62,6 +75,7 @@ impl Registry {
             node: node.to_string(),
             control,
             claims: Mutex::new(HashMap::new()),
+            handing: Mutex::new(HashMap::new()),
         }
     }
 
@@ -72,24 +86,24 @@ impl Registry {
 
     /// Makes this node the holder of `client_id`, asking the node that had it to let go; the
     /// revision of the claim.
-    pub async fn claim(&self, client_id: &ClientId) -> Result<u64, ClusterError> {
+    pub async fn claim(&self, client_id: &ClientId, session: bool) -> Result<Claimed, ClusterError> {
         // Away from NATS, say so at once rather than make every connect wait out the timeout.
         if self.data.connection_state() != State::Connected {
             return Err(ClusterError::Nats("not connected".into()));
         }
-        let claimed = tokio::time::timeout(CLAIM_TIMEOUT, self.try_claim(client_id)).await;
-        let revision =
+        let claimed = tokio::time::timeout(CLAIM_TIMEOUT, self.try_claim(client_id, session)).await;
+        let claimed =
             claimed.map_err(|_| ClusterError::Nats("the session registry did not answer in time".into()))??;
-        self.lock().insert(client_id.clone(), revision);
-        Ok(revision)
+        self.lock().insert(client_id.clone(), claimed.revision);
+        Ok(claimed)
     }
 
-    async fn try_claim(&self, client_id: &ClientId) -> Result<u64, ClusterError> {
+    async fn try_claim(&self, client_id: &ClientId, want: bool) -> Result<Claimed, ClusterError> {
         let store = self.store().await?;
         let key = key(client_id);
         for _ in 0..ATTEMPTS {
             match store.create(&key, Bytes::from(self.node.clone())).await {
-                Ok(revision) => return Ok(revision),
+                Ok(revision) => return Ok(Claimed { revision, session: None }),
                 Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
                 Err(e) => return Err(nats(e)),
             }
@@ -100,11 +114,11 @@ impl Registry {
                 continue;
             }
             if holder == self.node {
-                return Ok(entry.revision);
+                return Ok(Claimed { revision: entry.revision, session: None });
             }
-            self.ask_release(&holder, client_id, entry.revision).await;
+            let session = self.ask_release(&holder, client_id, entry.revision, want).await;
             match store.update(&key, Bytes::from(self.node.clone()), entry.revision).await {
-                Ok(revision) => return Ok(revision),
+                Ok(revision) => return Ok(Claimed { revision, session }),
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(nats(e)),
             }
@@ -112,12 +126,17 @@ impl Registry {
         Err(ClusterError::Nats(format!("client id still contended after {ATTEMPTS} claims")))
     }
 
-    /// Asks `holder` to let the id go; a dead or silent holder loses it anyway.
-    async fn ask_release(&self, holder: &str, client_id: &str, revision: u64) {
-        let body = Bytes::from(format!("{revision}\n{client_id}"));
+    /// Asks `holder` to let the id go, and for its session if `want`; a dead or silent holder loses it
+    /// anyway.
+    async fn ask_release(&self, holder: &str, client_id: &str, revision: u64, want: bool) -> Option<Bytes> {
+        let body = Bytes::from(format!("{revision}\n{}\n{client_id}", u8::from(want)));
         let asked = tokio::time::timeout(RELEASE_TIMEOUT, self.control.request(release_subject(holder), body)).await;
-        if !matches!(asked, Ok(Ok(_))) {
-            tracing::info!(holder, client_id = %client_id.escape_debug(), "holder of a client id did not answer: taking it");
+        match asked {
+            Ok(Ok(answer)) => Some(answer.payload).filter(|session| !session.is_empty()),
+            _ => {
+                tracing::info!(holder, client_id = %client_id.escape_debug(), "holder of a client id did not answer: taking it");
+                None
+            }
         }
     }
 
@@ -157,7 +176,10 @@ impl Registry {
         Ok(tokio::spawn(async move {
             while let Some(request) = requests.next().await {
                 let text = String::from_utf8_lossy(&request.payload);
-                let Some((revision, client_id)) = text.split_once('\n') else { continue };
+                let mut parts = text.splitn(3, '\n');
+                let (Some(revision), Some(want), Some(client_id)) = (parts.next(), parts.next(), parts.next()) else {
+                    continue;
+                };
                 let Ok(revision) = revision.parse::<u64>() else { continue };
                 // A claim newer than the one the asker saw is this node's again: its client stays.
                 let newer = {
@@ -168,13 +190,59 @@ impl Registry {
                         None => false,
                     }
                 };
-                if !newer {
-                    router.taken_over_elsewhere(client_id);
-                }
-                if let Some(reply) = request.reply {
-                    let _ = registry.control.publish(reply, Bytes::new()).await;
-                }
+                let (registry, router, client_id) = (registry.clone(), router.clone(), client_id.to_string());
+                let want = want == "1";
+                // Each in its own task: a handover waits for its connection to end.
+                tokio::spawn(async move {
+                    let session = match (newer, want) {
+                        (true, _) => None,
+                        (false, true) => registry.hand_over(&router, &client_id).await,
+                        (false, false) => {
+                            router.taken_over_elsewhere(&client_id);
+                            None
+                        }
+                    };
+                    if let Some(reply) = request.reply {
+                        let _ = registry.control.publish(reply, session.unwrap_or_default()).await;
+                    }
+                });
             }
         }))
+    }
+
+    /// Ends the client's connection here, if it is online, and gives up its kept session, encoded
+    /// for the node that asked.
+    async fn hand_over(&self, router: &RouterHandle, client_id: &str) -> Option<Bytes> {
+        let (waiter, handed) = oneshot::channel();
+        self.handing().insert(client_id.into(), waiter);
+        if router.end_taken_over(client_id) {
+            // Its connection parks the session as it ends, then calls `taken_over`.
+            let handed = tokio::time::timeout(HANDOVER_WAIT, handed).await;
+            self.handing().remove(client_id);
+            return handed.ok().and_then(Result::ok).flatten();
+        }
+        self.handing().remove(client_id);
+        router.hand_over(client_id).map(|(record, session)| handover::encode(&record, &session))
+    }
+
+    /// A connection here ended as taken over by another node: its session, parked, goes to that node
+    /// if it asked for it, else it is dropped.
+    pub fn taken_over(&self, router: &RouterHandle, client_id: &str) {
+        match self.handing().remove(client_id) {
+            Some(waiter) => {
+                let session = router.hand_over(client_id).map(|(record, session)| handover::encode(&record, &session));
+                if let Err(Some(_)) = waiter.send(session) {
+                    // Asked too late: the session is dropped rather than left here.
+                    tracing::info!(client_id = %client_id.escape_debug(), "session not handed over in time");
+                }
+            }
+            None => {
+                router.taken_over_elsewhere(client_id);
+            }
+        }
+    }
+
+    fn handing(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, oneshot::Sender<Option<Bytes>>>> {
+        self.handing.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -31,7 +31,8 @@ pub use outbox::{outbox, Activity, Direct, Outbox, OutboxItem, OutboxReceiver, P
 pub use tables::{ClientMeta, ConnectOutcome, Fanout, Wiring};
 
 use crate::protocol::{QoS, ReasonCode, SubscriptionOptions};
-use crate::session::{ClientId, Message, Session, SessionLimits};
+use crate::session::{ClientId, Handover, Message, Session, SessionLimits};
+use crate::store::SessionRecord;
 use tables::Router;
 
 /// The router's way to the other nodes of a cluster (`cluster/` implements it). It is called under the
@@ -207,6 +208,28 @@ impl RouterHandle {
         let found = router.take_over(client_id) || router.discard_parked(client_id);
         router.update_stats();
         found
+    }
+
+    /// Ends the client's connection here as taken over by another node; false if it is not online.
+    /// Its session parks as the connection ends, for [`RouterHandle::hand_over`].
+    pub fn end_taken_over(&self, client_id: &str) -> bool {
+        lock(&self.router).take_over(client_id)
+    }
+
+    /// The parked session of `client_id`, given up to the node that took its client over; `None` if
+    /// there is no kept session parked here.
+    pub fn hand_over(&self, client_id: &str) -> Option<(SessionRecord, Handover)> {
+        let mut router = lock(&self.router);
+        let handed = router.hand_over(client_id);
+        router.update_stats();
+        handed
+    }
+
+    /// Parks the session another node handed over, for its client, who is connecting, to resume.
+    pub fn adopt(&self, record: SessionRecord, handover: Handover) {
+        let mut router = lock(&self.router);
+        router.adopt(record, handover);
+        router.update_stats();
     }
 
     /// Has the client forget its cached ACL decision for `topic`; false if it is not online.

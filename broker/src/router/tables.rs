@@ -21,7 +21,7 @@ use super::Uplink;
 use crate::metrics::{Metric, Metrics, Stat, Stats};
 use crate::protocol::topic::{self, Subscription};
 use crate::protocol::{QoS, ReasonCode, Suback, SubscriptionOptions, Unsuback};
-use crate::session::{ClientId, Delivery, Message, Session, SessionLimits, SessionStats, SharedKey};
+use crate::session::{ClientId, Delivery, Handover, Message, Session, SessionLimits, SessionStats, SharedKey};
 use crate::store::{now_wall_ms, Change, Journal, SessionRecord};
 
 /// A routed message as one subscriber gets it: at the QoS it was granted, with the retain flag only if
@@ -360,45 +360,7 @@ impl Router {
                 // Past the queue's length now (a smaller max_mqueue_len), the oldest go.
                 journal.forget(session.take_forgotten());
             }
-            let created_at = DateTime::from_timestamp_millis(record.created_at_ms)
-                .map(|at| at.with_timezone(&Local))
-                .unwrap_or_else(Local::now);
-            let meta = ClientMeta {
-                username: record.username,
-                peer: record.peer.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
-                clean_session: false,
-                expiry: record.expiry,
-                proto_ver: record.proto_ver,
-                keepalive: 0,
-                connected_at: created_at,
-                hidden: false,
-            };
-            if let Some(deadline) = record.expiry.and_then(|e| since.checked_add(e)) {
-                self.expiries.insert((deadline, record.client_id.clone()));
-            }
-            let client = Client {
-                session_stats: session.stats.clone(),
-                presence: Presence::Offline(session, since),
-                meta,
-                filters: Filters::default(),
-                pending: None,
-                session_clean: false,
-                created_at,
-                stored: true,
-            };
-            self.clients.insert(record.client_id.clone(), client);
-            if !record.filters.is_empty() {
-                self.subscribers += 1;
-            }
-            for (filter, options) in record.filters {
-                if topic::parse_subscription(&filter).is_none() {
-                    continue;
-                }
-                self.add_subscription(&filter, &record.client_id, options, false);
-                if let Some(client) = self.clients.get_mut(&record.client_id) {
-                    client.filters.insert(&filter, options);
-                }
-            }
+            self.park_kept(record, session, since, true);
         }
         // What was kept for sessions that are gone (expired meanwhile) goes with them.
         if let Some(journal) = &self.shared.journal {
@@ -408,6 +370,91 @@ impl Router {
             {
                 journal.record(Change::RelCompleted { client_id, pkid });
             }
+        }
+    }
+
+    /// Parks a kept session from `record` (the store's, or another node's) with its subscriptions,
+    /// away since `since`.
+    fn park_kept(&mut self, record: SessionRecord, session: Box<Session>, since: Instant, stored: bool) {
+        let created_at = DateTime::from_timestamp_millis(record.created_at_ms)
+            .map(|at| at.with_timezone(&Local))
+            .unwrap_or_else(Local::now);
+        let meta = ClientMeta {
+            username: record.username,
+            peer: record.peer.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            clean_session: false,
+            expiry: record.expiry,
+            proto_ver: record.proto_ver,
+            keepalive: 0,
+            connected_at: created_at,
+            hidden: false,
+        };
+        if let Some(deadline) = record.expiry.and_then(|e| since.checked_add(e)) {
+            self.expiries.insert((deadline, record.client_id.clone()));
+        }
+        let client = Client {
+            session_stats: session.stats.clone(),
+            presence: Presence::Offline(session, since),
+            meta,
+            filters: Filters::default(),
+            pending: None,
+            session_clean: false,
+            created_at,
+            stored,
+        };
+        self.clients.insert(record.client_id.clone(), client);
+        if !record.filters.is_empty() {
+            self.subscribers += 1;
+        }
+        for (filter, options) in record.filters {
+            if topic::parse_subscription(&filter).is_none() {
+                continue;
+            }
+            self.add_subscription(&filter, &record.client_id, options, false);
+            if let Some(client) = self.clients.get_mut(&record.client_id) {
+                client.filters.insert(&filter, options);
+            }
+        }
+    }
+
+    /// Gives up the parked session of `client_id` to the node that took the client over: its record
+    /// (subscriptions, expiry) and deliveries. It is gone from here, as if discarded.
+    pub(super) fn hand_over(&mut self, client_id: &str) -> Option<(SessionRecord, Handover)> {
+        let id = self.clients.get_key_value(client_id).map(|(id, _)| id.clone())?;
+        let record = self.session_record(&id)?;
+        let client = self.clients.get_mut(&id)?;
+        let Presence::Offline(session, _) = &mut client.presence else { return None };
+        let handover = session.hand_over();
+        let forgotten = session.take_forgotten();
+        if let Some(journal) = &self.shared.journal {
+            journal.forget(forgotten);
+        }
+        self.discard_parked(&id);
+        Some((record, handover))
+    }
+
+    /// Parks the session another node handed over, with its subscriptions and deliveries, for its
+    /// client to resume here; kept in the store like any persistent session. A session of that id
+    /// already here (left from before) gives way to it.
+    pub(super) fn adopt(&mut self, mut record: SessionRecord, handover: Handover) {
+        let id = record.client_id.clone();
+        if !self.take_over(&id) {
+            self.discard_parked(&id);
+        }
+        // Parked from now: its client is connecting.
+        record.parked_at_ms = Some(now_wall_ms());
+        let session = self.new_session(id.clone(), record.expiry);
+        self.park_kept(record, session, Instant::now(), false);
+        self.save_session(&id);
+        let journal = self.shared.journal.clone().filter(|_| self.clients.get(&id).is_some_and(|c| c.stored));
+        let keep = |deliveries: &mut [Delivery]| {
+            let Some(journal) = &journal else { return };
+            for delivery in deliveries.iter_mut().filter(|d| d.qos != QoS::AtMostOnce) {
+                delivery.store_id = journal.record_delivery(&id, delivery).0;
+            }
+        };
+        if let Some(Client { presence: Presence::Offline(session, _), .. }) = self.clients.get_mut(&id) {
+            session.take_over_from(handover, keep);
         }
     }
 

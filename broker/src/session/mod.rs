@@ -37,6 +37,16 @@ struct Inflight {
     state: InflightState,
 }
 
+/// A session's deliveries as they move to another node of the cluster, in order: those in flight
+/// under their packet ids (and whether past PUBREC), those queued, and the incoming QoS 2 packet ids
+/// awaiting PUBREL. Not kept in any store on their way.
+#[derive(Debug, Default)]
+pub struct Handover {
+    pub inflight: Vec<(u16, bool, Delivery)>,
+    pub queued: Vec<Delivery>,
+    pub awaiting_rel: Vec<u16>,
+}
+
 /// Limits that shape a session, from the broker's configuration.
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
@@ -333,6 +343,55 @@ impl Session {
         } else {
             self.enqueue_offline(Delivery { dup: true, ..delivery });
         }
+    }
+
+    /// Gives up every delivery and packet id it holds, for another node to take over; what the store
+    /// kept of them is forgotten here (see `take_forgotten`).
+    pub fn hand_over(&mut self) -> Handover {
+        let mut handover = Handover::default();
+        for entry in std::mem::take(&mut self.inflight) {
+            self.forget(&entry.delivery);
+            let released = entry.state == InflightState::AwaitComp;
+            handover.inflight.push((entry.pkid, released, Delivery { store_id: 0, shared: None, ..entry.delivery }));
+        }
+        let mut gone = Vec::new();
+        while let Some(delivery) = self.queue.pop_front(&mut gone, &self.limits.spill) {
+            self.forget(&delivery);
+            handover.queued.push(Delivery { store_id: 0, shared: None, ..delivery });
+        }
+        self.forgotten.extend(gone);
+        handover.awaiting_rel = self.awaiting_rel.drain().map(|(pkid, _)| pkid).collect();
+        handover.awaiting_rel.sort_unstable();
+        self.sync_stats();
+        handover
+    }
+
+    /// Takes over what another node's session of this client held: in flight under the same packet
+    /// ids (resent with DUP, or PUBREL, when the client resumes), then queued. `keep` numbers the
+    /// deliveries for the store, as it does every delivery of a kept session.
+    pub fn take_over_from(&mut self, handover: Handover, keep: impl FnOnce(&mut [Delivery])) {
+        let Handover { inflight, queued, awaiting_rel } = handover;
+        let (states, mut deliveries): (Vec<(u16, bool)>, Vec<Delivery>) =
+            inflight.into_iter().map(|(pkid, released, delivery)| ((pkid, released), delivery)).unzip();
+        let in_flight = deliveries.len();
+        deliveries.extend(queued);
+        keep(&mut deliveries);
+        let mut deliveries = deliveries.into_iter();
+        for ((pkid, released), delivery) in states.into_iter().zip(deliveries.by_ref().take(in_flight)) {
+            let state = match (released, delivery.qos) {
+                (true, _) => InflightState::AwaitComp,
+                (false, QoS::ExactlyOnce) => InflightState::AwaitRec,
+                (false, _) => InflightState::AwaitAck,
+            };
+            self.inflight.push_back(Inflight { pkid, delivery: Delivery { dup: true, ..delivery }, state });
+        }
+        for delivery in deliveries {
+            self.enqueue(delivery);
+        }
+        for pkid in awaiting_rel {
+            self.awaiting_rel.insert(pkid, Instant::now());
+        }
+        self.sync_stats();
     }
 
     /// Puts back an incoming QoS 2 packet id the store kept as awaiting PUBREL.
