@@ -650,3 +650,32 @@ async fn a_handed_over_session_is_kept_by_the_node_that_took_it() {
     a.stop().await;
     b.stop().await;
 }
+
+/// SIGKILL of the node that held a persistent session: its client, connecting to another node,
+/// finds the session there (present, with its subscriptions: a message published on a third node
+/// reaches it), taken from the record its node had kept cluster-wide.
+#[tokio::test]
+async fn a_persistent_session_outlives_its_node() {
+    let nats = nats().await;
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let (mut killed, c) = node_process(&nats, "c").await;
+    let (mut survivor, _) = Raw::connect(c, connect_packet("survivor", false)).await;
+    survivor.subscribe(1, &[("surv/#", QoS::AtLeastOnce)]).await;
+    let (mut parked, _) = Raw::connect(c, connect_packet("parked-survivor", false)).await;
+    parked.subscribe(1, &[("parked/+", QoS::AtLeastOnce)]).await;
+    parked.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    killed.start_kill().unwrap();
+    let _ = killed.wait().await;
+
+    let mut publisher = Raw::connected(b.addr, "publisher").await;
+    for (id, topic) in [("survivor", "surv/1"), ("parked-survivor", "parked/1")] {
+        let (mut back, present) = Raw::connect(a.addr, connect_packet(id, false)).await;
+        assert!(present, "{id}: the session outlived its node");
+        publisher.send(&publish(topic, b"after the kill", QoS::AtLeastOnce, 1)).await;
+        assert_eq!(publisher.recv().await, Some(Packet::Puback(Ack::new(1))));
+        assert_eq!(&back.recv_publish().await.payload[..], b"after the kill", "{id}");
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -31,11 +31,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::dedupe::Dedupe;
 use super::registry::Registry;
-use super::{subject, wire, ClusterError};
+use super::{records, subject, wire, ClusterError};
 use crate::metrics::{Metric, Metrics};
 use crate::protocol::topic;
 use crate::router::{RouterHandle, Uplink};
-use crate::session::Message;
+use crate::session::{ClientId, Message};
+use crate::store::SessionRecord;
 
 /// Messages waiting to go out; past this, while NATS is slow or away, they are dropped and counted.
 const FORWARD_QUEUE: usize = 65_536;
@@ -66,6 +67,8 @@ pub struct Link {
     /// How many of those the NATS server is known to have.
     known: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
+    /// Persistent sessions' records, for `records.rs`.
+    sessions: mpsc::UnboundedSender<records::Change>,
 }
 
 /// The other ends of the link's channels, until the tasks take them.
@@ -74,6 +77,7 @@ pub struct Pending {
     routes: mpsc::UnboundedReceiver<RouteChange>,
     known: watch::Sender<u64>,
     servers: Vec<ServerAddr>,
+    sessions: mpsc::UnboundedReceiver<records::Change>,
 }
 
 impl Link {
@@ -85,8 +89,16 @@ impl Link {
         let (messages_tx, messages) = mpsc::channel(FORWARD_QUEUE);
         let (routes_tx, routes) = mpsc::unbounded_channel();
         let (known_tx, known) = watch::channel(0);
-        let link = Link { messages: messages_tx, routes: routes_tx, added: AtomicU64::new(0), known, metrics };
-        Ok((Arc::new(link), Pending { messages, routes, known: known_tx, servers }))
+        let (sessions_tx, sessions) = mpsc::unbounded_channel();
+        let link = Link {
+            messages: messages_tx,
+            routes: routes_tx,
+            added: AtomicU64::new(0),
+            known,
+            metrics,
+            sessions: sessions_tx,
+        };
+        Ok((Arc::new(link), Pending { messages, routes, known: known_tx, servers, sessions }))
     }
 
     /// Returns once the NATS server has every route added before the call (or NATS is too slow to
@@ -112,6 +124,10 @@ impl Uplink for Link {
             RouteChange::Removed(filter.into())
         };
         let _ = self.routes.send(change);
+    }
+
+    fn session(&self, client_id: &ClientId, record: Option<&SessionRecord>) {
+        let _ = self.sessions.send((client_id.clone(), records::encode(record)));
     }
 }
 
@@ -166,7 +182,7 @@ impl Pending {
         for client in [&data, &control] {
             confirm(client, &echo, "this node's subscriptions").await;
         }
-        Ok(Joined { data, control, incarnation, registry })
+        Ok(Joined { data, control, incarnation, registry, sessions: self.sessions })
     }
 }
 
@@ -177,6 +193,8 @@ pub struct Joined {
     /// This run of the node: a node restarted under its old name is told apart by it.
     pub incarnation: u64,
     pub registry: Arc<Registry>,
+    /// The router's changes to persistent sessions' records.
+    pub sessions: mpsc::UnboundedReceiver<records::Change>,
 }
 
 async fn connect(servers: &[ServerAddr], name: String, no_echo: bool) -> Result<Client, ClusterError> {

@@ -9,7 +9,8 @@
 //! - `registry.rs`: which node holds which client id;
 //! - `members.rs`: which nodes are alive; `wills.rs`: the wills a dead node leaves, fired once;
 //! - `relay.rs`: control requests for other nodes;
-//! - `handover.rs`: a persistent session on its way to another node;
+//! - `handover.rs`: a persistent session on its way to another node; `records.rs`: where the
+//!   others find it when its node is gone;
 //! - `bucket.rs`: JetStream key-value buckets.
 
 mod bucket;
@@ -17,6 +18,7 @@ mod dedupe;
 mod handover;
 mod link;
 mod members;
+mod records;
 mod registry;
 mod relay;
 pub mod subject;
@@ -32,13 +34,14 @@ use tokio_util::sync::CancellationToken;
 
 pub use link::Link;
 use members::Members;
+use records::Records;
 use registry::Registry;
 pub use relay::Asked;
 use wills::Wills;
 
 use crate::metrics::Metrics;
 use crate::router::{RouterHandle, Uplink};
-use crate::session::{ClientId, Message};
+use crate::session::{ClientId, Handover, Message};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -52,7 +55,14 @@ pub enum ClusterError {
 #[derive(Clone)]
 pub enum Cluster {
     Standalone,
-    Nats { link: Arc<Link>, registry: Arc<Registry>, members: Arc<Members>, wills: Arc<Wills>, control: Client },
+    Nats {
+        link: Arc<Link>,
+        registry: Arc<Registry>,
+        members: Arc<Members>,
+        wills: Arc<Wills>,
+        records: Arc<Records>,
+        control: Client,
+    },
 }
 
 /// A client id this node holds cluster-wide, as a connection keeps it to give it back (0: none).
@@ -94,13 +104,14 @@ impl Joining {
             shutdown.cancelled().await;
             answering.abort();
         });
+        let records = Records::start(joined.data.clone(), joined.sessions);
         let wills = Wills::start(joined.data, node, joined.incarnation, router);
         let control = joined.control.clone();
         let members = Members::start(joined.control, node, joined.incarnation, wills.clone()).await?;
         // Restarted under its old name, this node fires what its clients of before left behind.
         let own = wills.clone();
         tokio::spawn(async move { own.fire_own_left_behind().await });
-        Ok(Cluster::Nats { link: self.link, registry: joined.registry, members, wills, control })
+        Ok(Cluster::Nats { link: self.link, registry: joined.registry, members, wills, records, control })
     }
 }
 
@@ -126,16 +137,27 @@ impl Cluster {
         resume: bool,
         router: &RouterHandle,
     ) -> Result<Claim, ClusterError> {
-        let Cluster::Nats { registry, .. } = self else { return Ok(Claim::default()) };
+        let Cluster::Nats { registry, records, link, .. } = self else { return Ok(Claim::default()) };
         let claimed = registry.claim(client_id, resume).await?;
-        if let Some(session) = claimed.session {
-            match handover::decode(client_id, &session) {
+        match (claimed.session, claimed.from_silent_node, resume) {
+            (Some(session), _, _) => match handover::decode(client_id, &session) {
                 Ok((record, session)) => router.adopt(record, session),
                 Err(e) => {
                     tracing::warn!(client_id = %client_id.escape_debug(), error = %e, "session handed over unreadable")
                 }
+            },
+            // Its node is gone: the session comes back from its record, without what was queued there.
+            (None, true, true) => {
+                if let Some(record) = records.find(client_id).await.filter(|record| !record.expired()) {
+                    router.adopt(record, Handover::default());
+                }
             }
+            (None, true, false) => records.discard(client_id).await,
+            (None, false, _) => {}
         }
+        // A session that came with routes has them known cluster-wide before its CONNACK, as a
+        // SUBACK would.
+        link.routes_known().await;
         Ok(Claim(claimed.revision))
     }
 

@@ -59,6 +59,8 @@ pub struct Registry {
 pub struct Claimed {
     pub revision: u64,
     pub session: Option<Bytes>,
+    /// The id was another node's, and that node did not answer (it is gone).
+    pub from_silent_node: bool,
 }
 
 /// The subject on which `node` is asked to let client ids go.
@@ -103,7 +105,7 @@ impl Registry {
         let key = key(client_id);
         for _ in 0..ATTEMPTS {
             match store.create(&key, Bytes::from(self.node.clone())).await {
-                Ok(revision) => return Ok(Claimed { revision, session: None }),
+                Ok(revision) => return Ok(Claimed { revision, session: None, from_silent_node: false }),
                 Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
                 Err(e) => return Err(nats(e)),
             }
@@ -114,11 +116,15 @@ impl Registry {
                 continue;
             }
             if holder == self.node {
-                return Ok(Claimed { revision: entry.revision, session: None });
+                return Ok(Claimed { revision: entry.revision, session: None, from_silent_node: false });
             }
-            let session = self.ask_release(&holder, client_id, entry.revision, want).await;
+            let answer = self.ask_release(&holder, client_id, entry.revision, want).await;
             match store.update(&key, Bytes::from(self.node.clone()), entry.revision).await {
-                Ok(revision) => return Ok(Claimed { revision, session }),
+                Ok(revision) => {
+                    let from_silent_node = answer.is_none();
+                    let session = answer.filter(|session| !session.is_empty());
+                    return Ok(Claimed { revision, session, from_silent_node });
+                }
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(nats(e)),
             }
@@ -126,13 +132,13 @@ impl Registry {
         Err(ClusterError::Nats(format!("client id still contended after {ATTEMPTS} claims")))
     }
 
-    /// Asks `holder` to let the id go, and for its session if `want`; a dead or silent holder loses it
-    /// anyway.
+    /// Asks `holder` to let the id go, and for its session if `want`: its answer (the session, or
+    /// empty), or `None` if it did not answer. A dead or silent holder loses the id anyway.
     async fn ask_release(&self, holder: &str, client_id: &str, revision: u64, want: bool) -> Option<Bytes> {
         let body = Bytes::from(format!("{revision}\n{}\n{client_id}", u8::from(want)));
         let asked = tokio::time::timeout(RELEASE_TIMEOUT, self.control.request(release_subject(holder), body)).await;
         match asked {
-            Ok(Ok(answer)) => Some(answer.payload).filter(|session| !session.is_empty()),
+            Ok(Ok(answer)) => Some(answer.payload),
             _ => {
                 tracing::info!(holder, client_id = %client_id.escape_debug(), "holder of a client id did not answer: taking it");
                 None

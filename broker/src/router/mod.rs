@@ -42,6 +42,9 @@ pub trait Uplink: Send + Sync {
     fn forward(&self, message: &Arc<Message>);
     /// The first client on this node subscribed to `filter` (`added`), or the last one left it.
     fn route(&self, filter: &str, added: bool);
+    /// A persistent session as it now is, or (`None`) gone, for another node to take up should this
+    /// one die.
+    fn session(&self, client_id: &ClientId, record: Option<&SessionRecord>);
 }
 
 /// A cheap, cloneable way to reach the router.

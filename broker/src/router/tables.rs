@@ -266,6 +266,9 @@ impl Router {
     fn remove_client(&mut self, client_id: &ClientId) {
         if let Some(client) = self.clients.remove(client_id) {
             self.hidden_clients -= usize::from(client.meta.hidden);
+            if let (true, Some(uplink)) = (client.stored, &self.shared.uplink) {
+                uplink.session(client_id, None);
+            }
             if let (true, Some(journal)) = (client.stored, &self.shared.journal) {
                 journal.record(Change::SessionDropped(client_id.clone()));
                 if let Presence::Offline(session, _) = &client.presence {
@@ -307,20 +310,25 @@ impl Router {
         })
     }
 
-    /// Tells the store how the session of `client_id` now is: kept as it is, or, no longer
-    /// persistent, dropped. What a reply about it must wait for (0: nothing).
+    /// Tells the store (and the cluster) how the session of `client_id` now is: kept as it is, or, no
+    /// longer persistent, dropped. What a reply about it must wait for (0: nothing).
     fn save_session(&mut self, client_id: &ClientId) -> u64 {
-        if self.shared.journal.is_none() {
+        if self.shared.journal.is_none() && self.shared.uplink.is_none() {
             return 0;
         }
         let record = self.session_record(client_id);
         let Some(client) = self.clients.get_mut(client_id) else { return 0 };
+        if record.is_none() && !client.stored {
+            return 0;
+        }
+        client.stored = record.is_some();
+        if let Some(uplink) = &self.shared.uplink {
+            uplink.session(client_id, record.as_ref());
+        }
         let change = match record {
             Some(record) => Change::SessionSaved(Box::new(record)),
-            None if client.stored => Change::SessionDropped(client_id.clone()),
-            None => return 0,
+            None => Change::SessionDropped(client_id.clone()),
         };
-        client.stored = matches!(change, Change::SessionSaved(_));
         self.shared.journal.as_mut().map_or(0, |journal| journal.record(change))
     }
 

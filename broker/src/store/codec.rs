@@ -115,6 +115,14 @@ pub struct SessionRecord {
     pub filters: Vec<(String, SubscriptionOptions)>,
 }
 
+impl SessionRecord {
+    /// Whether, parked, it has outlived its expiry by now.
+    pub fn expired(&self) -> bool {
+        let away = Duration::from_millis(self.parked_at_ms.map_or(0, |at| now_wall_ms().saturating_sub(at)));
+        self.expiry.is_some_and(|expiry| away >= expiry)
+    }
+}
+
 const NO_EXPIRY: u64 = u64::MAX;
 
 fn put_str(buf: &mut BytesMut, s: &str) {
