@@ -46,6 +46,26 @@ pub fn key(text: &str) -> String {
     key
 }
 
+/// The text `key` was made from, if it was made by [`key`].
+pub fn text(key: &str) -> Option<String> {
+    if key == "=" {
+        return Some(String::new());
+    }
+    let mut bytes = Vec::with_capacity(key.len());
+    let mut rest = key.as_bytes();
+    while let Some((&first, tail)) = rest.split_first() {
+        if first == b'=' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(first);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
 pub fn nats(error: impl std::fmt::Display) -> ClusterError {
     ClusterError::Nats(error.to_string())
 }
@@ -61,6 +81,9 @@ mod tests {
         let keys: Vec<String> = texts.iter().map(|text| key(text)).collect();
         for (text, k) in texts.iter().zip(&keys) {
             assert!(valid(k), "{text:?} gave {k:?}");
+        }
+        for (text_in, k) in texts.iter().zip(&keys) {
+            assert_eq!(text(k).as_deref(), Some(*text_in));
         }
         let mut distinct = keys.clone();
         distinct.sort();

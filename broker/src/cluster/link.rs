@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dedupe::Dedupe;
 use super::registry::Registry;
-use super::{records, subject, wire, ClusterError};
+use super::{records, retained, subject, wire, ClusterError};
 use crate::metrics::{Metric, Metrics};
 use crate::protocol::topic;
 use crate::router::{RouterHandle, Uplink};
@@ -42,8 +42,6 @@ use crate::store::SessionRecord;
 const FORWARD_QUEUE: usize = 65_536;
 /// Messages come in from all subscriptions through one channel of this size.
 const INBOUND_QUEUE: usize = 65_536;
-/// Retained messages go to every node (each keeps them all), besides their topic's subject.
-const RETAINED_SUBJECT: &str = "midge.retained";
 const ORIGIN: &str = "Midge-Origin";
 const SEQ: &str = "Midge-Seq";
 /// How long a SUBACK waits for NATS to confirm a new route: past it (NATS away), it goes anyway.
@@ -69,6 +67,8 @@ pub struct Link {
     metrics: Arc<Metrics>,
     /// Persistent sessions' records, for `records.rs`.
     sessions: mpsc::UnboundedSender<records::Change>,
+    /// Retained messages published here, for `retained.rs` to keep cluster-wide.
+    retained: mpsc::Sender<Arc<Message>>,
 }
 
 /// The other ends of the link's channels, until the tasks take them.
@@ -78,6 +78,7 @@ pub struct Pending {
     known: watch::Sender<u64>,
     servers: Vec<ServerAddr>,
     sessions: mpsc::UnboundedReceiver<records::Change>,
+    retained: mpsc::Receiver<Arc<Message>>,
 }
 
 impl Link {
@@ -90,6 +91,7 @@ impl Link {
         let (routes_tx, routes) = mpsc::unbounded_channel();
         let (known_tx, known) = watch::channel(0);
         let (sessions_tx, sessions) = mpsc::unbounded_channel();
+        let (retained_tx, retained) = mpsc::channel(FORWARD_QUEUE);
         let link = Link {
             messages: messages_tx,
             routes: routes_tx,
@@ -97,8 +99,9 @@ impl Link {
             known,
             metrics,
             sessions: sessions_tx,
+            retained: retained_tx,
         };
-        Ok((Arc::new(link), Pending { messages, routes, known: known_tx, servers, sessions }))
+        Ok((Arc::new(link), Pending { messages, routes, known: known_tx, servers, sessions, retained }))
     }
 
     /// Returns once the NATS server has every route added before the call (or NATS is too slow to
@@ -114,6 +117,9 @@ impl Uplink for Link {
     fn forward(&self, message: &Arc<Message>) {
         if self.messages.try_send(message.clone()).is_err() {
             self.metrics.inc(Metric::MessagesDropped);
+        }
+        if message.retain && self.retained.try_send(message.clone()).is_err() {
+            tracing::warn!(topic = %message.topic_str().escape_debug(), "retained message not kept cluster-wide: too many waiting");
         }
     }
 
@@ -160,10 +166,9 @@ impl Pending {
         let releases = registry.clone().answer_releases(router.clone()).await?;
         let (inbound_tx, arrivals) = mpsc::channel(INBOUND_QUEUE);
         let pumps = Pumps { data: data.clone(), inbound: inbound_tx };
-        // Every node hears retained messages and long topics, whatever its filters.
-        for always in [RETAINED_SUBJECT, subject::LONG_SUBJECT] {
-            pumps.subscribe(always.to_string()).await?;
-        }
+        // Every node hears long topics, whatever its filters.
+        pumps.subscribe(subject::LONG_SUBJECT.to_string()).await?;
+        let retained = retained::start(data.clone(), self.retained, router.clone());
         let tasks = [
             releases,
             tokio::spawn(answer(control.clone(), answers)),
@@ -173,7 +178,7 @@ impl Pending {
         ];
         tokio::spawn(async move {
             shutdown.cancelled().await;
-            for task in tasks {
+            for task in tasks.into_iter().chain(retained) {
                 task.abort();
             }
         });
@@ -228,11 +233,6 @@ async fn forward(data: Client, mut messages: mpsc::Receiver<Arc<Message>>, origi
             headers.insert(ORIGIN, origin.as_str());
             headers.insert(SEQ, seq.to_string());
             let body = wire::encode_message(&message);
-            if message.retain {
-                if let Err(e) = data.publish_with_headers(RETAINED_SUBJECT, headers.clone(), body.clone()).await {
-                    tracing::debug!(error = %e, "retained message not forwarded");
-                }
-            }
             if let Err(e) = data.publish_with_headers(subject::for_topic(message.topic_str()), headers, body).await {
                 tracing::debug!(error = %e, "message not forwarded");
             }

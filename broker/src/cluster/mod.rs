@@ -8,7 +8,7 @@
 //! - `dedupe.rs`: each message once per node; `link.rs`: the connections and their tasks;
 //! - `registry.rs`: which node holds which client id;
 //! - `members.rs`: which nodes are alive; `wills.rs`: the wills a dead node leaves, fired once;
-//! - `relay.rs`: control requests for other nodes;
+//! - `relay.rs`: control requests for other nodes; `retained.rs`: retained messages, kept in JetStream;
 //! - `handover.rs`: a persistent session on its way to another node; `records.rs`: where the
 //!   others find it when its node is gone;
 //! - `bucket.rs`: JetStream key-value buckets.
@@ -21,6 +21,7 @@ mod members;
 mod records;
 mod registry;
 mod relay;
+mod retained;
 pub mod subject;
 mod wills;
 mod wire;

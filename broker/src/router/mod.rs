@@ -112,6 +112,11 @@ impl RouterHandle {
         }
     }
 
+    /// Keeps or clears a retained message as the cluster has it, without delivering it.
+    pub fn retain_from_cluster(&self, topic: &str, message: Option<Arc<Message>>) {
+        lock(&self.router).retain_from_cluster(topic, message);
+    }
+
     /// Puts back what the store kept, before any client connects.
     pub fn restore(&self, mut restored: crate::store::Restored) {
         let mut router = lock(&self.router);

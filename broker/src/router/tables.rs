@@ -872,6 +872,30 @@ impl Router {
         }
     }
 
+    /// Keeps (`Some`) or clears the retained message of `topic` as the cluster has it, delivering it
+    /// to nobody; the same message kept already (it came with its publish) is left as it is.
+    pub(super) fn retain_from_cluster(&mut self, topic: &str, message: Option<Arc<Message>>) {
+        let message = match message {
+            Some(message) => {
+                let same = self.retained.get(topic).is_some_and(|kept| {
+                    kept.payload == message.payload && kept.qos == message.qos && kept.properties == message.properties
+                });
+                if same {
+                    return;
+                }
+                message
+            }
+            None if self.retained.contains_key(topic) => Arc::new(Message::new(
+                bytes::Bytes::copy_from_slice(topic.as_bytes()),
+                bytes::Bytes::new(),
+                QoS::AtMostOnce,
+                true,
+            )),
+            None => return,
+        };
+        self.retain(&message);
+    }
+
     /// Puts back the retained messages the store kept (not recorded again: they are there already).
     pub(super) fn restore_retained(&mut self, messages: Vec<Arc<Message>>) {
         for message in messages {

@@ -91,6 +91,11 @@ fn get_message(bytes: &[u8]) -> Result<Option<(Arc<Message>, bool)>, String> {
     Ok(Some((Arc::new(Message { topic, payload, qos, retain, properties, expires_at, origin: 0 }), retain)))
 }
 
+/// A retained message written by `encode_retained`, whatever its topic, or `None` if it expired.
+pub fn decode_retained_message(bytes: &[u8]) -> Result<Option<Arc<Message>>, String> {
+    Ok(get_message(bytes)?.map(|(message, _)| message))
+}
+
 /// The message kept under `topic`, or `None` if it expired meanwhile.
 pub fn decode_retained(topic: &str, bytes: &[u8]) -> Result<Option<Arc<Message>>, String> {
     let Some((message, _)) = get_message(bytes)? else { return Ok(None) };

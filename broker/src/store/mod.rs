@@ -30,7 +30,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::session::{ClientId, Delivery, Message};
 
-pub use codec::{decode_queued, decode_session, encode_queued, encode_session, now_wall_ms, SessionRecord};
+pub use codec::{
+    decode_queued, decode_retained_message, decode_session, encode_queued, encode_retained, encode_session,
+    now_wall_ms, SessionRecord,
+};
 
 /// When a commit reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
