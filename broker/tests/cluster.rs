@@ -682,3 +682,49 @@ async fn a_persistent_session_outlives_its_node() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A shared subscription with members on several nodes gets each message once cluster-wide (NATS's
+/// queue group picks the node), while a plain subscriber gets every one; a group whose only member
+/// is on the publisher's own node gets its messages too.
+#[tokio::test]
+async fn a_shared_subscription_gets_each_message_once_across_nodes() {
+    let nats = nats().await;
+    let nodes = [node(&nats, "a").await, node(&nats, "b").await, node(&nats, "c").await];
+    let mut members = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        let mut member = Raw::connected(node.addr, &format!("worker-{n}")).await;
+        member.subscribe(1, &[("$share/g/work/#", QoS::AtLeastOnce)]).await;
+        members.push(member);
+    }
+    let mut watcher = Raw::connected(nodes[0].addr, "watcher").await;
+    watcher.subscribe(1, &[("work/#", QoS::AtLeastOnce)]).await;
+    let mut alone = Raw::connected(nodes[0].addr, "alone").await;
+    alone.subscribe(1, &[("$share/solo/alone/#", QoS::AtLeastOnce)]).await;
+
+    let mut publisher = Raw::connected(nodes[1].addr, "publisher").await;
+    for n in 1..=60u16 {
+        publisher.send(&publish(&format!("work/{n}"), &n.to_be_bytes(), QoS::AtLeastOnce, n)).await;
+        assert_eq!(publisher.recv().await, Some(Packet::Puback(Ack::new(n))));
+    }
+    let mut shared = Vec::new();
+    let mut busy = 0;
+    for member in &mut members {
+        let got = drain(member).await;
+        busy += usize::from(!got.is_empty());
+        shared.extend(got);
+    }
+    shared.sort();
+    let mut all: Vec<(String, Vec<u8>)> =
+        (1..=60u16).map(|n| (format!("work/{n}"), n.to_be_bytes().to_vec())).collect();
+    all.sort();
+    assert_eq!(shared, all, "each message to one member, cluster-wide");
+    assert!(busy >= 2, "NATS spread the group's messages over its nodes");
+    assert_eq!(drain(&mut watcher).await, all, "a plain subscriber gets every one");
+
+    let mut on_a = Raw::connected(nodes[0].addr, "publisher-a").await;
+    on_a.publish_acked("alone/1", 1..=1).await;
+    assert_eq!(drain(&mut alone).await, [("alone/1".to_string(), vec![1])]);
+    for node in nodes {
+        node.stop().await;
+    }
+}

@@ -165,7 +165,7 @@ impl Pending {
         let registry = Arc::new(Registry::new(data.clone(), control.clone(), node));
         let releases = registry.clone().answer_releases(router.clone()).await?;
         let (inbound_tx, arrivals) = mpsc::channel(INBOUND_QUEUE);
-        let pumps = Pumps { data: data.clone(), inbound: inbound_tx };
+        let pumps = Pumps { data: data.clone(), queues: control.clone(), inbound: inbound_tx };
         // Every node hears long topics, whatever its filters.
         pumps.subscribe(subject::LONG_SUBJECT.to_string()).await?;
         let retained = retained::start(data.clone(), self.retained, router.clone());
@@ -240,25 +240,47 @@ async fn forward(data: Client, mut messages: mpsc::Receiver<Arc<Message>>, origi
     }
 }
 
+/// A message from another node, and the shared subscription (route) NATS's queue group chose this
+/// node for, if it came through one.
+struct Arrival {
+    message: async_nats::Message,
+    group: Option<Arc<str>>,
+}
+
 /// Starts subscriptions whose messages all go into one channel.
 struct Pumps {
     data: Client,
-    inbound: mpsc::Sender<async_nats::Message>,
+    /// Shared subscriptions' queue groups are joined on the control connection, which hears this
+    /// node's own messages too: NATS then picks among every node with members, this one included.
+    queues: Client,
+    inbound: mpsc::Sender<Arrival>,
 }
 
 impl Pumps {
     /// Subscribes to `subject`; dropping the handle's task (abort) unsubscribes.
     async fn subscribe(&self, subject: String) -> Result<AbortHandle, ClusterError> {
-        let mut subscriber = self.data.subscribe(subject).await.map_err(|e| ClusterError::Nats(e.to_string()))?;
+        let subscriber = self.data.subscribe(subject).await.map_err(|e| ClusterError::Nats(e.to_string()))?;
+        Ok(self.pump(subscriber, None))
+    }
+
+    /// Joins the queue group of the shared subscription `route` on `subject`.
+    async fn join(&self, subject: String, route: Arc<str>) -> Result<AbortHandle, ClusterError> {
+        let queue = subject::queue_group(&route);
+        let subscriber =
+            self.queues.queue_subscribe(subject, queue).await.map_err(|e| ClusterError::Nats(e.to_string()))?;
+        Ok(self.pump(subscriber, Some(route)))
+    }
+
+    fn pump(&self, mut subscriber: async_nats::Subscriber, group: Option<Arc<str>>) -> AbortHandle {
         let inbound = self.inbound.clone();
         let pump = tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
-                if inbound.send(message).await.is_err() {
+                if inbound.send(Arrival { message, group: group.clone() }).await.is_err() {
                     break;
                 }
             }
         });
-        Ok(pump.abort_handle())
+        pump.abort_handle()
     }
 }
 
@@ -289,8 +311,18 @@ async fn interest(
                     }
                     let Some(parsed) = topic::parse_subscription(&filter) else { continue };
                     let mut handles = Vec::new();
-                    for subject in subject::for_filter(parsed.filter()) {
-                        match pumps.subscribe(subject).await {
+                    let mut subjects = subject::for_filter(parsed.filter());
+                    let group = parsed.is_shared().then(|| Arc::<str>::from(&*filter));
+                    if group.is_some() {
+                        // A shared subscription's members take long topics too, once per group.
+                        subjects.push(subject::LONG_SUBJECT.to_string());
+                    }
+                    for subject in subjects {
+                        let made = match &group {
+                            Some(route) => pumps.join(subject, route.clone()).await,
+                            None => pumps.subscribe(subject).await,
+                        };
+                        match made {
                             Ok(handle) => {
                                 handles.push(handle);
                                 subscribed = true;
@@ -316,6 +348,7 @@ async fn interest(
         // reconnecting, and nothing crosses meanwhile.
         if subscribed {
             confirm(&pumps.data, &echo, "new routes").await;
+            confirm(&pumps.queues, &echo, "new shared routes").await;
         }
         known.send_replace(number);
     }
@@ -335,24 +368,34 @@ async fn confirm(client: &Client, echo: &str, what: &str) {
     }
 }
 
-/// Routes what other nodes sent to this node's subscribers, each message once.
-async fn inbound(mut messages: mpsc::Receiver<async_nats::Message>, origin: String, router: RouterHandle) {
+/// Routes what other nodes sent to this node's subscribers, each message once; what a queue group
+/// brought, to one member of its shared subscription (which may be this node's own message).
+async fn inbound(mut arrivals: mpsc::Receiver<Arrival>, origin: String, router: RouterHandle) {
     let mut dedupe = Dedupe::default();
     let mut batch = Vec::with_capacity(256);
     let mut routed = Vec::with_capacity(256);
-    while messages.recv_many(&mut batch, 256).await > 0 {
-        for message in batch.drain(..) {
+    while arrivals.recv_many(&mut batch, 256).await > 0 {
+        for Arrival { message, group } in batch.drain(..) {
             let Some(headers) = &message.headers else { continue };
             let (Some(from), Some(seq)) = (headers.get(ORIGIN), headers.get(SEQ)) else { continue };
             let Ok(seq) = seq.as_str().parse::<u64>() else { continue };
-            if from.as_str() == origin || !dedupe.first_time(from.as_str(), seq) {
+            // A queue group delivers each message once per group; plain subscriptions may overlap.
+            if group.is_none() && (from.as_str() == origin || !dedupe.first_time(from.as_str(), seq)) {
                 continue;
             }
-            match wire::decode_message(&message.payload) {
-                Ok(decoded) => routed.push(Arc::new(decoded)),
+            let decoded = match wire::decode_message(&message.payload) {
+                Ok(decoded) => Arc::new(decoded),
                 Err(e) => {
-                    tracing::warn!(from = %from.as_str(), error = %e, "a message from another node could not be read")
+                    tracing::warn!(from = %from.as_str(), error = %e, "a message from another node could not be read");
+                    continue;
                 }
+            };
+            match group {
+                Some(route) => {
+                    router.publish_remote(&mut routed);
+                    router.publish_to_group(&route, &mut vec![decoded]);
+                }
+                None => routed.push(decoded),
             }
         }
         router.publish_remote(&mut routed);

@@ -21,6 +21,15 @@ pub const LONG_SUBJECT: &str = "midge.long";
 /// The longest subject a topic gets; well under NATS's 4 KiB protocol line.
 pub const LONG: usize = 3000;
 
+/// The NATS queue group of the shared subscription `route` (`$share/{group}/{filter}`): the same on
+/// every node, bounded in length whatever the route's.
+pub fn queue_group(route: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(route.as_bytes());
+    let hex: String = digest[..16].iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("midge-{hex}")
+}
+
 /// The subject a message on `topic` is published to.
 pub fn for_topic(topic: &str) -> String {
     let mut subject = String::with_capacity(MESSAGE_PREFIX.len() + 1 + topic.len());

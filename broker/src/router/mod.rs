@@ -117,6 +117,16 @@ impl RouterHandle {
         lock(&self.router).retain_from_cluster(topic, message);
     }
 
+    /// Hands messages from other nodes to one member each of the shared subscription `route` here
+    /// (NATS's queue group chose this node), leaving `messages` empty.
+    pub fn publish_to_group(&self, route: &str, messages: &mut Vec<Arc<Message>>) {
+        let mut fanout = Fanout::default();
+        let mut router = lock(&self.router);
+        for message in messages.drain(..) {
+            router.fan_out_to_group(message, route, &mut fanout);
+        }
+    }
+
     /// Puts back what the store kept, before any client connects.
     pub fn restore(&self, mut restored: crate::store::Restored) {
         let mut router = lock(&self.router);

@@ -765,6 +765,11 @@ impl Router {
         matched.clear();
         let mut groups = Vec::new();
         self.subscriptions.matches(message.topic_str(), &mut matched, &mut groups);
+        // In a cluster a shared subscription's message goes to one member cluster-wide: NATS picks the
+        // node (a queue group, see `publish_to_group`), but for the broker's own topics, which stay here.
+        if self.shared.uplink.is_some() && !internal {
+            groups.clear();
+        }
         // Each shared subscription that matches gives the message to one of its members.
         let picks: Vec<(ClientId, SubscriptionOptions, Arc<SharedKey>)> = groups
             .into_iter()
@@ -816,6 +821,28 @@ impl Router {
             self.deliver(client_id, delivery, fanout);
         }
         self.matched = matched;
+    }
+
+    /// Hands a message another node's NATS queue group chose this node for to one member of the shared
+    /// subscription `route` (`$share/{group}/{filter}`) here.
+    pub(super) fn fan_out_to_group(&mut self, message: Arc<Message>, route: &str, fanout: &mut Fanout) {
+        let Some(Subscription::Shared { group, filter }) = topic::parse_subscription(route) else { return };
+        // Long topics come on one subject for all: this group's filter may not match.
+        if !topic::matches(filter, message.topic_str()) {
+            return;
+        }
+        let pick = self.subscriptions.shared_group(group, filter).and_then(|shared_group| {
+            let online = |c: &ClientId| self.is_online(c);
+            let (i, _) = shared::pick(shared_group, self.shared.shared_strategy, message.origin, online)?;
+            let (client_id, options) = &shared_group.members[i];
+            Some((client_id.clone(), *options, shared_group.key.clone()))
+        });
+        match pick {
+            Some((client_id, granted, key)) => {
+                self.deliver(&client_id, shared_delivery(&message, &granted, &key, &client_id), fanout)
+            }
+            None => self.shared.metrics.inc(Metric::MessagesDropped),
+        }
     }
 
     fn is_online(&self, client_id: &ClientId) -> bool {
