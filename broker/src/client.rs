@@ -336,7 +336,7 @@ async fn accept(
         let resume = persistent && !connect.clean_session;
         match Box::pin(ctx.cluster.claim(&client_id, resume, &ctx.router)).await {
             Ok(claim) => claim,
-            Err(error) if persistent => {
+            Err(error) if persistent && ctx.config.cluster_outage == crate::config::ClusterOutage::Refuse => {
                 tracing::warn!(%peer, client_id = %client_id.escape_debug(), %error, "persistent session refused: the cluster's registry cannot be reached");
                 refuse(ctx, &mut writer, ConnectReturnCode::ServerUnavailable).await;
                 return Err(Some("refused"));

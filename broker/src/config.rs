@@ -88,6 +88,22 @@ pub struct Config {
     /// NATS servers (`nats://host:port`) through which this node joins the others as one cluster;
     /// none: a single node.
     pub cluster: Vec<String>,
+    /// What a clustered node does with a persistent session's connect while the cluster's registry
+    /// of client ids cannot be reached.
+    pub cluster_outage: ClusterOutage,
+}
+
+/// What a clustered node does with a persistent session's connect while the cluster's registry of
+/// client ids cannot be reached (NATS away).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[clap(rename_all = "snake_case")]
+pub enum ClusterOutage {
+    /// Refuse it (CONNACK 3, MQTT 5 0x88 server unavailable): the session may be on another node.
+    #[default]
+    Refuse,
+    /// Serve it from this node alone: the client id may then be in use on another node too.
+    Local,
 }
 
 impl Default for Config {
@@ -136,6 +152,7 @@ impl Default for Config {
             sync_interval_ms: 10,
             listener: Vec::new(),
             cluster: Vec::new(),
+            cluster_outage: ClusterOutage::Refuse,
         }
     }
 }
@@ -395,6 +412,12 @@ struct Cli {
     #[arg(long, env = "MIDGE_CLUSTER", value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster: Option<Vec<String>>,
+
+    /// With NATS away, a persistent session's connect is refused (refuse: CONNACK 3 / 0x88, as its
+    /// session may be on another node) or served by this node alone (local) [default: refuse].
+    #[arg(long, env = "MIDGE_CLUSTER_OUTAGE", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_outage: Option<ClusterOutage>,
 
     /// Directory that holds the store (in its `store` subdirectory) [default: data].
     #[arg(long, env = "MIDGE_DATA_DIR")]

@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use helpers::*;
+use midge_broker::config::ClusterOutage;
 use midge_broker::protocol::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -18,16 +19,22 @@ use tokio::process::{Child, Command};
 /// A nats-server of the test's own, with JetStream, on free ports (client and monitoring), killed
 /// when dropped.
 struct Nats {
-    _child: Child,
-    _store: TempDir,
+    child: Child,
+    store: TempDir,
     url: String,
     monitor: SocketAddr,
 }
 
 async fn nats() -> Nats {
     let store = TempDir(tempdir());
+    let (child, url, monitor) = nats_server(&store, "-1", "-1").await;
+    Nats { child, store, url, monitor }
+}
+
+/// Starts nats-server on `port` and `monitor_port` (`-1`: any free one); where it listens.
+async fn nats_server(store: &TempDir, port: &str, monitor_port: &str) -> (Child, String, SocketAddr) {
     let mut child = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", "-1", "-m", "-1", "-js", "-sd"])
+        .args(["-a", "127.0.0.1", "-p", port, "-m", monitor_port, "-js", "-sd"])
         .arg(&store.0)
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -52,7 +59,26 @@ async fn nats() -> Nats {
     assert!(found.is_ok(), "nats-server did not say where it listens");
     // Keep reading its log, so that it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Nats { _child: child, _store: store, url: url.unwrap(), monitor: monitor.unwrap() }
+    (child, url.unwrap(), monitor.unwrap())
+}
+
+impl Nats {
+    async fn kill(&mut self) {
+        self.child.start_kill().unwrap();
+        let _ = self.child.wait().await;
+    }
+
+    /// A new server on the same ports and store, after `kill`.
+    async fn restart(&mut self) {
+        let port = self.url.rsplit(':').next().unwrap().to_string();
+        let (child, _, _) = nats_server(&self.store, &port, &self.monitor.port().to_string()).await;
+        self.child = child;
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    }
 }
 
 struct TempDir(std::path::PathBuf);
@@ -283,6 +309,13 @@ async fn a_node_without_its_nats_serves_its_own_clients() {
     let code = connack_code(alone.addr, Packet::Connect(connect_packet("kept", false))).await;
     assert_eq!(code, ConnectReturnCode::ServerUnavailable);
     alone.stop().await;
+    // Unless its operator chose to serve such sessions locally meanwhile.
+    let url = format!("nats://{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap());
+    let lenient = Config { cluster: vec![url], cluster_outage: ClusterOutage::Local, ..config() };
+    let lenient = start(lenient).await;
+    let code = connack_code(lenient.addr, Packet::Connect(connect_packet("kept", false))).await;
+    assert_eq!(code, ConnectReturnCode::Accepted);
+    lenient.stop().await;
 }
 
 /// Whether the connection is still open: it answers a PINGREQ.
@@ -727,4 +760,77 @@ async fn a_shared_subscription_gets_each_message_once_across_nodes() {
     for node in nodes {
         node.stop().await;
     }
+}
+
+/// Publishes probes on `topic` from `publisher` until `subscriber` gets one (the nodes hear each other
+/// again); false if none arrives within 15 s.
+async fn until_across(publisher: &mut Raw, subscriber: &mut Raw, topic: &str) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        publisher.send(&publish(topic, b"probe", QoS::AtMostOnce, 0)).await;
+        while let Ok(Some(packet)) = subscriber.recv_within(Duration::from_millis(200)).await {
+            if let Packet::Publish(p) = packet {
+                if p.qos == QoS::AtLeastOnce {
+                    subscriber.send(&Packet::Puback(Ack::new(p.pkid))).await;
+                }
+                if p.topic_str() == topic {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// SIGKILL of the NATS server, then SIGSTOP: each node keeps serving its own clients meanwhile and
+/// counts what it could not send across as dropped; once NATS is back the nodes hear each other again
+/// with no manual step (routes, the registry and retained messages work across nodes as before).
+#[tokio::test]
+async fn the_nodes_come_together_again_after_nats_fails() {
+    use midge_shared::control::Request;
+    use std::collections::BTreeMap;
+    let mut nats = nats().await;
+    let (a, b) = (managed_node(&nats, "a").await, managed_node(&nats, "b").await);
+    let mut on_b = Raw::connected(b.addr, "sub-b").await;
+    on_b.subscribe(1, &[("across/#", QoS::AtLeastOnce)]).await;
+    let mut on_a = Raw::connected(a.addr, "sub-a").await;
+    on_a.subscribe(1, &[("across/#", QoS::AtLeastOnce)]).await;
+    let mut publisher = Raw::connected(a.addr, "pub-a").await;
+    assert!(until_across(&mut publisher, &mut on_b, "across/before").await);
+    drain(&mut on_a).await;
+    let mut metrics_of_a = Mgmt::connect(a.addr, "a@127.0.0.1").await;
+    let dropped = |metrics: &BTreeMap<String, u64>| metrics["messages/dropped"];
+    let before: BTreeMap<String, u64> = metrics_of_a.ok(Request::Metrics).await;
+
+    nats.kill().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publisher.publish_acked("across/away", 1..=3).await;
+    on_a.expect_acking(1..=3).await;
+    let during: BTreeMap<String, u64> = metrics_of_a.ok(Request::Metrics).await;
+    assert!(dropped(&during) >= dropped(&before) + 3, "not sent across, counted: {before:?} -> {during:?}");
+    nats.restart().await;
+    assert!(until_across(&mut publisher, &mut on_b, "across/after-kill").await, "routes resynced");
+    let deadline = std::time::Instant::now() + WAIT;
+    while connack_code(b.addr, Packet::Connect(connect_packet("kept-after", false))).await
+        != ConnectReturnCode::Accepted
+    {
+        assert!(std::time::Instant::now() < deadline, "the registry never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publisher.send(&retained("across/kept", b"r", QoS::AtLeastOnce, 7)).await;
+    assert_eq!(publisher.recv().await, Some(Packet::Puback(Ack::new(7))));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut late = Raw::connected(b.addr, "late").await;
+    late.subscribe(1, &[("across/kept", QoS::AtLeastOnce)]).await;
+    assert_eq!(&late.recv_publish().await.payload[..], b"r");
+
+    drain(&mut on_a).await;
+    nats.signal("-STOP");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    publisher.publish_acked("across/stopped", 4..=4).await;
+    on_a.expect_acking(4..=4).await;
+    nats.signal("-CONT");
+    assert!(until_across(&mut publisher, &mut on_b, "across/after-stop").await, "routes resynced after SIGCONT");
+    a.stop().await;
+    b.stop().await;
 }

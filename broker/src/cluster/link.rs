@@ -79,6 +79,7 @@ pub struct Pending {
     servers: Vec<ServerAddr>,
     sessions: mpsc::UnboundedReceiver<records::Change>,
     retained: mpsc::Receiver<Arc<Message>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Link {
@@ -97,11 +98,11 @@ impl Link {
             routes: routes_tx,
             added: AtomicU64::new(0),
             known,
-            metrics,
+            metrics: metrics.clone(),
             sessions: sessions_tx,
             retained: retained_tx,
         };
-        Ok((Arc::new(link), Pending { messages, routes, known: known_tx, servers, sessions, retained }))
+        Ok((Arc::new(link), Pending { messages, routes, known: known_tx, servers, sessions, retained, metrics }))
     }
 
     /// Returns once the NATS server has every route added before the call (or NATS is too slow to
@@ -172,7 +173,7 @@ impl Pending {
         let tasks = [
             releases,
             tokio::spawn(answer(control.clone(), answers)),
-            tokio::spawn(forward(data.clone(), self.messages, origin.clone())),
+            tokio::spawn(forward(data.clone(), self.messages, origin.clone(), self.metrics)),
             tokio::spawn(interest(pumps, self.routes, self.known, echo.clone())),
             tokio::spawn(inbound(arrivals, origin, router)),
         ];
@@ -205,6 +206,8 @@ pub struct Joined {
 async fn connect(servers: &[ServerAddr], name: String, no_echo: bool) -> Result<Client, ClusterError> {
     let mut options = ConnectOptions::new()
         .name(name)
+        // A server that hangs (rather than closes) is noticed after two unanswered pings.
+        .ping_interval(Duration::from_secs(1))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(|event| async move { tracing::info!(%event, "cluster link") });
@@ -223,10 +226,17 @@ async fn answer(control: Client, mut requests: async_nats::Subscriber) {
     }
 }
 
-async fn forward(data: Client, mut messages: mpsc::Receiver<Arc<Message>>, origin: String) {
+async fn forward(data: Client, mut messages: mpsc::Receiver<Arc<Message>>, origin: String, metrics: Arc<Metrics>) {
     let mut seq = 0u64;
     let mut batch = Vec::with_capacity(256);
     while messages.recv_many(&mut batch, 256).await > 0 {
+        // Away from NATS they would wait in the client's buffer and arrive late, after the outage,
+        // or not at all: they are dropped, and counted, at once.
+        if data.connection_state() != State::Connected {
+            metrics.add(Metric::MessagesDropped, batch.len() as u64);
+            batch.clear();
+            continue;
+        }
         for message in batch.drain(..) {
             seq += 1;
             let mut headers = HeaderMap::new();
