@@ -14,7 +14,9 @@ pub struct Config {
     #[arg(long, env = "MIDGE_MGMT_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// The broker's MQTT address (host:port; a host name such as a compose service works).
+    /// The broker's MQTT address (host:port; a host name such as a compose service works). Several,
+    /// comma-separated, for a cluster: the sidecar uses the first that answers and moves on to the
+    /// next when it loses it.
     #[arg(long, env = "MIDGE_BROKER", default_value = "127.0.0.1:1883")]
     pub broker: String,
 
@@ -108,11 +110,38 @@ impl Config {
         Duration::from_millis(self.heartbeat_ms.max(100))
     }
 
-    /// `(host, port)` of the broker.
-    pub fn broker_host_port(&self) -> Result<(String, u16), String> {
-        let (host, port) =
-            self.broker.rsplit_once(':').ok_or_else(|| format!("--broker {} is not host:port", self.broker))?;
-        let port = port.parse().map_err(|_| format!("--broker {} has a bad port", self.broker))?;
-        Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+    /// `(host, port)` of each broker, in the order given.
+    pub fn brokers(&self) -> Result<Vec<(String, u16)>, String> {
+        self.broker
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(host_port)
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(
+                |brokers| if brokers.is_empty() { Err("--broker names no broker".to_string()) } else { Ok(brokers) },
+            )
+    }
+}
+
+fn host_port(broker: &str) -> Result<(String, u16), String> {
+    let (host, port) = broker.rsplit_once(':').ok_or_else(|| format!("--broker {broker} is not host:port"))?;
+    let port = port.parse().map_err(|_| format!("--broker {broker} has a bad port"))?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn several_brokers_in_order() {
+        let config = Config::parse_from(["midge-mgmt", "--broker", "a:1883, [::1]:1884,b:1"]);
+        let want = [("a".to_string(), 1883), ("::1".to_string(), 1884), ("b".to_string(), 1)];
+        assert_eq!(config.brokers().unwrap(), want);
+        assert!(Config::parse_from(["midge-mgmt", "--broker", "a"]).brokers().is_err());
+        assert!(Config::parse_from(["midge-mgmt", "--broker", ","]).brokers().is_err());
     }
 }

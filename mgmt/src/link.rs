@@ -63,15 +63,9 @@ pub struct Link {
 impl Link {
     /// Connects (in the background) and returns at once; requests fail with 101 until a node answers.
     pub fn start(config: &Config) -> Result<(Arc<Link>, Appeared), String> {
-        let (host, port) = config.broker_host_port()?;
         let client_id = format!("{}{:08x}", control::CLIENT_ID_PREFIX, rand::random::<u32>());
-        let mut options = MqttOptions::new(client_id.clone(), host, port);
-        options.set_keep_alive(Duration::from_secs(10));
-        options.set_clean_session(true);
-        // Listings are paged, but a page of long client ids is still larger than rumqttc's default.
-        options.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
-        options.set_credentials(config.mgmt_username.clone(), config.mgmt_secret.clone().unwrap_or_default());
-        let (client, mut eventloop) = AsyncClient::new(options, 256);
+        let brokers = Brokers { config: config.clone(), client_id: client_id.clone(), addresses: config.brokers()? };
+        let (client, mut eventloop) = AsyncClient::new(brokers.options(0), 256);
         // Without it a request waits behind the PUBACK of the previous reply until the broker's
         // delayed ACK comes (Nagle's algorithm): some 40 ms on every call after the first.
         let mut network = NetworkOptions::new();
@@ -91,7 +85,7 @@ impl Link {
             started: Instant::now(),
             last_answer_ms: AtomicU64::new(0),
         });
-        tokio::spawn(run(link.clone(), eventloop));
+        tokio::spawn(run(link.clone(), eventloop, brokers));
         tokio::spawn(heartbeat(Arc::downgrade(&link)));
         Ok((link, announcements))
     }
@@ -278,8 +272,31 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn run(link: Arc<Link>, mut eventloop: EventLoop) {
+/// The brokers the sidecar may be a client of, in the order given.
+struct Brokers {
+    config: Config,
+    client_id: String,
+    addresses: Vec<(String, u16)>,
+}
+
+impl Brokers {
+    /// The connection to the `n`th broker (modulo their number).
+    fn options(&self, n: usize) -> MqttOptions {
+        let (host, port) = self.addresses[n % self.addresses.len()].clone();
+        let mut options = MqttOptions::new(self.client_id.clone(), host, port);
+        options.set_keep_alive(Duration::from_secs(10));
+        options.set_clean_session(true);
+        // Listings are paged, but a page of long client ids is still larger than rumqttc's default.
+        options.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
+        let secret = self.config.mgmt_secret.clone().unwrap_or_default();
+        options.set_credentials(self.config.mgmt_username.clone(), secret);
+        options
+    }
+}
+
+async fn run(link: Arc<Link>, mut eventloop: EventLoop, brokers: Brokers) {
     let mut backoff = Duration::from_millis(200);
+    let mut current = 0;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -302,6 +319,16 @@ async fn run(link: Arc<Link>, mut eventloop: EventLoop) {
                     tracing::debug!(error = %e, "broker not reachable");
                 }
                 link.reset();
+                if brokers.addresses.len() > 1 {
+                    // The next broker of the cluster; the backoff grows once every one has failed.
+                    current += 1;
+                    eventloop.mqtt_options = brokers.options(current);
+                    let (host, port) = eventloop.mqtt_options.broker_address();
+                    tracing::info!(broker = %format!("{host}:{port}"), "trying the next broker");
+                    if current % brokers.addresses.len() != 0 {
+                        continue;
+                    }
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }

@@ -70,14 +70,16 @@ async fn wait_for_nodes(api: &Api, want: &[&str]) {
 
 /// The seed example's walk (clients, sessions, subscriptions, routes, publish, kick) against a cluster
 /// of three, with the sidecar on the first node and the client on the third; then the third is killed:
-/// it leaves the node list and its routes answer 101 at once.
+/// it leaves the node list and its routes answer 101 at once; then the first: the sidecar fails over
+/// to the second.
 #[tokio::test]
 async fn the_api_answers_for_every_node_of_a_cluster() {
     let nats = NatsServer::start();
     let mut brokers: Vec<Process> =
         NODES.iter().map(|node| start_broker_with("127.0.0.1:0", node, &["--cluster", &nats.url])).collect();
     let dir = tempdir();
-    let mgmt = start_mgmt_with(brokers[0].addr, &dir.join("mgmt.db"), None, &["--heartbeat-ms", "500"]);
+    let every: Vec<String> = brokers.iter().map(|broker| broker.addr.to_string()).collect();
+    let mgmt = start_mgmt_of(&every.join(","), &dir.join("mgmt.db"), None, &["--heartbeat-ms", "500"]);
     let api = Api::new(mgmt.addr);
     wait_for_nodes(&api, &NODES).await;
     assert_eq!(names(&api.get("monitoring/nodes").await), NODES);
@@ -112,4 +114,9 @@ async fn the_api_answers_for_every_node_of_a_cluster() {
     wait_for_nodes(&api, &NODES[..2]).await;
     assert_eq!(api.code(Method::GET, &on(NODES[2]), None).await, 101);
     assert!(api.get(&on(NODES[1])).await["objects"].is_array(), "the others still answer");
+
+    // The sidecar's own broker goes: it moves on to the next one that answers.
+    brokers[0].kill();
+    wait_for_nodes(&api, &NODES[1..2]).await;
+    assert!(api.get(&on(NODES[1])).await["objects"].is_array());
 }

@@ -133,9 +133,14 @@ pub fn start_mgmt_with(
     admin_password: Option<&str>,
     args: &[&str],
 ) -> Process {
+    start_mgmt_of(&broker.to_string(), db, admin_password, args)
+}
+
+/// The sidecar of `brokers` (host:port, comma-separated).
+pub fn start_mgmt_of(brokers: &str, db: &std::path::Path, admin_password: Option<&str>, args: &[&str]) -> Process {
     let mut command = Command::new(bin("midge-mgmt"));
     command
-        .args(["--listen", "127.0.0.1:0", "--broker", &broker.to_string()])
+        .args(["--listen", "127.0.0.1:0", "--broker", brokers])
         // Each test's own dashboard port, found in the log ("dashboard listening").
         .args(["--dashboard-listen", "127.0.0.1:0"])
         .arg("--db")
