@@ -1,4 +1,5 @@
-# Two images from one build: `--target broker` and `--target mgmt`. docker-compose.yml builds both.
+# Two images from one build: `--target broker` and `--target mgmt`. docker-compose.yml builds both;
+# docker-compose.cluster.yml also `--target nats`, Debian's nats-server.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
@@ -32,3 +33,13 @@ VOLUME /data
 EXPOSE 8080 18083
 HEALTHCHECK --interval=5s --timeout=4s --retries=5 CMD ["midge-mgmt", "healthcheck"]
 ENTRYPOINT ["midge-mgmt"]
+
+# The NATS server a cluster of brokers joins through (docker-compose.cluster.yml): Debian's package.
+FROM debian:bookworm-slim AS nats
+RUN apt-get update && apt-get install -y --no-install-recommends nats-server && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10002 --home-dir /data --create-home nats
+USER nats
+WORKDIR /data
+VOLUME /data
+EXPOSE 4222 6222
+ENTRYPOINT ["nats-server"]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds midge-broker:latest and midge-mgmt:latest without any registry: a Debian base from
+# Builds midge-broker:latest, midge-mgmt:latest and midge-nats:latest without any registry: a Debian base from
 # debootstrap (made once, then reused), and the binaries cargo built on this host.
 #   PROFILE=debug|release (default debug: the tests already built it)
 set -euo pipefail
@@ -33,3 +33,9 @@ cp ".ci/docker/Dockerfile" deploy/acl.conf deploy/broker-entrypoint.sh "$bin/mid
 docker build -q --target broker -t midge-broker:latest "$context" >/dev/null
 docker build -q --target mgmt -t midge-mgmt:latest "$context" >/dev/null
 echo "built midge-broker:latest and midge-mgmt:latest ($PROFILE binaries on $BASE)"
+# The cluster's NATS server: Debian's, from this host (.ci/run installs the package).
+if command -v nats-server >/dev/null; then
+    cp "$(command -v nats-server)" "$context/"
+    docker build -q --target nats -t midge-nats:latest "$context" >/dev/null
+    echo "built midge-nats:latest ($(nats-server --version))"
+fi

@@ -367,11 +367,26 @@ async fn interest(
 /// Returns once the NATS server has processed what `client` sent before (its SUBs): a request sent
 /// after them on the same connection, answered by this node's control connection. At once while
 /// NATS is away (subscriptions are made again on reconnecting), and at most after `CONFIRM_TIMEOUT`.
+///
+/// In a NATS cluster the control connection may be on another server, which passes the request on
+/// over its route after the subscriptions (routes keep order), so the answer means that server has
+/// them too; "no responders" there only means the control connection's own subscription has not
+/// reached this server yet, and the request is sent again.
 async fn confirm(client: &Client, echo: &str, what: &str) {
     if client.connection_state() != State::Connected {
         return;
     }
-    match tokio::time::timeout(CONFIRM_TIMEOUT, client.request(echo.to_string(), Bytes::new())).await {
+    let answered = tokio::time::timeout(CONFIRM_TIMEOUT, async {
+        loop {
+            match client.request(echo.to_string(), Bytes::new()).await {
+                Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                answer => return answer,
+            }
+        }
+    });
+    match answered.await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "{what} not confirmed by NATS"),
         Err(_) => tracing::warn!("{what} not confirmed by NATS in time"),
