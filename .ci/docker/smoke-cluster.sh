@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose); else COMPOSE=(docker-compose); fi
+source .ci/docker/lib.sh
 COMPOSE+=(-f docker-compose.cluster.yml)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+SMOKE="cluster smoke"
 
 export COMPOSE_PROJECT_NAME=midge-cluster-smoke
 export MIDGE_MGMT_SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -15,25 +15,6 @@ export MIDGE_MQTT_PORT_1=$(free_port) MIDGE_MQTT_PORT_2=$(free_port) MIDGE_MQTT_
 export MIDGE_API_PORT=$(free_port) MIDGE_DASHBOARD_PORT=$(free_port)
 API=http://127.0.0.1:$MIDGE_API_PORT/api/v2
 AUTH=admin:public
-passed=0
-work=$(mktemp -d)
-
-cleanup() {
-    jobs -p | xargs -r kill 2>/dev/null || true
-    "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "cluster smoke FAILED: $*"; "${COMPOSE[@]}" logs --tail 30 || true; echo "cluster smoke: $passed passed, 1 failed"; exit 1; }
-ok() { passed=$((passed + 1)); echo "ok - $*"; }
-wait_for() {
-    local deadline=$((SECONDS + $1)); shift
-    until "$@" >/dev/null 2>&1; do
-        [ $SECONDS -lt $deadline ] || return 1
-        sleep 0.5
-    done
-}
-healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$("${COMPOSE[@]}" ps -q "$1")")" = healthy ]; }
 # nodes_are LIST: management/nodes names exactly these nodes (comma-separated, sorted).
 nodes_are() {
     curl -s -m 5 -u "$AUTH" "$API/management/nodes" \

@@ -4,8 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose); else COMPOSE=(docker-compose); fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source .ci/docker/lib.sh
 
 export COMPOSE_PROJECT_NAME=midge-smoke
 export MIDGE_MGMT_SECRET=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -14,17 +13,6 @@ export MIDGE_WS_PORT=$(free_port) MIDGE_MQTTS_PORT=$(free_port) MIDGE_WSS_PORT=$
 NODE=midge@broker
 API=http://127.0.0.1:$MIDGE_API_PORT/api/v2
 AUTH=admin:public
-passed=0
-work=$(mktemp -d)
-
-cleanup() {
-    jobs -p | xargs -r kill 2>/dev/null || true
-    "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-fail() { echo "docker smoke FAILED: $*"; "${COMPOSE[@]}" logs --tail 40 || true; echo "docker smoke: $passed passed, 1 failed"; exit 1; }
-ok() { passed=$((passed + 1)); echo "ok - $*"; }
 
 # code GET|POST|... PATH [BODY]: prints the API's code field ("http" if HTTP itself failed).
 code() {
@@ -32,15 +20,6 @@ code() {
     out=$(curl -s -m 10 -u "$AUTH" -X "$1" "$API/$2" ${3:+-d "$3"}) || { echo http; return; }
     python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("code"))' "$out" 2>/dev/null || echo "bad:$out"
 }
-# wait_for SECONDS COMMAND...: retries until the command succeeds.
-wait_for() {
-    local deadline=$((SECONDS + $1)); shift
-    until "$@" >/dev/null 2>&1; do
-        [ $SECONDS -lt $deadline ] || return 1
-        sleep 0.5
-    done
-}
-healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$("${COMPOSE[@]}" ps -q "$1")")" = healthy ]; }
 node_known() { [ "$(code GET "management/nodes/$NODE")" = 0 ]; }
 
 # Certificates as an operator would mount them: TLS comes up because they are there.

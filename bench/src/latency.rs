@@ -105,7 +105,7 @@ impl Probe {
     async fn connect(target: &Target, index: usize, qos: QoS, rounds: usize, epoch: Instant) -> anyhow::Result<Probe> {
         let mut subscriber = Conn::connect(&target.endpoint, &format!("bench-lat-sub-{index}"), 300).await?;
         subscriber.subscribe("bench/latency/+", qos).await?;
-        let publisher = Conn::connect(&target.endpoint, &format!("bench-lat-pub-{index}"), 300).await?;
+        let publisher = Conn::connect(target.publish_endpoint(), &format!("bench-lat-pub-{index}"), 300).await?;
         let Conn { reader, writer, wbuf, .. } = publisher;
         drain_in_background(reader);
         let round = Arc::new(AtomicUsize::new(0));

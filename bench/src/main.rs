@@ -3,6 +3,7 @@
 
 mod api;
 mod certs;
+mod cluster;
 mod latency;
 mod mqtt;
 mod proc;
@@ -58,7 +59,7 @@ struct Cli {
     #[arg(long, default_value_t = 10_000)]
     restart_sessions: usize,
     /// Only these scenarios (fanin0, fanin1, fanout0, fanin1-persistent, restart, sessions, latency, idle, overload, tls,
-    /// ws, wss, api, and fanin0-v5, fanin1-v5, fanout0-v5, or mqtt5 for those three); all by default.
+    /// ws, wss, api, cluster, and fanin0-v5, fanin1-v5, fanout0-v5, or mqtt5 for those three); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Profiling: run each selected throughput scenario on Midge alone at this one rate, step after
@@ -128,7 +129,7 @@ impl Broker {
     }
 
     fn target(&self) -> Target {
-        Target { endpoint: Endpoint::tcp(self.addr), pid: self.child.id() }
+        Target { endpoint: Endpoint::tcp(self.addr), pid: self.child.id(), publish: None }
     }
 
     /// Its listener for `transport`, if it has one.
@@ -140,7 +141,7 @@ impl Broker {
             Transport::Wss(_) => self.wss,
         }?;
         let endpoint = Endpoint { transport: transport.clone(), ..Endpoint::tcp(addr) };
-        Some(Target { endpoint, pid: self.child.id() })
+        Some(Target { endpoint, pid: self.child.id(), publish: None })
     }
 }
 
@@ -196,8 +197,21 @@ fn start_rumqttd(binary: &PathBuf) -> anyhow::Result<Broker> {
 
 /// Midge, keeping nothing on disk unless given a directory for its store (default sync policy).
 fn start_midge(binary: &PathBuf, certs: &certs::Certs, store: Option<&std::path::Path>) -> anyhow::Result<Broker> {
+    start_midge_with(binary, certs, store, &[])
+}
+
+/// Midge with further flags (`--cluster`, `--node`).
+fn start_midge_with(
+    binary: &PathBuf,
+    certs: &certs::Certs,
+    store: Option<&std::path::Path>,
+    extra: &[&str],
+) -> anyhow::Result<Broker> {
     let (addr, tls, ws, wss) = (loopback()?, loopback()?, loopback()?, loopback()?);
     let mut launch = Launch::new(binary, false);
+    for arg in extra {
+        launch.arg(arg);
+    }
     // MIDGE_BENCH_WORKERS sets the broker's worker threads without touching the generator's.
     if let Ok(workers) = std::env::var("MIDGE_BENCH_WORKERS") {
         launch.env("TOKIO_WORKER_THREADS", &workers);
@@ -263,6 +277,18 @@ struct Row {
     note: String,
 }
 
+/// One publisher, a hundred subscribers on `bench/fanout/+`.
+fn fan_out() -> Load {
+    Load {
+        subscribers: 100,
+        filter: "bench/fanout/+",
+        publishers: 1,
+        prefix: "bench/fanout",
+        qos: QoS::AtMostOnce,
+        persistent: false,
+    }
+}
+
 /// Ten publishers on `bench/fanin/{i}`, one subscriber on the wildcard.
 fn fan_in(qos: QoS) -> Load {
     Load { subscribers: 1, filter: "bench/fanin/+", publishers: 10, prefix: "bench/fanin", qos, persistent: false }
@@ -302,14 +328,7 @@ async fn main() -> anyhow::Result<()> {
     let budget = Duration::from_secs(55);
     let mut rows = Vec::new();
 
-    let fan_out = Load {
-        subscribers: 100,
-        filter: "bench/fanout/+",
-        publishers: 1,
-        prefix: "bench/fanout",
-        qos: QoS::AtMostOnce,
-        persistent: false,
-    };
+    let fan_out = fan_out();
     let throughput = [
         ("fanin0", "fan-in QoS 0 (10 → 1, wildcard)", fan_in(QoS::AtMostOnce), 40_000.0),
         ("fanin1", "fan-in QoS 1 (10 → 1, wildcard)", fan_in(QoS::AtLeastOnce), 10_000.0),
@@ -641,6 +660,14 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
+    let mut across_rows = Vec::new();
+    if wanted("cluster") {
+        match cluster::Nats::start(free_port()?) {
+            Err(e) => eprintln!("cluster scenarios skipped: {e:#}"),
+            Ok(nats) => across_rows = across_nodes(&cli, &certs, &midge, &nats, budget).await?,
+        }
+    }
+
     drop(midge);
     drop(mosquitto);
     drop(rumqttd);
@@ -671,5 +698,66 @@ async fn main() -> anyhow::Result<()> {
     for row in rows.iter().filter(|r| !r.note.is_empty()) {
         println!("\n- {}: {}", row.scenario, row.note);
     }
+    if !across_rows.is_empty() {
+        cluster::print(&across_rows);
+    }
     Ok(())
+}
+
+/// Two Midge nodes clustered through `nats`, publishers on the first and subscribers on the second,
+/// against `single` alone: latency (interleaved rounds), fan-in and fan-out.
+async fn across_nodes(
+    cli: &Cli,
+    certs: &certs::Certs,
+    single: &Broker,
+    nats: &cluster::Nats,
+    budget: Duration,
+) -> anyhow::Result<Vec<cluster::Row>> {
+    let node = |name: &str| start_midge_with(&cli.midge, certs, None, &["--cluster", &nats.url, "--node", name]);
+    let (first, second) = (node("bench-a@127.0.0.1")?, node("bench-b@127.0.0.1")?);
+    // Each hears the other's heartbeats before anything is measured.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let across = Target { publish: Some(first.target().endpoint), ..second.target() };
+    let mut rows = Vec::new();
+    for (label, qos) in [("QoS 0", QoS::AtMostOnce), ("QoS 1", QoS::AtLeastOnce)] {
+        eprintln!("latency {label}, one node and across two: {} alternating rounds", cli.latency_rounds);
+        let targets = [single.target(), across.clone()];
+        let results =
+            latency::interleaved(&targets, qos, LATENCY_RATE, cli.latency_rounds.max(1), Duration::from_secs(1))
+                .await?;
+        for (quantile, p99) in [("p50", false), ("p99", true)] {
+            let value = |l: &latency::Latency| if p99 { l.p99_us } else { l.p50_us } as f64;
+            rows.push(cluster::Row {
+                scenario: format!("latency {label} {quantile} (1 → 1, {LATENCY_RATE} msg/s)"),
+                unit: "µs",
+                one_node: value(&results[0]),
+                across: value(&results[1]),
+                note: String::new(),
+            });
+        }
+    }
+    let fan_out = fan_out();
+    let loads = [
+        ("fan-in QoS 0 (10 → 1, wildcard)", fan_in(QoS::AtMostOnce), 40_000.0),
+        ("fan-in QoS 1 (10 → 1, wildcard)", fan_in(QoS::AtLeastOnce), 10_000.0),
+        ("fan-out QoS 0 (1 → 100)", fan_out, 300.0),
+    ];
+    for (name, load, start) in loads {
+        eprintln!("{name} on one node");
+        let alone = find_max(&single.target(), load, start, budget).await?;
+        eprintln!("{name} across two nodes");
+        let crossing = find_max(&across, load, start, budget).await?;
+        let note = match &crossing {
+            Some(step) => format!("across: p99 {} µs, subscribers' node {:.2} cores", step.p99_us, step.broker_cpu),
+            None => "across: no passing step".into(),
+        };
+        rows.push(cluster::Row {
+            scenario: name.into(),
+            unit: "deliveries/s",
+            one_node: rate_of(&alone),
+            across: rate_of(&crossing),
+            note,
+        });
+    }
+    Ok(rows)
 }

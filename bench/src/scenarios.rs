@@ -46,9 +46,18 @@ impl Step {
     }
 }
 
+#[derive(Clone)]
 pub struct Target {
     pub endpoint: Endpoint,
     pub pid: u32,
+    /// Where publishers connect, if not to `endpoint` (another node of a cluster).
+    pub publish: Option<Endpoint>,
+}
+
+impl Target {
+    pub fn publish_endpoint(&self) -> &Endpoint {
+        self.publish.as_ref().unwrap_or(&self.endpoint)
+    }
 }
 
 const STEP_TIME: Duration = Duration::from_secs(2);
@@ -175,7 +184,8 @@ async fn step(target: &Target, load: Load, rate: f64) -> anyhow::Result<Step> {
     }
     let mut pubs = Vec::new();
     for i in 0..publishers {
-        pubs.push((Conn::connect(&target.endpoint, &format!("bench-pub-{i}"), 300).await?, format!("{prefix}/{i}")));
+        let publisher = Conn::connect(target.publish_endpoint(), &format!("bench-pub-{i}"), 300).await?;
+        pubs.push((publisher, format!("{prefix}/{i}")));
     }
     let cpu_before = (proc::cpu_seconds(None), proc::cpu_seconds(Some(target.pid)));
     let wall = Instant::now();

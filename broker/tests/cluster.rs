@@ -471,32 +471,11 @@ async fn a_broken_connections_will_reaches_every_node_once() {
     b.stop().await;
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_midge-broker");
-
 /// The broker binary as node `name` of the cluster on `nats`, in memory; its child process and
 /// address.
 async fn node_process(nats: &Nats, name: &str) -> (Child, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--persistence", "false", "--cluster", &nats.url])
-        .args(["--node", &format!("{name}@127.0.0.1")])
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("listen=").nth(1) {
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-        panic!("broker exited before listening");
-    })
-    .await
-    .expect("broker listens in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    let node = format!("{name}@127.0.0.1");
+    spawn_binary(&["--persistence", "false", "--cluster", &nats.url, "--node", &node]).await
 }
 
 /// SIGKILL of a node: within 3 s every other node lists it gone, and the wills of its clients are

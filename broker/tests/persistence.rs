@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use helpers::*;
 use midge_broker::protocol::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_midge-broker");
@@ -106,29 +105,8 @@ async fn spawn(dir: &Path, sync: &str) -> (tokio::process::Child, std::net::Sock
 }
 
 async fn spawn_with(dir: &Path, sync: &str, args: &[&str]) -> (tokio::process::Child, std::net::SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--sync", sync])
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("listen=").nth(1) {
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-        panic!("broker exited before listening");
-    })
-    .await
-    .expect("broker listens in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    let dir = dir.to_str().unwrap();
+    spawn_binary(&[&["--sync", sync, "--data-dir", dir][..], args].concat()).await
 }
 
 /// SIGKILL at a random moment while retained QoS 1 messages flow: after each restart, every topic holds
