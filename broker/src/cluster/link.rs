@@ -3,9 +3,10 @@
 //! subjects each, see `subject.rs`), so that NATS sends it only what it wants.
 //!
 //! Four tasks, so that the router, which calls [`Link`] under its lock, never waits on the network:
-//! - `forward`: publishes each message the router hands over, in the order it was routed, with this
-//!   node's origin and a sequence number in its headers. The hand-over is bounded: while NATS is slow
-//!   or away, what does not fit is dropped and counted, and local traffic goes on.
+//! - `forward`: publishes the messages the router hands over, in the order they were routed, what
+//!   came at once for one topic as one NATS message (a batch, see `wire.rs`), with this node's origin
+//!   and a sequence number in its headers. The hand-over is bounded: while NATS is slow or away, what
+//!   does not fit is dropped and counted, and local traffic goes on.
 //! - `interest`: follows the router's route changes, subscribing and unsubscribing, and confirms
 //!   each batch of new routes by a round trip through the NATS server (a request this node's control
 //!   connection answers, sent after the subscriptions on the same connection): then the server has
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::{Client, ConnectOptions, HeaderMap, ServerAddr};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
@@ -44,6 +45,9 @@ const FORWARD_QUEUE: usize = 65_536;
 const INBOUND_QUEUE: usize = 65_536;
 const ORIGIN: &str = "Midge-Origin";
 const SEQ: &str = "Midge-Seq";
+/// A batch of messages for one subject is cut past this: NATS refuses messages over its
+/// `max_payload` (1 MB by default).
+const BATCH_BYTES: usize = 256 * 1024;
 /// How long a SUBACK waits for NATS to confirm a new route: past it (NATS away), it goes anyway.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -237,14 +241,29 @@ async fn forward(data: Client, mut messages: mpsc::Receiver<Arc<Message>>, origi
             batch.clear();
             continue;
         }
+        // One NATS message per subject (topic) in what came at once, in order within each, so the
+        // order per topic holds; a batch is cut where it would grow past BATCH_BYTES.
+        let mut bodies: Vec<(String, BytesMut)> = Vec::new();
+        let mut open: HashMap<String, usize> = HashMap::new();
         for message in batch.drain(..) {
+            let subject = subject::for_topic(message.topic_str());
+            let at = match open.get(&subject) {
+                Some(&at) if bodies[at].1.len() + message.payload.len() < BATCH_BYTES => at,
+                _ => {
+                    bodies.push((subject.clone(), BytesMut::new()));
+                    open.insert(subject, bodies.len() - 1);
+                    bodies.len() - 1
+                }
+            };
+            wire::push_to_batch(&mut bodies[at].1, &message);
+        }
+        for (subject, body) in bodies {
             seq += 1;
             let mut headers = HeaderMap::new();
             headers.insert(ORIGIN, origin.as_str());
             headers.insert(SEQ, seq.to_string());
-            let body = wire::encode_message(&message);
-            if let Err(e) = data.publish_with_headers(subject::for_topic(message.topic_str()), headers, body).await {
-                tracing::debug!(error = %e, "message not forwarded");
+            if let Err(e) = data.publish_with_headers(subject, headers, body.freeze()).await {
+                tracing::debug!(error = %e, "messages not forwarded");
             }
         }
     }
@@ -408,19 +427,19 @@ async fn inbound(mut arrivals: mpsc::Receiver<Arrival>, origin: String, router: 
             if group.is_none() && (from.as_str() == origin || !dedupe.first_time(from.as_str(), seq)) {
                 continue;
             }
-            let decoded = match wire::decode_message(&message.payload) {
-                Ok(decoded) => Arc::new(decoded),
+            let decoded = match wire::decode_batch(&message.payload) {
+                Ok(decoded) => decoded.into_iter().map(Arc::new),
                 Err(e) => {
-                    tracing::warn!(from = %from.as_str(), error = %e, "a message from another node could not be read");
+                    tracing::warn!(from = %from.as_str(), error = %e, "messages from another node could not be read");
                     continue;
                 }
             };
             match group {
                 Some(route) => {
                     router.publish_remote(&mut routed);
-                    router.publish_to_group(&route, &mut vec![decoded]);
+                    router.publish_to_group(&route, &mut decoded.collect());
                 }
-                None => routed.push(decoded),
+                None => routed.extend(decoded),
             }
         }
         router.publish_remote(&mut routed);

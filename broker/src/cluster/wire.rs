@@ -1,9 +1,11 @@
-//! A message between nodes: the MQTT 5 PUBLISH that carries it (our own codec writes and reads it,
-//! properties and all), its expiry interval set to the time it has left.
+//! Messages between nodes: each the MQTT 5 PUBLISH that carries it (our own codec writes and reads
+//! it, properties and all), its expiry interval set to the time it has left. One NATS message carries
+//! a batch of them, all of one subject, each behind its length (u32): under load the per-message cost
+//! of NATS (client, server, subscription) is paid once per batch.
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::protocol::{decode_stored_publish, encode, Packet, Protocol, Publish};
 use crate::session::{Delivery, Message};
@@ -19,6 +21,31 @@ pub fn encode_message(message: &Arc<Message>) -> Bytes {
 pub fn decode_message(body: &[u8]) -> Result<Message, String> {
     let Publish { topic, payload, qos, retain, properties, .. } = decode_stored_publish(body)?;
     Ok(Message::with_properties(topic, payload, qos, retain, properties, 0))
+}
+
+/// Appends `message` to a batch's body.
+pub fn push_to_batch(body: &mut BytesMut, message: &Arc<Message>) {
+    let encoded = encode_message(message);
+    body.put_u32(encoded.len() as u32);
+    body.put_slice(&encoded);
+}
+
+/// The messages of a batch, in order.
+pub fn decode_batch(mut body: &[u8]) -> Result<Vec<Message>, String> {
+    let mut messages = Vec::new();
+    while !body.is_empty() {
+        if body.len() < 4 {
+            return Err("a batch, truncated".into());
+        }
+        let len = body.get_u32() as usize;
+        if body.len() < len {
+            return Err("a batch, truncated".into());
+        }
+        let (encoded, rest) = body.split_at(len);
+        messages.push(decode_message(encoded)?);
+        body = rest;
+    }
+    Ok(messages)
 }
 
 #[cfg(test)]
@@ -53,5 +80,19 @@ mod tests {
         assert!(left > Duration::from_secs(58) && left <= Duration::from_secs(60), "{left:?}");
         assert_eq!(got.origin, 0, "no connection of this node published it");
         assert!(decode_message(b"\x30\x05ab").is_err());
+    }
+
+    #[test]
+    fn a_batch_reads_back_in_order() {
+        let message =
+            |n: u8| Arc::new(Message::new(Bytes::from_static(b"t"), Bytes::from(vec![n]), QoS::AtMostOnce, false));
+        let mut body = BytesMut::new();
+        for n in 1..=3 {
+            push_to_batch(&mut body, &message(n));
+        }
+        let got: Vec<u8> = decode_batch(&body).unwrap().iter().map(|m| m.payload[0]).collect();
+        assert_eq!(got, [1, 2, 3]);
+        assert!(decode_batch(&body[..body.len() - 1]).is_err());
+        assert!(decode_batch(b"").unwrap().is_empty());
     }
 }
