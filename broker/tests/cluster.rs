@@ -840,3 +840,49 @@ async fn a_burst_crosses_whole_and_in_order_per_topic() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A node that was down while one of the sessions on its disk moved to another node gives that
+/// session up when it comes back, rather than keep a second copy with its routes.
+#[tokio::test]
+async fn a_node_back_from_a_stop_gives_up_the_sessions_that_moved() {
+    use midge_shared::control::{Request, SessionRow};
+    let nats = nats().await;
+    let dir_a = TempDir(tempdir());
+    let kept = |dir: &TempDir| Config {
+        node: "a@127.0.0.1".into(),
+        cluster: vec![nats.url.clone()],
+        persistence: true,
+        data_dir: dir.0.clone(),
+        ..mgmt_config()
+    };
+    let (a, b) = (start(kept(&dir_a)).await, node(&nats, "b").await);
+    let (mut wanderer, _) = Raw::connect(a.addr, connect_packet("wanderer", false)).await;
+    wanderer.subscribe(1, &[("wander/#", QoS::AtLeastOnce)]).await;
+    wanderer.disconnect().await;
+    let (mut stayer, _) = Raw::connect(a.addr, connect_packet("stayer", false)).await;
+    stayer.subscribe(1, &[("stay/#", QoS::AtLeastOnce)]).await;
+    stayer.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.stop().await;
+    // Resumed on b from its record while a is down.
+    let (_wanderer, present) = Raw::connect(b.addr, connect_packet("wanderer", false)).await;
+    assert!(present);
+
+    let a = start(kept(&dir_a)).await;
+    let mut on_a = Mgmt::connect(a.addr, "a@127.0.0.1").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let rows: Vec<SessionRow> = on_a.ok(Request::GetSession { client_id: "wanderer".into() }).await;
+        if rows.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "a still has the session that moved");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rows: Vec<SessionRow> = on_a.ok(Request::GetSession { client_id: "stayer".into() }).await;
+    assert_eq!(rows.len(), 1, "a keeps what is still its own");
+    nats.wait_for_routes(&["midge.m.stay", "midge.m.stay.>", "midge.m.wander", "midge.m.wander.>"], "one copy each")
+        .await;
+    a.stop().await;
+    b.stop().await;
+}

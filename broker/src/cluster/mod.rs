@@ -63,6 +63,7 @@ pub enum Cluster {
         wills: Arc<Wills>,
         records: Arc<Records>,
         control: Client,
+        data: Client,
     },
 }
 
@@ -105,14 +106,24 @@ impl Joining {
             shutdown.cancelled().await;
             answering.abort();
         });
+        let data = joined.data.clone();
         let records = Records::start(joined.data.clone(), joined.sessions);
-        let wills = Wills::start(joined.data, node, joined.incarnation, router);
+        let wills = Wills::start(joined.data, node, joined.incarnation, router.clone());
         let control = joined.control.clone();
         let members = Members::start(joined.control, node, joined.incarnation, wills.clone()).await?;
-        // Restarted under its old name, this node fires what its clients of before left behind.
+        // Restarted under its old name, this node fires what its clients of before left behind, and
+        // gives up the kept sessions that moved to other nodes while it was down.
         let own = wills.clone();
         tokio::spawn(async move { own.fire_own_left_behind().await });
-        Ok(Cluster::Nats { link: self.link, registry: joined.registry, members, wills, records, control })
+        let (registry, restored) = (joined.registry.clone(), router.clone());
+        tokio::spawn(async move {
+            match registry.reconcile(&restored).await {
+                Ok(0) => {}
+                Ok(dropped) => tracing::info!(dropped, "kept sessions taken up by other nodes meanwhile dropped here"),
+                Err(e) => tracing::warn!(error = %e, "kept sessions not checked against the cluster's registry"),
+            }
+        });
+        Ok(Cluster::Nats { link: self.link, registry: joined.registry, members, wills, records, control, data })
     }
 }
 
@@ -229,9 +240,13 @@ impl Cluster {
     /// Leaves the cluster in good order, once every connection is closed: the wills kept for this
     /// node's clients are cleared, and the others are told at once rather than left to notice.
     pub async fn leave(&self) {
-        if let Cluster::Nats { wills, members, .. } = self {
+        if let Cluster::Nats { wills, members, control, data, .. } = self {
             wills.flush().await;
             members.leave().await;
+            // Its subscriptions go with it at once (the process may live on: in tests, or embedded).
+            for client in [data, control] {
+                let _ = client.drain().await;
+            }
         }
     }
 

@@ -216,6 +216,42 @@ impl Registry {
         }))
     }
 
+    /// After a restart: the sessions this node kept on disk are its own only where the registry still
+    /// says so (or says nothing: they are claimed again). One another node took while this one was down
+    /// goes on there, and is dropped here. Returns how many were dropped.
+    pub async fn reconcile(&self, router: &RouterHandle) -> Result<usize, ClusterError> {
+        let store = self.store().await?;
+        let mut dropped = 0;
+        for client_id in router.parked_ids() {
+            let key = key(&client_id);
+            let holder = match store.entry(&key).await.map_err(nats)? {
+                Some(entry) if entry.operation == Operation::Put => Some((entry.value, entry.revision)),
+                _ => None,
+            };
+            match holder {
+                Some((holder, revision)) if holder == self.node.as_bytes() => {
+                    self.lock().insert(client_id, revision);
+                }
+                Some(_) => {
+                    router.taken_over_elsewhere(&client_id);
+                    dropped += 1;
+                }
+                None => match store.create(&key, Bytes::from(self.node.clone())).await {
+                    Ok(revision) => {
+                        self.lock().insert(client_id, revision);
+                    }
+                    // Taken meanwhile by a connect elsewhere: its node has it now.
+                    Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                        router.taken_over_elsewhere(&client_id);
+                        dropped += 1;
+                    }
+                    Err(e) => return Err(nats(e)),
+                },
+            }
+        }
+        Ok(dropped)
+    }
+
     /// Ends the client's connection here, if it is online, and gives up its kept session, encoded
     /// for the node that asked.
     async fn hand_over(&self, router: &RouterHandle, client_id: &str) -> Option<Bytes> {

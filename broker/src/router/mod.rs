@@ -228,6 +228,11 @@ impl RouterHandle {
         found
     }
 
+    /// The client ids of the kept sessions parked here (restored from the store, or away).
+    pub fn parked_ids(&self) -> Vec<ClientId> {
+        lock(&self.router).parked_ids()
+    }
+
     /// Ends the client's connection here as taken over by another node; false if it is not online.
     /// Its session parks as the connection ends, for [`RouterHandle::hand_over`].
     pub fn end_taken_over(&self, client_id: &str) -> bool {

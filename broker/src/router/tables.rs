@@ -218,6 +218,11 @@ impl Router {
         }
     }
 
+    pub(super) fn parked_ids(&self) -> Vec<ClientId> {
+        let parked = self.clients.iter().filter(|(_, c)| !c.meta.hidden && matches!(c.presence, Presence::Offline(..)));
+        parked.map(|(id, _)| id.clone()).collect()
+    }
+
     /// Drops the parked session of a client that another node of the cluster has now (its session goes
     /// on there), with its delayed will; false if none is parked here.
     pub(super) fn discard_parked(&mut self, client_id: &str) -> bool {
