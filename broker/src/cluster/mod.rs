@@ -56,15 +56,18 @@ pub enum ClusterError {
 #[derive(Clone)]
 pub enum Cluster {
     Standalone,
-    Nats {
-        link: Arc<Link>,
-        registry: Arc<Registry>,
-        members: Arc<Members>,
-        wills: Arc<Wills>,
-        records: Arc<Records>,
-        control: Client,
-        data: Client,
-    },
+    Nats(Arc<Clustered>),
+}
+
+/// A clustered node's side of the cluster, once it has joined.
+pub struct Clustered {
+    link: Arc<Link>,
+    registry: Arc<Registry>,
+    members: Arc<Members>,
+    wills: Arc<Wills>,
+    records: Arc<Records>,
+    control: Client,
+    data: Client,
 }
 
 /// A client id this node holds cluster-wide, as a connection keeps it to give it back (0: none).
@@ -123,20 +126,28 @@ impl Joining {
                 Err(e) => tracing::warn!(error = %e, "kept sessions not checked against the cluster's registry"),
             }
         });
-        Ok(Cluster::Nats { link: self.link, registry: joined.registry, members, wills, records, control, data })
+        Ok(Cluster::Nats(Arc::new(Clustered {
+            link: self.link,
+            registry: joined.registry,
+            members,
+            wills,
+            records,
+            control,
+            data,
+        })))
     }
 }
 
 impl Cluster {
     pub fn is_clustered(&self) -> bool {
-        matches!(self, Cluster::Nats { .. })
+        matches!(self, Cluster::Nats(_))
     }
 
     /// Returns once the routes this node added so far are known cluster-wide, so that a message
     /// published on another node after a SUBACK reaches its subscriber. At once for a single node.
     pub async fn routes_known(&self) {
-        if let Cluster::Nats { link, .. } = self {
-            link.routes_known().await;
+        if let Cluster::Nats(joined) = self {
+            joined.link.routes_known().await;
         }
     }
 
@@ -149,7 +160,8 @@ impl Cluster {
         resume: bool,
         router: &RouterHandle,
     ) -> Result<Claim, ClusterError> {
-        let Cluster::Nats { registry, records, link, .. } = self else { return Ok(Claim::default()) };
+        let Cluster::Nats(joined) = self else { return Ok(Claim::default()) };
+        let Clustered { registry, records, link, .. } = &**joined;
         let claimed = registry.claim(client_id, resume).await?;
         match (claimed.session, claimed.from_silent_node, resume) {
             (Some(session), _, _) => match handover::decode(client_id, &session) {
@@ -175,15 +187,15 @@ impl Cluster {
 
     /// A connection here ended as taken over by another node: its parked session goes there.
     pub fn taken_over(&self, router: &RouterHandle, client_id: &str) {
-        if let Cluster::Nats { registry, .. } = self {
-            registry.taken_over(router, client_id);
+        if let Cluster::Nats(joined) = self {
+            joined.registry.taken_over(router, client_id);
         }
     }
 
     /// Whether `claim` still stands: asked to let go while the connect was under way, this node lost it.
     pub fn holds(&self, client_id: &str, claim: Claim) -> bool {
         match self {
-            Cluster::Nats { registry, .. } if claim.0 > 0 => registry.holds(client_id, claim.0),
+            Cluster::Nats(joined) if claim.0 > 0 => joined.registry.holds(client_id, claim.0),
             _ => true,
         }
     }
@@ -192,7 +204,7 @@ impl Cluster {
     pub fn nodes(&self) -> Option<watch::Receiver<Vec<String>>> {
         match self {
             Cluster::Standalone => None,
-            Cluster::Nats { members, .. } => Some(members.watch()),
+            Cluster::Nats(joined) => Some(joined.members.watch()),
         }
     }
 
@@ -200,7 +212,7 @@ impl Cluster {
     pub fn others(&self) -> Vec<String> {
         match self {
             Cluster::Standalone => Vec::new(),
-            Cluster::Nats { members, .. } => members.others(),
+            Cluster::Nats(joined) => joined.members.others(),
         }
     }
 
@@ -209,18 +221,18 @@ impl Cluster {
     pub async fn ask(&self, node: &str, payload: Bytes) -> Result<Bytes, ClusterError> {
         match self {
             Cluster::Standalone => Err(ClusterError::Nats("this node is not clustered".into())),
-            Cluster::Nats { members, .. } if !members.is_alive(node) => {
+            Cluster::Nats(joined) if !joined.members.is_alive(node) => {
                 Err(ClusterError::Nats(format!("node {node} is not in the cluster")))
             }
-            Cluster::Nats { control, .. } => relay::ask(control, node, payload).await,
+            Cluster::Nats(joined) => relay::ask(&joined.control, node, payload).await,
         }
     }
 
     /// Keeps the will of a client connected on connection `conn` where the other nodes find it if
     /// this one dies.
     pub fn keep_will(&self, client_id: &ClientId, conn: u64, will: &Arc<Message>) {
-        if let Cluster::Nats { wills, .. } = self {
-            wills.keep(client_id.clone(), conn, will.clone());
+        if let Cluster::Nats(joined) = self {
+            joined.wills.keep(client_id.clone(), conn, will.clone());
         }
     }
 
@@ -230,8 +242,8 @@ impl Cluster {
     pub fn end_will(&self, client_id: &ClientId, conn: u64, will: Option<Arc<Message>>) -> Option<Arc<Message>> {
         match self {
             Cluster::Standalone => will,
-            Cluster::Nats { wills, .. } => {
-                wills.end(client_id.clone(), conn, will);
+            Cluster::Nats(joined) => {
+                joined.wills.end(client_id.clone(), conn, will);
                 None
             }
         }
@@ -240,11 +252,11 @@ impl Cluster {
     /// Leaves the cluster in good order, once every connection is closed: the wills kept for this
     /// node's clients are cleared, and the others are told at once rather than left to notice.
     pub async fn leave(&self) {
-        if let Cluster::Nats { wills, members, control, data, .. } = self {
-            wills.flush().await;
-            members.leave().await;
+        if let Cluster::Nats(joined) = self {
+            joined.wills.flush().await;
+            joined.members.leave().await;
             // Its subscriptions go with it at once (the process may live on: in tests, or embedded).
-            for client in [data, control] {
+            for client in [&joined.data, &joined.control] {
                 let _ = client.drain().await;
             }
         }
@@ -252,8 +264,8 @@ impl Cluster {
 
     /// Gives `client_id` up: its session has ended on this node.
     pub async fn release(&self, client_id: &str, claim: Claim) {
-        if let (Cluster::Nats { registry, .. }, true) = (self, claim.0 > 0) {
-            registry.release(client_id, claim.0).await;
+        if let (Cluster::Nats(joined), true) = (self, claim.0 > 0) {
+            joined.registry.release(client_id, claim.0).await;
         }
     }
 }
