@@ -831,7 +831,6 @@ impl ClientConnection {
         self.info.username.clone().unwrap_or_else(|| "undefined".into())
     }
 
-    /// The sidecar's own connection, which users never see: no listing, no metric, no event.
     /// The will as it is published, if the ACL lets this client publish on its topic.
     fn will_message(&mut self, will: &LastWill) -> Option<Arc<Message>> {
         if self.check_publish(&will.topic) != Decision::Allow {
@@ -842,6 +841,7 @@ impl ClientConnection {
         Some(Arc::new(Message::with_properties(topic, payload, will.qos, will.retain, properties, self.conn_id)))
     }
 
+    /// The sidecar's own connection, which users never see: no listing, no metric, no event.
     fn hidden(&self) -> bool {
         self.principal == Principal::Management
     }
