@@ -7,128 +7,13 @@
 mod helpers;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
+use helpers::nats::{nats, Nats, TempDir};
 use helpers::*;
 use midge_broker::config::ClusterOutage;
 use midge_broker::protocol::*;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
-
-/// A nats-server of the test's own, with JetStream, on free ports (client and monitoring), killed
-/// when dropped.
-struct Nats {
-    child: Child,
-    store: TempDir,
-    url: String,
-    monitor: SocketAddr,
-}
-
-async fn nats() -> Nats {
-    let store = TempDir(tempdir());
-    let (child, url, monitor) = nats_server(&store, "-1", "-1").await;
-    Nats { child, store, url, monitor }
-}
-
-/// Starts nats-server on `port` and `monitor_port` (`-1`: any free one); where it listens.
-async fn nats_server(store: &TempDir, port: &str, monitor_port: &str) -> (Child, String, SocketAddr) {
-    let mut child = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", port, "-m", monitor_port, "-js", "-sd"])
-        .arg(&store.0)
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("nats-server installed (Debian's nats-server package; .ci/run installs it)");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut url, mut monitor) = (None, None);
-    let found = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let port = || line.rsplit(':').next().unwrap().trim().parse::<u16>().unwrap();
-            if line.contains("Listening for client connections on") {
-                url = Some(format!("nats://127.0.0.1:{}", port()));
-            } else if line.contains("Starting http monitor on") {
-                monitor = Some(SocketAddr::from(([127, 0, 0, 1], port())));
-            }
-            if url.is_some() && monitor.is_some() {
-                break;
-            }
-        }
-    })
-    .await;
-    assert!(found.is_ok(), "nats-server did not say where it listens");
-    // Keep reading its log, so that it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, url.unwrap(), monitor.unwrap())
-}
-
-impl Nats {
-    async fn kill(&mut self) {
-        self.child.start_kill().unwrap();
-        let _ = self.child.wait().await;
-    }
-
-    /// A new server on the same ports and store, after `kill`.
-    async fn restart(&mut self) {
-        let port = self.url.rsplit(':').next().unwrap().to_string();
-        let (child, _, _) = nats_server(&self.store, &port, &self.monitor.port().to_string()).await;
-        self.child = child;
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.id().unwrap().to_string();
-        assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
-    }
-}
-
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Nats {
-    /// Waits (a few seconds at most) until the server's subjects for routes are `want`.
-    async fn wait_for_routes(&self, want: &[&str], what: &str) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let routes = self.routes().await;
-            if routes == want {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{what}: still {routes:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The subjects of routes (MQTT filters) among `subjects`.
-    async fn routes(&self) -> Vec<String> {
-        self.subjects().await.into_iter().filter(|s| s.starts_with("midge.m.")).collect()
-    }
-
-    /// The subjects this server's clients are subscribed to, from its monitoring endpoint.
-    async fn subjects(&self) -> Vec<String> {
-        let mut stream = tokio::net::TcpStream::connect(self.monitor).await.unwrap();
-        stream.write_all(b"GET /connz?subs=1 HTTP/1.0\r\nHost: nats\r\n\r\n").await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let body = response.split_once("\r\n\r\n").unwrap().1;
-        let connz: serde_json::Value = serde_json::from_str(body).unwrap();
-        let mut subjects: Vec<String> = connz["connections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|c| c["subscriptions_list"].as_array().cloned().unwrap_or_default())
-            .filter_map(|s| s.as_str().map(str::to_string))
-            // A client's inbox for the answers to its requests.
-            .filter(|s| !s.starts_with("_INBOX."))
-            .collect();
-        subjects.sort();
-        subjects
-    }
-}
+use tokio::process::Child;
 
 async fn node(nats: &Nats, name: &str) -> TestBroker {
     start(Config { node: format!("{name}@127.0.0.1"), cluster: vec![nats.url.clone()], ..config() }).await

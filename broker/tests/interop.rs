@@ -4,6 +4,7 @@
 
 mod helpers;
 
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -35,7 +36,12 @@ async fn next_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildS
 #[tokio::test]
 async fn mosquitto_clients_v31_and_v311() {
     let broker = start_default().await;
-    let port = broker.addr.port().to_string();
+    check_mosquitto_clients_v31_and_v311(broker.addr).await;
+    broker.stop().await;
+}
+
+async fn check_mosquitto_clients_v31_and_v311(addr: SocketAddr) {
+    let port = addr.port().to_string();
     for version in ["mqttv311", "mqttv31"] {
         let topic = format!("interop/{version}");
         let mut publish = tool("mosquitto_pub");
@@ -58,19 +64,22 @@ async fn mosquitto_clients_v31_and_v311() {
         let status = tokio::time::timeout(TOOL_WAIT, child.wait()).await.unwrap().unwrap();
         assert!(status.success());
     }
-    broker.stop().await;
 }
 
 #[tokio::test]
 async fn paho_mqtt_v31_and_v311() {
     let broker = start_default().await;
+    check_paho_mqtt_v31_and_v311(broker.addr).await;
+    broker.stop().await;
+}
+
+async fn check_paho_mqtt_v31_and_v311(addr: SocketAddr) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/paho_roundtrip.py");
     let mut python = tool("python3");
-    python.arg(script).arg(broker.addr.port().to_string());
+    python.arg(script).arg(addr.port().to_string());
     let out = run(python).await;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines, vec!["v311 paho/v311 from-v311 2", "v31 paho/v31 from-v31 2"]);
-    broker.stop().await;
 }
 
 /// paho-mqtt at MQTT 5: no-local, a subscription identifier, properties and a topic alias passed
@@ -78,9 +87,14 @@ async fn paho_mqtt_v31_and_v311() {
 #[tokio::test]
 async fn paho_mqtt_v5() {
     let broker = start_default().await;
+    check_paho_mqtt_v5(broker.addr).await;
+    broker.stop().await;
+}
+
+async fn check_paho_mqtt_v5(addr: SocketAddr) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/paho_v5.py");
     let mut python = tool("python3");
-    python.arg(script).arg(broker.addr.port().to_string());
+    python.arg(script).arg(addr.port().to_string());
     let out = run(python).await;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
@@ -93,7 +107,6 @@ async fn paho_mqtt_v5() {
             "paho5-keeper kept/while-away queued qos=1 user=[] ids=[] content=None",
         ]
     );
-    broker.stop().await;
 }
 
 /// Mosquitto's tools at MQTT 5: properties set with `-D` arrive, printed by `-F`, with the subscription
@@ -101,7 +114,12 @@ async fn paho_mqtt_v5() {
 #[tokio::test]
 async fn mosquitto_clients_v5() {
     let broker = start_default().await;
-    let port = broker.addr.port().to_string();
+    check_mosquitto_clients_v5(broker.addr).await;
+    broker.stop().await;
+}
+
+async fn check_mosquitto_clients_v5(addr: SocketAddr) {
+    let port = addr.port().to_string();
     let mut retained = tool("mosquitto_pub");
     retained.args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv5", "-r", "-t", "m5/old", "-m", "retained"]);
     run(retained).await;
@@ -127,7 +145,6 @@ async fn mosquitto_clients_v5() {
     assert_eq!(line, "m5/new live r=0 ct=text/x exp=300 user=k:v id=9 rt=r/t");
     let status = tokio::time::timeout(TOOL_WAIT, child.wait()).await.unwrap().unwrap();
     assert!(status.success());
-    broker.stop().await;
 }
 
 /// paho's `connect(); subscribe(); publish(); loop_start()` writes SUBSCRIBE and PUBLISH before it reads
@@ -135,11 +152,15 @@ async fn mosquitto_clients_v5() {
 #[tokio::test]
 async fn paho_mqtt_pipelining_behind_connect() {
     let broker = start_default().await;
+    check_paho_mqtt_pipelining_behind_connect(broker.addr).await;
+    broker.stop().await;
+}
+
+async fn check_paho_mqtt_pipelining_behind_connect(addr: SocketAddr) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/paho_pipelined.py");
     let mut python = tool("python3");
-    python.arg(script).arg(broker.addr.port().to_string());
+    python.arg(script).arg(addr.port().to_string());
     assert_eq!(run(python).await, "pipelined/paho right-behind-connect 1\n");
-    broker.stop().await;
 }
 
 /// Mosquitto's clients over TLS: `--cafile` against the server certificate, `--cert/--key` where the
@@ -245,4 +266,25 @@ async fn paho_mqtt_over_websocket_and_secure_websocket() {
     python.arg(&pki.ca);
     assert_eq!(run(python).await, "paho/transport over-ws 1\n");
     broker.stop().await;
+}
+
+/// The same clients against the nodes of a cluster of two (through a real nats-server): their traffic
+/// takes the cluster's paths (client ids claimed cluster-wide, routes confirmed in NATS, retained
+/// messages kept in JetStream, sessions recorded), and they see a broker as they do on one node.
+#[tokio::test]
+async fn the_same_clients_against_clustered_nodes() {
+    let nats = helpers::nats::nats().await;
+    let node = |name: &str| Config { node: format!("{name}@127.0.0.1"), cluster: vec![nats.url.clone()], ..config() };
+    let (a, b) = (start(node("a")).await, start(node("b")).await);
+    // Each on both nodes, the second time after the first left its traces (retained messages, kept
+    // sessions) on the other.
+    for (first, second) in [(a.addr, b.addr), (b.addr, a.addr)] {
+        check_mosquitto_clients_v31_and_v311(first).await;
+        check_paho_mqtt_v31_and_v311(second).await;
+        check_paho_mqtt_v5(first).await;
+        check_mosquitto_clients_v5(second).await;
+        check_paho_mqtt_pipelining_behind_connect(first).await;
+    }
+    a.stop().await;
+    b.stop().await;
 }

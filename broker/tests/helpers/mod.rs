@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use midge_broker::protocol::{self, *};
 use midge_broker::Broker;
+pub mod nats;
 pub mod pki;
 pub mod ws;
 
