@@ -771,3 +771,28 @@ async fn a_node_back_from_a_stop_gives_up_the_sessions_that_moved() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The expiry of a session taken up from its dead node's record still counts from when its client
+/// left: past it, the client starts afresh.
+#[tokio::test]
+async fn a_session_that_expired_while_its_node_was_gone_is_not_taken_up() {
+    let nats = nats().await;
+    let a = node(&nats, "a").await;
+    let (mut killed, c) = node_process(&nats, "c").await;
+    let brief = |clean_start: bool| {
+        let mut connect = connect_packet("brief", clean_start);
+        connect.protocol = Protocol::V5;
+        connect.properties.session_expiry_interval = Some(1);
+        connect
+    };
+    let (mut client, _) = Raw::connect(c, brief(false)).await;
+    client.subscribe(1, &[("brief/#", QoS::AtLeastOnce)]).await;
+    client.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    killed.start_kill().unwrap();
+    let _ = killed.wait().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_client, present) = Raw::connect(a.addr, brief(false)).await;
+    assert!(!present, "expired while its node was gone");
+    a.stop().await;
+}

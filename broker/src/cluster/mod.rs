@@ -171,11 +171,12 @@ impl Cluster {
                 }
             },
             // Its node is gone: the session comes back from its record, without what was queued there.
-            (None, true, true) => {
-                if let Some(record) = records.find(client_id).await.filter(|record| !record.expired()) {
-                    router.adopt(record, Handover::default());
-                }
-            }
+            (None, true, true) => match records.find(client_id).await {
+                Some(record) if !record.expired() => router.adopt(record, Handover::default()),
+                // Expired while its node was gone: the client starts afresh, and the record goes.
+                Some(_) => records.discard(client_id).await,
+                None => {}
+            },
             (None, true, false) => records.discard(client_id).await,
             (None, false, _) => {}
         }
