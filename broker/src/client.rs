@@ -436,7 +436,12 @@ async fn accept(
     if let (true, Some(will)) = (ctx.cluster.is_clustered(), conn.will.clone()) {
         // Should this node die, another fires it.
         if let Some(message) = conn.will_message(&will) {
-            ctx.cluster.keep_will(&conn.client_id, conn.conn_id, &message);
+            ctx.cluster.keep_will(
+                &conn.client_id,
+                conn.conn_id,
+                &message,
+                Duration::from_secs(will.delay_interval.into()),
+            );
         }
     }
     if ctx.plugins.presence_enabled() && !conn.hidden() {
@@ -764,10 +769,12 @@ impl ClientConnection {
             let cluster = &self.ctx.cluster;
             match (message, will.delay_interval) {
                 // The router holds it until the delay passes or the session ends, and drops it if the
-                // client resumes the session first; other nodes have no copy to fire meanwhile.
+                // client resumes the session first; other nodes keep a copy, due then, in case this
+                // node dies meanwhile.
                 (Some(message), delay) if delay > 0 => {
-                    cluster.end_will(&self.client_id, self.conn_id, None);
-                    self.ctx.router.will_after(self.client_id.clone(), message, Duration::from_secs(delay.into()))
+                    let delay = Duration::from_secs(delay.into());
+                    cluster.defer_will(&self.client_id, self.conn_id, &message, delay);
+                    self.ctx.router.will_after(self.client_id.clone(), message, delay)
                 }
                 (message, _) => {
                     if let Some(message) = cluster.end_will(&self.client_id, self.conn_id, message) {

@@ -796,3 +796,42 @@ async fn a_session_that_expired_while_its_node_was_gone_is_not_taken_up() {
     assert!(!present, "expired while its node was gone");
     a.stop().await;
 }
+
+/// MQTT 5 wills with a delay, of clients of a node that is SIGKILLed: one goes out once, after its
+/// delay and not before; one whose client resumes its session on another node within the delay
+/// never does.
+#[tokio::test]
+async fn delayed_wills_of_a_dead_node_wait_out_their_delay_or_are_voided() {
+    let nats = nats().await;
+    let a = node(&nats, "a").await;
+    let (mut killed, c) = node_process(&nats, "c").await;
+    let delayed = |client_id: &str, delay: u32| {
+        let mut connect = connect_packet(client_id, false);
+        connect.protocol = Protocol::V5;
+        connect.properties.session_expiry_interval = Some(60);
+        let mut will = LastWill::new(format!("wills/{client_id}"), bytes::Bytes::from("gone"), QoS::AtLeastOnce, false);
+        will.delay_interval = delay;
+        connect.will = Some(will);
+        connect
+    };
+    let mut watcher = Raw::connected(a.addr, "watcher").await;
+    watcher.subscribe(1, &[("wills/#", QoS::AtLeastOnce)]).await;
+    let _late = Raw::connect(c, delayed("late", 4)).await;
+    let _back = Raw::connect(c, delayed("back", 4)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    killed.start_kill().unwrap();
+    let _ = killed.wait().await;
+    let killed_at = std::time::Instant::now();
+    // "back" resumes on a within its delay: its will is void.
+    let (_resumed, present) = Raw::connect(a.addr, delayed("back", 4)).await;
+    assert!(present);
+    let Ok(Some(Packet::Publish(got))) = watcher.recv_within(Duration::from_secs(8)).await else {
+        panic!("no will within 8 s")
+    };
+    let waited = killed_at.elapsed();
+    assert_eq!(got.topic_str(), "wills/late");
+    assert!(waited >= Duration::from_millis(3500), "the will waited out its delay: {waited:?}");
+    watcher.send(&Packet::Puback(Ack::new(got.pkid))).await;
+    watcher.expect_silence(Duration::from_secs(2)).await;
+    a.stop().await;
+}

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dedupe::Dedupe;
 use super::registry::Registry;
-use super::{records, retained, subject, wire, ClusterError};
+use super::{records, retained, subject, wills, wire, ClusterError};
 use crate::metrics::{Metric, Metrics};
 use crate::protocol::topic;
 use crate::router::{RouterHandle, Uplink};
@@ -73,6 +73,8 @@ pub struct Link {
     sessions: mpsc::UnboundedSender<records::Change>,
     /// Retained messages published here, for `retained.rs` to keep cluster-wide.
     retained: mpsc::Sender<Arc<Message>>,
+    /// Delayed wills the router settled, for `wills.rs`.
+    wills: mpsc::UnboundedSender<wills::Change>,
 }
 
 /// The other ends of the link's channels, until the tasks take them.
@@ -84,6 +86,7 @@ pub struct Pending {
     sessions: mpsc::UnboundedReceiver<records::Change>,
     retained: mpsc::Receiver<Arc<Message>>,
     metrics: Arc<Metrics>,
+    wills: (mpsc::UnboundedSender<wills::Change>, mpsc::UnboundedReceiver<wills::Change>),
 }
 
 impl Link {
@@ -97,6 +100,7 @@ impl Link {
         let (known_tx, known) = watch::channel(0);
         let (sessions_tx, sessions) = mpsc::unbounded_channel();
         let (retained_tx, retained) = mpsc::channel(FORWARD_QUEUE);
+        let (wills_tx, wills_rx) = wills::channel();
         let link = Link {
             messages: messages_tx,
             routes: routes_tx,
@@ -105,8 +109,21 @@ impl Link {
             metrics: metrics.clone(),
             sessions: sessions_tx,
             retained: retained_tx,
+            wills: wills_tx.clone(),
         };
-        Ok((Arc::new(link), Pending { messages, routes, known: known_tx, servers, sessions, retained, metrics }))
+        Ok((
+            Arc::new(link),
+            Pending {
+                messages,
+                routes,
+                known: known_tx,
+                servers,
+                sessions,
+                retained,
+                metrics,
+                wills: (wills_tx, wills_rx),
+            },
+        ))
     }
 
     /// Returns once the NATS server has every route added before the call (or NATS is too slow to
@@ -139,6 +156,10 @@ impl Uplink for Link {
 
     fn session(&self, client_id: &ClientId, record: Option<&SessionRecord>) {
         let _ = self.sessions.send((client_id.clone(), records::encode(record)));
+    }
+
+    fn will_settled(&self, client_id: &ClientId) {
+        let _ = self.wills.send(wills::Change::Settled(client_id.clone()));
     }
 }
 
@@ -192,7 +213,7 @@ impl Pending {
         for client in [&data, &control] {
             confirm(client, &echo, "this node's subscriptions").await;
         }
-        Ok(Joined { data, control, incarnation, registry, sessions: self.sessions })
+        Ok(Joined { data, control, incarnation, registry, sessions: self.sessions, wills: self.wills })
     }
 }
 
@@ -205,6 +226,8 @@ pub struct Joined {
     pub registry: Arc<Registry>,
     /// The router's changes to persistent sessions' records.
     pub sessions: mpsc::UnboundedReceiver<records::Change>,
+    /// The wills' channel (the router's end of it is the link's).
+    pub wills: (mpsc::UnboundedSender<wills::Change>, mpsc::UnboundedReceiver<wills::Change>),
 }
 
 async fn connect(servers: &[ServerAddr], name: String, no_echo: bool) -> Result<Client, ClusterError> {

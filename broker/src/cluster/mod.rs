@@ -27,6 +27,7 @@ mod wills;
 mod wire;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::Client;
 use bytes::Bytes;
@@ -111,7 +112,7 @@ impl Joining {
         });
         let data = joined.data.clone();
         let records = Records::start(joined.data.clone(), joined.sessions);
-        let wills = Wills::start(joined.data, node, joined.incarnation, router.clone());
+        let wills = Wills::start(joined.data, node, joined.incarnation, router.clone(), joined.wills);
         let control = joined.control.clone();
         let members = Members::start(joined.control, node, joined.incarnation, wills.clone()).await?;
         // Restarted under its old name, this node fires what its clients of before left behind, and
@@ -163,7 +164,12 @@ impl Cluster {
         let Cluster::Nats(joined) = self else { return Ok(Claim::default()) };
         let Clustered { registry, records, link, .. } = &**joined;
         let claimed = registry.claim(client_id, resume).await?;
-        match (claimed.session, claimed.from_silent_node, resume) {
+        if let Some(node) = &claimed.from_silent_node {
+            // What its client left on the gone node: a will waiting out its delay is void if the
+            // session resumes here; any other goes out now, once.
+            joined.wills.settle_left_behind(node, client_id, resume).await;
+        }
+        match (claimed.session, claimed.from_silent_node.is_some(), resume) {
             (Some(session), _, _) => match handover::decode(client_id, &session) {
                 Ok((record, session)) => router.adopt(record, session),
                 Err(e) => {
@@ -231,9 +237,17 @@ impl Cluster {
 
     /// Keeps the will of a client connected on connection `conn` where the other nodes find it if
     /// this one dies.
-    pub fn keep_will(&self, client_id: &ClientId, conn: u64, will: &Arc<Message>) {
+    pub fn keep_will(&self, client_id: &ClientId, conn: u64, will: &Arc<Message>, delay: Duration) {
         if let Cluster::Nats(joined) = self {
-            joined.wills.keep(client_id.clone(), conn, will.clone());
+            joined.wills.keep(client_id.clone(), conn, will.clone(), delay);
+        }
+    }
+
+    /// The connection `conn` ended and its will waits out `delay` in the router: its copy on the other
+    /// nodes stays, marked due then, should this node die meanwhile.
+    pub fn defer_will(&self, client_id: &ClientId, conn: u64, will: &Arc<Message>, delay: Duration) {
+        if let Cluster::Nats(joined) = self {
+            joined.wills.defer(client_id.clone(), conn, will.clone(), delay);
         }
     }
 
@@ -254,7 +268,7 @@ impl Cluster {
     /// node's clients are cleared, and the others are told at once rather than left to notice.
     pub async fn leave(&self) {
         if let Cluster::Nats(joined) = self {
-            joined.wills.flush().await;
+            joined.wills.finish().await;
             joined.members.leave().await;
             // Its subscriptions go with it at once (the process may live on: in tests, or embedded).
             for client in [&joined.data, &joined.control] {

@@ -59,8 +59,8 @@ pub struct Registry {
 pub struct Claimed {
     pub revision: u64,
     pub session: Option<Bytes>,
-    /// The id was another node's, and that node did not answer (it is gone).
-    pub from_silent_node: bool,
+    /// The id was this node's, which did not answer (it is gone).
+    pub from_silent_node: Option<String>,
 }
 
 /// The subject on which `node` is asked to let client ids go.
@@ -105,7 +105,7 @@ impl Registry {
         let key = key(client_id);
         for _ in 0..ATTEMPTS {
             match store.create(&key, Bytes::from(self.node.clone())).await {
-                Ok(revision) => return Ok(Claimed { revision, session: None, from_silent_node: false }),
+                Ok(revision) => return Ok(Claimed { revision, session: None, from_silent_node: None }),
                 Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
                 Err(e) => return Err(nats(e)),
             }
@@ -116,12 +116,12 @@ impl Registry {
                 continue;
             }
             if holder == self.node {
-                return Ok(Claimed { revision: entry.revision, session: None, from_silent_node: false });
+                return Ok(Claimed { revision: entry.revision, session: None, from_silent_node: None });
             }
             let answer = self.ask_release(&holder, client_id, entry.revision, want).await;
             match store.update(&key, Bytes::from(self.node.clone()), entry.revision).await {
                 Ok(revision) => {
-                    let from_silent_node = answer.is_none();
+                    let from_silent_node = answer.is_none().then(|| holder.to_string());
                     let session = answer.filter(|session| !session.is_empty());
                     return Ok(Claimed { revision, session, from_silent_node });
                 }

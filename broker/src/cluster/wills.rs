@@ -20,26 +20,42 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
 use super::bucket::{self, key};
+use super::members::DEAD_AFTER;
 use super::{wire, ClusterError};
 use crate::router::RouterHandle;
 use crate::session::{ClientId, Message};
+use crate::store::now_wall_ms;
 
 const BUCKET: &str = "midge-wills";
 /// How long a node that is leaving waits for its wills to be cleared.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
-enum Change {
+pub enum Change {
     /// A client with a will connected (connection `conn`).
-    Keep { client_id: ClientId, conn: u64, will: Arc<Message> },
+    Keep { client_id: ClientId, conn: u64, will: Arc<Message>, delay: Duration },
     /// Its connection ended: the will goes out (`Some`) or is dropped (`None`).
     End { client_id: ClientId, conn: u64, will: Option<Arc<Message>> },
+    /// Its connection ended and the will waits out its delay (MQTT 5) in the router, due at `due_ms`
+    /// (wall clock): its copy stays, marked due then, for a survivor should this node die meanwhile.
+    Defer { client_id: ClientId, conn: u64, will: Arc<Message>, due_ms: u64 },
+    /// The router published or dropped the will it held: its copy goes.
+    Settled(ClientId),
     /// Answered once every change before it is applied.
     Flush(oneshot::Sender<()>),
+}
+
+/// The channel of changes: made with the link (the router tells it when a delayed will is settled),
+/// read by the wills' task.
+pub fn channel() -> (mpsc::UnboundedSender<Change>, mpsc::UnboundedReceiver<Change>) {
+    mpsc::unbounded_channel()
 }
 
 pub struct Wills {
     changes: mpsc::UnboundedSender<Change>,
     shared: Arc<Shared>,
+    /// The task that applies the changes: it holds the router, which holds the link, which holds a
+    /// sender of its channel, so it is ended by `stop` rather than by its channel closing.
+    applying: tokio::task::AbortHandle,
 }
 
 /// What the task and the survivors' sweeps share.
@@ -53,7 +69,13 @@ struct Shared {
 }
 
 impl Wills {
-    pub fn start(data: Client, node: &str, incarnation: u64, router: RouterHandle) -> Arc<Wills> {
+    pub fn start(
+        data: Client,
+        node: &str,
+        incarnation: u64,
+        router: RouterHandle,
+        (changes, pending): (mpsc::UnboundedSender<Change>, mpsc::UnboundedReceiver<Change>),
+    ) -> Arc<Wills> {
         let shared = Arc::new(Shared {
             js: jetstream::new(data.clone()),
             data,
@@ -62,14 +84,13 @@ impl Wills {
             incarnation,
             router,
         });
-        let (changes, pending) = mpsc::unbounded_channel();
-        tokio::spawn(apply(shared.clone(), pending));
-        Arc::new(Wills { changes, shared })
+        let applying = tokio::spawn(apply(shared.clone(), pending)).abort_handle();
+        Arc::new(Wills { changes, shared, applying })
     }
 
     /// Keeps `will` of the client connected on connection `conn`, for a survivor to fire if this node dies.
-    pub fn keep(&self, client_id: ClientId, conn: u64, will: Arc<Message>) {
-        let _ = self.changes.send(Change::Keep { client_id, conn, will });
+    pub fn keep(&self, client_id: ClientId, conn: u64, will: Arc<Message>, delay: Duration) {
+        let _ = self.changes.send(Change::Keep { client_id, conn, will, delay });
     }
 
     /// The client's connection ended: its will, if it goes out, goes out unless a survivor fired it
@@ -78,12 +99,27 @@ impl Wills {
         let _ = self.changes.send(Change::End { client_id, conn, will });
     }
 
-    /// Returns once the changes made so far are applied (or after a short wait).
-    pub async fn flush(&self) {
+    /// The client's connection ended and its will waits `delay` in the router.
+    pub fn defer(&self, client_id: ClientId, conn: u64, will: Arc<Message>, delay: Duration) {
+        let due_ms = now_wall_ms().saturating_add(delay.as_millis() as u64);
+        let _ = self.changes.send(Change::Defer { client_id, conn, will, due_ms });
+    }
+
+    /// The will `node` (gone) kept for `client_id`, whose client connects here now: voided if the
+    /// client resumes its session and the will was waiting out a delay, else published (once).
+    pub async fn settle_left_behind(&self, node: &str, client_id: &str, resumed: bool) {
+        if let Err(e) = self.shared.settle_left_behind(node, client_id, resumed).await {
+            tracing::debug!(node, error = %e, "a will left behind not settled");
+        }
+    }
+
+    /// Returns once the changes made so far are applied (or after a short wait), and stops.
+    pub async fn finish(&self) {
         let (done, applied) = oneshot::channel();
         if self.changes.send(Change::Flush(done)).is_ok() {
             let _ = tokio::time::timeout(FLUSH_TIMEOUT, applied).await;
         }
+        self.applying.abort();
     }
 
     /// Fires the wills that `node` kept, but those of its incarnation `alive` (it restarted), once
@@ -130,21 +166,57 @@ impl Shared {
             if entry.operation != Operation::Put {
                 continue;
             }
-            let Some((incarnation, will)) = decode(&entry.value) else {
+            let Some((incarnation, due, will)) = decode(&entry.value) else {
                 tracing::warn!(key, "a kept will could not be read");
                 continue;
             };
             if Some(incarnation) == alive {
                 continue;
             }
-            // Whoever deletes it at this revision fires it; the others find it gone.
-            if store.delete_expect_revision(&key, Some(entry.revision)).await.is_ok() {
-                self.router.publish(Arc::new(will));
-                fired += 1;
+            let wait = due.wait();
+            if wait.is_zero() {
+                fired += usize::from(self.fire(store, &key, entry.revision, will).await);
+            } else {
+                // Waiting out its delay: fired then, unless its client resumed elsewhere meanwhile
+                // (the node it connected to voided it).
+                let (store, router) = (store.clone(), self.router.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    if store.delete_expect_revision(&key, Some(entry.revision)).await.is_ok() {
+                        router.publish(Arc::new(will));
+                    }
+                });
             }
         }
         if fired > 0 {
             tracing::info!(node, fired, "wills of clients of a node that is gone fired");
+        }
+        Ok(())
+    }
+
+    /// Whoever deletes the copy at this revision publishes the will; the others find it gone.
+    async fn fire(&self, store: &kv::Store, key: &str, revision: u64, will: Message) -> bool {
+        let won = store.delete_expect_revision(key, Some(revision)).await.is_ok();
+        if won {
+            self.router.publish(Arc::new(will));
+        }
+        won
+    }
+
+    async fn settle_left_behind(&self, node: &str, client_id: &str, resumed: bool) -> Result<(), ClusterError> {
+        if !self.connected() {
+            return Ok(());
+        }
+        let store = self.store().await?;
+        let key = format!("{}.{}", key(node), key(client_id));
+        let Some(entry) = store.entry(&key).await.map_err(bucket::nats)? else { return Ok(()) };
+        let Some((_, due, will)) = decode(&entry.value).filter(|_| entry.operation == Operation::Put) else {
+            return Ok(());
+        };
+        if resumed && !due.wait().is_zero() {
+            let _ = store.delete_expect_revision(&key, Some(entry.revision)).await;
+        } else {
+            self.fire(store, &key, entry.revision, will).await;
         }
         Ok(())
     }
@@ -156,11 +228,11 @@ async fn apply(shared: Arc<Shared>, mut changes: mpsc::UnboundedReceiver<Change>
     let mut kept: HashMap<ClientId, (u64, u64)> = HashMap::new();
     while let Some(change) = changes.recv().await {
         match change {
-            Change::Keep { client_id, conn, will } => {
+            Change::Keep { client_id, conn, will, delay } => {
                 if !shared.connected() {
                     continue;
                 }
-                let value = encode(shared.incarnation, &will);
+                let value = encode(shared.incarnation, Due::AfterLoss(delay), &will);
                 match shared.store().await {
                     Ok(store) => match store.put(shared.key(&client_id), value).await {
                         Ok(revision) => {
@@ -192,6 +264,26 @@ async fn apply(shared: Arc<Shared>, mut changes: mpsc::UnboundedReceiver<Change>
                     shared.router.publish(will);
                 }
             }
+            Change::Defer { client_id, conn, will, due_ms } => {
+                let Some(&(owner, revision)) = kept.get(&client_id) else { continue };
+                if owner != conn || !shared.connected() {
+                    continue;
+                }
+                let Ok(store) = shared.store().await else { continue };
+                let value = encode(shared.incarnation, Due::At(due_ms), &will);
+                match store.update(shared.key(&client_id), value, revision).await {
+                    Ok(revision) => {
+                        kept.insert(client_id, (conn, revision));
+                    }
+                    Err(e) => tracing::debug!(error = %e, "delayed will not kept cluster-wide"),
+                }
+            }
+            Change::Settled(client_id) => {
+                let Some((_, revision)) = kept.remove(&client_id) else { continue };
+                if let (true, Ok(store)) = (shared.connected(), shared.store().await) {
+                    let _ = store.delete_expect_revision(shared.key(&client_id), Some(revision)).await;
+                }
+            }
             Change::Flush(done) => {
                 let _ = done.send(());
             }
@@ -199,17 +291,54 @@ async fn apply(shared: Arc<Shared>, mut changes: mpsc::UnboundedReceiver<Change>
     }
 }
 
-fn encode(incarnation: u64, will: &Arc<Message>) -> Bytes {
+/// When a kept will is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// Its client is connected: its delay (MQTT 5; zero for 3.1.1) after the connection is lost.
+    AfterLoss(Duration),
+    /// Its connection ended: at this wall-clock time (ms).
+    At(u64),
+}
+
+impl Due {
+    /// How long a survivor waits before it fires the will. A node that died is noticed
+    /// `DEAD_AFTER` after its connections were lost: that much of a delay has passed already.
+    fn wait(self) -> Duration {
+        match self {
+            Due::AfterLoss(delay) => delay.saturating_sub(DEAD_AFTER),
+            Due::At(ms) => Duration::from_millis(ms.saturating_sub(now_wall_ms())),
+        }
+    }
+}
+
+/// A kept will: the incarnation of the node that kept it, when it is due (a tag, then the delay or the
+/// time, in ms), and the message.
+fn encode(incarnation: u64, due: Due, will: &Arc<Message>) -> Bytes {
     let message = wire::encode_message(will);
-    let mut value = BytesMut::with_capacity(8 + message.len());
+    let mut value = BytesMut::with_capacity(17 + message.len());
     value.put_u64(incarnation);
+    match due {
+        Due::AfterLoss(delay) => {
+            value.put_u8(0);
+            value.put_u64(delay.as_millis() as u64);
+        }
+        Due::At(ms) => {
+            value.put_u8(1);
+            value.put_u64(ms);
+        }
+    }
     value.put_slice(&message);
     value.freeze()
 }
 
-fn decode(value: &[u8]) -> Option<(u64, Message)> {
+fn decode(value: &[u8]) -> Option<(u64, Due, Message)> {
     let incarnation = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
-    Some((incarnation, wire::decode_message(&value[8..]).ok()?))
+    let ms = u64::from_be_bytes(value.get(9..17)?.try_into().ok()?);
+    let due = match value.get(8)? {
+        0 => Due::AfterLoss(Duration::from_millis(ms)),
+        _ => Due::At(ms),
+    };
+    Some((incarnation, due, wire::decode_message(&value[17..]).ok()?))
 }
 
 #[cfg(test)]
@@ -220,8 +349,11 @@ mod tests {
     #[test]
     fn a_kept_will_reads_back_with_its_incarnation() {
         let will = Arc::new(Message::new("w/t".into(), "gone".into(), QoS::AtLeastOnce, true));
-        let (incarnation, back) = decode(&encode(0xfeed, &will)).unwrap();
-        assert_eq!(incarnation, 0xfeed);
+        let (incarnation, due, back) = decode(&encode(0xfeed, Due::At(77), &will)).unwrap();
+        assert_eq!((incarnation, due), (0xfeed, Due::At(77)));
+        let (_, due, _) = decode(&encode(1, Due::AfterLoss(Duration::from_secs(5)), &will)).unwrap();
+        assert_eq!(due, Due::AfterLoss(Duration::from_secs(5)));
+        assert_eq!(due.wait(), Duration::from_secs(3), "two of its seconds passed before the node was found dead");
         assert_eq!(
             (&back.topic[..], &back.payload[..], back.qos, back.retain),
             (&b"w/t"[..], &b"gone"[..], QoS::AtLeastOnce, true)

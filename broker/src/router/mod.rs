@@ -45,6 +45,8 @@ pub trait Uplink: Send + Sync {
     /// A persistent session as it now is, or (`None`) gone, for another node to take up should this
     /// one die.
     fn session(&self, client_id: &ClientId, record: Option<&SessionRecord>);
+    /// A will that waited out its delay here was published, or dropped (its session resumed or ended).
+    fn will_settled(&self, client_id: &ClientId);
 }
 
 /// A cheap, cloneable way to reach the router.

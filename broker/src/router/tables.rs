@@ -235,7 +235,7 @@ impl Router {
         if let Some(deadline) = session.expiry.and_then(|e| since.checked_add(e)) {
             self.expiries.remove(&(deadline, id.clone()));
         }
-        self.wills.remove(&id);
+        self.drop_will(&id);
         self.drop_subscriptions(&id);
         self.remove_client(&id);
         self.events.emit(|| RouterEvent::SessionDiscarded(id.clone()));
@@ -585,7 +585,7 @@ impl Router {
             Presence::Online(outbox) if outbox.conn_id == conn_id => {}
             _ => {
                 // A stale connection: the client has moved on, and a will it left is void.
-                self.wills.remove(&client_id);
+                self.drop_will(&client_id);
                 return;
             }
         }
@@ -661,13 +661,25 @@ impl Router {
         if clean_start {
             self.publish_will_now(client_id);
         } else {
-            self.wills.remove(client_id);
+            self.drop_will(client_id);
+        }
+    }
+
+    /// Drops a will waiting out its delay, if there is one.
+    fn drop_will(&mut self, client_id: &ClientId) {
+        if self.wills.remove(client_id).is_some() {
+            if let Some(uplink) = &self.shared.uplink {
+                uplink.will_settled(client_id);
+            }
         }
     }
 
     /// The session of `client_id` ended: a will still waiting out its delay goes now.
     fn publish_will_now(&mut self, client_id: &ClientId) {
         if let Some((_, will)) = self.wills.remove(client_id) {
+            if let Some(uplink) = &self.shared.uplink {
+                uplink.will_settled(client_id);
+            }
             tracing::debug!(client = %client_id.escape_debug(), "delayed will published");
             self.publish(will, false, &mut Fanout::default());
         }
