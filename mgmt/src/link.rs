@@ -64,7 +64,8 @@ impl Link {
     /// Connects (in the background) and returns at once; requests fail with 101 until a node answers.
     pub fn start(config: &Config) -> Result<(Arc<Link>, Appeared), String> {
         let client_id = format!("{}{:08x}", control::CLIENT_ID_PREFIX, rand::random::<u32>());
-        let brokers = Brokers { config: config.clone(), client_id: client_id.clone(), addresses: config.brokers()? };
+        let credentials = (config.mgmt_username.clone(), config.mgmt_secret.clone().unwrap_or_default());
+        let brokers = Brokers { client_id: client_id.clone(), credentials, addresses: config.brokers()? };
         let (client, mut eventloop) = AsyncClient::new(brokers.options(0), 256);
         // Without it a request waits behind the PUBACK of the previous reply until the broker's
         // delayed ACK comes (Nagle's algorithm): some 40 ms on every call after the first.
@@ -274,8 +275,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The brokers the sidecar may be a client of, in the order given.
 struct Brokers {
-    config: Config,
     client_id: String,
+    /// The management principal's username and secret.
+    credentials: (String, String),
     addresses: Vec<(String, u16)>,
 }
 
@@ -288,8 +290,8 @@ impl Brokers {
         options.set_clean_session(true);
         // Listings are paged, but a page of long client ids is still larger than rumqttc's default.
         options.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
-        let secret = self.config.mgmt_secret.clone().unwrap_or_default();
-        options.set_credentials(self.config.mgmt_username.clone(), secret);
+        let (username, secret) = self.credentials.clone();
+        options.set_credentials(username, secret);
         options
     }
 }

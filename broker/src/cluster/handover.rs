@@ -8,7 +8,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::session::{Delivery, Handover};
-use crate::store::{decode_queued, decode_session, encode_queued, encode_session, SessionRecord};
+use crate::store::{decode_queued, decode_session, encode_queued, encode_session, get_bytes, put_bytes, SessionRecord};
 
 pub fn encode(record: &SessionRecord, handover: &Handover) -> Bytes {
     let mut buf = BytesMut::new();
@@ -58,22 +58,9 @@ fn delivery(bytes: &[u8]) -> Result<Option<Delivery>, String> {
     decode_queued(0, bytes).map(|(_, delivery)| delivery)
 }
 
-fn put_bytes(buf: &mut BytesMut, bytes: &[u8]) {
-    buf.put_u32(bytes.len() as u32);
-    buf.put_slice(bytes);
-}
-
 fn get_u32(bytes: &mut &[u8]) -> Result<u32, String> {
     need(bytes, 4)?;
     Ok(bytes.get_u32())
-}
-
-fn get_bytes<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8], String> {
-    let len = get_u32(bytes)? as usize;
-    need(bytes, len)?;
-    let (taken, rest) = bytes.split_at(len);
-    *bytes = rest;
-    Ok(taken)
 }
 
 fn need(bytes: &[u8], len: usize) -> Result<(), String> {

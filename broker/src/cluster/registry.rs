@@ -264,7 +264,7 @@ impl Registry {
             return handed.ok().and_then(Result::ok).flatten();
         }
         self.handing().remove(client_id);
-        router.hand_over(client_id).map(|(record, session)| handover::encode(&record, &session))
+        handed_over(router, client_id)
     }
 
     /// A connection here ended as taken over by another node: its session, parked, goes to that node
@@ -272,7 +272,7 @@ impl Registry {
     pub fn taken_over(&self, router: &RouterHandle, client_id: &str) {
         match self.handing().remove(client_id) {
             Some(waiter) => {
-                let session = router.hand_over(client_id).map(|(record, session)| handover::encode(&record, &session));
+                let session = handed_over(router, client_id);
                 if let Err(Some(_)) = waiter.send(session) {
                     // Asked too late: the session is dropped rather than left here.
                     tracing::info!(client_id = %client_id.escape_debug(), "session not handed over in time");
@@ -287,4 +287,8 @@ impl Registry {
     fn handing(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, oneshot::Sender<Option<Bytes>>>> {
         self.handing.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+/// The session parked here for `client_id`, taken out of the router and encoded for another node.
+fn handed_over(router: &RouterHandle, client_id: &str) -> Option<Bytes> {
+    router.hand_over(client_id).map(|(record, session)| handover::encode(&record, &session))
 }

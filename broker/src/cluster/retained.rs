@@ -14,11 +14,11 @@ use async_nats::jetstream::kv::{self, Operation};
 use async_nats::{jetstream, Client};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::bucket::{self, key};
+use super::subject;
 use crate::router::RouterHandle;
 use crate::session::Message;
 use crate::store::{decode_retained_message, encode_retained};
@@ -34,9 +34,7 @@ pub fn topic_key(topic: &str) -> String {
     if escaped.len() <= LONGEST_KEY {
         return escaped;
     }
-    let digest = Sha256::digest(topic.as_bytes());
-    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!("{DIGEST}{hex}")
+    format!("{DIGEST}{}", subject::digest(topic))
 }
 
 /// Starts the writer (this node's retained messages, in order) and the watcher (everyone's).

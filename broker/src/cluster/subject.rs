@@ -24,10 +24,13 @@ pub const LONG: usize = 3000;
 /// The NATS queue group of the shared subscription `route` (`$share/{group}/{filter}`): the same on
 /// every node, bounded in length whatever the route's.
 pub fn queue_group(route: &str) -> String {
+    format!("midge-{}", &digest(route)[..32])
+}
+
+/// SHA-256 of `text`, in hex: a name for it that every node computes alike, whatever its build.
+pub fn digest(text: &str) -> String {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(route.as_bytes());
-    let hex: String = digest[..16].iter().map(|byte| format!("{byte:02x}")).collect();
-    format!("midge-{hex}")
+    Sha256::digest(text.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// The subject a message on `topic` is published to.

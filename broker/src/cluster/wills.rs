@@ -146,7 +146,7 @@ impl Shared {
     }
 
     fn key(&self, client_id: &str) -> String {
-        format!("{}.{}", key(&self.node), key(client_id))
+        will_key(&self.node, client_id)
     }
 
     async fn fire_left_behind(&self, node: &str, alive: Option<u64>) -> Result<(), ClusterError> {
@@ -175,16 +175,14 @@ impl Shared {
             }
             let wait = due.wait();
             if wait.is_zero() {
-                fired += usize::from(self.fire(store, &key, entry.revision, will).await);
+                fired += usize::from(fire(store, &self.router, &key, entry.revision, will).await);
             } else {
                 // Waiting out its delay: fired then, unless its client resumed elsewhere meanwhile
                 // (the node it connected to voided it).
                 let (store, router) = (store.clone(), self.router.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(wait).await;
-                    if store.delete_expect_revision(&key, Some(entry.revision)).await.is_ok() {
-                        router.publish(Arc::new(will));
-                    }
+                    fire(&store, &router, &key, entry.revision, will).await;
                 });
             }
         }
@@ -194,21 +192,12 @@ impl Shared {
         Ok(())
     }
 
-    /// Whoever deletes the copy at this revision publishes the will; the others find it gone.
-    async fn fire(&self, store: &kv::Store, key: &str, revision: u64, will: Message) -> bool {
-        let won = store.delete_expect_revision(key, Some(revision)).await.is_ok();
-        if won {
-            self.router.publish(Arc::new(will));
-        }
-        won
-    }
-
     async fn settle_left_behind(&self, node: &str, client_id: &str, resumed: bool) -> Result<(), ClusterError> {
         if !self.connected() {
             return Ok(());
         }
         let store = self.store().await?;
-        let key = format!("{}.{}", key(node), key(client_id));
+        let key = will_key(node, client_id);
         let Some(entry) = store.entry(&key).await.map_err(bucket::nats)? else { return Ok(()) };
         let Some((_, due, will)) = decode(&entry.value).filter(|_| entry.operation == Operation::Put) else {
             return Ok(());
@@ -216,10 +205,24 @@ impl Shared {
         if resumed && !due.wait().is_zero() {
             let _ = store.delete_expect_revision(&key, Some(entry.revision)).await;
         } else {
-            self.fire(store, &key, entry.revision, will).await;
+            fire(store, &self.router, &key, entry.revision, will).await;
         }
         Ok(())
     }
+}
+
+/// The key of the will `node` keeps for `client_id`: all of a node's share the prefix `<node>.`.
+fn will_key(node: &str, client_id: &str) -> String {
+    format!("{}.{}", key(node), key(client_id))
+}
+
+/// Whoever deletes the copy at this revision publishes the will; the others find it gone.
+async fn fire(store: &kv::Store, router: &RouterHandle, key: &str, revision: u64, will: Message) -> bool {
+    let won = store.delete_expect_revision(key, Some(revision)).await.is_ok();
+    if won {
+        router.publish(Arc::new(will));
+    }
+    won
 }
 
 /// Applies the changes in order. Keeps the revision of each will it kept, by client id, with the

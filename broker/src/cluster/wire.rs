@@ -5,10 +5,11 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use crate::protocol::{decode_stored_publish, encode, Packet, Protocol, Publish};
 use crate::session::{Delivery, Message};
+use crate::store::{get_bytes, put_bytes};
 
 pub fn encode_message(message: &Arc<Message>) -> Bytes {
     let publish = Delivery::new(message.clone(), message.qos, message.retain).publish(1, false);
@@ -25,25 +26,15 @@ pub fn decode_message(body: &[u8]) -> Result<Message, String> {
 
 /// Appends `message` to a batch's body.
 pub fn push_to_batch(body: &mut BytesMut, message: &Arc<Message>) {
-    let encoded = encode_message(message);
-    body.put_u32(encoded.len() as u32);
-    body.put_slice(&encoded);
+    put_bytes(body, &encode_message(message));
 }
 
 /// The messages of a batch, in order.
 pub fn decode_batch(mut body: &[u8]) -> Result<Vec<Message>, String> {
     let mut messages = Vec::new();
     while !body.is_empty() {
-        if body.len() < 4 {
-            return Err("a batch, truncated".into());
-        }
-        let len = body.get_u32() as usize;
-        if body.len() < len {
-            return Err("a batch, truncated".into());
-        }
-        let (encoded, rest) = body.split_at(len);
+        let encoded = get_bytes(&mut body).map_err(|e| format!("a batch: {e}"))?;
         messages.push(decode_message(encoded)?);
-        body = rest;
     }
     Ok(messages)
 }

@@ -95,17 +95,16 @@ pub async fn run(node: Arc<Node>, inbox: Inbox) {
 /// Asks `other` for the management client and publishes its reply to the client's reply topic. A node
 /// that cannot be asked gets 101 at once, but in a discovery, where silence is the answer.
 async fn relay(node: Arc<Node>, other: String, payload: Bytes, discovery: bool) {
-    let loose: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();
-    let (Some(id), Some(reply_to)) = (loose["id"].as_str(), loose["reply_to"].as_str()) else {
+    let Some((id, reply_to)) = id_and_reply_to(&payload) else {
         tracing::warn!(node = %other, "control request for another node without id or reply topic dropped");
         return;
     };
     match node.cluster.ask(&other, payload.clone()).await {
-        Ok(answer) => publish_reply(&node, reply_to, answer),
+        Ok(answer) => publish_reply(&node, &reply_to, answer),
         Err(_) if discovery => {}
         Err(e) => {
             let outcome = Err(ControlError::new(code::BADRPC, e.to_string()));
-            reply(&node, reply_to, Answer::Topic, id.to_string(), control::VERSION, outcome).await;
+            reply(&node, &reply_to, Answer::Topic, id, control::VERSION, outcome).await;
         }
     }
 }
@@ -132,17 +131,21 @@ async fn handle(node: Arc<Node>, payload: Bytes, answer: Answer) {
 
 /// A request that does not parse: answer if it says where, else log it.
 async fn malformed(node: &Node, payload: &[u8], error: serde_json::Error, answer: Answer) {
-    let loose: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
-    let id = loose.get("id").and_then(|v| v.as_str());
-    let reply_to = loose.get("reply_to").and_then(|v| v.as_str());
-    match (id, reply_to) {
-        (Some(id), Some(reply_to)) => {
+    match id_and_reply_to(payload) {
+        Some((id, reply_to)) => {
             let code = if error.is_data() { code::WRONG_TYPE } else { code::UNKNOWN };
             let outcome = Err(ControlError::new(code, format!("bad control request: {error}")));
-            reply(node, reply_to, answer, id.to_string(), control::VERSION, outcome).await;
+            reply(node, &reply_to, answer, id, control::VERSION, outcome).await;
         }
-        _ => tracing::warn!(error = %error, "unanswerable control request dropped"),
+        None => tracing::warn!(error = %error, "unanswerable control request dropped"),
     }
+}
+
+/// A request's id and reply topic, read loosely: from a request that does not parse as a whole, or
+/// that this node passes on without reading.
+fn id_and_reply_to(payload: &[u8]) -> Option<(String, String)> {
+    let loose: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    Some((loose.get("id")?.as_str()?.to_string(), loose.get("reply_to")?.as_str()?.to_string()))
 }
 
 /// Sends a reply, in protocol version `v`, to the requester's reply topic (or the node that asked).

@@ -16,7 +16,7 @@ use super::filters::Filters;
 use super::growing_map::GrowingMap;
 use super::outbox::{Outbox, OutboxItem, OutboxReceiver, Pushed, Refused, Ticket};
 use super::shared::{self, SharedStrategy};
-use super::subscriptions::{FastMap, SubscriptionTree};
+use super::subscriptions::{FastMap, SharedGroup, SubscriptionTree};
 use super::Uplink;
 use crate::metrics::{Metric, Metrics, Stat, Stats};
 use crate::protocol::topic::{self, Subscription};
@@ -788,15 +788,8 @@ impl Router {
             groups.clear();
         }
         // Each shared subscription that matches gives the message to one of its members.
-        let picks: Vec<(ClientId, SubscriptionOptions, Arc<SharedKey>)> = groups
-            .into_iter()
-            .filter_map(|group| {
-                let online = |c: &ClientId| self.is_online(c);
-                let (i, _) = shared::pick(group, self.shared.shared_strategy, message.origin, online)?;
-                let (client_id, options) = &group.members[i];
-                Some((client_id.clone(), *options, group.key.clone()))
-            })
-            .collect();
+        let picks: Vec<(ClientId, SubscriptionOptions, Arc<SharedKey>)> =
+            groups.into_iter().filter_map(|group| self.pick_member(group, message.origin)).collect();
         // MQTT 5's "no local": not back to the connection that published it.
         if matched.iter().any(|(_, options)| options.no_local) {
             matched.retain(|(client_id, options)| !options.no_local || !self.is_origin(client_id, message.origin));
@@ -848,18 +841,22 @@ impl Router {
         if !topic::matches(filter, message.topic_str()) {
             return;
         }
-        let pick = self.subscriptions.shared_group(group, filter).and_then(|shared_group| {
-            let online = |c: &ClientId| self.is_online(c);
-            let (i, _) = shared::pick(shared_group, self.shared.shared_strategy, message.origin, online)?;
-            let (client_id, options) = &shared_group.members[i];
-            Some((client_id.clone(), *options, shared_group.key.clone()))
-        });
+        let pick = self.subscriptions.shared_group(group, filter).and_then(|g| self.pick_member(g, message.origin));
         match pick {
             Some((client_id, granted, key)) => {
                 self.deliver(&client_id, shared_delivery(&message, &granted, &key, &client_id), fanout)
             }
             None => self.shared.metrics.inc(Metric::MessagesDropped),
         }
+    }
+
+    /// The member of a shared subscription its strategy gives a message from `origin`, and what it
+    /// was granted.
+    fn pick_member(&self, group: &SharedGroup, origin: u64) -> Option<(ClientId, SubscriptionOptions, Arc<SharedKey>)> {
+        let online = |c: &ClientId| self.is_online(c);
+        let (i, _) = shared::pick(group, self.shared.shared_strategy, origin, online)?;
+        let (client_id, options) = &group.members[i];
+        Some((client_id.clone(), *options, group.key.clone()))
     }
 
     fn is_online(&self, client_id: &ClientId) -> bool {

@@ -131,11 +131,21 @@ impl SessionRecord {
 const NO_EXPIRY: u64 = u64::MAX;
 
 fn put_str(buf: &mut BytesMut, s: &str) {
-    buf.put_u32(s.len() as u32);
-    buf.put_slice(s.as_bytes());
+    put_bytes(buf, s.as_bytes());
 }
 
 fn get_str(bytes: &mut &[u8]) -> Result<String, String> {
+    String::from_utf8(get_bytes(bytes)?.to_vec()).map_err(|_| "text that is not UTF-8".into())
+}
+
+/// Bytes behind their length (u32), as every variable-length field here is written.
+pub fn put_bytes(buf: &mut BytesMut, bytes: &[u8]) {
+    buf.put_u32(bytes.len() as u32);
+    buf.put_slice(bytes);
+}
+
+/// Bytes written by `put_bytes`, taken off the front of `bytes`.
+pub fn get_bytes<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8], String> {
     if bytes.len() < 4 {
         return Err("truncated".into());
     }
@@ -143,9 +153,9 @@ fn get_str(bytes: &mut &[u8]) -> Result<String, String> {
     if bytes.len() < len {
         return Err("truncated".into());
     }
-    let (text, rest) = bytes.split_at(len);
+    let (taken, rest) = bytes.split_at(len);
     *bytes = rest;
-    String::from_utf8(text.to_vec()).map_err(|_| "text that is not UTF-8".into())
+    Ok(taken)
 }
 
 fn need(bytes: &[u8], n: usize) -> Result<(), String> {

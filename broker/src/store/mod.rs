@@ -31,8 +31,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::session::{ClientId, Delivery, Message};
 
 pub use codec::{
-    decode_queued, decode_retained_message, decode_session, encode_queued, encode_retained, encode_session,
-    now_wall_ms, SessionRecord,
+    decode_queued, decode_retained_message, decode_session, encode_queued, encode_retained, encode_session, get_bytes,
+    now_wall_ms, put_bytes, SessionRecord,
 };
 
 /// When a commit reaches the disk.
