@@ -4,7 +4,9 @@
 //! reads every one of them first; a retained message that came with its publish is not kept twice.
 //!
 //! A topic is its own key (escaped, see `bucket::key`) unless that would be too long for a NATS
-//! subject; then its key is a digest, and the topic is read from the message.
+//! subject; then its key is a digest, and the topic is read from the message. Clearing a topic leaves
+//! a delete marker (or, under a digest, the empty message), so that a node back from being away
+//! forgets what was cleared meanwhile.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,7 +66,9 @@ async fn write(js: jetstream::Context, mut writes: mpsc::Receiver<Arc<Message>>)
             None => store.insert(bucket(&js).await),
         };
         let key = topic_key(message.topic_str());
-        let written = if message.payload.is_empty() {
+        // A digest key's delete marker could not tell a node that was away which topic was cleared:
+        // its clearing is kept as the empty message itself, which names it.
+        let written = if message.payload.is_empty() && !key.starts_with(DIGEST) {
             store.delete(&key).await.map_err(|e| e.to_string())
         } else {
             store.put(&key, Bytes::from(encode_retained(&message))).await.map(drop).map_err(|e| e.to_string())
