@@ -140,6 +140,51 @@ async fn retained_messages_reach_every_node() {
     }
 }
 
+/// A node down (with its retained messages on its disk) while others clear some and retain others
+/// comes back with the cluster's retained messages, not its own stale copy: a topic too long to be a
+/// key of its own (kept under a digest) as well as a short one.
+#[tokio::test]
+async fn a_node_back_from_a_stop_forgets_the_retained_messages_cleared_meanwhile() {
+    let nats = nats().await;
+    let dir_a = TempDir(tempdir());
+    let kept = |dir: &TempDir| Config {
+        node: "a@127.0.0.1".into(),
+        cluster: vec![nats.url.clone()],
+        persistence: true,
+        data_dir: dir.0.clone(),
+        ..config()
+    };
+    let (a, b) = (start(kept(&dir_a)).await, node(&nats, "b").await);
+    let long = format!("away/{}", "x".repeat(1100));
+    let mut publisher = Raw::connected(b.addr, "pub").await;
+    for (n, topic) in ["away/short", long.as_str()].into_iter().enumerate() {
+        publisher.send(&retained(topic, b"stale", QoS::AtLeastOnce, n as u16 + 1)).await;
+        assert!(matches!(publisher.recv().await, Some(Packet::Puback(_))));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut on_a = Raw::connected(a.addr, "on-a").await;
+    on_a.subscribe(1, &[("away/#", QoS::AtMostOnce)]).await;
+    let before: Vec<String> = drain(&mut on_a).await.into_iter().map(|(t, _)| t.chars().take(12).collect()).collect();
+    assert_eq!(before.len(), 2, "a has both before it stops: {before:?}");
+    on_a.disconnect().await;
+    a.stop().await;
+
+    for (n, topic) in ["away/short", long.as_str()].into_iter().enumerate() {
+        publisher.send(&retained(topic, b"", QoS::AtLeastOnce, n as u16 + 3)).await;
+        assert!(matches!(publisher.recv().await, Some(Packet::Puback(_))));
+    }
+    publisher.send(&retained("away/new", b"fresh", QoS::AtLeastOnce, 5)).await;
+    assert!(matches!(publisher.recv().await, Some(Packet::Puback(_))));
+
+    let a = start(kept(&dir_a)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut on_a = Raw::connected(a.addr, "on-a").await;
+    on_a.subscribe(1, &[("away/#", QoS::AtMostOnce)]).await;
+    assert_eq!(drain(&mut on_a).await, [("away/new".to_string(), b"fresh".to_vec())]);
+    a.stop().await;
+    b.stop().await;
+}
+
 /// `$local/` subscriptions and the broker's own topics never become NATS subscriptions; a route's
 /// subscriptions go when its last subscriber leaves.
 #[tokio::test]
@@ -352,6 +397,40 @@ async fn a_broken_connections_will_reaches_every_node_once() {
     let once = vec![("wills/fragile".to_string(), b"fragile gone".to_vec())];
     assert_eq!(drain(&mut on_a).await, once);
     assert_eq!(drain(&mut on_b).await, once);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// An outage of NATS itself (its server killed and started again, then stopped and continued) is
+/// no node's death: once the nodes hear each other again, no will of a client still connected fires
+/// on either side, and every node is listed again.
+#[tokio::test]
+async fn a_nats_outage_fires_no_will_of_a_client_still_connected() {
+    let mut nats = nats().await;
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let mut wills_on_a = Raw::connected(a.addr, "watch-wills-a").await;
+    wills_on_a.subscribe(1, &[("wills/#", QoS::AtLeastOnce)]).await;
+    let mut wills_on_b = Raw::connected(b.addr, "watch-wills-b").await;
+    wills_on_b.subscribe(1, &[("wills/#", QoS::AtLeastOnce)]).await;
+    let (mut with_a, _) = Raw::connect(a.addr, with_will("stays-on-a", "wills/a")).await;
+    let (mut with_b, _) = Raw::connect(b.addr, with_will("stays-on-b", "wills/b")).await;
+    let mut watch = watching_brokers(a.addr, "watch-a").await;
+    wait_for_brokers(&mut watch, &["a", "b"], Duration::from_secs(3)).await;
+
+    nats.kill().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nats.restart().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    nats.signal("-STOP");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nats.signal("-CONT");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // The list never changed, so a new watcher reads it.
+    wait_for_brokers(&mut watching_brokers(a.addr, "watch-a-after").await, &["a", "b"], Duration::from_secs(3)).await;
+    assert_eq!(drain(&mut wills_on_a).await, []);
+    assert_eq!(drain(&mut wills_on_b).await, []);
+    assert!(alive(&mut with_a).await && alive(&mut with_b).await);
     a.stop().await;
     b.stop().await;
 }
@@ -794,6 +873,82 @@ async fn a_session_that_expired_while_its_node_was_gone_is_not_taken_up() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let (_client, present) = Raw::connect(a.addr, brief(false)).await;
     assert!(!present, "expired while its node was gone");
+    a.stop().await;
+}
+
+/// A session online when its node died was left then: its expiry counts from the node's death, so
+/// a client back later than that on another node starts afresh, and one back within it resumes.
+#[tokio::test]
+async fn a_session_online_when_its_node_died_expires_from_its_death() {
+    let nats = nats().await;
+    let a = node(&nats, "a").await;
+    let (mut killed, c) = node_process(&nats, "c").await;
+    let mut watch = watching_brokers(a.addr, "watch-a").await;
+    wait_for_brokers(&mut watch, &["a", "c"], Duration::from_secs(3)).await;
+    let expiring = |client_id: &str, seconds: u32| {
+        let mut connect = connect_packet(client_id, false);
+        connect.protocol = Protocol::V5;
+        connect.properties.session_expiry_interval = Some(seconds);
+        connect
+    };
+    let (mut brief, _) = Raw::connect(c, expiring("online-brief", 1)).await;
+    brief.subscribe(1, &[("brief/#", QoS::AtLeastOnce)]).await;
+    let (mut lasting, _) = Raw::connect(c, expiring("online-lasting", 60)).await;
+    lasting.subscribe(1, &[("lasting/#", QoS::AtLeastOnce)]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    killed.start_kill().unwrap();
+    let _ = killed.wait().await;
+    wait_for_brokers(&mut watch, &["a"], Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_brief, present) = Raw::connect(a.addr, expiring("online-brief", 1)).await;
+    assert!(!present, "expired 1 s after its node died");
+    let (_lasting, present) = Raw::connect(a.addr, expiring("online-lasting", 60)).await;
+    assert!(present, "within its expiry");
+    a.stop().await;
+}
+
+/// What a SIGKILLed node leaves in the cluster's buckets goes without its clients coming back: the
+/// record and the claim of a session that expires (it was online, so its expiry runs from the death),
+/// and the claim of a client that kept no session; a session without expiry keeps both, and its
+/// client resumes it later on another node.
+#[tokio::test]
+async fn a_dead_nodes_expired_sessions_and_claims_are_swept() {
+    let nats = nats().await;
+    let a = node(&nats, "a").await;
+    let (mut killed, c) = node_process(&nats, "c").await;
+    let mut watch = watching_brokers(a.addr, "watch-a").await;
+    wait_for_brokers(&mut watch, &["a", "c"], Duration::from_secs(3)).await;
+    let mut brief = connect_packet("sweep-brief", false);
+    brief.protocol = Protocol::V5;
+    brief.properties.session_expiry_interval = Some(2);
+    let (mut brief, _) = Raw::connect(c, brief).await;
+    brief.subscribe(1, &[("brief/#", QoS::AtLeastOnce)]).await;
+    let (mut kept, _) = Raw::connect(c, connect_packet("sweep-kept", false)).await;
+    kept.subscribe(1, &[("kept/#", QoS::AtLeastOnce)]).await;
+    let (_plain, _) = Raw::connect(c, connect_packet("sweep-plain", true)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let records = js.get_key_value("midge-session-records").await.unwrap();
+    let claims = js.get_key_value("midge-sessions").await.unwrap();
+    let has = |store: &async_nats::jetstream::kv::Store, key: &'static str| {
+        let store = store.clone();
+        async move { store.get(key).await.unwrap().is_some() }
+    };
+    assert!(has(&records, "sweep-brief").await && has(&claims, "sweep-plain").await, "kept while c lives");
+    killed.start_kill().unwrap();
+    let _ = killed.wait().await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while has(&records, "sweep-brief").await || has(&claims, "sweep-brief").await || has(&claims, "sweep-plain").await {
+        let left =
+            (has(&records, "sweep-brief").await, has(&claims, "sweep-brief").await, has(&claims, "sweep-plain").await);
+        assert!(std::time::Instant::now() < deadline, "the dead node's expired session and plain claim stay: {left:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(has(&records, "sweep-kept").await && has(&claims, "sweep-kept").await, "no expiry: kept");
+    let (_kept, present) = Raw::connect(a.addr, connect_packet("sweep-kept", false)).await;
+    assert!(present);
     a.stop().await;
 }
 

@@ -3,7 +3,10 @@
 //! which first reads the account's info in a shape Debian's nats-server 2.9 does not send. Three
 //! replicas where the NATS cluster has three servers, else one.
 
+use std::time::Duration;
+
 use async_nats::jetstream::{self, kv, stream};
+use futures_util::StreamExt;
 
 use super::ClusterError;
 
@@ -64,6 +67,36 @@ pub fn text(key: &str) -> Option<String> {
         }
     }
     String::from_utf8(bytes).ok()
+}
+
+/// How long reading a bucket through may go without an entry before it is given up.
+const READ_STALL: Duration = Duration::from_secs(5);
+
+/// Every key's current entry that `keep` keeps (deleted keys left out), read in one pass of one
+/// consumer rather than a request per key.
+pub async fn entries(
+    store: &kv::Store,
+    mut keep: impl FnMut(&kv::Entry) -> bool,
+) -> Result<Vec<kv::Entry>, ClusterError> {
+    // An empty bucket sends nothing at all, not even word that it is done. (`status()` would give
+    // the stream's state as it was when the bucket was opened.)
+    if store.stream.get_info().await.map_err(nats)?.state.messages == 0 {
+        return Ok(Vec::new());
+    }
+    let mut watch = store.watch_with_history(">").await.map_err(nats)?;
+    let mut kept = Vec::new();
+    loop {
+        let entry = tokio::time::timeout(READ_STALL, watch.next()).await;
+        let entry = entry.map_err(|_| nats("a bucket's entries stopped coming"))?;
+        let entry = entry.ok_or_else(|| nats("a bucket's entries ended early"))?.map_err(nats)?;
+        let last = entry.delta == 0;
+        if entry.operation == kv::Operation::Put && keep(&entry) {
+            kept.push(entry);
+        }
+        if last {
+            return Ok(kept);
+        }
+    }
 }
 
 pub fn nats(error: impl std::fmt::Display) -> ClusterError {

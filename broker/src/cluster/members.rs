@@ -4,10 +4,13 @@
 //! are watched by whoever reports them (`$SYS/brokers`); a node gone silent, or restarted, leaves wills
 //! behind for the survivors to fire (`wills.rs`). One that left in good order cleared its own.
 //!
-//! A node cut off from NATS hears no one: it lists itself alone until NATS is back, and fires nothing
-//! meanwhile (the wills' bucket is out of reach too).
+//! Silence is measured against the node's own heartbeats, which come back to it through NATS like
+//! everyone's: a node that does not hear itself (cut off, or its NATS server stopped) says nothing of
+//! the others, and once it hears itself again after such a gap it gives every other node a fresh
+//! [`DEAD_AFTER`] to be heard before it takes any for dead. So an outage on this node's side never
+//! fires the wills of clients still connected elsewhere.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ use tokio::time::Instant;
 
 use super::wills::Wills;
 use super::{subject, ClusterError};
+use crate::store::{now_wall_ms, SessionRecord};
 
 /// How often a node says it is alive.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -28,6 +32,8 @@ pub const HEARTBEAT: Duration = Duration::from_millis(500);
 /// late heartbeat is not a death, and a death is seen within [`DEAD_AFTER`] + [`HEARTBEAT`] / 2.
 pub const DEAD_AFTER: Duration = Duration::from_secs(2);
 const SUBJECTS: &str = "midge.node.*";
+/// A gap this long between two of its own heartbeats means the node was cut off meanwhile.
+const AWAY_AFTER: Duration = Duration::from_millis(1250);
 
 #[derive(Serialize, Deserialize)]
 struct Heartbeat {
@@ -48,6 +54,8 @@ pub struct Members {
     control: Client,
     /// The live nodes' names, sorted; this node's among them.
     live: watch::Sender<Vec<String>>,
+    /// What the listener learnt: when dead nodes were last heard, and whether this node hears itself.
+    heard: Heard,
     beating: Mutex<Option<AbortHandle>>,
     listening: AbortHandle,
 }
@@ -60,10 +68,17 @@ impl Members {
         incarnation: u64,
         wills: Arc<Wills>,
     ) -> Result<Arc<Members>, ClusterError> {
-        let heard = control.subscribe(SUBJECTS).await.map_err(|e| ClusterError::Nats(e.to_string()))?;
+        let heartbeats = control.subscribe(SUBJECTS).await.map_err(|e| ClusterError::Nats(e.to_string()))?;
         let (live, _) = watch::channel(vec![node.to_string()]);
-        let others = Others { node: node.to_string(), members: BTreeMap::new(), live: live.clone(), wills };
-        let listening = tokio::spawn(others.follow(heard, control.clone())).abort_handle();
+        let heard = Heard::default();
+        let others = Others {
+            node: node.to_string(),
+            members: BTreeMap::new(),
+            live: live.clone(),
+            heard: heard.clone(),
+            wills,
+        };
+        let listening = tokio::spawn(others.follow(heartbeats, control.clone())).abort_handle();
         let beat = Heartbeat { node: node.to_string(), incarnation, leaving: false };
         let beating = tokio::spawn(beat_on(control.clone(), beat)).abort_handle();
         Ok(Arc::new(Members {
@@ -71,6 +86,7 @@ impl Members {
             incarnation,
             control,
             live,
+            heard,
             beating: Mutex::new(Some(beating)),
             listening,
         }))
@@ -88,6 +104,29 @@ impl Members {
 
     pub fn is_alive(&self, node: &str) -> bool {
         self.live.borrow().iter().any(|name| name == node)
+    }
+
+    /// When `node`, taken for dead, was last heard (ms since the epoch); `None` if this node has not
+    /// seen it die.
+    pub fn last_heard(&self, node: &str) -> Option<u64> {
+        self.heard.lock().gone.get(node).copied()
+    }
+
+    /// Whether this node has heard itself, and so every live node, for long enough that the nodes it
+    /// does not list are gone indeed.
+    pub fn settled(&self) -> bool {
+        let heard = self.heard.lock();
+        let now = Instant::now();
+        heard.in_touch_since.is_some_and(|since| now.duration_since(since) > 2 * HEARTBEAT)
+            && heard.heard_self.is_some_and(|at| now.duration_since(at) <= AWAY_AFTER)
+    }
+
+    /// A session whose record says it was online on `node`, which is gone, was left when the node
+    /// was last heard, or now if this node did not see it die: its expiry counts from then.
+    pub fn left_with(&self, node: &str, record: &mut SessionRecord) {
+        if record.parked_at_ms.is_none() {
+            record.parked_at_ms = Some(self.last_heard(node).unwrap_or_else(now_wall_ms));
+        }
     }
 
     /// Says this node is leaving, so that the others drop it at once, without firing wills.
@@ -131,11 +170,32 @@ async fn beat_on(control: Client, heartbeat: Heartbeat) {
     }
 }
 
+/// What the listener learns for `Members` to tell.
+#[derive(Clone, Default)]
+struct Heard(Arc<Mutex<HeardState>>);
+
+#[derive(Default)]
+struct HeardState {
+    /// When each node taken for dead was last heard, by wall clock: when its clients' sessions were
+    /// last known online.
+    gone: HashMap<String, u64>,
+    /// When this node last heard its own heartbeat, and since when it has without a gap.
+    heard_self: Option<Instant>,
+    in_touch_since: Option<Instant>,
+}
+
+impl Heard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HeardState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The other nodes, as this node last heard them.
 struct Others {
     node: String,
     members: BTreeMap<String, Member>,
     live: watch::Sender<Vec<String>>,
+    heard: Heard,
     wills: Arc<Wills>,
 }
 
@@ -152,7 +212,6 @@ impl Others {
                     }
                 }
                 _ = sweep.tick() => {
-                    // Cut off from NATS, this node hears no one: that says nothing of the others.
                     if control.connection_state() == State::Connected {
                         self.sweep();
                     }
@@ -164,6 +223,7 @@ impl Others {
     fn heard(&mut self, heartbeat: Heartbeat) {
         let Heartbeat { node, incarnation, leaving } = heartbeat;
         if node == self.node {
+            self.heard_self(Instant::now());
             return;
         }
         if leaving {
@@ -177,6 +237,7 @@ impl Others {
         let now = Instant::now();
         match self.members.insert(node.clone(), Member { incarnation, heard: now }) {
             None => {
+                self.heard.lock().gone.remove(&node);
                 tracing::info!(%node, "node joined the cluster");
                 self.publish();
             }
@@ -188,16 +249,39 @@ impl Others {
         }
     }
 
+    /// This node's own heartbeat came back: after a gap, the others' silence meanwhile says nothing.
+    fn heard_self(&mut self, now: Instant) {
+        let mut heard = self.heard.lock();
+        let away = heard.heard_self.is_none_or(|before| now.duration_since(before) > AWAY_AFTER);
+        if away {
+            if heard.heard_self.is_some() {
+                tracing::info!("this node hears the cluster again: the others get {DEAD_AFTER:?} to be heard");
+            }
+            for member in self.members.values_mut() {
+                member.heard = member.heard.max(now);
+            }
+            heard.in_touch_since = Some(now);
+        }
+        heard.heard_self = Some(now);
+    }
+
     fn sweep(&mut self) {
+        // Only silence while this node hears itself counts: else it is this node that is cut off.
+        let Some(heard_self) = self.heard.lock().heard_self else { return };
         let now = Instant::now();
-        let dead: Vec<String> = self
+        if now.duration_since(heard_self) > AWAY_AFTER {
+            return;
+        }
+        let dead: Vec<(String, Instant)> = self
             .members
             .iter()
             .filter(|(_, member)| now.duration_since(member.heard) > DEAD_AFTER)
-            .map(|(node, _)| node.clone())
+            .map(|(node, member)| (node.clone(), member.heard))
             .collect();
-        for node in dead {
+        for (node, heard) in dead {
             self.members.remove(&node);
+            let heard_ms = now_wall_ms().saturating_sub(now.duration_since(heard).as_millis() as u64);
+            self.heard.lock().gone.insert(node.clone(), heard_ms);
             tracing::warn!(%node, "node silent for {DEAD_AFTER:?}: taken for dead");
             self.fire_left_behind(node, None);
         }

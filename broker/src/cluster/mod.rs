@@ -10,7 +10,7 @@
 //! - `members.rs`: which nodes are alive; `wills.rs`: the wills a dead node leaves, fired once;
 //! - `relay.rs`: control requests for other nodes; `retained.rs`: retained messages, kept in JetStream;
 //! - `handover.rs`: a persistent session on its way to another node; `records.rs`: where the
-//!   others find it when its node is gone;
+//!   others find it when its node is gone; `sweep.rs`: what is left of dead nodes' sessions;
 //! - `bucket.rs`: JetStream key-value buckets.
 
 mod bucket;
@@ -23,6 +23,7 @@ mod registry;
 mod relay;
 mod retained;
 pub mod subject;
+mod sweep;
 mod wills;
 mod wire;
 
@@ -39,6 +40,7 @@ use members::Members;
 use records::Records;
 use registry::Registry;
 pub use relay::Asked;
+use sweep::Sweeper;
 use wills::Wills;
 
 use crate::metrics::Metrics;
@@ -67,6 +69,7 @@ pub struct Clustered {
     members: Arc<Members>,
     wills: Arc<Wills>,
     records: Arc<Records>,
+    sweeping: tokio::task::AbortHandle,
     control: Client,
     data: Client,
 }
@@ -115,6 +118,7 @@ impl Joining {
         let wills = Wills::start(joined.data, node, joined.incarnation, router.clone(), joined.wills);
         let control = joined.control.clone();
         let members = Members::start(joined.control, node, joined.incarnation, wills.clone()).await?;
+        let sweeping = Sweeper::start(joined.registry.clone(), records.clone(), members.clone()).abort_handle();
         // Restarted under its old name, this node fires what its clients of before left behind, and
         // gives up the kept sessions that moved to other nodes while it was down.
         let own = wills.clone();
@@ -133,6 +137,7 @@ impl Joining {
             members,
             wills,
             records,
+            sweeping,
             control,
             data,
         })))
@@ -169,7 +174,7 @@ impl Cluster {
             // session resumes here; any other goes out now, once.
             joined.wills.settle_left_behind(node, client_id, resume).await;
         }
-        match (claimed.session, claimed.from_silent_node.is_some(), resume) {
+        match (claimed.session, claimed.from_silent_node, resume) {
             (Some(session), _, _) => match handover::decode(client_id, &session) {
                 Ok((record, session)) => router.adopt(record, session),
                 Err(e) => {
@@ -177,14 +182,19 @@ impl Cluster {
                 }
             },
             // Its node is gone: the session comes back from its record, without what was queued there.
-            (None, true, true) => match records.find(client_id).await {
-                Some(record) if !record.expired() => router.adopt(record, Handover::default()),
-                // Expired while its node was gone: the client starts afresh, and the record goes.
-                Some(_) => records.discard(client_id).await,
-                None => {}
-            },
-            (None, true, false) => records.discard(client_id).await,
-            (None, false, _) => {}
+            (None, Some(node), true) => {
+                if let Some(mut record) = records.find(client_id).await {
+                    joined.members.left_with(&node, &mut record);
+                    if record.expired() {
+                        // Expired while its node was gone: the client starts afresh, and the record goes.
+                        records.discard(client_id).await;
+                    } else {
+                        router.adopt(record, Handover::default());
+                    }
+                }
+            }
+            (None, Some(_), false) => records.discard(client_id).await,
+            (None, None, _) => {}
         }
         // A session that came with routes has them known cluster-wide before its CONNACK, as a
         // SUBACK would.
@@ -268,6 +278,7 @@ impl Cluster {
     /// node's clients are cleared, and the others are told at once rather than left to notice.
     pub async fn leave(&self) {
         if let Cluster::Nats(joined) = self {
+            joined.sweeping.abort();
             joined.wills.finish().await;
             joined.members.leave().await;
             // Its subscriptions go with it at once (the process may live on: in tests, or embedded).

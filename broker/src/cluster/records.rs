@@ -74,6 +74,37 @@ impl Records {
         }
     }
 
+    /// The records of the sessions `wanted` picks by client id, each with its revision.
+    pub async fn of(&self, wanted: impl Fn(&str) -> bool) -> Result<Vec<(SessionRecord, u64)>, ClusterError> {
+        let store = self.store().await?;
+        let entries = bucket::entries(store, |entry| bucket::text(&entry.key).is_some_and(|id| wanted(&id))).await?;
+        let mut records = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let Some(client_id) = bucket::text(&entry.key) else { continue };
+            match decode_session(&client_id, &entry.value) {
+                Ok(record) => records.push((record, entry.revision)),
+                Err(e) => {
+                    tracing::warn!(client_id = %client_id.escape_debug(), error = %e, "a session's record unreadable")
+                }
+            }
+        }
+        Ok(records)
+    }
+
+    /// Writes `record` over the revision it was read at; the new revision, or `None` if it changed
+    /// meanwhile.
+    pub async fn rewrite(&self, record: &SessionRecord, revision: u64) -> Option<u64> {
+        let store = self.store().await.ok()?;
+        let value = Bytes::from(encode_session(record));
+        store.update(key(&record.client_id), value, revision).await.ok()
+    }
+
+    /// Deletes the record of `client_id` at `revision`; whether it was still that one.
+    pub async fn remove(&self, client_id: &str, revision: u64) -> bool {
+        let Ok(store) = self.store().await else { return false };
+        store.delete_expect_revision(key(client_id), Some(revision)).await.is_ok()
+    }
+
     async fn write(self: Arc<Self>, mut changes: mpsc::UnboundedReceiver<Change>) {
         // The revision this node wrote last, by client id.
         let mut written: HashMap<ClientId, u64> = HashMap::new();

@@ -167,6 +167,33 @@ impl Registry {
         }
     }
 
+    /// The client ids held by nodes that `gone` says are gone: each with its holder and the revision
+    /// of its claim.
+    pub async fn held_by_gone(
+        &self,
+        gone: impl Fn(&str) -> bool,
+    ) -> Result<HashMap<ClientId, (String, u64)>, ClusterError> {
+        let store = self.store().await?;
+        let entries = bucket::entries(store, |entry| std::str::from_utf8(&entry.value).is_ok_and(&gone)).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|entry| {
+                let client_id = bucket::text(&entry.key)?;
+                let holder = String::from_utf8(entry.value.to_vec()).ok()?;
+                Some((ClientId::from(client_id.as_str()), (holder, entry.revision)))
+            })
+            .collect())
+    }
+
+    /// Drops the claim of `revision` on `client_id`, unless a node claimed it since.
+    pub async fn forget(&self, client_id: &str, revision: u64) {
+        if let Ok(store) = self.store().await {
+            if let Err(e) = store.delete_expect_revision(key(client_id), Some(revision)).await {
+                tracing::debug!(client_id = %client_id.escape_debug(), error = %e, "claim not forgotten");
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, u64>> {
         self.claims.lock().unwrap_or_else(|e| e.into_inner())
     }
