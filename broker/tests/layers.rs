@@ -19,7 +19,8 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         let mut uses = BTreeSet::new();
         for file in files(&src, module) {
             let text = std::fs::read_to_string(&file).unwrap();
-            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            // Test modules (at the end of a file) left out; a test-only item elsewhere is read too.
+            let code = text.split("#[cfg(test)]\nmod ").next().unwrap_or_default();
             for (at, _) in code.match_indices("crate::") {
                 let rest = &code[at + "crate::".len()..];
                 let named: Vec<&str> = if let Some(group) = rest.strip_prefix('{') {
@@ -64,7 +65,9 @@ fn the_modules_form_a_dag_from_the_server_down_to_the_protocol() {
     assert!(graph.len() >= 10, "modules found: {graph:?}");
     assert!(graph["protocol"].is_empty(), "the protocol uses nothing else: {:?}", graph["protocol"]);
     for (module, uses) in &graph {
-        assert!(!uses.contains("server") && !uses.contains("client"), "{module} reaches up to {uses:?}");
+        assert!(!uses.contains("server"), "{module} reaches up to the server: {uses:?}");
+        // A client connection is served by the server alone.
+        assert!(module == "server" || !uses.contains("client"), "{module} reaches up to a client: {uses:?}");
     }
     // Kahn: peel off modules that use nothing left; whatever remains is in a cycle.
     let mut left = graph.clone();
