@@ -8,13 +8,12 @@
 //! the socket. Other streams go through tokio's `AsyncRead`/`AsyncWrite` and have no such handle.
 
 use std::cell::Cell;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::Poll;
 
 use bytes::{Buf, BufMut, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -92,7 +91,7 @@ pub fn split(stream: Stream, max_packet_size: usize, rate_limit: Option<RateLimi
     // Until CONNECT says otherwise: CONNECT names its level itself, and what goes out before (a refusal)
     // is the same in 3.1 and 3.1.1.
     let level = Protocol::V311;
-    let limiter = rate_limit.map(|limit| Box::new(Limiter { bucket: Bucket::new(limit, Instant::now()), pause: None }));
+    let limiter = rate_limit.map(|limit| Box::new(Bucket::new(limit, Instant::now())));
     let reader = PacketReader { reader, buf: BytesMut::new(), max_packet_size, level, limiter };
     (reader, PacketWriter { half: writer, buf: BytesMut::new(), level, holds: Vec::new() })
 }
@@ -103,13 +102,7 @@ pub struct PacketReader {
     max_packet_size: usize,
     level: Protocol,
     /// The listener's `rate_limit`, if it has one (boxed: most connections have none).
-    limiter: Option<Box<Limiter>>,
-}
-
-/// A rate limit on reads, and the timer of the pauses it imposes (made the first time it does).
-struct Limiter {
-    bucket: Bucket,
-    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    limiter: Option<Box<Bucket>>,
 }
 
 impl PacketReader {
@@ -122,59 +115,47 @@ impl PacketReader {
 
     /// Reads more bytes from the stream, once the rate limit allows. Cancel-safe: no bytes are lost if
     /// the future is dropped. Over TCP the buffer is only grown once the socket is readable, so waiting
-    /// costs no memory; and it is a poll function rather than an `async fn`, so waiting costs no state
-    /// in the connection's task either (the socket keeps the waker), which is where an idle connection
-    /// spends its life.
-    pub fn fill(&mut self) -> impl std::future::Future<Output = Result<usize, ConnectionError>> + '_ {
-        std::future::poll_fn(move |cx| self.poll_fill(cx))
-    }
-
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, ConnectionError>> {
-        if let Some(limiter) = &mut self.limiter {
-            if let Some(resume) = limiter.bucket.resumes_at(Instant::now()) {
-                let pause = limiter.pause.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(resume)));
-                if pause.deadline() != resume {
-                    pause.as_mut().reset(resume);
-                }
-                ready!(pause.as_mut().poll(cx));
-            }
+    /// costs no memory.
+    pub async fn fill(&mut self) -> Result<usize, ConnectionError> {
+        if let Some(resume) = self.throttled_until() {
+            tokio::time::sleep_until(resume).await;
         }
-        let allowance = self.limiter.as_ref().map_or(usize::MAX, |limiter| limiter.bucket.allowance());
-        let read = ready!(self.poll_read_more(cx, allowance))?;
-        if let Some(limiter) = &mut self.limiter {
-            limiter.bucket.spend(read, Instant::now());
+        let allowance = self.limiter.as_ref().map_or(usize::MAX, |bucket| bucket.allowance());
+        let read = self.read_more(allowance).await?;
+        if let Some(bucket) = &mut self.limiter {
+            bucket.spend(read, Instant::now());
         }
-        Poll::Ready(Ok(read))
+        Ok(read)
     }
 
     /// While the rate limit holds reads back: until when.
     pub fn throttled_until(&mut self) -> Option<Instant> {
-        self.limiter.as_mut().and_then(|limiter| limiter.bucket.resumes_at(Instant::now()))
+        self.limiter.as_mut().and_then(|bucket| bucket.resumes_at(Instant::now()))
     }
 
     /// Reads what the stream has, up to `allowance` bytes.
-    fn poll_read_more(&mut self, cx: &mut Context<'_>, allowance: usize) -> Poll<Result<usize, ConnectionError>> {
+    async fn read_more(&mut self, allowance: usize) -> Result<usize, ConnectionError> {
         loop {
             let read = match &mut self.reader {
                 ReadHalf::Tcp(reader) => {
-                    ready!(reader.as_ref().poll_read_ready(cx))?;
+                    reader.readable().await?;
                     reserve(&mut self.buf);
                     // `poll_read`, unlike `try_read`, forgets the readiness after a short read: the next
                     // `fill` then waits for epoll instead of asking the socket again only to hear "would
                     // block", a syscall saved per packet at low rates, and one that sat between a publish
                     // and its routing.
-                    poll_read_buf(Pin::new(&mut *reader), cx, &mut (&mut self.buf).limit(allowance))
+                    let mut buf = (&mut self.buf).limit(allowance);
+                    std::future::poll_fn(|cx| Poll::Ready(poll_read_buf(Pin::new(&mut *reader), cx, &mut buf))).await
                 }
                 ReadHalf::Other(reader) => {
                     reserve(&mut self.buf);
-                    let read = ready!(poll_read_buf(Pin::new(reader), cx, &mut (&mut self.buf).limit(allowance)));
-                    Poll::Ready(read)
+                    Poll::Ready(reader.read_buf(&mut (&mut self.buf).limit(allowance)).await)
                 }
             };
             match read {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(ConnectionError::Closed)),
-                Poll::Ready(Ok(n)) => return Poll::Ready(Ok(n)),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Ready(Ok(0)) => return Err(ConnectionError::Closed),
+                Poll::Ready(Ok(n)) => return Ok(n),
+                Poll::Ready(Err(e)) => return Err(e.into()),
                 // Readiness was stale: give the buffer back before waiting again.
                 Poll::Pending => self.release_if_drained(),
             }
