@@ -9,7 +9,7 @@ mod helpers;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use helpers::nats::{nats, Nats, TempDir};
+use helpers::nats::{nats, nats_cluster, Nats, TempDir};
 use helpers::*;
 use midge_broker::config::ClusterOutage;
 use midge_broker::protocol::*;
@@ -77,6 +77,42 @@ async fn a_suback_means_other_nodes_already_send() {
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// In a NATS cluster of three servers, each node on a server of its own, a publish on any other node
+/// right after a SUBACK is delivered: the SUBACK waits until the servers every node publishes through
+/// have the subscription, not only the subscriber's own server.
+#[tokio::test]
+async fn a_suback_means_every_node_sends_in_a_nats_cluster() {
+    let servers = nats_cluster().await;
+    let (a, b, c) = (node(&servers[0], "a").await, node(&servers[1], "b").await, node(&servers[2], "c").await);
+    // JetStream elects its leaders first: until then the registry refuses persistent connects.
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    for (addr, id) in [(a.addr, "sub"), (b.addr, "pub-b"), (c.addr, "pub-c")] {
+        loop {
+            let mut raw = Raw::open(addr).await;
+            raw.send(&Packet::Connect(connect_packet(id, false))).await;
+            let answer = raw.recv_within(Duration::from_secs(5)).await;
+            if matches!(answer, Ok(Some(Packet::Connack(c))) if c.code() == ConnectReturnCode::Accepted) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the NATS cluster's JetStream never came up");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    wait_for_brokers(&mut watching_brokers(a.addr, "watch-a").await, &["a", "b", "c"], Duration::from_secs(5)).await;
+    let mut subscriber = Raw::connected(a.addr, "sub").await;
+    let mut publishers = [Raw::connected(b.addr, "pub-b").await, Raw::connected(c.addr, "pub-c").await];
+    for n in 1..=100u16 {
+        let topic = format!("fresh/{n}");
+        subscriber.subscribe(n, &[(topic.as_str(), QoS::AtMostOnce)]).await;
+        publishers[usize::from(n % 2)].send(&publish(&topic, b"now", QoS::AtMostOnce, 0)).await;
+        let got = subscriber.recv_publish().await;
+        assert_eq!(got.topic_str(), topic);
+    }
+    for node in [a, b, c] {
+        node.stop().await;
+    }
 }
 
 /// Topic levels NATS gives meaning to, or cannot carry as they are, arrive as they were published;
@@ -191,12 +227,12 @@ async fn a_node_back_from_a_stop_forgets_the_retained_messages_cleared_meanwhile
 async fn local_filters_stay_home_and_routes_go_with_their_last_subscriber() {
     let nats = nats().await;
     let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
-    let always = ["midge.long", "midge.echo"];
     let baseline = nats.subjects().await;
-    for subject in always {
-        let count = baseline.iter().filter(|s| s.starts_with(subject)).count();
-        assert_eq!(count, 2, "{subject} once for each node: {baseline:?}");
-    }
+    let count = |matches: &dyn Fn(&str) -> bool| baseline.iter().filter(|s| matches(s)).count();
+    assert_eq!(count(&|s| s == "midge.long"), 2, "midge.long once for each node: {baseline:?}");
+    assert_eq!(count(&|s| s == "midge.echo.every"), 2, "midge.echo.every once for each node: {baseline:?}");
+    let own_echo = |s: &str| s.starts_with("midge.echo.") && s != "midge.echo.every";
+    assert_eq!(count(&own_echo), 2, "a node's own echo once for each node: {baseline:?}");
 
     let mut home = Raw::connected(b.addr, "home").await;
     home.subscribe(1, &[("$local/x/#", QoS::AtMostOnce), ("$SYS/#", QoS::AtMostOnce)]).await;

@@ -50,6 +50,9 @@ const SEQ: &str = "Midge-Seq";
 const BATCH_BYTES: usize = 256 * 1024;
 /// How long a SUBACK waits for NATS to confirm a new route: past it (NATS away), it goes anyway.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Every node's data connection answers here with its name: a request sent after new subscriptions
+/// reaches each node through its data connection's server, after the subscriptions did.
+const EVERY_ECHO: &str = "midge.echo.every";
 
 /// How long a starting node waits for NATS before it serves its clients alone.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -188,6 +191,8 @@ impl Pending {
         }
         let echo = format!("midge.echo.{incarnation:016x}");
         let answers = control.subscribe(echo.clone()).await.map_err(|e| ClusterError::Nats(e.to_string()))?;
+        let every = data.subscribe(EVERY_ECHO).await.map_err(|e| ClusterError::Nats(e.to_string()))?;
+        let (peers, peers_watch) = watch::channel(Vec::new());
         let registry = Arc::new(Registry::new(data.clone(), control.clone(), node));
         let releases = registry.clone().answer_releases(router.clone()).await?;
         let (inbound_tx, arrivals) = mpsc::channel(INBOUND_QUEUE);
@@ -198,8 +203,9 @@ impl Pending {
         let tasks = [
             releases,
             tokio::spawn(answer(control.clone(), answers)),
+            tokio::spawn(answer_every(data.clone(), every, node.to_string())),
             tokio::spawn(forward(data.clone(), self.messages, origin.clone(), self.metrics)),
-            tokio::spawn(interest(pumps, self.routes, self.known, echo.clone())),
+            tokio::spawn(interest(pumps, self.routes, self.known, Echoes { own: echo.clone(), peers: peers_watch })),
             tokio::spawn(inbound(arrivals, origin, router)),
         ];
         tokio::spawn(async move {
@@ -213,7 +219,7 @@ impl Pending {
         for client in [&data, &control] {
             confirm(client, &echo, "this node's subscriptions").await;
         }
-        Ok(Joined { data, control, incarnation, registry, sessions: self.sessions, wills: self.wills })
+        Ok(Joined { data, control, incarnation, registry, sessions: self.sessions, wills: self.wills, peers })
     }
 }
 
@@ -228,6 +234,8 @@ pub struct Joined {
     pub sessions: mpsc::UnboundedReceiver<records::Change>,
     /// The wills' channel (the router's end of it is the link's).
     pub wills: (mpsc::UnboundedSender<wills::Change>, mpsc::UnboundedReceiver<wills::Change>),
+    /// The other live nodes, for the link to confirm new routes with: fed by the membership.
+    pub peers: watch::Sender<Vec<String>>,
 }
 
 async fn connect(servers: &[ServerAddr], name: String, no_echo: bool) -> Result<Client, ClusterError> {
@@ -251,6 +259,22 @@ async fn answer(control: Client, mut requests: async_nats::Subscriber) {
             let _ = control.publish(reply, Bytes::new()).await;
         }
     }
+}
+
+/// Answers other nodes' confirmations of their new routes with this node's name.
+async fn answer_every(data: Client, mut requests: async_nats::Subscriber, node: String) {
+    let name = Bytes::from(node);
+    while let Some(request) = requests.next().await {
+        if let Some(reply) = request.reply {
+            let _ = data.publish(reply, name.clone()).await;
+        }
+    }
+}
+
+/// Where new routes are confirmed: this node's control connection, and every other live node.
+struct Echoes {
+    own: String,
+    peers: watch::Receiver<Vec<String>>,
 }
 
 async fn forward(data: Client, mut messages: mpsc::Receiver<Arc<Message>>, origin: String, metrics: Arc<Metrics>) {
@@ -347,7 +371,7 @@ async fn interest(
     pumps: Pumps,
     mut changes: mpsc::UnboundedReceiver<RouteChange>,
     known: watch::Sender<u64>,
-    echo: String,
+    echoes: Echoes,
 ) {
     let mut subscriptions: HashMap<Box<str>, Vec<AbortHandle>> = HashMap::new();
     let mut batch = Vec::new();
@@ -399,8 +423,11 @@ async fn interest(
         // Away from NATS, a SUBACK has nothing to wait for: the subscriptions are made again on
         // reconnecting, and nothing crosses meanwhile.
         if subscribed {
-            confirm(&pumps.data, &echo, "new routes").await;
-            confirm(&pumps.queues, &echo, "new shared routes").await;
+            confirm(&pumps.data, &echoes.own, "new routes").await;
+            confirm(&pumps.queues, &echoes.own, "new shared routes").await;
+            let peers = echoes.peers.borrow().clone();
+            confirm_with_every(&pumps.data, &peers, "new routes").await;
+            confirm_with_every(&pumps.queues, &peers, "new shared routes").await;
         }
         known.send_replace(number);
     }
@@ -433,6 +460,47 @@ async fn confirm(client: &Client, echo: &str, what: &str) {
         Ok(Err(e)) => tracing::warn!(error = %e, "{what} not confirmed by NATS"),
         Err(_) => tracing::warn!("{what} not confirmed by NATS in time"),
     }
+}
+
+/// Returns once every node in `peers` has answered a request sent on `client` after its SUBs: each
+/// answers through its data connection, so its data connection's server (where its publishes enter
+/// NATS) had the subscriptions first, as servers pass on subscriptions and messages over a route in
+/// the order they came. Without it a SUBACK would cover only this node's servers, and in a NATS
+/// cluster a publish entering through a third server right after it could find no interest there
+/// yet. At most [`CONFIRM_TIMEOUT`] (a node that died meanwhile does not answer).
+async fn confirm_with_every(client: &Client, peers: &[String], what: &str) {
+    if peers.is_empty() || client.connection_state() != State::Connected {
+        return;
+    }
+    let inbox = client.new_inbox();
+    let Ok(mut answers) = client.subscribe(inbox.clone()).await else { return };
+    let mut waiting: std::collections::HashSet<&str> = peers.iter().map(String::as_str).collect();
+    // Asked again now and then: a node that just joined may be heard before its answering
+    // subscription has reached this node's server.
+    let mut ask = tokio::time::interval(Duration::from_millis(100));
+    let all = tokio::time::timeout(CONFIRM_TIMEOUT, async {
+        loop {
+            tokio::select! {
+                _ = ask.tick() => {
+                    if client.publish_with_reply(EVERY_ECHO, inbox.clone(), Bytes::new()).await.is_err() {
+                        return;
+                    }
+                    let _ = client.flush().await;
+                }
+                answer = answers.next() => {
+                    let Some(answer) = answer else { return };
+                    waiting.remove(std::str::from_utf8(&answer.payload).unwrap_or_default());
+                    if waiting.is_empty() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    if all.await.is_err() {
+        tracing::warn!(unanswered = ?waiting, "{what} not confirmed by every node in time");
+    }
+    let _ = answers.unsubscribe().await;
 }
 
 /// Routes what other nodes sent to this node's subscribers, each message once; what a queue group

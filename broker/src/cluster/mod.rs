@@ -109,8 +109,9 @@ impl Joining {
     ) -> Result<Cluster, ClusterError> {
         let joined = self.pending.start(node, router.clone(), shutdown.clone()).await?;
         let answering = relay::answer_asks(joined.control.clone(), node, asked).await?.abort_handle();
+        let stopping = shutdown.clone();
         tokio::spawn(async move {
-            shutdown.cancelled().await;
+            stopping.cancelled().await;
             answering.abort();
         });
         let data = joined.data.clone();
@@ -119,6 +120,7 @@ impl Joining {
         let control = joined.control.clone();
         let members = Members::start(joined.control, node, joined.incarnation, wills.clone()).await?;
         let sweeping = Sweeper::start(joined.registry.clone(), records.clone(), members.clone()).abort_handle();
+        tokio::spawn(feed_peers(members.watch(), joined.peers, node.to_string(), shutdown));
         // Restarted under its old name, this node fires what its clients of before left behind, and
         // gives up the kept sessions that moved to other nodes while it was down.
         let own = wills.clone();
@@ -141,6 +143,23 @@ impl Joining {
             control,
             data,
         })))
+    }
+}
+
+/// Keeps the link's list of the other live nodes (whom new routes are confirmed with) up to date.
+async fn feed_peers(
+    mut live: watch::Receiver<Vec<String>>,
+    peers: watch::Sender<Vec<String>>,
+    node: String,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let others = live.borrow_and_update().iter().filter(|name| **name != node).cloned().collect();
+        peers.send_replace(others);
+        tokio::select! {
+            changed = live.changed() => if changed.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
     }
 }
 

@@ -21,15 +21,35 @@ pub struct Nats {
 
 pub async fn nats() -> Nats {
     let store = TempDir(tempdir());
-    let (child, url, monitor) = nats_server(&store, "-1", "-1").await;
+    let (child, url, monitor) = nats_server(&store, "-1", "-1", &[]).await;
     Nats { child, store, url, monitor }
 }
 
-/// Starts nats-server on `port` and `monitor_port` (`-1`: any free one); where it listens.
-async fn nats_server(store: &TempDir, port: &str, monitor_port: &str) -> (Child, String, SocketAddr) {
+/// Three nats-servers routed into one NATS cluster, JetStream on each (so buckets get three
+/// replicas); a test puts each node on a server of its own.
+pub async fn nats_cluster() -> Vec<Nats> {
+    let ports: Vec<u16> =
+        (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+    let routes: Vec<String> = ports.iter().map(|port| format!("nats://127.0.0.1:{port}")).collect();
+    let routes = routes.join(",");
+    let mut servers = Vec::new();
+    for (n, port) in ports.iter().enumerate() {
+        let store = TempDir(tempdir());
+        let (name, listen) = (format!("s{n}"), format!("nats://127.0.0.1:{port}"));
+        let cluster = ["-n", &name, "--cluster_name", "midge-test", "--cluster", &listen, "--routes", &routes];
+        let (child, url, monitor) = nats_server(&store, "-1", "-1", &cluster).await;
+        servers.push(Nats { child, store, url, monitor });
+    }
+    servers
+}
+
+/// Starts nats-server on `port` and `monitor_port` (`-1`: any free one), with `extra` arguments;
+/// where it listens.
+async fn nats_server(store: &TempDir, port: &str, monitor_port: &str, extra: &[&str]) -> (Child, String, SocketAddr) {
     let mut child = Command::new("nats-server")
         .args(["-a", "127.0.0.1", "-p", port, "-m", monitor_port, "-js", "-sd"])
         .arg(&store.0)
+        .args(extra)
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -65,7 +85,7 @@ impl Nats {
     /// A new server on the same ports and store, after `kill`.
     pub async fn restart(&mut self) {
         let port = self.url.rsplit(':').next().unwrap().to_string();
-        let (child, _, _) = nats_server(&self.store, &port, &self.monitor.port().to_string()).await;
+        let (child, _, _) = nats_server(&self.store, &port, &self.monitor.port().to_string(), &[]).await;
         self.child = child;
     }
 
