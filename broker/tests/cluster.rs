@@ -176,6 +176,17 @@ async fn retained_messages_reach_every_node() {
     }
 }
 
+/// Node a, keeping what it has in `dir` (and its control channel open), to stop and start again.
+fn persistent_a(nats: &Nats, dir: &TempDir) -> Config {
+    Config {
+        node: "a@127.0.0.1".into(),
+        cluster: vec![nats.url.clone()],
+        persistence: true,
+        data_dir: dir.0.clone(),
+        ..mgmt_config()
+    }
+}
+
 /// A node down (with its retained messages on its disk) while others clear some and retain others
 /// comes back with the cluster's retained messages, not its own stale copy: a topic too long to be a
 /// key of its own (kept under a digest) as well as a short one.
@@ -183,13 +194,7 @@ async fn retained_messages_reach_every_node() {
 async fn a_node_back_from_a_stop_forgets_the_retained_messages_cleared_meanwhile() {
     let nats = nats().await;
     let dir_a = TempDir(tempdir());
-    let kept = |dir: &TempDir| Config {
-        node: "a@127.0.0.1".into(),
-        cluster: vec![nats.url.clone()],
-        persistence: true,
-        data_dir: dir.0.clone(),
-        ..config()
-    };
+    let kept = |dir: &TempDir| persistent_a(&nats, dir);
     let (a, b) = (start(kept(&dir_a)).await, node(&nats, "b").await);
     let long = format!("away/{}", "x".repeat(1100));
     let mut publisher = Raw::connected(b.addr, "pub").await;
@@ -848,13 +853,7 @@ async fn a_node_back_from_a_stop_gives_up_the_sessions_that_moved() {
     use midge_shared::control::{Request, SessionRow};
     let nats = nats().await;
     let dir_a = TempDir(tempdir());
-    let kept = |dir: &TempDir| Config {
-        node: "a@127.0.0.1".into(),
-        cluster: vec![nats.url.clone()],
-        persistence: true,
-        data_dir: dir.0.clone(),
-        ..mgmt_config()
-    };
+    let kept = |dir: &TempDir| persistent_a(&nats, dir);
     let (a, b) = (start(kept(&dir_a)).await, node(&nats, "b").await);
     let (mut wanderer, _) = Raw::connect(a.addr, connect_packet("wanderer", false)).await;
     wanderer.subscribe(1, &[("wander/#", QoS::AtLeastOnce)]).await;
