@@ -115,6 +115,42 @@ async fn a_suback_means_every_node_sends_in_a_nats_cluster() {
     }
 }
 
+/// A SUBACK waits for every other live node that says it confirms new routes (here one that says so
+/// and never answers: the SUBACK comes only at the bound, 2 s), and not for a node of an older
+/// version that does not say so (a rolling upgrade): then it comes at once.
+#[tokio::test]
+async fn a_suback_waits_for_the_nodes_that_confirm_routes_only() {
+    let nats = nats().await;
+    let a = node(&nats, "a").await;
+    let mut watch = watching_brokers(a.addr, "watch-a").await;
+    let impostor = async_nats::connect(&nats.url).await.unwrap();
+    for (n, (name, confirms)) in [("old", false), ("silent", true)].into_iter().enumerate() {
+        let heartbeat = format!(r#"{{"node":"{name}@127.0.0.1","incarnation":1,"confirms":{confirms}}}"#);
+        let beating = {
+            let impostor = impostor.clone();
+            tokio::spawn(async move {
+                loop {
+                    let _ = impostor.publish(format!("midge.node.{name}"), heartbeat.clone().into()).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        };
+        wait_for_brokers(&mut watch, &["a", name], Duration::from_secs(3)).await;
+        let mut subscriber = Raw::connected(a.addr, &format!("sub-{name}")).await;
+        let started = std::time::Instant::now();
+        subscriber.subscribe(1, &[(format!("fresh/{n}/#").as_str(), QoS::AtMostOnce)]).await;
+        let waited = started.elapsed();
+        if confirms {
+            assert!(waited >= Duration::from_millis(1500), "waited for {name} only {waited:?}");
+        } else {
+            assert!(waited < Duration::from_secs(1), "waited for {name}, which never confirms: {waited:?}");
+        }
+        beating.abort();
+        wait_for_brokers(&mut watch, &["a"], Duration::from_secs(4)).await;
+    }
+    a.stop().await;
+}
+
 /// Topic levels NATS gives meaning to, or cannot carry as they are, arrive as they were published;
 /// so does a topic too long for a subject of its own.
 #[tokio::test]

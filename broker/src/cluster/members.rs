@@ -41,11 +41,16 @@ struct Heartbeat {
     incarnation: u64,
     #[serde(default)]
     leaving: bool,
+    /// It answers other nodes' confirmations of new routes (`midge.echo.every`); a node of an older
+    /// version, in a rolling upgrade, does not, and is not waited for.
+    #[serde(default)]
+    confirms: bool,
 }
 
 struct Member {
     incarnation: u64,
     heard: Instant,
+    confirms: bool,
 }
 
 pub struct Members {
@@ -54,6 +59,8 @@ pub struct Members {
     control: Client,
     /// The live nodes' names, sorted; this node's among them.
     live: watch::Sender<Vec<String>>,
+    /// The other live nodes that confirm new routes.
+    confirming: watch::Sender<Vec<String>>,
     /// What the listener learnt: when dead nodes were last heard, and whether this node hears itself.
     heard: Heard,
     beating: Mutex<Option<AbortHandle>>,
@@ -70,22 +77,25 @@ impl Members {
     ) -> Result<Arc<Members>, ClusterError> {
         let heartbeats = control.subscribe(SUBJECTS).await.map_err(|e| ClusterError::Nats(e.to_string()))?;
         let (live, _) = watch::channel(vec![node.to_string()]);
+        let (confirming, _) = watch::channel(Vec::new());
         let heard = Heard::default();
         let others = Others {
             node: node.to_string(),
             members: BTreeMap::new(),
             live: live.clone(),
+            confirming: confirming.clone(),
             heard: heard.clone(),
             wills,
         };
         let listening = tokio::spawn(others.follow(heartbeats, control.clone())).abort_handle();
-        let beat = Heartbeat { node: node.to_string(), incarnation, leaving: false };
+        let beat = Heartbeat { node: node.to_string(), incarnation, leaving: false, confirms: true };
         let beating = tokio::spawn(beat_on(control.clone(), beat)).abort_handle();
         Ok(Arc::new(Members {
             node: node.to_string(),
             incarnation,
             control,
             live,
+            confirming,
             heard,
             beating: Mutex::new(Some(beating)),
             listening,
@@ -95,6 +105,11 @@ impl Members {
     /// The live nodes' names, and each change to them.
     pub fn watch(&self) -> watch::Receiver<Vec<String>> {
         self.live.subscribe()
+    }
+
+    /// The other live nodes that confirm new routes, and each change to them.
+    pub fn watch_confirming(&self) -> watch::Receiver<Vec<String>> {
+        self.confirming.subscribe()
     }
 
     /// The other live nodes' names.
@@ -135,7 +150,8 @@ impl Members {
             beating.abort();
         }
         self.listening.abort();
-        let farewell = Heartbeat { node: self.node.clone(), incarnation: self.incarnation, leaving: true };
+        let farewell =
+            Heartbeat { node: self.node.clone(), incarnation: self.incarnation, leaving: true, confirms: true };
         let _ = self.control.publish(node_subject(&self.node), encode(&farewell)).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.control.flush()).await;
     }
@@ -195,6 +211,7 @@ struct Others {
     node: String,
     members: BTreeMap<String, Member>,
     live: watch::Sender<Vec<String>>,
+    confirming: watch::Sender<Vec<String>>,
     heard: Heard,
     wills: Arc<Wills>,
 }
@@ -221,7 +238,7 @@ impl Others {
     }
 
     fn heard(&mut self, heartbeat: Heartbeat) {
-        let Heartbeat { node, incarnation, leaving } = heartbeat;
+        let Heartbeat { node, incarnation, leaving, confirms } = heartbeat;
         if node == self.node {
             self.heard_self(Instant::now());
             return;
@@ -235,7 +252,7 @@ impl Others {
             return;
         }
         let now = Instant::now();
-        match self.members.insert(node.clone(), Member { incarnation, heard: now }) {
+        match self.members.insert(node.clone(), Member { incarnation, heard: now, confirms }) {
             None => {
                 self.heard.lock().gone.remove(&node);
                 tracing::info!(%node, "node joined the cluster");
@@ -244,6 +261,8 @@ impl Others {
             Some(before) if before.incarnation != incarnation => {
                 tracing::info!(%node, "node restarted");
                 self.fire_left_behind(node, Some(incarnation));
+                // Perhaps as another version.
+                self.publish();
             }
             Some(_) => {}
         }
@@ -295,15 +314,19 @@ impl Others {
 
     /// Tells the watchers, if the live nodes changed.
     fn publish(&self) {
+        let confirming: Vec<String> =
+            self.members.iter().filter(|(_, member)| member.confirms).map(|(node, _)| node.clone()).collect();
         let mut live: Vec<String> = self.members.keys().cloned().collect();
         live.push(self.node.clone());
         live.sort();
-        self.live.send_if_modified(|current| {
-            let changed = *current != live;
-            if changed {
-                *current = live;
-            }
-            changed
-        });
+        for (watched, now) in [(&self.live, live), (&self.confirming, confirming)] {
+            watched.send_if_modified(|current| {
+                let changed = *current != now;
+                if changed {
+                    *current = now;
+                }
+                changed
+            });
+        }
     }
 }

@@ -120,7 +120,7 @@ impl Joining {
         let control = joined.control.clone();
         let members = Members::start(joined.control, node, joined.incarnation, wills.clone()).await?;
         let sweeping = Sweeper::start(joined.registry.clone(), records.clone(), members.clone()).abort_handle();
-        tokio::spawn(feed_peers(members.watch(), joined.peers, node.to_string(), shutdown));
+        tokio::spawn(feed_peers(members.watch_confirming(), joined.peers, shutdown));
         // Restarted under its old name, this node fires what its clients of before left behind, and
         // gives up the kept sessions that moved to other nodes while it was down.
         let own = wills.clone();
@@ -146,18 +146,17 @@ impl Joining {
     }
 }
 
-/// Keeps the link's list of the other live nodes (whom new routes are confirmed with) up to date.
+/// Keeps the link's list of the other live nodes that confirm new routes up to date.
 async fn feed_peers(
-    mut live: watch::Receiver<Vec<String>>,
+    mut confirming: watch::Receiver<Vec<String>>,
     peers: watch::Sender<Vec<String>>,
-    node: String,
     shutdown: CancellationToken,
 ) {
     loop {
-        let others = live.borrow_and_update().iter().filter(|name| **name != node).cloned().collect();
-        peers.send_replace(others);
+        let now = confirming.borrow_and_update().clone();
+        peers.send_replace(now);
         tokio::select! {
-            changed = live.changed() => if changed.is_err() { return },
+            changed = confirming.changed() => if changed.is_err() { return },
             _ = shutdown.cancelled() => return,
         }
     }
