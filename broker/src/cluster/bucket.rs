@@ -72,18 +72,20 @@ pub fn text(key: &str) -> Option<String> {
 /// How long reading a bucket through may go without an entry before it is given up.
 const READ_STALL: Duration = Duration::from_secs(5);
 
-/// Every key's current entry that `keep` keeps (deleted keys left out), read in one pass of one
-/// consumer rather than a request per key.
+/// Every current entry under `keys` (a key filter: `>` for all, `<prefix>.>` for a path) that `keep`
+/// keeps, deleted keys left out, read in one pass of one consumer rather than a request per key.
 pub async fn entries(
     store: &kv::Store,
+    keys: &str,
     mut keep: impl FnMut(&kv::Entry) -> bool,
 ) -> Result<Vec<kv::Entry>, ClusterError> {
-    // An empty bucket sends nothing at all, not even word that it is done. (`status()` would give
-    // the stream's state as it was when the bucket was opened.)
-    if store.stream.get_info().await.map_err(nats)?.state.messages == 0 {
+    // Where nothing matches, the watch sends nothing at all, not even word that it is done: the
+    // stream is asked first (fresh: `status()` gives its state as it was when the bucket was opened).
+    let mut subjects = store.stream.info_with_subjects(format!("{}{keys}", store.prefix)).await.map_err(nats)?;
+    if subjects.next().await.transpose().map_err(nats)?.is_none() {
         return Ok(Vec::new());
     }
-    let mut watch = store.watch_with_history(">").await.map_err(nats)?;
+    let mut watch = store.watch_with_history(keys).await.map_err(nats)?;
     let mut kept = Vec::new();
     loop {
         let entry = tokio::time::timeout(READ_STALL, watch.next()).await;

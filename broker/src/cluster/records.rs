@@ -77,7 +77,8 @@ impl Records {
     /// The records of the sessions `wanted` picks by client id, each with its revision.
     pub async fn of(&self, wanted: impl Fn(&str) -> bool) -> Result<Vec<(SessionRecord, u64)>, ClusterError> {
         let store = self.store().await?;
-        let entries = bucket::entries(store, |entry| bucket::text(&entry.key).is_some_and(|id| wanted(&id))).await?;
+        let entries =
+            bucket::entries(store, ">", |entry| bucket::text(&entry.key).is_some_and(|id| wanted(&id))).await?;
         let mut records = Vec::with_capacity(entries.len());
         for entry in entries {
             let Some(client_id) = bucket::text(&entry.key) else { continue };

@@ -174,7 +174,7 @@ impl Registry {
         gone: impl Fn(&str) -> bool,
     ) -> Result<HashMap<ClientId, (String, u64)>, ClusterError> {
         let store = self.store().await?;
-        let entries = bucket::entries(store, |entry| std::str::from_utf8(&entry.value).is_ok_and(&gone)).await?;
+        let entries = bucket::entries(store, ">", |entry| std::str::from_utf8(&entry.value).is_ok_and(&gone)).await?;
         Ok(entries
             .into_iter()
             .filter_map(|entry| {

@@ -16,7 +16,6 @@ use async_nats::connection::State;
 use async_nats::jetstream::kv::{self, Operation};
 use async_nats::{jetstream, Client};
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
 use super::bucket::{self, key};
@@ -154,18 +153,11 @@ impl Shared {
             return Ok(());
         }
         let store = self.store().await?;
-        let prefix = format!("{}.", key(node));
-        let mut keys = store.keys().await.map_err(bucket::nats)?;
+        // The gone node's wills only, by their keys' prefix, in one pass.
+        let left = bucket::entries(store, &format!("{}.>", key(node)), |_| true).await?;
         let mut fired = 0;
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(bucket::nats)?;
-            if !key.starts_with(&prefix) {
-                continue;
-            }
-            let Some(entry) = store.entry(&key).await.map_err(bucket::nats)? else { continue };
-            if entry.operation != Operation::Put {
-                continue;
-            }
+        for entry in left {
+            let key = entry.key;
             let Some((incarnation, due, will)) = decode(&entry.value) else {
                 tracing::warn!(key, "a kept will could not be read");
                 continue;
