@@ -331,6 +331,7 @@ async fn open(
     peer: SocketAddr,
     ctx: Arc<Context>,
 ) -> Option<client::Opened> {
+    let stats = listener.stats();
     let connect_by = tokio::time::Instant::now() + Duration::from_secs(ctx.config.connect_timeout);
     let handshake = listener.handshake(tcp, peer, ctx.config.max_packet_size);
     let handshake = tokio::select! {
@@ -340,17 +341,17 @@ async fn open(
     let established = match handshake {
         Ok(Ok(established)) => established,
         Ok(Err(e)) => {
-            tracing::debug!(%peer, listener = listener.stats().protocol, error = %e, "handshake failed");
-            listener.stats().shut(e.reason());
+            tracing::debug!(%peer, listener = stats.protocol, error = %e, "handshake failed");
+            stats.shut(e.reason());
             return None;
         }
         Err(_) => {
-            tracing::debug!(%peer, listener = listener.stats().protocol, "handshake timed out");
-            listener.stats().shut("handshake_timeout");
+            tracing::debug!(%peer, listener = stats.protocol, "handshake timed out");
+            stats.shut("handshake_timeout");
             return None;
         }
     };
-    client::open(established, connect_by, &listener.stats(), ctx).await
+    client::open(established, connect_by, &stats, ctx).await
 }
 
 #[cfg(test)]

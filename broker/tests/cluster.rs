@@ -922,6 +922,14 @@ async fn a_node_back_from_a_stop_gives_up_the_sessions_that_moved() {
     b.stop().await;
 }
 
+/// An MQTT 5 CONNECT resuming (clean start 0) a session that outlives its connection by `seconds`.
+fn expiring(client_id: &str, seconds: u32) -> Connect {
+    let mut connect = connect_packet(client_id, false);
+    connect.protocol = Protocol::V5;
+    connect.properties.session_expiry_interval = Some(seconds);
+    connect
+}
+
 /// The expiry of a session taken up from its dead node's record still counts from when its client
 /// left: past it, the client starts afresh.
 #[tokio::test]
@@ -929,20 +937,14 @@ async fn a_session_that_expired_while_its_node_was_gone_is_not_taken_up() {
     let nats = nats().await;
     let a = node(&nats, "a").await;
     let (mut killed, c) = node_process(&nats, "c").await;
-    let brief = |clean_start: bool| {
-        let mut connect = connect_packet("brief", clean_start);
-        connect.protocol = Protocol::V5;
-        connect.properties.session_expiry_interval = Some(1);
-        connect
-    };
-    let (mut client, _) = Raw::connect(c, brief(false)).await;
+    let (mut client, _) = Raw::connect(c, expiring("brief", 1)).await;
     client.subscribe(1, &[("brief/#", QoS::AtLeastOnce)]).await;
     client.disconnect().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     killed.start_kill().unwrap();
     let _ = killed.wait().await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let (_client, present) = Raw::connect(a.addr, brief(false)).await;
+    let (_client, present) = Raw::connect(a.addr, expiring("brief", 1)).await;
     assert!(!present, "expired while its node was gone");
     a.stop().await;
 }
@@ -956,12 +958,6 @@ async fn a_session_online_when_its_node_died_expires_from_its_death() {
     let (mut killed, c) = node_process(&nats, "c").await;
     let mut watch = watching_brokers(a.addr, "watch-a").await;
     wait_for_brokers(&mut watch, &["a", "c"], Duration::from_secs(3)).await;
-    let expiring = |client_id: &str, seconds: u32| {
-        let mut connect = connect_packet(client_id, false);
-        connect.protocol = Protocol::V5;
-        connect.properties.session_expiry_interval = Some(seconds);
-        connect
-    };
     let (mut brief, _) = Raw::connect(c, expiring("online-brief", 1)).await;
     brief.subscribe(1, &[("brief/#", QoS::AtLeastOnce)]).await;
     let (mut lasting, _) = Raw::connect(c, expiring("online-lasting", 60)).await;
@@ -989,10 +985,7 @@ async fn a_dead_nodes_expired_sessions_and_claims_are_swept() {
     let (mut killed, c) = node_process(&nats, "c").await;
     let mut watch = watching_brokers(a.addr, "watch-a").await;
     wait_for_brokers(&mut watch, &["a", "c"], Duration::from_secs(3)).await;
-    let mut brief = connect_packet("sweep-brief", false);
-    brief.protocol = Protocol::V5;
-    brief.properties.session_expiry_interval = Some(2);
-    let (mut brief, _) = Raw::connect(c, brief).await;
+    let (mut brief, _) = Raw::connect(c, expiring("sweep-brief", 2)).await;
     brief.subscribe(1, &[("brief/#", QoS::AtLeastOnce)]).await;
     let (mut kept, _) = Raw::connect(c, connect_packet("sweep-kept", false)).await;
     kept.subscribe(1, &[("kept/#", QoS::AtLeastOnce)]).await;
@@ -1032,9 +1025,7 @@ async fn delayed_wills_of_a_dead_node_wait_out_their_delay_or_are_voided() {
     let a = node(&nats, "a").await;
     let (mut killed, c) = node_process(&nats, "c").await;
     let delayed = |client_id: &str, delay: u32| {
-        let mut connect = connect_packet(client_id, false);
-        connect.protocol = Protocol::V5;
-        connect.properties.session_expiry_interval = Some(60);
+        let mut connect = expiring(client_id, 60);
         let mut will = LastWill::new(format!("wills/{client_id}"), bytes::Bytes::from("gone"), QoS::AtLeastOnce, false);
         will.delay_interval = delay;
         connect.will = Some(will);

@@ -81,8 +81,15 @@ pub async fn entries(
 ) -> Result<Vec<kv::Entry>, ClusterError> {
     // Where nothing matches, the watch sends nothing at all, not even word that it is done: the
     // stream is asked first (fresh: `status()` gives its state as it was when the bucket was opened).
-    let mut subjects = store.stream.info_with_subjects(format!("{}{keys}", store.prefix)).await.map_err(nats)?;
-    if subjects.next().await.transpose().map_err(nats)?.is_none() {
+    // For the whole bucket its message count says it; for part of it, the first of its subjects
+    // there (listing every subject of a large bucket would be megabytes).
+    let empty = if keys == ">" {
+        store.stream.get_info().await.map_err(nats)?.state.messages == 0
+    } else {
+        let mut subjects = store.stream.info_with_subjects(format!("{}{keys}", store.prefix)).await.map_err(nats)?;
+        subjects.next().await.transpose().map_err(nats)?.is_none()
+    };
+    if empty {
         return Ok(Vec::new());
     }
     let mut watch = store.watch_with_history(keys).await.map_err(nats)?;

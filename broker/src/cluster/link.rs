@@ -234,7 +234,7 @@ pub struct Joined {
     pub sessions: mpsc::UnboundedReceiver<records::Change>,
     /// The wills' channel (the router's end of it is the link's).
     pub wills: (mpsc::UnboundedSender<wills::Change>, mpsc::UnboundedReceiver<wills::Change>),
-    /// The other live nodes, for the link to confirm new routes with: fed by the membership.
+    /// The other live nodes that confirm new routes, for the link to wait for: the membership's to tell.
     pub peers: watch::Sender<Vec<String>>,
 }
 
@@ -423,11 +423,14 @@ async fn interest(
         // Away from NATS, a SUBACK has nothing to wait for: the subscriptions are made again on
         // reconnecting, and nothing crosses meanwhile.
         if subscribed {
-            confirm(&pumps.data, &echoes.own, "new routes").await;
-            confirm(&pumps.queues, &echoes.own, "new shared routes").await;
+            // Four independent round trips: waited for together, not one after another.
             let peers = echoes.peers.borrow().clone();
-            confirm_with_every(&pumps.data, &peers, "new routes").await;
-            confirm_with_every(&pumps.queues, &peers, "new shared routes").await;
+            tokio::join!(
+                confirm(&pumps.data, &echoes.own, "new routes"),
+                confirm(&pumps.queues, &echoes.own, "new shared routes"),
+                confirm_with_every(&pumps.data, &peers, "new routes"),
+                confirm_with_every(&pumps.queues, &peers, "new shared routes"),
+            );
         }
         known.send_replace(number);
     }

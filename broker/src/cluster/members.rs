@@ -59,8 +59,6 @@ pub struct Members {
     control: Client,
     /// The live nodes' names, sorted; this node's among them.
     live: watch::Sender<Vec<String>>,
-    /// The other live nodes that confirm new routes.
-    confirming: watch::Sender<Vec<String>>,
     /// What the listener learnt: when dead nodes were last heard, and whether this node hears itself.
     heard: Heard,
     beating: Mutex<Option<AbortHandle>>,
@@ -68,22 +66,23 @@ pub struct Members {
 }
 
 impl Members {
-    /// Starts beating and listening on the control connection.
+    /// Starts beating and listening on the control connection. `confirming` is told the other live
+    /// nodes that confirm new routes (the link waits for them).
     pub async fn start(
         control: Client,
         node: &str,
         incarnation: u64,
         wills: Arc<Wills>,
+        confirming: watch::Sender<Vec<String>>,
     ) -> Result<Arc<Members>, ClusterError> {
         let heartbeats = control.subscribe(SUBJECTS).await.map_err(|e| ClusterError::Nats(e.to_string()))?;
         let (live, _) = watch::channel(vec![node.to_string()]);
-        let (confirming, _) = watch::channel(Vec::new());
         let heard = Heard::default();
         let others = Others {
             node: node.to_string(),
             members: BTreeMap::new(),
             live: live.clone(),
-            confirming: confirming.clone(),
+            confirming,
             heard: heard.clone(),
             wills,
         };
@@ -95,7 +94,6 @@ impl Members {
             incarnation,
             control,
             live,
-            confirming,
             heard,
             beating: Mutex::new(Some(beating)),
             listening,
@@ -105,11 +103,6 @@ impl Members {
     /// The live nodes' names, and each change to them.
     pub fn watch(&self) -> watch::Receiver<Vec<String>> {
         self.live.subscribe()
-    }
-
-    /// The other live nodes that confirm new routes, and each change to them.
-    pub fn watch_confirming(&self) -> watch::Receiver<Vec<String>> {
-        self.confirming.subscribe()
     }
 
     /// The other live nodes' names.

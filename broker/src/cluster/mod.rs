@@ -109,18 +109,16 @@ impl Joining {
     ) -> Result<Cluster, ClusterError> {
         let joined = self.pending.start(node, router.clone(), shutdown.clone()).await?;
         let answering = relay::answer_asks(joined.control.clone(), node, asked).await?.abort_handle();
-        let stopping = shutdown.clone();
         tokio::spawn(async move {
-            stopping.cancelled().await;
+            shutdown.cancelled().await;
             answering.abort();
         });
         let data = joined.data.clone();
         let records = Records::start(joined.data.clone(), joined.sessions);
         let wills = Wills::start(joined.data, node, joined.incarnation, router.clone(), joined.wills);
         let control = joined.control.clone();
-        let members = Members::start(joined.control, node, joined.incarnation, wills.clone()).await?;
+        let members = Members::start(joined.control, node, joined.incarnation, wills.clone(), joined.peers).await?;
         let sweeping = Sweeper::start(joined.registry.clone(), records.clone(), members.clone()).abort_handle();
-        tokio::spawn(feed_peers(members.watch_confirming(), joined.peers, shutdown));
         // Restarted under its old name, this node fires what its clients of before left behind, and
         // gives up the kept sessions that moved to other nodes while it was down.
         let own = wills.clone();
@@ -143,22 +141,6 @@ impl Joining {
             control,
             data,
         })))
-    }
-}
-
-/// Keeps the link's list of the other live nodes that confirm new routes up to date.
-async fn feed_peers(
-    mut confirming: watch::Receiver<Vec<String>>,
-    peers: watch::Sender<Vec<String>>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let now = confirming.borrow_and_update().clone();
-        peers.send_replace(now);
-        tokio::select! {
-            changed = confirming.changed() => if changed.is_err() { return },
-            _ = shutdown.cancelled() => return,
-        }
     }
 }
 
