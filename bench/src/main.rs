@@ -4,6 +4,7 @@
 mod api;
 mod certs;
 mod cluster;
+mod flood;
 mod latency;
 mod mqtt;
 mod proc;
@@ -58,7 +59,7 @@ struct Cli {
     /// Persistent sessions for the restart scenario, each with 100 messages queued.
     #[arg(long, default_value_t = 10_000)]
     restart_sessions: usize,
-    /// Only these scenarios (fanin0, fanin1, fanout0, fanin1-persistent, restart, sessions, latency, idle, overload, tls,
+    /// Only these scenarios (fanin0, fanin1, fanout0, fanin1-persistent, restart, sessions, latency, idle, overload, flood, tls,
     /// ws, wss, api, cluster, and fanin0-v5, fanin1-v5, fanout0-v5, or mqtt5 for those three); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -298,6 +299,9 @@ fn fan_in(qos: QoS) -> Load {
 /// of slack is less than the timer's granularity).
 const LATENCY_RATE: f64 = 500.0;
 
+/// How long the flood scenario's publishers flood.
+const FLOOD_TIME: Duration = Duration::from_secs(5);
+
 fn rate_of(step: &Option<Step>) -> f64 {
     step.as_ref().map_or(0.0, |s| s.delivered_rate)
 }
@@ -327,6 +331,8 @@ async fn main() -> anyhow::Result<()> {
     let mut peer: std::collections::HashMap<String, f64> = std::collections::HashMap::new();
     let budget = Duration::from_secs(55);
     let mut rows = Vec::new();
+    // Each broker's best paced fan-in QoS 1, which the flood's goodput is measured against.
+    let mut paced_fanin1: Option<Vec<f64>> = None;
 
     let fan_out = fan_out();
     let throughput = [
@@ -368,6 +374,9 @@ async fn main() -> anyhow::Result<()> {
             let result = find_max(&rumqttd.target(), load, start, budget).await?;
             note = format!("{note}; {}", step_notes(std::slice::from_ref(&result), &[rumqttd]));
             peer.insert(name.to_string(), rate_of(&result));
+        }
+        if key == "fanin1" {
+            paced_fanin1 = Some(results.iter().map(rate_of).collect());
         }
         rows.push(Row {
             scenario: name.into(),
@@ -642,6 +651,63 @@ async fn main() -> anyhow::Result<()> {
                 });
             }
         }
+    }
+
+    if wanted("flood") {
+        let mut results = Vec::new();
+        for broker in brokers {
+            eprintln!("flood (fan-in QoS 1, publishers unpaced and unwindowed) on {}", broker.name);
+            let result = flood::flood(&broker.target(), FLOOD_TIME).await?;
+            eprintln!(
+                "    goodput {:.0}/s  taken {:.0}/s  acknowledged and lost {}  RSS peak +{} KiB  probe p50 {} µs p99 {} µs max {} µs lost {}  broker {:.2} cores",
+                result.goodput,
+                result.offered,
+                result.acknowledged_lost,
+                result.peak_rss_growth / 1024,
+                result.probe_p50_us,
+                result.probe_p99_us,
+                result.probe_max_us,
+                result.probe_lost,
+                result.broker_cpu
+            );
+            results.push(result);
+        }
+        let paced = |i: usize| paced_fanin1.as_ref().map(|p: &Vec<f64>| p[i]);
+        let notes: Vec<String> = results
+            .iter()
+            .zip(brokers)
+            .enumerate()
+            .map(|(i, (r, b))| {
+                let of_paced =
+                    paced(i).map_or(String::new(), |p| format!("{:.0} % of its paced best, ", 100.0 * r.goodput / p));
+                format!(
+                    "{}: {of_paced}{} acknowledged and lost, RSS peak +{} KiB, broker {:.2} cores",
+                    b.name,
+                    r.acknowledged_lost,
+                    r.peak_rss_growth / 1024,
+                    r.broker_cpu
+                )
+            })
+            .collect();
+        rows.push(Row {
+            scenario: "flood: fan-in QoS 1 goodput (10 unpaced → 1)".into(),
+            unit: "deliveries/s",
+            mosquitto: results[0].goodput,
+            midge: results[1].goodput,
+            lower_is_better: false,
+            note: notes.join("; "),
+        });
+        rows.push(Row {
+            scenario: "flood: another client's latency p99".into(),
+            unit: "µs",
+            mosquitto: results[0].probe_p99_us as f64,
+            midge: results[1].probe_p99_us as f64,
+            lower_is_better: true,
+            note: format!(
+                "max {} and {} µs; probes lost {} and {}",
+                results[0].probe_max_us, results[1].probe_max_us, results[0].probe_lost, results[1].probe_lost
+            ),
+        });
     }
 
     if wanted("overload") {

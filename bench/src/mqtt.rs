@@ -94,6 +94,19 @@ pub fn read_ready(reader: &mut Reader, sink: &mut [u8]) -> bool {
     }
 }
 
+/// Appends whatever `reader` has ready to `buf` without waiting.
+pub fn read_ready_into(reader: &mut Reader, buf: &mut BytesMut) {
+    let mut cx = TaskContext::from_waker(Waker::noop());
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let mut read = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut *reader).poll_read(&mut cx, &mut read) {
+            Poll::Ready(Ok(())) if !read.filled().is_empty() => buf.extend_from_slice(read.filled()),
+            _ => return,
+        }
+    }
+}
+
 pub struct Conn {
     pub reader: Reader,
     pub writer: Writer,

@@ -24,7 +24,8 @@ use crate::protocol::*;
 use crate::router::subscriptions::FastMap;
 use crate::router::Fanout;
 use crate::router::{
-    self, Activity, ClientMeta, ConnectOutcome, Direct, Outbox, OutboxItem, OutboxReceiver, Pushed, Ticket,
+    self, Activity, BacklogReport, ClientMeta, ConnectOutcome, Direct, Outbox, OutboxItem, OutboxReceiver, Pushed,
+    Ticket, STUCK_AFTER,
 };
 use crate::session::ClientId;
 use crate::session::{AckResult, Delivery, Message, Resend, Session};
@@ -431,6 +432,7 @@ async fn accept(
         control_jobs: Vec::new(),
         batch: VecDeque::new(),
         stalled: None,
+        acks: 0,
         routes_added: false,
         claim,
         counted: None,
@@ -610,6 +612,9 @@ struct ClientConnection {
     batch: VecDeque<OutboxItem>,
     /// What the outbox was last told of a full inflight window (see [`OutboxReceiver::stall`]).
     stalled: Option<usize>,
+    /// Acknowledgements of deliveries the client has sent (wrapping): publishers wait for a
+    /// backlog that still moves (see `outbox.rs`).
+    acks: u32,
     /// A subscription in this read may have added a route the other nodes of a cluster must learn of
     /// before its SUBACK goes.
     routes_added: bool,
@@ -627,6 +632,9 @@ enum Handoff {
     Wait(Outbox, Ticket),
     /// Subscribers that were busy or had work queued already: yield once.
     Yield,
+    /// This subscriber's backlog is past the point where publishers wait for room, and publishes this
+    /// read brought are still to be routed (see `outbox.rs`).
+    Room(Outbox),
 }
 
 /// A drained outbox batch up to this many entries keeps its allocation for the next take.
@@ -656,12 +664,19 @@ impl ClientConnection {
                 self.outbox.stall(stalled);
             }
             let backlog = self.writer.pending();
+            let report = BacklogReport {
+                held: self.session.mqueue_len(),
+                limit: self.session.max_mqueue_len(),
+                acked: self.acks,
+                stalled: stalled.is_some(),
+            };
             // Idle: waiting for work with room to write, so a publisher may wait for this turn.
-            self.outbox.turn(match backlog {
+            let activity = match backlog {
                 0 => Activity::Drained,
                 _ if backlog < WRITE_HIGH_WATER => Activity::Idle,
                 _ => Activity::Busy,
-            });
+            };
+            self.outbox.turn(activity, Some(report));
             let (can_write, held) = (self.writer.can_write(), self.writer.held_until());
             tokio::select! {
                 _ = &mut cancelled => return Exit::Shutdown,
@@ -714,7 +729,7 @@ impl ClientConnection {
     async fn on_read(&mut self) -> Result<(), Exit> {
         // Busy until the next turn: nobody waits for this connection while it may wait, and nobody
         // writes to its socket while it may write.
-        self.outbox.turn(Activity::Busy);
+        self.outbox.turn(Activity::Busy, None);
         self.last_received = Instant::now();
         if self.stalled.is_some() {
             // Deliveries that waited in the outbox for the window are older than anything in this
@@ -735,10 +750,23 @@ impl ClientConnection {
         // would make deliveries wait behind a syscall that only tells the publisher all is well;
         // reading on would let publishers crowd out the writes of the subscribers they feed, and past
         // saturation most of what was read would be dropped at full outboxes instead of delivered.
-        match routed {
-            Handoff::Nothing => {}
-            Handoff::Wait(subscriber, ticket) => subscriber.wait_turn(ticket).await,
-            Handoff::Yield => tokio::task::yield_now().await,
+        let mut routed = routed;
+        loop {
+            match routed {
+                Handoff::Nothing => {}
+                Handoff::Wait(subscriber, ticket) => subscriber.wait_turn(ticket).await,
+                Handoff::Yield => tokio::task::yield_now().await,
+                // Neither routing the rest nor reading more until the subscriber has room: the client's
+                // writes back up into its own socket, and the subscriber's pace becomes its pace.
+                Handoff::Room(subscriber) => {
+                    self.outbox.waiting_for_room(true);
+                    let _ = tokio::time::timeout(STUCK_AFTER, subscriber.room()).await;
+                    self.outbox.waiting_for_room(false);
+                    routed = self.flush_publishes();
+                    continue;
+                }
+            }
+            break;
         }
         // What this read acknowledges is kept before the client is told so: its replies (and what is
         // queued behind them) wait in the write buffer for the store, while the connection reads on.
@@ -781,8 +809,11 @@ impl ClientConnection {
         // Whoever waits for this connection's next turn need not wait any longer, and the socket is
         // this task's alone again.
         self.outbox.close();
-        // Publishes read before whatever ended the connection (a DISCONNECT in the same read) still go.
-        self.flush_publishes();
+        // Publishes read before whatever ended the connection (a DISCONNECT in the same read) still go,
+        // without waiting for room.
+        while !self.publishes.is_empty() {
+            self.flush_publishes();
+        }
         let _ = self.submit_control_jobs().await;
         match &exit {
             Exit::Disconnect | Exit::DisconnectWithWill | Exit::Shutdown | Exit::TakenOver => {
@@ -984,6 +1015,7 @@ impl ClientConnection {
         let fanout = self.ctx.router.publish_batch(&mut self.publishes);
         self.durable = self.durable.max(fanout.durable);
         match fanout {
+            Fanout { congested: Some(subscriber), .. } => Handoff::Room(subscriber),
             Fanout { direct: Some((subscriber, delivery)), .. } => self.write_direct(subscriber, delivery),
             Fanout { woke: Some((subscriber, ticket)), .. } => Handoff::Wait(subscriber, ticket),
             Fanout { pushed: true, .. } => Handoff::Yield,
@@ -1002,7 +1034,7 @@ impl ClientConnection {
             }
             Ok(Direct::Pushed(Pushed::WokeIdle(ticket))) => Handoff::Wait(subscriber, ticket),
             // A QoS 0 delivery is never deferred.
-            Ok(Direct::Pushed(Pushed::Queued | Pushed::Deferred)) => Handoff::Yield,
+            Ok(Direct::Pushed(Pushed::Queued | Pushed::Deferred | Pushed::Congested)) => Handoff::Yield,
             Err(refused) => {
                 tracing::debug!(conn_id = subscriber.conn_id, ?refused, "message dropped");
                 self.ctx.metrics.inc(Metric::MessagesDropped);
@@ -1073,6 +1105,7 @@ impl ClientConnection {
     fn acked(&mut self, result: AckResult, missed: Metric) {
         match result {
             AckResult::Done | AckResult::Repeated => {
+                self.acks = self.acks.wrapping_add(1);
                 while let Some(publish) = self.session.next_queued() {
                     self.send_publish(publish);
                 }

@@ -27,7 +27,9 @@ use midge_shared::control::{ClientRow, Page, PageRequest, RouteRow, SessionRow, 
 use tokio::sync::{broadcast, oneshot};
 
 pub use events::RouterEvent;
-pub use outbox::{outbox, Activity, Direct, Outbox, OutboxItem, OutboxReceiver, Pushed, Refused, Ticket};
+pub use outbox::{
+    outbox, Activity, BacklogReport, Direct, Outbox, OutboxItem, OutboxReceiver, Pushed, Refused, Ticket, STUCK_AFTER,
+};
 pub use tables::{ClientMeta, ConnectOutcome, Fanout, Wiring};
 
 use crate::protocol::{QoS, ReasonCode, SubscriptionOptions};
@@ -92,15 +94,23 @@ impl RouterHandle {
         outcome
     }
 
-    /// Routes the publishes one connection read in one go, in order, leaving `messages` empty; what
-    /// they did, for the publisher to act on (see `docs/architecture.md`, the message path).
+    /// Routes the publishes one connection read in one go, in order, taking them out of `messages`;
+    /// what they did, for the publisher to act on (see `docs/architecture.md`, the message path).
+    /// Routing stops after a delivery that finds its connection congested (`Fanout::congested`), with
+    /// the rest left in `messages` for after the publisher has waited for room.
     pub fn publish_batch(&self, messages: &mut Vec<Arc<Message>>) -> Fanout {
         let mut fanout = Fanout::default();
         let mut router = lock(&self.router);
         let lone = messages.len() == 1;
-        for message in messages.drain(..) {
+        let mut routed = 0;
+        for message in messages.iter() {
             router.publish(message, lone, &mut fanout);
+            routed += 1;
+            if fanout.congested.is_some() {
+                break;
+            }
         }
+        messages.drain(..routed);
         fanout
     }
 
@@ -110,7 +120,7 @@ impl RouterHandle {
         let mut fanout = Fanout::default();
         let mut router = lock(&self.router);
         for message in messages.drain(..) {
-            router.fan_out(message, false, &mut fanout, true);
+            router.fan_out(&message, false, &mut fanout, true);
         }
     }
 
@@ -144,7 +154,7 @@ impl RouterHandle {
     /// Routes one message of the broker's own (`$SYS`, a control reply, a will, a publish through the
     /// API), whose sender does not wait for its subscribers.
     pub fn publish(&self, message: Arc<Message>) {
-        lock(&self.router).publish(message, false, &mut Fanout::default());
+        lock(&self.router).publish(&message, false, &mut Fanout::default());
     }
 
     /// Filters already validated and ACL-checked by the connection: the options granted, or why a

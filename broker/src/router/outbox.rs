@@ -25,6 +25,17 @@
 //! for its client's PUBACKs): QoS 1 and 2 deliveries for it wait here without waking it, since it
 //! could only move them to its session queue, and it takes them with the acknowledgements that make
 //! room. That halves the wake-ups of a busy QoS 1 subscriber's task (see [`OutboxReceiver::stall`]).
+//!
+//! And it slows publishers down before a subscriber's backlog overflows. A QoS 1 or 2 delivery pushed
+//! while the connection holds three quarters of its session queue's worth (in its session queue and
+//! here) says so
+//! ([`Pushed::Congested`]): the publisher stops routing what it read, stops reading its socket, and
+//! waits for [`Outbox::room`], so the subscriber's pace sets the publishers' and nothing acknowledged
+//! to them is dropped for want of room. A connection whose client acknowledges nothing for
+//! [`STUCK_AFTER`] is not waited for: its session queue's drop-oldest rule applies to it instead, and
+//! one dead subscriber does not hold up every publisher of its topics. Nor is a connection waited for
+//! while it waits for room itself ([`OutboxReceiver::waiting_for_room`]): two clients flooding each
+//! other would otherwise each wait for the other to read.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -32,6 +43,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
 
@@ -89,6 +101,71 @@ struct State {
     /// Deliveries queued without a wake-up since the last take: in the session's queue, as far as
     /// the sessions API is concerned.
     deferred: usize,
+    /// What the connection holds beyond its inflight window, once it has held anything (boxed: most
+    /// connections never do).
+    backlog: Option<Box<Backlog>>,
+}
+
+/// How long a connection's client may acknowledge nothing while it has a backlog before publishers
+/// stop waiting for it (see the module's documentation).
+pub const STUCK_AFTER: Duration = Duration::from_secs(1);
+
+/// What a connection told its outbox of its backlog at its last turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BacklogReport {
+    /// Deliveries in its session queue.
+    pub held: usize,
+    /// Its session queue's limit (0: it keeps no queue, and is never waited for).
+    pub limit: usize,
+    /// Acknowledgements its client has sent so far (wrapping).
+    pub acked: u32,
+    /// Its inflight window is full.
+    pub stalled: bool,
+}
+
+impl BacklogReport {
+    fn clear(&self) -> bool {
+        self.held == 0 && !self.stalled
+    }
+}
+
+#[derive(Debug)]
+struct Backlog {
+    report: BacklogReport,
+    /// When `report.acked` last moved (or the backlog began).
+    progress_at: Instant,
+    /// Publishers waiting for room.
+    waiters: Vec<Waker>,
+    /// The connection is itself waiting for room at another's.
+    waiting: bool,
+}
+
+impl State {
+    /// Deliveries the connection has yet to send: in its session queue and here.
+    fn backlog_len(&self) -> usize {
+        self.backlog.as_ref().map_or(0, |b| b.report.held) + self.queue.len()
+    }
+
+    /// Whether a QoS 1 or 2 publisher should wait for this connection before routing more: its
+    /// backlog is past three quarters of its session queue's limit and its client still acknowledges.
+    /// (The quarter left is for what publishers route before they see it.)
+    fn congested(&self) -> bool {
+        self.backlog.as_ref().is_some_and(|b| {
+            b.report.limit > 0
+                && !b.waiting
+                && self.backlog_len() >= b.report.limit * 3 / 4
+                && b.progress_at.elapsed() < STUCK_AFTER
+        })
+    }
+
+    /// Whether a publisher waiting for room may go on: the backlog is down to half the limit, or the
+    /// client stopped acknowledging.
+    fn has_room(&self) -> bool {
+        match &self.backlog {
+            Some(b) => b.waiting || self.backlog_len() < b.report.limit / 2 || b.progress_at.elapsed() >= STUCK_AFTER,
+            None => true,
+        }
+    }
 }
 
 impl State {
@@ -159,6 +236,9 @@ pub enum Pushed {
     /// Queued without a wake-up for a connection stalled on a full inflight window: it takes the
     /// queue once acknowledgements make room.
     Deferred,
+    /// Queued (as `Queued` or `Deferred`) for a connection whose backlog is past the point where its
+    /// publishers should wait for [`Outbox::room`] before routing more.
+    Congested,
 }
 
 /// What [`Outbox::deliver_direct`] did.
@@ -196,7 +276,17 @@ impl Outbox {
         if self.inner.receiver_gone.load(Ordering::Acquire) {
             return Err(Refused::Gone);
         }
-        self.push_locked(self.inner.state(), item, limit)
+        self.push_locked(self.inner.state(), item, limit, 0)
+    }
+
+    /// Queues a routed delivery as [`Outbox::push_bounded`] does; past three quarters of `queue_limit` (the
+    /// connection's session queue limit) of backlog, says the connection is congested, even before
+    /// the connection has told of a backlog itself.
+    pub fn push_delivery(&self, delivery: Delivery, limit: usize, queue_limit: usize) -> Result<Pushed, Refused> {
+        if self.inner.receiver_gone.load(Ordering::Acquire) {
+            return Err(Refused::Gone);
+        }
+        self.push_locked(self.inner.state(), OutboxItem::Deliver(delivery), Some(limit), queue_limit)
     }
 
     fn push_locked(
@@ -204,29 +294,42 @@ impl Outbox {
         mut state: MutexGuard<'_, State>,
         item: OutboxItem,
         limit: Option<usize>,
+        queue_limit: usize,
     ) -> Result<Pushed, Refused> {
         if limit.is_some_and(|l| state.queue.len() >= l || state.bytes >= BYTES_LIMIT) {
             return Err(Refused::Full);
         }
-        let mut deferrable = false;
+        let (mut deferrable, mut acknowledged) = (false, false);
         if let OutboxItem::Deliver(delivery) = &item {
             state.bytes += delivery.message.topic.len() + delivery.message.payload.len();
-            deferrable = delivery.qos != crate::protocol::QoS::AtMostOnce
-                && state.stalled.is_some_and(|limit| state.queue.len() < limit);
+            acknowledged = delivery.qos != crate::protocol::QoS::AtMostOnce;
+            deferrable = acknowledged && state.stalled.is_some_and(|limit| state.queue.len() < limit);
         }
         state.queue.push_back(item);
+        if acknowledged && state.backlog.is_none() && queue_limit > 0 && state.queue.len() >= queue_limit * 3 / 4 {
+            // A burst for a connection that has not run since: it has a backlog from now on.
+            let report = BacklogReport { held: 0, limit: queue_limit, acked: 0, stalled: false };
+            state.backlog =
+                Some(Box::new(Backlog { report, progress_at: Instant::now(), waiters: Vec::new(), waiting: false }));
+        }
+        let congested = acknowledged && state.congested();
         if state.woken {
-            return Ok(Pushed::Queued);
+            return Ok(if congested { Pushed::Congested } else { Pushed::Queued });
         }
         if deferrable {
             state.deferred += 1;
-            return Ok(Pushed::Deferred);
+            return Ok(if congested { Pushed::Congested } else { Pushed::Deferred });
         }
         state.woken = true;
         let (idle, ticket) = (state.idle, Ticket(state.takes));
         drop(state);
         self.inner.waker.wake();
-        Ok(if idle { Pushed::WokeIdle(ticket) } else { Pushed::Queued })
+        Ok(match (congested, idle) {
+            // Waiting for room waits for the turn too.
+            (true, _) => Pushed::Congested,
+            (false, true) => Pushed::WokeIdle(ticket),
+            (false, false) => Pushed::Queued,
+        })
     }
 
     /// Deliveries waiting here for a connection stalled on its inflight window (see
@@ -256,13 +359,32 @@ impl Outbox {
                 target.stats.count_delivered();
                 if let Some(rest) = rest {
                     // The connection is drained: the rest goes out before anything else it writes.
-                    let _ = self.push_locked(state, OutboxItem::Unsent(rest), None);
+                    let _ = self.push_locked(state, OutboxItem::Unsent(rest), None, 0);
                 }
                 return Ok(Direct::Written { packet, size });
             }
             // The socket is full (or failed): the connection finds out when it writes.
         }
-        self.push_locked(state, OutboxItem::Deliver(delivery), Some(limit)).map(Direct::Pushed)
+        self.push_locked(state, OutboxItem::Deliver(delivery), Some(limit), 0).map(Direct::Pushed)
+    }
+
+    /// Waits until this connection's backlog is down to half its session queue's limit, its
+    /// client has acknowledged nothing for [`STUCK_AFTER`], or it is gone: what a publisher told
+    /// [`Pushed::Congested`] does before it routes more. Callers bound the wait by `STUCK_AFTER`, as
+    /// nothing wakes them when a client stops acknowledging.
+    pub fn room(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut state = self.inner.state();
+            if state.has_room() || self.inner.receiver_gone.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            if let Some(backlog) = &mut state.backlog {
+                if !backlog.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    backlog.waiters.push(cx.waker().clone());
+                }
+            }
+            Poll::Pending
+        })
     }
 
     /// Waits until the connection behind this outbox has taken what was pushed with `ticket` and
@@ -339,6 +461,10 @@ impl OutboxReceiver {
         // About to write what it took: no more writes from other tasks until its next turn.
         state.drained = false;
         std::mem::swap(&mut state.queue, batch);
+        // Until the connection's next turn tells how much of it it kept, all of it counts as held.
+        if let Some(backlog) = &mut state.backlog {
+            backlog.report.held += batch.len();
+        }
     }
 
     /// Whether the connection's inflight window is full (`Some`, with its session queue's length
@@ -362,6 +488,24 @@ impl OutboxReceiver {
         }
     }
 
+    /// The connection waits for room at another's outbox (`true`) or is done waiting: meanwhile it
+    /// reads nothing, so nobody waits for it, and whoever does goes on.
+    pub fn waiting_for_room(&self, waiting: bool) {
+        let waiters = {
+            let mut state = self.inner.state();
+            if state.backlog.is_none() && !waiting {
+                return;
+            }
+            let backlog = state.backlog.get_or_insert_with(|| {
+                let report = BacklogReport { held: 0, limit: 0, acked: 0, stalled: false };
+                Box::new(Backlog { report, progress_at: Instant::now(), waiters: Vec::new(), waiting })
+            });
+            backlog.waiting = waiting;
+            std::mem::take(&mut backlog.waiters)
+        };
+        waiters.into_iter().for_each(Waker::wake);
+    }
+
     /// Lets publishers write lone messages straight to this connection's socket while it is drained.
     pub fn allow_direct(&self, socket: SocketHandle, stats: Arc<SessionStats>) {
         self.inner.state().direct = Some(DirectTarget { socket, stats });
@@ -369,22 +513,52 @@ impl OutboxReceiver {
 
     /// The connection is ending: busy from now on, and its socket no longer reachable from here.
     pub fn close(&self) {
-        self.turn(Activity::Busy);
-        self.inner.state().direct = None;
+        self.turn(Activity::Busy, None);
+        let waiters = {
+            let mut state = self.inner.state();
+            state.direct = None;
+            state.backlog.as_mut().map(|b| std::mem::take(&mut b.waiters))
+        };
+        waiters.into_iter().flatten().for_each(Waker::wake);
     }
 
-    /// Called by the connection at each turn of its loop, with what it is now doing. Whatever that
-    /// is, a publisher waiting for this turn may go on.
-    pub fn turn(&self, activity: Activity) {
-        let waiter = {
+    /// Called by the connection at each turn of its loop, with what it is now doing and its backlog
+    /// (`None` once it ends). Whatever that is, a publisher waiting for this turn may go on, and
+    /// publishers waiting for room may once there is.
+    pub fn turn(&self, activity: Activity, report: Option<BacklogReport>) {
+        let (waiter, room) = {
             let mut state = self.inner.state();
             state.idle = activity != Activity::Busy;
             state.drained = activity == Activity::Drained;
-            state.waiter.take()
+            match (report, &mut state.backlog) {
+                (Some(report), None) if !report.clear() => {
+                    state.backlog = Some(Box::new(Backlog {
+                        report,
+                        progress_at: Instant::now(),
+                        waiters: Vec::new(),
+                        waiting: false,
+                    }))
+                }
+                (Some(report), Some(backlog)) => {
+                    // A backlog that begins, or acknowledgements that come, show a client keeping up.
+                    if backlog.report.clear() || report.acked != backlog.report.acked {
+                        backlog.progress_at = Instant::now();
+                    }
+                    backlog.report = report;
+                }
+                _ => {}
+            }
+            let waited_for = state.backlog.as_ref().is_some_and(|b| !b.waiters.is_empty());
+            let room = match waited_for && state.has_room() {
+                true => state.backlog.as_mut().map(|b| std::mem::take(&mut b.waiters)),
+                false => None,
+            };
+            (state.waiter.take(), room)
         };
         if let Some(waker) = waiter {
             waker.wake();
         }
+        room.into_iter().flatten().for_each(Waker::wake);
     }
 }
 
@@ -455,26 +629,26 @@ mod tests {
         let (tx, rx) = outbox(1);
         assert_eq!(tx.push(OutboxItem::Kick, None), Ok(Pushed::Queued), "not idle yet");
         rx.take_all();
-        rx.turn(Activity::Idle);
+        rx.turn(Activity::Idle, None);
         let first = tx.push(OutboxItem::Kick, None);
         assert!(matches!(first, Ok(Pushed::WokeIdle(_))));
         assert_eq!(tx.push(OutboxItem::Kick, None), Ok(Pushed::Queued), "a wake-up is on its way already");
         rx.take_all();
-        rx.turn(Activity::Busy);
+        rx.turn(Activity::Busy, None);
         assert_eq!(tx.push(OutboxItem::Kick, None), Ok(Pushed::Queued), "busy");
     }
 
     #[test]
     fn waiting_for_a_turn_ends_at_the_turn_after_the_take() {
         let (tx, rx) = outbox(1);
-        rx.turn(Activity::Idle);
+        rx.turn(Activity::Idle, None);
         let ticket = ticket(tx.push(OutboxItem::Kick, None));
         let flag = Arc::new(Flag::default());
         let mut wait = tx.wait_turn(ticket);
         assert_eq!(poll_once(&mut wait, &flag), Poll::Pending);
         rx.take_all();
         assert!(!flag.woken(), "taken, but the turn (which writes it) is not over");
-        rx.turn(Activity::Idle);
+        rx.turn(Activity::Idle, None);
         assert!(flag.woken());
         assert_eq!(poll_once(&mut wait, &flag), Poll::Ready(()));
     }
@@ -482,7 +656,7 @@ mod tests {
     #[test]
     fn no_waiting_once_taken_or_busy_or_gone() {
         let (tx, rx) = outbox(1);
-        rx.turn(Activity::Idle);
+        rx.turn(Activity::Idle, None);
         // Taken (and its turn over) before the publisher got to wait: a later turn may never come.
         let flag = Arc::new(Flag::default());
         let ticket_a = ticket(tx.push(OutboxItem::Kick, None));
@@ -490,11 +664,11 @@ mod tests {
         assert_eq!(poll_once(&mut tx.wait_turn(ticket_a), &flag), Poll::Ready(()));
         // Busy: the connection may itself be waiting for a turn.
         let ticket_b = ticket(tx.push(OutboxItem::Kick, None));
-        rx.turn(Activity::Busy);
+        rx.turn(Activity::Busy, None);
         assert_eq!(poll_once(&mut tx.wait_turn(ticket_b), &flag), Poll::Ready(()));
         // Gone, while waiting.
         rx.take_all();
-        rx.turn(Activity::Idle);
+        rx.turn(Activity::Idle, None);
         let ticket_c = ticket(tx.push(OutboxItem::Kick, None));
         let mut wait = tx.wait_turn(ticket_c);
         assert_eq!(poll_once(&mut wait, &flag), Poll::Pending);
@@ -510,10 +684,46 @@ mod tests {
     }
 
     #[test]
+    fn a_backlog_past_three_quarters_of_the_queue_holds_publishers_until_half_is_left() {
+        use crate::protocol::QoS;
+        let routed = |qos| match delivery(qos) {
+            OutboxItem::Deliver(delivery) => delivery,
+            _ => unreachable!(),
+        };
+        let (tx, rx) = outbox(1);
+        // A burst before the connection has said anything: congested from 6 of a queue of 8.
+        rx.stall(Some(100));
+        for _ in 0..5 {
+            assert_eq!(tx.push_delivery(routed(QoS::AtLeastOnce), 100, 8), Ok(Pushed::Deferred));
+        }
+        assert_eq!(tx.push_delivery(routed(QoS::AtLeastOnce), 100, 8), Ok(Pushed::Congested));
+        // QoS 0 may be dropped by policy: it never holds a publisher up.
+        assert_eq!(tx.push_delivery(routed(QoS::AtMostOnce), 100, 8), Ok(Pushed::Queued));
+        let flag = Arc::new(Flag::default());
+        let mut room = Box::pin(tx.room());
+        assert_eq!(poll_once(&mut room, &flag), Poll::Pending);
+        // Taken, all of it counts as held until the connection's turn says what it kept.
+        assert_eq!(rx.take_all().len(), 7);
+        assert_eq!(poll_once(&mut room, &flag), Poll::Pending);
+        let report = |held, acked| Some(BacklogReport { held, limit: 8, acked, stalled: true });
+        rx.turn(Activity::Idle, report(5, 0));
+        assert!(!flag.woken(), "5 of 8 held: no room yet");
+        assert_eq!(tx.push_delivery(routed(QoS::AtLeastOnce), 100, 8), Ok(Pushed::Congested));
+        rx.turn(Activity::Idle, report(2, 3));
+        assert!(flag.woken(), "3 held of 8: room");
+        assert_eq!(poll_once(&mut room, &flag), Poll::Ready(()));
+        // A queue of 0 keeps nothing and holds no one up.
+        let (tx, _rx) = outbox(2);
+        for _ in 0..10 {
+            assert!(!matches!(tx.push_delivery(routed(QoS::AtLeastOnce), 100, 0), Ok(Pushed::Congested)));
+        }
+    }
+
+    #[test]
     fn a_stalled_connection_is_not_woken_for_what_it_could_only_queue() {
         use crate::protocol::QoS;
         let (tx, rx) = outbox(1);
-        rx.turn(Activity::Idle);
+        rx.turn(Activity::Idle, None);
         let flag = Arc::new(Flag::default());
         assert_eq!(poll_once(&mut Box::pin(rx.ready()), &flag), Poll::Pending);
         rx.stall(Some(2));
@@ -570,7 +780,7 @@ mod tests {
         let (tx, rx) = outbox(1);
         let stats = Arc::new(SessionStats::default());
         rx.allow_direct(writer.socket().expect("plain TCP"), stats.clone());
-        rx.turn(Activity::Drained);
+        rx.turn(Activity::Drained, None);
         assert!(tx.is_drained());
         let Ok(Direct::Written { size, .. }) = tx.deliver_direct(lone(b"hello".to_vec()), 10) else {
             panic!("not written")
@@ -593,19 +803,19 @@ mod tests {
         let (writer, _peer) = socket_pair().await;
         let (tx, rx) = outbox(1);
         // No socket yet (before CONNACK).
-        rx.turn(Activity::Drained);
+        rx.turn(Activity::Drained, None);
         assert!(matches!(tx.deliver_direct(lone(vec![1]), 10), Ok(Direct::Pushed(_))));
         rx.take_all();
         rx.allow_direct(writer.socket().expect("plain TCP"), Arc::default());
         // Idle but with bytes unsent, or busy.
         for activity in [Activity::Idle, Activity::Busy] {
-            rx.turn(activity);
+            rx.turn(activity, None);
             assert!(!tx.is_drained());
             assert!(matches!(tx.deliver_direct(lone(vec![1]), 10), Ok(Direct::Pushed(_))));
             assert!(rx.take_all().iter().all(is_deliver));
         }
         // Drained, but something is queued already: it must go first.
-        rx.turn(Activity::Drained);
+        rx.turn(Activity::Drained, None);
         tx.push(OutboxItem::Kick, None).unwrap();
         assert!(matches!(tx.deliver_direct(lone(vec![1]), 10), Ok(Direct::Pushed(Pushed::Queued))));
         // Taking the queue ends the drained state: the connection is about to write.
@@ -613,7 +823,7 @@ mod tests {
         assert!(matches!(tx.deliver_direct(lone(vec![1]), 10), Ok(Direct::Pushed(_))));
         rx.take_all();
         // Ended: the socket is forgotten.
-        rx.turn(Activity::Drained);
+        rx.turn(Activity::Drained, None);
         rx.close();
         assert!(matches!(tx.deliver_direct(lone(vec![1]), 10), Ok(Direct::Pushed(_))));
         assert_eq!(tx.deliver_direct(lone(vec![1]), 1).unwrap_err(), Refused::Full);
@@ -627,7 +837,7 @@ mod tests {
         let (writer, mut peer) = socket_pair().await;
         let (tx, rx) = outbox(1);
         rx.allow_direct(writer.socket().expect("plain TCP"), Arc::default());
-        rx.turn(Activity::Drained);
+        rx.turn(Activity::Drained, None);
         // More than any socket buffer takes at once.
         let payload: Vec<u8> = (0..32 << 20).map(|i: u32| i as u8).collect();
         let Ok(Direct::Written { size, .. }) = tx.deliver_direct(lone(payload.clone()), 10) else {

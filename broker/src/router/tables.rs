@@ -89,6 +89,9 @@ pub enum ConnectOutcome {
 pub struct Fanout {
     /// The first idle connection a delivery woke: the publisher waits for its turn.
     pub woke: Option<(Outbox, Ticket)>,
+    /// A connection whose backlog is past the point where its publishers wait for room (see
+    /// `outbox.rs`): routing stopped after the delivery that found it so.
+    pub congested: Option<Outbox>,
     /// Whether any delivery reached a connection at all.
     pub pushed: bool,
     /// A lone QoS 0 delivery for a connection with nothing to do: the publisher writes it straight to
@@ -681,7 +684,7 @@ impl Router {
                 uplink.will_settled(client_id);
             }
             tracing::debug!(client = %client_id.escape_debug(), "delayed will published");
-            self.publish(will, false, &mut Fanout::default());
+            self.publish(&will, false, &mut Fanout::default());
         }
     }
 
@@ -760,11 +763,11 @@ impl Router {
 
     /// Routes one message; `lone` if it is the only one its publisher read at once. What it did for
     /// the publisher to act on goes into `fanout`.
-    pub(super) fn publish(&mut self, message: Arc<Message>, lone: bool, fanout: &mut Fanout) {
+    pub(super) fn publish(&mut self, message: &Arc<Message>, lone: bool, fanout: &mut Fanout) {
         let internal = message.is_internal();
         let mut forwarded = false;
         if let (Some(uplink), false) = (&self.shared.uplink, internal) {
-            uplink.forward(&message);
+            uplink.forward(message);
             forwarded = true;
         }
         self.fan_out(message, lone, fanout, internal || forwarded);
@@ -773,10 +776,10 @@ impl Router {
     /// Keeps a retained message and hands a message to this node's subscribers; one that none of them
     /// wants is counted as dropped unless `uncounted` (the broker's own, or gone on to other nodes,
     /// which know better).
-    pub(super) fn fan_out(&mut self, message: Arc<Message>, lone: bool, fanout: &mut Fanout, uncounted: bool) {
+    pub(super) fn fan_out(&mut self, message: &Arc<Message>, lone: bool, fanout: &mut Fanout, uncounted: bool) {
         let internal = message.is_internal();
         if message.retain && self.shared.retaining.load(Ordering::Relaxed) {
-            fanout.durable = fanout.durable.max(self.retain(&message));
+            fanout.durable = fanout.durable.max(self.retain(message));
         }
         let mut matched = std::mem::take(&mut self.matched);
         matched.clear();
@@ -814,12 +817,12 @@ impl Router {
             self.shared.metrics.inc(Metric::MessagesDropped);
         }
         for (client_id, granted, key) in &picks {
-            self.deliver(client_id, shared_delivery(&message, granted, key, client_id), fanout);
+            self.deliver(client_id, shared_delivery(message, granted, key, client_id), fanout);
         }
         if let ([(client_id, granted)], true, false, true) = (&matched[..], lone, internal, picks.is_empty()) {
             if message.qos.min(granted.qos) == QoS::AtMostOnce {
                 if let Some(outbox) = self.drained_outbox(client_id) {
-                    let delivery = live_delivery(&message, granted, &more_ids, client_id);
+                    let delivery = live_delivery(message, granted, &more_ids, client_id);
                     fanout.direct = Some((outbox, delivery));
                     self.matched = matched;
                     return;
@@ -827,7 +830,7 @@ impl Router {
             }
         }
         for (client_id, granted) in &matched {
-            let delivery = live_delivery(&message, granted, &more_ids, client_id);
+            let delivery = live_delivery(message, granted, &more_ids, client_id);
             self.deliver(client_id, delivery, fanout);
         }
         self.matched = matched;
@@ -968,14 +971,19 @@ impl Router {
         let [delivery] = delivery;
         let Some(client) = self.clients.get_mut(client_id) else { return };
         let internal = delivery.message.is_internal();
-        let store_id = delivery.store_id;
+        let (store_id, origin) = (delivery.store_id, delivery.message.origin);
         let kept = match &mut client.presence {
             Presence::Online(outbox) => {
-                match outbox.push_bounded(OutboxItem::Deliver(delivery), limit) {
+                match outbox.push_delivery(delivery, limit, self.limits.max_mqueue_len) {
                     Ok(pushed) => {
                         fanout.pushed |= pushed != Pushed::Deferred;
-                        if let (Pushed::WokeIdle(ticket), None) = (pushed, &fanout.woke) {
-                            fanout.woke = Some((outbox.clone(), ticket));
+                        match (pushed, &fanout.woke, &fanout.congested) {
+                            (Pushed::WokeIdle(ticket), None, _) => fanout.woke = Some((outbox.clone(), ticket)),
+                            // A client subscribed to its own topics cannot wait for itself.
+                            (Pushed::Congested, _, None) if outbox.conn_id != origin => {
+                                fanout.congested = Some(outbox.clone())
+                            }
+                            _ => {}
                         }
                         true
                     }
