@@ -809,11 +809,8 @@ impl ClientConnection {
         // Whoever waits for this connection's next turn need not wait any longer, and the socket is
         // this task's alone again.
         self.outbox.close();
-        // Publishes read before whatever ended the connection (a DISCONNECT in the same read) still go,
-        // without waiting for room.
-        while !self.publishes.is_empty() {
-            self.flush_publishes();
-        }
+        // Publishes read before whatever ended the connection (a DISCONNECT in the same read) still go.
+        self.route_all_publishes();
         let _ = self.submit_control_jobs().await;
         match &exit {
             Exit::Disconnect | Exit::DisconnectWithWill | Exit::Shutdown | Exit::TakenOver => {
@@ -1006,8 +1003,17 @@ impl ClientConnection {
         Ok(())
     }
 
-    /// Hands the publishes gathered so far to the router; called before any other router request,
-    /// so the router sees this client's requests in the order they arrived.
+    /// Routes every publish gathered so far, without waiting for room at congested subscribers:
+    /// before another router request, so the router sees this client's requests in the order they
+    /// arrived, and when the connection ends.
+    fn route_all_publishes(&mut self) {
+        while !self.publishes.is_empty() {
+            self.flush_publishes();
+        }
+    }
+
+    /// Hands the publishes gathered so far to the router, up to one for a congested subscriber (see
+    /// `outbox.rs`), whose rest waits for room at it.
     fn flush_publishes(&mut self) -> Handoff {
         if self.publishes.is_empty() {
             return Handoff::Nothing;
@@ -1080,7 +1086,7 @@ impl ClientConnection {
             Packet::Subscribe(subscribe) => self.handle_subscribe(subscribe)?,
             Packet::Disconnect(disconnect) => return Err(self.handle_disconnect(disconnect)),
             Packet::Unsubscribe(unsubscribe) => {
-                self.flush_publishes();
+                self.route_all_publishes();
                 let durable = self.ctx.router.unsubscribe(
                     self.client_id.clone(),
                     self.conn_id,
@@ -1252,7 +1258,7 @@ impl ClientConnection {
     }
 
     fn handle_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Exit> {
-        self.flush_publishes();
+        self.route_all_publishes();
         let mut filters = Vec::with_capacity(subscribe.filters.len());
         for (written, options) in subscribe.filters {
             let granted = match topic::parse_subscription(&written) {

@@ -736,3 +736,31 @@ async fn a_subscriber_that_stops_acknowledging_holds_its_publishers_up_only_brie
     drop(stuck);
     broker.stop().await;
 }
+
+/// Publishes held back by a congested subscriber still go before a SUBSCRIBE read behind them: a
+/// client that publishes and then subscribes to the same topic in one write gets none of its own
+/// earlier messages back.
+#[tokio::test]
+async fn publishes_held_for_room_still_go_before_a_subscribe_behind_them() {
+    let broker = start(Config { max_inflight: 1, max_mqueue_len: 8, ..config() }).await;
+    let mut stuck = Raw::connected(broker.addr, "stuck").await;
+    stuck.subscribe(1, &[("t", QoS::AtLeastOnce)]).await;
+    let mut client = Raw::connected(broker.addr, "client").await;
+    let mut bytes = bytes::BytesMut::new();
+    for n in 1..=20u16 {
+        protocol::encode(&publish("t", &n.to_be_bytes(), QoS::AtLeastOnce, n), Protocol::V311, &mut bytes);
+    }
+    protocol::encode(&subscribe(100, &[("t", QoS::AtLeastOnce)]), Protocol::V311, &mut bytes);
+    client.send_bytes(&bytes).await;
+    let (mut acks, mut subacked) = (0, false);
+    while acks < 20 || !subacked {
+        match client.recv_within(WAIT).await {
+            Ok(Some(Packet::Puback(_))) => acks += 1,
+            Ok(Some(Packet::Suback(_))) => subacked = true,
+            other => panic!("expected PUBACKs and a SUBACK, got {other:?}"),
+        }
+    }
+    client.expect_silence(Duration::from_millis(300)).await;
+    drop(stuck);
+    broker.stop().await;
+}
