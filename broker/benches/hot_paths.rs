@@ -145,12 +145,12 @@ fn routing_benches(c: &mut Criterion) {
         let (outbox, receiver) = router::outbox(i);
         let meta = ClientMeta {
             username: None,
-            peer: "127.0.0.1:1883".parse().unwrap(),
+            peer: "127.0.0.1:1883".parse::<std::net::SocketAddr>().unwrap().into(),
             clean_session: true,
             expiry: Some(std::time::Duration::ZERO),
             proto_ver: 4,
             keepalive: 60,
-            connected_at: chrono::Local::now(),
+            connected_at: 0,
             hidden: false,
         };
         let _outcome = router.connect(client_id.clone(), meta, outbox);

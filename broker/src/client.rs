@@ -379,13 +379,13 @@ async fn accept(
         connect.keep_alive = ctx.config.server_keepalive;
     }
     let meta = ClientMeta {
-        username: connect.username.clone(),
-        peer,
+        username: connect.username.clone().map(Into::into),
+        peer: peer.into(),
         clean_session: connect.clean_session,
         expiry,
         proto_ver: connect.protocol.level(),
         keepalive: connect.keep_alive,
-        connected_at: chrono::Local::now(),
+        connected_at: crate::store::now_wall_ms() as i64,
         hidden: principal == Principal::Management,
     };
     let outcome = ctx.router.connect(client_id.clone(), meta, outbox);

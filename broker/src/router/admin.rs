@@ -17,11 +17,13 @@ use crate::session::{ClientId, SessionStats};
 
 /// EMQ shows a missing username as "undefined".
 fn username(client: &Client) -> String {
-    client.meta.username.clone().unwrap_or_else(|| "undefined".into())
+    client.meta.username.as_deref().unwrap_or("undefined").into()
 }
 
-pub fn format_time(t: &chrono::DateTime<chrono::Local>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S").to_string()
+/// Wall-clock milliseconds since the Unix epoch as EMQ shows a time: local, to the second.
+pub fn format_time(ms: i64) -> String {
+    let at = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().with_timezone(&chrono::Local);
+    at.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 impl Router {
@@ -205,7 +207,7 @@ fn client_row(id: &Arc<str>, c: &Client) -> ClientRow {
         clean_sess: c.meta.clean_session,
         proto_ver: c.meta.proto_ver,
         keepalive: c.meta.keepalive,
-        connected_at: format_time(&c.meta.connected_at),
+        connected_at: format_time(c.meta.connected_at),
     }
 }
 
@@ -223,7 +225,7 @@ fn session_row(id: &Arc<str>, c: &Client, max_inflight: u64) -> SessionRow {
         awaiting_rel_len: get(&s.awaiting_rel_len),
         deliver_msg: get(&s.deliver_msg),
         enqueue_msg: get(&s.enqueue_msg),
-        created_at: format_time(&c.created_at),
+        created_at: format_time(c.created_at),
         expiry_interval: (c.meta.proto_ver == 5).then(|| {
             let expiry = match &c.presence {
                 Presence::Online(_) => c.meta.expiry,

@@ -360,12 +360,12 @@ mod tests {
     fn meta(clean_session: bool) -> ClientMeta {
         ClientMeta {
             username: None,
-            peer: "127.0.0.1:1".parse().unwrap(),
+            peer: "127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap().into(),
             clean_session,
             expiry: Some(Duration::ZERO),
             proto_ver: 4,
             keepalive: 60,
-            connected_at: chrono::Local::now(),
+            connected_at: crate::store::now_wall_ms() as i64,
             hidden: false,
         }
     }

@@ -3,12 +3,11 @@
 //! its lock; the listings for the management API are in `admin.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Local};
 use tokio::sync::oneshot;
 
 use super::events::{Events, RouterEvent};
@@ -59,18 +58,49 @@ fn shared_delivery(
 /// connection are dropped and counted rather than held.
 const OUTBOX_LIMIT: usize = 8 * 1024;
 
-/// What the management API shows about a connected client.
+/// A client's address, kept compactly: 20 bytes where a `SocketAddr` takes 32, in the entry of
+/// every client the router keeps, connected or away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    ip: IpAddr,
+    port: u16,
+}
+
+impl Peer {
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Peer {
+        Peer { ip: addr.ip(), port: addr.port() }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        SocketAddr::from((self.ip, self.port)).fmt(f)
+    }
+}
+
+/// What the management API shows about a connected client. Small, as every kept session has one.
 #[derive(Debug, Clone)]
 pub struct ClientMeta {
-    pub username: Option<String>,
-    pub peer: SocketAddr,
+    pub username: Option<Box<str>>,
+    pub peer: Peer,
     /// "Clean start" in MQTT 5: the connection began without its old session.
     pub clean_session: bool,
     /// How long the session outlives the connection (see [`Session::expiry`]).
     pub expiry: Option<Duration>,
     pub proto_ver: u8,
     pub keepalive: u16,
-    pub connected_at: DateTime<Local>,
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub connected_at: i64,
     /// The management sidecar's connection (its client id is in the management namespace): kept out
     /// of every listing, statistic and kick, so users see only their own clients.
     pub hidden: bool,
@@ -124,7 +154,8 @@ pub(super) struct Client {
     /// Shared with the session, wherever it is.
     pub(super) session_stats: Arc<SessionStats>,
     pub(super) session_clean: bool,
-    pub(super) created_at: DateTime<Local>,
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub(super) created_at: i64,
     /// Whether the store holds this session (a persistent one, with a store).
     stored: bool,
 }
@@ -310,8 +341,8 @@ impl Router {
             client_id: client_id.clone(),
             expiry,
             parked_at_ms,
-            created_at_ms: client.created_at.timestamp_millis(),
-            username: client.meta.username.clone(),
+            created_at_ms: client.created_at,
+            username: client.meta.username.as_deref().map(String::from),
             proto_ver: client.meta.proto_ver,
             peer: client.meta.peer.to_string(),
             filters: client.filters.iter().map(|(filter, options)| (filter.to_string(), *options)).collect(),
@@ -392,12 +423,10 @@ impl Router {
     /// Parks a kept session from `record` (the store's, or another node's) with its subscriptions,
     /// away since `since`.
     fn park_kept(&mut self, record: SessionRecord, session: Box<Session>, since: Instant, stored: bool) {
-        let created_at = DateTime::from_timestamp_millis(record.created_at_ms)
-            .map(|at| at.with_timezone(&Local))
-            .unwrap_or_else(Local::now);
+        let created_at = record.created_at_ms;
         let meta = ClientMeta {
-            username: record.username,
-            peer: record.peer.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            username: record.username.map(Into::into),
+            peer: record.peer.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))).into(),
             clean_session: false,
             expiry: record.expiry,
             proto_ver: record.proto_ver,
@@ -496,7 +525,7 @@ impl Router {
                 pending: None,
                 session_stats: session.stats.clone(),
                 session_clean: clean,
-                created_at: Local::now(),
+                created_at: now_wall_ms() as i64,
                 stored: false,
             };
             self.insert_client(client_id.clone(), client);
@@ -566,7 +595,7 @@ impl Router {
             if !present {
                 client.session_stats = session.stats.clone();
                 client.session_clean = clean;
-                client.created_at = Local::now();
+                client.created_at = now_wall_ms() as i64;
             }
         }
         self.save_session(&client_id);
@@ -1126,5 +1155,16 @@ impl Router {
             .collect();
         let _ = outbox.push(OutboxItem::Unsubscribed(Box::new(Unsuback { pkid, reasons })), None);
         durable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every client the router keeps, connected or away, has one in its table (beside the client
+    /// id): what a kept session costs starts here.
+    #[test]
+    fn a_client_entry_stays_small() {
+        let size = std::mem::size_of::<super::Client>();
+        assert!(size <= 152, "a client is {size} bytes");
     }
 }
