@@ -104,6 +104,8 @@ struct State {
     /// What the connection holds beyond its inflight window, once it has held anything (boxed: most
     /// connections never do).
     backlog: Option<Box<Backlog>>,
+    /// The connection is itself waiting for room at another's: nobody waits for it meanwhile.
+    waiting_for_room: bool,
 }
 
 /// How long a connection's client may acknowledge nothing while it has a backlog before publishers
@@ -136,8 +138,6 @@ struct Backlog {
     progress_at: Instant,
     /// Publishers waiting for room.
     waiters: Vec<Waker>,
-    /// The connection is itself waiting for room at another's.
-    waiting: bool,
 }
 
 impl State {
@@ -152,7 +152,7 @@ impl State {
     fn congested(&self) -> bool {
         self.backlog.as_ref().is_some_and(|b| {
             b.report.limit > 0
-                && !b.waiting
+                && !self.waiting_for_room
                 && self.backlog_len() >= b.report.limit * 3 / 4
                 && b.progress_at.elapsed() < STUCK_AFTER
         })
@@ -162,7 +162,11 @@ impl State {
     /// client stopped acknowledging.
     fn has_room(&self) -> bool {
         match &self.backlog {
-            Some(b) => b.waiting || self.backlog_len() < b.report.limit / 2 || b.progress_at.elapsed() >= STUCK_AFTER,
+            Some(b) => {
+                self.waiting_for_room
+                    || self.backlog_len() < b.report.limit / 2
+                    || b.progress_at.elapsed() >= STUCK_AFTER
+            }
             None => true,
         }
     }
@@ -309,8 +313,7 @@ impl Outbox {
         if acknowledged && state.backlog.is_none() && queue_limit > 0 && state.queue.len() >= queue_limit * 3 / 4 {
             // A burst for a connection that has not run since: it has a backlog from now on.
             let report = BacklogReport { held: 0, limit: queue_limit, acked: 0, stalled: false };
-            state.backlog =
-                Some(Box::new(Backlog { report, progress_at: Instant::now(), waiters: Vec::new(), waiting: false }));
+            state.backlog = Some(Box::new(Backlog { report, progress_at: Instant::now(), waiters: Vec::new() }));
         }
         let congested = acknowledged && state.congested();
         if state.woken {
@@ -493,17 +496,10 @@ impl OutboxReceiver {
     pub fn waiting_for_room(&self, waiting: bool) {
         let waiters = {
             let mut state = self.inner.state();
-            if state.backlog.is_none() && !waiting {
-                return;
-            }
-            let backlog = state.backlog.get_or_insert_with(|| {
-                let report = BacklogReport { held: 0, limit: 0, acked: 0, stalled: false };
-                Box::new(Backlog { report, progress_at: Instant::now(), waiters: Vec::new(), waiting })
-            });
-            backlog.waiting = waiting;
-            std::mem::take(&mut backlog.waiters)
+            state.waiting_for_room = waiting;
+            state.backlog.as_mut().map(|b| std::mem::take(&mut b.waiters))
         };
-        waiters.into_iter().for_each(Waker::wake);
+        waiters.into_iter().flatten().for_each(Waker::wake);
     }
 
     /// Lets publishers write lone messages straight to this connection's socket while it is drained.
@@ -532,12 +528,7 @@ impl OutboxReceiver {
             state.drained = activity == Activity::Drained;
             match (report, &mut state.backlog) {
                 (Some(report), None) if !report.clear() => {
-                    state.backlog = Some(Box::new(Backlog {
-                        report,
-                        progress_at: Instant::now(),
-                        waiters: Vec::new(),
-                        waiting: false,
-                    }))
+                    state.backlog = Some(Box::new(Backlog { report, progress_at: Instant::now(), waiters: Vec::new() }))
                 }
                 (Some(report), Some(backlog)) => {
                     // A backlog that begins, or acknowledgements that come, show a client keeping up.
