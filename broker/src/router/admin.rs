@@ -127,11 +127,11 @@ impl Router {
 
     /// Every client the API shows: all but the sidecar's own connection.
     fn visible_clients(&self) -> impl Iterator<Item = (&ClientId, &Client)> {
-        self.clients.iter().filter(|(_, c)| !c.meta.hidden)
+        self.clients.iter().filter(|(_, c)| !c.meta.hidden).map(|(id, c)| (id, &**c))
     }
 
     fn visible_client(&self, client_id: &str) -> Option<(&ClientId, &Client)> {
-        self.clients.get_key_value(client_id).filter(|(_, c)| !c.meta.hidden)
+        self.clients.get_key_value(client_id).filter(|(_, c)| !c.meta.hidden).map(|(id, c)| (id, &**c))
     }
 }
 

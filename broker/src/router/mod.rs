@@ -12,6 +12,7 @@
 
 mod admin;
 mod events;
+mod expiries;
 mod filters;
 pub mod growing_map;
 mod outbox;
