@@ -441,6 +441,38 @@ async fn offline_sessions_expire_after_the_expiry_interval() {
     broker.stop().await;
 }
 
+/// Sessions parked together are filed together (router/expiries.rs): resuming some of them moves the
+/// others within their second's list, and each still expires on time, none early, none kept.
+#[tokio::test]
+async fn sessions_parked_together_expire_on_time_when_some_resume_between() {
+    let broker = start(Config { session_expiry_interval: 1, ..config() }).await;
+    let ids: Vec<String> = (0..6).map(|i| format!("together-{i}")).collect();
+    for id in &ids {
+        let (mut sub, _) = Raw::connect(broker.addr, connect_packet(id, false)).await;
+        sub.subscribe(1, &[(&format!("together/{id}"), QoS::AtLeastOnce)]).await;
+        sub.disconnect().await;
+    }
+    // Some resume (from the middle and the end of the list) and go again: parked anew.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for id in [&ids[1], &ids[5], &ids[2]] {
+        let (sub, present) = Raw::connect(broker.addr, connect_packet(id, false)).await;
+        assert!(present, "{id} expired early");
+        sub.disconnect().await;
+    }
+    // One resumes and stays: never expired while connected.
+    let (_stays, present) = Raw::connect(broker.addr, connect_packet(&ids[3], false)).await;
+    assert!(present, "{} expired early", ids[3]);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    for id in [&ids[0], &ids[1], &ids[2], &ids[4], &ids[5]] {
+        let (sub, present) = Raw::connect(broker.addr, connect_packet(id, false)).await;
+        assert!(!present, "{id} outlived its expiry");
+        sub.disconnect().await;
+    }
+    let (_again, present) = Raw::connect(broker.addr, connect_packet(&ids[3], false)).await;
+    assert!(present, "the connected session was expired");
+    broker.stop().await;
+}
+
 /// Publishers that are each other's subscribers, all at full speed. A publisher that woke an idle
 /// subscriber waits for that subscriber's turn before it writes its acknowledgements or reads on (the
 /// hand-off in router/outbox.rs); in a ring of such clients, and with a client subscribed to its own
