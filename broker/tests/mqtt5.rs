@@ -340,6 +340,29 @@ async fn session_expiry_is_the_clients_choice() {
     broker.stop().await;
 }
 
+/// The router sweeps expired sessions about once a second; a client that comes back just after its
+/// expiry must not find its session, whether or not the sweep has come by.
+#[tokio::test]
+async fn a_session_just_past_its_expiry_is_not_resumed_before_the_sweep() {
+    let broker = start_default().await;
+    let one_second = Connect {
+        clean_session: false,
+        properties: Box::new(ConnectProperties { session_expiry_interval: Some(1), ..Default::default() }),
+        ..v5("just-past")
+    };
+    for _ in 0..3 {
+        let (raw, _) = connect5(&broker, one_second.clone()).await;
+        raw.disconnect().await;
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+        let (raw, connack) = connect5(&broker, one_second.clone()).await;
+        assert!(!connack.session_present, "resumed a session 50 ms past its expiry");
+        raw.disconnect().await;
+        // Gone for good: the next connection starts afresh too (and parks anew on leaving).
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+    }
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn receive_maximum_and_maximum_packet_size_of_the_client() {
     let broker = start_default().await;

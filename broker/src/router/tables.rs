@@ -245,11 +245,7 @@ impl Router {
                     later.push(client_id);
                     continue;
                 }
-                tracing::debug!(client = %client_id.escape_debug(), "offline session expired");
-                self.drop_subscriptions(&client_id);
-                self.remove_client(&client_id);
-                self.publish_will_now(&client_id);
-                self.events.emit(|| RouterEvent::SessionExpired(client_id.clone()));
+                self.expire(&client_id);
             }
             let clients = &mut self.clients;
             self.expiries.refile(second, later, |client_id, due| {
@@ -258,6 +254,23 @@ impl Router {
                 }
             });
         }
+    }
+
+    /// Ends a parked session whose expiry has passed, with its subscriptions; its will goes out.
+    fn expire(&mut self, client_id: &ClientId) {
+        tracing::debug!(client = %client_id.escape_debug(), "offline session expired");
+        self.drop_subscriptions(client_id);
+        self.remove_client(client_id);
+        self.publish_will_now(client_id);
+        self.events.emit(|| RouterEvent::SessionExpired(client_id.clone()));
+    }
+
+    /// Whether `client_id` has a parked session whose expiry has passed (the sweep may not have come by).
+    fn expired(&self, client_id: &ClientId) -> bool {
+        self.clients.get(client_id).is_some_and(|c| match &c.presence {
+            Presence::Offline(session, parked) => self.expiries.has_passed(parked, session.expiry, Instant::now()),
+            Presence::Online(_) => false,
+        })
     }
 
     /// Takes out the deadline of a session that is parked no more, and tells the session whose
@@ -532,6 +545,10 @@ impl Router {
         reply: oneshot::Sender<ConnectOutcome>,
     ) {
         let clean = meta.clean_session;
+        // A session past its expiry is not resumed, whether or not the sweep has come by yet.
+        if self.expired(&client_id) {
+            self.expire(&client_id);
+        }
         self.settle_will(&client_id, clean);
         let Some(client) = self.clients.get_mut(&client_id) else {
             let session = self.new_session(client_id.clone(), meta.expiry);
