@@ -176,6 +176,20 @@ async fn paho_mqtt_flooding_a_slow_subscriber_loses_nothing() {
     broker.stop().await;
 }
 
+/// paho-mqtt (MQTT 5) sessions with a 2-second expiry, parked together, some resumed in between: each
+/// is there before its expiry and gone after it, also to a client that comes back within the router's
+/// once-a-second sweep (paho found one resumed 0.6 s late before the connect looked for itself).
+#[tokio::test]
+async fn paho_mqtt_sessions_expire_when_their_client_chose() {
+    let broker = start(config()).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/paho_expiry.py");
+    let mut python = tool("python3");
+    python.arg(script).arg(broker.addr.port().to_string());
+    let expected = "resumed-early True\n".repeat(2) + &"after-expiry False\n".repeat(5);
+    assert_eq!(run(python).await, expected);
+    broker.stop().await;
+}
+
 /// Mosquitto's clients over TLS: `--cafile` against the server certificate, `--cert/--key` where the
 /// listener requires a client certificate; one that trusts another CA is refused, and the others go on.
 #[tokio::test]
