@@ -494,6 +494,11 @@ impl Router {
     /// (subscriptions, expiry) and deliveries. It is gone from here, as if discarded.
     pub(super) fn hand_over(&mut self, client_id: &str) -> Option<(SessionRecord, Handover)> {
         let id = self.clients.get_key_value(client_id).map(|(id, _)| id.clone())?;
+        // Past its expiry, it ends here rather than going on elsewhere.
+        if self.expired(&id) {
+            self.expire(&id);
+            return None;
+        }
         let record = self.session_record(&id)?;
         let client = self.clients.get_mut(&id)?;
         let Presence::Offline(session, _) = &mut client.presence else { return None };
