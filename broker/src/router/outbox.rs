@@ -140,6 +140,13 @@ struct Backlog {
     waiters: Vec<Waker>,
 }
 
+impl Backlog {
+    /// A backlog that begins now, nobody waiting on it yet.
+    fn new(report: BacklogReport) -> Box<Backlog> {
+        Box::new(Backlog { report, progress_at: Instant::now(), waiters: Vec::new() })
+    }
+}
+
 impl State {
     /// Deliveries the connection has yet to send: in its session queue and here.
     fn backlog_len(&self) -> usize {
@@ -313,7 +320,7 @@ impl Outbox {
         if acknowledged && state.backlog.is_none() && queue_limit > 0 && state.queue.len() >= queue_limit * 3 / 4 {
             // A burst for a connection that has not run since: it has a backlog from now on.
             let report = BacklogReport { held: 0, limit: queue_limit, acked: 0, stalled: false };
-            state.backlog = Some(Box::new(Backlog { report, progress_at: Instant::now(), waiters: Vec::new() }));
+            state.backlog = Some(Backlog::new(report));
         }
         let congested = acknowledged && state.congested();
         if state.woken {
@@ -527,9 +534,7 @@ impl OutboxReceiver {
             state.idle = activity != Activity::Busy;
             state.drained = activity == Activity::Drained;
             match (report, &mut state.backlog) {
-                (Some(report), None) if !report.clear() => {
-                    state.backlog = Some(Box::new(Backlog { report, progress_at: Instant::now(), waiters: Vec::new() }))
-                }
+                (Some(report), None) if !report.clear() => state.backlog = Some(Backlog::new(report)),
                 (Some(report), Some(backlog)) => {
                     // A backlog that begins, or acknowledgements that come, show a client keeping up.
                     if backlog.report.clear() || report.acked != backlog.report.acked {

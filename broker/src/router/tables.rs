@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::events::{Events, RouterEvent};
-use super::expiries::{Expiries, Parked};
+use super::expiries::{Due, Expiries, Parked};
 use super::filters::Filters;
 use super::growing_map::GrowingMap;
 use super::outbox::{Outbox, OutboxItem, OutboxReceiver, Pushed, Refused, Ticket};
@@ -248,11 +248,7 @@ impl Router {
                 self.expire(&client_id);
             }
             let clients = &mut self.clients;
-            self.expiries.refile(second, later, |client_id, due| {
-                if let Some(Presence::Offline(_, parked)) = clients.get_mut(client_id).map(|c| &mut c.presence) {
-                    parked.moved_to(due);
-                }
-            });
+            self.expiries.refile(second, later, |client_id, due| tell_moved(clients, client_id, due));
         }
     }
 
@@ -265,20 +261,24 @@ impl Router {
         self.events.emit(|| RouterEvent::SessionExpired(client_id.clone()));
     }
 
-    /// Whether `client_id` has a parked session whose expiry has passed (the sweep may not have come by).
-    fn expired(&self, client_id: &ClientId) -> bool {
-        self.clients.get(client_id).is_some_and(|c| match &c.presence {
+    /// Ends the parked session of `client_id` if its expiry has passed, whether or not the sweep has
+    /// come by yet; true if it did.
+    fn expire_if_due(&mut self, client_id: &ClientId) -> bool {
+        let due = self.clients.get(client_id).is_some_and(|c| match &c.presence {
             Presence::Offline(session, parked) => self.expiries.has_passed(parked, session.expiry, Instant::now()),
             Presence::Online(_) => false,
-        })
+        });
+        if due {
+            self.expire(client_id);
+        }
+        due
     }
 
     /// Takes out the deadline of a session that is parked no more, and tells the session whose
     /// deadline moved into its place.
     fn unpark(&mut self, client_id: &ClientId, parked: Parked) {
-        let Some((moved, due)) = self.expiries.unpark(client_id, parked) else { return };
-        if let Some(Presence::Offline(_, parked)) = self.clients.get_mut(&moved).map(|c| &mut c.presence) {
-            parked.moved_to(due);
+        if let Some((moved, due)) = self.expiries.unpark(client_id, parked) {
+            tell_moved(&mut self.clients, &moved, due);
         }
     }
 
@@ -495,8 +495,7 @@ impl Router {
     pub(super) fn hand_over(&mut self, client_id: &str) -> Option<(SessionRecord, Handover)> {
         let id = self.clients.get_key_value(client_id).map(|(id, _)| id.clone())?;
         // Past its expiry, it ends here rather than going on elsewhere.
-        if self.expired(&id) {
-            self.expire(&id);
+        if self.expire_if_due(&id) {
             return None;
         }
         let record = self.session_record(&id)?;
@@ -550,10 +549,8 @@ impl Router {
         reply: oneshot::Sender<ConnectOutcome>,
     ) {
         let clean = meta.clean_session;
-        // A session past its expiry is not resumed, whether or not the sweep has come by yet.
-        if self.expired(&client_id) {
-            self.expire(&client_id);
-        }
+        // A session past its expiry is not resumed.
+        self.expire_if_due(&client_id);
         self.settle_will(&client_id, clean);
         let Some(client) = self.clients.get_mut(&client_id) else {
             let session = self.new_session(client_id.clone(), meta.expiry);
@@ -1189,6 +1186,13 @@ impl Router {
             .collect();
         let _ = outbox.push(OutboxItem::Unsubscribed(Box::new(Unsuback { pkid, reasons })), None);
         durable
+    }
+}
+
+/// Tells a parked session that its deadline moved in its second's list (see `expiries.rs`).
+fn tell_moved(clients: &mut GrowingMap<ClientId, Box<Client>>, client_id: &ClientId, due: Due) {
+    if let Some(Presence::Offline(_, parked)) = clients.get_mut(client_id).map(|c| &mut c.presence) {
+        parked.moved_to(due);
     }
 }
 
