@@ -275,7 +275,9 @@ pub async fn idle(target: &Target, n: usize, concurrency: usize) -> anyhow::Resu
     let started = Instant::now();
     let conns = open_idle(&target.endpoint, n, concurrency).await?;
     let elapsed = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Idle long enough for a broker that treats idle connections differently to have done so (Midge's
+    // `dormant_after_ms`, 1 s, looked at each second).
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_after = proc::rss_bytes(target.pid);
     drop(conns);
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -34,6 +34,9 @@ pub struct Config {
     pub max_clientid_len: usize,
     pub max_connections: usize,
     pub connect_timeout: u64,
+    /// Milliseconds a connection has nothing to do before it gives up its task and waits in the
+    /// dormitory (0: never).
+    pub dormant_after_ms: u64,
     pub auth_fail_burst: u32,
     pub session_expiry_interval: u64,
     pub max_inflight: usize,
@@ -122,6 +125,7 @@ impl Default for Config {
             max_clientid_len: 1024,
             max_connections: 100_000,
             connect_timeout: 10,
+            dormant_after_ms: 1000,
             auth_fail_burst: 10,
             session_expiry_interval: 7200,
             max_inflight: 32,
@@ -328,6 +332,13 @@ struct Cli {
     #[arg(long, env = "MIDGE_CONNECT_TIMEOUT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     connect_timeout: Option<u64>,
+
+    /// Milliseconds a connection has nothing to do (no packet in or out) before it gives up its task
+    /// and waits in the dormitory, woken by its socket, its outbox or its keep-alive; 0: never
+    /// [default: 1000].
+    #[arg(long, env = "MIDGE_DORMANT_AFTER_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dormant_after_ms: Option<u64>,
 
     /// Failed logins one address may make at once (and per minute after that) before its CONNECTs are
     /// refused (CONNACK 4) without a password check for a while; a username gets twice as many. 0 turns

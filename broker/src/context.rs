@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Authenticator;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::dormitory::Dormitory;
 use crate::metrics::Metrics;
 use crate::ops::control::ControlJob;
 use crate::ops::plugins::Plugins;
@@ -33,6 +34,8 @@ pub struct Context {
     pub journal: Option<Journal>,
     /// The other nodes, if this one is clustered.
     pub cluster: Cluster,
+    /// Where idle connections wait without a task.
+    pub dormitory: Dormitory,
     next_conn_id: AtomicU64,
 }
 
@@ -60,6 +63,7 @@ impl Context {
             durable: None,
             journal: None,
             cluster: Cluster::Standalone,
+            dormitory: Dormitory::new(std::time::Duration::ZERO, Default::default()),
             next_conn_id: AtomicU64::new(1),
         }
     }

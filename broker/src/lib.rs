@@ -13,6 +13,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod context;
+pub mod dormitory;
 pub mod metrics;
 pub mod ops;
 pub mod probe;

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use crate::client;
 use crate::cluster::{Cluster, ClusterError, Joining};
 use crate::config::Config;
 use crate::context::Context;
+use crate::dormitory::Dormitory;
 use crate::metrics::{Metrics, Stats};
 use crate::ops::control;
 use crate::ops::plugins::{Plugin, PluginError, Plugins};
@@ -179,6 +181,7 @@ impl Broker {
             Some(joining) => joining.start(&config.node, router.clone(), asked_tx, shutdown.clone()).await?,
             None => Cluster::Standalone,
         };
+        let dormant = Arc::new(AtomicUsize::new(0));
         let node = Arc::new(Node {
             name: config.node.clone(),
             started: Instant::now(),
@@ -193,6 +196,7 @@ impl Broker {
             max_connections: config.max_connections,
             shutdown: shutdown.clone(),
             baseline_rss: crate::ops::recon::process_memory().0,
+            dormant: dormant.clone(),
             store: store.as_ref().map(|store| (store.journal(), store.durable())),
             cluster: cluster.clone(),
         });
@@ -200,6 +204,7 @@ impl Broker {
         ctx.durable = store.as_ref().map(Store::durable);
         ctx.journal = store.as_ref().map(Store::journal);
         ctx.cluster = cluster;
+        ctx.dormitory = Dormitory::new(Duration::from_millis(ctx.config.dormant_after_ms), dormant);
         Ok(Broker { listeners, control: control_rx, node, ctx: Arc::new(ctx), metrics_listener, store })
     }
 
@@ -254,6 +259,7 @@ impl Broker {
         tokio::spawn(control::run(node, control));
         let connections = TaskTracker::new();
         let acceptors = TaskTracker::new();
+        connections.spawn(ctx.dormitory.run(connections.clone(), ctx.shutdown.clone()));
         for listener in &listeners {
             tracing::info!(
                 listener = listener.stats().protocol,
@@ -306,7 +312,8 @@ async fn accept_loop(listener: Arc<Listener>, ctx: Arc<Context>, connections: Ta
 }
 
 /// One connection's life: the listener's handshake, bounded by the connect timeout, then MQTT. The
-/// listener's slot is held throughout.
+/// listener's slot is held throughout (by the connection's state once it is served, since an idle
+/// connection gives up its task: see `dormitory.rs`).
 ///
 /// A plain function around an `async` block, not an `async fn`: an async fn's future keeps its
 /// arguments for its whole life, and this future is the connection's task for as long as it is
@@ -314,13 +321,11 @@ async fn accept_loop(listener: Arc<Listener>, ctx: Arc<Context>, connections: Ta
 /// the slot, two pointers and the serving loop.
 fn connection(listener: Arc<Listener>, accepted: Accepted, ctx: Arc<Context>) -> impl Future<Output = ()> + Send {
     let Accepted { tcp, peer, slot } = accepted;
-    let stats = listener.stats();
     let opening = Box::pin(open(listener, tcp, peer, ctx));
     async move {
         if let Some(opened) = opening.await {
-            opened.serve(stats).await;
+            opened.serve(Some(slot)).await;
         }
-        drop(slot);
     }
 }
 

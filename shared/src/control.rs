@@ -307,6 +307,9 @@ pub struct ReconConnections {
     pub count: u64,
     /// What one connection's task takes before its buffers (its future, fixed at build time).
     pub task_bytes: u64,
+    /// Of `count`, those idle long enough to wait without a task (`dormant_after_ms`).
+    #[serde(default)]
+    pub dormant: u64,
     /// The process's memory beyond what it held with no connection, divided by the connections: an
     /// estimate of a connection's whole cost; absent without connections.
     pub estimated_bytes_each: Option<u64>,

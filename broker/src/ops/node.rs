@@ -34,6 +34,8 @@ pub struct Node {
     /// The process's resident memory before any connection: what each connection adds is measured from
     /// here (`emq_recon`).
     pub baseline_rss: u64,
+    /// Connections waiting in the dormitory, without a task.
+    pub dormant: Arc<std::sync::atomic::AtomicUsize>,
     /// Where what the management API changes is kept, with persistence on.
     pub store: Option<(Journal, Durable)>,
     /// The other nodes, if this one is clustered.

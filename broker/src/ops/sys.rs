@@ -128,8 +128,9 @@ pub fn disconnected_event(node: &str, event: &ClientDisconnected) -> Arc<Message
 /// `memory_total` and `memory_used` are the broker's own heap, as EMQ's are the Erlang VM's allocated and
 /// used memory: what the allocator holds from the system for it, and what of that is in live allocations.
 /// `process_available` / `process_used` stand for EMQ's Erlang process limit and count: the most client
-/// connections served at once (each one task), and the tasks alive in the broker's runtime now. See
-/// docs/monitoring.md.
+/// connections served at once (each one task), and the tasks alive in the broker's runtime now, with the
+/// connections resting in the dormitory (each a task put aside, as a hibernating Erlang process is still
+/// a process). See docs/monitoring.md.
 pub fn node_info(node: &Node) -> NodeInfo {
     let (load1, load5, load15) = load_average();
     let memory = heap();
@@ -144,7 +145,8 @@ pub fn node_info(node: &Node) -> NodeInfo {
         memory_total: megabytes(memory.allocated),
         memory_used: megabytes(memory.used),
         process_available: node.max_connections as u64,
-        process_used: tokio::runtime::Handle::current().metrics().num_alive_tasks() as u64,
+        process_used: tokio::runtime::Handle::current().metrics().num_alive_tasks() as u64
+            + node.dormant.load(std::sync::atomic::Ordering::Relaxed) as u64,
         max_fds: max_open_files(),
         clients: node.stats.count(Stat::Clients),
         load1,

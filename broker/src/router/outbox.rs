@@ -440,16 +440,23 @@ impl Future for WaitTurn<'_> {
 impl OutboxReceiver {
     /// Waits until something is queued. Cancel-safe.
     pub async fn ready(&self) {
-        std::future::poll_fn(|cx| {
-            // Registered before looking, so a push after the look wakes this task.
-            self.inner.waker.register(cx.waker());
-            if self.inner.state().queue.is_empty() {
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
-        })
-        .await
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await
+    }
+
+    /// Whether anything is queued.
+    pub fn has_queued(&self) -> bool {
+        !self.inner.state().queue.is_empty()
+    }
+
+    /// Registers `cx` to be woken by a push; ready if something is queued.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Registered before looking, so a push after the look wakes the caller.
+        self.inner.waker.register(cx.waker());
+        if self.inner.state().queue.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
     }
 
     /// Everything queued, in order, in one lock.

@@ -167,6 +167,22 @@ impl PacketReader {
         self.level = level;
     }
 
+    /// Whether nothing but the socket can give this reader more: plain TCP, nothing buffered (here or
+    /// in a stream's own state) and no rate limit holding reads back. Only such a reader may be left to
+    /// [`PacketReader::poll_readable`] while its connection has no task.
+    pub fn waits_on_socket(&mut self) -> bool {
+        matches!(self.reader, ReadHalf::Tcp(_)) && self.buf.is_empty() && self.throttled_until().is_none()
+    }
+
+    /// Registers `cx` for the socket's readability; ready once it is readable (or failed, which the
+    /// next read reports). Over any other stream, ready at once.
+    pub fn poll_readable(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        match &self.reader {
+            ReadHalf::Tcp(reader) => reader.as_ref().poll_read_ready(cx).map(|_| ()),
+            ReadHalf::Other(_) => Poll::Ready(()),
+        }
+    }
+
     /// Are there bytes read but not yet decoded (a packet, or the start of one)?
     pub fn has_buffered(&self) -> bool {
         !self.buf.is_empty()
@@ -428,6 +444,13 @@ impl PacketWriter {
         }
         self.release_if_large();
         Ok(())
+    }
+
+    /// Gives the buffer up if nothing is queued in it: an idle connection holds none.
+    pub fn release_if_drained(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
     }
 
     /// A drained buffer is kept while small, so a connection trading small packets does not allocate

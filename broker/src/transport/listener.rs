@@ -195,6 +195,12 @@ impl ListenerStats {
 #[derive(Debug)]
 pub struct Connected(Arc<ListenerStats>);
 
+impl Connected {
+    pub fn listener(&self) -> &ListenerStats {
+        &self.0
+    }
+}
+
 impl Drop for Connected {
     fn drop(&mut self) {
         self.0.clients.fetch_sub(1, Ordering::Relaxed);

@@ -10,13 +10,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use midge_shared::control as ctl;
 use midge_shared::sys::{ClientConnected, ClientDisconnected};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
+use tokio_util::task::TaskTracker;
 
 use crate::auth::acl::{Access, AclCache, ClientInfo, Decision};
 use crate::auth::enhanced::{Method, Step};
 use crate::auth::Principal;
 use crate::cluster::Claim;
 use crate::context::Context;
+use crate::dormitory::Sleeper;
 use crate::metrics::{Metric, CONNECTION_TASK_BYTES};
 use crate::ops::control::{ControlJob, Target};
 use crate::ops::sys;
@@ -169,10 +172,13 @@ pub async fn open(
 }
 
 impl Opened {
-    /// Serves the connection until it ends. What this returns is a connection's task for its whole
-    /// life, so it is kept to the loop's own state; what happens once (the end) is boxed.
-    pub fn serve(self, listener: Arc<ListenerStats>) -> impl std::future::Future<Output = ()> + Send {
-        let served = serve_opened(self.0, listener);
+    /// Serves the connection until it ends, holding its listener's `slot` until then. What this
+    /// returns is a connection's task while it is busy, so it is kept to the loop's own state; what
+    /// happens once (the end) is boxed. Idle, the connection gives its task up and waits in the
+    /// dormitory (see `dormitory.rs`), which serves it the same way again once there is work.
+    pub fn serve(mut self, slot: Option<OwnedSemaphorePermit>) -> impl std::future::Future<Output = ()> + Send {
+        self.0.slot = slot;
+        let served = serve_opened(self.0, true);
         CONNECTION_TASK_BYTES.store(std::mem::size_of_val(&served) + SERVED_BYTES, Ordering::Relaxed);
         served
     }
@@ -181,11 +187,62 @@ impl Opened {
 /// What a connection keeps beside its task's future: its state's box, and the allocator's header.
 const SERVED_BYTES: usize = std::mem::size_of::<ClientConnection>() + 16;
 
-async fn serve_opened(mut conn: Box<ClientConnection>, listener: Arc<ListenerStats>) {
-    let exit = conn.run().await;
-    if let Some(reason) = Box::pin(conn.finish(exit)).await {
-        listener.shut(reason);
+/// Serves a connection until it ends or rests in the dormitory. A connection just opened rests as soon
+/// as it is idle: most clients connect and then wait, and a connect storm then reuses a few tasks'
+/// memory rather than holding one per connection until the first look.
+async fn serve_opened(mut conn: Box<ClientConnection>, just_opened: bool) {
+    let exit = loop {
+        match conn.run(just_opened).await {
+            Stopped::Ended(exit) => break exit,
+            Stopped::Idle => {
+                conn.shed();
+                let ctx = conn.ctx.clone();
+                match ctx.dormitory.admit(conn) {
+                    Ok(()) => return,
+                    // The dormitory closed meanwhile (the broker is stopping): serve on.
+                    Err(back) => conn = back,
+                }
+            }
+        }
+    };
+    Box::pin(conn.finish(exit)).await;
+}
+
+/// How a connection's loop stopped.
+enum Stopped {
+    Ended(Exit),
+    /// Nothing to do for a while, nothing unsent: it may wait in the dormitory.
+    Idle,
+}
+
+impl Sleeper for ClientConnection {
+    fn poll_work(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let outbox = self.outbox.poll_ready(cx);
+        let socket = self.reader.poll_readable(cx);
+        if outbox.is_ready() || socket.is_ready() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     }
+
+    fn alarm(&self) -> Option<Instant> {
+        (self.keep_alive > 0).then(|| self.last_received + keep_alive_grace(self.keep_alive))
+    }
+
+    fn wake(self: Box<Self>, tracker: &TaskTracker) {
+        tracker.spawn(serve_opened(self, false));
+    }
+}
+
+/// A deadline that never comes, for a timer that has nothing to wait for.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// How long a client may be silent: 1.5 × its keep-alive (3.1.1 §3.1.2.10).
+fn keep_alive_grace(keep_alive: u16) -> Duration {
+    Duration::from_millis(keep_alive as u64 * 1500)
 }
 
 /// Reads the CONNECT and answers it: the connection, accepted, or what it ended with.
@@ -436,6 +493,8 @@ async fn accept(
         routes_added: false,
         claim,
         counted: None,
+        slot: None,
+        active: false,
     };
     if !conn.hidden() {
         conn.counted = Some(listener.client_connected());
@@ -622,6 +681,10 @@ struct ClientConnection {
     claim: Claim,
     /// This client in its listener's figures, while it is connected.
     counted: Option<Connected>,
+    /// Its place among its listener's `max_clients`, while it is served.
+    slot: Option<OwnedSemaphorePermit>,
+    /// Something was read or taken from the outbox since the loop last looked: not idle.
+    active: bool,
 }
 
 /// What a publisher does after routing a read, before it writes its acknowledgements or reads on.
@@ -641,11 +704,20 @@ enum Handoff {
 const KEEP_BATCH: usize = 64;
 
 impl ClientConnection {
-    async fn run(&mut self) -> Exit {
-        // 1.5 × keepalive of silence ends the connection (3.1.1 §3.1.2.10).
-        let grace = Duration::from_millis(self.keep_alive as u64 * 1500);
-        let keepalive = sleep_until(self.last_received + grace);
-        tokio::pin!(keepalive);
+    async fn run(&mut self, look_now: bool) -> Stopped {
+        let grace = keep_alive_grace(self.keep_alive);
+        // Over plain TCP an idle connection may wait in the dormitory: whether it is idle is looked at
+        // every `rest_after` (the first time at once if `look_now`), and it is once nothing happened
+        // between two looks.
+        let rest_after = self.ctx.dormitory.after().filter(|_| self.reader.waits_on_socket());
+        let first_look = if look_now { Duration::ZERO } else { rest_after.unwrap_or_default() };
+        let mut look_at = rest_after.map(|_| Instant::now() + first_look);
+        let alarm = |conn: &Self, look_at: Option<Instant>| {
+            let silence = (conn.keep_alive > 0).then(|| conn.last_received + grace);
+            silence.into_iter().chain(look_at).min().unwrap_or_else(far_future)
+        };
+        let timer = sleep_until(alarm(self, look_at));
+        tokio::pin!(timer);
         // Made once: a fresh `cancelled()` each turn would register with the token's lock each time.
         let shutdown = self.ctx.shutdown.clone();
         let cancelled = shutdown.cancelled();
@@ -654,7 +726,14 @@ impl ClientConnection {
         // whatever came in the read that brought CONNECT is handled before waiting for more.
         if self.reader.has_buffered() {
             if let Err(exit) = self.on_read().await {
-                return exit;
+                return Stopped::Ended(exit);
+            }
+        }
+        // Woken in the dormitory by a push: taken before this loop's first turn, which lets a
+        // publisher waiting for that turn go on.
+        if self.outbox.has_queued() {
+            if let Err(exit) = self.on_outbox() {
+                return Stopped::Ended(exit);
             }
         }
         loop {
@@ -679,23 +758,23 @@ impl ClientConnection {
             self.outbox.turn(activity, Some(report));
             let (can_write, held) = (self.writer.can_write(), self.writer.held_until());
             tokio::select! {
-                _ = &mut cancelled => return Exit::Shutdown,
+                _ = &mut cancelled => return Stopped::Ended(Exit::Shutdown),
                 read = self.reader.fill(), if backlog < 2 * WRITE_HIGH_WATER => {
                     if let Err(e) = read {
-                        return e.into();
+                        return Stopped::Ended(e.into());
                     }
                     if let Err(exit) = self.on_read().await {
-                        return exit;
+                        return Stopped::Ended(exit);
                     }
                 }
                 _ = self.outbox.ready(), if backlog < WRITE_HIGH_WATER => {
                     if let Err(exit) = self.on_outbox() {
-                        return exit;
+                        return Stopped::Ended(exit);
                     }
                 }
                 written = self.writer.write_some(), if can_write => {
                     if let Err(e) = written {
-                        return e.into();
+                        return Stopped::Ended(e.into());
                     }
                 }
                 reached = Box::pin(store_reached(&self.ctx, held)), if held.is_some() => {
@@ -703,23 +782,33 @@ impl ClientConnection {
                         Ok(durable) => {
                             self.writer.release(durable);
                             if let Err(e) = self.writer.try_flush() {
-                                return e.into();
+                                return Stopped::Ended(e.into());
                             }
                         }
-                        Err(_) => return Exit::StoreFailed,
+                        Err(_) => return Stopped::Ended(Exit::StoreFailed),
                     }
                 }
-                _ = &mut keepalive, if self.keep_alive > 0 => {
-                    // Held back by the rate limit, the client is not silent: we are not listening. Its
-                    // silence is counted from when we listen again.
-                    if let Some(resume) = self.reader.throttled_until() {
-                        self.last_received = self.last_received.max(resume);
+                _ = &mut timer, if self.keep_alive > 0 || look_at.is_some() => {
+                    let now = Instant::now();
+                    if self.keep_alive > 0 {
+                        // Held back by the rate limit, the client is not silent: we are not listening.
+                        // Its silence is counted from when we listen again.
+                        if let Some(resume) = self.reader.throttled_until() {
+                            self.last_received = self.last_received.max(resume);
+                        }
+                        if now >= self.last_received + grace {
+                            return Stopped::Ended(Exit::KeepaliveTimeout);
+                        }
                     }
-                    let deadline = self.last_received + grace;
-                    if Instant::now() >= deadline {
-                        return Exit::KeepaliveTimeout;
+                    if let (Some(at), Some(after)) = (look_at, rest_after) {
+                        if now >= at {
+                            if !std::mem::take(&mut self.active) && self.may_rest() {
+                                return Stopped::Idle;
+                            }
+                            look_at = Some(now + after);
+                        }
                     }
-                    keepalive.as_mut().reset(deadline);
+                    timer.as_mut().reset(alarm(self, look_at));
                 }
             }
         }
@@ -731,6 +820,7 @@ impl ClientConnection {
         // writes to its socket while it may write.
         self.outbox.turn(Activity::Busy, None);
         self.last_received = Instant::now();
+        self.active = true;
         if self.stalled.is_some() {
             // Deliveries that waited in the outbox for the window are older than anything in this
             // read and go behind what the session queued, before acknowledgements make room.
@@ -779,6 +869,7 @@ impl ClientConnection {
 
     /// Handles everything waiting in the outbox, taken in one lock so it leaves in the same write.
     fn on_outbox(&mut self) -> Result<(), Exit> {
+        self.active = true;
         self.take_outbox()?;
         Ok(self.writer.try_flush()?)
     }
@@ -803,9 +894,28 @@ impl ClientConnection {
         Ok(())
     }
 
-    /// Publishes the will if the exit calls for it, flushes what it can and hands the session back;
-    /// returns what the listener counts the exit under, if anything.
-    async fn finish(mut self, exit: Exit) -> Option<&'static str> {
+    /// Whether the connection may wait in the dormitory: everything read is handled, nothing waits to be
+    /// written, and only its socket, its outbox or its keep-alive can give it work.
+    fn may_rest(&mut self) -> bool {
+        self.reader.waits_on_socket()
+            && self.writer.pending() == 0
+            && self.publishes.is_empty()
+            && self.control_jobs.is_empty()
+            && self.batch.is_empty()
+    }
+
+    /// Lets go of what only a busy connection needs, before it waits in the dormitory.
+    fn shed(&mut self) {
+        self.publishes = Vec::new();
+        self.control_jobs = Vec::new();
+        self.batch = VecDeque::new();
+        self.reader.release_if_drained();
+        self.writer.release_if_drained();
+    }
+
+    /// Publishes the will if the exit calls for it, flushes what it can, hands the session back and
+    /// counts the exit in its listener's figures.
+    async fn finish(mut self, exit: Exit) {
         // Whoever waits for this connection's next turn need not wait any longer, and the socket is
         // this task's alone again.
         self.outbox.close();
@@ -861,7 +971,7 @@ impl ClientConnection {
             };
             self.send(&Packet::Disconnect(Disconnect { reason_string, ..Disconnect::new(reason) }));
         }
-        let ClientConnection { ctx, principal, client_id, conn_id, session, mut writer, outbox, claim, .. } = self;
+        let ClientConnection { ctx, client_id, conn_id, session, mut writer, outbox, claim, counted, .. } = self;
         // A session that ends with its connection gives its client id back to the cluster; a kept one
         // holds it here, and one taken over is another node's already.
         let ended = session.expiry == Some(Duration::ZERO) && !matches!(exit, Exit::TakenOver);
@@ -877,7 +987,10 @@ impl ClientConnection {
             let _ = timeout(Duration::from_millis(500), writer.flush()).await;
         }
         writer.shutdown().await;
-        let counted = if principal == Principal::Management { None } else { exit.shutdown_reason() };
+        // The management connection is not counted.
+        if let (Some(counted), Some(reason)) = (&counted, exit.shutdown_reason()) {
+            counted.listener().shut(reason);
+        }
         ctx.router.disconnected(client_id.clone(), conn_id, session, outbox);
         if ended {
             Box::pin(ctx.cluster.release(&client_id, claim)).await;
@@ -885,7 +998,6 @@ impl ClientConnection {
             // Taken over by another node: the session it parked here goes on there.
             ctx.cluster.taken_over(&ctx.router, &client_id);
         }
-        counted
     }
 
     fn username(&self) -> String {
@@ -1370,7 +1482,8 @@ mod size_tests {
         let serving = future_size(super::serve_opened);
         assert!(serving <= 768, "a connection's serving future is {serving} bytes");
         let state = std::mem::size_of::<super::ClientConnection>();
-        assert!(state <= 544, "a connection's state is {state} bytes");
+        // 544 before it held its listener's slot (16) and whether it was active since the last look.
+        assert!(state <= 568, "a connection's state is {state} bytes");
         // A delivery: its message, its shared group, QoS, retain flag and its number in the store (8
         // bytes more than before persistence; rare variants stay boxed).
         assert!(std::mem::size_of::<crate::router::OutboxItem>() <= 32);
@@ -1446,7 +1559,7 @@ mod stream_tests {
         tokio::spawn(async move {
             let connect_by = tokio::time::Instant::now() + Duration::from_secs(10);
             if let Some(opened) = super::open(established, connect_by, &served, ctx).await {
-                opened.serve(served).await;
+                opened.serve(None).await;
             }
         });
         let mut buf = BytesMut::new();

@@ -1,0 +1,375 @@
+//! Where idle connections wait without a task of their own.
+//!
+//! A task is the largest thing an idle connection holds: tokio's cell around the serving future, ~900
+//! bytes of the ~3 KB an idle connection cost, for as long as it is connected. Mosquitto holds no
+//! such thing: one loop polls every socket. This is that shape with tokio's reactor as the loop. A
+//! connection that has had nothing to do for a while ([`Dormitory::after`]) hands itself in here and
+//! its task ends. One task, the ward, keeps every such [`Sleeper`] in a slab with a waker of its own,
+//! which the sleeper registers wherever its work comes from (its socket, its outbox); when one fires,
+//! or the sleeper's alarm (its keep-alive's deadline) comes, the ward gives it a task again. A
+//! sleeper costs its own state and ~100 bytes here; a wake-up costs one task spawned.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
+use slab::Slab;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How finely alarms are kept: a sleeper is woken at most this long after its alarm.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Something that can wait here: a connection with nothing to do.
+pub trait Sleeper: Send + 'static {
+    /// Registers `cx`'s waker wherever work for it comes from; ready if there is work now.
+    fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+    /// When it must be woken even without work (a keep-alive's deadline), if ever.
+    fn alarm(&self) -> Option<Instant>;
+    /// Gives it a task again, tracked by `tracker`.
+    fn wake(self: Box<Self>, tracker: &TaskTracker);
+}
+
+/// The handle connections hand themselves in through; cheap to share.
+#[derive(Clone)]
+pub struct Dormitory {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Idle this long, a connection may come here (zero: never).
+    after: Duration,
+    /// The ward runs and takes sleepers.
+    open: AtomicBool,
+    news: Mutex<News>,
+    /// The ward's task, while it waits for news.
+    ward: AtomicWaker,
+    /// Sleepers in the ward now (for `emq_recon`).
+    sleeping: Arc<AtomicUsize>,
+}
+
+/// What the ward has to look at: sleepers handed in, and wakers fired since its last look.
+#[derive(Default)]
+struct News {
+    arrivals: Vec<Box<dyn Sleeper>>,
+    woken: Vec<Key>,
+}
+
+impl Shared {
+    fn news(&self) -> MutexGuard<'_, News> {
+        // A panic while holding this lock leaves two lists that are still valid lists.
+        self.news.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A bed in the ward: its place in the slab, and which of the sleepers to have had that place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key {
+    index: u32,
+    generation: u32,
+}
+
+/// A sleeper's waker: tells the ward which bed to look at.
+struct Alarm {
+    shared: Arc<Shared>,
+    key: Key,
+}
+
+impl Wake for Alarm {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.shared.news().woken.push(self.key);
+        self.shared.ward.wake();
+    }
+}
+
+impl Dormitory {
+    /// A dormitory for connections idle for `after` (zero: none ever sleeps); it takes none until
+    /// [`Dormitory::run`] runs. `sleeping` counts those in it.
+    pub fn new(after: Duration, sleeping: Arc<AtomicUsize>) -> Dormitory {
+        let shared =
+            Shared { after, open: AtomicBool::new(false), news: Mutex::default(), ward: AtomicWaker::new(), sleeping };
+        Dormitory { shared: Arc::new(shared) }
+    }
+
+    /// How long a connection must have been idle to come here, while the ward takes sleepers.
+    pub fn after(&self) -> Option<Duration> {
+        let open = self.shared.open.load(Ordering::Acquire);
+        (open && !self.shared.after.is_zero()).then_some(self.shared.after)
+    }
+
+    /// Takes a sleeper in, or gives it back if the ward has closed (it keeps its task then).
+    pub fn admit<S: Sleeper>(&self, sleeper: Box<S>) -> Result<(), Box<S>> {
+        let mut news = self.shared.news();
+        // Checked under the lock the ward closes under: nobody is left behind in a closed ward.
+        if !self.shared.open.load(Ordering::Acquire) {
+            return Err(sleeper);
+        }
+        news.arrivals.push(sleeper);
+        drop(news);
+        self.shared.ward.wake();
+        Ok(())
+    }
+
+    /// The ward: keeps the sleepers until each has work or its alarm comes, and gives it a task in
+    /// `tracker` then. At `shutdown`, wakes everyone (to see the shutdown) and closes.
+    pub fn run(&self, tracker: TaskTracker, shutdown: CancellationToken) -> impl Future<Output = ()> + Send + 'static {
+        let shared = self.shared.clone();
+        async move {
+            if shared.after.is_zero() {
+                return;
+            }
+            shared.open.store(true, Ordering::Release);
+            let mut ward = Ward::new(shared.clone(), tracker);
+            let mut news = News::default();
+            let mut alarm = pin!(sleep_until(Instant::now()));
+            let mut armed = None;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    _ = std::future::poll_fn(|cx| poll_news(&shared, cx, &mut news)) => {
+                        for sleeper in news.arrivals.drain(..) {
+                            ward.admit(sleeper);
+                        }
+                        for key in news.woken.drain(..) {
+                            ward.look(key);
+                        }
+                    }
+                    _ = &mut alarm, if armed.is_some() => {
+                        ward.ring(Instant::now());
+                        armed = None;
+                    }
+                }
+                let next = ward.next_alarm();
+                if next != armed {
+                    if let Some(at) = next {
+                        alarm.as_mut().reset(at);
+                    }
+                    armed = next;
+                }
+                shared.sleeping.store(ward.beds.len(), Ordering::Relaxed);
+            }
+            let arrivals = {
+                let mut news = shared.news();
+                shared.open.store(false, Ordering::Release);
+                std::mem::take(&mut news.arrivals)
+            };
+            for sleeper in arrivals {
+                sleeper.wake(&ward.tracker);
+            }
+            ward.wake_all();
+            shared.sleeping.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Ready with the news (swapped into `news`, which must be empty) once there is any.
+fn poll_news(shared: &Shared, cx: &mut Context<'_>, news: &mut News) -> Poll<()> {
+    // Registered before looking, so news after the look wakes the ward.
+    shared.ward.register(cx.waker());
+    let mut waiting = shared.news();
+    if waiting.arrivals.is_empty() && waiting.woken.is_empty() {
+        return Poll::Pending;
+    }
+    std::mem::swap(&mut waiting.arrivals, &mut news.arrivals);
+    std::mem::swap(&mut waiting.woken, &mut news.woken);
+    Poll::Ready(())
+}
+
+/// The ward's own state, in its task alone.
+struct Ward {
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    beds: Slab<Bed>,
+    generation: u32,
+    /// Alarms by tick (counted from `epoch`): the beds to look at then. A bed emptied meanwhile is
+    /// skipped when its tick comes, rather than looked for now.
+    alarms: BTreeMap<u64, Vec<Key>>,
+    epoch: Instant,
+}
+
+struct Bed {
+    sleeper: Box<dyn Sleeper>,
+    generation: u32,
+    waker: Waker,
+}
+
+impl Ward {
+    fn new(shared: Arc<Shared>, tracker: TaskTracker) -> Ward {
+        Ward { shared, tracker, beds: Slab::new(), generation: 0, alarms: BTreeMap::new(), epoch: Instant::now() }
+    }
+
+    fn admit(&mut self, mut sleeper: Box<dyn Sleeper>) {
+        self.generation = self.generation.wrapping_add(1);
+        let key = Key { index: self.beds.vacant_key() as u32, generation: self.generation };
+        let waker = Waker::from(Arc::new(Alarm { shared: self.shared.clone(), key }));
+        // Looked at once on arrival: this registers its waker, and work that came after it chose to
+        // sleep wakes it at once.
+        if sleeper.poll_work(&mut Context::from_waker(&waker)).is_ready() {
+            sleeper.wake(&self.tracker);
+            return;
+        }
+        if let Some(at) = sleeper.alarm() {
+            self.alarms.entry(self.tick_after(at)).or_default().push(key);
+        }
+        self.beds.insert(Bed { sleeper, generation: key.generation, waker });
+    }
+
+    /// A sleeper's waker fired: work for it, or a stale readiness.
+    fn look(&mut self, key: Key) {
+        let Some(bed) = self.bed(key) else { return };
+        if bed.sleeper.poll_work(&mut Context::from_waker(&bed.waker)).is_ready() {
+            self.wake(key);
+        }
+    }
+
+    /// Wakes whoever's alarm has come.
+    fn ring(&mut self, now: Instant) {
+        let passed = self.tick_before(now);
+        while let Some(entry) = self.alarms.first_entry() {
+            if *entry.key() > passed {
+                break;
+            }
+            for key in entry.remove() {
+                let Some(bed) = self.bed(key) else { continue };
+                match bed.sleeper.alarm() {
+                    Some(at) if at > now => {
+                        let tick = self.tick_after(at);
+                        self.alarms.entry(tick).or_default().push(key);
+                    }
+                    _ => self.wake(key),
+                }
+            }
+        }
+    }
+
+    fn next_alarm(&self) -> Option<Instant> {
+        let (&tick, _) = self.alarms.first_key_value()?;
+        Some(self.epoch + Duration::from_nanos(TICK.as_nanos() as u64 * tick))
+    }
+
+    fn bed(&mut self, key: Key) -> Option<&mut Bed> {
+        self.beds.get_mut(key.index as usize).filter(|bed| bed.generation == key.generation)
+    }
+
+    fn wake(&mut self, key: Key) {
+        let bed = self.beds.remove(key.index as usize);
+        bed.sleeper.wake(&self.tracker);
+    }
+
+    fn wake_all(&mut self) {
+        for bed in self.beds.drain() {
+            bed.sleeper.wake(&self.tracker);
+        }
+        self.alarms.clear();
+    }
+
+    /// The first tick at or after `at`: by then, `at` has passed.
+    fn tick_after(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch);
+        since.as_nanos().div_ceil(TICK.as_nanos()) as u64
+    }
+
+    /// The last tick at or before `now`.
+    fn tick_before(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.epoch).as_nanos() / TICK.as_nanos()) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// A sleeper whose work is a flag, woken through the waker it registered.
+    struct Fake {
+        name: &'static str,
+        work: Arc<(AtomicBool, Mutex<Option<Waker>>)>,
+        alarm: Option<Instant>,
+        woke: mpsc::UnboundedSender<&'static str>,
+    }
+
+    impl Sleeper for Fake {
+        fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+            *self.work.1.lock().unwrap() = Some(cx.waker().clone());
+            if self.work.0.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+
+        fn alarm(&self) -> Option<Instant> {
+            self.alarm
+        }
+
+        fn wake(self: Box<Self>, _: &TaskTracker) {
+            let _ = self.woke.send(self.name);
+        }
+    }
+
+    #[tokio::test]
+    async fn sleepers_wake_for_work_for_their_alarm_and_at_shutdown() {
+        let dormitory = Dormitory::new(Duration::from_secs(1), Default::default());
+        assert_eq!(dormitory.after(), None, "closed until the ward runs");
+        let shutdown = CancellationToken::new();
+        let ward = tokio::spawn(dormitory.run(TaskTracker::new(), shutdown.clone()));
+        while dormitory.after().is_none() {
+            tokio::task::yield_now().await;
+        }
+        let (woke, mut woken) = mpsc::unbounded_channel();
+        let sleeper = |name, alarm| {
+            let work = Arc::new((AtomicBool::new(false), Mutex::new(None)));
+            (Box::new(Fake { name, work: work.clone(), alarm, woke: woke.clone() }), work)
+        };
+        let (quiet, quiet_work) = sleeper("quiet", None);
+        let (busy, busy_work) = sleeper("busy", None);
+        busy_work.0.store(true, Ordering::Release);
+        let (alarmed, _) = sleeper("alarmed", Some(Instant::now() + Duration::from_millis(200)));
+        let (last, _) = sleeper("last", None);
+        for s in [quiet, busy, alarmed, last] {
+            assert!(dormitory.admit(s).is_ok());
+        }
+        assert_eq!(woken.recv().await, Some("busy"), "work that came before it rested wakes it at once");
+
+        let asleep = std::time::Instant::now();
+        quiet_work.0.store(true, Ordering::Release);
+        quiet_work.1.lock().unwrap().take().expect("its waker registered").wake();
+        assert_eq!(woken.recv().await, Some("quiet"));
+        assert_eq!(woken.recv().await, Some("alarmed"));
+        let waited = asleep.elapsed();
+        assert!(waited >= Duration::from_millis(150) && waited < Duration::from_millis(1000), "{waited:?}");
+        assert_eq!(dormitory.shared.sleeping.load(Ordering::Relaxed), 1);
+
+        shutdown.cancel();
+        assert_eq!(woken.recv().await, Some("last"), "shutdown wakes whoever still rests");
+        ward.await.unwrap();
+        let (late, _) = sleeper("late", None);
+        assert!(dormitory.admit(late).is_err(), "a closed ward gives a sleeper back");
+        assert_eq!(dormitory.after(), None);
+    }
+
+    #[test]
+    fn alarms_are_rounded_up_to_the_tick_never_down() {
+        let dormitory = Dormitory::new(Duration::ZERO, Default::default());
+        let ward = Ward::new(dormitory.shared.clone(), TaskTracker::new());
+        let on_a_tick = ward.epoch + TICK * 3;
+        assert_eq!(ward.tick_after(on_a_tick), 3);
+        assert_eq!(ward.tick_after(on_a_tick + Duration::from_nanos(1)), 4);
+        assert_eq!(ward.tick_before(on_a_tick + TICK - Duration::from_nanos(1)), 3);
+        assert_eq!(ward.tick_after(ward.epoch - Duration::from_secs(1)), 0, "a deadline already past is due");
+    }
+}
