@@ -219,25 +219,7 @@ async fn takeover_closes_the_old_connection_and_publishes_its_will() {
 #[tokio::test]
 async fn keepalive_timeout_closes_and_publishes_will_but_pings_keep_it_alive() {
     let broker = start_default().await;
-    let mut watcher = Raw::connected(broker.addr, "watcher").await;
-    watcher.subscribe(1, &[("will/+", QoS::AtLeastOnce)]).await;
-
-    let mut c = connect_packet("sleepy", true);
-    c.keep_alive = 1;
-    c.will = Some(LastWill::new("will/sleepy", Bytes::from_static(b"timeout"), QoS::AtLeastOnce, false));
-    let (mut sleepy, _) = Raw::connect(broker.addr, c).await;
-    // Pings every 0.5 s for 2 s keep it open past 1.5 × keepalive.
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        sleepy.ping().await;
-    }
-    let silent_since = std::time::Instant::now();
-    sleepy.expect_closed().await;
-    let waited = silent_since.elapsed();
-    assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_millis(2500), "{waited:?}");
-    let will = watcher.recv_publish().await;
-    assert_eq!(&will.payload[..], b"timeout");
-    assert_eq!(will.qos, QoS::AtLeastOnce);
+    pings_keep_alive_and_silence_closes(broker.addr, Duration::from_millis(500)).await;
     broker.stop().await;
 }
 

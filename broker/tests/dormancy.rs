@@ -5,7 +5,6 @@ mod helpers;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use helpers::*;
 use midge_broker::protocol::*;
 use midge_shared::control::{Recon, Request};
@@ -76,22 +75,8 @@ async fn idle_connections_rest_without_a_task_and_wake_for_their_work() {
 #[tokio::test]
 async fn a_resting_client_is_kept_alive_by_its_pings_and_closed_when_silent() {
     let broker = start(Config { dormant_after_ms: 100, ..config() }).await;
-    let mut watcher = Raw::connected(broker.addr, "watcher").await;
-    watcher.subscribe(1, &[("will/+", QoS::AtLeastOnce)]).await;
-    let mut c = connect_packet("sleepy", true);
-    c.keep_alive = 1;
-    c.will = Some(LastWill::new("will/sleepy", Bytes::from_static(b"timeout"), QoS::AtLeastOnce, false));
-    let (mut sleepy, _) = Raw::connect(broker.addr, c).await;
     // A ping every 0.6 s: it rests between them, and each wakes it before 1.5 × keep-alive passes.
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        sleepy.ping().await;
-    }
-    let silent_since = std::time::Instant::now();
-    sleepy.expect_closed().await;
-    let waited = silent_since.elapsed();
-    assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_millis(2500), "{waited:?}");
-    assert_eq!(&watcher.recv_publish().await.payload[..], b"timeout");
+    pings_keep_alive_and_silence_closes(broker.addr, Duration::from_millis(600)).await;
     broker.stop().await;
 }
 

@@ -288,6 +288,28 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Raw<S> {
     }
 }
 
+/// A client with a 1 s keep-alive and a will: pings every `every` (four of them) keep it open past
+/// 1.5 × keep-alive; silent, it is closed 1.5 s after its last ping and its will published.
+pub async fn pings_keep_alive_and_silence_closes(addr: SocketAddr, every: Duration) {
+    let mut watcher = Raw::connected(addr, "watcher").await;
+    watcher.subscribe(1, &[("will/+", QoS::AtLeastOnce)]).await;
+    let mut c = connect_packet("sleepy", true);
+    c.keep_alive = 1;
+    c.will = Some(LastWill::new("will/sleepy", Bytes::from_static(b"timeout"), QoS::AtLeastOnce, false));
+    let (mut sleepy, _) = Raw::connect(addr, c).await;
+    for _ in 0..4 {
+        tokio::time::sleep(every).await;
+        sleepy.ping().await;
+    }
+    let silent_since = std::time::Instant::now();
+    sleepy.expect_closed().await;
+    let waited = silent_since.elapsed();
+    assert!(waited >= Duration::from_millis(1400) && waited < Duration::from_millis(2500), "{waited:?}");
+    let will = watcher.recv_publish().await;
+    assert_eq!(&will.payload[..], b"timeout");
+    assert_eq!(will.qos, QoS::AtLeastOnce);
+}
+
 /// A fresh directory under the system temp dir, unique to this test.
 pub fn tempdir() -> std::path::PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
