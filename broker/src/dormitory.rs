@@ -192,8 +192,8 @@ struct Ward {
     tracker: TaskTracker,
     beds: Slab<Bed>,
     generation: u32,
-    /// Alarms by tick (counted from `epoch`): the beds to look at then. A bed emptied meanwhile is
-    /// skipped when its tick comes, rather than looked for now.
+    /// Alarms by tick (counted from `epoch`): the beds to look at then. A sleeper woken before its
+    /// alarm is taken out of its tick's list, which holds those due in the same 50 ms.
     alarms: BTreeMap<u64, Vec<Key>>,
     epoch: Instant,
 }
@@ -202,7 +202,11 @@ struct Bed {
     sleeper: Box<dyn Sleeper>,
     generation: u32,
     waker: Waker,
+    /// The tick whose list holds its alarm ([`NO_ALARM`]: none).
+    alarm_tick: u64,
 }
+
+const NO_ALARM: u64 = u64::MAX;
 
 impl Ward {
     fn new(shared: Arc<Shared>, tracker: TaskTracker) -> Ward {
@@ -219,10 +223,11 @@ impl Ward {
             sleeper.wake(&self.tracker);
             return;
         }
-        if let Some(at) = sleeper.alarm() {
-            self.alarms.entry(self.tick_after(at)).or_default().push(key);
-        }
-        self.beds.insert(Bed { sleeper, generation: key.generation, waker });
+        let alarm_tick = match sleeper.alarm() {
+            Some(at) => self.file_alarm(at, key),
+            None => NO_ALARM,
+        };
+        self.beds.insert(Bed { sleeper, generation: key.generation, waker, alarm_tick });
     }
 
     /// A sleeper's waker fired: work for it, or a stale readiness.
@@ -242,10 +247,13 @@ impl Ward {
             }
             for key in entry.remove() {
                 let Some(bed) = self.bed(key) else { continue };
+                bed.alarm_tick = NO_ALARM;
                 match bed.sleeper.alarm() {
                     Some(at) if at > now => {
-                        let tick = self.tick_after(at);
-                        self.alarms.entry(tick).or_default().push(key);
+                        let tick = self.file_alarm(at, key);
+                        if let Some(bed) = self.bed(key) {
+                            bed.alarm_tick = tick;
+                        }
                     }
                     _ => self.wake(key),
                 }
@@ -264,7 +272,22 @@ impl Ward {
 
     fn wake(&mut self, key: Key) {
         let bed = self.beds.remove(key.index as usize);
+        if let Some(list) = self.alarms.get_mut(&bed.alarm_tick) {
+            if let Some(at) = list.iter().position(|k| *k == key) {
+                list.swap_remove(at);
+            }
+            if list.is_empty() {
+                self.alarms.remove(&bed.alarm_tick);
+            }
+        }
         bed.sleeper.wake(&self.tracker);
+    }
+
+    /// Files `key`'s alarm at `at` under its tick, and returns the tick.
+    fn file_alarm(&mut self, at: Instant, key: Key) -> u64 {
+        let tick = self.tick_after(at);
+        self.alarms.entry(tick).or_default().push(key);
+        tick
     }
 
     fn wake_all(&mut self) {
@@ -339,11 +362,15 @@ mod tests {
         let (busy, busy_work) = sleeper("busy", None);
         busy_work.0.store(true, Ordering::Release);
         let (alarmed, _) = sleeper("alarmed", Some(Instant::now() + Duration::from_millis(200)));
+        let (early, early_work) = sleeper("early", Some(Instant::now() + Duration::from_secs(60)));
         let (last, _) = sleeper("last", None);
-        for s in [quiet, busy, alarmed, last] {
+        for s in [quiet, busy, alarmed, last, early] {
             assert!(dormitory.admit(s).is_ok());
         }
         assert_eq!(woken.recv().await, Some("busy"), "work that came before it rested wakes it at once");
+        early_work.0.store(true, Ordering::Release);
+        early_work.1.lock().unwrap().take().expect("its waker registered").wake();
+        assert_eq!(woken.recv().await, Some("early"), "work wakes it long before its alarm");
 
         let asleep = std::time::Instant::now();
         quiet_work.0.store(true, Ordering::Release);
@@ -360,6 +387,26 @@ mod tests {
         let (late, _) = sleeper("late", None);
         assert!(dormitory.admit(late).is_err(), "a closed ward gives a sleeper back");
         assert_eq!(dormitory.after(), None);
+    }
+
+    /// A sleeper woken by work leaves nothing in the alarm list, however far off its alarm was: a
+    /// chatty client that rests between messages must not pile up an entry per rest.
+    #[tokio::test]
+    async fn a_sleeper_woken_by_work_takes_its_alarm_along() {
+        let dormitory = Dormitory::new(Duration::from_secs(1), Default::default());
+        let mut ward = Ward::new(dormitory.shared.clone(), TaskTracker::new());
+        let (woke, mut woken) = mpsc::unbounded_channel();
+        for round in 0..3 {
+            let work = Arc::new((AtomicBool::new(false), Mutex::new(None)));
+            let alarm = Some(Instant::now() + Duration::from_secs(60));
+            ward.admit(Box::new(Fake { name: "chatty", work: work.clone(), alarm, woke: woke.clone() }));
+            assert_eq!(ward.alarms.values().map(Vec::len).sum::<usize>(), 1, "round {round}");
+            work.0.store(true, Ordering::Release);
+            let key = Key { index: 0, generation: ward.generation };
+            ward.look(key);
+            assert_eq!(woken.try_recv(), Ok("chatty"));
+            assert!(ward.alarms.is_empty() && ward.beds.is_empty(), "round {round}");
+        }
     }
 
     #[test]
