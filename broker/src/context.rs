@@ -63,7 +63,7 @@ impl Context {
             durable: None,
             journal: None,
             cluster: Cluster::Standalone,
-            dormitory: Dormitory::new(std::time::Duration::ZERO, Default::default()),
+            dormitory: Dormitory::new(std::time::Duration::ZERO),
             next_conn_id: AtomicU64::new(1),
         }
     }

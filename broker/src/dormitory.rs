@@ -51,7 +51,7 @@ struct Shared {
     /// The ward's task, while it waits for news.
     ward: AtomicWaker,
     /// Sleepers in the ward now (for `emq_recon`).
-    sleeping: Arc<AtomicUsize>,
+    sleeping: AtomicUsize,
 }
 
 /// What the ward has to look at: sleepers handed in, and wakers fired since its last look.
@@ -94,10 +94,15 @@ impl Wake for Alarm {
 
 impl Dormitory {
     /// A dormitory for connections idle for `after` (zero: none ever sleeps); it takes none until
-    /// [`Dormitory::run`] runs. `sleeping` counts those in it.
-    pub fn new(after: Duration, sleeping: Arc<AtomicUsize>) -> Dormitory {
-        let shared =
-            Shared { after, open: AtomicBool::new(false), news: Mutex::default(), ward: AtomicWaker::new(), sleeping };
+    /// [`Dormitory::run`] runs.
+    pub fn new(after: Duration) -> Dormitory {
+        let shared = Shared {
+            after,
+            open: AtomicBool::new(false),
+            news: Mutex::default(),
+            ward: AtomicWaker::new(),
+            sleeping: AtomicUsize::new(0),
+        };
         Dormitory { shared: Arc::new(shared) }
     }
 
@@ -105,6 +110,11 @@ impl Dormitory {
     pub fn after(&self) -> Option<Duration> {
         let open = self.shared.open.load(Ordering::Acquire);
         (open && !self.shared.after.is_zero()).then_some(self.shared.after)
+    }
+
+    /// How many rest here now.
+    pub fn sleeping(&self) -> usize {
+        self.shared.sleeping.load(Ordering::Relaxed)
     }
 
     /// Takes a sleeper in, or gives it back if the ward has closed (it keeps its task then).
@@ -346,7 +356,7 @@ mod tests {
 
     #[tokio::test]
     async fn sleepers_wake_for_work_for_their_alarm_and_at_shutdown() {
-        let dormitory = Dormitory::new(Duration::from_secs(1), Default::default());
+        let dormitory = Dormitory::new(Duration::from_secs(1));
         assert_eq!(dormitory.after(), None, "closed until the ward runs");
         let shutdown = CancellationToken::new();
         let ward = tokio::spawn(dormitory.run(TaskTracker::new(), shutdown.clone()));
@@ -379,7 +389,7 @@ mod tests {
         assert_eq!(woken.recv().await, Some("alarmed"));
         let waited = asleep.elapsed();
         assert!(waited >= Duration::from_millis(150) && waited < Duration::from_millis(1000), "{waited:?}");
-        assert_eq!(dormitory.shared.sleeping.load(Ordering::Relaxed), 1);
+        assert_eq!(dormitory.sleeping(), 1);
 
         shutdown.cancel();
         assert_eq!(woken.recv().await, Some("last"), "shutdown wakes whoever still rests");
@@ -393,7 +403,7 @@ mod tests {
     /// chatty client that rests between messages must not pile up an entry per rest.
     #[tokio::test]
     async fn a_sleeper_woken_by_work_takes_its_alarm_along() {
-        let dormitory = Dormitory::new(Duration::from_secs(1), Default::default());
+        let dormitory = Dormitory::new(Duration::from_secs(1));
         let mut ward = Ward::new(dormitory.shared.clone(), TaskTracker::new());
         let (woke, mut woken) = mpsc::unbounded_channel();
         for round in 0..3 {
@@ -411,7 +421,7 @@ mod tests {
 
     #[test]
     fn alarms_are_rounded_up_to_the_tick_never_down() {
-        let dormitory = Dormitory::new(Duration::ZERO, Default::default());
+        let dormitory = Dormitory::new(Duration::ZERO);
         let ward = Ward::new(dormitory.shared.clone(), TaskTracker::new());
         let on_a_tick = ward.epoch + TICK * 3;
         assert_eq!(ward.tick_after(on_a_tick), 3);

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -181,7 +180,7 @@ impl Broker {
             Some(joining) => joining.start(&config.node, router.clone(), asked_tx, shutdown.clone()).await?,
             None => Cluster::Standalone,
         };
-        let dormant = Arc::new(AtomicUsize::new(0));
+        let dormitory = Dormitory::new(Duration::from_millis(config.dormant_after_ms));
         let node = Arc::new(Node {
             name: config.node.clone(),
             started: Instant::now(),
@@ -196,7 +195,7 @@ impl Broker {
             max_connections: config.max_connections,
             shutdown: shutdown.clone(),
             baseline_rss: crate::ops::recon::process_memory().0,
-            dormant: dormant.clone(),
+            dormitory: dormitory.clone(),
             store: store.as_ref().map(|store| (store.journal(), store.durable())),
             cluster: cluster.clone(),
         });
@@ -204,7 +203,7 @@ impl Broker {
         ctx.durable = store.as_ref().map(Store::durable);
         ctx.journal = store.as_ref().map(Store::journal);
         ctx.cluster = cluster;
-        ctx.dormitory = Dormitory::new(Duration::from_millis(ctx.config.dormant_after_ms), dormant);
+        ctx.dormitory = dormitory;
         Ok(Broker { listeners, control: control_rx, node, ctx: Arc::new(ctx), metrics_listener, store })
     }
 

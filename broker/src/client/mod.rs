@@ -710,8 +710,7 @@ impl ClientConnection {
         // every `rest_after` (the first time at once if `look_now`), and it is once nothing happened
         // between two looks.
         let rest_after = self.ctx.dormitory.after().filter(|_| self.reader.waits_on_socket());
-        let first_look = if look_now { Duration::ZERO } else { rest_after.unwrap_or_default() };
-        let mut look_at = rest_after.map(|_| Instant::now() + first_look);
+        let mut look_at = rest_after.map(|after| Instant::now() + if look_now { Duration::ZERO } else { after });
         let alarm = |conn: &Self, look_at: Option<Instant>| {
             let silence = (conn.keep_alive > 0).then(|| conn.last_received + grace);
             silence.into_iter().chain(look_at).min().unwrap_or_else(far_future)

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::plugins::Plugins;
 use crate::cluster::Cluster;
+use crate::dormitory::Dormitory;
 use crate::metrics::{Metrics, Stats};
 use crate::router::RouterHandle;
 use crate::settings::Settings;
@@ -34,8 +35,8 @@ pub struct Node {
     /// The process's resident memory before any connection: what each connection adds is measured from
     /// here (`emq_recon`).
     pub baseline_rss: u64,
-    /// Connections waiting in the dormitory, without a task.
-    pub dormant: Arc<std::sync::atomic::AtomicUsize>,
+    /// Where idle connections wait without a task (how many do, for `emq_recon`).
+    pub dormitory: Dormitory,
     /// Where what the management API changes is kept, with persistence on.
     pub store: Option<(Journal, Durable)>,
     /// The other nodes, if this one is clustered.

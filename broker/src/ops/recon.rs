@@ -31,7 +31,7 @@ pub fn report(node: &Node, top: usize) -> Recon {
         connections: ReconConnections {
             count,
             task_bytes: CONNECTION_TASK_BYTES.load(Ordering::Relaxed) as u64,
-            dormant: node.dormant.load(Ordering::Relaxed) as u64,
+            dormant: node.dormitory.sleeping() as u64,
             estimated_bytes_each: (count > 0).then(|| rss.saturating_sub(node.baseline_rss) / count),
         },
         queues,

@@ -146,7 +146,7 @@ pub fn node_info(node: &Node) -> NodeInfo {
         memory_used: megabytes(memory.used),
         process_available: node.max_connections as u64,
         process_used: tokio::runtime::Handle::current().metrics().num_alive_tasks() as u64
-            + node.dormant.load(std::sync::atomic::Ordering::Relaxed) as u64,
+            + node.dormitory.sleeping() as u64,
         max_fds: max_open_files(),
         clients: node.stats.count(Stat::Clients),
         load1,
