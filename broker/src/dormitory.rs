@@ -8,9 +8,16 @@
 //! which the sleeper registers wherever its work comes from (its socket, its outbox); when one fires,
 //! or the sleeper's alarm (its keep-alive's deadline) comes, the ward gives it a task again. A
 //! sleeper costs its own state and ~100 bytes here; a wake-up costs one task spawned.
+//!
+//! A sleeper's socket may leave tokio's reactor too ([`Sleeper::socket`]), whose entry for it is 256
+//! bytes. The ward then watches it in an epoll of its own, the *watch*: a kernel entry per socket, and
+//! one entry in the reactor for the watch itself, readable whenever one of its sockets is. Leaving
+//! and rejoining the reactor costs a wake-up four `epoll_ctl` calls.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::io;
+use std::os::fd::RawFd;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,7 +25,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
+use mio::unix::SourceFd;
 use slab::Slab;
+use tokio::io::unix::AsyncFd;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,6 +41,11 @@ pub trait Sleeper: Send + 'static {
     fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<()>;
     /// When it must be woken even without work (a keep-alive's deadline), if ever.
     fn alarm(&self) -> Option<Instant>;
+    /// A socket it took off tokio's reactor, which the ward watches for readability (or its peer's
+    /// end) in its stead; asked once, on arrival.
+    fn socket(&self) -> Option<RawFd> {
+        None
+    }
     /// Gives it a task again, tracked by `tracker`.
     fn wake(self: Box<Self>, tracker: &TaskTracker);
 }
@@ -73,6 +87,18 @@ impl Shared {
 struct Key {
     index: u32,
     generation: u32,
+}
+
+impl Key {
+    /// The key as the watch's token, and back: both halves in one `usize` (a 64-bit target).
+    fn token(self) -> mio::Token {
+        mio::Token(((self.index as u64) << 32 | self.generation as u64) as usize)
+    }
+
+    fn from_token(token: mio::Token) -> Key {
+        let token = token.0 as u64;
+        Key { index: (token >> 32) as u32, generation: token as u32 }
+    }
 }
 
 /// A sleeper's waker: tells the ward which bed to look at.
@@ -138,8 +164,15 @@ impl Dormitory {
             if shared.after.is_zero() {
                 return;
             }
+            let (mut watch, registry) = match Watch::new() {
+                Ok(watch) => watch,
+                Err(e) => {
+                    tracing::warn!(error = %e, "idle connections keep their tasks: no epoll for the dormitory");
+                    return;
+                }
+            };
             shared.open.store(true, Ordering::Release);
-            let mut ward = Ward::new(shared.clone(), tracker);
+            let mut ward = Ward::new(shared.clone(), tracker, registry);
             let mut news = News::default();
             let mut alarm = pin!(sleep_until(Instant::now()));
             let mut armed = None;
@@ -147,6 +180,13 @@ impl Dormitory {
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => break,
+                    ready = watch.ready() => match ready {
+                        Ok(keys) => keys.into_iter().for_each(|key| ward.wake(key)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "the dormitory's epoll failed: waking every idle connection");
+                            break;
+                        }
+                    },
                     _ = std::future::poll_fn(|cx| poll_news(&shared, cx, &mut news)) => {
                         for sleeper in news.arrivals.drain(..) {
                             ward.admit(sleeper);
@@ -196,10 +236,56 @@ fn poll_news(shared: &Shared, cx: &mut Context<'_>, news: &mut News) -> Poll<()>
     Poll::Ready(())
 }
 
+/// The ward's epoll, for the sockets sleepers took off tokio's reactor; its own file descriptor is in
+/// the reactor, readable while any of them is.
+struct Watch {
+    poll: AsyncFd<mio::Poll>,
+    events: mio::Events,
+}
+
+impl Watch {
+    /// The watch, and the handle the ward adds and removes sockets through.
+    fn new() -> io::Result<(Watch, mio::Registry)> {
+        let poll = mio::Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        // SAFETY: the `Poll` owns its epoll descriptor and closes it only when dropped, which is when the
+        // `AsyncFd` owning it drops; nothing replaces the `Poll` in it (`ready` only polls it).
+        let poll = unsafe { AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE) }?;
+        Ok((Watch { poll, events: mio::Events::with_capacity(256) }, registry))
+    }
+
+    /// The beds whose sockets became readable (or closed), once there are any.
+    async fn ready(&mut self) -> io::Result<Vec<Key>> {
+        loop {
+            let mut guard = self.poll.readable_mut().await?;
+            let mut keys = Vec::new();
+            // Emptied before the readiness is cleared: an event that comes after the last look makes
+            // the watch readable again, since its readiness then changed after this guard was taken.
+            loop {
+                match guard.get_inner_mut().poll(&mut self.events, Some(Duration::ZERO)) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    result => result?,
+                }
+                let before = keys.len();
+                keys.extend(self.events.iter().map(|event| Key::from_token(event.token())));
+                if keys.len() - before < self.events.capacity() {
+                    break;
+                }
+            }
+            guard.clear_ready();
+            if !keys.is_empty() {
+                return Ok(keys);
+            }
+        }
+    }
+}
+
 /// The ward's own state, in its task alone.
 struct Ward {
     shared: Arc<Shared>,
     tracker: TaskTracker,
+    /// Where sleepers' sockets are watched (see [`Watch`]).
+    registry: mio::Registry,
     beds: Slab<Bed>,
     generation: u32,
     /// Alarms by tick (counted from `epoch`): the beds to look at then. A sleeper woken before its
@@ -212,6 +298,8 @@ struct Bed {
     sleeper: Box<dyn Sleeper>,
     generation: u32,
     waker: Waker,
+    /// Its socket, while the watch watches it.
+    socket: Option<RawFd>,
     /// The tick whose list holds its alarm ([`NO_ALARM`]: none).
     alarm_tick: u64,
 }
@@ -219,8 +307,9 @@ struct Bed {
 const NO_ALARM: u64 = u64::MAX;
 
 impl Ward {
-    fn new(shared: Arc<Shared>, tracker: TaskTracker) -> Ward {
-        Ward { shared, tracker, beds: Slab::new(), generation: 0, alarms: BTreeMap::new(), epoch: Instant::now() }
+    fn new(shared: Arc<Shared>, tracker: TaskTracker, registry: mio::Registry) -> Ward {
+        let epoch = Instant::now();
+        Ward { shared, tracker, registry, beds: Slab::new(), generation: 0, alarms: BTreeMap::new(), epoch }
     }
 
     fn admit(&mut self, mut sleeper: Box<dyn Sleeper>) {
@@ -233,11 +322,20 @@ impl Ward {
             sleeper.wake(&self.tracker);
             return;
         }
+        // Added to the watch, a socket already readable is reported at once.
+        let socket = sleeper.socket();
+        if let Some(fd) = socket {
+            if let Err(e) = self.registry.register(&mut SourceFd(&fd), key.token(), mio::Interest::READABLE) {
+                tracing::warn!(error = %e, "an idle connection keeps its task: its socket cannot be watched");
+                sleeper.wake(&self.tracker);
+                return;
+            }
+        }
         let alarm_tick = match sleeper.alarm() {
             Some(at) => self.file_alarm(at, key),
             None => NO_ALARM,
         };
-        self.beds.insert(Bed { sleeper, generation: key.generation, waker, alarm_tick });
+        self.beds.insert(Bed { sleeper, generation: key.generation, waker, socket, alarm_tick });
     }
 
     /// A sleeper's waker fired: work for it, or a stale readiness.
@@ -280,8 +378,13 @@ impl Ward {
         self.beds.get_mut(key.index as usize).filter(|bed| bed.generation == key.generation)
     }
 
+    /// Gives the sleeper in `key`'s bed a task again, if it is still there.
     fn wake(&mut self, key: Key) {
+        if self.bed(key).is_none() {
+            return;
+        }
         let bed = self.beds.remove(key.index as usize);
+        self.unwatch(&bed);
         if let Some(list) = self.alarms.get_mut(&bed.alarm_tick) {
             if let Some(at) = list.iter().position(|k| *k == key) {
                 list.swap_remove(at);
@@ -301,10 +404,20 @@ impl Ward {
     }
 
     fn wake_all(&mut self) {
-        for bed in self.beds.drain() {
+        for bed in std::mem::take(&mut self.beds).drain() {
+            self.unwatch(&bed);
             bed.sleeper.wake(&self.tracker);
         }
         self.alarms.clear();
+    }
+
+    /// Takes a bed's socket out of the watch, before its sleeper puts it back on tokio's reactor.
+    fn unwatch(&self, bed: &Bed) {
+        if let Some(fd) = bed.socket {
+            // It cannot fail for a socket the watch holds; were it to, the next readiness would find
+            // no bed under its key.
+            let _ = self.registry.deregister(&mut SourceFd(&fd));
+        }
     }
 
     /// The first tick at or after `at`: by then, `at` has passed.
@@ -333,6 +446,8 @@ mod tests {
         work: Arc<(AtomicBool, Mutex<Option<Waker>>)>,
         alarm: Option<Instant>,
         woke: mpsc::UnboundedSender<&'static str>,
+        /// A socket for the watch, owned by the test.
+        socket: Option<RawFd>,
     }
 
     impl Sleeper for Fake {
@@ -349,9 +464,18 @@ mod tests {
             self.alarm
         }
 
+        fn socket(&self) -> Option<RawFd> {
+            self.socket
+        }
+
         fn wake(self: Box<Self>, _: &TaskTracker) {
             let _ = self.woke.send(self.name);
         }
+    }
+
+    /// A watch's registry, for a ward made by hand.
+    fn registry() -> mio::Registry {
+        mio::Poll::new().and_then(|poll| poll.registry().try_clone()).expect("an epoll")
     }
 
     #[tokio::test]
@@ -366,7 +490,7 @@ mod tests {
         let (woke, mut woken) = mpsc::unbounded_channel();
         let sleeper = |name, alarm| {
             let work = Arc::new((AtomicBool::new(false), Mutex::new(None)));
-            (Box::new(Fake { name, work: work.clone(), alarm, woke: woke.clone() }), work)
+            (Box::new(Fake { name, work: work.clone(), alarm, woke: woke.clone(), socket: None }), work)
         };
         let (quiet, quiet_work) = sleeper("quiet", None);
         let (busy, busy_work) = sleeper("busy", None);
@@ -404,12 +528,12 @@ mod tests {
     #[tokio::test]
     async fn a_sleeper_woken_by_work_takes_its_alarm_along() {
         let dormitory = Dormitory::new(Duration::from_secs(1));
-        let mut ward = Ward::new(dormitory.shared.clone(), TaskTracker::new());
+        let mut ward = Ward::new(dormitory.shared.clone(), TaskTracker::new(), registry());
         let (woke, mut woken) = mpsc::unbounded_channel();
         for round in 0..3 {
             let work = Arc::new((AtomicBool::new(false), Mutex::new(None)));
             let alarm = Some(Instant::now() + Duration::from_secs(60));
-            ward.admit(Box::new(Fake { name: "chatty", work: work.clone(), alarm, woke: woke.clone() }));
+            ward.admit(Box::new(Fake { name: "chatty", work: work.clone(), alarm, woke: woke.clone(), socket: None }));
             assert_eq!(ward.alarms.values().map(Vec::len).sum::<usize>(), 1, "round {round}");
             work.0.store(true, Ordering::Release);
             let key = Key { index: 0, generation: ward.generation };
@@ -419,10 +543,54 @@ mod tests {
         }
     }
 
+    /// A sleeper's socket, watched by the ward: its data wakes it, as does its peer's end, and one
+    /// woken leaves the watch (a second rest of the same socket would fail to join it otherwise, and
+    /// wake at once).
+    #[tokio::test]
+    async fn a_sleepers_socket_wakes_it() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        use std::os::unix::net::UnixStream;
+
+        let dormitory = Dormitory::new(Duration::from_secs(1));
+        let shutdown = CancellationToken::new();
+        let ward = tokio::spawn(dormitory.run(TaskTracker::new(), shutdown.clone()));
+        while dormitory.after().is_none() {
+            tokio::task::yield_now().await;
+        }
+        let (woke, mut woken) = mpsc::unbounded_channel();
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let fd = ours.as_raw_fd();
+        let rest = |name| {
+            let work = Arc::new((AtomicBool::new(false), Mutex::new(None)));
+            let socket = Some(fd);
+            assert!(dormitory.admit(Box::new(Fake { name, work, alarm: None, woke: woke.clone(), socket })).is_ok());
+        };
+        let quiet = Duration::from_millis(200);
+        for round in ["first", "second"] {
+            rest(round);
+            assert!(tokio::time::timeout(quiet, woken.recv()).await.is_err(), "{round}: a quiet socket lets it sleep");
+            theirs.write_all(b"x").unwrap();
+            assert_eq!(woken.recv().await, Some(round), "data on its socket wakes it");
+            assert_eq!((&ours).read(&mut [0]).unwrap(), 1);
+        }
+        theirs.write_all(b"y").unwrap();
+        rest("already readable");
+        assert_eq!(woken.recv().await, Some("already readable"), "data that came first wakes it at once");
+        assert_eq!((&ours).read(&mut [0]).unwrap(), 1);
+        rest("hung up");
+        drop(theirs);
+        assert_eq!(woken.recv().await, Some("hung up"), "its peer's end wakes it");
+        assert_eq!(dormitory.sleeping(), 0);
+        shutdown.cancel();
+        ward.await.unwrap();
+    }
+
     #[test]
     fn alarms_are_rounded_up_to_the_tick_never_down() {
         let dormitory = Dormitory::new(Duration::ZERO);
-        let ward = Ward::new(dormitory.shared.clone(), TaskTracker::new());
+        let ward = Ward::new(dormitory.shared.clone(), TaskTracker::new(), registry());
         let on_a_tick = ward.epoch + TICK * 3;
         assert_eq!(ward.tick_after(on_a_tick), 3);
         assert_eq!(ward.tick_after(on_a_tick + Duration::from_nanos(1)), 4);

@@ -191,11 +191,22 @@ const SERVED_BYTES: usize = std::mem::size_of::<ClientConnection>() + 16;
 /// as it is idle: most clients connect and then wait, and a connect storm then reuses a few tasks'
 /// memory rather than holding one per connection until the first look.
 async fn serve_opened(mut conn: Box<ClientConnection>, just_opened: bool) {
+    let mut look_now = just_opened;
     let exit = loop {
-        match conn.run(just_opened).await {
+        if let Err(e) = conn.plug() {
+            break ConnectionError::from(e).into();
+        }
+        match conn.run(look_now).await {
             Stopped::Ended(exit) => break exit,
             Stopped::Idle => {
                 conn.shed();
+                look_now = false;
+                match conn.unplug() {
+                    Ok(true) => {}
+                    // Its socket cannot leave the reactor: it keeps its task.
+                    Ok(false) => continue,
+                    Err(e) => break ConnectionError::from(e).into(),
+                }
                 let ctx = conn.ctx.clone();
                 match ctx.dormitory.admit(conn) {
                     Ok(()) => return,
@@ -217,17 +228,15 @@ enum Stopped {
 
 impl Sleeper for ClientConnection {
     fn poll_work(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        let outbox = self.outbox.poll_ready(cx);
-        let socket = self.reader.poll_readable(cx);
-        if outbox.is_ready() || socket.is_ready() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
+        self.outbox.poll_ready(cx)
     }
 
     fn alarm(&self) -> Option<Instant> {
         (self.keep_alive > 0).then(|| self.last_received + keep_alive_grace(self.keep_alive))
+    }
+
+    fn socket(&self) -> Option<std::os::fd::RawFd> {
+        self.reader.detached()
     }
 
     fn wake(self: Box<Self>, tracker: &TaskTracker) {
@@ -498,15 +507,8 @@ async fn accept(
     };
     if !conn.hidden() {
         conn.counted = Some(listener.client_connected());
-        // Written by other tasks, direct deliveries are counted there: not for the hidden connection.
-        // Only over plain TCP can another task write to the socket.
-        // A client with a maximum packet size has each delivery measured first, and one with topic
-        // aliases has each given its alias, by its own task.
-        let measured = conn.v5.as_ref().is_some_and(|v5| v5.max_packet_size.is_some() || v5.alias_out_max > 0);
-        if let (Some(socket), false) = (conn.writer.socket(), measured) {
-            conn.outbox.allow_direct(socket, conn.session.stats.clone());
-        }
     }
+    conn.allow_direct_writes();
     // 3.1 has no session-present flag.
     let session_present = present && connect.protocol != Protocol::V31;
     let mut connack = Connack::accepted(session_present);
@@ -901,6 +903,37 @@ impl ClientConnection {
             && self.publishes.is_empty()
             && self.control_jobs.is_empty()
             && self.batch.is_empty()
+    }
+
+    /// Lets other tasks write lone messages straight to its socket while it waits (see `outbox.rs`):
+    /// only over plain TCP, and not for the hidden connection (written by other tasks, direct
+    /// deliveries are counted there, and its are not counted).
+    fn allow_direct_writes(&self) {
+        // A client with a maximum packet size has each delivery measured first, and one with topic
+        // aliases has each given its alias, by its own task.
+        let measured = self.v5.as_ref().is_some_and(|v5| v5.max_packet_size.is_some() || v5.alias_out_max > 0);
+        if let (Some(socket), false, false) = (self.writer.socket(), measured, self.hidden()) {
+            self.outbox.allow_direct(socket, self.session.stats.clone());
+        }
+    }
+
+    /// Takes its socket off tokio's reactor, to rest (see `transport::detach`): `false` if it cannot.
+    /// The outbox lets go of the socket first; lone messages for it then queue and wake it.
+    fn unplug(&mut self) -> std::io::Result<bool> {
+        self.outbox.forbid_direct();
+        let detached = transport::detach(&mut self.reader, &mut self.writer)?.is_some();
+        if !detached {
+            self.allow_direct_writes();
+        }
+        Ok(detached)
+    }
+
+    /// Puts a socket taken off the reactor back, once it has a task again.
+    fn plug(&mut self) -> std::io::Result<()> {
+        if transport::attach(&mut self.reader, &mut self.writer)? {
+            self.allow_direct_writes();
+        }
+        Ok(())
     }
 
     /// Lets go of what only a busy connection needs, before it waits in the dormitory.

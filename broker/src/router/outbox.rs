@@ -521,6 +521,13 @@ impl OutboxReceiver {
         self.inner.state().direct = Some(DirectTarget { socket, stats });
     }
 
+    /// Lets go of the socket [`allow_direct`](Self::allow_direct) gave: lone messages queue again.
+    pub fn forbid_direct(&self) {
+        let target = self.inner.state().direct.take();
+        // Dropped outside the lock.
+        drop(target);
+    }
+
     /// The connection is ending: busy from now on, and its socket no longer reachable from here.
     pub fn close(&self) {
         self.turn(Activity::Busy, None);

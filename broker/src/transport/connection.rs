@@ -8,6 +8,7 @@
 //! the socket. Other streams go through tokio's `AsyncRead`/`AsyncWrite` and have no such handle.
 
 use std::cell::Cell;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -64,10 +65,15 @@ pub enum Stream {
 enum ReadHalf {
     Tcp(OwnedReadHalf),
     Other(tokio::io::ReadHalf<Box<dyn ByteStream>>),
+    /// A TCP socket taken off tokio's reactor while its connection rests (see [`detach`]), kept
+    /// here for both halves; `None` once a failed detach or attach closed it.
+    Detached(Option<std::net::TcpStream>),
 }
 
 enum WriteHalf {
     Tcp(SocketHandle),
+    /// The socket is off the reactor, kept by the read half.
+    Detached,
     Other {
         half: tokio::io::WriteHalf<Box<dyn ByteStream>>,
         /// Bytes the stream took but may still hold (a TLS record not yet sent): flushed before idling.
@@ -94,6 +100,47 @@ pub fn split(stream: Stream, max_packet_size: usize, rate_limit: Option<RateLimi
     let limiter = rate_limit.map(|limit| Box::new(Bucket::new(limit, Instant::now())));
     let reader = PacketReader { reader, buf: BytesMut::new(), max_packet_size, level, limiter };
     (reader, PacketWriter { half: writer, buf: BytesMut::new(), level, holds: Vec::new() })
+}
+
+/// Takes a plain TCP connection's socket off tokio's reactor, for a connection that rests without a
+/// task: the reactor keeps a 256-byte entry per socket (`ScheduledIo`, cache-padded) and the split
+/// halves two more allocations, where the dormitory's own epoll keeps the socket's readiness in the
+/// kernel. Returns the socket to watch, or `None` if this connection cannot be detached (not plain
+/// TCP, or another task still holds its socket). An error closes the socket: the connection ends.
+pub fn detach(reader: &mut PacketReader, writer: &mut PacketWriter) -> std::io::Result<Option<RawFd>> {
+    let unshared = matches!(&writer.half, WriteHalf::Tcp(handle) if Arc::strong_count(&handle.socket) == 1);
+    if !unshared || !matches!(reader.reader, ReadHalf::Tcp(_)) {
+        return Ok(None);
+    }
+    let read = std::mem::replace(&mut reader.reader, ReadHalf::Detached(None));
+    let write = std::mem::replace(&mut writer.half, WriteHalf::Detached);
+    let (ReadHalf::Tcp(read), WriteHalf::Tcp(SocketHandle { socket, .. })) = (read, write) else {
+        return Err(std::io::Error::other("detach: not a plain TCP connection"));
+    };
+    let write = Arc::into_inner(socket).ok_or_else(|| std::io::Error::other("detach: socket still shared"))?;
+    let stream = read.reunite(write).map_err(std::io::Error::other)?.into_std()?;
+    let fd = stream.as_raw_fd();
+    reader.reader = ReadHalf::Detached(Some(stream));
+    Ok(Some(fd))
+}
+
+/// Puts a socket [`detach`]ed back on tokio's reactor (`false`: it was not off it); must run on the
+/// runtime. An error closes the socket: the connection ends.
+pub fn attach(reader: &mut PacketReader, writer: &mut PacketWriter) -> std::io::Result<bool> {
+    let ReadHalf::Detached(stream) = &mut reader.reader else {
+        return Ok(false);
+    };
+    let stream = stream.take().ok_or_else(closed)?;
+    let (read, write) = TcpStream::from_std(stream)?.into_split();
+    reader.reader = ReadHalf::Tcp(read);
+    writer.half = WriteHalf::Tcp(SocketHandle { socket: Arc::new(write), level: writer.level });
+    Ok(true)
+}
+
+/// What reading or writing a socket off the reactor gets (never tried: a connection attaches its
+/// socket before it serves).
+fn closed() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "socket off the reactor")
 }
 
 pub struct PacketReader {
@@ -151,6 +198,7 @@ impl PacketReader {
                     reserve(&mut self.buf);
                     Poll::Ready(reader.read_buf(&mut (&mut self.buf).limit(allowance)).await)
                 }
+                ReadHalf::Detached(_) => return Err(closed().into()),
             };
             match read {
                 Poll::Ready(Ok(0)) => return Err(ConnectionError::Closed),
@@ -169,17 +217,16 @@ impl PacketReader {
 
     /// Whether nothing but the socket can give this reader more: plain TCP, nothing buffered (here or
     /// in a stream's own state) and no rate limit holding reads back. Only such a reader may be left to
-    /// [`PacketReader::poll_readable`] while its connection has no task.
+    /// the dormitory's watch while its connection has no task.
     pub fn waits_on_socket(&mut self) -> bool {
         matches!(self.reader, ReadHalf::Tcp(_)) && self.buf.is_empty() && self.throttled_until().is_none()
     }
 
-    /// Registers `cx` for the socket's readability; ready once it is readable (or failed, which the
-    /// next read reports). Over any other stream, ready at once.
-    pub fn poll_readable(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+    /// The socket, while it is off tokio's reactor (see [`detach`]).
+    pub fn detached(&self) -> Option<RawFd> {
         match &self.reader {
-            ReadHalf::Tcp(reader) => reader.as_ref().poll_read_ready(cx).map(|_| ()),
-            ReadHalf::Other(_) => Poll::Ready(()),
+            ReadHalf::Detached(Some(stream)) => Some(stream.as_raw_fd()),
+            _ => None,
         }
     }
 
@@ -345,7 +392,7 @@ impl PacketWriter {
     pub fn socket(&self) -> Option<SocketHandle> {
         match &self.half {
             WriteHalf::Tcp(socket) => Some(SocketHandle { level: self.level, ..socket.clone() }),
-            WriteHalf::Other { .. } => None,
+            WriteHalf::Other { .. } | WriteHalf::Detached => None,
         }
     }
 
@@ -378,6 +425,7 @@ impl PacketWriter {
                 *unflushed = true;
                 n
             }
+            WriteHalf::Detached => return Err(closed().into()),
         };
         if n == 0 {
             return Err(ConnectionError::Closed);
@@ -393,6 +441,7 @@ impl PacketWriter {
     /// queued for `write_some`. Called as soon as a batch of work is done, so a reply or delivery
     /// leaves on the spot rather than after another turn of the connection's loop.
     pub fn try_flush(&mut self) -> Result<(), ConnectionError> {
+        let has_bytes = self.writable() > 0;
         match &mut self.half {
             WriteHalf::Tcp(socket) => loop {
                 let writable = self.holds.first().map_or(self.buf.len(), |h| h.from);
@@ -441,6 +490,8 @@ impl PacketWriter {
                     }
                 }
             }
+            WriteHalf::Detached if has_bytes => return Err(closed().into()),
+            WriteHalf::Detached => {}
         }
         self.release_if_large();
         Ok(())
@@ -481,6 +532,8 @@ impl PacketWriter {
             WriteHalf::Other { half, .. } => {
                 let _ = half.shutdown().await;
             }
+            // Closed with the read half.
+            WriteHalf::Detached => {}
         }
     }
 }

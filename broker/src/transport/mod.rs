@@ -11,7 +11,8 @@ mod tls;
 mod websocket;
 
 pub use connection::{
-    split, ByteStream, ConnectionError, PacketReader, PacketWriter, SocketHandle, Stream, Written, WRITE_HIGH_WATER,
+    attach, detach, split, ByteStream, ConnectionError, PacketReader, PacketWriter, SocketHandle, Stream, Written,
+    WRITE_HIGH_WATER,
 };
 pub use handshake::{Established, HandshakeError};
 pub use listener::{
