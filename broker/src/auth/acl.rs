@@ -168,20 +168,22 @@ fn substitute(filter: &str, client: &ClientInfo) -> Option<String> {
 #[derive(Debug)]
 pub struct AclCache {
     entries: Vec<(String, Decision, std::time::Instant)>,
-    max_size: usize,
-    ttl: std::time::Duration,
+    /// The limits, compact: every connection keeps a cache for as long as it is open.
+    max_size: u32,
+    ttl_secs: u32,
 }
 
 impl AclCache {
     pub fn new(max_size: usize, ttl: std::time::Duration) -> Self {
-        AclCache { entries: Vec::new(), max_size, ttl }
+        let max_size = max_size.try_into().unwrap_or(u32::MAX);
+        AclCache { entries: Vec::new(), max_size, ttl_secs: ttl.as_secs().try_into().unwrap_or(u32::MAX) }
     }
 
     /// The cached decision for `topic`, unless it has outlived the TTL (then it is dropped). Only the
     /// entry looked up is checked: this runs for every publish.
     pub fn get(&mut self, topic: &str) -> Option<Decision> {
         let i = self.entries.iter().position(|(t, _, _)| t == topic)?;
-        if self.entries[i].2.elapsed() < self.ttl {
+        if self.entries[i].2.elapsed() < std::time::Duration::from_secs(self.ttl_secs.into()) {
             return Some(self.entries[i].1);
         }
         self.entries.remove(i);
@@ -192,7 +194,7 @@ impl AclCache {
         if self.max_size == 0 {
             return;
         }
-        if self.entries.len() >= self.max_size {
+        if self.entries.len() >= self.max_size as usize {
             // Entries are pushed in time order, so the first is the oldest.
             self.entries.remove(0);
         }
