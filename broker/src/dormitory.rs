@@ -42,7 +42,7 @@ pub trait Sleeper: Send + 'static {
     /// When it must be woken even without work (a keep-alive's deadline), if ever.
     fn alarm(&self) -> Option<Instant>;
     /// A socket it took off tokio's reactor, which the ward watches for readability (or its peer's
-    /// end) in its stead; asked once, on arrival.
+    /// end) in its stead; the same from its arrival until it is woken.
     fn socket(&self) -> Option<RawFd> {
         None
     }
@@ -294,12 +294,11 @@ struct Ward {
     epoch: Instant,
 }
 
+/// Kept small: the slab holds up to twice as many beds as sleepers, since it grows by doubling.
 struct Bed {
     sleeper: Box<dyn Sleeper>,
     generation: u32,
     waker: Waker,
-    /// Its socket, while the watch watches it.
-    socket: Option<RawFd>,
     /// The tick whose list holds its alarm ([`NO_ALARM`]: none).
     alarm_tick: u64,
 }
@@ -323,8 +322,7 @@ impl Ward {
             return;
         }
         // Added to the watch, a socket already readable is reported at once.
-        let socket = sleeper.socket();
-        if let Some(fd) = socket {
+        if let Some(fd) = sleeper.socket() {
             if let Err(e) = self.registry.register(&mut SourceFd(&fd), key.token(), mio::Interest::READABLE) {
                 tracing::warn!(error = %e, "an idle connection keeps its task: its socket cannot be watched");
                 sleeper.wake(&self.tracker);
@@ -335,7 +333,7 @@ impl Ward {
             Some(at) => self.file_alarm(at, key),
             None => NO_ALARM,
         };
-        self.beds.insert(Bed { sleeper, generation: key.generation, waker, socket, alarm_tick });
+        self.beds.insert(Bed { sleeper, generation: key.generation, waker, alarm_tick });
     }
 
     /// A sleeper's waker fired: work for it, or a stale readiness.
@@ -413,7 +411,7 @@ impl Ward {
 
     /// Takes a bed's socket out of the watch, before its sleeper puts it back on tokio's reactor.
     fn unwatch(&self, bed: &Bed) {
-        if let Some(fd) = bed.socket {
+        if let Some(fd) = bed.sleeper.socket() {
             // It cannot fail for a socket the watch holds; were it to, the next readiness would find
             // no bed under its key.
             let _ = self.registry.deregister(&mut SourceFd(&fd));

@@ -1517,6 +1517,9 @@ mod size_tests {
         let state = std::mem::size_of::<super::ClientConnection>();
         // 568 before its will was boxed (72 inline) and its ACL cache's limits were made compact.
         assert!(state <= 488, "a connection's state is {state} bytes");
+        // 224 before what a QoS 2 receiver keeps was boxed (72 inline).
+        let session = std::mem::size_of::<crate::session::Session>();
+        assert!(session <= 160, "a session is {session} bytes");
         // A delivery: its message, its shared group, QoS, retain flag and its number in the store (8
         // bytes more than before persistence; rare variants stay boxed).
         assert!(std::mem::size_of::<crate::router::OutboxItem>() <= 32);

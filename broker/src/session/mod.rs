@@ -116,13 +116,21 @@ pub struct Session {
     /// In send order, so redelivery after reconnect keeps the original order.
     inflight: VecDeque<Inflight>,
     queue: Queue,
-    awaiting_rel: HashMap<u16, Instant>,
+    /// Boxed: most sessions never receive a QoS 2 message (`None` until one does).
+    awaiting_rel: Option<Box<AwaitingRel>>,
     next_pkid: u16,
     /// The store numbers of kept deliveries this session has finished with (acknowledged, dropped,
     /// expired), for its owner to tell the store.
     forgotten: Vec<u64>,
-    /// Incoming QoS 2 packet ids whose PUBREL was given up on, for its owner to tell the store.
-    rel_given_up: Vec<u16>,
+}
+
+/// Incoming QoS 2 messages acknowledged with PUBREC, until their PUBREL.
+#[derive(Debug, Default)]
+struct AwaitingRel {
+    /// Their packet ids, and since when each is awaited.
+    ids: HashMap<u16, Instant>,
+    /// Packet ids whose PUBREL was given up on, for the session's owner to tell the store.
+    given_up: Vec<u16>,
 }
 
 /// The packet id of a kept delivery: its store number, folded into 1..=65535. Derived, not chosen, so
@@ -143,10 +151,9 @@ impl Session {
             receive_maximum: None,
             inflight: VecDeque::new(),
             queue: Queue::default(),
-            awaiting_rel: HashMap::new(),
+            awaiting_rel: None,
             next_pkid: 1,
             forgotten: Vec::new(),
-            rel_given_up: Vec::new(),
         }
     }
 
@@ -182,7 +189,7 @@ impl Session {
         let s = &self.stats;
         s.inflight_len.store(self.inflight.len() as u64, Ordering::Relaxed);
         s.mqueue_len.store(self.queue.len() as u64, Ordering::Relaxed);
-        s.awaiting_rel_len.store(self.awaiting_rel.len() as u64, Ordering::Relaxed);
+        s.awaiting_rel_len.store(self.awaiting_rel_len() as u64, Ordering::Relaxed);
     }
 
     fn count(field: &AtomicU64) {
@@ -203,7 +210,12 @@ impl Session {
     }
 
     pub fn awaiting_rel_len(&self) -> usize {
-        self.awaiting_rel.len()
+        self.awaiting_rel.as_ref().map_or(0, |a| a.ids.len())
+    }
+
+    /// Where incoming QoS 2 packet ids are recorded, made on the first.
+    fn awaiting_rel_mut(&mut self) -> &mut AwaitingRel {
+        self.awaiting_rel.get_or_insert_with(Box::default)
     }
 
     /// Queues a message while the client is offline. Returns false if it was dropped.
@@ -360,7 +372,9 @@ impl Session {
             handover.queued.push(Delivery { store_id: 0, shared: None, ..delivery });
         }
         self.forgotten.extend(gone);
-        handover.awaiting_rel = self.awaiting_rel.drain().map(|(pkid, _)| pkid).collect();
+        if let Some(awaiting) = &mut self.awaiting_rel {
+            handover.awaiting_rel = awaiting.ids.drain().map(|(pkid, _)| pkid).collect();
+        }
         handover.awaiting_rel.sort_unstable();
         self.sync_stats();
         handover
@@ -389,14 +403,14 @@ impl Session {
             self.enqueue(delivery);
         }
         for pkid in awaiting_rel {
-            self.awaiting_rel.insert(pkid, Instant::now());
+            self.awaiting_rel_mut().ids.insert(pkid, Instant::now());
         }
         self.sync_stats();
     }
 
     /// Puts back an incoming QoS 2 packet id the store kept as awaiting PUBREL.
     pub fn restore_awaiting_rel(&mut self, pkid: u16) {
-        self.awaiting_rel.insert(pkid, Instant::now());
+        self.awaiting_rel_mut().ids.insert(pkid, Instant::now());
         self.sync_stats();
     }
 
@@ -434,22 +448,22 @@ impl Session {
     /// `Some(false)` for a retransmission (acknowledge, do not route again), `None` when the
     /// awaiting-PUBREL set is full (drop it).
     pub fn incoming_qos2(&mut self, pkid: u16) -> Option<bool> {
-        if self.awaiting_rel.contains_key(&pkid) {
+        if self.awaiting_rel.as_ref().is_some_and(|a| a.ids.contains_key(&pkid)) {
             return Some(false);
         }
-        let full = |s: &Self| s.limits.max_awaiting_rel > 0 && s.awaiting_rel.len() >= s.limits.max_awaiting_rel;
+        let full = |s: &Self| s.limits.max_awaiting_rel > 0 && s.awaiting_rel_len() >= s.limits.max_awaiting_rel;
         // Stale ids only matter once the set is full, so that is when they are swept.
         if full(self) && (self.expire_awaiting_rel(Instant::now()) == 0 || full(self)) {
             return None;
         }
-        self.awaiting_rel.insert(pkid, Instant::now());
+        self.awaiting_rel_mut().ids.insert(pkid, Instant::now());
         self.sync_stats();
         Some(true)
     }
 
     /// PUBREL from the client. Returns whether the packet id was awaited.
     pub fn pubrel(&mut self, pkid: u16) -> AckResult {
-        let result = match self.awaiting_rel.remove(&pkid) {
+        let result = match self.awaiting_rel.as_mut().and_then(|a| a.ids.remove(&pkid)) {
             Some(_) => AckResult::Done,
             None => AckResult::Missed,
         };
@@ -460,21 +474,23 @@ impl Session {
     /// Forgets incoming QoS 2 packet ids whose PUBREL never came. Returns how many.
     pub fn expire_awaiting_rel(&mut self, now: Instant) -> usize {
         let timeout = self.limits.await_rel_timeout;
-        let before = self.awaiting_rel.len();
-        let given_up = &mut self.rel_given_up;
-        self.awaiting_rel.retain(|pkid, since| {
+        let Some(AwaitingRel { ids, given_up }) = self.awaiting_rel.as_deref_mut() else {
+            return 0;
+        };
+        let before = ids.len();
+        ids.retain(|pkid, since| {
             let keep = now.duration_since(*since) < timeout;
             if !keep {
                 given_up.push(*pkid);
             }
             keep
         });
-        before - self.awaiting_rel.len()
+        before - ids.len()
     }
 
     /// Incoming packet ids whose PUBREL was given up on since the last call (for the store to free).
     pub fn take_rel_given_up(&mut self) -> Vec<u16> {
-        std::mem::take(&mut self.rel_given_up)
+        self.awaiting_rel.as_mut().map(|a| std::mem::take(&mut a.given_up)).unwrap_or_default()
     }
 
     /// Forgets a delivery in flight that could not be sent (too large for the client): as if acknowledged.
