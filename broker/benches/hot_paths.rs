@@ -165,7 +165,7 @@ fn routing_benches(c: &mut Criterion) {
     let message = qos0_message_64();
     let mut group = c.benchmark_group("routing");
     group.throughput(Throughput::Elements(1000));
-    let mut batch = Vec::with_capacity(1);
+    let mut batch = thin_vec::ThinVec::with_capacity(1);
     group.bench_function("one QoS 0 publish to 1k connections (route + take)", |b| {
         b.iter(|| {
             batch.push(message.clone());

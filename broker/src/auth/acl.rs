@@ -167,7 +167,7 @@ fn substitute(filter: &str, client: &ClientInfo) -> Option<String> {
 /// A per-client cache of publish decisions, bounded in size and age.
 #[derive(Debug)]
 pub struct AclCache {
-    entries: Vec<(String, Decision, std::time::Instant)>,
+    entries: thin_vec::ThinVec<(String, Decision, std::time::Instant)>,
     /// The limits, compact: every connection keeps a cache for as long as it is open.
     max_size: u32,
     ttl_secs: u32,
@@ -176,7 +176,7 @@ pub struct AclCache {
 impl AclCache {
     pub fn new(max_size: usize, ttl: std::time::Duration) -> Self {
         let max_size = max_size.try_into().unwrap_or(u32::MAX);
-        AclCache { entries: Vec::new(), max_size, ttl_secs: ttl.as_secs().try_into().unwrap_or(u32::MAX) }
+        AclCache { entries: thin_vec::ThinVec::new(), max_size, ttl_secs: ttl.as_secs().try_into().unwrap_or(u32::MAX) }
     }
 
     /// The cached decision for `topic`, unless it has outlived the TTL (then it is dropped). Only the

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use midge_shared::control as ctl;
 use midge_shared::sys::{ClientConnected, ClientDisconnected};
+use thin_vec::ThinVec;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tokio_util::task::TaskTracker;
@@ -481,9 +482,8 @@ async fn accept(
     let mut conn = ClientConnection {
         ctx: ctx.clone(),
         v5: v5_state,
-        info: ClientInfo { client_id: client_id.clone(), username: connect.username, ip: peer.ip() },
+        info: ClientInfo { client_id, username: connect.username, ip: peer.ip() },
         principal,
-        client_id,
         conn_id,
         keep_alive: connect.keep_alive,
         will: connect.will.map(Box::new),
@@ -493,9 +493,9 @@ async fn accept(
         writer,
         outbox: outbox_rx,
         last_received: Instant::now(),
-        publishes: Vec::new(),
+        publishes: ThinVec::new(),
         durable: 0,
-        control_jobs: Vec::new(),
+        control_jobs: ThinVec::new(),
         batch: VecDeque::new(),
         stalled: None,
         acks: 0,
@@ -513,7 +513,7 @@ async fn accept(
     let session_present = present && connect.protocol != Protocol::V31;
     let mut connack = Connack::accepted(session_present);
     if v5 {
-        let assigned = assigned.then(|| conn.client_id.to_string());
+        let assigned = assigned.then(|| conn.info.client_id.to_string());
         let mut properties = connack_properties(ctx, &connect.properties, assigned);
         if let Some((method, data)) = authenticated {
             properties.authentication_method = Some(method);
@@ -526,7 +526,7 @@ async fn accept(
         // Should this node die, another fires it.
         if let Some(message) = conn.will_message(&will) {
             ctx.cluster.keep_will(
-                &conn.client_id,
+                &conn.info.client_id,
                 conn.conn_id,
                 &message,
                 Duration::from_secs(will.delay_interval.into()),
@@ -652,7 +652,6 @@ struct ClientConnection {
     v5: Option<Box<V5>>,
     info: ClientInfo,
     principal: Principal,
-    client_id: ClientId,
     conn_id: u64,
     keep_alive: u16,
     /// Boxed: most clients set none, and a connection's state is kept for as long as it is open.
@@ -664,12 +663,12 @@ struct ClientConnection {
     outbox: OutboxReceiver,
     last_received: Instant,
     /// Publishes read in this batch, routed in one call.
-    publishes: Vec<Arc<Message>>,
+    publishes: ThinVec<Arc<Message>>,
     /// How far the store must be on disk before this read's acknowledgements (PUBACK, PUBREC, SUBACK,
     /// UNSUBACK) go (0: no need to wait).
     durable: u64,
     /// Control requests read in this batch, for the control service.
-    control_jobs: Vec<ControlJob>,
+    control_jobs: ThinVec<ControlJob>,
     /// What was taken from the outbox, being handled; swapped with the outbox's queue at each take.
     batch: VecDeque<OutboxItem>,
     /// What the outbox was last told of a full inflight window (see [`OutboxReceiver::stall`]).
@@ -939,8 +938,8 @@ impl ClientConnection {
 
     /// Lets go of what only a busy connection needs, before it waits in the dormitory.
     fn shed(&mut self) {
-        self.publishes = Vec::new();
-        self.control_jobs = Vec::new();
+        self.publishes = ThinVec::new();
+        self.control_jobs = ThinVec::new();
         self.batch = VecDeque::new();
         self.reader.release_if_drained();
         self.writer.release_if_drained();
@@ -957,9 +956,9 @@ impl ClientConnection {
         let _ = self.submit_control_jobs().await;
         match &exit {
             Exit::Disconnect | Exit::DisconnectWithWill | Exit::Shutdown | Exit::TakenOver => {
-                tracing::debug!(client_id = %self.client_id.escape_debug(), reason = %exit, "disconnected")
+                tracing::debug!(client_id = %self.info.client_id.escape_debug(), reason = %exit, "disconnected")
             }
-            _ => tracing::info!(client_id = %self.client_id.escape_debug(), reason = %exit, "connection closed"),
+            _ => tracing::info!(client_id = %self.info.client_id.escape_debug(), reason = %exit, "connection closed"),
         }
         if let Some(will) = self.will.take() {
             let message = if exit.publishes_will() { self.will_message(&will) } else { None };
@@ -970,11 +969,11 @@ impl ClientConnection {
                 // node dies meanwhile.
                 (Some(message), delay) if delay > 0 => {
                     let delay = Duration::from_secs(delay.into());
-                    cluster.defer_will(&self.client_id, self.conn_id, &message, delay);
-                    self.ctx.router.will_after(self.client_id.clone(), message, delay)
+                    cluster.defer_will(&self.info.client_id, self.conn_id, &message, delay);
+                    self.ctx.router.will_after(self.info.client_id.clone(), message, delay)
                 }
                 (message, _) => {
-                    if let Some(message) = cluster.end_will(&self.client_id, self.conn_id, message) {
+                    if let Some(message) = cluster.end_will(&self.info.client_id, self.conn_id, message) {
                         self.ctx.router.publish(message);
                     }
                 }
@@ -1004,7 +1003,8 @@ impl ClientConnection {
             };
             self.send(&Packet::Disconnect(Disconnect { reason_string, ..Disconnect::new(reason) }));
         }
-        let ClientConnection { ctx, client_id, conn_id, session, mut writer, outbox, claim, counted, .. } = self;
+        let ClientConnection { ctx, info, conn_id, session, mut writer, outbox, claim, counted, .. } = self;
+        let client_id = info.client_id;
         // A session that ends with its connection gives its client id back to the cluster; a kept one
         // holds it here, and one taken over is another node's already.
         let ended = session.expiry == Some(Duration::ZERO) && !matches!(exit, Exit::TakenOver);
@@ -1058,7 +1058,7 @@ impl ClientConnection {
         self.alias_topic(&mut publish);
         let max = self.v5.as_ref().and_then(|v5| v5.max_packet_size);
         if max.is_some_and(|max| publish_len(&publish, Protocol::V5) > max as usize) {
-            tracing::debug!(client_id = %self.client_id.escape_debug(), "message over the client's maximum packet size dropped");
+            tracing::debug!(client_id = %self.info.client_id.escape_debug(), "message over the client's maximum packet size dropped");
             self.ctx.metrics.inc(Metric::MessagesDropped);
             if publish.qos != QoS::AtMostOnce {
                 self.session.discard(publish.pkid);
@@ -1126,7 +1126,7 @@ impl ClientConnection {
         if let Some(journal) = &self.ctx.journal {
             journal.forget(self.session.take_forgotten());
             for pkid in self.session.take_rel_given_up() {
-                journal.record(Change::RelCompleted { client_id: self.client_id.clone(), pkid });
+                journal.record(Change::RelCompleted { client_id: self.info.client_id.clone(), pkid });
             }
         }
     }
@@ -1136,7 +1136,7 @@ impl ClientConnection {
     fn record_kept(&mut self, change: impl FnOnce(ClientId) -> Change) {
         let kept = self.session.persistent() && !self.hidden();
         if let (true, Some(journal)) = (kept, &self.ctx.journal) {
-            self.durable = self.durable.max(journal.record(change(self.client_id.clone())));
+            self.durable = self.durable.max(journal.record(change(self.info.client_id.clone())));
         }
     }
 
@@ -1233,7 +1233,7 @@ impl ClientConnection {
             Packet::Unsubscribe(unsubscribe) => {
                 self.route_all_publishes();
                 let durable = self.ctx.router.unsubscribe(
-                    self.client_id.clone(),
+                    self.info.client_id.clone(),
                     self.conn_id,
                     unsubscribe.pkid,
                     unsubscribe.filters,
@@ -1278,7 +1278,7 @@ impl ClientConnection {
             return Ok(());
         }
         let refused = if self.check_publish(topic) == Decision::Deny {
-            tracing::debug!(client_id = %self.client_id.escape_debug(), topic = %topic.escape_debug(), "publish denied by ACL");
+            tracing::debug!(client_id = %self.info.client_id.escape_debug(), topic = %topic.escape_debug(), "publish denied by ACL");
             Some(ReasonCode::NotAuthorized)
         } else if !payload_format_valid(&publish) {
             Some(ReasonCode::PayloadFormatInvalid)
@@ -1317,7 +1317,7 @@ impl ClientConnection {
                     ));
                 }
                 None => {
-                    tracing::warn!(client_id = %self.client_id.escape_debug(), "too many QoS 2 messages awaiting PUBREL; dropped");
+                    tracing::warn!(client_id = %self.info.client_id.escape_debug(), "too many QoS 2 messages awaiting PUBREL; dropped");
                     self.ctx.metrics.inc(Metric::MessagesQos2Dropped);
                     false
                 }
@@ -1386,7 +1386,7 @@ impl ClientConnection {
         }
         let topic = publish.topic_str();
         if self.principal != Principal::Management || !ctl::is_control_topic(topic) {
-            tracing::warn!(client_id = %self.client_id.escape_debug(), topic = %topic.escape_debug(), "publish to a broker-owned topic refused");
+            tracing::warn!(client_id = %self.info.client_id.escape_debug(), topic = %topic.escape_debug(), "publish to a broker-owned topic refused");
             // `$SYS` traffic counts in no metric, a refused one included.
             if ctl::is_control_topic(topic) {
                 self.ctx.metrics.inc(Metric::MessagesDropped);
@@ -1421,7 +1421,7 @@ impl ClientConnection {
             filters.push((written, granted));
         }
         // The SUBACK, in the outbox, is written after this read's wait for the store (`on_read`).
-        let durable = self.ctx.router.subscribe(self.client_id.clone(), self.conn_id, subscribe.pkid, filters);
+        let durable = self.ctx.router.subscribe(self.info.client_id.clone(), self.conn_id, subscribe.pkid, filters);
         self.durable = self.durable.max(durable);
         self.routes_added = self.ctx.cluster.is_clustered();
         Ok(())
@@ -1429,11 +1429,11 @@ impl ClientConnection {
 
     fn may_subscribe(&self, filter: &str) -> Result<(), ReasonCode> {
         if filter.starts_with("$midge") {
-            tracing::warn!(client_id = %self.client_id.escape_debug(), filter = %filter.escape_debug(), "subscription to control topics refused");
+            tracing::warn!(client_id = %self.info.client_id.escape_debug(), filter = %filter.escape_debug(), "subscription to control topics refused");
             return Err(ReasonCode::NotAuthorized);
         }
         if self.ctx.settings.acl().check(&self.info, Access::Subscribe, filter) == Decision::Deny {
-            tracing::debug!(client_id = %self.client_id.escape_debug(), filter = %filter.escape_debug(), "subscribe denied by ACL");
+            tracing::debug!(client_id = %self.info.client_id.escape_debug(), filter = %filter.escape_debug(), "subscribe denied by ACL");
             return Err(ReasonCode::NotAuthorized);
         }
         Ok(())
@@ -1466,7 +1466,7 @@ impl ClientConnection {
         }
         if dropped && !internal {
             self.ctx.metrics.inc(Metric::MessagesDropped);
-            tracing::debug!(client_id = %self.client_id.escape_debug(), "message queue full, oldest dropped");
+            tracing::debug!(client_id = %self.info.client_id.escape_debug(), "message queue full, oldest dropped");
         }
     }
 
@@ -1515,8 +1515,9 @@ mod size_tests {
         let serving = future_size(super::serve_opened);
         assert!(serving <= 768, "a connection's serving future is {serving} bytes");
         let state = std::mem::size_of::<super::ClientConnection>();
-        // 568 before its will was boxed (72 inline) and its ACL cache's limits were made compact.
-        assert!(state <= 488, "a connection's state is {state} bytes");
+        // 568 before its will was boxed (72 inline), its ACL cache's limits made compact, its client
+        // id kept once (in `info`) and its rarely filled vectors made thin.
+        assert!(state <= 400, "a connection's state is {state} bytes");
         // 224 before what a QoS 2 receiver keeps was boxed (72 inline).
         let session = std::mem::size_of::<crate::session::Session>();
         assert!(session <= 160, "a session is {session} bytes");

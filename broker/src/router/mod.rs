@@ -99,7 +99,7 @@ impl RouterHandle {
     /// what they did, for the publisher to act on (see `docs/architecture.md`, the message path).
     /// Routing stops after a delivery that finds its connection congested (`Fanout::congested`), with
     /// the rest left in `messages` for after the publisher has waited for room.
-    pub fn publish_batch(&self, messages: &mut Vec<Arc<Message>>) -> Fanout {
+    pub fn publish_batch(&self, messages: &mut thin_vec::ThinVec<Arc<Message>>) -> Fanout {
         let mut fanout = Fanout::default();
         let mut router = lock(&self.router);
         let lone = messages.len() == 1;

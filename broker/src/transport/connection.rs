@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::{Buf, BufMut, BytesMut};
+use thin_vec::ThinVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -98,8 +99,10 @@ pub fn split(stream: Stream, max_packet_size: usize, rate_limit: Option<RateLimi
     // is the same in 3.1 and 3.1.1.
     let level = Protocol::V311;
     let limiter = rate_limit.map(|limit| Box::new(Bucket::new(limit, Instant::now())));
+    // MQTT's own limit (268,435,455) fits in 32 bits; a larger setting means no limit below it.
+    let max_packet_size = u32::try_from(max_packet_size).unwrap_or(u32::MAX);
     let reader = PacketReader { reader, buf: BytesMut::new(), max_packet_size, level, limiter };
-    (reader, PacketWriter { half: writer, buf: BytesMut::new(), level, holds: Vec::new() })
+    (reader, PacketWriter { half: writer, buf: BytesMut::new(), level, holds: ThinVec::new() })
 }
 
 /// Takes a plain TCP connection's socket off tokio's reactor, for a connection that rests without a
@@ -146,7 +149,7 @@ fn closed() -> std::io::Error {
 pub struct PacketReader {
     reader: ReadHalf,
     buf: BytesMut,
-    max_packet_size: usize,
+    max_packet_size: u32,
     level: Protocol,
     /// The listener's `rate_limit`, if it has one (boxed: most connections have none).
     limiter: Option<Box<Bucket>>,
@@ -156,7 +159,7 @@ impl PacketReader {
     /// A whole packet already in the buffer, if there is one, with its size on the wire.
     pub fn next_buffered(&mut self) -> Result<Option<(Packet, usize)>, DecodeError> {
         let before = self.buf.len();
-        let packet = protocol::decode(&mut self.buf, self.level, self.max_packet_size)?;
+        let packet = protocol::decode(&mut self.buf, self.level, self.max_packet_size as usize)?;
         Ok(packet.map(|p| (p, before - self.buf.len())))
     }
 
@@ -294,7 +297,7 @@ pub struct PacketWriter {
     level: Protocol,
     /// Queued bytes that may not leave yet: from `from` on, they wait until the store is durable up to
     /// `seq` (acknowledgements of what the store keeps). In order of `from` and of `seq`.
-    holds: Vec<Hold>,
+    holds: ThinVec<Hold>,
 }
 
 #[derive(Debug, Clone, Copy)]
