@@ -59,7 +59,7 @@ struct Cli {
     /// Persistent sessions for the restart scenario, each with 100 messages queued.
     #[arg(long, default_value_t = 10_000)]
     restart_sessions: usize,
-    /// Only these scenarios (fanin0, fanin1, fanout0, fanin1-persistent, restart, sessions, latency, idle, overload, flood, tls,
+    /// Only these scenarios (fanin0, fanin1, fanout0, fanin1-persistent, restart, sessions, latency, wake, idle, overload, flood, tls,
     /// ws, wss, api, cluster, and fanin0-v5, fanin1-v5, fanout0-v5, or mqtt5 for those three); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -298,6 +298,17 @@ fn fan_in(qos: QoS) -> Load {
 /// The latency probes' rate: low, and evenly spaced with tokio's 1 ms timer (at 1000/s, half a period
 /// of slack is less than the timer's granularity).
 const LATENCY_RATE: f64 = 500.0;
+/// One message every 3 s: long enough for idle connections to rest between messages.
+const WAKE_RATE: f64 = 1.0 / 3.0;
+
+/// A rate as the table names it: `500`, or `1/3`.
+fn rate_label(rate: f64) -> String {
+    if rate >= 1.0 {
+        format!("{rate}")
+    } else {
+        format!("1/{}", (1.0 / rate).round())
+    }
+}
 
 /// How long the flood scenario's publishers flood.
 const FLOOD_TIME: Duration = Duration::from_secs(5);
@@ -388,12 +399,17 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    if wanted("latency") {
+    // The same probe at two rates: 500 msg/s, and one message every 3 s, between which both clients
+    // are idle (Midge's rest in its dormitory after `dormant_after_ms`, 1 s): what waking costs.
+    for (key, rate) in [("latency", LATENCY_RATE), ("wake", WAKE_RATE)] {
+        if !wanted(key) {
+            continue;
+        }
         let targets = [mosquitto.target(), midge.target()];
         for (label, qos) in [("QoS 0", QoS::AtMostOnce), ("QoS 1", QoS::AtLeastOnce)] {
-            eprintln!("latency {label}: {} alternating rounds on both", cli.latency_rounds);
+            eprintln!("latency {label} at {rate:.2} msg/s: {} alternating rounds on both", cli.latency_rounds);
             let rounds = cli.latency_rounds.max(1);
-            let results = latency::interleaved(&targets, qos, LATENCY_RATE, rounds, Duration::from_secs(1)).await?;
+            let results = latency::interleaved(&targets, qos, rate, rounds, Duration::from_secs(1)).await?;
             let (theirs, ours) = (&results[0], &results[1]);
             for (round, (m, o)) in theirs.round_p50s.iter().zip(&ours.round_p50s).enumerate() {
                 eprintln!("    round {round:>2}: p50 mosquitto {m:>5} µs  midge {o:>5} µs");
@@ -414,7 +430,7 @@ async fn main() -> anyhow::Result<()> {
             for (quantile, pick) in [("p50", 0usize), ("p99", 1)] {
                 let value = |l: &latency::Latency| if pick == 0 { l.p50_us } else { l.p99_us } as f64;
                 rows.push(Row {
-                    scenario: format!("latency {label} {quantile} (1 → 1, {LATENCY_RATE} msg/s, interleaved)"),
+                    scenario: format!("latency {label} {quantile} (1 → 1, {} msg/s, interleaved)", rate_label(rate)),
                     unit: "µs",
                     mosquitto: value(theirs),
                     midge: value(ours),
