@@ -194,6 +194,10 @@ impl Dormitory {
                         for key in news.woken.drain(..) {
                             ward.look(key);
                         }
+                        // A storm of arrivals leaves these long; kept long, they would cost each
+                        // session that outlives its connection a share of them.
+                        news.arrivals.shrink_to(NEWS_KEPT);
+                        news.woken.shrink_to(NEWS_KEPT);
                     }
                     _ = &mut alarm, if armed.is_some() => {
                         ward.ring(Instant::now());
@@ -305,6 +309,13 @@ struct Bed {
 
 const NO_ALARM: u64 = u64::MAX;
 
+/// How many entries the ward's news lists keep room for once handled.
+const NEWS_KEPT: usize = 64;
+
+/// A slab with room for more beds than this is let go of once it is empty (a slab cannot shrink
+/// while any bed is taken, since wakers name beds by their place).
+const BEDS_KEPT: usize = 1024;
+
 impl Ward {
     fn new(shared: Arc<Shared>, tracker: TaskTracker, registry: mio::Registry) -> Ward {
         let epoch = Instant::now();
@@ -382,6 +393,10 @@ impl Ward {
             return;
         }
         let bed = self.beds.remove(key.index as usize);
+        if self.beds.is_empty() && self.beds.capacity() > BEDS_KEPT {
+            // Stale wakers still name places in the old slab; the generation tells them apart.
+            self.beds = Slab::new();
+        }
         self.unwatch(&bed);
         if let Some(list) = self.alarms.get_mut(&bed.alarm_tick) {
             if let Some(at) = list.iter().position(|k| *k == key) {
@@ -539,6 +554,32 @@ mod tests {
             assert_eq!(woken.try_recv(), Ok("chatty"));
             assert!(ward.alarms.is_empty() && ward.beds.is_empty(), "round {round}");
         }
+    }
+
+    /// A storm of sleepers that all leave gives its slab back: a kept session must not pay for the
+    /// beds its connection once rested in.
+    #[tokio::test]
+    async fn an_emptied_ward_lets_its_beds_go() {
+        let dormitory = Dormitory::new(Duration::from_secs(1));
+        let mut ward = Ward::new(dormitory.shared.clone(), TaskTracker::new(), registry());
+        let (woke, mut woken) = mpsc::unbounded_channel();
+        let mut keys = Vec::new();
+        for _ in 0..3 * BEDS_KEPT {
+            let work = Arc::new((AtomicBool::new(false), Mutex::new(None)));
+            ward.admit(Box::new(Fake { name: "storm", work, alarm: None, woke: woke.clone(), socket: None }));
+            keys.push(Key { index: keys.len() as u32, generation: ward.generation });
+        }
+        assert!(ward.beds.capacity() >= 3 * BEDS_KEPT);
+        let last = keys.pop().unwrap();
+        for key in keys {
+            ward.wake(key);
+        }
+        assert!(ward.beds.capacity() >= 3 * BEDS_KEPT, "one still rests: its place is kept");
+        ward.wake(last);
+        assert_eq!(ward.beds.capacity(), 0, "empty, the slab is let go of");
+        assert_eq!(std::iter::from_fn(|| woken.try_recv().ok()).count(), 3 * BEDS_KEPT);
+        ward.wake(last);
+        assert!(woken.try_recv().is_err(), "a stale key wakes nobody");
     }
 
     /// A sleeper's socket, watched by the ward: its data wakes it, as does its peer's end, and one

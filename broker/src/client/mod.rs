@@ -906,8 +906,8 @@ impl ClientConnection {
     }
 
     /// Lets other tasks write lone messages straight to its socket while it waits (see `outbox.rs`):
-    /// only over plain TCP, and not for the hidden connection (written by other tasks, direct
-    /// deliveries are counted there, and its are not counted).
+    /// only over plain TCP, and not for the hidden connection, whose deliveries count nowhere (a
+    /// direct delivery is counted by the task that writes it).
     fn allow_direct_writes(&self) {
         // A client with a maximum packet size has each delivery measured first, and one with topic
         // aliases has each given its alias, by its own task.
