@@ -11,8 +11,8 @@
 //!
 //! A sleeper's socket may leave tokio's reactor too ([`Sleeper::socket`]), whose entry for it is 256
 //! bytes. The ward then watches it in an epoll of its own, the *watch*: a kernel entry per socket, and
-//! one entry in the reactor for the watch itself, readable whenever one of its sockets is. Leaving
-//! and rejoining the reactor costs a wake-up four `epoll_ctl` calls.
+//! one entry in the reactor for the watch itself, readable whenever one of its sockets is. A rest
+//! then costs four `epoll_ctl` calls: off the reactor, into the watch, out of it, back on.
 
 use std::collections::BTreeMap;
 use std::future::Future;
