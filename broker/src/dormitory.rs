@@ -7,7 +7,7 @@
 //! its task ends. One task, the ward, keeps every such [`Sleeper`] in a slab with a waker of its own,
 //! which the sleeper registers wherever its work comes from (its socket, its outbox); when one fires,
 //! or the sleeper's alarm (its keep-alive's deadline) comes, the ward gives it a task again. A
-//! sleeper costs its own state and ~100 bytes here; a wake-up costs one task spawned.
+//! sleeper costs its own state and ~80 bytes here; a wake-up costs one task spawned.
 //!
 //! A sleeper's socket may leave tokio's reactor too ([`Sleeper::socket`]), whose entry for it is 256
 //! bytes. The ward then watches it in an epoll of its own, the *watch*: a kernel entry per socket, and
