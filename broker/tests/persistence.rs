@@ -99,6 +99,32 @@ async fn retained_messages_survive_a_restart() {
     broker.stop().await;
 }
 
+/// A read that brings many messages to keep has all their acknowledgements held for the store at once,
+/// more bytes than a drained write buffer is kept at: every one goes once the store has them. (A
+/// buffer past 1 KB holding only held bytes was once let go of at the next write: the publisher got
+/// none of its PUBACKs, and a subscriber none of the PUBRELs and deliveries behind them.)
+#[tokio::test]
+async fn a_pipelined_burst_is_acknowledged_in_full_once_kept() {
+    const BURST: u16 = 1000;
+    let dir = tempdir();
+    let broker = start(persistent(&dir)).await;
+    let mut publisher = Raw::connected(broker.addr, "burst").await;
+    let mut burst = bytes::BytesMut::new();
+    for pkid in 1..=BURST {
+        encode(&retained(&format!("burst/{pkid}"), b"x", QoS::AtLeastOnce, pkid), Protocol::V311, &mut burst);
+    }
+    publisher.send_bytes(&burst).await;
+    let mut acknowledged = std::collections::BTreeSet::new();
+    while acknowledged.len() < BURST as usize {
+        match publisher.recv_within(Duration::from_secs(5)).await {
+            Ok(Some(Packet::Puback(ack))) => assert!(acknowledged.insert(ack.pkid), "PUBACK {} twice", ack.pkid),
+            other => panic!("after {} PUBACKs of {BURST}: {other:?}", acknowledged.len()),
+        }
+    }
+    assert_eq!(retained_now(broker.addr, "burst/#").await.len(), BURST as usize);
+    broker.stop().await;
+}
+
 /// The binary, with the sync policy given, on `dir`; its address and the child.
 async fn spawn(dir: &Path, sync: &str) -> (tokio::process::Child, std::net::SocketAddr) {
     spawn_with(dir, sync, &[]).await

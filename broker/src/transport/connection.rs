@@ -434,9 +434,7 @@ impl PacketWriter {
             return Err(ConnectionError::Closed);
         }
         self.advance(n);
-        if self.buf.is_empty() {
-            self.release_if_large();
-        }
+        self.release_if_large();
         Ok(())
     }
 
@@ -508,9 +506,10 @@ impl PacketWriter {
     }
 
     /// A drained buffer is kept while small, so a connection trading small packets does not allocate
-    /// for each, and released when large: most connections are idle most of the time.
+    /// for each, and released when large: most connections are idle most of the time. A buffer that
+    /// still holds bytes (held for the store, or not yet taken by the socket) is kept whatever its size.
     fn release_if_large(&mut self) {
-        if self.buf.capacity() > KEEP_WRITE_BUFFER {
+        if self.buf.is_empty() && self.buf.capacity() > KEEP_WRITE_BUFFER {
             self.buf = BytesMut::new();
         }
     }
