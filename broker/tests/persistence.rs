@@ -746,6 +746,14 @@ impl CarefulSubscriber {
         if client.connack(persistent_connect(client_id)).await != Some(ConnectReturnCode::Accepted) {
             return;
         }
+        if self.serve(&mut client, client_id, quiet).await {
+            client.disconnect().await;
+        }
+    }
+
+    /// Reads on a connected client until the connection drops (`false`) or `quiet` passes without a
+    /// packet (`true`).
+    async fn serve(&mut self, client: &mut Raw, client_id: &str, quiet: Duration) -> bool {
         loop {
             match client.recv_within(quiet).await {
                 Ok(Some(Packet::Publish(p))) => {
@@ -772,11 +780,8 @@ impl CarefulSubscriber {
                 }
                 Ok(Some(Packet::Suback(_))) => {}
                 Ok(Some(other)) => panic!("{client_id} got {other:?}"),
-                Ok(None) => return,
-                Err(()) => {
-                    client.disconnect().await;
-                    return;
-                }
+                Ok(None) => return false,
+                Err(()) => return true,
             }
         }
     }
@@ -794,6 +799,60 @@ impl CarefulSubscriber {
             times.iter().filter(|(_, (c, q))| *q == QoS::ExactlyOnce && *c > 1).map(|(n, _)| *n).collect();
         assert!(twice.is_empty(), "{who}: QoS 2 messages delivered more than once: {twice:?}");
     }
+}
+
+/// A kept session's QoS 2 delivery reaches the client only once the store has it, so that a crash
+/// cannot take away what the client holds: it gets that message again under the same packet id, and no
+/// other message under it. Here the broker is killed between a QoS 2 publish and the commit that
+/// keeps it; after the restart the publisher (never acknowledged) sends it again, and a new message is
+/// kept under the number the lost one had. The subscriber, careful as the protocol asks (a PUBLISH
+/// under an id awaiting PUBREL is the same message), gets each exactly once. (Sent before the commit,
+/// the first went out and was lost with the crash; the second then came under its packet id and was
+/// taken for its duplicate.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_delivery_is_sent_only_once_kept_so_a_crash_cannot_reuse_its_packet_id() {
+    let dir = tempdir();
+    let qos2 = |n: u32, pkid: u16, dup: bool| {
+        let Packet::Publish(p) = publish("q2/n", n.to_string().as_bytes(), QoS::ExactlyOnce, pkid) else {
+            unreachable!()
+        };
+        Packet::Publish(Publish { dup, ..p })
+    };
+    let (mut child, addr) = spawn(&dir, "interval").await;
+    let (mut subscriber, _) = Raw::connect(addr, persistent_connect("careful-sub")).await;
+    subscriber.subscribe(1, &[("q2/#", QoS::ExactlyOnce)]).await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    // Commits 2 s apart: the kill comes between the publish and the commit that would keep it.
+    let slow = ["--sync-interval-ms", "2000"];
+    let mut careful = CarefulSubscriber::default();
+    for (round, (n, sync)) in [(1, &slow[..]), (2, &[][..])].into_iter().enumerate() {
+        let (mut child, addr) = spawn_with(&dir, "interval", sync).await;
+        let (mut subscriber, present) = Raw::connect(addr, persistent_connect("careful-sub")).await;
+        assert!(present, "round {round}: the session was kept");
+        let mut publisher = Raw::connected(addr, "qos2-pub").await;
+        publisher.send(&qos2(n, n as u16, false)).await;
+        if round == 0 {
+            careful.serve(&mut subscriber, "careful-sub", Duration::from_millis(300)).await;
+            child.start_kill().unwrap();
+            child.wait().await.unwrap();
+            continue;
+        }
+        // The publisher completes the new message, then sends again the one the crash took.
+        for (pkid, resend) in [(n as u16, None), (1, Some(qos2(1, 1, true)))] {
+            if let Some(resend) = resend {
+                publisher.send(&resend).await;
+            }
+            assert!(matches!(publisher.recv().await, Some(Packet::Pubrec(a)) if a.pkid == pkid));
+            publisher.send(&Packet::Pubrel(Ack::new(pkid))).await;
+            assert!(matches!(publisher.recv().await, Some(Packet::Pubcomp(a)) if a.pkid == pkid));
+        }
+        careful.serve(&mut subscriber, "careful-sub", Duration::from_millis(1000)).await;
+        child.start_kill().unwrap();
+    }
+    careful.check("careful-sub", &[1, 2]);
+    assert!(careful.awaiting_rel.is_empty(), "PUBRELs never came for {:?}", careful.awaiting_rel);
 }
 
 /// The test: the real binary SIGKILLed twenty times at random moments while 10k QoS 1 and 10k

@@ -696,7 +696,24 @@ impl ClientConnection {
             }
             return;
         }
+        self.hold_until_kept(&publish);
         self.send(&Packet::Publish(publish));
+    }
+
+    /// A kept session's QoS 2 delivery leaves once the store has it. Should the broker crash, it then
+    /// knows the packet id is in use at the client: it sends the message again under that id, which
+    /// the client recognises, and sends no other message under it. Sent before, the message could be
+    /// lost with the crash while the client still held its id, and whatever the store numbered the
+    /// same afterwards would reach the client as its duplicate, to be dropped.
+    fn hold_until_kept(&mut self, publish: &Publish) {
+        if publish.qos != QoS::ExactlyOnce {
+            return;
+        }
+        let (Some(journal), Some(durable)) = (&self.ctx.journal, &self.ctx.durable) else { return };
+        let id = self.session.kept_id(publish.pkid);
+        if id != 0 && journal.waits() && durable.now() < id {
+            self.writer.hold_from(self.writer.queued(), id);
+        }
     }
 
     /// Sends a topic the client has an alias for as the alias alone, and sets up aliases while there is

@@ -343,6 +343,11 @@ impl Journal {
         (id, wait)
     }
 
+    /// Whether what a change causes waits for it to be on disk (every policy but `sync = none`).
+    pub fn waits(&self) -> bool {
+        self.waits
+    }
+
     /// The kept deliveries `ids` are done with: acknowledged, dropped or expired.
     pub fn forget(&self, ids: Vec<u64>) {
         if !ids.is_empty() {
@@ -373,6 +378,11 @@ impl Durable {
         } else {
             Err(NotDurable)
         }
+    }
+
+    /// How far the store is on disk now.
+    pub fn now(&self) -> u64 {
+        self.progress.borrow().seq
     }
 
     /// Whether the store has failed (a full disk, an I/O error): nothing more will be kept until the

@@ -331,12 +331,19 @@ impl PacketWriter {
     }
 
     /// Holds the bytes queued from `from` on (and everything queued after them) until the store is
-    /// durable up to `seq`.
+    /// durable up to `seq`. Holds stay in order of `from` and of `seq`, so that each releases the
+    /// bytes up to the next.
     pub fn hold_from(&mut self, from: usize, seq: u64) {
         let from = from.min(self.buf.len());
-        match self.holds.last_mut() {
-            // A later hold begins no earlier and waits no less: the two are one.
-            Some(last) if last.from <= from => last.seq = last.seq.max(seq),
+        let mut seq = seq;
+        // Holds beginning at `from` or later are within this one, which waits for the most of them.
+        while let Some(last) = self.holds.last().filter(|last| last.from >= from) {
+            seq = seq.max(last.seq);
+            self.holds.pop();
+        }
+        match self.holds.last() {
+            // An earlier hold that waits no less holds these bytes already.
+            Some(last) if last.seq >= seq => {}
             _ => self.holds.push(Hold { from, seq }),
         }
     }
@@ -578,5 +585,55 @@ impl SocketHandle {
             DIRECT_BUFFER.set(Some(buf));
         }
         written
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// What the peer has been sent so far.
+    async fn received(peer: &mut tokio::io::DuplexStream, sent: &mut Vec<u8>) -> String {
+        let mut chunk = [0u8; 64];
+        while let Ok(Ok(n)) = tokio::time::timeout(std::time::Duration::from_millis(20), peer.read(&mut chunk)).await {
+            sent.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(sent.clone()).unwrap()
+    }
+
+    /// However holds are taken, each release lets out exactly the bytes whose store changes are on
+    /// disk: a hold beginning before an earlier one (acknowledgements of a read, behind which a held
+    /// delivery was queued) takes it in, and one beginning after another that waits no less adds
+    /// nothing. Nothing held is let go of with the buffer, however large it grows.
+    #[tokio::test]
+    async fn holds_release_in_order_and_keep_their_bytes() {
+        let (ours, mut peer) = tokio::io::duplex(1 << 16);
+        let (_reader, mut writer) = split(Stream::Other(Box::new(ours)), 1 << 20, None);
+        let mut sent = Vec::new();
+        writer.queue_raw(b"free ");
+        let start = writer.queued();
+        writer.queue_raw(b"ack ");
+        writer.hold_from(writer.queued(), 7);
+        writer.queue_raw(b"delivery ");
+        // The read's acknowledgements are held from where the read began, for less than the delivery.
+        writer.hold_from(start, 5);
+        writer.hold_from(writer.queued(), 6);
+        writer.queue_raw(b"later ");
+        writer.hold_from(writer.queued(), 9);
+        writer.queue_raw(&[b'x'; 4000]);
+        writer.try_flush().unwrap();
+        assert_eq!(received(&mut peer, &mut sent).await, "free ");
+        writer.release(6);
+        writer.try_flush().unwrap();
+        assert_eq!(received(&mut peer, &mut sent).await, "free ", "all of it waits for 7 now");
+        writer.release(8);
+        writer.try_flush().unwrap();
+        assert_eq!(received(&mut peer, &mut sent).await, "free ack delivery later ");
+        writer.release(9);
+        writer.flush().await.unwrap();
+        assert_eq!(received(&mut peer, &mut sent).await.len(), "free ack delivery later ".len() + 4000);
+        assert_eq!(writer.pending(), 0);
     }
 }
