@@ -166,10 +166,11 @@ fn routing_benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("routing");
     group.throughput(Throughput::Elements(1000));
     let mut batch = thin_vec::ThinVec::with_capacity(1);
+    let publisher: midge_broker::session::ClientId = "publisher".into();
     group.bench_function("one QoS 0 publish to 1k connections (route + take)", |b| {
         b.iter(|| {
             batch.push(message.clone());
-            black_box(router.publish_batch(&mut batch));
+            black_box(router.publish_batch(&mut batch, &publisher));
             for receiver in &receivers {
                 black_box(receiver.take_all());
             }

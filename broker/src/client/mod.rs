@@ -779,10 +779,14 @@ impl ClientConnection {
     /// Records a change to this client's kept session, if the store keeps it; this read's replies
     /// wait for it.
     fn record_kept(&mut self, change: impl FnOnce(ClientId) -> Change) {
-        let kept = self.session.persistent() && !self.hidden();
-        if let (true, Some(journal)) = (kept, &self.ctx.journal) {
+        if let (true, Some(journal)) = (self.keeps_session(), &self.ctx.journal) {
             self.durable = self.durable.max(journal.record(change(self.info.client_id.clone())));
         }
+    }
+
+    /// Whether the store keeps this client's session.
+    fn keeps_session(&self) -> bool {
+        self.ctx.journal.is_some() && self.session.persistent() && !self.hidden()
     }
 
     /// Hands the management principal's control requests to the control service.
@@ -808,7 +812,7 @@ impl ClientConnection {
         if self.publishes.is_empty() {
             return Handoff::Nothing;
         }
-        let fanout = self.ctx.router.publish_batch(&mut self.publishes);
+        let fanout = self.ctx.router.publish_batch(&mut self.publishes, &self.info.client_id);
         self.durable = self.durable.max(fanout.durable);
         match fanout {
             Fanout { congested: Some(subscriber), .. } => Handoff::Room(subscriber),
@@ -934,6 +938,7 @@ impl ClientConnection {
         // 3.1.1 acknowledges a refused message as any other; 5.0 says why (and a refused QoS 2 flow
         // ends at its PUBREC).
         let reason = refused.unwrap_or(ReasonCode::Success);
+        let mut kept_flow = None;
         let route = match publish.qos {
             QoS::AtMostOnce => refused.is_none(),
             QoS::AtLeastOnce => {
@@ -946,13 +951,15 @@ impl ClientConnection {
             }
             QoS::ExactlyOnce => match self.session.incoming_qos2(pkid) {
                 Some(is_new) => {
-                    if is_new {
-                        // Recorded before the message is routed, so a store that has its deliveries
-                        // knows the id too, and a PUBLISH sent again after a restart is not routed twice.
+                    let route = is_new && refused.is_none();
+                    // A kept session's packet id is kept with the message's deliveries, by the router
+                    // (see `publish_batch`); that of a message routed nowhere, here.
+                    kept_flow = route.then_some(pkid).filter(|_| self.keeps_session());
+                    if is_new && !route {
                         self.record_kept(|client_id| Change::AwaitingRel { client_id, pkid });
                     }
                     self.send(&Packet::Pubrec(Ack::new(pkid)));
-                    is_new && refused.is_none()
+                    route
                 }
                 None if self.v5.is_some() => {
                     // More than the receive maximum in its CONNACK allowed.
@@ -969,7 +976,9 @@ impl ClientConnection {
             },
         };
         if route {
-            self.publishes.push(Arc::new(Message::published(publish, self.conn_id)));
+            let mut message = Message::published(publish, self.conn_id);
+            message.kept_flow = kept_flow.unwrap_or(0);
+            self.publishes.push(Arc::new(message));
         }
         Ok(())
     }

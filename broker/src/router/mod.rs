@@ -35,7 +35,7 @@ pub use tables::{ClientMeta, ConnectOutcome, Fanout, Wiring};
 
 use crate::protocol::{QoS, ReasonCode, SubscriptionOptions};
 use crate::session::{ClientId, Handover, Message, Session, SessionLimits};
-use crate::store::SessionRecord;
+use crate::store::{Change, SessionRecord};
 use tables::Router;
 
 /// The router's way to the other nodes of a cluster (`cluster/` implements it). It is called under the
@@ -99,13 +99,23 @@ impl RouterHandle {
     /// what they did, for the publisher to act on (see `docs/architecture.md`, the message path).
     /// Routing stops after a delivery that finds its connection congested (`Fanout::congested`), with
     /// the rest left in `messages` for after the publisher has waited for room.
-    pub fn publish_batch(&self, messages: &mut thin_vec::ThinVec<Arc<Message>>) -> Fanout {
+    pub fn publish_batch(&self, messages: &mut thin_vec::ThinVec<Arc<Message>>, publisher: &ClientId) -> Fanout {
         let mut fanout = Fanout::default();
         let mut router = lock(&self.router);
         let lone = messages.len() == 1;
         let mut routed = 0;
         for message in messages.iter() {
-            router.publish(message, lone, &mut fanout);
+            match (message.kept_flow, router.shared.journal.clone()) {
+                (pkid @ 1.., Some(journal)) => journal.together(|| {
+                    // The packet id and the deliveries are kept together: a store with the id and without
+                    // the deliveries would acknowledge a PUBLISH sent again after a crash and route it
+                    // nowhere; one with the deliveries and without the id would route it twice.
+                    let awaiting = Change::AwaitingRel { client_id: publisher.clone(), pkid };
+                    fanout.durable = fanout.durable.max(journal.record(awaiting));
+                    router.publish(message, lone, &mut fanout);
+                }),
+                _ => router.publish(message, lone, &mut fanout),
+            }
             routed += 1;
             if fanout.congested.is_some() {
                 break;

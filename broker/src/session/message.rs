@@ -26,12 +26,15 @@ pub struct Message {
     /// The connection that published it (its id, unique for the broker's life); 0 for the broker's
     /// own messages (`$SYS`, control replies, publishes through the API).
     pub origin: u64,
+    /// The packet id of the QoS 2 flow it came in on, when the store keeps the publisher's session (0
+    /// otherwise): the store keeps that id with the message's deliveries, in one commit.
+    pub kept_flow: u16,
 }
 
 impl Message {
     /// One of the broker's own messages.
     pub fn new(topic: Bytes, payload: Bytes, qos: QoS, retain: bool) -> Message {
-        Message { topic, payload, qos, retain, properties: None, expires_at: None, origin: 0 }
+        Message { topic, payload, qos, retain, properties: None, expires_at: None, origin: 0, kept_flow: 0 }
     }
 
     /// What a client published, as the connection `origin` read it.
@@ -61,7 +64,7 @@ impl Message {
             .as_ref()
             .and_then(|p| p.message_expiry_interval)
             .map(|secs| Instant::now() + Duration::from_secs(secs.into()));
-        Message { topic, payload, qos, retain, properties, expires_at, origin }
+        Message { topic, payload, qos, retain, properties, expires_at, origin, kept_flow: 0 }
     }
 
     /// The same message, as delivered through subscriptions with these identifiers (MQTT 5: each
@@ -80,6 +83,7 @@ impl Message {
             properties: Some(Arc::new(properties)),
             expires_at: self.expires_at,
             origin: self.origin,
+            kept_flow: 0,
         })
     }
 

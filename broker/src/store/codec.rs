@@ -88,7 +88,10 @@ fn get_message(bytes: &[u8]) -> Result<Option<(Arc<Message>, bool)>, String> {
         },
     };
     let Publish { topic, payload, qos, retain, properties, .. } = publish;
-    Ok(Some((Arc::new(Message { topic, payload, qos, retain, properties, expires_at, origin: 0 }), retain)))
+    Ok(Some((
+        Arc::new(Message { topic, payload, qos, retain, properties, expires_at, origin: 0, kept_flow: 0 }),
+        retain,
+    )))
 }
 
 /// A retained message written by `encode_retained`, whatever its topic, or `None` if it expired.

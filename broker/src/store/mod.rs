@@ -166,6 +166,9 @@ enum Entry {
     Change(u64, Change),
     /// Commit and sync everything before this, then answer.
     Flush(oneshot::Sender<()>),
+    /// What comes until the matching `End` is committed in one batch (see [`Journal::together`]).
+    Begin,
+    End,
 }
 
 /// What the store held when the broker started.
@@ -332,6 +335,26 @@ impl Journal {
         }
     }
 
+    /// Runs `f`, whose records the writer then commits in one batch: all of them, or none should the
+    /// broker crash. Records of other tasks made meanwhile join the batch; `f` must not wait.
+    pub fn together<T>(&self, f: impl FnOnce() -> T) -> T {
+        /// Ends the group however `f` ends, so that the writer never waits for an end that never comes.
+        struct End<'a>(&'a Journal);
+        impl Drop for End<'_> {
+            fn drop(&mut self) {
+                self.0.send(Entry::End);
+            }
+        }
+        self.send(Entry::Begin);
+        let _end = End(self);
+        f()
+    }
+
+    fn send(&self, entry: Entry) {
+        let numbering = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = numbering.sender.send(entry);
+    }
+
     /// Keeps `delivery` for the session of `client_id`: its number (the key it is kept under, and
     /// what an acknowledgement of the publish that caused it waits for).
     pub fn record_delivery(&self, client_id: &ClientId, delivery: &Delivery) -> (u64, u64) {
@@ -405,5 +428,47 @@ impl Store {
         sent.map_err(|_| NotDurable)?;
         flushed.await.map_err(|_| NotDurable)?;
         self.durable.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What is recorded together is committed together: the durable mark does not pass the first record
+    /// of a group while the group is open, though the writer is idle and would commit it at once, and
+    /// a record another task makes meanwhile goes in the same commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_made_together_are_committed_together() {
+        let dir = std::env::temp_dir().join(format!("midge-together-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = StoreConfig { dir: dir.clone(), sync: SyncPolicy::EveryMessage, interval: Duration::ZERO };
+        let (store, _) = Store::open(&config).unwrap();
+        let (journal, durable) = (store.journal(), store.durable());
+        let awaiting = |pkid| Change::AwaitingRel { client_id: "publisher".into(), pkid };
+        let before = journal.record(awaiting(1));
+        durable.reached(before).await.unwrap();
+
+        let (first_tx, first) = std::sync::mpsc::channel();
+        let grouped = journal.clone();
+        let group = std::thread::spawn(move || {
+            grouped.together(|| {
+                first_tx.send(grouped.record(awaiting(2))).unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+                grouped.record(awaiting(3))
+            })
+        });
+        let first = first.recv().unwrap();
+        let other = journal.record(awaiting(4));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(durable.now() < first, "committed {} of a group still open (from {first})", durable.now());
+        let last = group.join().unwrap();
+        assert!(other > first && last > other);
+        assert_eq!(
+            durable.reached(last).await.unwrap(),
+            last,
+            "the group, with the record made meanwhile, in one commit"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -62,6 +62,8 @@ impl Writer {
             }
             let mut changes = Vec::new();
             let mut flushes = Vec::new();
+            // Groups begun and not yet ended (see `Journal::together`): the batch goes on until none is.
+            let mut open = 0usize;
             let mut next = Some(first);
             while let Some(entry) = next {
                 match entry {
@@ -70,8 +72,15 @@ impl Writer {
                         state.written = seq;
                     }
                     Entry::Flush(done) => flushes.push(done),
+                    Entry::Begin => open += 1,
+                    Entry::End => open = open.saturating_sub(1),
                 }
-                next = if changes.len() < MAX_BATCH { entries.try_recv().ok() } else { None };
+                next = match open {
+                    // The rest of a group is on its way: it was recorded by a task that does not wait.
+                    1.. => entries.recv().await,
+                    0 if changes.len() < MAX_BATCH => entries.try_recv().ok(),
+                    0 => None,
+                };
             }
             let durable = sync != SyncPolicy::None || !flushes.is_empty();
             cancel_out(&mut changes);
