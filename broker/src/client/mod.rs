@@ -518,16 +518,10 @@ impl ClientConnection {
     }
 
     /// Whether the connection may wait in the dormitory: everything read is handled, nothing waits to be
-    /// written, and only its socket, its outbox or its keep-alive can give it work. Nor may one rest
-    /// with deliveries in flight or queued in its session: resting with them, a resuming client's
-    /// deliveries stalled until its keep-alive now and then (the persistence test's twenty kills, one
-    /// run in five under load), for a cause not yet found; such a connection expects acknowledgements
-    /// soon anyway.
+    /// written, and only its socket, its outbox or its keep-alive can give it work.
     fn may_rest(&mut self) -> bool {
         self.reader.waits_on_socket()
             && self.writer.pending() == 0
-            && self.session.inflight_len() == 0
-            && self.session.mqueue_len() == 0
             && self.publishes.is_empty()
             && self.control_jobs.is_empty()
             && self.batch.is_empty()
