@@ -105,16 +105,18 @@ impl RouterHandle {
         let lone = messages.len() == 1;
         let mut routed = 0;
         for message in messages.iter() {
-            match (message.kept_flow, router.shared.journal.clone()) {
-                (pkid @ 1.., Some(journal)) => journal.together(|| {
+            // Only a kept QoS 2 flow needs the journal here (`kept_flow` is 0 otherwise).
+            let journal = (message.kept_flow != 0).then(|| router.shared.journal.clone()).flatten();
+            match journal {
+                Some(journal) => journal.together(|| {
                     // The packet id and the deliveries are kept together: a store with the id and without
                     // the deliveries would acknowledge a PUBLISH sent again after a crash and route it
                     // nowhere; one with the deliveries and without the id would route it twice.
-                    let awaiting = Change::AwaitingRel { client_id: publisher.clone(), pkid };
+                    let awaiting = Change::AwaitingRel { client_id: publisher.clone(), pkid: message.kept_flow };
                     fanout.durable = fanout.durable.max(journal.record(awaiting));
                     router.publish(message, lone, &mut fanout);
                 }),
-                _ => router.publish(message, lone, &mut fanout),
+                None => router.publish(message, lone, &mut fanout),
             }
             routed += 1;
             if fanout.congested.is_some() {
