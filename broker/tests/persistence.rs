@@ -812,15 +812,10 @@ impl CarefulSubscriber {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qos2_delivery_is_sent_only_once_kept_so_a_crash_cannot_reuse_its_packet_id() {
     let dir = tempdir();
-    let qos2 = |n: u32, pkid: u16, dup: bool| {
-        let Packet::Publish(p) = publish("q2/n", n.to_string().as_bytes(), QoS::ExactlyOnce, pkid) else {
-            unreachable!()
-        };
-        Packet::Publish(Publish { dup, ..p })
-    };
+    let qos2 = |n: u32, pkid: u16, dup: bool| CarefulPublisher::message(n, QoS::ExactlyOnce, pkid, dup);
     let (mut child, addr) = spawn(&dir, "interval").await;
     let (mut subscriber, _) = Raw::connect(addr, persistent_connect("careful-sub")).await;
-    subscriber.subscribe(1, &[("q2/#", QoS::ExactlyOnce)]).await;
+    subscriber.subscribe(1, &[("k/#", QoS::ExactlyOnce)]).await;
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 

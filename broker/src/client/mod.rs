@@ -932,7 +932,7 @@ impl ClientConnection {
         // 3.1.1 acknowledges a refused message as any other; 5.0 says why (and a refused QoS 2 flow
         // ends at its PUBREC).
         let reason = refused.unwrap_or(ReasonCode::Success);
-        let mut kept_flow = None;
+        let mut kept_flow = 0;
         let route = match publish.qos {
             QoS::AtMostOnce => refused.is_none(),
             QoS::AtLeastOnce => {
@@ -948,8 +948,9 @@ impl ClientConnection {
                     let route = is_new && refused.is_none();
                     // A kept session's packet id is kept with the message's deliveries, by the router
                     // (see `publish_batch`); that of a message routed nowhere, here.
-                    kept_flow = route.then_some(pkid).filter(|_| self.keeps_session());
-                    if is_new && !route {
+                    if route && self.keeps_session() {
+                        kept_flow = pkid;
+                    } else if is_new {
                         self.record_kept(|client_id| Change::AwaitingRel { client_id, pkid });
                     }
                     self.send(&Packet::Pubrec(Ack::new(pkid)));
@@ -971,7 +972,7 @@ impl ClientConnection {
         };
         if route {
             let mut message = Message::published(publish, self.conn_id);
-            message.kept_flow = kept_flow.unwrap_or(0);
+            message.kept_flow = kept_flow;
             self.publishes.push(Arc::new(message));
         }
         Ok(())

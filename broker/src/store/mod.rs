@@ -342,17 +342,18 @@ impl Journal {
         struct End<'a>(&'a Journal);
         impl Drop for End<'_> {
             fn drop(&mut self) {
-                self.0.send(Entry::End);
+                let _ = self.0.send(Entry::End);
             }
         }
-        self.send(Entry::Begin);
+        let _ = self.send(Entry::Begin);
         let _end = End(self);
         f()
     }
 
-    fn send(&self, entry: Entry) {
+    /// Hands the writer an entry without a number; `false` if the writer is gone.
+    fn send(&self, entry: Entry) -> bool {
         let numbering = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = numbering.sender.send(entry);
+        numbering.sender.send(entry).is_ok()
     }
 
     /// Keeps `delivery` for the session of `client_id`: its number (the key it is kept under, and
@@ -424,8 +425,9 @@ impl Store {
     /// Commits and syncs everything recorded, whatever the policy (at shutdown).
     pub async fn flush(&self) -> Result<(), NotDurable> {
         let (done, flushed) = oneshot::channel();
-        let sent = self.journal.inner.lock().unwrap_or_else(|e| e.into_inner()).sender.send(Entry::Flush(done));
-        sent.map_err(|_| NotDurable)?;
+        if !self.journal.send(Entry::Flush(done)) {
+            return Err(NotDurable);
+        }
         flushed.await.map_err(|_| NotDurable)?;
         self.durable.flush().await
     }
