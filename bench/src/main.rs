@@ -59,7 +59,7 @@ struct Cli {
     /// Persistent sessions for the restart scenario, each with 100 messages queued.
     #[arg(long, default_value_t = 10_000)]
     restart_sessions: usize,
-    /// Only these scenarios (fanin0, fanin1, fanout0, fanin1-persistent, restart, sessions, latency, wake, idle, overload, flood, tls,
+    /// Only these scenarios (fanin0, fanin1, fanin2, fanout0, fanin1-persistent, fanin2-persistent, restart, sessions, latency, wake, idle, overload, flood, tls,
     /// ws, wss, api, cluster, and fanin0-v5, fanin1-v5, fanout0-v5, or mqtt5 for those three); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -349,6 +349,7 @@ async fn main() -> anyhow::Result<()> {
     let throughput = [
         ("fanin0", "fan-in QoS 0 (10 → 1, wildcard)", fan_in(QoS::AtMostOnce), 40_000.0),
         ("fanin1", "fan-in QoS 1 (10 → 1, wildcard)", fan_in(QoS::AtLeastOnce), 10_000.0),
+        ("fanin2", "fan-in QoS 2 (10 → 1, wildcard)", fan_in(QoS::ExactlyOnce), 10_000.0),
         ("fanout0", "fan-out QoS 0 (1 → 100)", fan_out, 300.0),
         // The same with MQTT 5 clients on both brokers.
         ("fanin0-v5", "MQTT 5 fan-in QoS 0 (10 → 1, wildcard)", fan_in(QoS::AtMostOnce), 40_000.0),
@@ -441,21 +442,30 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    if wanted("fanin1-persistent") {
-        // A persistent subscriber, on brokers that persist: Mosquitto with its persistence, Midge with
-        // its store (default sync: PUBACKs wait for the next commit); Midge without a store beside.
+    // A persistent subscriber, on brokers that persist: Mosquitto with its persistence, Midge with its
+    // store (default sync: acknowledgements wait for the next commit); Midge without a store beside.
+    let persistent_loads = [
+        ("fanin1-persistent", QoS::AtLeastOnce, 10_000.0),
+        // A QoS 2 message to a kept session waits for two commits (README, "Persistence").
+        ("fanin2-persistent", QoS::ExactlyOnce, 500.0),
+    ];
+    for (key, qos, start) in persistent_loads {
+        if !wanted(key) {
+            continue;
+        }
+        let qos_label = qos as u8;
         let store = std::env::temp_dir().join(format!("midge-bench-store-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&store);
         let persisting =
             [start_mosquitto(&cli.mosquitto, &certs, true)?, start_midge(&cli.midge, &certs, Some(&store))?];
-        let load = Load { persistent: true, ..fan_in(QoS::AtLeastOnce) };
+        let load = Load { persistent: true, ..fan_in(qos) };
         let mut results = Vec::new();
         for broker in &persisting {
-            eprintln!("fan-in QoS 1 to a persistent subscriber on {} (persisting)", broker.name);
-            results.push(find_max(&broker.target(), load, 10_000.0, budget).await?);
+            eprintln!("fan-in QoS {qos_label} to a persistent subscriber on {} (persisting)", broker.name);
+            results.push(find_max(&broker.target(), load, start, budget).await?);
         }
-        eprintln!("fan-in QoS 1 to a persistent subscriber on midge (in memory)");
-        let in_memory = find_max(&midge.target(), load, 10_000.0, budget).await?;
+        eprintln!("fan-in QoS {qos_label} to a persistent subscriber on midge (in memory)");
+        let in_memory = find_max(&midge.target(), load, start, budget).await?;
         let note = format!(
             "{}; Midge in memory {:.0}/s, so persistence costs {:.0} %",
             step_notes(&results, &[&persisting[0], &persisting[1]]),
@@ -463,7 +473,7 @@ async fn main() -> anyhow::Result<()> {
             100.0 * (1.0 - rate_of(&results[1]) / rate_of(&in_memory))
         );
         rows.push(Row {
-            scenario: "fan-in QoS 1 to a persistent subscriber, both persisting (10 → 1)".into(),
+            scenario: format!("fan-in QoS {qos_label} to a persistent subscriber, both persisting (10 → 1)"),
             unit: "deliveries/s",
             mosquitto: rate_of(&results[0]),
             midge: rate_of(&results[1]),

@@ -1,14 +1,18 @@
 //! The scenarios. Each builds its connections fresh, paces its publishers, and measures delivery and
 //! latency at the subscribers; the throughput scenarios step the rate up until a step fails.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use midge_broker::protocol::{Ack, Packet, Protocol, Publish, QoS};
 use tokio::io::AsyncReadExt;
 
-use crate::mqtt::{drain_in_background, histogram, probe, read_ready, sent_at, Conn, Endpoint};
+use crate::mqtt::{
+    drain_in_background, histogram, probe, read_ready, read_ready_into, sent_at, Conn, Endpoint, Reader, Writer,
+};
 use crate::proc;
 
 /// What one run at one rate gave.
@@ -77,10 +81,13 @@ async fn subscribe_loop(mut conn: Conn, epoch: Instant, deadline: tokio::time::I
                 Ok(Some(Packet::Publish(p))) => {
                     count += 1;
                     record(&mut hist, epoch, &p);
-                    if p.qos == QoS::AtLeastOnce {
-                        conn.queue(&Packet::Puback(Ack::new(p.pkid)));
+                    match p.qos {
+                        QoS::AtMostOnce => {}
+                        QoS::AtLeastOnce => conn.queue(&Packet::Puback(Ack::new(p.pkid))),
+                        QoS::ExactlyOnce => conn.queue(&Packet::Pubrec(Ack::new(p.pkid))),
                     }
                 }
+                Ok(Some(Packet::Pubrel(rel))) => conn.queue(&Packet::Pubcomp(Ack::new(rel.pkid))),
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(_) => return (count, hist),
@@ -106,44 +113,132 @@ fn record(hist: &mut Histogram<u64>, epoch: Instant, p: &Publish) {
     }
 }
 
-/// Publishes on every connection at `rate_each` messages/s for `duration`, all from this one task.
-/// The acknowledgements (QoS 1) are read and dropped by the same task at each tick: a reader task per
-/// connection would be woken for every PUBACK the broker writes, thousands of task switches a second
-/// in the generator that compete with the broker for the machine's two cores. Once the publishing
-/// ends, the readers drain in the background until the broker closes.
-async fn publish_loop(conns: Vec<(Conn, String)>, rate_each: f64, qos: QoS, epoch: Instant, duration: Duration) -> u64 {
-    let mut publishers = Vec::new();
-    let mut level = Protocol::V311;
-    for (conn, topic) in conns {
-        let Conn { reader, writer, wbuf, level: conn_level, .. } = conn;
-        level = conn_level;
-        publishers.push((reader, writer, wbuf, bytes::Bytes::from(topic), 0u64));
+/// Most QoS 2 messages a publisher has sent and not seen completed (PUBCOMP): the broker's limit of
+/// incoming messages awaiting PUBREL per client is 100 in Midge (EMQ's `max_awaiting_rel`), and a
+/// real client keeps such a window too.
+const QOS2_WINDOW: usize = 100;
+
+/// One publishing connection of [`publish_loop`].
+struct Publisher {
+    reader: Reader,
+    writer: Writer,
+    wbuf: BytesMut,
+    /// Unread acknowledgements, kept only at QoS 2 (the others are read and dropped).
+    rbuf: BytesMut,
+    level: Protocol,
+    topic: Bytes,
+    sent: u64,
+    next_pkid: u16,
+    /// QoS 2: the packet ids sent and not yet completed.
+    in_flight: HashSet<u16>,
+}
+
+impl Publisher {
+    fn new(conn: Conn, topic: String) -> Publisher {
+        let Conn { reader, writer, wbuf, rbuf, level } = conn;
+        let topic = Bytes::from(topic);
+        Publisher { reader, writer, wbuf, rbuf, level, topic, sent: 0, next_pkid: 0, in_flight: HashSet::new() }
     }
+
+    /// Reads what the broker has sent without waiting. At QoS 2 each PUBREC is answered with its
+    /// PUBREL and each PUBCOMP opens the window; otherwise the acknowledgements are dropped unread.
+    fn read_acknowledgements(&mut self, qos: QoS, sink: &mut [u8]) {
+        if qos != QoS::ExactlyOnce {
+            read_ready(&mut self.reader, sink);
+            return;
+        }
+        read_ready_into(&mut self.reader, &mut self.rbuf);
+        self.answer();
+    }
+
+    /// Answers the QoS 2 acknowledgements read so far.
+    fn answer(&mut self) {
+        while let Ok(Some(packet)) = midge_broker::protocol::decode(&mut self.rbuf, self.level, usize::MAX) {
+            match packet {
+                Packet::Pubrec(rec) => {
+                    midge_broker::protocol::encode(&Packet::Pubrel(Ack::new(rec.pkid)), self.level, &mut self.wbuf)
+                }
+                Packet::Pubcomp(comp) => {
+                    self.in_flight.remove(&comp.pkid);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The next packet id not in flight, or `None` when the QoS 2 window is full.
+    fn take_pkid(&mut self, qos: QoS) -> Option<u16> {
+        if qos == QoS::ExactlyOnce && self.in_flight.len() >= QOS2_WINDOW {
+            return None;
+        }
+        loop {
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if qos != QoS::ExactlyOnce || self.in_flight.insert(self.next_pkid) {
+                return Some(self.next_pkid);
+            }
+        }
+    }
+
+    /// Once the publishing ends: QoS 2 handshakes go on until the broker closes or `until` (Mosquitto
+    /// routes a QoS 2 message only at its PUBREL); otherwise the acknowledgements are drained.
+    fn finish(mut self, qos: QoS, until: tokio::time::Instant) {
+        if qos != QoS::ExactlyOnce {
+            drain_in_background(self.reader);
+            return;
+        }
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout_at(until, async {
+                loop {
+                    self.answer();
+                    if !self.wbuf.is_empty() {
+                        use tokio::io::AsyncWriteExt;
+                        self.writer.write_all(&self.wbuf).await?;
+                        self.wbuf.clear();
+                    }
+                    if self.reader.read_buf(&mut self.rbuf).await? == 0 {
+                        return Ok::<_, std::io::Error>(());
+                    }
+                }
+            })
+            .await;
+        });
+    }
+}
+
+/// Publishes on every connection at `rate_each` messages/s for `duration`, all from this one task.
+/// The acknowledgements are read by the same task at each tick (and at QoS 1 dropped): a reader task
+/// per connection would be woken for every PUBACK the broker writes, thousands of task switches a
+/// second in the generator that compete with the broker for the machine's two cores. Once the
+/// publishing ends, the readers go on in the background until the broker closes. A QoS 2 publisher
+/// whose window is full falls behind its rate, and so the step fails.
+async fn publish_loop(conns: Vec<(Conn, String)>, rate_each: f64, qos: QoS, epoch: Instant, duration: Duration) -> u64 {
+    let mut publishers: Vec<Publisher> = conns.into_iter().map(|(conn, topic)| Publisher::new(conn, topic)).collect();
     let mut sink = vec![0u8; 64 * 1024];
     let start = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut pkid: u16 = 0;
     let mut total = 0;
     'publishing: loop {
         ticker.tick().await;
         let elapsed = start.elapsed().min(duration);
-        for (reader, writer, wbuf, topic, sent) in publishers.iter_mut() {
-            read_ready(reader, &mut sink);
+        for publisher in publishers.iter_mut() {
+            publisher.read_acknowledgements(qos, &mut sink);
             let due = (rate_each * elapsed.as_secs_f64()) as u64;
             let now = epoch.elapsed().as_nanos() as u64;
-            while *sent < due {
-                pkid = pkid.checked_add(1).unwrap_or(1);
-                midge_broker::protocol::encode(&probe(topic.clone(), qos, pkid, now), level, wbuf);
-                *sent += 1;
+            while publisher.sent < due {
+                let Some(pkid) = publisher.take_pkid(qos) else { break };
+                let packet = probe(publisher.topic.clone(), qos, pkid, now);
+                midge_broker::protocol::encode(&packet, publisher.level, &mut publisher.wbuf);
+                publisher.sent += 1;
                 total += 1;
             }
-            if !wbuf.is_empty() {
+            if !publisher.wbuf.is_empty() {
                 use tokio::io::AsyncWriteExt;
-                if writer.write_all(wbuf).await.is_err() || writer.flush().await.is_err() {
+                let writer = &mut publisher.writer;
+                if writer.write_all(&publisher.wbuf).await.is_err() || writer.flush().await.is_err() {
                     break 'publishing;
                 }
-                wbuf.clear();
+                publisher.wbuf.clear();
             }
         }
         if elapsed >= duration {
@@ -152,9 +247,9 @@ async fn publish_loop(conns: Vec<(Conn, String)>, rate_each: f64, qos: QoS, epoc
     }
     // Dropped with acknowledgements unread, a socket would be reset, and the broker could lose the
     // last publishes it had not read yet.
-    for (reader, writer, ..) in publishers {
-        drain_in_background(reader);
-        drop(writer);
+    let until = tokio::time::Instant::now() + DRAIN_TIME;
+    for publisher in publishers {
+        publisher.finish(qos, until);
     }
     total
 }
