@@ -850,6 +850,57 @@ async fn a_qos2_delivery_is_sent_only_once_kept_so_a_crash_cannot_reuse_its_pack
     assert!(careful.awaiting_rel.is_empty(), "PUBRELs never came for {:?}", careful.awaiting_rel);
 }
 
+/// Under `sync = interval` a kept QoS 2 delivery waits for one commit and its PUBREL for another,
+/// each holding its place in the inflight window meanwhile. A lone message waits for the interval's
+/// commit, so changes still gather; a full window does not wait: the store commits at once, and the
+/// subscriber takes a window per two commits, not per two intervals (before, 1.4k messages/s at most
+/// with the default window and 10 ms).
+#[tokio::test]
+async fn a_full_qos2_window_is_committed_without_waiting_out_the_interval() {
+    const INTERVAL: Duration = Duration::from_secs(2);
+    const BURST: u16 = 6;
+    let dir = tempdir();
+    let config = Config { sync_interval_ms: INTERVAL.as_millis() as u64, max_inflight: 2, ..persistent(&dir) };
+    let broker = start(config).await;
+    let (mut subscriber, _) = Raw::connect(broker.addr, persistent_connect("window-sub")).await;
+    subscriber.subscribe(1, &[("w/#", QoS::ExactlyOnce)]).await;
+    let mut publisher = Raw::connected(broker.addr, "window-pub").await;
+
+    publisher.send(&publish("w/lone", b"lone", QoS::ExactlyOnce, 1)).await;
+    subscriber.expect_silence(INTERVAL / 3).await;
+    let lone = subscriber.recv_publish().await;
+    subscriber.send(&Packet::Pubrec(Ack::new(lone.pkid))).await;
+    assert!(matches!(subscriber.recv().await, Some(Packet::Pubrel(a)) if a.pkid == lone.pkid));
+    subscriber.send(&Packet::Pubcomp(Ack::new(lone.pkid))).await;
+    assert!(matches!(publisher.recv().await, Some(Packet::Pubrec(a)) if a.pkid == 1));
+
+    // Three windows' worth at once: at two intervals per window they would take 6 s.
+    let started = Instant::now();
+    for pkid in 2..2 + BURST {
+        publisher.send(&publish("w/burst", &pkid.to_be_bytes(), QoS::ExactlyOnce, pkid)).await;
+    }
+    let mut completed = 0;
+    while completed < BURST {
+        match subscriber.recv_within(INTERVAL).await {
+            Ok(Some(Packet::Publish(p))) => subscriber.send(&Packet::Pubrec(Ack::new(p.pkid))).await,
+            Ok(Some(Packet::Pubrel(rel))) => {
+                subscriber.send(&Packet::Pubcomp(Ack::new(rel.pkid))).await;
+                completed += 1;
+            }
+            other => panic!("after {completed} of {BURST} completed in {:?}: {other:?}", started.elapsed()),
+        }
+    }
+    assert!(
+        started.elapsed() < INTERVAL,
+        "{BURST} messages through a window of 2 took {:?}, commits {INTERVAL:?} apart",
+        started.elapsed()
+    );
+    for pkid in 2..2 + BURST {
+        assert!(matches!(publisher.recv().await, Some(Packet::Pubrec(a)) if a.pkid == pkid));
+    }
+    broker.stop().await;
+}
+
 /// The test: the real binary SIGKILLed twenty times at random moments while 10k QoS 1 and 10k
 /// QoS 2 messages flow from a persistent publisher to two persistent sessions, one online throughout
 /// (reconnecting after each restart), one away until the end. Afterwards each has every acknowledged

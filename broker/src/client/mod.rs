@@ -487,6 +487,7 @@ impl ClientConnection {
         if self.ctx.durable.is_some() && seq > 0 {
             self.writer.hold_from(start, seq);
         }
+        self.hurry_if_window_waits();
         Ok(self.writer.try_flush()?)
     }
 
@@ -494,7 +495,21 @@ impl ClientConnection {
     fn on_outbox(&mut self) -> Result<(), Exit> {
         self.active = true;
         self.take_outbox()?;
+        self.hurry_if_window_waits();
         Ok(self.writer.try_flush()?)
+    }
+
+    /// A kept session's QoS 2 deliveries and PUBRELs wait for the store before they leave, and while
+    /// they wait they hold their places in the inflight window. Once the window is full, the rest of
+    /// the commit interval would only keep it shut (nothing more can be sent to fill the commit), so
+    /// the store is asked to commit now: under `sync = interval` a persistent subscriber then takes a
+    /// window per two commits as fast as the disk makes them, not per two intervals.
+    fn hurry_if_window_waits(&self) {
+        if let Some(journal) = &self.ctx.journal {
+            if self.writer.held_until().is_some() && self.session.window_full() && self.keeps_session() {
+                journal.hurry();
+            }
+        }
     }
 
     fn take_outbox(&mut self) -> Result<(), Exit> {

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::session::{ClientId, Delivery, Message};
 
@@ -44,7 +44,8 @@ pub enum SyncPolicy {
     /// commit is done (changes that arrive meanwhile share the next one).
     EveryMessage,
     /// Changes are gathered for `sync_interval_ms` and committed and synced together; they are
-    /// acknowledged after that commit.
+    /// acknowledged after that commit. A commit that a QoS 2 window waits for is not put off (see
+    /// [`Journal::hurry`]).
     Interval,
     /// Committed without waiting for the disk; synced once a second and at shutdown. Acknowledged at
     /// once: a crash loses up to the last second.
@@ -242,7 +243,9 @@ impl Store {
         let reader = engine.queued_reader();
         let (sender, receiver) = mpsc::unbounded_channel();
         let (progress, watched) = watch::channel(Progress { seq, failed: false });
+        let hurry = Arc::new(Notify::new());
         let writer = writer::Writer {
+            hurry: hurry.clone(),
             engine,
             dir: config.dir.clone(),
             sync: config.sync,
@@ -257,6 +260,7 @@ impl Store {
             inner: Arc::new(std::sync::Mutex::new(Numbering { sender, next: seq })),
             recorded: recorded.clone(),
             waits,
+            hurry,
         };
         let durable = Durable { progress: watched, recorded };
         let spill = Arc::new(SpillReader { reader, durable: durable.clone() });
@@ -299,6 +303,8 @@ pub struct Journal {
     recorded: Arc<AtomicU64>,
     /// Whether an acknowledgement waits for the commit (not under `sync = none`).
     waits: bool,
+    /// Ends the writer's gathering under `sync = interval`: see `hurry`.
+    hurry: Arc<Notify>,
 }
 
 struct Numbering {
@@ -370,6 +376,14 @@ impl Journal {
     /// Whether what a change causes waits for it to be on disk (every policy but `sync = none`).
     pub fn waits(&self) -> bool {
         self.waits
+    }
+
+    /// Asks for what is recorded to be committed now rather than at the end of the interval: a
+    /// persistent session's QoS 2 window is full and its packets wait for the store, so waiting
+    /// longer would gather nothing more from it, only keep its window shut. (A request made while
+    /// the writer is busy ends its next gathering at once.)
+    pub fn hurry(&self) {
+        self.hurry.notify_one();
     }
 
     /// The kept deliveries `ids` are done with: acknowledged, dropped or expired.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::engine::Engine;
 use super::{confirmed, Change, Entry, Progress, SyncPolicy};
@@ -25,6 +25,8 @@ pub struct Writer {
     pub interval: Duration,
     /// The kept deliveries past PUBREC, as on disk: their marks go with them.
     pub released: HashSet<u64>,
+    /// Ends a gathering under `sync = interval` early (`Journal::hurry`).
+    pub hurry: Arc<Notify>,
 }
 
 /// The store cannot write; nothing more may be acknowledged as kept.
@@ -58,7 +60,10 @@ impl Writer {
                 return;
             };
             if sync == SyncPolicy::Interval {
-                tokio::time::sleep(interval).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = state.writer.hurry.notified() => {}
+                }
             }
             let mut changes = Vec::new();
             let mut flushes = Vec::new();
