@@ -76,7 +76,7 @@ pub enum StoreError {
          directory from a backup, or move it away to start with an empty one"
     )]
     Short { path: PathBuf, found: u64, confirmed: u64 },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read or write {path}: {source}")]
     Confirmed { path: PathBuf, source: std::io::Error },
     #[error("store write failed: {0}")]
     Write(String),
@@ -240,6 +240,8 @@ impl Store {
         if let Some(confirmed) = confirmed.filter(|confirmed| *confirmed > seq) {
             return Err(StoreError::Short { path, found: seq, confirmed });
         }
+        let mark = confirmed::Mark::open(&config.dir)
+            .map_err(|source| StoreError::Confirmed { path: confirmed::path(&config.dir), source })?;
         let reader = engine.queued_reader();
         let (sender, receiver) = mpsc::unbounded_channel();
         let (progress, watched) = watch::channel(Progress { seq, failed: false });
@@ -247,7 +249,7 @@ impl Store {
         let writer = writer::Writer {
             hurry: hurry.clone(),
             engine,
-            dir: config.dir.clone(),
+            mark,
             sync: config.sync,
             interval: config.interval,
             released: restored.released.clone(),

@@ -2,7 +2,6 @@
 //! blocking thread, and then moves the durable mark past them, as the sync policy says.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,8 +18,8 @@ const LAZY_SYNC: Duration = Duration::from_secs(1);
 
 pub struct Writer {
     pub engine: Engine,
-    /// The data directory, where the confirmed mark is kept.
-    pub dir: PathBuf,
+    /// The confirmed mark beside the store.
+    pub mark: confirmed::Mark,
     pub sync: SyncPolicy,
     pub interval: Duration,
     /// The kept deliveries past PUBREC, as on disk: their marks go with them.
@@ -212,7 +211,7 @@ impl State {
         let written = tokio::task::spawn_blocking(move || {
             writer.engine.apply(&changes, seq, sync)?;
             if sync {
-                confirmed::write(&writer.dir, seq).map_err(|e| super::StoreError::Write(e.to_string()))?;
+                writer.mark.write(seq).map_err(|e| super::StoreError::Write(e.to_string()))?;
             }
             Ok::<_, super::StoreError>(())
         })
