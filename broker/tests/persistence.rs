@@ -491,6 +491,16 @@ async fn kill_and_restart(child: &mut tokio::process::Child, dir: &Path) -> std:
     addr
 }
 
+/// A broker killed before it ever committed (its mark beside the store opened, nothing written in it)
+/// starts again on the same directory.
+#[tokio::test]
+async fn a_broker_killed_before_its_first_commit_starts_again() {
+    let dir = tempdir();
+    let (mut child, _) = spawn(&dir, "interval").await;
+    let addr = kill_and_restart(&mut child, &dir).await;
+    Raw::connected(addr, "after-kill").await.ping().await;
+}
+
 /// Exactly once to a subscriber across SIGKILL: a QoS 2 delivery the subscriber has received comes back
 /// under the packet id it came under, with DUP set (so the client knows it), and one past PUBREC comes
 /// back as its PUBREL, never as a PUBLISH the client would take for a new message.

@@ -21,9 +21,11 @@ pub fn path(dir: &Path) -> PathBuf {
     dir.join(FILE)
 }
 
-/// The number confirmed, if a previous run left one.
+/// The number confirmed, if a previous run left one. (An empty file is one opened by a run that
+/// stopped before its first synced commit.)
 pub fn read(dir: &Path) -> std::io::Result<Option<u64>> {
     match std::fs::read_to_string(path(dir)) {
+        Ok(text) if text.trim().is_empty() => Ok(None),
         Ok(text) => text
             .trim()
             .parse()
@@ -63,6 +65,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(read(&dir).unwrap(), None);
+        drop(Mark::open(&dir).unwrap());
+        assert_eq!(read(&dir).unwrap(), None, "opened, never written");
         // A file left by an earlier version, which wrote the number as short as it is.
         std::fs::write(path(&dir), "123456789").unwrap();
         assert_eq!(read(&dir).unwrap(), Some(123_456_789));
