@@ -447,7 +447,7 @@ async fn main() -> anyhow::Result<()> {
     let persistent_loads = [
         ("fanin1-persistent", QoS::AtLeastOnce, 10_000.0),
         // A QoS 2 message to a kept session waits for two commits (README, "Persistence").
-        ("fanin2-persistent", QoS::ExactlyOnce, 500.0),
+        ("fanin2-persistent", QoS::ExactlyOnce, 2_000.0),
     ];
     for (key, qos, start) in persistent_loads {
         if !wanted(key) {
@@ -465,7 +465,9 @@ async fn main() -> anyhow::Result<()> {
             results.push(find_max(&broker.target(), load, start, budget).await?);
         }
         eprintln!("fan-in QoS {qos_label} to a persistent subscriber on midge (in memory)");
-        let in_memory = find_max(&midge.target(), load, start, budget).await?;
+        // In memory it is at least as fast: the search starts where the store's ended, to reach its own
+        // limit within the budget.
+        let in_memory = find_max(&midge.target(), load, rate_of(&results[1]).max(start), budget).await?;
         let note = format!(
             "{}; Midge in memory {:.0}/s, so persistence costs {:.0} %",
             step_notes(&results, &[&persisting[0], &persisting[1]]),
