@@ -335,11 +335,13 @@ impl ClientConnection {
         // between two looks.
         let rest_after = self.ctx.dormitory.after().filter(|_| self.reader.waits_on_socket());
         let mut look_at = rest_after.map(|after| Instant::now() + if look_now { Duration::ZERO } else { after });
-        let alarm = |conn: &Self, look_at: Option<Instant>| {
+        // When to hurry the store, should the client stay silent while its acknowledgements wait for it.
+        let mut hurry_at: Option<Instant> = None;
+        let alarm = |conn: &Self, look_at: Option<Instant>, hurry_at: Option<Instant>| {
             let silence = (conn.keep_alive > 0).then(|| conn.last_received + grace);
-            silence.into_iter().chain(look_at).min().unwrap_or_else(far_future)
+            silence.into_iter().chain(look_at).chain(hurry_at).min().unwrap_or_else(far_future)
         };
-        let timer = sleep_until(alarm(self, look_at));
+        let timer = sleep_until(alarm(self, look_at, hurry_at));
         tokio::pin!(timer);
         // Made once: a fresh `cancelled()` each turn would register with the token's lock each time.
         let shutdown = self.ctx.shutdown.clone();
@@ -389,6 +391,13 @@ impl ClientConnection {
                     if let Err(exit) = self.on_read().await {
                         return Stopped::Ended(exit);
                     }
+                    // The store keeps what this read brought and the client is told once it has: a
+                    // client that waits for that (its window full) should not wait out the interval.
+                    let quiet = self.ctx.journal.as_ref().and_then(|j| j.quiet_before_hurry());
+                    if let (Some(quiet), Some(_)) = (quiet, self.writer.held_until()) {
+                        hurry_at = Some(Instant::now() + quiet);
+                        timer.as_mut().reset(alarm(self, look_at, hurry_at));
+                    }
                 }
                 _ = self.outbox.ready(), if backlog < WRITE_HIGH_WATER => {
                     if let Err(exit) = self.on_outbox() {
@@ -411,8 +420,14 @@ impl ClientConnection {
                         Err(_) => return Stopped::Ended(Exit::StoreFailed),
                     }
                 }
-                _ = &mut timer, if self.keep_alive > 0 || look_at.is_some() => {
+                _ = &mut timer, if self.keep_alive > 0 || look_at.is_some() || hurry_at.is_some() => {
                     let now = Instant::now();
+                    if hurry_at.is_some_and(|at| now >= at) {
+                        hurry_at = None;
+                        if let (Some(journal), Some(_)) = (&self.ctx.journal, self.writer.held_until()) {
+                            journal.hurry();
+                        }
+                    }
                     if self.keep_alive > 0 {
                         // Held back by the rate limit, the client is not silent: we are not listening.
                         // Its silence is counted from when we listen again.
@@ -431,7 +446,7 @@ impl ClientConnection {
                             look_at = Some(now + after);
                         }
                     }
-                    timer.as_mut().reset(alarm(self, look_at));
+                    timer.as_mut().reset(alarm(self, look_at, hurry_at));
                 }
             }
         }

@@ -44,8 +44,8 @@ pub enum SyncPolicy {
     /// commit is done (changes that arrive meanwhile share the next one).
     EveryMessage,
     /// Changes are gathered for `sync_interval_ms` and committed and synced together; they are
-    /// acknowledged after that commit. A commit that a QoS 2 window waits for is not put off (see
-    /// [`Journal::hurry`]).
+    /// acknowledged after that commit. A commit that a full QoS 2 window waits for is not put off,
+    /// nor one that a silent client waits for beyond a fifth of the interval (see [`Journal::hurry`]).
     Interval,
     /// Committed without waiting for the disk; synced once a second and at shutdown. Acknowledged at
     /// once: a crash loses up to the last second.
@@ -263,6 +263,7 @@ impl Store {
             recorded: recorded.clone(),
             waits,
             hurry,
+            quiet_before_hurry: (config.sync == SyncPolicy::Interval).then(|| config.interval / 5),
         };
         let durable = Durable { progress: watched, recorded };
         let spill = Arc::new(SpillReader { reader, durable: durable.clone() });
@@ -307,6 +308,8 @@ pub struct Journal {
     waits: bool,
     /// Ends the writer's gathering under `sync = interval`: see `hurry`.
     hurry: Arc<Notify>,
+    /// Under `sync = interval`, a fifth of the interval: see `quiet_before_hurry`.
+    quiet_before_hurry: Option<Duration>,
 }
 
 struct Numbering {
@@ -386,6 +389,15 @@ impl Journal {
     /// the writer is busy ends its next gathering at once.)
     pub fn hurry(&self) {
         self.hurry.notify_one();
+    }
+
+    /// Under `sync = interval`, how long a client whose acknowledgements wait for the store may be
+    /// silent before the store is asked to commit: a client that stopped is most likely at its window
+    /// of unacknowledged messages, and waiting out the interval would only keep it there. A fifth of
+    /// the interval (2 ms by default: longer than a paced publisher's gap between sends), so that
+    /// commits stay at most five times as frequent as the interval says, however many clients wait.
+    pub fn quiet_before_hurry(&self) -> Option<Duration> {
+        self.quiet_before_hurry
     }
 
     /// The kept deliveries `ids` are done with: acknowledged, dropped or expired.
