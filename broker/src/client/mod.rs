@@ -393,10 +393,13 @@ impl ClientConnection {
                     }
                     // The store keeps what this read brought and the client is told once it has: a
                     // client that waits for that (its window full) should not wait out the interval.
+                    // Moved on at every read, but the timer is set only when none was pending: one
+                    // that fires early finds the alarm not yet due and sets itself again.
                     let quiet = self.ctx.journal.as_ref().and_then(|j| j.quiet_before_hurry());
                     if let (Some(quiet), Some(_)) = (quiet, self.writer.held_until()) {
-                        hurry_at = Some(Instant::now() + quiet);
-                        timer.as_mut().reset(alarm(self, look_at, hurry_at));
+                        if hurry_at.replace(Instant::now() + quiet).is_none() {
+                            timer.as_mut().reset(alarm(self, look_at, hurry_at));
+                        }
                     }
                 }
                 _ = self.outbox.ready(), if backlog < WRITE_HIGH_WATER => {
