@@ -318,7 +318,8 @@ async fn step(target: &Target, load: Load, rate: f64) -> anyhow::Result<Step> {
     })
 }
 
-/// Steps the rate up by half each time from `start`; after the first failure, bisects (geometrically)
+/// Steps the rate up by half each time from `start` (down by a third while nothing has passed, when
+/// `start` was already too much); once there is both a pass and a failure, bisects (geometrically)
 /// between the best pass and the lowest failure while they are more than 10 % apart. Stops after
 /// `budget`. Returns the best passing step, if any.
 pub async fn find_max(target: &Target, load: Load, start: f64, budget: Duration) -> anyhow::Result<Option<Step>> {
@@ -334,14 +335,23 @@ pub async fn find_max(target: &Target, load: Load, start: f64, budget: Duration)
         } else {
             failed_at = Some(failed_at.map_or(rate, |f| f.min(rate)));
         }
-        let passed_at = best.as_ref().map(|b| b.offered);
-        rate = match (passed_at, failed_at) {
-            (_, None) => rate * 1.5,
-            (Some(pass), Some(fail)) if fail / pass > 1.1 => (pass * fail).sqrt(),
-            _ => break,
-        };
+        match next_rate(rate, best.as_ref().map(|b| b.offered), failed_at) {
+            Some(next) => rate = next,
+            None => break,
+        }
     }
     Ok(best)
+}
+
+/// The search's next rate after a step at `rate`, given the best rate passed and the lowest failed so
+/// far; `None` once those are within 10 % of each other.
+fn next_rate(rate: f64, passed_at: Option<f64>, failed_at: Option<f64>) -> Option<f64> {
+    match (passed_at, failed_at) {
+        (_, None) => Some(rate * 1.5),
+        (None, Some(fail)) => Some(fail / 1.5),
+        (Some(pass), Some(fail)) if fail / pass > 1.1 => Some((pass * fail).sqrt()),
+        _ => None,
+    }
 }
 
 /// Runs `load` at `rate` step after step until `budget` is spent, for profiling a steady load;
@@ -420,4 +430,22 @@ pub async fn overload(target: &Target, rate: f64) -> anyhow::Result<u64> {
     drop(sleeper);
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(after.saturating_sub(before))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_rate;
+
+    #[test]
+    fn the_search_steps_up_until_a_failure_then_bisects() {
+        assert_eq!(next_rate(100.0, Some(100.0), None), Some(150.0));
+        assert_eq!(next_rate(150.0, Some(100.0), Some(150.0)), Some((100.0f64 * 150.0).sqrt()));
+        assert_eq!(next_rate(105.0, Some(100.0), Some(105.0)), None);
+    }
+
+    #[test]
+    fn a_first_step_that_fails_steps_down_until_one_passes() {
+        assert_eq!(next_rate(300.0, None, Some(300.0)), Some(200.0));
+        assert_eq!(next_rate(200.0, Some(200.0), Some(300.0)), Some((200.0f64 * 300.0).sqrt()));
+    }
 }
