@@ -1120,7 +1120,7 @@ async fn a_long_queue_waits_in_the_store_not_in_memory() {
     const MESSAGES: u32 = 4_000;
     let dir = tempdir();
     // (With the threshold above the queue's length, so that it is all held in memory, this broker
-    // grew by 521 MiB; with it at 50, by 139, most of it the engine's write buffer.)
+    // grew by 521 MiB; with it at 50, by 139-206, most of it the engine's write buffers.)
     let args = ["--max-mqueue-len", "100000", "--max-mqueue-in-memory", "50"];
     let (child, addr) = spawn_with(&dir, "interval", &args).await;
     let pid = child.id().unwrap();
@@ -1143,7 +1143,11 @@ async fn a_long_queue_waits_in_the_store_not_in_memory() {
     }
     let grown = rss_bytes(pid).saturating_sub(before);
     eprintln!("{MESSAGES} queued messages of 100 KiB grew the broker by {} MiB", grown >> 20);
-    assert!(grown < 200 << 20, "the queue is held in memory: the broker grew by {} MiB", grown >> 20);
+    // 4,000 × 100 KiB is 390 MiB, all of it in memory if the queue were held there. What the store may
+    // hold meanwhile does not grow with the queue: the engine's memtables (64 MiB, one filling while
+    // another is flushed) and block cache (32 MiB), and the allocator's hold on freed payloads. Seen:
+    // 139-206 MiB, and the same with 12,000 messages.
+    assert!(grown < 300 << 20, "the queue is held in memory: the broker grew by {} MiB", grown >> 20);
 
     let (mut subscriber, present) = Raw::connect(addr, persistent_connect("long-sub")).await;
     assert!(present);
