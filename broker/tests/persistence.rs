@@ -961,6 +961,40 @@ async fn a_publisher_waiting_at_its_window_does_not_wait_out_the_interval() {
     broker.stop().await;
 }
 
+/// The same for a client that writes its first publishes behind its CONNECT without waiting for the
+/// CONNACK (3.1.1 §3.1.4), and then waits for their acknowledgements: the read that brought them is
+/// handled before the connection's loop begins, and its silence counts from there too.
+#[tokio::test]
+async fn a_publisher_pipelining_behind_connect_does_not_wait_out_the_interval() {
+    const INTERVAL: Duration = Duration::from_secs(1);
+    let dir = tempdir();
+    let broker = start(Config { sync_interval_ms: INTERVAL.as_millis() as u64, ..persistent(&dir) }).await;
+    let (mut subscriber, _) = Raw::connect(broker.addr, persistent_connect("away-sub")).await;
+    subscriber.subscribe(1, &[("pipe/#", QoS::AtLeastOnce)]).await;
+    subscriber.disconnect().await;
+    let mut bytes = bytes::BytesMut::new();
+    encode(&Packet::Connect(connect_packet("pipe-pub", true)), Protocol::V311, &mut bytes);
+    for pkid in 1..=5 {
+        encode(&publish("pipe/t", b"x", QoS::AtLeastOnce, pkid), Protocol::V311, &mut bytes);
+    }
+    let mut publisher = Raw::open(broker.addr).await;
+    let started = Instant::now();
+    publisher.send_bytes(&bytes).await;
+    assert!(matches!(publisher.recv_within(INTERVAL).await, Ok(Some(Packet::Connack(_)))));
+    for pkid in 1..=5 {
+        match publisher.recv_within(INTERVAL * 2).await {
+            Ok(Some(Packet::Puback(ack))) if ack.pkid == pkid => {}
+            other => panic!("expected PUBACK {pkid}, got {other:?}"),
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        took < INTERVAL / 2,
+        "the pipelined publishes were acknowledged after {took:?}, commits {INTERVAL:?} apart"
+    );
+    broker.stop().await;
+}
+
 /// The test: the real binary SIGKILLed twenty times at random moments while 10k QoS 1 and 10k
 /// QoS 2 messages flow from a persistent publisher to two persistent sessions, one online throughout
 /// (reconnecting after each restart), one away until the end. Afterwards each has every acknowledged

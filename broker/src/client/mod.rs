@@ -353,6 +353,9 @@ impl ClientConnection {
             if let Err(exit) = self.on_read().await {
                 return Stopped::Ended(exit);
             }
+            if self.hurry_after_silence(&mut hurry_at) {
+                timer.as_mut().reset(alarm(self, look_at, hurry_at));
+            }
         }
         // Woken in the dormitory by a push: taken before this loop's first turn, which lets a
         // publisher waiting for that turn go on.
@@ -391,15 +394,8 @@ impl ClientConnection {
                     if let Err(exit) = self.on_read().await {
                         return Stopped::Ended(exit);
                     }
-                    // The store keeps what this read brought and the client is told once it has: a
-                    // client that waits for that (its window full) should not wait out the interval.
-                    // Moved on at every read, but the timer is set only when none was pending: one
-                    // that fires early finds the alarm not yet due and sets itself again.
-                    let quiet = self.ctx.journal.as_ref().and_then(|j| j.quiet_before_hurry());
-                    if let (Some(quiet), Some(_)) = (quiet, self.writer.held_until()) {
-                        if hurry_at.replace(Instant::now() + quiet).is_none() {
-                            timer.as_mut().reset(alarm(self, look_at, hurry_at));
-                        }
+                    if self.hurry_after_silence(&mut hurry_at) {
+                        timer.as_mut().reset(alarm(self, look_at, hurry_at));
                     }
                 }
                 _ = self.outbox.ready(), if backlog < WRITE_HIGH_WATER => {
@@ -452,6 +448,19 @@ impl ClientConnection {
                     timer.as_mut().reset(alarm(self, look_at, hurry_at));
                 }
             }
+        }
+    }
+
+    /// After a read whose replies wait for the store: the client is told once the store keeps what
+    /// it sent, and one that waits for that (its window full) should not wait out the commit
+    /// interval, so the store is hurried if it stays silent a while (`hurry_at`). The deadline moves
+    /// on at every read, but the timer is set only when none was pending (true: set it now); one that
+    /// fires early finds the alarm not yet due and sets itself again.
+    fn hurry_after_silence(&self, hurry_at: &mut Option<Instant>) -> bool {
+        let quiet = self.ctx.journal.as_ref().and_then(|j| j.quiet_before_hurry());
+        match (quiet, self.writer.held_until()) {
+            (Some(quiet), Some(_)) => hurry_at.replace(Instant::now() + quiet).is_none(),
+            _ => false,
         }
     }
 
