@@ -80,6 +80,8 @@ pub enum StoreError {
     Confirmed { path: PathBuf, source: std::io::Error },
     #[error("store write failed: {0}")]
     Write(String),
+    #[error("cannot start the store's writer thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// A change to what is kept, in the order the router made it.
@@ -254,7 +256,14 @@ impl Store {
             interval: config.interval,
             released: restored.released.clone(),
         };
-        tokio::spawn(writer.run(receiver, progress));
+        // A thread of its own: each commit is a blocking write and sync, and handing it to tokio's
+        // blocking pool and back cost two thread wake-ups per commit (26-35 µs of ~350).
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(StoreError::Thread)?;
+        std::thread::Builder::new()
+            .name("midge-store".into())
+            .spawn(move || runtime.block_on(writer.run(receiver, progress)))
+            .map_err(StoreError::Thread)?;
         let recorded = Arc::new(AtomicU64::new(seq));
         let waits = config.sync != SyncPolicy::None;
         // Numbers go on from where the store left off.

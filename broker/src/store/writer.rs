@@ -1,5 +1,5 @@
-//! The task that commits: it takes the changes that have gathered, writes them in one batch on a
-//! blocking thread, and then moves the durable mark past them, as the sync policy says.
+//! The task that commits, alone on a thread of its own: it takes the changes that have gathered,
+//! writes them in one batch, and then moves the durable mark past them, as the sync policy says.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -36,7 +36,7 @@ impl Writer {
         let sync = self.sync;
         let interval = self.interval;
         let mut released = std::mem::take(&mut self.released);
-        let mut state = State { writer: Arc::new(self), written: progress.borrow().seq, unsynced_since: None };
+        let mut state = State { writer: self, written: progress.borrow().seq, unsynced_since: None };
         loop {
             let first = match state.unsynced_since {
                 // Under `sync = none`: wait for more, but sync what is there within a second.
@@ -44,7 +44,7 @@ impl Writer {
                     match tokio::time::timeout(LAZY_SYNC.saturating_sub(since.elapsed()), entries.recv()).await {
                         Ok(first) => first,
                         Err(_) => {
-                            if state.commit(Vec::new(), true, &progress).await.is_err() {
+                            if state.commit(Vec::new(), true, &progress).is_err() {
                                 return;
                             }
                             continue;
@@ -55,7 +55,7 @@ impl Writer {
             };
             let Some(first) = first else {
                 // Every journal is gone: the broker is stopping.
-                let _ = state.commit(Vec::new(), true, &progress).await;
+                let _ = state.commit(Vec::new(), true, &progress);
                 return;
             };
             if sync == SyncPolicy::Interval {
@@ -89,7 +89,7 @@ impl Writer {
             let durable = sync != SyncPolicy::None || !flushes.is_empty();
             cancel_out(&mut changes);
             settle_released(&mut changes, &mut released);
-            if state.commit(changes, durable, &progress).await.is_err() {
+            if state.commit(changes, durable, &progress).is_err() {
                 return;
             }
             for done in flushes {
@@ -187,7 +187,7 @@ fn settle_released(changes: &mut Vec<Change>, released: &mut HashSet<u64>) {
 }
 
 struct State {
-    writer: Arc<Writer>,
+    writer: Writer,
     /// The number of the last change handed to the engine.
     written: u64,
     /// Since when changes have been written without a sync (`sync = none`).
@@ -198,24 +198,19 @@ impl State {
     /// Writes `changes` (up to `self.written`) and moves the mark; once synced, also the confirmed
     /// mark beside the store. On failure the store is marked failed (waiters are told) and the writer
     /// stops.
-    async fn commit(
-        &mut self,
-        changes: Vec<Change>,
-        sync: bool,
-        progress: &watch::Sender<Progress>,
-    ) -> Result<(), Failed> {
+    fn commit(&mut self, changes: Vec<Change>, sync: bool, progress: &watch::Sender<Progress>) -> Result<(), Failed> {
         if changes.is_empty() && (!sync || self.unsynced_since.is_none()) {
             return Ok(());
         }
-        let (writer, seq) = (self.writer.clone(), self.written);
-        let written = tokio::task::spawn_blocking(move || {
+        let (writer, seq) = (&self.writer, self.written);
+        // On the writer's own thread (see `Store::open`): blocking it blocks nothing else.
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             writer.engine.apply(&changes, seq, sync)?;
             if sync {
                 writer.mark.write(seq).map_err(|e| super::StoreError::Write(e.to_string()))?;
             }
             Ok::<_, super::StoreError>(())
-        })
-        .await;
+        }));
         match written {
             Ok(Ok(())) => {
                 progress.send_modify(|p| p.seq = p.seq.max(seq));
@@ -230,10 +225,8 @@ impl State {
                 progress.send_modify(|p| p.failed = true);
                 Err(Failed)
             }
-            // The runtime is stopping under us: what was synced is synced.
-            Err(e) if e.is_cancelled() => Err(Failed),
-            Err(e) => {
-                tracing::error!(error = %e, "the store's writer panicked");
+            Err(_) => {
+                tracing::error!("the store's writer panicked");
                 progress.send_modify(|p| p.failed = true);
                 Err(Failed)
             }
